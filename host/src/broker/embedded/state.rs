@@ -1,0 +1,121 @@
+//! Small durable files beside the log: committed consumer-group offsets and
+//! each connector's plugin state. Both are JSON, rewritten whole through a
+//! temporary file, synced, and renamed into place, so a crash leaves either
+//! the old file or the new one.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use super::super::BrokerError;
+use crate::plugin::StateStore;
+
+/// Writes `bytes` to `path` atomically and durably.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BrokerError> {
+    let io = |what| {
+        move |source| BrokerError::Io {
+            what,
+            path: path.to_path_buf(),
+            source,
+        }
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io("cannot create folder for"))?;
+    let tmp = path.with_extension("tmp");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp).map_err(io("cannot write"))?;
+        f.write_all(bytes).map_err(io("cannot write"))?;
+        f.sync_all().map_err(io("cannot sync"))?;
+    }
+    std::fs::rename(&tmp, path).map_err(io("cannot replace"))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        // Makes the rename itself durable; not every file system allows it.
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Reads every `<group>.json` in `dir`.
+pub fn load_groups(dir: &Path) -> Result<HashMap<String, BTreeMap<String, u64>>, BrokerError> {
+    let mut groups = HashMap::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(groups);
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let Some(name) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".json"))
+        else {
+            continue;
+        };
+        let text = std::fs::read_to_string(&path).map_err(|source| BrokerError::Io {
+            what: "cannot read",
+            path: path.clone(),
+            source,
+        })?;
+        let offsets = serde_json::from_str(&text).map_err(|e| BrokerError::Corrupt {
+            path: path.clone(),
+            byte: 0,
+            why: format!("committed offsets are not valid JSON: {e}"),
+        })?;
+        groups.insert(name.to_owned(), offsets);
+    }
+    Ok(groups)
+}
+
+/// Stores one group's offsets.
+pub fn store_group(dir: &Path, group: &str, offsets: &BTreeMap<String, u64>) -> Result<(), BrokerError> {
+    let json = serde_json::to_vec_pretty(offsets).expect("a map of numbers serializes");
+    write_atomic(&dir.join(format!("{group}.json")), &json)
+}
+
+/// One connector's durable key/value state.
+#[derive(Debug)]
+pub struct ConnectorState {
+    path: PathBuf,
+    values: Mutex<BTreeMap<String, Vec<u8>>>,
+}
+
+impl ConnectorState {
+    /// Opens `<dir>/<connector>.json`.
+    pub fn open(dir: &Path, connector: &str) -> Result<Self, BrokerError> {
+        let path = dir.join(format!("{connector}.json"));
+        let values = match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text).map_err(|e| BrokerError::Corrupt {
+                path: path.clone(),
+                byte: 0,
+                why: format!("connector state is not valid JSON: {e}"),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(source) => {
+                return Err(BrokerError::Io {
+                    what: "cannot read",
+                    path,
+                    source,
+                });
+            }
+        };
+        Ok(ConnectorState {
+            path,
+            values: Mutex::new(values),
+        })
+    }
+}
+
+impl StateStore for ConnectorState {
+    fn get(&self, key: &str) -> Option<Vec<u8>> {
+        self.values.lock().expect("state lock").get(key).cloned()
+    }
+
+    fn put(&self, key: &str, value: &[u8]) {
+        let mut values = self.values.lock().expect("state lock");
+        values.insert(key.to_owned(), value.to_vec());
+        let json = serde_json::to_vec(&*values).expect("a map of byte lists serializes");
+        if let Err(e) = write_atomic(&self.path, &json) {
+            tracing::error!(error = %e, "cannot store connector state");
+        }
+    }
+}

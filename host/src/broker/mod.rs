@@ -1,0 +1,135 @@
+//! Where records rest between sources and sinks.
+//!
+//! [`Broker`] is what the pumps need from one: append a batch (with the
+//! source position it brings the source to), read batches from an offset,
+//! wait for new data, and keep consumer-group offsets and source positions
+//! durably. [`embedded::EmbeddedLog`] is the default, a durable log on local
+//! disk in this process; distributed brokers (NATS JetStream, later Kafka)
+//! implement the same trait.
+
+pub mod embedded;
+
+use std::future::Future;
+use std::time::Duration;
+
+/// A batch as stored: its first offset, record count and encoded records.
+#[derive(Debug, Clone)]
+pub struct StoredBatch {
+    /// Offset of the first record.
+    pub first_offset: u64,
+    /// Records in the batch.
+    pub records: u32,
+    /// The batch, in the Sluice batch format.
+    pub bytes: Vec<u8>,
+}
+
+impl StoredBatch {
+    /// The offset after the batch's last record.
+    pub fn next_offset(&self) -> u64 {
+        self.first_offset + u64::from(self.records)
+    }
+}
+
+/// The position a source reached with an appended batch, stored in the same
+/// write so a restart resumes exactly after what the broker holds.
+#[derive(Debug, Clone, Copy)]
+pub struct SourceCheckpoint<'a> {
+    /// Who: `<connector>/<instance index>`.
+    pub producer: &'a str,
+    /// The source's own position after the batch.
+    pub position: &'a [u8],
+}
+
+/// Why the broker refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// Reading or writing the disk failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Stored data fails its checksum or does not parse.
+    #[error(
+        "corrupt log data in {path} at byte {byte}: {why}. Sluice will not serve or cut data \
+         past it; restore the file from a copy, or move the segment aside to drop its records"
+    )]
+    Corrupt {
+        /// The segment file.
+        path: std::path::PathBuf,
+        /// Where in it.
+        byte: u64,
+        /// What is wrong.
+        why: String,
+    },
+    /// The topic or partition does not exist.
+    #[error("no partition {partition} in topic {topic:?}")]
+    NoPartition {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+    },
+    /// A record offset outside the log.
+    #[error("offset {offset} is beyond the end ({end}) of {topic}/{partition}")]
+    OffsetOutOfRange {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// Asked for.
+        offset: u64,
+        /// The log's end.
+        end: u64,
+    },
+}
+
+/// What pumps need from a broker.
+pub trait Broker: Send + Sync + 'static {
+    /// Creates the topic if it does not exist; returns its partition count.
+    fn ensure_topic(&self, topic: &str) -> Result<u32, BrokerError>;
+
+    /// Appends one batch of `records` records; returns its first offset.
+    fn append(
+        &self,
+        topic: &str,
+        partition: u32,
+        batch: &[u8],
+        records: u32,
+        checkpoint: Option<SourceCheckpoint<'_>>,
+    ) -> impl Future<Output = Result<u64, BrokerError>> + Send;
+
+    /// Reads whole batches starting at `offset` (the first one trimmed to
+    /// start there), up to about `max_bytes`. Empty at the end of the log.
+    fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: u64,
+    ) -> impl Future<Output = Result<Vec<StoredBatch>, BrokerError>> + Send;
+
+    /// The offset the next appended record will get.
+    fn end_offset(&self, topic: &str, partition: u32) -> Result<u64, BrokerError>;
+
+    /// Waits until `topic` gets a new batch or `timeout` passes.
+    fn wait_for_data(&self, topic: &str, timeout: Duration) -> impl Future<Output = ()> + Send;
+
+    /// The last position stored for `producer`, if any.
+    fn source_position(&self, producer: &str) -> Option<Vec<u8>>;
+
+    /// The committed next offset of `group` in a partition, if any.
+    fn committed_offset(&self, group: &str, topic: &str, partition: u32) -> Option<u64>;
+
+    /// Durably commits `group`'s next offsets.
+    fn commit_offsets(
+        &self,
+        group: &str,
+        offsets: &[(String, u32, u64)],
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send;
+}

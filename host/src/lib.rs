@@ -1,0 +1,23 @@
+//! Sluice: a connector host whose connectors are WebAssembly components.
+//!
+//! Records flow from **source** plugins into a **broker** and from the broker
+//! into **sink** plugins, one encoded batch at a time. Each plugin instance
+//! runs in its own wasmtime `Store`, reaching only what its manifest grants.
+//!
+//! Where things live:
+//!
+//! - [`manifest`]: the TOML a user writes, its defaults, and located errors.
+//! - [`plugin`]: the engine, compile cache, contract checks and instances.
+//! - [`grants`]: manifest grants turned into a deny-by-default WASI context.
+//! - [`broker`]: the [`broker::Broker`] trait and the embedded durable log.
+//! - [`pump`]: the source and sink loops (batching, commits, backpressure).
+//! - [`pipeline`]: validating a manifest and running its connectors.
+//!
+//! The `sluice` binary (`src/main.rs`) is a thin CLI over these.
+
+pub mod broker;
+pub mod grants;
+pub mod manifest;
+pub mod pipeline;
+pub mod plugin;
+pub mod pump;

@@ -1,0 +1,353 @@
+//! The `sluice` command line: a thin layer over the `sluice` library.
+//!
+//! Exit codes scripts can rely on: 0 done, 1 a connector or the host failed,
+//! 2 the manifest or a connector's config is invalid (or the command line
+//! is), 130 stopped by Ctrl-C or SIGTERM.
+
+// This file is the CLI's own output; everything else logs through tracing.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use sluice::manifest::Manifest;
+use sluice::pipeline::{self, ConnectorOutcome, ConnectorReport};
+use sluice::plugin::{CompileCache, PluginHost, PluginRef, builtin_names};
+
+/// Sluice runs connector plugins compiled to WebAssembly components, moving
+/// record batches between them through a durable broker.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+
+    /// Folder for compiled plugins (default: $SLUICE_CACHE_DIR, else
+    /// ~/.cache/sluice).
+    #[arg(long, global = true, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+
+    /// Compile plugins every time instead of caching them.
+    #[arg(long, global = true)]
+    no_cache: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a manifest's pipeline in the foreground until its bounded sources
+    /// are done and its sinks drained, or until Ctrl-C.
+    Run {
+        /// The manifest (TOML).
+        manifest: PathBuf,
+        /// Never show the progress line, even on a terminal.
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Check a manifest and every connector's config against its plugin's
+    /// schema, without running anything.
+    Validate {
+        /// The manifest (TOML).
+        manifest: PathBuf,
+    },
+    /// Work with plugins.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// List the built-in plugins with their specs.
+    List,
+    /// Print a plugin's name, version, description and config schema.
+    Inspect {
+        /// A built-in name (e.g. `datagen`) or the path of a `.wasm` file.
+        plugin: String,
+        /// Print the spec as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Exit code for an invalid manifest or config.
+const EXIT_INVALID: u8 = 2;
+/// Exit code after Ctrl-C or SIGTERM.
+const EXIT_INTERRUPTED: u8 = 130;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("sluice-worker")
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run_cli(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+async fn run_cli(cli: Cli) -> anyhow::Result<ExitCode> {
+    let cache = if cli.no_cache {
+        CompileCache::new(None)
+    } else {
+        CompileCache::new(cli.cache_dir.clone().or_else(CompileCache::default_dir))
+    };
+    let plugins = Arc::new(PluginHost::new(cache).context("starting the WebAssembly engine")?);
+    match cli.command {
+        Command::Run {
+            manifest,
+            no_progress,
+        } => run(&manifest, plugins, !no_progress && std::io::stderr().is_terminal()).await,
+        Command::Validate { manifest } => validate(&manifest, &plugins).await,
+        Command::Plugin { command } => match command {
+            PluginCommand::List => plugin_list(&plugins).await,
+            PluginCommand::Inspect { plugin, json } => plugin_inspect(&plugins, &plugin, json).await,
+        },
+    }
+}
+
+async fn load_checked(
+    path: &Path,
+    plugins: &PluginHost,
+) -> Result<(Manifest, Vec<pipeline::CheckedConnector>), ExitCode> {
+    let manifest = match Manifest::load(path) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Err(ExitCode::from(EXIT_INVALID));
+        }
+    };
+    match pipeline::check(&manifest, plugins).await {
+        Ok(c) => Ok((manifest, c)),
+        Err(errors) => {
+            for e in errors.0 {
+                eprintln!("error: {e:#}\n");
+            }
+            Err(ExitCode::from(EXIT_INVALID))
+        }
+    }
+}
+
+async fn validate(path: &Path, plugins: &PluginHost) -> anyhow::Result<ExitCode> {
+    let (manifest, connectors) = match load_checked(path, plugins).await {
+        Ok(ok) => ok,
+        Err(code) => return Ok(code),
+    };
+    println!("{}: valid", manifest.path.display());
+    for c in &connectors {
+        println!(
+            "  {:<16} {:<6} plugin {} {}  topics: {}",
+            c.config.name.get_ref(),
+            c.config.kind,
+            c.spec.name,
+            c.spec.version,
+            c.config.topic_names().join(", ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run(path: &Path, plugins: Arc<PluginHost>, progress: bool) -> anyhow::Result<ExitCode> {
+    let (manifest, connectors) = match load_checked(path, &plugins).await {
+        Ok(ok) => ok,
+        Err(code) => return Ok(code),
+    };
+    let running = pipeline::start(&manifest, plugins, connectors)
+        .await
+        .with_context(|| format!("starting the pipeline of {}", manifest.path.display()))?;
+    let stop = running.stop_signal();
+    let interrupted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let interrupted = interrupted.clone();
+        tokio::spawn(async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            let sigterm = async {
+                match term.as_mut() {
+                    Some(t) => {
+                        t.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                () = sigterm => {}
+            }
+            interrupted.store(true, std::sync::atomic::Ordering::SeqCst);
+            tracing::info!("stopping: finishing the current batches, flushing and committing (Ctrl-C again to quit at once)");
+            stop.stop();
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(i32::from(EXIT_INTERRUPTED));
+            }
+        });
+    }
+    let progress_task = progress.then(|| {
+        let reports: Vec<Arc<ConnectorReport>> = running.reports().to_vec();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let line: Vec<String> = reports
+                    .iter()
+                    .map(|r| {
+                        format!(
+                            "{} {} rec ({}/s)",
+                            r.name,
+                            thousands(r.stats.records()),
+                            thousands(rate(r.stats.records(), r.elapsed()))
+                        )
+                    })
+                    .collect();
+                eprint!("\r\x1b[K{}", line.join("  |  "));
+            }
+        })
+    });
+    let reports = running.wait().await?;
+    if let Some(t) = progress_task {
+        t.abort();
+        eprint!("\r\x1b[K");
+    }
+    print_summary(&reports);
+    let failed = reports
+        .iter()
+        .any(|r| matches!(r.outcome(), ConnectorOutcome::Failed(_)));
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else if interrupted.load(std::sync::atomic::Ordering::SeqCst) {
+        ExitCode::from(EXIT_INTERRUPTED)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn rate(records: u64, elapsed: Duration) -> u64 {
+    let secs = elapsed.as_secs_f64();
+    if secs > 0.0 {
+        (records as f64 / secs) as u64
+    } else {
+        0
+    }
+}
+
+fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn print_summary(reports: &[Arc<ConnectorReport>]) {
+    println!(
+        "{:<16} {:<6} {:>12} {:>11} {:>9} {:>12}  outcome",
+        "connector", "kind", "records", "bytes", "elapsed", "records/s"
+    );
+    for r in reports {
+        let records = r.stats.records();
+        let elapsed = r.elapsed();
+        let outcome = match r.outcome() {
+            ConnectorOutcome::Running => "running".to_owned(),
+            ConnectorOutcome::Finished => "finished".to_owned(),
+            ConnectorOutcome::Stopped => "stopped".to_owned(),
+            ConnectorOutcome::Failed(e) => format!("failed: {e}"),
+        };
+        let refused = r.stats.refused();
+        let refused = if refused > 0 {
+            format!(" ({} refused by the sink, see the log)", thousands(refused))
+        } else {
+            String::new()
+        };
+        println!(
+            "{:<16} {:<6} {:>12} {:>11} {:>8.2}s {:>12}  {outcome}{refused}",
+            r.name,
+            r.kind.to_string(),
+            thousands(records),
+            human_bytes(r.stats.bytes()),
+            elapsed.as_secs_f64(),
+            thousands(rate(records, elapsed)),
+        );
+    }
+}
+
+async fn plugin_list(plugins: &PluginHost) -> anyhow::Result<ExitCode> {
+    println!("{:<14} {:<9} {:<8} description", "name", "kind", "version");
+    for name in builtin_names() {
+        let reference = PluginRef::resolve(name, Path::new("."))?;
+        let plugin = plugins.load(&reference)?;
+        let spec = plugins.spec(&plugin).await?;
+        println!(
+            "{:<14} {:<9} {:<8} {}",
+            spec.name,
+            plugin.kind().to_string(),
+            spec.version,
+            spec.description
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn plugin_inspect(plugins: &PluginHost, name: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let reference = PluginRef::resolve(name, Path::new("."))?;
+    let plugin = plugins.load(&reference)?;
+    let spec = plugins.spec(&plugin).await?;
+    if json {
+        let mut value = serde_json::to_value(&spec)?;
+        value["kind"] = plugin.kind().to_string().into();
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("name:        {}", spec.name);
+    println!("kind:        {}", plugin.kind());
+    println!("version:     {}", spec.version);
+    println!("description: {}", spec.description);
+    println!("contract:    {}", plugin.kind().qualified());
+    println!("config schema:");
+    println!("{}", serde_json::to_string_pretty(&spec.config_schema)?);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,411 @@
+//! Running instances: one `Store` each, every call under a CPU deadline, and
+//! every answer checked against the contract before the host trusts it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_batch::Batch;
+use wasmtime::Store;
+
+use super::bindings::{self, types};
+use super::{EPOCH_TICK, HostState, InstanceSetup, Plugin, PluginError, PluginPre};
+use crate::grants::GrantSet;
+
+/// A plugin's description of itself.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Spec {
+    /// Short name.
+    pub name: String,
+    /// Its own version.
+    pub version: String,
+    /// For operators.
+    pub description: String,
+    /// JSON Schema of its config.
+    pub config_schema: serde_json::Value,
+}
+
+/// The limits applied to each call.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CallLimits {
+    cpu: Duration,
+    memory_bytes: u64,
+}
+
+impl From<&GrantSet> for CallLimits {
+    fn from(g: &GrantSet) -> Self {
+        CallLimits {
+            cpu: g.cpu,
+            memory_bytes: g.memory_bytes,
+        }
+    }
+}
+
+impl CallLimits {
+    fn ticks(&self) -> u64 {
+        (self.cpu.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
+    }
+}
+
+/// Arms the CPU deadline for the next call.
+fn arm(store: &mut Store<HostState>, limits: &CallLimits) {
+    store.set_epoch_deadline(limits.ticks());
+}
+
+/// Describes a trap in an operator's words.
+pub(crate) fn trap(
+    plugin: &str,
+    call: &'static str,
+    e: &wasmtime::Error,
+    grants: &GrantSet,
+) -> PluginError {
+    trap_with(plugin, call, e, &CallLimits::from(grants))
+}
+
+fn trap_with(plugin: &str, call: &'static str, e: &wasmtime::Error, limits: &CallLimits) -> PluginError {
+    let reason = match e.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => format!(
+            "ran longer than its cpu grant of {:?} in one call",
+            limits.cpu
+        ),
+        Some(wasmtime::Trap::AllocationTooLarge) => format!(
+            "tried to grow its memory past its memory grant of {} bytes",
+            limits.memory_bytes
+        ),
+        _ if format!("{e:#}").contains("forcing trap when growing memory") => format!(
+            "tried to grow its memory past its memory grant of {} bytes",
+            limits.memory_bytes
+        ),
+        _ => format!("trapped: {e:#}"),
+    };
+    PluginError::Trap {
+        plugin: plugin.to_owned(),
+        call,
+        reason,
+    }
+}
+
+/// Maps a plugin's own error variant.
+fn plugin_error(plugin: &str, call: &'static str, e: types::Error) -> PluginError {
+    match e {
+        types::Error::InvalidConfig(message) => PluginError::InvalidConfig {
+            plugin: plugin.to_owned(),
+            message,
+        },
+        types::Error::Retriable(message) => PluginError::Retriable {
+            plugin: plugin.to_owned(),
+            call,
+            message,
+        },
+        types::Error::Fatal(message) => PluginError::Fatal {
+            plugin: plugin.to_owned(),
+            call,
+            message,
+        },
+    }
+}
+
+fn to_spec(plugin: &str, s: types::PluginSpec) -> Result<Spec, PluginError> {
+    let config_schema = serde_json::from_str(&s.config_schema).map_err(|e| PluginError::Contract {
+        plugin: plugin.to_owned(),
+        call: "spec",
+        what: format!("config-schema is not JSON: {e}"),
+    })?;
+    Ok(Spec {
+        name: s.name,
+        version: s.version,
+        description: s.description,
+        config_schema,
+    })
+}
+
+/// Instantiates `plugin` in `store` and reads its spec.
+pub(crate) async fn spec(
+    store: &mut Store<HostState>,
+    plugin: &Plugin,
+    limits: &CallLimits,
+) -> Result<Spec, PluginError> {
+    let name = plugin.name();
+    let fail = |call, e: wasmtime::Error| trap_with(name, call, &e, limits);
+    arm(store, limits);
+    let spec = match &plugin.pre {
+        PluginPre::Source(pre) => {
+            let api = pre.instantiate_async(&mut *store).await.map_err(|e| fail("instantiate", e))?;
+            api.sluice_connector_source_api().call_spec(&mut *store).await
+        }
+        PluginPre::Sink(pre) => {
+            let api = pre.instantiate_async(&mut *store).await.map_err(|e| fail("instantiate", e))?;
+            api.sluice_connector_sink_api().call_spec(&mut *store).await
+        }
+        PluginPre::Transform(pre) => {
+            let api = pre.instantiate_async(&mut *store).await.map_err(|e| fail("instantiate", e))?;
+            api.sluice_connector_transform_api().call_spec(&mut *store).await
+        }
+    }
+    .map_err(|e| fail("spec", e))?;
+    to_spec(name, spec)
+}
+
+/// What one poll produced, checked.
+#[derive(Debug)]
+pub struct Polled {
+    /// The encoded batch (already checked to parse).
+    pub batch: Vec<u8>,
+    /// Records in it.
+    pub records: u32,
+    /// The position after it, if the source gave one.
+    pub position: Option<Vec<u8>>,
+    /// The source is done for good.
+    pub end_of_stream: bool,
+}
+
+/// A running source instance.
+pub struct SourceInstance {
+    store: Store<HostState>,
+    api: bindings::source::Source,
+    plugin: Arc<str>,
+    limits: CallLimits,
+    context: types::InstanceContext,
+}
+
+impl std::fmt::Debug for SourceInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceInstance")
+            .field("plugin", &self.plugin)
+            .field("instance", &self.context.index)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SourceInstance {
+    pub(crate) fn new(
+        store: Store<HostState>,
+        api: bindings::source::Source,
+        plugin: &str,
+        setup: &InstanceSetup,
+    ) -> Self {
+        SourceInstance {
+            store,
+            api,
+            plugin: plugin.into(),
+            limits: CallLimits::from(&setup.grants),
+            context: setup.context(),
+        }
+    }
+
+    fn fail(&self, call: &'static str, e: wasmtime::Error) -> PluginError {
+        trap_with(&self.plugin, call, &e, &self.limits)
+    }
+
+    /// Calls `open` with the config document and the resume position.
+    pub async fn open(&mut self, config: &str, resume_from: Option<&[u8]>) -> Result<(), PluginError> {
+        arm(&mut self.store, &self.limits);
+        let r = self
+            .api
+            .sluice_connector_source_api()
+            .call_open(&mut self.store, config, &self.context, resume_from.map(<[u8]>::to_vec).as_ref())
+            .await
+            .map_err(|e| self.fail("open", e))?;
+        r.map_err(|e| plugin_error(&self.plugin, "open", e))
+    }
+
+    /// Calls `poll` and checks the batch it returns.
+    pub async fn poll(&mut self, max_records: u32) -> Result<Polled, PluginError> {
+        arm(&mut self.store, &self.limits);
+        let r = self
+            .api
+            .sluice_connector_source_api()
+            .call_poll(&mut self.store, max_records)
+            .await
+            .map_err(|e| self.fail("poll", e))?;
+        let p = r.map_err(|e| plugin_error(&self.plugin, "poll", e))?;
+        let contract = |what: String| PluginError::Contract {
+            plugin: self.plugin.to_string(),
+            call: "poll",
+            what,
+        };
+        let batch = Batch::parse(&p.batch).map_err(|e| contract(format!("returned a malformed batch: {e}")))?;
+        let records = batch.len() as u32;
+        if records > max_records {
+            return Err(contract(format!(
+                "returned {records} records when asked for at most {max_records}"
+            )));
+        }
+        Ok(Polled {
+            batch: p.batch,
+            records,
+            position: p.position,
+            end_of_stream: p.end_of_stream,
+        })
+    }
+
+    /// Tells the source everything up to `position` is in the broker.
+    pub async fn commit(&mut self, position: &[u8]) -> Result<(), PluginError> {
+        arm(&mut self.store, &self.limits);
+        let r = self
+            .api
+            .sluice_connector_source_api()
+            .call_commit(&mut self.store, &position.to_vec())
+            .await
+            .map_err(|e| self.fail("commit", e))?;
+        r.map_err(|e| plugin_error(&self.plugin, "commit", e))
+    }
+
+    /// Calls `close`.
+    pub async fn close(&mut self) -> Result<(), PluginError> {
+        arm(&mut self.store, &self.limits);
+        let r = self
+            .api
+            .sluice_connector_source_api()
+            .call_close(&mut self.store)
+            .await
+            .map_err(|e| self.fail("close", e))?;
+        r.map_err(|e| plugin_error(&self.plugin, "close", e))
+    }
+}
+
+/// A record a sink refused on its merits.
+#[derive(Debug, Clone)]
+pub struct Refused {
+    /// Index within the batch written.
+    pub index: u32,
+    /// The sink's reason.
+    pub reason: String,
+}
+
+/// An offset a sink stored itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkOffset {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: u32,
+    /// Next offset it wants.
+    pub next_offset: u64,
+}
+
+/// A running sink instance.
+pub struct SinkInstance {
+    store: Store<HostState>,
+    api: bindings::sink::Sink,
+    plugin: Arc<str>,
+    limits: CallLimits,
+    context: types::InstanceContext,
+}
+
+impl std::fmt::Debug for SinkInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SinkInstance")
+            .field("plugin", &self.plugin)
+            .field("instance", &self.context.index)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SinkInstance {
+    pub(crate) fn new(
+        store: Store<HostState>,
+        api: bindings::sink::Sink,
+        plugin: &str,
+        setup: &InstanceSetup,
+    ) -> Self {
+        SinkInstance {
+            store,
+            api,
+            plugin: plugin.into(),
+            limits: CallLimits::from(&setup.grants),
+            context: setup.context(),
+        }
+    }
+
+    fn fail(&self, call: &'static str, e: wasmtime::Error) -> PluginError {
+        trap_with(&self.plugin, call, &e, &self.limits)
+    }
+
+    /// Calls `open`; returns the offsets the sink stored itself.
+    pub async fn open(&mut self, config: &str) -> Result<Vec<SinkOffset>, PluginError> {
+        arm(&mut self.store, &self.limits);
+        let r = self
+            .api
+            .sluice_connector_sink_api()
+            .call_open(&mut self.store, config, &self.context)
+            .await
+            .map_err(|e| self.fail("open", e))?;
+        let offsets = r.map_err(|e| plugin_error(&self.plugin, "open", e))?;
+        Ok(offsets
+            .into_iter()
+            .map(|o| SinkOffset {
+                topic: o.topic,
+                partition: o.partition,
+                next_offset: o.next_offset,
+            })
+            .collect())
+    }
+
+    /// Calls `write`; returns the records refused on their merits.
+    pub async fn write(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        first_offset: u64,
+        batch: &[u8],
+        records: u32,
+    ) -> Result<Vec<Refused>, PluginError> {
+        arm(&mut self.store, &self.limits);
+        let origin = types::BatchOrigin {
+            topic: topic.to_owned(),
+            partition,
+            first_offset,
+        };
+        let r = self
+            .api
+            .sluice_connector_sink_api()
+            .call_write(&mut self.store, &origin, &batch.to_vec())
+            .await
+            .map_err(|e| self.fail("write", e))?;
+        let failures = r.map_err(|e| plugin_error(&self.plugin, "write", e))?;
+        failures
+            .into_iter()
+            .map(|f| {
+                if f.index >= records {
+                    Err(PluginError::Contract {
+                        plugin: self.plugin.to_string(),
+                        call: "write",
+                        what: format!(
+                            "refused record {} of a batch of {records}",
+                            f.index
+                        ),
+                    })
+                } else {
+                    Ok(Refused {
+                        index: f.index,
+                        reason: f.reason,
+                    })
+                }
+            })
+            .collect()
+    }
+
+    /// Calls `flush`.
+    pub async fn flush(&mut self) -> Result<(), PluginError> {
+        arm(&mut self.store, &self.limits);
+        let r = self
+            .api
+            .sluice_connector_sink_api()
+            .call_flush(&mut self.store)
+            .await
+            .map_err(|e| self.fail("flush", e))?;
+        r.map_err(|e| plugin_error(&self.plugin, "flush", e))
+    }
+
+    /// Calls `close`.
+    pub async fn close(&mut self) -> Result<(), PluginError> {
+        arm(&mut self.store, &self.limits);
+        let r = self
+            .api
+            .sluice_connector_sink_api()
+            .call_close(&mut self.store)
+            .await
+            .map_err(|e| self.fail("close", e))?;
+        r.map_err(|e| plugin_error(&self.plugin, "close", e))
+    }
+}

@@ -1,0 +1,662 @@
+//! Loading plugins and running their instances.
+//!
+//! One [`PluginHost`] per process holds the `wasmtime::Engine`, the linker
+//! with WASI and the Sluice host imports, and the compile cache. Loading a
+//! plugin checks that it speaks this host's contract version and exports the
+//! interface its connector needs, and builds an `InstancePre` once; every
+//! instance then gets its own `Store` with a memory limit and an epoch
+//! deadline per call (see [`instance`]).
+//!
+//! - [`bindings`]: the one `bindgen!` site.
+//! - [`cache`]: compiled components on disk.
+//! - [`instance`]: a running source, sink or transform and its calls.
+
+pub mod bindings;
+pub mod cache;
+pub mod instance;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, StoreLimits};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use self::bindings::{host, types};
+pub use self::cache::CompileCache;
+pub use self::instance::{Polled, SinkInstance, SourceInstance, Spec};
+use crate::grants::GrantError;
+
+/// The contract version this host speaks (`sluice:connector@…`).
+pub const CONTRACT_VERSION: &str = "0.1.0";
+
+/// How often the engine's epoch advances; the unit of the `cpu` grant.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+mod builtin {
+    include!(concat!(env!("OUT_DIR"), "/builtin_plugins.rs"));
+}
+
+/// Names of the plugins compiled into this binary.
+pub fn builtin_names() -> impl Iterator<Item = &'static str> {
+    builtin::BUILTIN.iter().map(|(name, _)| *name)
+}
+
+/// What a plugin exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PluginKind {
+    /// Exports `source-api`.
+    Source,
+    /// Exports `sink-api`.
+    Sink,
+    /// Exports `transform-api`.
+    Transform,
+}
+
+impl PluginKind {
+    /// The interface's name without package or version, e.g. `source-api`.
+    pub fn interface(self) -> &'static str {
+        match self {
+            PluginKind::Source => "source-api",
+            PluginKind::Sink => "sink-api",
+            PluginKind::Transform => "transform-api",
+        }
+    }
+
+    /// The fully qualified interface name this host looks for.
+    pub fn qualified(self) -> String {
+        format!("sluice:connector/{}@{CONTRACT_VERSION}", self.interface())
+    }
+}
+
+impl fmt::Display for PluginKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PluginKind::Source => "source",
+            PluginKind::Sink => "sink",
+            PluginKind::Transform => "transform",
+        })
+    }
+}
+
+/// Why a plugin cannot be loaded, or what it did wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// Neither a built-in name nor a file.
+    #[error("unknown plugin {name:?}: not a built-in ({builtins}) and not a path to a .wasm file")]
+    Unknown {
+        /// What the manifest said.
+        name: String,
+        /// The built-in names.
+        builtins: String,
+    },
+    /// The file cannot be read.
+    #[error("cannot read plugin {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not a valid component.
+    #[error("plugin {plugin} is not a valid WebAssembly component: {reason}")]
+    Compile {
+        /// The plugin.
+        plugin: String,
+        /// Why.
+        reason: String,
+    },
+    /// Built against another version of the contract.
+    #[error(
+        "plugin {plugin} was built against sluice:connector@{found} ({interface}); this host speaks \
+         sluice:connector@{CONTRACT_VERSION}: rebuild the plugin with a sluice-sdk for {CONTRACT_VERSION}"
+    )]
+    ContractVersion {
+        /// The plugin.
+        plugin: String,
+        /// The version it was built against.
+        found: String,
+        /// The interface it exports.
+        interface: String,
+    },
+    /// Exports none of the plugin interfaces.
+    #[error(
+        "plugin {plugin} exports none of sluice:connector/source-api, sink-api or transform-api \
+         @{CONTRACT_VERSION}; it exports: {exports}"
+    )]
+    NoInterface {
+        /// The plugin.
+        plugin: String,
+        /// What it does export.
+        exports: String,
+    },
+    /// Exports the wrong interface for its connector.
+    #[error(
+        "plugin {plugin} does not export {expected}, which a {needed} connector needs; \
+         it exports {found} (it is a {actual} plugin)"
+    )]
+    WrongKind {
+        /// The plugin.
+        plugin: String,
+        /// The interface the connector needs.
+        expected: String,
+        /// The connector's kind.
+        needed: PluginKind,
+        /// What the plugin exports.
+        found: String,
+        /// The plugin's kind.
+        actual: PluginKind,
+    },
+    /// Imports something the host does not provide, or its exports do not
+    /// match the contract.
+    #[error("plugin {plugin} does not fit this host: {reason}")]
+    Link {
+        /// The plugin.
+        plugin: String,
+        /// Why.
+        reason: String,
+    },
+    /// Trapped, ran out of time or memory.
+    #[error("plugin {plugin} stopped in `{call}`: {reason}")]
+    Trap {
+        /// The plugin.
+        plugin: String,
+        /// The call.
+        call: &'static str,
+        /// What happened, in words.
+        reason: String,
+    },
+    /// Returned something the contract forbids.
+    #[error("plugin {plugin} broke the contract in `{call}`: {what}")]
+    Contract {
+        /// The plugin.
+        plugin: String,
+        /// The call.
+        call: &'static str,
+        /// What it broke.
+        what: String,
+    },
+    /// The plugin refused its config.
+    #[error("plugin {plugin} refused its config: {message}")]
+    InvalidConfig {
+        /// The plugin.
+        plugin: String,
+        /// Its words.
+        message: String,
+    },
+    /// A passing fault; worth retrying.
+    #[error("plugin {plugin} failed in `{call}` (retriable): {message}")]
+    Retriable {
+        /// The plugin.
+        plugin: String,
+        /// The call.
+        call: &'static str,
+        /// Its words.
+        message: String,
+    },
+    /// The plugin cannot go on.
+    #[error("plugin {plugin} failed in `{call}` (fatal): {message}")]
+    Fatal {
+        /// The plugin.
+        plugin: String,
+        /// The call.
+        call: &'static str,
+        /// Its words.
+        message: String,
+    },
+    /// A grant cannot be given.
+    #[error(transparent)]
+    Grant(#[from] GrantError),
+}
+
+impl PluginError {
+    /// True for errors worth retrying with backoff.
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, PluginError::Retriable { .. })
+    }
+}
+
+/// Where a plugin comes from.
+#[derive(Debug, Clone)]
+pub enum PluginRef {
+    /// Compiled into this binary.
+    Builtin(&'static str, &'static [u8]),
+    /// A `.wasm` component on disk.
+    File(PathBuf),
+}
+
+impl PluginRef {
+    /// Reads a manifest's `plugin = "…"`: a built-in name, or a path
+    /// (anything with a `/` or ending in `.wasm`), relative to `base_dir`.
+    pub fn resolve(text: &str, base_dir: &Path) -> Result<Self, PluginError> {
+        if text.contains('/') || text.ends_with(".wasm") {
+            let p = Path::new(text);
+            return Ok(PluginRef::File(if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base_dir.join(p)
+            }));
+        }
+        builtin::BUILTIN
+            .iter()
+            .find(|(name, _)| *name == text)
+            .map(|(name, bytes)| PluginRef::Builtin(name, bytes))
+            .ok_or_else(|| PluginError::Unknown {
+                name: text.to_owned(),
+                builtins: builtin_names().collect::<Vec<_>>().join(", "),
+            })
+    }
+
+    /// How messages name this plugin.
+    pub fn display_name(&self) -> String {
+        match self {
+            PluginRef::Builtin(name, _) => (*name).to_owned(),
+            PluginRef::File(p) => p.display().to_string(),
+        }
+    }
+}
+
+/// The per-instance data a `Store` holds.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    connector: Arc<str>,
+    instance: u32,
+    state: Option<Arc<dyn StateStore>>,
+}
+
+impl fmt::Debug for HostState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HostState")
+            .field("connector", &self.connector)
+            .field("instance", &self.instance)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Connector-scoped durable state behind the `state-get`/`state-put`
+/// imports.
+pub trait StateStore: Send + Sync {
+    /// Reads a key.
+    fn get(&self, key: &str) -> Option<Vec<u8>>;
+    /// Writes a key durably.
+    fn put(&self, key: &str, value: &[u8]);
+}
+
+impl host::Host for HostState {
+    fn log(&mut self, level: host::Level, message: String, fields: Vec<(String, String)>) {
+        let connector = &*self.connector;
+        let instance = self.instance;
+        let fields = if fields.is_empty() {
+            String::new()
+        } else {
+            fields
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        match level {
+            host::Level::Trace => tracing::trace!(connector, instance, fields, "{message}"),
+            host::Level::Debug => tracing::debug!(connector, instance, fields, "{message}"),
+            host::Level::Info => tracing::info!(connector, instance, fields, "{message}"),
+            host::Level::Warn => tracing::warn!(connector, instance, fields, "{message}"),
+            host::Level::Error => tracing::error!(connector, instance, fields, "{message}"),
+        }
+    }
+
+    fn state_get(&mut self, key: String) -> Option<Vec<u8>> {
+        self.state.as_ref().and_then(|s| s.get(&key))
+    }
+
+    fn state_put(&mut self, key: String, value: Vec<u8>) {
+        if let Some(s) = &self.state {
+            s.put(&key, &value);
+        }
+    }
+}
+
+/// A loaded, checked plugin, ready to instantiate.
+#[derive(Clone)]
+pub struct Plugin {
+    name: String,
+    kind: PluginKind,
+    pre: PluginPre,
+    cache_hit: bool,
+    load_time: Duration,
+}
+
+impl fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("cache_hit", &self.cache_hit)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone)]
+enum PluginPre {
+    Source(bindings::source::SourcePre<HostState>),
+    Sink(bindings::sink::SinkPre<HostState>),
+    Transform(bindings::transform::TransformPre<HostState>),
+}
+
+impl Plugin {
+    /// How messages name this plugin.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// What it exports.
+    pub fn kind(&self) -> PluginKind {
+        self.kind
+    }
+
+    /// Whether the compiled form came from the cache, and how long loading took.
+    pub fn load_info(&self) -> (bool, Duration) {
+        (self.cache_hit, self.load_time)
+    }
+
+    /// Fails unless the plugin is of `kind`.
+    pub fn expect_kind(&self, kind: PluginKind) -> Result<(), PluginError> {
+        if self.kind == kind {
+            return Ok(());
+        }
+        Err(PluginError::WrongKind {
+            plugin: self.name.clone(),
+            expected: kind.qualified(),
+            needed: kind,
+            found: self.kind.qualified(),
+            actual: self.kind,
+        })
+    }
+}
+
+/// Who an instance is, and what it may reach.
+#[derive(Clone)]
+pub struct InstanceSetup {
+    /// The connector's name.
+    pub connector: Arc<str>,
+    /// This instance's index.
+    pub index: u32,
+    /// The connector's parallelism.
+    pub count: u32,
+    /// Its grants.
+    pub grants: crate::grants::GrantSet,
+    /// Its durable state, if any.
+    pub state: Option<Arc<dyn StateStore>>,
+}
+
+impl fmt::Debug for InstanceSetup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InstanceSetup")
+            .field("connector", &self.connector)
+            .field("index", &self.index)
+            .field("count", &self.count)
+            .finish_non_exhaustive()
+    }
+}
+
+impl InstanceSetup {
+    /// An instance with nothing granted, for `spec` and `inspect`.
+    pub fn isolated(connector: &str) -> Self {
+        InstanceSetup {
+            connector: connector.into(),
+            index: 0,
+            count: 1,
+            grants: crate::grants::GrantSet::none(),
+            state: None,
+        }
+    }
+
+    fn context(&self) -> types::InstanceContext {
+        types::InstanceContext {
+            connector: self.connector.to_string(),
+            index: self.index,
+            count: self.count,
+        }
+    }
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::Builder::new()
+            .name("sluice-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("spawning the epoch thread");
+        EpochTicker { stop }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The engine, linker and compile cache shared by every plugin.
+pub struct PluginHost {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache: CompileCache,
+    _ticker: EpochTicker,
+}
+
+impl fmt::Debug for PluginHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PluginHost")
+            .field("cache", &self.cache)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PluginHost {
+    /// A host with the given compile cache.
+    pub fn new(cache: CompileCache) -> anyhow::Result<Self> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        config.wasm_component_model(true);
+        let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| anyhow::anyhow!("adding WASI to the linker: {e:#}"))?;
+        host::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(|e| anyhow::anyhow!("adding the host imports to the linker: {e:#}"))?;
+        let ticker = EpochTicker::start(engine.clone());
+        Ok(PluginHost {
+            engine,
+            linker,
+            cache,
+            _ticker: ticker,
+        })
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Loads and checks a plugin.
+    pub fn load(&self, reference: &PluginRef) -> Result<Plugin, PluginError> {
+        let started = Instant::now();
+        let name = reference.display_name();
+        let owned;
+        let bytes: &[u8] = match reference {
+            PluginRef::Builtin(_, bytes) => bytes,
+            PluginRef::File(path) => {
+                owned = std::fs::read(path).map_err(|source| PluginError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                &owned
+            }
+        };
+        let (component, cache_hit) =
+            self.cache
+                .load(&self.engine, bytes)
+                .map_err(|e| PluginError::Compile {
+                    plugin: name.clone(),
+                    reason: format!("{e:#}"),
+                })?;
+        let kind = self.kind_of(&name, &component)?;
+        let link = |e: wasmtime::Error| PluginError::Link {
+            plugin: name.clone(),
+            reason: format!("{e:#}"),
+        };
+        let pre = self.linker.instantiate_pre(&component).map_err(link)?;
+        let pre = match kind {
+            PluginKind::Source => {
+                PluginPre::Source(bindings::source::SourcePre::new(pre).map_err(link)?)
+            }
+            PluginKind::Sink => PluginPre::Sink(bindings::sink::SinkPre::new(pre).map_err(link)?),
+            PluginKind::Transform => {
+                PluginPre::Transform(bindings::transform::TransformPre::new(pre).map_err(link)?)
+            }
+        };
+        let load_time = started.elapsed();
+        tracing::debug!(plugin = %name, %kind, cache_hit, ?load_time, "plugin loaded");
+        Ok(Plugin {
+            name,
+            kind,
+            pre,
+            cache_hit,
+            load_time,
+        })
+    }
+
+    /// Reads the plugin's exports to tell its kind, refusing other
+    /// contract versions by name.
+    fn kind_of(&self, name: &str, component: &Component) -> Result<PluginKind, PluginError> {
+        let ty = component.component_type();
+        let exports: Vec<String> = ty.exports(&self.engine).map(|(n, _)| n.to_owned()).collect();
+        let mut kinds = Vec::new();
+        for export in &exports {
+            let Some(rest) = export.strip_prefix("sluice:connector/") else {
+                continue;
+            };
+            let (iface, version) = rest.split_once('@').unwrap_or((rest, "unversioned"));
+            let kind = match iface {
+                "source-api" => PluginKind::Source,
+                "sink-api" => PluginKind::Sink,
+                "transform-api" => PluginKind::Transform,
+                _ => continue,
+            };
+            if version != CONTRACT_VERSION {
+                return Err(PluginError::ContractVersion {
+                    plugin: name.to_owned(),
+                    found: version.to_owned(),
+                    interface: export.clone(),
+                });
+            }
+            kinds.push(kind);
+        }
+        match kinds.as_slice() {
+            [kind] => Ok(*kind),
+            _ => Err(PluginError::NoInterface {
+                plugin: name.to_owned(),
+                exports: if exports.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    exports.join(", ")
+                },
+            }),
+        }
+    }
+
+    /// Creates an instance's store: its WASI context from its grants, its
+    /// memory limit, and an epoch deadline that traps.
+    fn store(&self, setup: &InstanceSetup) -> Result<wasmtime::Store<HostState>, PluginError> {
+        let limits = wasmtime::StoreLimitsBuilder::new()
+            .memory_size(usize::try_from(setup.grants.memory_bytes).unwrap_or(usize::MAX))
+            .trap_on_grow_failure(true)
+            .build();
+        let state = HostState {
+            wasi: setup.grants.wasi_ctx()?,
+            table: ResourceTable::new(),
+            limits,
+            connector: setup.connector.clone(),
+            instance: setup.index,
+            state: setup.state.clone(),
+        };
+        let mut store = wasmtime::Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(u64::MAX / 2);
+        Ok(store)
+    }
+
+    /// Reads a plugin's spec from a fresh instance with nothing granted.
+    pub async fn spec(&self, plugin: &Plugin) -> Result<Spec, PluginError> {
+        let setup = InstanceSetup::isolated("inspect");
+        let mut store = self.store(&setup)?;
+        let limits = instance::CallLimits::from(&setup.grants);
+        instance::spec(&mut store, plugin, &limits).await
+    }
+
+    /// Instantiates a source.
+    pub async fn source(
+        &self,
+        plugin: &Plugin,
+        setup: &InstanceSetup,
+    ) -> Result<SourceInstance, PluginError> {
+        plugin.expect_kind(PluginKind::Source)?;
+        let PluginPre::Source(pre) = &plugin.pre else {
+            unreachable!("kind checked above")
+        };
+        let mut store = self.store(setup)?;
+        let api = pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| instance::trap(plugin.name(), "instantiate", &e, &setup.grants))?;
+        Ok(SourceInstance::new(store, api, plugin.name(), setup))
+    }
+
+    /// Instantiates a sink.
+    pub async fn sink(
+        &self,
+        plugin: &Plugin,
+        setup: &InstanceSetup,
+    ) -> Result<SinkInstance, PluginError> {
+        plugin.expect_kind(PluginKind::Sink)?;
+        let PluginPre::Sink(pre) = &plugin.pre else {
+            unreachable!("kind checked above")
+        };
+        let mut store = self.store(setup)?;
+        let api = pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| instance::trap(plugin.name(), "instantiate", &e, &setup.grants))?;
+        Ok(SinkInstance::new(store, api, plugin.name(), setup))
+    }
+}

@@ -1,0 +1,139 @@
+//! The loops that move batches: [`SourcePump`] (poll → append → commit
+//! position) and [`SinkPump`] (read from the committed offset → write →
+//! flush → commit offset).
+//!
+//! Each pump holds at most one batch (sources) or one read of `max_bytes`
+//! (sinks) in memory: the broker is the buffer, and a pump that cannot keep
+//! up simply reads further behind. Both check their [`StopSignal`] at batch
+//! boundaries, so a stop never splits a batch from its commit.
+
+pub mod sink;
+pub mod source;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+pub use self::sink::{SinkPump, SinkPumpConfig};
+pub use self::source::{SourceEnd, SourcePump, SourcePumpConfig};
+
+/// Counters of one connector, shared by its instances.
+#[derive(Debug, Default)]
+pub struct PumpStats {
+    /// Records moved.
+    pub records: AtomicU64,
+    /// Value bytes moved.
+    pub bytes: AtomicU64,
+    /// Batches moved.
+    pub batches: AtomicU64,
+    /// Records a sink refused on their merits.
+    pub refused: AtomicU64,
+}
+
+impl PumpStats {
+    pub(crate) fn add(&self, records: u64, bytes: u64) {
+        self.records.fetch_add(records, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.batches.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records moved so far.
+    pub fn records(&self) -> u64 {
+        self.records.load(Ordering::Relaxed)
+    }
+
+    /// Value bytes moved so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Records refused so far.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+}
+
+/// Asks pumps to stop at their next batch boundary. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct StopSignal {
+    tx: watch::Sender<bool>,
+}
+
+impl Default for StopSignal {
+    fn default() -> Self {
+        StopSignal {
+            tx: watch::channel(false).0,
+        }
+    }
+}
+
+impl StopSignal {
+    /// A signal not yet given.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Gives the signal.
+    pub fn stop(&self) {
+        self.tx.send_replace(true);
+    }
+
+    /// True once given.
+    pub fn is_stopped(&self) -> bool {
+        *self.tx.borrow()
+    }
+
+    /// Waits until given.
+    pub async fn stopped(&self) {
+        let mut rx = self.tx.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    /// Sleeps for `d`, or less if the signal comes first.
+    pub async fn sleep(&self, d: Duration) {
+        tokio::select! {
+            () = tokio::time::sleep(d) => {}
+            () = self.stopped() => {}
+        }
+    }
+}
+
+/// Says when every source writing a topic has reached its end, so sinks
+/// of a bounded pipeline know when they have drained it.
+#[derive(Debug, Clone)]
+pub struct TopicSeal {
+    /// `None` for a topic that no bounded source in this run writes.
+    rx: Option<watch::Receiver<bool>>,
+}
+
+/// The writing side of a [`TopicSeal`].
+#[derive(Debug)]
+pub struct TopicSealer {
+    tx: watch::Sender<bool>,
+}
+
+impl TopicSeal {
+    /// A seal and the sealer that closes it.
+    pub fn new() -> (TopicSealer, TopicSeal) {
+        let (tx, rx) = watch::channel(false);
+        (TopicSealer { tx }, TopicSeal { rx: Some(rx) })
+    }
+
+    /// A seal that never closes (a topic no bounded source in this run writes).
+    pub fn never() -> TopicSeal {
+        TopicSeal { rx: None }
+    }
+
+    /// True once every source of the topic has ended.
+    pub fn is_sealed(&self) -> bool {
+        self.rx.as_ref().is_some_and(|rx| *rx.borrow())
+    }
+}
+
+impl TopicSealer {
+    /// Seals the topic.
+    pub fn seal(&self) {
+        self.tx.send_replace(true);
+    }
+}

@@ -1,0 +1,131 @@
+//! The source loop: poll → append (with the position) → commit.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice_batch::Batch;
+
+use super::{PumpStats, StopSignal};
+use crate::broker::{Broker, SourceCheckpoint};
+use crate::plugin::{Polled, SourceInstance};
+
+/// Batching settings of a source pump.
+#[derive(Debug, Clone)]
+pub struct SourcePumpConfig {
+    /// Most records per appended batch.
+    pub max_records: u32,
+    /// Most encoded bytes per appended batch.
+    pub max_bytes: u64,
+    /// How long to keep polling for a fuller batch.
+    pub linger: Duration,
+}
+
+/// How a source pump ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceEnd {
+    /// The source said it has nothing more, ever.
+    EndOfStream,
+    /// The stop signal came.
+    Stopped,
+}
+
+/// Moves one source instance's batches into a topic partition.
+#[derive(Debug)]
+pub struct SourcePump<B> {
+    /// The instance.
+    pub instance: SourceInstance,
+    /// Where batches go.
+    pub broker: Arc<B>,
+    /// The topic.
+    pub topic: String,
+    /// The partition this instance writes.
+    pub partition: u32,
+    /// `<connector>/<instance>`, the key of its stored position.
+    pub producer: String,
+    /// Batching.
+    pub config: SourcePumpConfig,
+    /// Shared counters.
+    pub stats: Arc<PumpStats>,
+    /// When to stop.
+    pub stop: StopSignal,
+}
+
+/// The longest an idle source waits before polling again.
+const MAX_IDLE: Duration = Duration::from_millis(50);
+
+impl<B: Broker> SourcePump<B> {
+    /// Runs until the source ends, the stop signal comes, or something fails.
+    pub async fn run(mut self) -> anyhow::Result<SourceEnd> {
+        let mut idle = Duration::from_millis(1);
+        let end = loop {
+            if self.stop.is_stopped() {
+                break SourceEnd::Stopped;
+            }
+            let (parts, records, position, eos) = self.fill().await?;
+            if records > 0 {
+                let batch = if parts.len() == 1 {
+                    parts.into_iter().next().expect("one part")
+                } else {
+                    let views = parts
+                        .iter()
+                        .map(|p| Batch::parse(p))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    sluice_batch::concat(views)?
+                };
+                let value_bytes = Batch::parse(&batch)?.value_bytes();
+                let checkpoint = position.as_deref().map(|position| SourceCheckpoint {
+                    producer: &self.producer,
+                    position,
+                });
+                self.broker
+                    .append(&self.topic, self.partition, &batch, records, checkpoint)
+                    .await?;
+                self.stats.add(u64::from(records), value_bytes);
+                if let Some(p) = &position {
+                    self.instance.commit(p).await?;
+                }
+                idle = Duration::from_millis(1);
+            } else if !eos {
+                // Nothing to send: back off a little, up to MAX_IDLE.
+                self.stop.sleep(idle).await;
+                idle = (idle * 2).min(MAX_IDLE);
+            }
+            if eos {
+                break SourceEnd::EndOfStream;
+            }
+        };
+        self.instance.close().await?;
+        Ok(end)
+    }
+
+    /// Polls until the batch is full, the linger time is up, or the source
+    /// has nothing more right now.
+    async fn fill(&mut self) -> anyhow::Result<(Vec<Vec<u8>>, u32, Option<Vec<u8>>, bool)> {
+        let deadline = Instant::now() + self.config.linger;
+        let mut parts = Vec::new();
+        let mut records = 0u32;
+        let mut bytes = 0u64;
+        let mut position = None;
+        loop {
+            let want = self.config.max_records - records;
+            let Polled {
+                batch,
+                records: n,
+                position: p,
+                end_of_stream,
+            } = self.instance.poll(want).await?;
+            if p.is_some() {
+                position = p;
+            }
+            if n > 0 {
+                records += n;
+                bytes += batch.len() as u64;
+                parts.push(batch);
+            }
+            let full = records >= self.config.max_records || bytes >= self.config.max_bytes;
+            if end_of_stream || full || n == 0 || Instant::now() >= deadline || self.stop.is_stopped() {
+                return Ok((parts, records, position, end_of_stream));
+            }
+        }
+    }
+}

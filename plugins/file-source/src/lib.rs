@@ -1,0 +1,211 @@
+//! `file-source`: reads lines from the files of a directory the connector is
+//! granted, in file-name order.
+//!
+//! Each line becomes one record (without its newline). The position is the
+//! file name and the byte offset after the last line read, so a restarted
+//! instance continues at the next line. Bounded by default: it ends once
+//! every file is read to its end. With `tail = true` it keeps watching for
+//! lines appended to the last file and for new files.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::path::PathBuf;
+
+use sluice_sdk::{BatchWriter, Context, Error, Poll, Source};
+
+/// Config of the `file-source`.
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Directory to read, as the plugin sees it (the guest side of a `files`
+    /// grant), e.g. `/in`.
+    pub path: String,
+    /// Keep reading as files grow and appear instead of ending.
+    #[serde(default)]
+    pub tail: bool,
+}
+
+/// The reader's state.
+#[derive(Debug)]
+pub struct FileSource {
+    dir: PathBuf,
+    tail: bool,
+    /// The file being read and the byte offset after the last line emitted.
+    file: Option<String>,
+    offset: u64,
+    reader: Option<BufReader<File>>,
+}
+
+/// Encodes a position: the offset as a little-endian u64, then the name.
+fn encode(file: &str, offset: u64) -> Vec<u8> {
+    let mut p = offset.to_le_bytes().to_vec();
+    p.extend_from_slice(file.as_bytes());
+    p
+}
+
+fn decode(p: &[u8]) -> Result<(String, u64), Error> {
+    let bad = || Error::fatal("stored position is not a file-source position");
+    let offset = u64::from_le_bytes(p.get(..8).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
+    let name = std::str::from_utf8(&p[8..]).map_err(|_| bad())?;
+    Ok((name.to_owned(), offset))
+}
+
+impl FileSource {
+    /// File names in the directory, sorted.
+    fn files(&self) -> Result<Vec<String>, Error> {
+        let entries = std::fs::read_dir(&self.dir)
+            .map_err(|e| Error::retriable(format!("cannot list {}: {e}", self.dir.display())))?;
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::retriable(format!("cannot list {}: {e}", self.dir.display())))?;
+            if entry.file_type().map(|t| t.is_file()).unwrap_or(false) {
+                if let Ok(name) = entry.file_name().into_string() {
+                    names.push(name);
+                }
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// Moves to the first file after the current one; false if there is none.
+    fn advance(&mut self) -> Result<bool, Error> {
+        let files = self.files()?;
+        let next = match &self.file {
+            None => files.into_iter().next(),
+            Some(cur) => files.into_iter().find(|f| f > cur),
+        };
+        match next {
+            None => Ok(false),
+            Some(name) => {
+                self.file = Some(name);
+                self.offset = 0;
+                self.reader = None;
+                Ok(true)
+            }
+        }
+    }
+
+    fn reader(&mut self) -> Result<Option<&mut BufReader<File>>, Error> {
+        if self.reader.is_none() {
+            let Some(name) = &self.file else { return Ok(None) };
+            let path = self.dir.join(name);
+            let mut f = File::open(&path)
+                .map_err(|e| Error::retriable(format!("cannot open {}: {e}", path.display())))?;
+            f.seek(SeekFrom::Start(self.offset))
+                .map_err(|e| Error::retriable(format!("cannot seek {}: {e}", path.display())))?;
+            self.reader = Some(BufReader::with_capacity(1 << 20, f));
+        }
+        Ok(self.reader.as_mut())
+    }
+}
+
+impl Source for FileSource {
+    type Config = Config;
+
+    fn open(config: Config, _ctx: &Context, resume_from: Option<&[u8]>) -> Result<Self, Error> {
+        let dir = PathBuf::from(&config.path);
+        std::fs::read_dir(&dir).map_err(|e| {
+            Error::invalid_config(format!(
+                "cannot open directory {}: {e} (is it granted under [connector.grants] files?)",
+                dir.display()
+            ))
+        })?;
+        let (file, offset) = match resume_from {
+            Some(p) => {
+                let (f, o) = decode(p)?;
+                (Some(f), o)
+            }
+            None => (None, 0),
+        };
+        Ok(FileSource {
+            dir,
+            tail: config.tail,
+            file,
+            offset,
+            reader: None,
+        })
+    }
+
+    fn poll(&mut self, out: &mut BatchWriter, max_records: usize) -> Result<Poll, Error> {
+        if self.file.is_none() && !self.advance()? {
+            return Ok(Poll { position: None, end_of_stream: !self.tail });
+        }
+        let mut line = Vec::new();
+        while out.len() < max_records {
+            let tail = self.tail;
+            let Some(reader) = self.reader()? else { break };
+            line.clear();
+            let n = reader
+                .read_until(b'\n', &mut line)
+                .map_err(|e| Error::retriable(format!("cannot read: {e}")))?;
+            let complete = line.last() == Some(&b'\n');
+            if n > 0 && (complete || !tail) {
+                let value = line.strip_suffix(b"\n").unwrap_or(&line);
+                out.push_value(value);
+                self.offset += n as u64;
+                continue;
+            }
+            if n > 0 {
+                // A line still being written: read it again once it is whole.
+                self.reader = None;
+            }
+            // At the end of this file: go on to the next, if there is one.
+            if !self.advance()? {
+                break;
+            }
+        }
+        let position = self.file.as_deref().map(|f| encode(f, self.offset));
+        let done = !self.tail && out.is_empty() && {
+            // Nothing read in this poll and no further file: the end.
+            self.files()?.iter().all(|f| Some(f.as_str()) <= self.file.as_deref())
+        };
+        Ok(Poll { position, end_of_stream: done })
+    }
+}
+
+sluice_sdk::export_source!(FileSource);
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn positions_round_trip() {
+        assert_eq!(decode(&encode("a.txt", 42)).unwrap(), ("a.txt".to_owned(), 42));
+        assert!(decode(b"short").is_err());
+    }
+
+    #[test]
+    fn reads_every_line_of_every_file_once_and_resumes() {
+        let dir = std::env::temp_dir().join(format!("file-source-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("a.txt"), "1\n2\n3\n").unwrap();
+        std::fs::write(dir.join("b.txt"), "4\n5").unwrap();
+        let ctx = Context { connector: "fs".into(), index: 0, count: 1 };
+        let config = || Config { path: dir.display().to_string(), tail: false };
+
+        let mut src = FileSource::open(config(), &ctx, None).unwrap();
+        let mut out = BatchWriter::new();
+        let first = src.poll(&mut out, 2).unwrap();
+        assert_eq!(out.len(), 2);
+        let pos = first.position.unwrap();
+
+        // A new instance resumes after the second line.
+        let mut src = FileSource::open(config(), &ctx, Some(&pos)).unwrap();
+        let mut lines = Vec::new();
+        loop {
+            let mut out = BatchWriter::new();
+            let poll = src.poll(&mut out, 100).unwrap();
+            let bytes = out.finish();
+            let batch = sluice_sdk::Batch::parse(&bytes).unwrap();
+            lines.extend(batch.iter().map(|r| String::from_utf8(r.value.to_vec()).unwrap()));
+            if poll.end_of_stream {
+                break;
+            }
+        }
+        assert_eq!(lines, ["3", "4", "5"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
