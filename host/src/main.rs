@@ -285,8 +285,8 @@ fn human_bytes(n: u64) -> String {
 
 fn print_summary(reports: &[Arc<ConnectorReport>]) {
     println!(
-        "{:<16} {:<6} {:>12} {:>11} {:>9} {:>12}  outcome",
-        "connector", "kind", "records", "bytes", "elapsed", "records/s"
+        "{:<16} {:<6} {:>12} {:>11} {:>9} {:>12} {:>8}  outcome",
+        "connector", "kind", "records", "bytes", "elapsed", "records/s", "MB/s"
     );
     for r in reports {
         let records = r.stats.records();
@@ -304,13 +304,14 @@ fn print_summary(reports: &[Arc<ConnectorReport>]) {
             String::new()
         };
         println!(
-            "{:<16} {:<6} {:>12} {:>11} {:>8.2}s {:>12}  {outcome}{refused}",
+            "{:<16} {:<6} {:>12} {:>11} {:>8.2}s {:>12} {:>8.1}  {outcome}{refused}",
             r.name,
             r.kind.to_string(),
             thousands(records),
             human_bytes(r.stats.bytes()),
             elapsed.as_secs_f64(),
             thousands(rate(records, elapsed)),
+            rate(r.stats.bytes(), elapsed) as f64 / 1e6,
         );
     }
 }

@@ -1,0 +1,109 @@
+//! Helpers shared by the integration tests: run the real `sluice` binary
+//! on manifests written into a temporary folder, and read what sinks wrote.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::print_stderr)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The `sluice` binary cargo built for these tests.
+pub fn sluice() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    // One compile cache for the whole test run: compiling plugins with a
+    // debug-built engine is the slow part of every test.
+    cmd.env("SLUICE_CACHE_DIR", cache_dir());
+    cmd.env("SLUICE_LOG", "info");
+    cmd
+}
+
+fn cache_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("sluice-test-cache")
+}
+
+/// A fixture or plugin component built by host/build.rs, by crate name.
+pub fn wasm(krate: &str) -> PathBuf {
+    PathBuf::from(env!("SLUICE_PLUGIN_WASM_DIR")).join(format!("{}.wasm", krate.replace('-', "_")))
+}
+
+/// Writes `manifest` as `sluice.toml` in `dir` and returns its path.
+pub fn write_manifest(dir: &Path, manifest: &str) -> PathBuf {
+    let path = dir.join("sluice.toml");
+    std::fs::write(&path, manifest).unwrap();
+    path
+}
+
+/// Runs `sluice <args…>` to completion.
+pub fn run(args: &[&str]) -> Output {
+    let out = sluice().args(args).output().unwrap();
+    eprintln!(
+        "sluice {args:?} exited {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A datagen → file-sink manifest writing under `out/`.
+pub fn datagen_to_files(count: u64, rate: u64) -> String {
+    format!(
+        r#"
+[broker]
+data_dir = "data"
+
+[[connector]]
+name = "gen"
+kind = "source"
+plugin = "datagen"
+topic = "events"
+[connector.config]
+count = {count}
+rate = {rate}
+payload_bytes = 64
+
+[[connector]]
+name = "files"
+kind = "sink"
+plugin = "file-sink"
+topic = "events"
+flush_interval_ms = 200
+[connector.config]
+path = "/out"
+max_file_bytes = 200000
+[connector.grants]
+files = [{{ host = "out", guest = "/out", mode = "read-write" }}]
+"#
+    )
+}
+
+/// Every `seq` value in the lines of the files under `dir`, in file order.
+pub fn seqs(dir: &Path) -> Vec<u64> {
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
+        Err(_) => return Vec::new(),
+    };
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for line in text.lines() {
+            let rest = line
+                .strip_prefix("{\"seq\":")
+                .unwrap_or_else(|| panic!("not a datagen line in {}: {line}", f.display()));
+            let end = rest.find([',', '}']).unwrap();
+            out.push(rest[..end].parse().unwrap());
+        }
+    }
+    out
+}
+
+/// Asserts `seqs` holds exactly 0..n, each once.
+pub fn assert_exactly_once(mut seqs: Vec<u64>, n: u64) {
+    let total = seqs.len();
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(total, seqs.len(), "{} duplicate lines", total - seqs.len());
+    assert_eq!(seqs.len() as u64, n, "expected {n} distinct seq values");
+    assert_eq!(seqs.first().copied(), if n > 0 { Some(0) } else { None });
+    assert_eq!(seqs.last().copied(), n.checked_sub(1));
+}
