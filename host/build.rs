@@ -23,8 +23,19 @@ const TARGET: &str = "wasm32-wasip2";
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
-    let root = manifest_dir.parent().expect("host/ sits in the workspace").to_path_buf();
-    for watched in ["wit", "sdk", "batch", "plugins", "tests/fixtures", "Cargo.toml", "Cargo.lock"] {
+    let root = manifest_dir
+        .parent()
+        .expect("host/ sits in the workspace")
+        .to_path_buf();
+    for watched in [
+        "wit",
+        "sdk",
+        "batch",
+        "plugins",
+        "tests/fixtures",
+        "Cargo.toml",
+        "Cargo.lock",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
 
@@ -64,20 +75,31 @@ fn main() {
     );
     for name in BUILTIN {
         let path = wasm_path(&wasm_dir, name);
-        writeln!(code, "    ({name:?}, include_bytes!({:?})),", path.display().to_string())
-            .expect("writing to a String");
+        writeln!(
+            code,
+            "    ({name:?}, include_bytes!({:?})),",
+            path.display().to_string()
+        )
+        .expect("writing to a String");
     }
     code.push_str("];\n");
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo"));
     std::fs::write(out_dir.join("builtin_plugins.rs"), code).expect("write builtin_plugins.rs");
 
     // Integration tests find fixtures (and built-ins, by path) here.
-    println!("cargo:rustc-env=SLUICE_PLUGIN_WASM_DIR={}", wasm_dir.display());
+    println!(
+        "cargo:rustc-env=SLUICE_PLUGIN_WASM_DIR={}",
+        wasm_dir.display()
+    );
 }
 
 fn wasm_path(dir: &Path, krate: &str) -> PathBuf {
     let path = dir.join(format!("{}.wasm", krate.replace('-', "_")));
-    assert!(path.exists(), "expected {} after the plugin build", path.display());
+    assert!(
+        path.exists(),
+        "expected {} after the plugin build",
+        path.display()
+    );
     path
 }
 
@@ -86,7 +108,11 @@ fn cargo_target_dir(root: &Path) -> PathBuf {
     match env::var_os("CARGO_TARGET_DIR") {
         Some(dir) => {
             let dir = PathBuf::from(dir);
-            if dir.is_absolute() { dir } else { root.join(dir) }
+            if dir.is_absolute() {
+                dir
+            } else {
+                root.join(dir)
+            }
         }
         None => root.join("target"),
     }
@@ -99,7 +125,9 @@ fn ensure_wasm_target() {
     if wasm_target_installed() {
         return;
     }
-    println!("cargo:warning=installing the {TARGET} target with rustup (needed to build the plugins)");
+    println!(
+        "cargo:warning=installing the {TARGET} target with rustup (needed to build the plugins)"
+    );
     let mut rustup = Command::new("rustup");
     rustup.args(["target", "add", TARGET]);
     if let Some(toolchain) = env::var_os("RUSTUP_TOOLCHAIN") {
@@ -125,6 +153,9 @@ fn wasm_target_installed() -> bool {
     let libdir = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     out.status.success()
         && std::fs::read_dir(&libdir)
-            .map(|mut entries| entries.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("libstd"))))
+            .map(|mut entries| {
+                entries
+                    .any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("libstd")))
+            })
             .unwrap_or(false)
 }

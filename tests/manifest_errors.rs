@@ -20,23 +20,39 @@ fn validate(text: &str) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
     let manifest = write_manifest(dir.path(), text);
     let out = run(&["validate", manifest.to_str().unwrap()]);
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
 fn an_unknown_field_is_refused_with_file_line_column_and_the_fix() {
-    let (code, err) = validate(&GOOD.replace("topic = \"events\"", "topic = \"events\"\nparalelism = 2"));
+    let (code, err) =
+        validate(&GOOD.replace("topic = \"events\"", "topic = \"events\"\nparalelism = 2"));
     assert_eq!(code, Some(2));
-    assert!(err.contains("sluice.toml:9:1: field `paralelism`: unknown field `paralelism`"), "{err}");
-    assert!(err.contains("help: remove it, or correct the spelling: expected one of"), "{err}");
-    assert!(err.contains("`parallelism`"), "the fix lists the right name: {err}");
+    assert!(
+        err.contains("sluice.toml:9:1: field `paralelism`: unknown field `paralelism`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("help: remove it, or correct the spelling: expected one of"),
+        "{err}"
+    );
+    assert!(
+        err.contains("`parallelism`"),
+        "the fix lists the right name: {err}"
+    );
 }
 
 #[test]
 fn a_wrong_type_is_refused_with_file_line_column() {
     let (code, err) = validate(&GOOD.replace("data_dir = \"data\"", "data_dir = 42"));
     assert_eq!(code, Some(2));
-    assert!(err.contains("sluice.toml:2:12: field `data_dir`: invalid type: integer `42`"), "{err}");
+    assert!(
+        err.contains("sluice.toml:2:12: field `data_dir`: invalid type: integer `42`"),
+        "{err}"
+    );
     assert!(err.contains("help: write"), "{err}");
 }
 
@@ -58,5 +74,8 @@ fn a_missing_file_and_an_unknown_plugin_are_explained() {
     assert_eq!(code, Some(2));
     assert!(err.contains("sluice.toml:7:10"), "{err}");
     assert!(err.contains("unknown plugin \"datagem\""), "{err}");
-    assert!(err.contains("datagen, file-sink, file-source, print"), "lists the built-ins: {err}");
+    assert!(
+        err.contains("datagen, file-sink, file-source, print"),
+        "lists the built-ins: {err}"
+    );
 }

@@ -17,11 +17,17 @@ fn bounded_pipeline_delivers_every_record_once_and_a_second_run_adds_nothing() {
     let out = run(&["run", manifest.to_str().unwrap()]);
     assert!(out.status.success());
     let summary = String::from_utf8_lossy(&out.stdout);
-    assert!(summary.contains("20,000"), "summary shows the count: {summary}");
+    assert!(
+        summary.contains("20,000"),
+        "summary shows the count: {summary}"
+    );
     let first = seqs(&dir.path().join("out"));
     assert_exactly_once(first.clone(), 20_000);
     let files = std::fs::read_dir(dir.path().join("out")).unwrap().count();
-    assert!(files > 1, "max_file_bytes makes the sink roll files, got {files}");
+    assert!(
+        files > 1,
+        "max_file_bytes makes the sink roll files, got {files}"
+    );
 
     // The documented second run: the source resumes at its end and the sink
     // at its committed offset, so nothing is written again.
@@ -44,17 +50,30 @@ fn a_pipeline_stopped_part_way_continues_from_its_committed_offsets() {
     let out_dir = dir.path().join("out");
     let started = Instant::now();
     while seqs(&out_dir).len() < 2_000 {
-        assert!(started.elapsed() < Duration::from_secs(120), "no output after two minutes");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no output after two minutes"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let pid = child.id().to_string();
-    assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     let out = child.wait_with_output().unwrap();
     eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(out.status.code(), Some(130), "Ctrl-C exits 130 after a clean stop");
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "Ctrl-C exits 130 after a clean stop"
+    );
     let stopped = seqs(&out_dir);
     let n = stopped.len() as u64;
-    assert!(n >= 2_000 && n < 60_000, "stopped after {n} records");
+    assert!((2_000..60_000).contains(&n), "stopped after {n} records");
     // A clean stop flushes and commits everything it took from the log.
     assert_exactly_once(stopped, n);
 
@@ -133,6 +152,9 @@ stdout = true
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
     for i in 0..5 {
-        assert!(stdout.contains(&format!("t> {{\"seq\":{i}}}\n")), "{stdout}");
+        assert!(
+            stdout.contains(&format!("t> {{\"seq\":{i}}}\n")),
+            "{stdout}"
+        );
     }
 }

@@ -31,8 +31,14 @@ fn inspect_prints_name_version_description_and_config_schema() {
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("name:        datagen"), "{text}");
-    assert!(text.contains(&format!("version:     {}", env!("CARGO_PKG_VERSION"))), "{text}");
-    assert!(text.contains("description: Generates JSON records"), "{text}");
+    assert!(
+        text.contains(&format!("version:     {}", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+    assert!(
+        text.contains("description: Generates JSON records"),
+        "{text}"
+    );
     for field in ["\"count\"", "\"rate\"", "\"payload_bytes\"", "\"seed\""] {
         assert!(text.contains(field), "schema lists {field}: {text}");
     }
@@ -42,7 +48,10 @@ fn inspect_prints_name_version_description_and_config_schema() {
     let spec: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(spec["name"], "file-sink");
     assert_eq!(spec["kind"], "sink");
-    assert_eq!(spec["config_schema"]["required"], serde_json::json!(["path"]));
+    assert_eq!(
+        spec["config_schema"]["required"],
+        serde_json::json!(["path"])
+    );
 }
 
 #[test]
@@ -56,8 +65,14 @@ fn a_plugin_exporting_the_wrong_interface_is_refused_naming_what_is_missing() {
         err.contains("does not export sluice:connector/source-api@0.1.0"),
         "names the missing interface: {err}"
     );
-    assert!(err.contains("it exports sluice:connector/sink-api@0.1.0"), "{err}");
-    assert!(err.contains("sluice.toml:5:10"), "points at the plugin line: {err}");
+    assert!(
+        err.contains("it exports sluice:connector/sink-api@0.1.0"),
+        "{err}"
+    );
+    assert!(
+        err.contains("sluice.toml:5:10"),
+        "points at the plugin line: {err}"
+    );
 }
 
 #[test]
@@ -68,8 +83,14 @@ fn a_plugin_built_against_another_contract_version_is_refused_naming_it() {
     let out = run(&["validate", manifest.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
-    assert!(err.contains("built against sluice:connector@0.0.9"), "{err}");
-    assert!(err.contains("this host speaks sluice:connector@0.1.0"), "{err}");
+    assert!(
+        err.contains("built against sluice:connector@0.0.9"),
+        "{err}"
+    );
+    assert!(
+        err.contains("this host speaks sluice:connector@0.1.0"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -79,7 +100,11 @@ fn a_file_that_is_not_a_component_is_refused() {
     let manifest = write_manifest(dir.path(), &source_manifest("junk.wasm", ""));
     let out = run(&["validate", manifest.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("is not a valid WebAssembly component"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is not a valid WebAssembly component"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -92,10 +117,16 @@ fn validate_rejects_a_config_its_plugin_schema_refuses() {
     let out = run(&["validate", manifest.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
-    assert!(err.contains("sluice.toml:9:17"), "file:line:column of the value: {err}");
+    assert!(
+        err.contains("sluice.toml:9:17"),
+        "file:line:column of the value: {err}"
+    );
     assert!(err.contains("connector[0].config.payload_bytes"), "{err}");
     assert!(err.contains("\"big\" is not of type \"integer\""), "{err}");
-    assert!(err.contains("Size of each record's value in bytes"), "help from the schema: {err}");
+    assert!(
+        err.contains("Size of each record's value in bytes"),
+        "help from the schema: {err}"
+    );
 
     let manifest = write_manifest(dir.path(), &source_manifest("datagen", "colour = \"red\""));
     let out = run(&["validate", manifest.to_str().unwrap()]);
@@ -105,7 +136,10 @@ fn validate_rejects_a_config_its_plugin_schema_refuses() {
 
 #[test]
 fn validate_accepts_the_quickstart() {
-    let quickstart = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/quickstart/sluice.toml");
+    let quickstart = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/quickstart/sluice.toml"
+    );
     let out = run(&["validate", quickstart]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
@@ -133,7 +167,10 @@ path = "/out"
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(err.contains("plugin file-sink refused its config"), "{err}");
-    assert!(err.contains("is it granted under [connector.grants] files?"), "{err}");
+    assert!(
+        err.contains("is it granted under [connector.grants] files?"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -152,6 +189,9 @@ fn compiled_plugins_are_cached_on_disk_by_content_and_engine() {
     let host = PluginHost::new(CompileCache::new(Some(cache.path().to_path_buf()))).unwrap();
     let (hit, _) = host.load(&datagen).unwrap().load_info();
     assert!(hit, "the second load comes from the cache");
-    let (hit, _) = host.load(&PluginRef::resolve("print", std::path::Path::new(".")).unwrap()).unwrap().load_info();
+    let (hit, _) = host
+        .load(&PluginRef::resolve("print", std::path::Path::new(".")).unwrap())
+        .unwrap()
+        .load_info();
     assert!(!hit, "another component is another entry");
 }

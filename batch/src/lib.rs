@@ -307,15 +307,20 @@ impl BatchWriter {
         let count = u16::try_from(headers.len()).expect("at most 65,535 headers per record");
         self.buf.extend_from_slice(&count.to_le_bytes());
         for (name, value) in headers {
-            let name_len = u16::try_from(name.len()).expect("header names are at most 65,535 bytes");
+            let name_len =
+                u16::try_from(name.len()).expect("header names are at most 65,535 bytes");
             self.buf.extend_from_slice(&name_len.to_le_bytes());
             self.buf.extend_from_slice(name.as_bytes());
-            self.buf.extend_from_slice(&len_u32(value.len()).to_le_bytes());
+            self.buf
+                .extend_from_slice(&len_u32(value.len()).to_le_bytes());
             self.buf.extend_from_slice(value);
         }
         let record_len = len_u32(self.buf.len() - start - 4);
         self.buf[start..start + 4].copy_from_slice(&record_len.to_le_bytes());
-        self.count = self.count.checked_add(1).expect("at most u32::MAX records per batch");
+        self.count = self
+            .count
+            .checked_add(1)
+            .expect("at most u32::MAX records per batch");
     }
 
     /// The encoded batch.

@@ -124,11 +124,20 @@ async fn run_cli(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run {
             manifest,
             no_progress,
-        } => run(&manifest, plugins, !no_progress && std::io::stderr().is_terminal()).await,
+        } => {
+            run(
+                &manifest,
+                plugins,
+                !no_progress && std::io::stderr().is_terminal(),
+            )
+            .await
+        }
         Command::Validate { manifest } => validate(&manifest, &plugins).await,
         Command::Plugin { command } => match command {
             PluginCommand::List => plugin_list(&plugins).await,
-            PluginCommand::Inspect { plugin, json } => plugin_inspect(&plugins, &plugin, json).await,
+            PluginCommand::Inspect { plugin, json } => {
+                plugin_inspect(&plugins, &plugin, json).await
+            }
         },
     }
 }
@@ -202,7 +211,9 @@ async fn run(path: &Path, plugins: Arc<PluginHost>, progress: bool) -> anyhow::R
                 () = sigterm => {}
             }
             interrupted.store(true, std::sync::atomic::Ordering::SeqCst);
-            tracing::info!("stopping: finishing the current batches, flushing and committing (Ctrl-C again to quit at once)");
+            tracing::info!(
+                "stopping: finishing the current batches, flushing and committing (Ctrl-C again to quit at once)"
+            );
             stop.stop();
             if tokio::signal::ctrl_c().await.is_ok() {
                 std::process::exit(i32::from(EXIT_INTERRUPTED));
@@ -260,7 +271,7 @@ fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::with_capacity(s.len() + s.len() / 3);
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

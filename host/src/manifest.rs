@@ -405,10 +405,21 @@ pub const DEFAULT_MEMORY_BYTES: u64 = 256 * 1024 * 1024;
 /// Default `cpu` grant.
 pub const DEFAULT_CPU: Duration = Duration::from_secs(10);
 
-/// A manifest problem, located in its file.
+/// A manifest problem, located in its file. Boxed: it travels in `Result`s.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{}", self.render())]
-pub struct ManifestError {
+#[error("{}", self.0.render())]
+pub struct ManifestError(Box<Located>);
+
+impl std::ops::Deref for ManifestError {
+    type Target = Located;
+    fn deref(&self) -> &Located {
+        &self.0
+    }
+}
+
+/// The details of a [`ManifestError`].
+#[derive(Debug, Clone)]
+pub struct Located {
     /// The manifest's path.
     pub file: PathBuf,
     /// 1-based line, if known.
@@ -433,7 +444,7 @@ impl ManifestError {
         span: Option<std::ops::Range<usize>>,
         message: impl Into<String>,
     ) -> Self {
-        let mut e = ManifestError {
+        let mut e = Located {
             file: file.to_path_buf(),
             line: None,
             column: None,
@@ -452,23 +463,29 @@ impl ManifestError {
                 .map_or(source.len(), |i| span.start + i);
             e.line = Some(line);
             e.column = Some(column);
-            e.snippet = Some(source[line_start..line_end].trim_end_matches('\r').to_owned());
+            e.snippet = Some(
+                source[line_start..line_end]
+                    .trim_end_matches('\r')
+                    .to_owned(),
+            );
         }
-        e
+        ManifestError(Box::new(e))
     }
 
     /// Names the field at fault.
     pub fn field(mut self, field: impl Into<String>) -> Self {
-        self.field = Some(field.into());
+        self.0.field = Some(field.into());
         self
     }
 
     /// Says what to write instead.
     pub fn help(mut self, help: impl Into<String>) -> Self {
-        self.help = Some(help.into());
+        self.0.help = Some(help.into());
         self
     }
+}
 
+impl Located {
     fn render(&self) -> String {
         let mut out = format!("{}", self.file.display());
         if let (Some(l), Some(c)) = (self.line, self.column) {
@@ -497,15 +514,17 @@ impl Manifest {
     /// Reads and checks the manifest at `path`.
     pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
         let source = std::fs::read_to_string(path).map_err(|e| {
-            ManifestError::at(path, "", None, format!("cannot read the manifest: {e}"))
-                .help("check the path; `sluice run examples/quickstart/sluice.toml` runs the quickstart")
+            ManifestError::at(path, "", None, format!("cannot read the manifest: {e}")).help(
+                "check the path; `sluice run examples/quickstart/sluice.toml` runs the quickstart",
+            )
         })?;
         Self::parse(path, &source)
     }
 
     /// Parses and checks `source`, read from `path`.
     pub fn parse(path: &Path, source: &str) -> Result<Manifest, ManifestError> {
-        let mut manifest: Manifest = toml::from_str(source).map_err(|e| from_toml(path, source, &e))?;
+        let mut manifest: Manifest =
+            toml::from_str(source).map_err(|e| from_toml(path, source, &e))?;
         manifest.path = path.to_path_buf();
         manifest.base_dir = path
             .parent()
@@ -525,13 +544,17 @@ impl Manifest {
     /// Checks what the types alone cannot.
     fn check(&self) -> Result<(), ManifestError> {
         if self.broker.partitions == 0 {
-            return Err(ManifestError::at(&self.path, &self.source, None, "partitions is 0")
-                .field("broker.partitions")
-                .help("a topic needs at least one partition: `partitions = 1`"));
+            return Err(
+                ManifestError::at(&self.path, &self.source, None, "partitions is 0")
+                    .field("broker.partitions")
+                    .help("a topic needs at least one partition: `partitions = 1`"),
+            );
         }
         if self.connectors.is_empty() {
-            return Err(ManifestError::at(&self.path, &self.source, None, "no connector")
-                .help("add a [[connector]] table with name, kind, plugin and topic"));
+            return Err(
+                ManifestError::at(&self.path, &self.source, None, "no connector")
+                    .help("add a [[connector]] table with name, kind, plugin and topic"),
+            );
         }
         let mut names = BTreeSet::new();
         for (i, c) in self.connectors.iter().enumerate() {
@@ -543,13 +566,19 @@ impl Manifest {
                     .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-'));
             if !valid {
                 return Err(self
-                    .error(c.name.span(), format!("connector name {name:?} is not allowed"))
+                    .error(
+                        c.name.span(),
+                        format!("connector name {name:?} is not allowed"),
+                    )
                     .field(format!("connector[{i}].name"))
                     .help("use letters, digits, `.`, `_` and `-`, e.g. `name = \"orders-sink\"`"));
             }
             if !names.insert(name.clone()) {
                 return Err(self
-                    .error(c.name.span(), format!("a second connector is named {name:?}"))
+                    .error(
+                        c.name.span(),
+                        format!("a second connector is named {name:?}"),
+                    )
                     .field(format!("connector[{i}].name"))
                     .help("connector names must be unique; rename one of them"));
             }
@@ -682,7 +711,9 @@ fn from_toml(path: &Path, source: &str, e: &toml::de::Error) -> ManifestError {
     }
     let help = if message.starts_with("unknown field") {
         match message.split_once(", expected ") {
-            Some((_, expected)) => format!("remove it, or correct the spelling: expected {expected}"),
+            Some((_, expected)) => {
+                format!("remove it, or correct the spelling: expected {expected}")
+            }
             None => "remove it, or correct the spelling".to_owned(),
         }
     } else if message.starts_with("invalid type") {
@@ -708,9 +739,7 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size"))?;
+    let n: u64 = num.parse().map_err(|_| format!("{text:?} is not a size"))?;
     let mult = match unit.trim() {
         "" | "B" => 1,
         "KiB" | "K" | "KB" => 1 << 10,
@@ -718,7 +747,8 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
         "GiB" | "G" | "GB" => 1 << 30,
         other => return Err(format!("unknown size unit {other:?} in {text:?}")),
     };
-    n.checked_mul(mult).ok_or_else(|| format!("{text:?} is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 /// Parses a duration such as `"2s"`, `"500ms"` or `"1m"`.
@@ -733,7 +763,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
         "m" => Ok(Duration::from_secs(n * 60)),
-        other => Err(format!("unknown duration unit {other:?} in {text:?} (use ms, s or m)")),
+        other => Err(format!(
+            "unknown duration unit {other:?} in {text:?} (use ms, s or m)"
+        )),
     }
 }
 
@@ -784,7 +816,10 @@ topics = ["events"]
         let text = e.to_string();
         assert!(text.starts_with("dir/m.toml:10:1: "), "{text}");
         assert!(text.contains("unknown field `partitons`"), "{text}");
-        assert!(text.contains("help: remove it, or correct the spelling"), "{text}");
+        assert!(
+            text.contains("help: remove it, or correct the spelling"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -801,7 +836,10 @@ topics = ["events"]
         let bad = GOOD.replace("name = \"out\"", "name = \"gen\"");
         let e = parse(&bad).unwrap_err();
         assert_eq!(e.line, Some(14));
-        assert!(e.to_string().contains("second connector is named \"gen\""), "{e}");
+        assert!(
+            e.to_string().contains("second connector is named \"gen\""),
+            "{e}"
+        );
 
         let bad = GOOD.replace("topics = [\"events\"]", "");
         let e = parse(&bad).unwrap_err();

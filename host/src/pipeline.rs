@@ -80,8 +80,13 @@ async fn check_one(
 ) -> anyhow::Result<CheckedConnector> {
     let name = c.name.get_ref();
     let at_plugin = |e: &dyn std::fmt::Display| {
-        ManifestError::at(&manifest.path, &manifest.source, Some(c.plugin.span()), e.to_string())
-            .field(format!("connector[{index}].plugin"))
+        ManifestError::at(
+            &manifest.path,
+            &manifest.source,
+            Some(c.plugin.span()),
+            e.to_string(),
+        )
+        .field(format!("connector[{index}].plugin"))
     };
     let reference = PluginRef::resolve(c.plugin.get_ref(), &manifest.base_dir)
         .map_err(|e| at_plugin(&e).help("`sluice plugin list` shows the built-in plugins"))?;
@@ -95,10 +100,12 @@ async fn check_one(
             "use a {needed} plugin here, or change `kind` to match the plugin"
         ))
     })?;
-    let spec = plugins
-        .spec(&plugin)
-        .await
-        .with_context(|| format!("reading the spec of plugin {} for connector {name:?}", plugin.name()))?;
+    let spec = plugins.spec(&plugin).await.with_context(|| {
+        format!(
+            "reading the spec of plugin {} for connector {name:?}",
+            plugin.name()
+        )
+    })?;
     let config = serde_json::to_value(&c.config).context("turning [connector.config] into JSON")?;
     let validator = jsonschema::validator_for(&spec.config_schema).map_err(|e| {
         anyhow::anyhow!(
@@ -166,7 +173,10 @@ fn schema_help(schema: &serde_json::Value, pointer: &str, plugin: &str) -> Strin
     if !help.is_empty() {
         help.push_str("; ");
     }
-    let _ = write!(help, "`sluice plugin inspect {plugin}` shows the whole schema");
+    let _ = write!(
+        help,
+        "`sluice plugin inspect {plugin}` shows the whole schema"
+    );
     help
 }
 
@@ -216,7 +226,8 @@ impl ConnectorReport {
     /// once the last has ended.
     pub fn outcome(&self) -> ConnectorOutcome {
         let worst = self.outcome.lock().expect("report lock").clone();
-        if self.running.load(Ordering::Acquire) > 0 && !matches!(worst, ConnectorOutcome::Failed(_)) {
+        if self.running.load(Ordering::Acquire) > 0 && !matches!(worst, ConnectorOutcome::Failed(_))
+        {
             ConnectorOutcome::Running
         } else {
             worst
@@ -249,6 +260,8 @@ pub struct RunningPipeline {
     tasks: JoinSet<()>,
     reports: Vec<Arc<ConnectorReport>>,
     broker: Arc<EmbeddedLog>,
+    /// Kept for the instances' lifetime: its epoch ticker enforces `cpu`.
+    _plugins: Arc<PluginHost>,
 }
 
 /// Opens the broker, opens every instance, and starts the pumps.
@@ -270,17 +283,26 @@ pub async fn start(
     for c in &connectors {
         broker
             .ensure_topic_all(&c.config.topic_names())
-            .with_context(|| format!("creating the topics of connector {:?}", c.config.name.get_ref()))?;
+            .with_context(|| {
+                format!(
+                    "creating the topics of connector {:?}",
+                    c.config.name.get_ref()
+                )
+            })?;
         if c.config.kind == ConnectorKind::Source {
             for t in c.config.topic_names() {
                 *writers.entry(t).or_default() += *c.config.parallelism.get_ref();
             }
         }
     }
-    let mut sealers: HashMap<String, (Arc<TopicSealer>, TopicSeal, Arc<AtomicU32>)> = HashMap::new();
+    let mut sealers: HashMap<String, (Arc<TopicSealer>, TopicSeal, Arc<AtomicU32>)> =
+        HashMap::new();
     for (topic, n) in &writers {
         let (sealer, seal) = TopicSeal::new();
-        sealers.insert(topic.clone(), (Arc::new(sealer), seal, Arc::new(AtomicU32::new(*n))));
+        sealers.insert(
+            topic.clone(),
+            (Arc::new(sealer), seal, Arc::new(AtomicU32::new(*n))),
+        );
     }
 
     let mut tasks = JoinSet::new();
@@ -338,7 +360,10 @@ pub async fn start(
                         stats: report.stats.clone(),
                         stop: stop.clone(),
                     };
-                    let (sealer, _, left) = sealers.get(&topic).expect("every source topic has a sealer").clone();
+                    let (sealer, _, left) = sealers
+                        .get(&topic)
+                        .expect("every source topic has a sealer")
+                        .clone();
                     let report = report.clone();
                     let stop = stop.clone();
                     report.running.fetch_add(1, Ordering::AcqRel);
@@ -354,7 +379,10 @@ pub async fn start(
                                 }
                                 Ok(SourceEnd::Stopped) => ConnectorOutcome::Stopped,
                                 Err(e) => {
-                                    tracing::error!(error = format!("{e:#}"), "source instance failed; stopping the pipeline");
+                                    tracing::error!(
+                                        error = format!("{e:#}"),
+                                        "source instance failed; stopping the pipeline"
+                                    );
                                     stop.stop();
                                     ConnectorOutcome::Failed(format!("{e:#}"))
                                 }
@@ -374,12 +402,21 @@ pub async fn start(
                     for topic in c.config.topic_names() {
                         let partitions = broker.ensure_topic(&topic)?;
                         for partition in (0..partitions).filter(|p| p % parallelism == index) {
-                            let next = stored
+                            let wanted = stored
                                 .iter()
                                 .find(|o| o.topic == topic && o.partition == partition)
                                 .map(|o| o.next_offset)
                                 .or_else(|| broker.committed_offset(&name, &topic, partition))
                                 .unwrap_or(0);
+                            let end = broker.end_offset(&topic, partition)?;
+                            if wanted > end {
+                                tracing::warn!(
+                                    connector = %name, topic = %topic, partition, committed = wanted, end,
+                                    "the committed offset is past the end of the log (it lost data it had \
+                                     acknowledged, e.g. to a power loss under fsync = \"never\"); resuming at the end"
+                                );
+                            }
+                            let next = wanted.min(end);
                             let seal = sealers
                                 .get(&topic)
                                 .map_or_else(TopicSeal::never, |(_, seal, _)| seal.clone());
@@ -420,7 +457,10 @@ pub async fn start(
                                     ConnectorOutcome::Finished
                                 }
                                 Err(e) => {
-                                    tracing::error!(error = format!("{e:#}"), "sink instance failed; stopping the pipeline");
+                                    tracing::error!(
+                                        error = format!("{e:#}"),
+                                        "sink instance failed; stopping the pipeline"
+                                    );
                                     stop.stop();
                                     ConnectorOutcome::Failed(format!("{e:#}"))
                                 }
@@ -442,6 +482,7 @@ pub async fn start(
         tasks,
         reports,
         broker,
+        _plugins: plugins,
     })
 }
 
@@ -469,7 +510,9 @@ impl RunningPipeline {
                 tracing::error!(error = %e, "a pump task panicked");
             }
         }
-        self.broker.sync_all().context("syncing the log at shutdown")?;
+        self.broker
+            .sync_all()
+            .context("syncing the log at shutdown")?;
         Ok(self.reports)
     }
 }

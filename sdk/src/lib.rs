@@ -226,8 +226,12 @@ pub trait Sink: Sized + 'static {
     }
 
     /// Writes one batch. Records refused on their merits go to `rejects`.
-    fn write(&mut self, origin: &Origin, batch: Batch<'_>, rejects: &mut Rejects)
-    -> Result<(), Error>;
+    fn write(
+        &mut self,
+        origin: &Origin,
+        batch: Batch<'_>,
+        rejects: &mut Rejects,
+    ) -> Result<(), Error>;
 
     /// Makes everything written so far durable. The host commits offsets only
     /// after this returns `Ok`.

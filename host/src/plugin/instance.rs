@@ -61,7 +61,12 @@ pub(crate) fn trap(
     trap_with(plugin, call, e, &CallLimits::from(grants))
 }
 
-fn trap_with(plugin: &str, call: &'static str, e: &wasmtime::Error, limits: &CallLimits) -> PluginError {
+fn trap_with(
+    plugin: &str,
+    call: &'static str,
+    e: &wasmtime::Error,
+    limits: &CallLimits,
+) -> PluginError {
     let reason = match e.downcast_ref::<wasmtime::Trap>() {
         Some(wasmtime::Trap::Interrupt) => format!(
             "ran longer than its cpu grant of {:?} in one call",
@@ -105,11 +110,12 @@ fn plugin_error(plugin: &str, call: &'static str, e: types::Error) -> PluginErro
 }
 
 fn to_spec(plugin: &str, s: types::PluginSpec) -> Result<Spec, PluginError> {
-    let config_schema = serde_json::from_str(&s.config_schema).map_err(|e| PluginError::Contract {
-        plugin: plugin.to_owned(),
-        call: "spec",
-        what: format!("config-schema is not JSON: {e}"),
-    })?;
+    let config_schema =
+        serde_json::from_str(&s.config_schema).map_err(|e| PluginError::Contract {
+            plugin: plugin.to_owned(),
+            call: "spec",
+            what: format!("config-schema is not JSON: {e}"),
+        })?;
     Ok(Spec {
         name: s.name,
         version: s.version,
@@ -129,16 +135,29 @@ pub(crate) async fn spec(
     arm(store, limits);
     let spec = match &plugin.pre {
         PluginPre::Source(pre) => {
-            let api = pre.instantiate_async(&mut *store).await.map_err(|e| fail("instantiate", e))?;
-            api.sluice_connector_source_api().call_spec(&mut *store).await
+            let api = pre
+                .instantiate_async(&mut *store)
+                .await
+                .map_err(|e| fail("instantiate", e))?;
+            api.sluice_connector_source_api()
+                .call_spec(&mut *store)
+                .await
         }
         PluginPre::Sink(pre) => {
-            let api = pre.instantiate_async(&mut *store).await.map_err(|e| fail("instantiate", e))?;
+            let api = pre
+                .instantiate_async(&mut *store)
+                .await
+                .map_err(|e| fail("instantiate", e))?;
             api.sluice_connector_sink_api().call_spec(&mut *store).await
         }
         PluginPre::Transform(pre) => {
-            let api = pre.instantiate_async(&mut *store).await.map_err(|e| fail("instantiate", e))?;
-            api.sluice_connector_transform_api().call_spec(&mut *store).await
+            let api = pre
+                .instantiate_async(&mut *store)
+                .await
+                .map_err(|e| fail("instantiate", e))?;
+            api.sluice_connector_transform_api()
+                .call_spec(&mut *store)
+                .await
         }
     }
     .map_err(|e| fail("spec", e))?;
@@ -197,12 +216,21 @@ impl SourceInstance {
     }
 
     /// Calls `open` with the config document and the resume position.
-    pub async fn open(&mut self, config: &str, resume_from: Option<&[u8]>) -> Result<(), PluginError> {
+    pub async fn open(
+        &mut self,
+        config: &str,
+        resume_from: Option<&[u8]>,
+    ) -> Result<(), PluginError> {
         arm(&mut self.store, &self.limits);
         let r = self
             .api
             .sluice_connector_source_api()
-            .call_open(&mut self.store, config, &self.context, resume_from.map(<[u8]>::to_vec).as_ref())
+            .call_open(
+                &mut self.store,
+                config,
+                &self.context,
+                resume_from.map(<[u8]>::to_vec).as_ref(),
+            )
             .await
             .map_err(|e| self.fail("open", e))?;
         r.map_err(|e| plugin_error(&self.plugin, "open", e))
@@ -223,7 +251,8 @@ impl SourceInstance {
             call: "poll",
             what,
         };
-        let batch = Batch::parse(&p.batch).map_err(|e| contract(format!("returned a malformed batch: {e}")))?;
+        let batch = Batch::parse(&p.batch)
+            .map_err(|e| contract(format!("returned a malformed batch: {e}")))?;
         let records = batch.len() as u32;
         if records > max_records {
             return Err(contract(format!(
@@ -370,10 +399,7 @@ impl SinkInstance {
                     Err(PluginError::Contract {
                         plugin: self.plugin.to_string(),
                         call: "write",
-                        what: format!(
-                            "refused record {} of a batch of {records}",
-                            f.index
-                        ),
+                        what: format!("refused record {} of a batch of {records}", f.index),
                     })
                 } else {
                     Ok(Refused {

@@ -559,7 +559,10 @@ impl PluginHost {
     /// contract versions by name.
     fn kind_of(&self, name: &str, component: &Component) -> Result<PluginKind, PluginError> {
         let ty = component.component_type();
-        let exports: Vec<String> = ty.exports(&self.engine).map(|(n, _)| n.to_owned()).collect();
+        let exports: Vec<String> = ty
+            .exports(&self.engine)
+            .map(|(n, _)| n.to_owned())
+            .collect();
         let mut kinds = Vec::new();
         for export in &exports {
             let Some(rest) = export.strip_prefix("sluice:connector/") else {

@@ -98,7 +98,13 @@ impl<B: Broker> SinkPump<B> {
                     self.assignments[i].next = b.next_offset();
                     pending = true;
                     progressed = true;
+                    if self.stop.is_stopped() {
+                        break;
+                    }
                 }
+            }
+            if self.stop.is_stopped() {
+                break;
             }
             if pending && last_flush.elapsed() >= self.config.flush_interval {
                 self.flush_and_commit().await?;

@@ -123,7 +123,12 @@ impl<B: Broker> SourcePump<B> {
                 parts.push(batch);
             }
             let full = records >= self.config.max_records || bytes >= self.config.max_bytes;
-            if end_of_stream || full || n == 0 || Instant::now() >= deadline || self.stop.is_stopped() {
+            if end_of_stream
+                || full
+                || n == 0
+                || Instant::now() >= deadline
+                || self.stop.is_stopped()
+            {
                 return Ok((parts, records, position, end_of_stream));
             }
         }

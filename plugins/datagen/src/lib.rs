@@ -146,7 +146,10 @@ mod tests {
         for (i, r) in batch.iter().enumerate() {
             assert_eq!(r.value.len(), 100);
             let text = std::str::from_utf8(r.value).unwrap();
-            assert!(text.starts_with(&format!("{{\"seq\":{i},\"pad\":\"")), "{text}");
+            assert!(
+                text.starts_with(&format!("{{\"seq\":{i},\"pad\":\"")),
+                "{text}"
+            );
             assert!(text.ends_with("\"}"));
         }
         let mut out = BatchWriter::new();
@@ -162,7 +165,11 @@ mod tests {
         let mut out = BatchWriter::new();
         g.poll(&mut out, 100).unwrap();
         let bytes = out.finish();
-        let values: Vec<&[u8]> = Batch::parse(&bytes).unwrap().iter().map(|r| r.value).collect();
+        let values: Vec<&[u8]> = Batch::parse(&bytes)
+            .unwrap()
+            .iter()
+            .map(|r| r.value)
+            .collect();
         // payload_bytes smaller than the JSON needs: the bare object.
         assert_eq!(values, [&b"{\"seq\":8}"[..], b"{\"seq\":9}"]);
     }

@@ -4,8 +4,11 @@
 //! Files are named `<topic>-<partition>-<first offset>.txt` after the first
 //! record they hold, and roll when they pass `max_file_bytes`. `flush` writes
 //! out the buffer and syncs the file, so what the sink reports flushed is on
-//! disk. A redelivered batch starts a file of the same name again, which
-//! replaces a file whose records were never committed.
+//! disk. After a crash the host redelivers from its last committed offset;
+//! a file that began with uncommitted records is then written again under
+//! the same name, but records appended to an older file after its last
+//! flush can appear twice. (Storing the sink's own offsets with its files,
+//! for exactly once, is planned with the crash-safety work.)
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
@@ -112,14 +115,21 @@ impl Sink for FileSink {
         })
     }
 
-    fn write(&mut self, origin: &Origin, batch: Batch<'_>, _rejects: &mut Rejects) -> Result<(), Error> {
+    fn write(
+        &mut self,
+        origin: &Origin,
+        batch: Batch<'_>,
+        _rejects: &mut Rejects,
+    ) -> Result<(), Error> {
         let current = self.file_for(origin)?;
         for record in batch.iter() {
             current
                 .file
                 .write_all(record.value)
                 .and_then(|()| current.file.write_all(b"\n"))
-                .map_err(|e| Error::retriable(format!("cannot write {}: {e}", current.path.display())))?;
+                .map_err(|e| {
+                    Error::retriable(format!("cannot write {}: {e}", current.path.display()))
+                })?;
             current.bytes += record.value.len() as u64 + 1;
         }
         Ok(())

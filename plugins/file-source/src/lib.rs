@@ -6,6 +6,9 @@
 //! instance continues at the next line. Bounded by default: it ends once
 //! every file is read to its end. With `tail = true` it keeps watching for
 //! lines appended to the last file and for new files.
+//!
+//! With `parallelism = N`, instance `i` reads the files whose name hashes to
+//! `i` modulo `N`, so each file is read by exactly one instance.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
@@ -30,6 +33,9 @@ pub struct Config {
 pub struct FileSource {
     dir: PathBuf,
     tail: bool,
+    /// This instance's index and the connector's parallelism.
+    index: u32,
+    count: u32,
     /// The file being read and the byte offset after the last line emitted.
     file: Option<String>,
     offset: u64,
@@ -41,6 +47,13 @@ fn encode(file: &str, offset: u64) -> Vec<u8> {
     let mut p = offset.to_le_bytes().to_vec();
     p.extend_from_slice(file.as_bytes());
     p
+}
+
+/// A stable hash of a file name, to split files between instances.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 fn decode(p: &[u8]) -> Result<(String, u64), Error> {
@@ -57,11 +70,14 @@ impl FileSource {
             .map_err(|e| Error::retriable(format!("cannot list {}: {e}", self.dir.display())))?;
         let mut names = Vec::new();
         for entry in entries {
-            let entry = entry.map_err(|e| Error::retriable(format!("cannot list {}: {e}", self.dir.display())))?;
-            if entry.file_type().map(|t| t.is_file()).unwrap_or(false) {
-                if let Ok(name) = entry.file_name().into_string() {
-                    names.push(name);
-                }
+            let entry = entry.map_err(|e| {
+                Error::retriable(format!("cannot list {}: {e}", self.dir.display()))
+            })?;
+            let is_file = entry.file_type().map(|t| t.is_file()).unwrap_or(false);
+            if let (true, Ok(name)) = (is_file, entry.file_name().into_string())
+                && fnv1a(name.as_bytes()) % u64::from(self.count.max(1)) == u64::from(self.index)
+            {
+                names.push(name);
             }
         }
         names.sort();
@@ -88,7 +104,9 @@ impl FileSource {
 
     fn reader(&mut self) -> Result<Option<&mut BufReader<File>>, Error> {
         if self.reader.is_none() {
-            let Some(name) = &self.file else { return Ok(None) };
+            let Some(name) = &self.file else {
+                return Ok(None);
+            };
             let path = self.dir.join(name);
             let mut f = File::open(&path)
                 .map_err(|e| Error::retriable(format!("cannot open {}: {e}", path.display())))?;
@@ -103,7 +121,7 @@ impl FileSource {
 impl Source for FileSource {
     type Config = Config;
 
-    fn open(config: Config, _ctx: &Context, resume_from: Option<&[u8]>) -> Result<Self, Error> {
+    fn open(config: Config, ctx: &Context, resume_from: Option<&[u8]>) -> Result<Self, Error> {
         let dir = PathBuf::from(&config.path);
         std::fs::read_dir(&dir).map_err(|e| {
             Error::invalid_config(format!(
@@ -121,6 +139,8 @@ impl Source for FileSource {
         Ok(FileSource {
             dir,
             tail: config.tail,
+            index: ctx.index,
+            count: ctx.count,
             file,
             offset,
             reader: None,
@@ -129,7 +149,10 @@ impl Source for FileSource {
 
     fn poll(&mut self, out: &mut BatchWriter, max_records: usize) -> Result<Poll, Error> {
         if self.file.is_none() && !self.advance()? {
-            return Ok(Poll { position: None, end_of_stream: !self.tail });
+            return Ok(Poll {
+                position: None,
+                end_of_stream: !self.tail,
+            });
         }
         let mut line = Vec::new();
         while out.len() < max_records {
@@ -147,8 +170,10 @@ impl Source for FileSource {
                 continue;
             }
             if n > 0 {
-                // A line still being written: read it again once it is whole.
+                // A line still being written: read it again once it is whole,
+                // and stay on this file until then.
                 self.reader = None;
+                break;
             }
             // At the end of this file: go on to the next, if there is one.
             if !self.advance()? {
@@ -158,9 +183,14 @@ impl Source for FileSource {
         let position = self.file.as_deref().map(|f| encode(f, self.offset));
         let done = !self.tail && out.is_empty() && {
             // Nothing read in this poll and no further file: the end.
-            self.files()?.iter().all(|f| Some(f.as_str()) <= self.file.as_deref())
+            self.files()?
+                .iter()
+                .all(|f| Some(f.as_str()) <= self.file.as_deref())
         };
-        Ok(Poll { position, end_of_stream: done })
+        Ok(Poll {
+            position,
+            end_of_stream: done,
+        })
     }
 }
 
@@ -173,7 +203,10 @@ mod tests {
 
     #[test]
     fn positions_round_trip() {
-        assert_eq!(decode(&encode("a.txt", 42)).unwrap(), ("a.txt".to_owned(), 42));
+        assert_eq!(
+            decode(&encode("a.txt", 42)).unwrap(),
+            ("a.txt".to_owned(), 42)
+        );
         assert!(decode(b"short").is_err());
     }
 
@@ -183,8 +216,15 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("a.txt"), "1\n2\n3\n").unwrap();
         std::fs::write(dir.join("b.txt"), "4\n5").unwrap();
-        let ctx = Context { connector: "fs".into(), index: 0, count: 1 };
-        let config = || Config { path: dir.display().to_string(), tail: false };
+        let ctx = Context {
+            connector: "fs".into(),
+            index: 0,
+            count: 1,
+        };
+        let config = || Config {
+            path: dir.display().to_string(),
+            tail: false,
+        };
 
         let mut src = FileSource::open(config(), &ctx, None).unwrap();
         let mut out = BatchWriter::new();
@@ -200,7 +240,11 @@ mod tests {
             let poll = src.poll(&mut out, 100).unwrap();
             let bytes = out.finish();
             let batch = sluice_sdk::Batch::parse(&bytes).unwrap();
-            lines.extend(batch.iter().map(|r| String::from_utf8(r.value.to_vec()).unwrap()));
+            lines.extend(
+                batch
+                    .iter()
+                    .map(|r| String::from_utf8(r.value.to_vec()).unwrap()),
+            );
             if poll.end_of_stream {
                 break;
             }

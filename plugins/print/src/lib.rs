@@ -31,7 +31,12 @@ impl Sink for Print {
         })
     }
 
-    fn write(&mut self, _origin: &Origin, batch: Batch<'_>, _rejects: &mut Rejects) -> Result<(), Error> {
+    fn write(
+        &mut self,
+        _origin: &Origin,
+        batch: Batch<'_>,
+        _rejects: &mut Rejects,
+    ) -> Result<(), Error> {
         let mut out = self.out.lock();
         for record in batch.iter() {
             out.write_all(self.prefix.as_bytes())

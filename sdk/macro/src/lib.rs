@@ -42,7 +42,10 @@ pub fn export_transform(input: TokenStream) -> TokenStream {
 
 fn expand(world: &str, glue: TokenStream2) -> TokenStream2 {
     let world = format!("sluice:connector/{world}");
+    // Only a component has exports: built natively (for a plugin's unit
+    // tests, or a native baseline in a benchmark) the plugin is a library.
     quote! {
+        #[cfg(target_arch = "wasm32")]
         #[doc(hidden)]
         #[allow(clippy::all, unused, missing_debug_implementations)]
         mod __sluice_export {

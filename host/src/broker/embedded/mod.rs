@@ -95,6 +95,10 @@ struct Partition {
     active_len: u64,
     next_offset: u64,
     dirty: bool,
+    /// Set when a write or sync failed in a way that may leave the file and
+    /// the index disagreeing; the partition then refuses appends until the
+    /// log is reopened (which recovers from the file).
+    failed: Option<String>,
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> BrokerError + 'a {
@@ -102,6 +106,13 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
         what,
         path: path.to_path_buf(),
         source,
+    }
+}
+
+/// Makes a file's creation in `dir` durable; not every file system allows it.
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
     }
 }
 
@@ -129,6 +140,7 @@ impl Partition {
             bases.push(0);
             let path = dir.join(segment_name(0));
             File::create(&path).map_err(io("cannot create log segment", &path))?;
+            sync_dir(&dir);
         }
         let mut segments = Vec::with_capacity(bases.len());
         let mut next_offset = bases[0];
@@ -147,17 +159,18 @@ impl Partition {
                 segment::truncate(&path, scan.valid_len)
                     .map_err(io("cannot cut the torn tail of", &path))?;
             }
-            if let Some(first) = scan.frames.first() {
-                if first.base_offset != next_offset && i > 0 {
-                    return Err(BrokerError::Corrupt {
-                        path,
-                        byte: 0,
-                        why: format!(
-                            "segment starts at offset {} but the previous one ends at {next_offset}",
-                            first.base_offset
-                        ),
-                    });
-                }
+            if let Some(first) = scan.frames.first()
+                && first.base_offset != next_offset
+                && i > 0
+            {
+                return Err(BrokerError::Corrupt {
+                    path,
+                    byte: 0,
+                    why: format!(
+                        "segment starts at offset {} but the previous one ends at {next_offset}",
+                        first.base_offset
+                    ),
+                });
             }
             if let Some(last_frame) = scan.frames.last() {
                 next_offset = last_frame.base_offset + u64::from(last_frame.records);
@@ -191,6 +204,7 @@ impl Partition {
             active_len,
             next_offset,
             dirty: false,
+            failed: None,
         })
     }
 
@@ -201,6 +215,13 @@ impl Partition {
         checkpoint: Option<SourceCheckpoint<'_>>,
         config: &LogConfig,
     ) -> Result<u64, BrokerError> {
+        if let Some(why) = &self.failed {
+            return Err(BrokerError::Io {
+                what: "refusing to append after an earlier failure in",
+                path: self.dir.clone(),
+                source: std::io::Error::other(why.clone()),
+            });
+        }
         if self.active_len >= config.segment_bytes {
             self.roll()?;
         }
@@ -210,11 +231,18 @@ impl Partition {
         let path = &self.segments.last().expect("at least one segment").path;
         if let Err(e) = self.writer.write_all(&frame) {
             // Leave no partial frame behind: a full disk must not tear the log.
-            let _ = self.writer.set_len(self.active_len);
+            if let Err(cut) = self.writer.set_len(self.active_len) {
+                self.failed = Some(format!("a partial frame could not be cut off: {cut}"));
+            }
             return Err(io("cannot append to", path)(e));
         }
         if config.fsync == FsyncPolicy::Always {
-            self.writer.sync_data().map_err(io("cannot sync", path))?;
+            if let Err(e) = self.writer.sync_data() {
+                // The frame is in the file but not acknowledged; appending
+                // after it would give two frames one offset.
+                self.failed = Some(format!("sync failed: {e}"));
+                return Err(io("cannot sync", path)(e));
+            }
         } else {
             self.dirty = true;
         }
@@ -239,6 +267,7 @@ impl Partition {
             .append(true)
             .open(&path)
             .map_err(io("cannot create log segment", &path))?;
+        sync_dir(&self.dir);
         let reader = File::open(&path).map_err(io("cannot open log segment", &path))?;
         self.segments.push(Segment {
             base_offset: self.next_offset,
@@ -248,6 +277,7 @@ impl Partition {
         });
         self.writer = writer;
         self.active_len = 0;
+        self.dirty = false;
         Ok(())
     }
 
@@ -292,7 +322,8 @@ impl EmbeddedLog {
     /// holds.
     pub fn open(dir: &Path, config: LogConfig) -> Result<EmbeddedLog, BrokerError> {
         let topics_dir = dir.join("topics");
-        std::fs::create_dir_all(&topics_dir).map_err(io("cannot create data folder", &topics_dir))?;
+        std::fs::create_dir_all(&topics_dir)
+            .map_err(io("cannot create data folder", &topics_dir))?;
         let mut positions = HashMap::new();
         let mut topics = HashMap::new();
         for entry in std::fs::read_dir(&topics_dir).map_err(io("cannot list", &topics_dir))? {
@@ -404,7 +435,13 @@ impl Topic {
 }
 
 fn sync_all(inner: &Inner) -> Result<(), BrokerError> {
-    let topics: Vec<Arc<Topic>> = inner.topics.read().expect("topic map lock").values().cloned().collect();
+    let topics: Vec<Arc<Topic>> = inner
+        .topics
+        .read()
+        .expect("topic map lock")
+        .values()
+        .cloned()
+        .collect();
     for t in topics {
         for p in &t.partitions {
             p.lock().expect("partition lock").sync()?;
@@ -517,7 +554,8 @@ impl Broker for EmbeddedLog {
                 byte: meta.file_pos,
                 why,
             };
-            let batch = Batch::parse(body.batch).map_err(|e| corrupt(format!("stored batch: {e}")))?;
+            let batch =
+                Batch::parse(body.batch).map_err(|e| corrupt(format!("stored batch: {e}")))?;
             if batch.len() as u32 != body.records {
                 return Err(corrupt("record count does not match the batch".into()));
             }
@@ -576,15 +614,22 @@ impl Broker for EmbeddedLog {
         group: &str,
         offsets: &[(String, u32, u64)],
     ) -> Result<(), BrokerError> {
-        let snapshot = {
-            let mut groups = self.inner.groups.lock().expect("groups lock");
-            let g = groups.entry(group.to_owned()).or_default();
-            for (topic, partition, next) in offsets {
-                g.insert(format!("{topic}/{partition}"), *next);
-            }
-            g.clone()
-        };
-        state::store_group(&self.inner.dir.join("groups"), group, &snapshot)
+        // A committed offset must never point past what the log holds on
+        // disk, or a power loss would leave the group ahead of its topic.
+        for (topic, partition, _) in offsets {
+            let t = self.topic(topic)?;
+            Self::partition(&t, topic, *partition)?
+                .lock()
+                .expect("partition lock")
+                .sync()?;
+        }
+        // Held across the write: instances of one group commit concurrently.
+        let mut groups = self.inner.groups.lock().expect("groups lock");
+        let g = groups.entry(group.to_owned()).or_default();
+        for (topic, partition, next) in offsets {
+            g.insert(format!("{topic}/{partition}"), *next);
+        }
+        state::store_group(&self.inner.dir.join("groups"), group, g)
     }
 }
 
@@ -632,7 +677,10 @@ mod tests {
                 producer: "src/0",
                 position: &pos,
             };
-            let base = log.append("t", 0, &batch(i * 10, 10), 10, Some(cp)).await.unwrap();
+            let base = log
+                .append("t", 0, &batch(i * 10, 10), 10, Some(cp))
+                .await
+                .unwrap();
             assert_eq!(base, u64::from(i) * 10);
         }
     }
@@ -644,7 +692,9 @@ mod tests {
             let log = EmbeddedLog::open(dir.path(), config()).unwrap();
             fill(&log, 50).await;
         }
-        let segments = std::fs::read_dir(dir.path().join("topics/t/0")).unwrap().count();
+        let segments = std::fs::read_dir(dir.path().join("topics/t/0"))
+            .unwrap()
+            .count();
         assert!(segments > 1, "a 4 KiB segment limit must roll: {segments}");
         let log = EmbeddedLog::open(dir.path(), config()).unwrap();
         assert_eq!(log.end_offset("t", 0).unwrap(), 500);
@@ -661,7 +711,14 @@ mod tests {
     async fn torn_tail_is_cut_and_appends_continue() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let log = EmbeddedLog::open(dir.path(), LogConfig { segment_bytes: 1 << 30, ..config() }).unwrap();
+            let log = EmbeddedLog::open(
+                dir.path(),
+                LogConfig {
+                    segment_bytes: 1 << 30,
+                    ..config()
+                },
+            )
+            .unwrap();
             fill(&log, 3).await;
         }
         let seg = dir.path().join("topics/t/0").join(segment_name(0));
@@ -679,17 +736,49 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_half_written_header_and_zeros_after_a_power_loss_are_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let log = EmbeddedLog::open(
+                dir.path(),
+                LogConfig {
+                    segment_bytes: 1 << 30,
+                    ..config()
+                },
+            )
+            .unwrap();
+            fill(&log, 2).await;
+        }
+        let seg = dir.path().join("topics/t/0").join(segment_name(0));
+        let mut bytes = std::fs::read(&seg).unwrap();
+        bytes.extend_from_slice(b"SL");
+        bytes.extend_from_slice(&[0u8; 5000]);
+        std::fs::write(&seg, bytes).unwrap();
+        let log = EmbeddedLog::open(dir.path(), config()).unwrap();
+        assert_eq!(log.end_offset("t", 0).unwrap(), 20);
+    }
+
+    #[tokio::test]
     async fn a_flipped_byte_mid_segment_is_refused_with_file_and_offset() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let log = EmbeddedLog::open(dir.path(), LogConfig { segment_bytes: 1 << 30, ..config() }).unwrap();
+            let log = EmbeddedLog::open(
+                dir.path(),
+                LogConfig {
+                    segment_bytes: 1 << 30,
+                    ..config()
+                },
+            )
+            .unwrap();
             fill(&log, 3).await;
         }
         let seg = dir.path().join("topics/t/0").join(segment_name(0));
         let mut bytes = std::fs::read(&seg).unwrap();
         bytes[40] ^= 0xff; // inside the first frame's body
         std::fs::write(&seg, bytes).unwrap();
-        let err = EmbeddedLog::open(dir.path(), config()).unwrap_err().to_string();
+        let err = EmbeddedLog::open(dir.path(), config())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("00000000000000000000.log"), "{err}");
         assert!(err.contains("at byte 0"), "{err}");
         assert!(err.contains("checksum mismatch"), "{err}");
@@ -700,7 +789,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let log = EmbeddedLog::open(dir.path(), config()).unwrap();
-            log.commit_offsets("g", &[("t".into(), 0, 42)]).await.unwrap();
+            log.ensure_topic("t").unwrap();
+            log.commit_offsets("g", &[("t".into(), 0, 42)])
+                .await
+                .unwrap();
         }
         let log = EmbeddedLog::open(dir.path(), config()).unwrap();
         assert_eq!(log.committed_offset("g", "t", 0), Some(42));

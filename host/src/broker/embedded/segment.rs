@@ -88,7 +88,8 @@ pub fn decode_body(body: &[u8]) -> Result<Body<'_>, String> {
     let base_offset = u64::from_le_bytes(get(0, 8)?.try_into().map_err(|_| short())?);
     let records = u32::from_le_bytes(get(8, 4)?.try_into().map_err(|_| short())?);
     let plen = u16::from_le_bytes(get(12, 2)?.try_into().map_err(|_| short())?) as usize;
-    let producer = std::str::from_utf8(get(14, plen)?).map_err(|_| "producer is not UTF-8".to_owned())?;
+    let producer =
+        std::str::from_utf8(get(14, plen)?).map_err(|_| "producer is not UTF-8".to_owned())?;
     let at = 14 + plen;
     let poslen = u32::from_le_bytes(get(at, 4)?.try_into().map_err(|_| short())?) as usize;
     let position = get(at + 4, poslen)?;
@@ -144,7 +145,10 @@ pub fn scan(path: &Path, last: bool) -> Result<Scan, BrokerError> {
         source,
     };
     let file = File::open(path).map_err(|e| io("cannot open log segment", e))?;
-    let file_len = file.metadata().map_err(|e| io("cannot stat log segment", e))?.len();
+    let file_len = file
+        .metadata()
+        .map_err(|e| io("cannot stat log segment", e))?
+        .len();
     let mut r = BufReader::with_capacity(1 << 20, file);
     let mut scan = Scan::default();
     let mut pos = 0u64;
@@ -162,11 +166,16 @@ pub fn scan(path: &Path, last: bool) -> Result<Scan, BrokerError> {
                 scan.torn_bytes = remaining;
                 break;
             }
-            return Err(corrupt("a partial frame header at the end of a closed segment"));
+            return Err(corrupt(
+                "a partial frame header at the end of a closed segment",
+            ));
         }
-        r.read_exact(&mut header).map_err(|e| io("cannot read log segment", e))?;
+        r.read_exact(&mut header)
+            .map_err(|e| io("cannot read log segment", e))?;
         if header[..4] != MAGIC {
-            if last && rest_is_zero(&mut r, &header).map_err(|e| io("cannot read log segment", e))? {
+            if last
+                && !valid_frame_after(path, pos).map_err(|e| io("cannot read log segment", e))?
+            {
                 scan.torn_bytes = remaining;
                 break;
             }
@@ -182,20 +191,24 @@ pub fn scan(path: &Path, last: bool) -> Result<Scan, BrokerError> {
             return Err(corrupt("a frame runs past the end of a closed segment"));
         }
         buf.resize(body_len as usize, 0);
-        r.read_exact(&mut buf).map_err(|e| io("cannot read log segment", e))?;
+        r.read_exact(&mut buf)
+            .map_err(|e| io("cannot read log segment", e))?;
         let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
         if crc32c::crc32c(&buf) != crc {
-            if last && frame_end == file_len {
+            if last
+                && !valid_frame_after(path, pos + 1)
+                    .map_err(|e| io("cannot read log segment", e))?
+            {
                 scan.torn_bytes = remaining;
                 break;
             }
             return Err(corrupt("checksum mismatch"));
         }
         let body = decode_body(&buf).map_err(|why| corrupt(&why))?;
-        if let Some(prev) = scan.frames.last() {
-            if body.base_offset != prev.base_offset + u64::from(prev.records) {
-                return Err(corrupt("offsets do not follow on from the previous frame"));
-            }
+        if let Some(prev) = scan.frames.last()
+            && body.base_offset != prev.base_offset + u64::from(prev.records)
+        {
+            return Err(corrupt("offsets do not follow on from the previous frame"));
         }
         if !body.producer.is_empty() {
             scan.checkpoints
@@ -213,23 +226,29 @@ pub fn scan(path: &Path, last: bool) -> Result<Scan, BrokerError> {
     Ok(scan)
 }
 
-/// True if the header just read and everything after it are zero bytes, as
-/// a file system leaves behind when a crash extended a file before its data
-/// reached the disk.
-fn rest_is_zero(r: &mut BufReader<File>, header: &[u8]) -> std::io::Result<bool> {
-    if header.iter().any(|b| *b != 0) {
-        return Ok(false);
-    }
-    let mut chunk = [0u8; 8192];
-    loop {
-        let n = r.read(&mut chunk)?;
-        if n == 0 {
-            return Ok(true);
+/// True if a whole, valid frame starts anywhere at or after `from`. Damage
+/// in the last segment with nothing valid after it is a torn write (a crash
+/// during an append, or pages a power loss never wrote); damage followed by
+/// good data is corruption, and is never cut off silently.
+fn valid_frame_after(path: &Path, from: u64) -> std::io::Result<bool> {
+    let bytes = std::fs::read(path)?;
+    let start = usize::try_from(from).unwrap_or(usize::MAX).min(bytes.len());
+    let mut at = start;
+    while let Some(i) = bytes[at..].windows(4).position(|w| w == MAGIC) {
+        let pos = at + i;
+        let frame = &bytes[pos..];
+        if frame.len() >= FRAME_HEADER {
+            let body_len = u32::from_le_bytes([frame[8], frame[9], frame[10], frame[11]]) as usize;
+            let crc = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]);
+            if let Some(body) = frame.get(FRAME_HEADER..FRAME_HEADER + body_len)
+                && crc32c::crc32c(body) == crc
+            {
+                return Ok(true);
+            }
         }
-        if chunk[..n].iter().any(|b| *b != 0) {
-            return Ok(false);
-        }
+        at = pos + 1;
     }
+    Ok(false)
 }
 
 /// Reads one frame at `meta` from `file`.

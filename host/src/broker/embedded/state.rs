@@ -67,7 +67,11 @@ pub fn load_groups(dir: &Path) -> Result<HashMap<String, BTreeMap<String, u64>>,
 }
 
 /// Stores one group's offsets.
-pub fn store_group(dir: &Path, group: &str, offsets: &BTreeMap<String, u64>) -> Result<(), BrokerError> {
+pub fn store_group(
+    dir: &Path,
+    group: &str,
+    offsets: &BTreeMap<String, u64>,
+) -> Result<(), BrokerError> {
     let json = serde_json::to_vec_pretty(offsets).expect("a map of numbers serializes");
     write_atomic(&dir.join(format!("{group}.json")), &json)
 }
