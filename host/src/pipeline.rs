@@ -378,14 +378,7 @@ pub async fn start(
                                     ConnectorOutcome::Finished
                                 }
                                 Ok(SourceEnd::Stopped) => ConnectorOutcome::Stopped,
-                                Err(e) => {
-                                    tracing::error!(
-                                        error = format!("{e:#}"),
-                                        "source instance failed; stopping the pipeline"
-                                    );
-                                    stop.stop();
-                                    ConnectorOutcome::Failed(format!("{e:#}"))
-                                }
+                                Err(e) => instance_failed(&stop, &e),
                             };
                             report.instance_ended(outcome);
                         }
@@ -456,14 +449,7 @@ pub async fn start(
                                     tracing::info!("sink drained its topics");
                                     ConnectorOutcome::Finished
                                 }
-                                Err(e) => {
-                                    tracing::error!(
-                                        error = format!("{e:#}"),
-                                        "sink instance failed; stopping the pipeline"
-                                    );
-                                    stop.stop();
-                                    ConnectorOutcome::Failed(format!("{e:#}"))
-                                }
+                                Err(e) => instance_failed(&stop, &e),
                             };
                             report.instance_ended(outcome);
                         }
@@ -484,6 +470,17 @@ pub async fn start(
         broker,
         _plugins: plugins,
     })
+}
+
+/// Records an instance's failure and stops the pipeline: restarts with
+/// backoff belong to the supervisor, which does not exist yet.
+fn instance_failed(stop: &StopSignal, e: &anyhow::Error) -> ConnectorOutcome {
+    tracing::error!(
+        error = format!("{e:#}"),
+        "instance failed; stopping the pipeline"
+    );
+    stop.stop();
+    ConnectorOutcome::Failed(format!("{e:#}"))
 }
 
 impl RunningPipeline {
