@@ -164,6 +164,7 @@ fn schema_help(schema: &serde_json::Value, pointer: &str, plugin: &str) -> Strin
             let _ = write!(help, "expects {ty}");
         }
         if let Some(d) = node.get("description").and_then(|d| d.as_str()) {
+            let d = d.trim_end_matches('.');
             let _ = write!(help, "{}{d}", if help.is_empty() { "" } else { ": " });
         }
     } else if let Some(props) = schema.get("properties").and_then(|p| p.as_object()) {
