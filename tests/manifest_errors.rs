@@ -18,12 +18,7 @@ topic = "events"
 
 fn validate(text: &str) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
-    let manifest = write_manifest(dir.path(), text);
-    let out = run(&["validate", manifest.to_str().unwrap()]);
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    validate_in(dir.path(), text)
 }
 
 #[test]
@@ -77,5 +72,27 @@ fn a_missing_file_and_an_unknown_plugin_are_explained() {
     assert!(
         err.contains("datagen, file-sink, file-source, print"),
         "lists the built-ins: {err}"
+    );
+}
+
+#[test]
+fn a_memory_or_cpu_grant_that_does_not_parse_is_refused_with_the_fix() {
+    let (code, err) = validate(&format!("{GOOD}[connector.grants]\nmemory = \"lots\"\n"));
+    assert_eq!(code, Some(2));
+    assert!(err.contains("sluice.toml:10:10"), "{err}");
+    assert!(err.contains("connector[0].grants.memory"), "{err}");
+    assert!(
+        err.contains("memory = \"64 MiB\""),
+        "the fix shows a size: {err}"
+    );
+
+    let (code, err) = validate(&format!(
+        "{GOOD}[connector.grants]\ncpu = \"2 fortnights\"\n"
+    ));
+    assert_eq!(code, Some(2));
+    assert!(err.contains("connector[0].grants.cpu"), "{err}");
+    assert!(
+        err.contains("cpu = \"2s\""),
+        "the fix shows a duration: {err}"
     );
 }

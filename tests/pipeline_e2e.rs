@@ -158,3 +158,86 @@ stdout = true
         );
     }
 }
+
+#[test]
+fn print_sink_without_the_stdout_grant_writes_nothing_to_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = write_manifest(
+        dir.path(),
+        r#"
+[[connector]]
+name = "gen"
+kind = "source"
+plugin = "datagen"
+topic = "t"
+[connector.config]
+count = 5
+payload_bytes = 1
+
+[[connector]]
+name = "show"
+kind = "sink"
+plugin = "print"
+topic = "t"
+[connector.config]
+prefix = "t> "
+"#,
+    );
+    let out = run(&["run", manifest.to_str().unwrap()]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("t> "), "no grant, no stdout: {stdout}");
+    assert!(
+        stdout.contains("show"),
+        "the summary still counts the sink: {stdout}"
+    );
+}
+
+#[test]
+fn a_read_only_grant_of_a_missing_directory_stops_the_run_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = write_manifest(
+        dir.path(),
+        r#"
+[[connector]]
+name = "lines"
+kind = "source"
+plugin = "file-source"
+topic = "lines"
+[connector.config]
+path = "/in"
+[connector.grants]
+files = [{ host = "missing", guest = "/in" }]
+"#,
+    );
+    let out = run(&["run", manifest.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("cannot open granted directory"), "{err}");
+    assert!(err.contains("missing"), "names the directory: {err}");
+    assert!(
+        !dir.path().join("missing").exists(),
+        "a read-only grant creates nothing"
+    );
+}
+
+#[test]
+fn a_committed_offset_past_the_end_of_the_log_resumes_at_the_end_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = write_manifest(dir.path(), &datagen_to_files(1_000, 0));
+    assert!(run(&["run", manifest.to_str().unwrap()]).status.success());
+    // As if the log lost acknowledged data (a power loss under fsync = "never").
+    std::fs::write(
+        dir.path().join("data/groups/files.json"),
+        r#"{"events/0": 5000}"#,
+    )
+    .unwrap();
+    let out = run(&["run", manifest.to_str().unwrap()]);
+    assert!(out.status.success());
+    assert!(
+        stderr(&out).contains("the committed offset is past the end of the log"),
+        "{}",
+        stderr(&out)
+    );
+    assert_exactly_once(seqs(&dir.path().join("out")), 1_000);
+}

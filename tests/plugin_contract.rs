@@ -7,10 +7,6 @@ mod common;
 
 use common::*;
 
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 fn source_manifest(plugin: &str, config: &str) -> String {
     format!(
         r#"
@@ -57,10 +53,8 @@ fn inspect_prints_name_version_description_and_config_schema() {
 #[test]
 fn a_plugin_exporting_the_wrong_interface_is_refused_naming_what_is_missing() {
     let dir = tempfile::tempdir().unwrap();
-    let manifest = write_manifest(dir.path(), &source_manifest("file-sink", "path = \"/x\""));
-    let out = run(&["validate", manifest.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2));
-    let err = stderr(&out);
+    let (code, err) = validate_in(dir.path(), &source_manifest("file-sink", "path = \"/x\""));
+    assert_eq!(code, Some(2));
     assert!(
         err.contains("does not export sluice:connector/source-api@0.1.0"),
         "names the missing interface: {err}"
@@ -79,10 +73,8 @@ fn a_plugin_exporting_the_wrong_interface_is_refused_naming_what_is_missing() {
 fn a_plugin_built_against_another_contract_version_is_refused_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = wasm("wrong-contract-version");
-    let manifest = write_manifest(dir.path(), &source_manifest(path.to_str().unwrap(), ""));
-    let out = run(&["validate", manifest.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2));
-    let err = stderr(&out);
+    let (code, err) = validate_in(dir.path(), &source_manifest(path.to_str().unwrap(), ""));
+    assert_eq!(code, Some(2));
     assert!(
         err.contains("built against sluice:connector@0.0.9"),
         "{err}"
@@ -97,26 +89,22 @@ fn a_plugin_built_against_another_contract_version_is_refused_naming_it() {
 fn a_file_that_is_not_a_component_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("junk.wasm"), b"not wasm at all").unwrap();
-    let manifest = write_manifest(dir.path(), &source_manifest("junk.wasm", ""));
-    let out = run(&["validate", manifest.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2));
+    let (code, err) = validate_in(dir.path(), &source_manifest("junk.wasm", ""));
+    assert_eq!(code, Some(2));
     assert!(
-        stderr(&out).contains("is not a valid WebAssembly component"),
-        "{}",
-        stderr(&out)
+        err.contains("is not a valid WebAssembly component"),
+        "{err}"
     );
 }
 
 #[test]
 fn validate_rejects_a_config_its_plugin_schema_refuses() {
     let dir = tempfile::tempdir().unwrap();
-    let manifest = write_manifest(
+    let (code, err) = validate_in(
         dir.path(),
         &source_manifest("datagen", "count = 10\npayload_bytes = \"big\""),
     );
-    let out = run(&["validate", manifest.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2));
-    let err = stderr(&out);
+    assert_eq!(code, Some(2));
     assert!(
         err.contains("sluice.toml:9:17"),
         "file:line:column of the value: {err}"
@@ -128,10 +116,9 @@ fn validate_rejects_a_config_its_plugin_schema_refuses() {
         "help from the schema: {err}"
     );
 
-    let manifest = write_manifest(dir.path(), &source_manifest("datagen", "colour = \"red\""));
-    let out = run(&["validate", manifest.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("colour"), "{}", stderr(&out));
+    let (code, err) = validate_in(dir.path(), &source_manifest("datagen", "colour = \"red\""));
+    assert_eq!(code, Some(2));
+    assert!(err.contains("colour"), "{err}");
 }
 
 #[test]

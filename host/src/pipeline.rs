@@ -24,10 +24,9 @@ use crate::broker::embedded::{EmbeddedLog, LogConfig};
 use crate::grants::GrantSet;
 use crate::manifest::{ConnectorConfig, ConnectorKind, Manifest, ManifestError};
 use crate::plugin::{InstanceSetup, Plugin, PluginHost, PluginKind, PluginRef, Spec, StateStore};
-use crate::pump::sink::Assignment;
 use crate::pump::{
-    PumpStats, SinkPump, SinkPumpConfig, SourceEnd, SourcePump, SourcePumpConfig, StopSignal,
-    TopicSeal, TopicSealer,
+    Assignment, PumpStats, SinkPump, SinkPumpConfig, SourceEnd, SourcePump, SourcePumpConfig,
+    StopSignal, TopicSeal, TopicSealer,
 };
 
 /// A connector whose plugin is loaded and whose config its schema accepts.
@@ -206,13 +205,26 @@ pub struct ConnectorReport {
     /// When it started.
     pub started: Instant,
     /// When its last instance ended, once it has.
-    pub ended: std::sync::Mutex<Option<Instant>>,
-    /// How it ended.
-    pub outcome: std::sync::Mutex<ConnectorOutcome>,
+    ended: std::sync::Mutex<Option<Instant>>,
+    /// The worst outcome of its ended instances; see [`Self::outcome`].
+    worst: std::sync::Mutex<ConnectorOutcome>,
+    /// Instances still running.
     running: AtomicU32,
 }
 
 impl ConnectorReport {
+    fn new(name: String, kind: ConnectorKind) -> Self {
+        ConnectorReport {
+            name,
+            kind,
+            stats: Arc::new(PumpStats::default()),
+            started: Instant::now(),
+            ended: std::sync::Mutex::new(None),
+            worst: std::sync::Mutex::new(ConnectorOutcome::Running),
+            running: AtomicU32::new(0),
+        }
+    }
+
     /// Time from start to end (or to now).
     pub fn elapsed(&self) -> Duration {
         self.ended
@@ -226,7 +238,7 @@ impl ConnectorReport {
     /// `Failed` at once; otherwise the worst outcome of its instances counts
     /// once the last has ended.
     pub fn outcome(&self) -> ConnectorOutcome {
-        let worst = self.outcome.lock().expect("report lock").clone();
+        let worst = self.worst.lock().expect("report lock").clone();
         if self.running.load(Ordering::Acquire) > 0 && !matches!(worst, ConnectorOutcome::Failed(_))
         {
             ConnectorOutcome::Running
@@ -243,7 +255,7 @@ impl ConnectorReport {
             ConnectorOutcome::Failed(_) => 3,
         };
         {
-            let mut worst = self.outcome.lock().expect("report lock");
+            let mut worst = self.worst.lock().expect("report lock");
             if rank(&outcome) > rank(&worst) {
                 *worst = outcome;
             }
@@ -282,14 +294,6 @@ pub async fn start(
     // pipeline has drained.
     let mut writers: HashMap<String, u32> = HashMap::new();
     for c in &connectors {
-        broker
-            .ensure_topic_all(&c.config.topic_names())
-            .with_context(|| {
-                format!(
-                    "creating the topics of connector {:?}",
-                    c.config.name.get_ref()
-                )
-            })?;
         if c.config.kind == ConnectorKind::Source {
             for t in c.config.topic_names() {
                 *writers.entry(t).or_default() += *c.config.parallelism.get_ref();
@@ -316,15 +320,7 @@ pub async fn start(
                 .connector_state(&name)
                 .with_context(|| format!("opening the state of connector {name:?}"))?,
         );
-        let report = Arc::new(ConnectorReport {
-            name: name.clone(),
-            kind: c.config.kind,
-            stats: Arc::new(PumpStats::default()),
-            started: Instant::now(),
-            ended: std::sync::Mutex::new(None),
-            outcome: std::sync::Mutex::new(ConnectorOutcome::Running),
-            running: AtomicU32::new(0),
-        });
+        let report = Arc::new(ConnectorReport::new(name.clone(), c.config.kind));
         reports.push(report.clone());
         let connector: Arc<str> = name.clone().into();
         for index in 0..parallelism {
@@ -339,7 +335,9 @@ pub async fn start(
             match c.config.kind {
                 ConnectorKind::Source => {
                     let topic = c.config.topic_names().remove(0);
-                    let partitions = broker.ensure_topic(&topic)?;
+                    let partitions = broker
+                        .ensure_topic(&topic)
+                        .with_context(|| format!("creating topic {topic:?}"))?;
                     let producer = format!("{name}/{index}");
                     let mut instance = plugins.source(&c.plugin, &setup).await?;
                     let resume = broker.source_position(&producer);
@@ -394,7 +392,9 @@ pub async fn start(
                         .with_context(|| format!("opening sink {name:?} instance {index}"))?;
                     let mut assignments = Vec::new();
                     for topic in c.config.topic_names() {
-                        let partitions = broker.ensure_topic(&topic)?;
+                        let partitions = broker
+                            .ensure_topic(&topic)
+                            .with_context(|| format!("creating topic {topic:?}"))?;
                         for partition in (0..partitions).filter(|p| p % parallelism == index) {
                             let wanted = stored
                                 .iter()
@@ -460,8 +460,9 @@ pub async fn start(
             }
         }
         if report.running.load(Ordering::Acquire) == 0 {
+            // Every instance stayed idle (more sink instances than partitions).
             *report.ended.lock().expect("report lock") = Some(Instant::now());
-            *report.outcome.lock().expect("report lock") = ConnectorOutcome::Finished;
+            *report.worst.lock().expect("report lock") = ConnectorOutcome::Finished;
         }
     }
     Ok(RunningPipeline {
@@ -512,15 +513,5 @@ impl RunningPipeline {
             .sync_all()
             .context("syncing the log at shutdown")?;
         Ok(self.reports)
-    }
-}
-
-impl EmbeddedLog {
-    /// Creates every topic in `topics` that does not exist yet.
-    pub fn ensure_topic_all(&self, topics: &[String]) -> Result<(), crate::broker::BrokerError> {
-        for t in topics {
-            self.ensure_topic(t)?;
-        }
-        Ok(())
     }
 }

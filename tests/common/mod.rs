@@ -44,6 +44,19 @@ pub fn run(args: &[&str]) -> Output {
     out
 }
 
+/// What the process wrote to stderr.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Writes `manifest` into `dir` and runs `sluice validate` on it; returns
+/// the exit code and stderr.
+pub fn validate_in(dir: &Path, manifest: &str) -> (Option<i32>, String) {
+    let path = write_manifest(dir, manifest);
+    let out = run(&["validate", path.to_str().unwrap()]);
+    (out.status.code(), stderr(&out))
+}
+
 /// A datagen → file-sink manifest writing under `out/`.
 pub fn datagen_to_files(count: u64, rate: u64) -> String {
     format!(

@@ -19,6 +19,8 @@ pub struct StoredBatch {
     pub first_offset: u64,
     /// Records in the batch.
     pub records: u32,
+    /// Total size of the records' values, for throughput counters.
+    pub value_bytes: u64,
     /// The batch, in the Sluice batch format.
     pub bytes: Vec<u8>,
 }
@@ -117,8 +119,18 @@ pub trait Broker: Send + Sync + 'static {
     /// The offset the next appended record will get.
     fn end_offset(&self, topic: &str, partition: u32) -> Result<u64, BrokerError>;
 
-    /// Waits until `topic` gets a new batch or `timeout` passes.
-    fn wait_for_data(&self, topic: &str, timeout: Duration) -> impl Future<Output = ()> + Send;
+    /// A number that grows with every append to `topic`. Take it before
+    /// reading, and pass it to [`Broker::wait_for_data`], so that an append
+    /// between the read and the wait is not missed.
+    fn data_version(&self, topic: &str) -> u64;
+
+    /// Waits until `topic`'s data version passes `seen`, or `timeout`.
+    fn wait_for_data(
+        &self,
+        topic: &str,
+        seen: u64,
+        timeout: Duration,
+    ) -> impl Future<Output = ()> + Send;
 
     /// The last position stored for `producer`, if any.
     fn source_position(&self, producer: &str) -> Option<Vec<u8>>;

@@ -171,6 +171,8 @@ pub struct Polled {
     pub batch: Vec<u8>,
     /// Records in it.
     pub records: u32,
+    /// Total size of the records' values.
+    pub value_bytes: u64,
     /// The position after it, if the source gave one.
     pub position: Option<Vec<u8>>,
     /// The source is done for good.
@@ -259,9 +261,11 @@ impl SourceInstance {
                 "returned {records} records when asked for at most {max_records}"
             )));
         }
+        let value_bytes = batch.value_bytes();
         Ok(Polled {
             batch: p.batch,
             records,
+            value_bytes,
             position: p.position,
             end_of_stream: p.end_of_stream,
         })
@@ -370,13 +374,15 @@ impl SinkInstance {
             .collect())
     }
 
-    /// Calls `write`; returns the records refused on their merits.
+    /// Calls `write`; returns the records refused on their merits. Takes
+    /// the batch by value: the bindings lower a `&Vec<u8>`, and a slice
+    /// would cost a copy of every batch.
     pub async fn write(
         &mut self,
         topic: &str,
         partition: u32,
         first_offset: u64,
-        batch: &[u8],
+        batch: Vec<u8>,
         records: u32,
     ) -> Result<Vec<Refused>, PluginError> {
         arm(&mut self.store, &self.limits);
@@ -388,7 +394,7 @@ impl SinkInstance {
         let r = self
             .api
             .sluice_connector_sink_api()
-            .call_write(&mut self.store, &origin, &batch.to_vec())
+            .call_write(&mut self.store, &origin, &batch)
             .await
             .map_err(|e| self.fail("write", e))?;
         let failures = r.map_err(|e| plugin_error(&self.plugin, "write", e))?;

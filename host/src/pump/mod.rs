@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-pub use self::sink::{SinkPump, SinkPumpConfig};
+pub use self::sink::{Assignment, SinkPump, SinkPumpConfig};
 pub use self::source::{SourceEnd, SourcePump, SourcePumpConfig};
 
 /// Counters of one connector, shared by its instances.

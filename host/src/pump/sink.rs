@@ -64,7 +64,11 @@ impl<B: Broker> SinkPump<B> {
     pub async fn run(mut self) -> anyhow::Result<()> {
         let mut pending = false;
         let mut last_flush = Instant::now();
+        // Sinks wake on appends to their first topic; others are polled
+        // every IDLE_WAIT.
+        let wake_topic = self.assignments[0].topic.clone();
         loop {
+            let seen = self.broker.data_version(&wake_topic);
             let mut progressed = false;
             for i in 0..self.assignments.len() {
                 let (topic, partition, next) = {
@@ -76,9 +80,10 @@ impl<B: Broker> SinkPump<B> {
                     .read(&topic, partition, next, self.config.max_bytes)
                     .await?;
                 for b in batches {
+                    let next = b.next_offset();
                     let refused = self
                         .instance
-                        .write(&topic, partition, b.first_offset, &b.bytes, b.records)
+                        .write(&topic, partition, b.first_offset, b.bytes, b.records)
                         .await?;
                     for r in &refused {
                         tracing::warn!(
@@ -90,12 +95,11 @@ impl<B: Broker> SinkPump<B> {
                             "sink refused a record"
                         );
                     }
-                    let value_bytes = sluice_batch::Batch::parse(&b.bytes)?.value_bytes();
                     self.stats
                         .refused
                         .fetch_add(refused.len() as u64, Ordering::Relaxed);
-                    self.stats.add(u64::from(b.records), value_bytes);
-                    self.assignments[i].next = b.next_offset();
+                    self.stats.add(u64::from(b.records), b.value_bytes);
+                    self.assignments[i].next = next;
                     pending = true;
                     progressed = true;
                     if self.stop.is_stopped() {
@@ -114,7 +118,7 @@ impl<B: Broker> SinkPump<B> {
             if progressed {
                 continue;
             }
-            if self.stop.is_stopped() || self.drained()? {
+            if self.drained()? {
                 break;
             }
             let wait = self
@@ -122,9 +126,8 @@ impl<B: Broker> SinkPump<B> {
                 .flush_interval
                 .saturating_sub(last_flush.elapsed())
                 .clamp(Duration::from_millis(1), IDLE_WAIT);
-            let topic = self.assignments[0].topic.clone();
             tokio::select! {
-                () = self.broker.wait_for_data(&topic, wait) => {}
+                () = self.broker.wait_for_data(&wake_topic, seen, wait) => {}
                 () = self.stop.stopped() => {}
             }
         }

@@ -53,6 +53,18 @@ pub struct SourcePump<B> {
 /// The longest an idle source waits before polling again.
 const MAX_IDLE: Duration = Duration::from_millis(50);
 
+/// What one round of polling gathered for one append.
+#[derive(Debug, Default)]
+struct Filled {
+    /// Checked batches, in order.
+    parts: Vec<Vec<u8>>,
+    records: u32,
+    value_bytes: u64,
+    /// The last position the source gave.
+    position: Option<Vec<u8>>,
+    end_of_stream: bool,
+}
+
 impl<B: Broker> SourcePump<B> {
     /// Runs until the source ends, the stop signal comes, or something fails.
     pub async fn run(mut self) -> anyhow::Result<SourceEnd> {
@@ -61,36 +73,43 @@ impl<B: Broker> SourcePump<B> {
             if self.stop.is_stopped() {
                 break SourceEnd::Stopped;
             }
-            let (parts, records, position, eos) = self.fill().await?;
-            if records > 0 {
-                let batch = if parts.len() == 1 {
-                    parts.into_iter().next().expect("one part")
+            let filled = self.fill().await?;
+            if filled.records > 0 {
+                let batch = if filled.parts.len() == 1 {
+                    filled.parts.into_iter().next().expect("one part")
                 } else {
-                    let views = parts
+                    let views = filled
+                        .parts
                         .iter()
                         .map(|p| Batch::parse(p))
                         .collect::<Result<Vec<_>, _>>()?;
                     sluice_batch::concat(views)?
                 };
-                let value_bytes = Batch::parse(&batch)?.value_bytes();
-                let checkpoint = position.as_deref().map(|position| SourceCheckpoint {
+                let checkpoint = filled.position.as_deref().map(|position| SourceCheckpoint {
                     producer: &self.producer,
                     position,
                 });
                 self.broker
-                    .append(&self.topic, self.partition, &batch, records, checkpoint)
+                    .append(
+                        &self.topic,
+                        self.partition,
+                        &batch,
+                        filled.records,
+                        checkpoint,
+                    )
                     .await?;
-                self.stats.add(u64::from(records), value_bytes);
-                if let Some(p) = &position {
+                self.stats
+                    .add(u64::from(filled.records), filled.value_bytes);
+                if let Some(p) = &filled.position {
                     self.instance.commit(p).await?;
                 }
                 idle = Duration::from_millis(1);
-            } else if !eos {
+            } else if !filled.end_of_stream {
                 // Nothing to send: back off a little, up to MAX_IDLE.
                 self.stop.sleep(idle).await;
                 idle = (idle * 2).min(MAX_IDLE);
             }
-            if eos {
+            if filled.end_of_stream {
                 break SourceEnd::EndOfStream;
             }
         };
@@ -100,36 +119,37 @@ impl<B: Broker> SourcePump<B> {
 
     /// Polls until the batch is full, the linger time is up, or the source
     /// has nothing more right now.
-    async fn fill(&mut self) -> anyhow::Result<(Vec<Vec<u8>>, u32, Option<Vec<u8>>, bool)> {
+    async fn fill(&mut self) -> anyhow::Result<Filled> {
         let deadline = Instant::now() + self.config.linger;
-        let mut parts = Vec::new();
-        let mut records = 0u32;
+        let mut filled = Filled::default();
         let mut bytes = 0u64;
-        let mut position = None;
         loop {
-            let want = self.config.max_records - records;
+            let want = self.config.max_records - filled.records;
             let Polled {
                 batch,
                 records: n,
-                position: p,
+                value_bytes,
+                position,
                 end_of_stream,
             } = self.instance.poll(want).await?;
-            if p.is_some() {
-                position = p;
+            if position.is_some() {
+                filled.position = position;
             }
             if n > 0 {
-                records += n;
+                filled.records += n;
+                filled.value_bytes += value_bytes;
                 bytes += batch.len() as u64;
-                parts.push(batch);
+                filled.parts.push(batch);
             }
-            let full = records >= self.config.max_records || bytes >= self.config.max_bytes;
+            filled.end_of_stream = end_of_stream;
+            let full = filled.records >= self.config.max_records || bytes >= self.config.max_bytes;
             if end_of_stream
                 || full
                 || n == 0
                 || Instant::now() >= deadline
                 || self.stop.is_stopped()
             {
-                return Ok((parts, records, position, end_of_stream));
+                return Ok(filled);
             }
         }
     }

@@ -389,22 +389,6 @@ impl EmbeddedLog {
                 partition,
             })
     }
-
-    /// A version number that grows with every append to `topic`, for
-    /// [`EmbeddedLog::wait_for_append`].
-    pub fn append_version(&self, topic: &str) -> u64 {
-        self.topic(topic).map(|t| *t.appended.borrow()).unwrap_or(0)
-    }
-
-    /// Waits until `topic`'s append version passes `seen`, or `timeout`.
-    pub async fn wait_for_append(&self, topic: &str, seen: u64, timeout: Duration) {
-        let Ok(t) = self.topic(topic) else {
-            tokio::time::sleep(timeout).await;
-            return;
-        };
-        let mut rx = t.appended.subscribe();
-        let _ = tokio::time::timeout(timeout, rx.wait_for(|v| *v > seen)).await;
-    }
 }
 
 impl Topic {
@@ -559,20 +543,26 @@ impl Broker for EmbeddedLog {
             if batch.len() as u32 != body.records {
                 return Err(corrupt("record count does not match the batch".into()));
             }
-            if offset > body.base_offset {
-                let skip = (offset - body.base_offset) as usize;
-                out.push(StoredBatch {
-                    first_offset: offset,
-                    records: body.records - skip as u32,
-                    bytes: batch.skip(skip),
-                });
+            let skip = offset.saturating_sub(body.base_offset) as usize;
+            let first_offset = body.base_offset + skip as u64;
+            let records = body.records - skip as u32;
+            let value_bytes = batch.iter().skip(skip).map(|r| r.value.len() as u64).sum();
+            let bytes = if skip > 0 {
+                batch.skip(skip)
             } else {
-                out.push(StoredBatch {
-                    first_offset: body.base_offset,
-                    records: body.records,
-                    bytes: body.batch.to_vec(),
-                });
-            }
+                // The batch is the frame's tail: drop the header in place
+                // rather than copying the batch out.
+                let start = frame.len() - body.batch.len();
+                let mut frame = frame;
+                frame.drain(..start);
+                frame
+            };
+            out.push(StoredBatch {
+                first_offset,
+                records,
+                value_bytes,
+                bytes,
+            });
         }
         Ok(out)
     }
@@ -585,9 +575,17 @@ impl Broker for EmbeddedLog {
         Ok(p.next_offset)
     }
 
-    async fn wait_for_data(&self, topic: &str, timeout: Duration) {
-        let seen = self.append_version(topic);
-        self.wait_for_append(topic, seen, timeout).await;
+    fn data_version(&self, topic: &str) -> u64 {
+        self.topic(topic).map(|t| *t.appended.borrow()).unwrap_or(0)
+    }
+
+    async fn wait_for_data(&self, topic: &str, seen: u64, timeout: Duration) {
+        let Ok(t) = self.topic(topic) else {
+            tokio::time::sleep(timeout).await;
+            return;
+        };
+        let mut rx = t.appended.subscribe();
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|v| *v > seen)).await;
     }
 
     fn source_position(&self, producer: &str) -> Option<Vec<u8>> {
@@ -685,6 +683,17 @@ mod tests {
         }
     }
 
+    /// Writes `batches` batches into one segment and returns its path.
+    async fn one_segment_log(dir: &Path, batches: u32) -> PathBuf {
+        let one_segment = LogConfig {
+            segment_bytes: 1 << 30,
+            ..config()
+        };
+        let log = EmbeddedLog::open(dir, one_segment).unwrap();
+        fill(&log, batches).await;
+        dir.join("topics/t/0").join(segment_name(0))
+    }
+
     #[tokio::test]
     async fn appends_survive_reopen_with_positions_across_segments() {
         let dir = tempfile::tempdir().unwrap();
@@ -710,18 +719,7 @@ mod tests {
     #[tokio::test]
     async fn torn_tail_is_cut_and_appends_continue() {
         let dir = tempfile::tempdir().unwrap();
-        {
-            let log = EmbeddedLog::open(
-                dir.path(),
-                LogConfig {
-                    segment_bytes: 1 << 30,
-                    ..config()
-                },
-            )
-            .unwrap();
-            fill(&log, 3).await;
-        }
-        let seg = dir.path().join("topics/t/0").join(segment_name(0));
+        let seg = one_segment_log(dir.path(), 3).await;
         let len = std::fs::metadata(&seg).unwrap().len();
         let f = OpenOptions::new().write(true).open(&seg).unwrap();
         f.set_len(len - 7).unwrap(); // a crash in the middle of the last frame
@@ -738,18 +736,7 @@ mod tests {
     #[tokio::test]
     async fn a_half_written_header_and_zeros_after_a_power_loss_are_a_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
-        {
-            let log = EmbeddedLog::open(
-                dir.path(),
-                LogConfig {
-                    segment_bytes: 1 << 30,
-                    ..config()
-                },
-            )
-            .unwrap();
-            fill(&log, 2).await;
-        }
-        let seg = dir.path().join("topics/t/0").join(segment_name(0));
+        let seg = one_segment_log(dir.path(), 2).await;
         let mut bytes = std::fs::read(&seg).unwrap();
         bytes.extend_from_slice(b"SL");
         bytes.extend_from_slice(&[0u8; 5000]);
@@ -761,18 +748,7 @@ mod tests {
     #[tokio::test]
     async fn a_flipped_byte_mid_segment_is_refused_with_file_and_offset() {
         let dir = tempfile::tempdir().unwrap();
-        {
-            let log = EmbeddedLog::open(
-                dir.path(),
-                LogConfig {
-                    segment_bytes: 1 << 30,
-                    ..config()
-                },
-            )
-            .unwrap();
-            fill(&log, 3).await;
-        }
-        let seg = dir.path().join("topics/t/0").join(segment_name(0));
+        let seg = one_segment_log(dir.path(), 3).await;
         let mut bytes = std::fs::read(&seg).unwrap();
         bytes[40] ^= 0xff; // inside the first frame's body
         std::fs::write(&seg, bytes).unwrap();
