@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -23,6 +24,7 @@ use crate::broker::Broker;
 use crate::broker::embedded::{EmbeddedLog, LogConfig};
 use crate::grants::GrantSet;
 use crate::manifest::{ConnectorConfig, ConnectorKind, Manifest, ManifestError};
+use crate::plugin::instance::SinkOffset;
 use crate::plugin::{InstanceSetup, Plugin, PluginHost, PluginKind, PluginRef, Spec, StateStore};
 use crate::pump::{
     Assignment, PumpStats, SinkPump, SinkPumpConfig, SourceEnd, SourcePump, SourcePumpConfig,
@@ -288,41 +290,26 @@ pub async fn start(
         EmbeddedLog::open(&data_dir, LogConfig::from(&manifest.broker))
             .with_context(|| format!("opening the embedded broker in {}", data_dir.display()))?,
     );
-    let stop = StopSignal::new();
-
-    // Which source instances write each topic, so sinks know when a bounded
-    // pipeline has drained.
-    let mut writers: HashMap<String, u32> = HashMap::new();
-    for c in &connectors {
-        if c.config.kind == ConnectorKind::Source {
-            for t in c.config.topic_names() {
-                *writers.entry(t).or_default() += *c.config.parallelism.get_ref();
-            }
-        }
-    }
-    let mut sealers: HashMap<String, (Arc<TopicSealer>, TopicSeal, Arc<AtomicU32>)> =
-        HashMap::new();
-    for (topic, n) in &writers {
-        let (sealer, seal) = TopicSeal::new();
-        sealers.insert(
-            topic.clone(),
-            (Arc::new(sealer), seal, Arc::new(AtomicU32::new(*n))),
-        );
-    }
-
-    let mut tasks = JoinSet::new();
+    let mut launcher = Launcher {
+        seals: Seals::for_sources(&connectors),
+        plugins,
+        broker,
+        stop: StopSignal::new(),
+        tasks: JoinSet::new(),
+    };
     let mut reports = Vec::new();
-    for c in connectors {
-        let name = c.config.name.get_ref().clone();
+    for c in &connectors {
+        let name = c.config.name.get_ref();
         let parallelism = *c.config.parallelism.get_ref();
         let state: Arc<dyn StateStore> = Arc::new(
-            broker
-                .connector_state(&name)
+            launcher
+                .broker
+                .connector_state(name)
                 .with_context(|| format!("opening the state of connector {name:?}"))?,
         );
         let report = Arc::new(ConnectorReport::new(name.clone(), c.config.kind));
         reports.push(report.clone());
-        let connector: Arc<str> = name.clone().into();
+        let connector: Arc<str> = name.as_str().into();
         for index in 0..parallelism {
             let setup = InstanceSetup {
                 connector: connector.clone(),
@@ -331,132 +318,9 @@ pub async fn start(
                 grants: c.grants.clone(),
                 state: Some(state.clone()),
             };
-            let span = tracing::info_span!("instance", connector = %name, index);
             match c.config.kind {
-                ConnectorKind::Source => {
-                    let topic = c.config.topic_names().remove(0);
-                    let partitions = broker
-                        .ensure_topic(&topic)
-                        .with_context(|| format!("creating topic {topic:?}"))?;
-                    let producer = format!("{name}/{index}");
-                    let mut instance = plugins.source(&c.plugin, &setup).await?;
-                    let resume = broker.source_position(&producer);
-                    instance
-                        .open(&c.config_json, resume.as_deref())
-                        .await
-                        .with_context(|| format!("opening source {name:?} instance {index}"))?;
-                    let pump = SourcePump {
-                        instance,
-                        broker: broker.clone(),
-                        topic: topic.clone(),
-                        partition: index % partitions,
-                        producer,
-                        config: SourcePumpConfig {
-                            max_records: c.config.batch.max_records,
-                            max_bytes: c.config.batch.max_bytes,
-                            linger: Duration::from_millis(c.config.batch.linger_ms),
-                        },
-                        stats: report.stats.clone(),
-                        stop: stop.clone(),
-                    };
-                    let (sealer, _, left) = sealers
-                        .get(&topic)
-                        .expect("every source topic has a sealer")
-                        .clone();
-                    let report = report.clone();
-                    let stop = stop.clone();
-                    report.running.fetch_add(1, Ordering::AcqRel);
-                    tasks.spawn(
-                        async move {
-                            let outcome = match pump.run().await {
-                                Ok(SourceEnd::EndOfStream) => {
-                                    tracing::info!("source reached its end");
-                                    if left.fetch_sub(1, Ordering::AcqRel) == 1 {
-                                        sealer.seal();
-                                    }
-                                    ConnectorOutcome::Finished
-                                }
-                                Ok(SourceEnd::Stopped) => ConnectorOutcome::Stopped,
-                                Err(e) => instance_failed(&stop, &e),
-                            };
-                            report.instance_ended(outcome);
-                        }
-                        .instrument(span),
-                    );
-                }
-                ConnectorKind::Sink => {
-                    let mut instance = plugins.sink(&c.plugin, &setup).await?;
-                    let stored = instance
-                        .open(&c.config_json)
-                        .await
-                        .with_context(|| format!("opening sink {name:?} instance {index}"))?;
-                    let mut assignments = Vec::new();
-                    for topic in c.config.topic_names() {
-                        let partitions = broker
-                            .ensure_topic(&topic)
-                            .with_context(|| format!("creating topic {topic:?}"))?;
-                        for partition in (0..partitions).filter(|p| p % parallelism == index) {
-                            let wanted = stored
-                                .iter()
-                                .find(|o| o.topic == topic && o.partition == partition)
-                                .map(|o| o.next_offset)
-                                .or_else(|| broker.committed_offset(&name, &topic, partition))
-                                .unwrap_or(0);
-                            let end = broker.end_offset(&topic, partition)?;
-                            if wanted > end {
-                                tracing::warn!(
-                                    connector = %name, topic = %topic, partition, committed = wanted, end,
-                                    "the committed offset is past the end of the log (it lost data it had \
-                                     acknowledged, e.g. to a power loss under fsync = \"never\"); resuming at the end"
-                                );
-                            }
-                            let next = wanted.min(end);
-                            let seal = sealers
-                                .get(&topic)
-                                .map_or_else(TopicSeal::never, |(_, seal, _)| seal.clone());
-                            assignments.push(Assignment {
-                                topic: topic.clone(),
-                                partition,
-                                next,
-                                seal,
-                            });
-                        }
-                    }
-                    if assignments.is_empty() {
-                        tracing::info!(connector = %name, index, "no partition left for this instance; it stays idle");
-                        continue;
-                    }
-                    let pump = SinkPump {
-                        instance,
-                        broker: broker.clone(),
-                        group: name.clone(),
-                        assignments,
-                        config: SinkPumpConfig {
-                            max_bytes: c.config.batch.max_bytes,
-                            flush_interval: Duration::from_millis(c.config.flush_interval_ms),
-                        },
-                        stats: report.stats.clone(),
-                        stop: stop.clone(),
-                        connector: connector.clone(),
-                    };
-                    let report = report.clone();
-                    let stop = stop.clone();
-                    report.running.fetch_add(1, Ordering::AcqRel);
-                    tasks.spawn(
-                        async move {
-                            let outcome = match pump.run().await {
-                                Ok(()) if stop.is_stopped() => ConnectorOutcome::Stopped,
-                                Ok(()) => {
-                                    tracing::info!("sink drained its topics");
-                                    ConnectorOutcome::Finished
-                                }
-                                Err(e) => instance_failed(&stop, &e),
-                            };
-                            report.instance_ended(outcome);
-                        }
-                        .instrument(span),
-                    );
-                }
+                ConnectorKind::Source => launcher.start_source(c, setup, &report).await?,
+                ConnectorKind::Sink => launcher.start_sink(c, setup, &report).await?,
             }
         }
         if report.running.load(Ordering::Acquire) == 0 {
@@ -466,12 +330,217 @@ pub async fn start(
         }
     }
     Ok(RunningPipeline {
-        stop,
-        tasks,
+        stop: launcher.stop,
+        tasks: launcher.tasks,
         reports,
-        broker,
-        _plugins: plugins,
+        broker: launcher.broker,
+        _plugins: launcher.plugins,
     })
+}
+
+/// The seal of each topic that bounded sources in this run write, with the
+/// number of source instances that have not ended yet.
+#[derive(Debug, Default)]
+struct Seals(HashMap<String, (Arc<TopicSealer>, TopicSeal, Arc<AtomicU32>)>);
+
+impl Seals {
+    fn for_sources(connectors: &[CheckedConnector]) -> Self {
+        let mut writers: HashMap<String, u32> = HashMap::new();
+        for c in connectors
+            .iter()
+            .filter(|c| c.config.kind == ConnectorKind::Source)
+        {
+            for t in c.config.topic_names() {
+                *writers.entry(t).or_default() += *c.config.parallelism.get_ref();
+            }
+        }
+        Seals(
+            writers
+                .into_iter()
+                .map(|(topic, n)| {
+                    let (sealer, seal) = TopicSeal::new();
+                    (topic, (Arc::new(sealer), seal, Arc::new(AtomicU32::new(n))))
+                })
+                .collect(),
+        )
+    }
+
+    /// What a sink of `topic` watches.
+    fn seal(&self, topic: &str) -> TopicSeal {
+        self.0
+            .get(topic)
+            .map_or_else(TopicSeal::never, |(_, seal, _)| seal.clone())
+    }
+}
+
+/// Opens instances and spawns their pumps.
+struct Launcher {
+    plugins: Arc<PluginHost>,
+    broker: Arc<EmbeddedLog>,
+    stop: StopSignal,
+    seals: Seals,
+    tasks: JoinSet<()>,
+}
+
+impl Launcher {
+    /// Runs one instance's pump as a task that reports how it ended.
+    fn spawn(
+        &mut self,
+        report: &Arc<ConnectorReport>,
+        index: u32,
+        pump: impl Future<Output = ConnectorOutcome> + Send + 'static,
+    ) {
+        let span = tracing::info_span!("instance", connector = %report.name, index);
+        let report = report.clone();
+        report.running.fetch_add(1, Ordering::AcqRel);
+        self.tasks
+            .spawn(async move { report.instance_ended(pump.await) }.instrument(span));
+    }
+
+    async fn start_source(
+        &mut self,
+        c: &CheckedConnector,
+        setup: InstanceSetup,
+        report: &Arc<ConnectorReport>,
+    ) -> anyhow::Result<()> {
+        let name = c.config.name.get_ref();
+        let index = setup.index;
+        let topic = c.config.topic_names().remove(0);
+        let partitions = self
+            .broker
+            .ensure_topic(&topic)
+            .with_context(|| format!("creating topic {topic:?}"))?;
+        let producer = format!("{name}/{index}");
+        let mut instance = self.plugins.source(&c.plugin, &setup).await?;
+        let resume = self.broker.source_position(&producer);
+        instance
+            .open(&c.config_json, resume.as_deref())
+            .await
+            .with_context(|| format!("opening source {name:?} instance {index}"))?;
+        let pump = SourcePump {
+            instance,
+            broker: self.broker.clone(),
+            topic: topic.clone(),
+            partition: index % partitions,
+            producer,
+            config: SourcePumpConfig {
+                max_records: c.config.batch.max_records,
+                max_bytes: c.config.batch.max_bytes,
+                linger: Duration::from_millis(c.config.batch.linger_ms),
+            },
+            stats: report.stats.clone(),
+            stop: self.stop.clone(),
+        };
+        let (sealer, _, left) = self
+            .seals
+            .0
+            .get(&topic)
+            .expect("every source topic has a seal")
+            .clone();
+        let stop = self.stop.clone();
+        self.spawn(report, index, async move {
+            match pump.run().await {
+                Ok(SourceEnd::EndOfStream) => {
+                    tracing::info!("source reached its end");
+                    if left.fetch_sub(1, Ordering::AcqRel) == 1 {
+                        sealer.seal();
+                    }
+                    ConnectorOutcome::Finished
+                }
+                Ok(SourceEnd::Stopped) => ConnectorOutcome::Stopped,
+                Err(e) => instance_failed(&stop, &e),
+            }
+        });
+        Ok(())
+    }
+
+    async fn start_sink(
+        &mut self,
+        c: &CheckedConnector,
+        setup: InstanceSetup,
+        report: &Arc<ConnectorReport>,
+    ) -> anyhow::Result<()> {
+        let name = c.config.name.get_ref();
+        let index = setup.index;
+        let mut instance = self.plugins.sink(&c.plugin, &setup).await?;
+        let stored = instance
+            .open(&c.config_json)
+            .await
+            .with_context(|| format!("opening sink {name:?} instance {index}"))?;
+        let assignments = self.sink_assignments(c, index, &stored)?;
+        if assignments.is_empty() {
+            tracing::info!(connector = %name, index, "no partition left for this instance; it stays idle");
+            return Ok(());
+        }
+        let pump = SinkPump {
+            instance,
+            broker: self.broker.clone(),
+            group: name.clone(),
+            assignments,
+            config: SinkPumpConfig {
+                max_bytes: c.config.batch.max_bytes,
+                flush_interval: Duration::from_millis(c.config.flush_interval_ms),
+            },
+            stats: report.stats.clone(),
+            stop: self.stop.clone(),
+            connector: setup.connector.clone(),
+        };
+        let stop = self.stop.clone();
+        self.spawn(report, index, async move {
+            match pump.run().await {
+                Ok(()) if stop.is_stopped() => ConnectorOutcome::Stopped,
+                Ok(()) => {
+                    tracing::info!("sink drained its topics");
+                    ConnectorOutcome::Finished
+                }
+                Err(e) => instance_failed(&stop, &e),
+            }
+        });
+        Ok(())
+    }
+
+    /// The partitions sink instance `index` reads (`p % parallelism ==
+    /// index`), each from the offset the sink stored itself, else the
+    /// group's committed offset, else the start.
+    fn sink_assignments(
+        &self,
+        c: &CheckedConnector,
+        index: u32,
+        stored: &[SinkOffset],
+    ) -> anyhow::Result<Vec<Assignment>> {
+        let name = c.config.name.get_ref();
+        let parallelism = *c.config.parallelism.get_ref();
+        let mut assignments = Vec::new();
+        for topic in c.config.topic_names() {
+            let partitions = self
+                .broker
+                .ensure_topic(&topic)
+                .with_context(|| format!("creating topic {topic:?}"))?;
+            for partition in (0..partitions).filter(|p| p % parallelism == index) {
+                let wanted = stored
+                    .iter()
+                    .find(|o| o.topic == topic && o.partition == partition)
+                    .map(|o| o.next_offset)
+                    .or_else(|| self.broker.committed_offset(name, &topic, partition))
+                    .unwrap_or(0);
+                let end = self.broker.end_offset(&topic, partition)?;
+                if wanted > end {
+                    tracing::warn!(
+                        connector = %name, topic = %topic, partition, committed = wanted, end,
+                        "the committed offset is past the end of the log (it lost data it had \
+                         acknowledged, e.g. to a power loss under fsync = \"never\"); resuming at the end"
+                    );
+                }
+                assignments.push(Assignment {
+                    topic: topic.clone(),
+                    partition,
+                    next: wanted.min(end),
+                    seal: self.seals.seal(&topic),
+                });
+            }
+        }
+        Ok(assignments)
+    }
 }
 
 /// Records an instance's failure and stops the pipeline: restarts with

@@ -322,6 +322,18 @@ pub mod __private {
         f(instance)
     }
 
+    /// Takes the instance out of its slot and closes it; closing twice, or
+    /// before `open`, is fine.
+    fn close<T>(
+        slot: &RefCell<Option<T>>,
+        close: impl FnOnce(&mut T) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        match slot.borrow_mut().take() {
+            Some(mut instance) => close(&mut instance),
+            None => Ok(()),
+        }
+    }
+
     /// What a poll returns across the boundary.
     #[derive(Debug)]
     pub struct Polled {
@@ -361,10 +373,7 @@ pub mod __private {
     }
 
     pub fn source_close<S: Source>(slot: &RefCell<Option<S>>) -> Result<(), Error> {
-        match slot.borrow_mut().take() {
-            Some(mut s) => s.close(),
-            None => Ok(()),
-        }
+        close(slot, S::close)
     }
 
     pub fn sink_open<S: Sink>(
@@ -397,10 +406,7 @@ pub mod __private {
     }
 
     pub fn sink_close<S: Sink>(slot: &RefCell<Option<S>>) -> Result<(), Error> {
-        match slot.borrow_mut().take() {
-            Some(mut s) => s.close(),
-            None => Ok(()),
-        }
+        close(slot, S::close)
     }
 
     pub fn transform_open<T: Transform>(
@@ -428,9 +434,6 @@ pub mod __private {
     }
 
     pub fn transform_close<T: Transform>(slot: &RefCell<Option<T>>) -> Result<(), Error> {
-        match slot.borrow_mut().take() {
-            Some(mut t) => t.close(),
-            None => Ok(()),
-        }
+        close(slot, T::close)
     }
 }

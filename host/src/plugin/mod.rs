@@ -9,26 +9,29 @@
 //!
 //! - [`bindings`]: the one `bindgen!` site.
 //! - [`cache`]: compiled components on disk.
+//! - [`sandbox`]: one instance's `Store`: WASI from its grants, its memory
+//!   limit, the epoch that enforces its cpu grant, the host imports.
 //! - [`instance`]: a running source, sink or transform and its calls.
 
 pub mod bindings;
 pub mod cache;
+mod error;
 pub mod instance;
+pub mod sandbox;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Config, Engine, StoreLimits};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine};
 
-use self::bindings::{host, types};
+use self::bindings::host;
 pub use self::cache::CompileCache;
+pub use self::error::PluginError;
 pub use self::instance::{Polled, SinkInstance, SourceInstance, Spec};
-use crate::grants::GrantError;
+use self::sandbox::EpochTicker;
+pub use self::sandbox::{HostState, InstanceSetup, StateStore};
 
 /// The contract version this host speaks (`sluice:connector@…`).
 pub const CONTRACT_VERSION: &str = "0.1.0";
@@ -82,144 +85,6 @@ impl fmt::Display for PluginKind {
     }
 }
 
-/// Why a plugin cannot be loaded, or what it did wrong.
-#[derive(Debug, thiserror::Error)]
-pub enum PluginError {
-    /// Neither a built-in name nor a file.
-    #[error("unknown plugin {name:?}: not a built-in ({builtins}) and not a path to a .wasm file")]
-    Unknown {
-        /// What the manifest said.
-        name: String,
-        /// The built-in names.
-        builtins: String,
-    },
-    /// The file cannot be read.
-    #[error("cannot read plugin {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Not a valid component.
-    #[error("plugin {plugin} is not a valid WebAssembly component: {reason}")]
-    Compile {
-        /// The plugin.
-        plugin: String,
-        /// Why.
-        reason: String,
-    },
-    /// Built against another version of the contract.
-    #[error(
-        "plugin {plugin} was built against sluice:connector@{found} ({interface}); this host speaks \
-         sluice:connector@{CONTRACT_VERSION}: rebuild the plugin with a sluice-sdk for {CONTRACT_VERSION}"
-    )]
-    ContractVersion {
-        /// The plugin.
-        plugin: String,
-        /// The version it was built against.
-        found: String,
-        /// The interface it exports.
-        interface: String,
-    },
-    /// Exports none of the plugin interfaces.
-    #[error(
-        "plugin {plugin} exports none of sluice:connector/source-api, sink-api or transform-api \
-         @{CONTRACT_VERSION}; it exports: {exports}"
-    )]
-    NoInterface {
-        /// The plugin.
-        plugin: String,
-        /// What it does export.
-        exports: String,
-    },
-    /// Exports the wrong interface for its connector.
-    #[error(
-        "plugin {plugin} does not export {expected}, which a {needed} connector needs; \
-         it exports {found} (it is a {actual} plugin)"
-    )]
-    WrongKind {
-        /// The plugin.
-        plugin: String,
-        /// The interface the connector needs.
-        expected: String,
-        /// The connector's kind.
-        needed: PluginKind,
-        /// What the plugin exports.
-        found: String,
-        /// The plugin's kind.
-        actual: PluginKind,
-    },
-    /// Imports something the host does not provide, or its exports do not
-    /// match the contract.
-    #[error("plugin {plugin} does not fit this host: {reason}")]
-    Link {
-        /// The plugin.
-        plugin: String,
-        /// Why.
-        reason: String,
-    },
-    /// Trapped, ran out of time or memory.
-    #[error("plugin {plugin} stopped in `{call}`: {reason}")]
-    Trap {
-        /// The plugin.
-        plugin: String,
-        /// The call.
-        call: &'static str,
-        /// What happened, in words.
-        reason: String,
-    },
-    /// Returned something the contract forbids.
-    #[error("plugin {plugin} broke the contract in `{call}`: {what}")]
-    Contract {
-        /// The plugin.
-        plugin: String,
-        /// The call.
-        call: &'static str,
-        /// What it broke.
-        what: String,
-    },
-    /// The plugin refused its config.
-    #[error("plugin {plugin} refused its config: {message}")]
-    InvalidConfig {
-        /// The plugin.
-        plugin: String,
-        /// Its words.
-        message: String,
-    },
-    /// A passing fault; worth retrying.
-    #[error("plugin {plugin} failed in `{call}` (retriable): {message}")]
-    Retriable {
-        /// The plugin.
-        plugin: String,
-        /// The call.
-        call: &'static str,
-        /// Its words.
-        message: String,
-    },
-    /// The plugin cannot go on.
-    #[error("plugin {plugin} failed in `{call}` (fatal): {message}")]
-    Fatal {
-        /// The plugin.
-        plugin: String,
-        /// The call.
-        call: &'static str,
-        /// Its words.
-        message: String,
-    },
-    /// A grant cannot be given.
-    #[error(transparent)]
-    Grant(#[from] GrantError),
-}
-
-impl PluginError {
-    /// True for errors worth retrying with backoff.
-    pub fn is_retriable(&self) -> bool {
-        matches!(self, PluginError::Retriable { .. })
-    }
-}
-
 /// Where a plugin comes from.
 #[derive(Debug, Clone)]
 pub enum PluginRef {
@@ -256,76 +121,6 @@ impl PluginRef {
         match self {
             PluginRef::Builtin(name, _) => (*name).to_owned(),
             PluginRef::File(p) => p.display().to_string(),
-        }
-    }
-}
-
-/// The per-instance data a `Store` holds.
-pub struct HostState {
-    wasi: WasiCtx,
-    table: ResourceTable,
-    limits: StoreLimits,
-    connector: Arc<str>,
-    instance: u32,
-    state: Option<Arc<dyn StateStore>>,
-}
-
-impl fmt::Debug for HostState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HostState")
-            .field("connector", &self.connector)
-            .field("instance", &self.instance)
-            .finish_non_exhaustive()
-    }
-}
-
-impl WasiView for HostState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-/// Connector-scoped durable state behind the `state-get`/`state-put`
-/// imports.
-pub trait StateStore: Send + Sync {
-    /// Reads a key.
-    fn get(&self, key: &str) -> Option<Vec<u8>>;
-    /// Writes a key durably.
-    fn put(&self, key: &str, value: &[u8]);
-}
-
-impl host::Host for HostState {
-    fn log(&mut self, level: host::Level, message: String, fields: Vec<(String, String)>) {
-        let connector = &*self.connector;
-        let instance = self.instance;
-        let fields = if fields.is_empty() {
-            String::new()
-        } else {
-            fields
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
-        match level {
-            host::Level::Trace => tracing::trace!(connector, instance, fields, "{message}"),
-            host::Level::Debug => tracing::debug!(connector, instance, fields, "{message}"),
-            host::Level::Info => tracing::info!(connector, instance, fields, "{message}"),
-            host::Level::Warn => tracing::warn!(connector, instance, fields, "{message}"),
-            host::Level::Error => tracing::error!(connector, instance, fields, "{message}"),
-        }
-    }
-
-    fn state_get(&mut self, key: String) -> Option<Vec<u8>> {
-        self.state.as_ref().and_then(|s| s.get(&key))
-    }
-
-    fn state_put(&mut self, key: String, value: Vec<u8>) {
-        if let Some(s) = &self.state {
-            s.put(&key, &value);
         }
     }
 }
@@ -385,80 +180,6 @@ impl Plugin {
             found: self.kind.qualified(),
             actual: self.kind,
         })
-    }
-}
-
-/// Who an instance is, and what it may reach.
-#[derive(Clone)]
-pub struct InstanceSetup {
-    /// The connector's name.
-    pub connector: Arc<str>,
-    /// This instance's index.
-    pub index: u32,
-    /// The connector's parallelism.
-    pub count: u32,
-    /// Its grants.
-    pub grants: crate::grants::GrantSet,
-    /// Its durable state, if any.
-    pub state: Option<Arc<dyn StateStore>>,
-}
-
-impl fmt::Debug for InstanceSetup {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("InstanceSetup")
-            .field("connector", &self.connector)
-            .field("index", &self.index)
-            .field("count", &self.count)
-            .finish_non_exhaustive()
-    }
-}
-
-impl InstanceSetup {
-    /// An instance with nothing granted, for `spec` and `inspect`.
-    pub fn isolated(connector: &str) -> Self {
-        InstanceSetup {
-            connector: connector.into(),
-            index: 0,
-            count: 1,
-            grants: crate::grants::GrantSet::none(),
-            state: None,
-        }
-    }
-
-    fn context(&self) -> types::InstanceContext {
-        types::InstanceContext {
-            connector: self.connector.to_string(),
-            index: self.index,
-            count: self.count,
-        }
-    }
-}
-
-/// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
-struct EpochTicker {
-    stop: Arc<AtomicBool>,
-}
-
-impl EpochTicker {
-    fn start(engine: Engine) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        std::thread::Builder::new()
-            .name("sluice-epoch".into())
-            .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    engine.increment_epoch();
-                }
-            })
-            .expect("spawning the epoch thread");
-        EpochTicker { stop }
-    }
-}
-
-impl Drop for EpochTicker {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
@@ -597,32 +318,10 @@ impl PluginHost {
         }
     }
 
-    /// Creates an instance's store: its WASI context from its grants, its
-    /// memory limit, and an epoch deadline that traps.
-    fn store(&self, setup: &InstanceSetup) -> Result<wasmtime::Store<HostState>, PluginError> {
-        let limits = wasmtime::StoreLimitsBuilder::new()
-            .memory_size(usize::try_from(setup.grants.memory_bytes).unwrap_or(usize::MAX))
-            .trap_on_grow_failure(true)
-            .build();
-        let state = HostState {
-            wasi: setup.grants.wasi_ctx()?,
-            table: ResourceTable::new(),
-            limits,
-            connector: setup.connector.clone(),
-            instance: setup.index,
-            state: setup.state.clone(),
-        };
-        let mut store = wasmtime::Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limits);
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(u64::MAX / 2);
-        Ok(store)
-    }
-
     /// Reads a plugin's spec from a fresh instance with nothing granted.
     pub async fn spec(&self, plugin: &Plugin) -> Result<Spec, PluginError> {
         let setup = InstanceSetup::isolated("inspect");
-        let mut store = self.store(&setup)?;
+        let mut store = sandbox::new(&self.engine, &setup)?;
         let limits = instance::CallLimits::from(&setup.grants);
         instance::spec(&mut store, plugin, &limits).await
     }
@@ -637,7 +336,7 @@ impl PluginHost {
         let PluginPre::Source(pre) = &plugin.pre else {
             unreachable!("kind checked above")
         };
-        let mut store = self.store(setup)?;
+        let mut store = sandbox::new(&self.engine, setup)?;
         let api = pre
             .instantiate_async(&mut store)
             .await
@@ -655,7 +354,7 @@ impl PluginHost {
         let PluginPre::Sink(pre) = &plugin.pre else {
             unreachable!("kind checked above")
         };
-        let mut store = self.store(setup)?;
+        let mut store = sandbox::new(&self.engine, setup)?;
         let api = pre
             .instantiate_async(&mut store)
             .await
