@@ -122,12 +122,14 @@ files = [{ host = "out", guest = "/out", mode = "read-write" }]
     assert_exactly_once(seqs(&dir.path().join("out")), 5000);
 }
 
-#[test]
-fn print_sink_writes_values_to_stdout_when_granted() {
-    let dir = tempfile::tempdir().unwrap();
+/// Runs five datagen records into the `print` sink, whose table ends with
+/// `grants` (TOML).
+fn run_print_pipeline(dir: &std::path::Path, grants: &str) -> std::process::Output {
     let manifest = write_manifest(
-        dir.path(),
-        r#"
+        dir,
+        &format!(
+            "{}{grants}",
+            r#"
 [[connector]]
 name = "gen"
 kind = "source"
@@ -144,11 +146,16 @@ plugin = "print"
 topic = "t"
 [connector.config]
 prefix = "t> "
-[connector.grants]
-stdout = true
-"#,
+"#
+        ),
     );
-    let out = run(&["run", manifest.to_str().unwrap()]);
+    run(&["run", manifest.to_str().unwrap()])
+}
+
+#[test]
+fn print_sink_writes_values_to_stdout_when_granted() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_print_pipeline(dir.path(), "[connector.grants]\nstdout = true\n");
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
     for i in 0..5 {
@@ -162,28 +169,7 @@ stdout = true
 #[test]
 fn print_sink_without_the_stdout_grant_writes_nothing_to_stdout() {
     let dir = tempfile::tempdir().unwrap();
-    let manifest = write_manifest(
-        dir.path(),
-        r#"
-[[connector]]
-name = "gen"
-kind = "source"
-plugin = "datagen"
-topic = "t"
-[connector.config]
-count = 5
-payload_bytes = 1
-
-[[connector]]
-name = "show"
-kind = "sink"
-plugin = "print"
-topic = "t"
-[connector.config]
-prefix = "t> "
-"#,
-    );
-    let out = run(&["run", manifest.to_str().unwrap()]);
+    let out = run_print_pipeline(dir.path(), "");
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!stdout.contains("t> "), "no grant, no stdout: {stdout}");

@@ -7,7 +7,8 @@
 //! Where things live:
 //!
 //! - [`manifest`]: the TOML a user writes, its defaults, and located errors.
-//! - [`plugin`]: the engine, compile cache, contract checks and instances.
+//! - [`plugin`]: the engine, compile cache, contract checks, each instance's
+//!   sandbox (its `Store` and limits) and the calls into it.
 //! - [`grants`]: manifest grants turned into a deny-by-default WASI context.
 //! - [`broker`]: the [`broker::Broker`] trait and the embedded durable log.
 //! - [`pump`]: the source and sink loops (batching, commits, backpressure).
