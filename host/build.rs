@@ -16,8 +16,6 @@ use std::process::Command;
 /// Plugins compiled into the `sluice` binary, by crate name.
 const BUILTIN: &[&str] = &["datagen", "file-sink", "file-source", "print"];
 
-/// Guest crates that exist only for tests, under `tests/fixtures/`.
-const FIXTURES: &[&str] = &["wrong-contract-version"];
 
 const TARGET: &str = "wasm32-wasip2";
 
@@ -57,8 +55,8 @@ fn main() {
         .env_remove("RUSTFLAGS")
         .env_remove("RUSTC_WORKSPACE_WRAPPER")
         .env_remove("CARGO_BUILD_TARGET");
-    for krate in BUILTIN.iter().chain(FIXTURES) {
-        cmd.args(["-p", krate]);
+    for krate in BUILTIN.iter().map(|s| (*s).to_owned()).chain(fixtures(&root)) {
+        cmd.args(["-p", &krate]);
     }
     let status = cmd
         .status()
@@ -91,6 +89,19 @@ fn main() {
         "cargo:rustc-env=SLUICE_PLUGIN_WASM_DIR={}",
         wasm_dir.display()
     );
+}
+
+/// The guest crates that exist only for tests: every folder under
+/// `tests/fixtures/` (each crate is named as its folder).
+fn fixtures(root: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(root.join("tests/fixtures"))
+        .expect("tests/fixtures exists")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("Cargo.toml").exists())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
 }
 
 fn wasm_path(dir: &Path, krate: &str) -> PathBuf {

@@ -7,15 +7,25 @@
 //! somewhere else, and an operator should be able to read what it can reach
 //! from its manifest alone.
 
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use ipnet::IpNet;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
 
 use crate::manifest::{
-    ConnectorConfig, DEFAULT_CPU, DEFAULT_MEMORY_BYTES, FileMode, Manifest, parse_bytes,
-    parse_duration,
+    ConnectorConfig, DEFAULT_CPU, DEFAULT_MEMORY_BYTES, FileMode, Manifest, SecretSource,
+    parse_bytes, parse_duration,
 };
+use crate::secrets::Redactor;
 
 /// What one connector may reach, resolved against the manifest's folder.
 #[derive(Debug, Clone, Default)]
@@ -28,6 +38,21 @@ pub struct GrantSet {
     pub memory_bytes: u64,
     /// Longest a single plugin call may run.
     pub cpu: Duration,
+    /// Addresses it may connect to.
+    pub net: Vec<NetRule>,
+    /// May it look names up.
+    pub dns: bool,
+    /// Environment variables passed through (name, value): those listed
+    /// that the host has.
+    pub env: Vec<(String, String)>,
+    /// Names listed in `env` that the host does not have.
+    pub env_missing: Vec<String>,
+    /// Secret names and where they come from (never their values).
+    pub secrets: Vec<(String, SecretSource)>,
+    /// `memory` or `cpu` was left to its default.
+    pub default_memory: bool,
+    /// See `default_memory`.
+    pub default_cpu: bool,
 }
 
 /// A grant that cannot be given.
@@ -43,20 +68,163 @@ pub enum GrantError {
     },
 }
 
+/// One entry of the `net` grant: an address or a name, and ports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetRule {
+    target: NetTarget,
+    ports: RangeInclusive<u16>,
+    text: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum NetTarget {
+    /// An address or a CIDR block (an address is a /32 or /128).
+    Net(IpNet),
+    /// A name the host resolves at connect time.
+    Name(String),
+}
+
+impl fmt::Display for NetRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl NetRule {
+    /// Parses `host:port`, `ip:port`, `cidr:port` or `[ipv6]:port`, where
+    /// the port may be a range `low-high`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        let (host, ports) = if let Some(rest) = t.strip_prefix('[') {
+            let (inside, after) = rest
+                .split_once(']')
+                .ok_or_else(|| format!("{text:?} opens `[` without closing it"))?;
+            let ports = after
+                .strip_prefix(':')
+                .ok_or_else(|| format!("{text:?} has no port after `]`"))?;
+            (inside, ports)
+        } else {
+            t.rsplit_once(':')
+                .ok_or_else(|| format!("{text:?} has no port"))?
+        };
+        let port = |p: &str| -> Result<u16, String> {
+            match p.parse::<u16>() {
+                Ok(0) | Err(_) => Err(format!("{p:?} in {text:?} is not a port (1-65535)")),
+                Ok(n) => Ok(n),
+            }
+        };
+        let ports = match ports.split_once('-') {
+            Some((lo, hi)) => {
+                let (lo, hi) = (port(lo)?, port(hi)?);
+                if lo > hi {
+                    return Err(format!("the port range in {text:?} runs backwards"));
+                }
+                lo..=hi
+            }
+            None => {
+                let p = port(ports)?;
+                p..=p
+            }
+        };
+        let target = if host.contains('/') {
+            NetTarget::Net(
+                host.parse::<IpNet>()
+                    .map_err(|e| format!("{host:?} in {text:?} is not a CIDR block: {e}"))?
+                    .trunc(),
+            )
+        } else if let Ok(ip) = host.parse::<IpAddr>() {
+            NetTarget::Net(IpNet::from(ip))
+        } else {
+            let valid = !host.is_empty()
+                && host.len() <= 253
+                && host
+                    .split('.')
+                    .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+            if !valid {
+                return Err(format!("{host:?} in {text:?} is neither an address nor a host name"));
+            }
+            NetTarget::Name(host.to_ascii_lowercase())
+        };
+        Ok(NetRule {
+            target,
+            ports,
+            text: t.to_owned(),
+        })
+    }
+
+    /// Does this rule allow `addr`? A name is resolved now, so the address
+    /// must be one the name points to at the moment of the connection.
+    async fn allows(&self, addr: SocketAddr) -> bool {
+        if !self.ports.contains(&addr.port()) {
+            return false;
+        }
+        let ip = addr.ip().to_canonical();
+        match &self.target {
+            NetTarget::Net(net) => net.contains(&ip),
+            NetTarget::Name(name) => match tokio::net::lookup_host((name.as_str(), addr.port())).await {
+                Ok(mut resolved) => resolved.any(|a| a.ip().to_canonical() == ip),
+                Err(e) => {
+                    tracing::warn!(rule = %self.text, error = %e, "cannot resolve a granted name; refusing the connection");
+                    false
+                }
+            },
+        }
+    }
+}
+
+/// Decides one socket use against the `net` rules.
+async fn check_socket(rules: Arc<Vec<NetRule>>, addr: SocketAddr, use_: SocketAddrUse) -> bool {
+    let wildcard = addr.ip().is_unspecified() && addr.port() == 0;
+    let allowed = match use_ {
+        // The implicit bind before a connect or a send uses the wildcard
+        // address; the remote address is checked next.
+        SocketAddrUse::TcpBind | SocketAddrUse::UdpBind if wildcard => true,
+        // A connection accepted on a listener that was itself granted.
+        SocketAddrUse::TcpAccept => true,
+        _ => {
+            let mut ok = false;
+            for rule in rules.iter() {
+                if rule.allows(addr).await {
+                    ok = true;
+                    break;
+                }
+            }
+            ok
+        }
+    };
+    if !allowed {
+        tracing::warn!(%addr, r#use = ?use_, "refused a socket use that no `net` grant allows");
+    }
+    allowed
+}
+
 impl GrantSet {
     /// Nothing granted: compute, log and exchange batches only.
     pub fn none() -> Self {
         GrantSet {
             memory_bytes: DEFAULT_MEMORY_BYTES,
             cpu: DEFAULT_CPU,
+            default_memory: true,
+            default_cpu: true,
             ..GrantSet::default()
         }
     }
 
     /// The grants of `connector`, as written in `manifest`. The manifest was
-    /// checked when loaded, so sizes and durations parse.
+    /// checked when loaded, so sizes, durations and rules parse.
     pub fn from_manifest(manifest: &Manifest, connector: &ConnectorConfig) -> Self {
         let g = &connector.grants;
+        let mut env = Vec::new();
+        let mut env_missing = Vec::new();
+        for name in &g.env {
+            let name = name.get_ref();
+            match std::env::var(name) {
+                Ok(v) => env.push((name.clone(), v)),
+                Err(_) => env_missing.push(name.clone()),
+            }
+        }
+        let memory = g.memory.as_ref().and_then(|m| parse_bytes(m.get_ref()).ok());
+        let cpu = g.cpu.as_ref().and_then(|c| parse_duration(c.get_ref()).ok());
         GrantSet {
             files: g
                 .files
@@ -64,21 +232,30 @@ impl GrantSet {
                 .map(|f| (manifest.resolve(&f.host), f.guest.clone(), f.mode))
                 .collect(),
             stdout: g.stdout,
-            memory_bytes: g
-                .memory
-                .as_ref()
-                .and_then(|m| parse_bytes(m.get_ref()).ok())
-                .unwrap_or(DEFAULT_MEMORY_BYTES),
-            cpu: g
-                .cpu
-                .as_ref()
-                .and_then(|c| parse_duration(c.get_ref()).ok())
-                .unwrap_or(DEFAULT_CPU),
+            memory_bytes: memory.unwrap_or(DEFAULT_MEMORY_BYTES),
+            cpu: cpu.unwrap_or(DEFAULT_CPU),
+            net: g
+                .net
+                .iter()
+                .filter_map(|r| NetRule::parse(r.get_ref()).ok())
+                .collect(),
+            dns: g.dns,
+            env,
+            env_missing,
+            secrets: g
+                .secrets
+                .iter()
+                .map(|(n, s)| (n.clone(), s.get_ref().clone()))
+                .collect(),
+            default_memory: memory.is_none(),
+            default_cpu: cpu.is_none(),
         }
     }
 
-    /// Builds the WASI context for one instance.
-    pub fn wasi_ctx(&self) -> Result<WasiCtx, GrantError> {
+    /// Builds the WASI context for one instance. What the plugin writes to
+    /// standard error goes to the host's log, line by line, redacted; what
+    /// it writes to standard output, if granted, is redacted too.
+    pub fn wasi_ctx(&self, stderr: PluginStderr, redactor: &Redactor) -> Result<WasiCtx, GrantError> {
         let mut b = WasiCtxBuilder::new();
         for (host, guest, mode) in &self.files {
             // A read-write grant names a place to write; create it, as a
@@ -100,8 +277,320 @@ impl GrantSet {
                 })?;
         }
         if self.stdout {
-            b.inherit_stdout();
+            b.stdout(PluginStdout::new(redactor.clone()));
         }
+        b.stderr(stderr);
+        for (name, value) in &self.env {
+            b.env(name, value);
+        }
+        if !self.net.is_empty() {
+            let rules = Arc::new(self.net.clone());
+            b.allow_tcp(true);
+            b.allow_udp(true);
+            b.socket_addr_check(move |addr, use_| Box::pin(check_socket(rules.clone(), addr, use_)));
+        }
+        b.allow_ip_name_lookup(self.dns);
         Ok(b.build())
+    }
+
+    /// One line per kind of grant, for `sluice validate`: (grant, what it
+    /// allows). Secrets show their names and sources, never values.
+    pub fn describe(&self) -> Vec<(&'static str, String)> {
+        let mut rows = Vec::new();
+        let files = self
+            .files
+            .iter()
+            .map(|(host, guest, mode)| {
+                let mode = match mode {
+                    FileMode::ReadOnly => "read-only",
+                    FileMode::ReadWrite => "read-write",
+                };
+                format!("{} as {guest} ({mode})", host.display())
+            })
+            .collect::<Vec<_>>();
+        rows.push(("files", list_or_none(&files)));
+        let net = self.net.iter().map(ToString::to_string).collect::<Vec<_>>();
+        rows.push(("net", list_or_none(&net)));
+        rows.push(("dns", if self.dns { "yes".into() } else { "no".into() }));
+        let mut env: Vec<String> = self.env.iter().map(|(n, _)| n.clone()).collect();
+        env.extend(self.env_missing.iter().map(|n| format!("{n} (not set on this host)")));
+        rows.push(("env", list_or_none(&env)));
+        let secrets = self
+            .secrets
+            .iter()
+            .map(|(name, source)| match source {
+                SecretSource { env: Some(v), .. } => format!("{name} from env {v}"),
+                SecretSource { file: Some(f), .. } => format!("{name} from file {}", f.display()),
+                _ => name.clone(),
+            })
+            .collect::<Vec<_>>();
+        rows.push(("secrets", list_or_none(&secrets)));
+        rows.push(("stdout", if self.stdout { "yes".into() } else { "no".into() }));
+        let default = |d: bool| if d { " (default)" } else { "" };
+        rows.push((
+            "memory",
+            format!("{}{}", human_size(self.memory_bytes), default(self.default_memory)),
+        ));
+        rows.push((
+            "cpu",
+            format!("{:?} per call{}", self.cpu, default(self.default_cpu)),
+        ));
+        rows
+    }
+}
+
+fn list_or_none(items: &[String]) -> String {
+    if items.is_empty() {
+        "none".into()
+    } else {
+        items.join(", ")
+    }
+}
+
+fn human_size(n: u64) -> String {
+    for (unit, size) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+        if n >= size && n.is_multiple_of(size) {
+            return format!("{} {unit}", n / size);
+        }
+    }
+    format!("{n} B")
+}
+
+/// Splits a plugin's output stream into lines and masks secrets in each,
+/// never cutting a secret in two.
+#[derive(Debug, Default)]
+struct Lines {
+    partial: Vec<u8>,
+}
+
+/// Longest line kept; a longer one is passed on in pieces.
+const MAX_LINE: usize = 4096;
+
+impl Lines {
+    /// Takes `bytes` and hands each complete line (without its newline),
+    /// redacted, to `emit`, with `true`; or a piece of an overlong line,
+    /// with `false`.
+    fn push(&mut self, bytes: &[u8], redactor: &Redactor, mut emit: impl FnMut(&str, bool)) {
+        self.partial.extend_from_slice(bytes);
+        loop {
+            let (end, skip) = match self.partial.iter().position(|&b| b == b'\n') {
+                Some(at) => (at, 1),
+                None if self.partial.len() >= MAX_LINE => {
+                    match redactor.safe_cut(&self.partial, MAX_LINE) {
+                        0 => return,
+                        cut => (cut, 0),
+                    }
+                }
+                None => return,
+            };
+            let line: Vec<u8> = self.partial.drain(..end + skip).take(end).collect();
+            emit(&redactor.redact(&String::from_utf8_lossy(&line)), skip == 1);
+        }
+    }
+
+    /// Hands on what is left.
+    fn finish(&mut self, redactor: &Redactor, mut emit: impl FnMut(&str, bool)) {
+        if !self.partial.is_empty() {
+            let rest = std::mem::take(&mut self.partial);
+            emit(&redactor.redact(&String::from_utf8_lossy(&rest)), false);
+        }
+    }
+}
+
+/// A plugin's standard error: each line goes to the host's log as a
+/// warning, tagged with the connector and instance, with secrets masked.
+/// The last line is kept for the error report if the plugin then traps (a
+/// Rust plugin's panic message arrives this way).
+#[derive(Clone)]
+pub struct PluginStderr {
+    connector: Arc<str>,
+    instance: u32,
+    redactor: Redactor,
+    lines: Arc<Mutex<Lines>>,
+    last: Arc<Mutex<Option<String>>>,
+}
+
+impl fmt::Debug for PluginStderr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PluginStderr")
+            .field("connector", &self.connector)
+            .field("instance", &self.instance)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PluginStderr {
+    /// The standard error of instance `instance` of `connector`.
+    pub fn new(connector: Arc<str>, instance: u32, redactor: Redactor) -> Self {
+        PluginStderr {
+            connector,
+            instance,
+            redactor,
+            lines: Arc::default(),
+            last: Arc::default(),
+        }
+    }
+
+    /// The last line written, redacted.
+    pub fn last_line(&self) -> Option<String> {
+        self.last.lock().expect("stderr lock").clone()
+    }
+
+    fn emit(&self, text: &str) {
+        let text = text.trim_end();
+        if text.is_empty() {
+            return;
+        }
+        tracing::warn!(connector = %self.connector, instance = self.instance, "plugin stderr: {text}");
+        *self.last.lock().expect("stderr lock") = Some(text.to_owned());
+    }
+}
+
+impl IsTerminal for PluginStderr {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for PluginStderr {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+impl tokio::io::AsyncWrite for PluginStderr {
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let mut lines = self.lines.lock().expect("stderr lock");
+        lines.push(buf, &self.redactor, |l, _| self.emit(l));
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let mut lines = self.lines.lock().expect("stderr lock");
+        lines.finish(&self.redactor, |l, _| self.emit(l));
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// A plugin's standard output, when granted: the host's standard output,
+/// with secrets masked line by line (straight through when the manifest
+/// has no secrets).
+#[derive(Clone)]
+pub struct PluginStdout {
+    redactor: Redactor,
+    lines: Arc<Mutex<Lines>>,
+}
+
+impl fmt::Debug for PluginStdout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PluginStdout").finish_non_exhaustive()
+    }
+}
+
+impl PluginStdout {
+    /// Standard output masking what `redactor` knows.
+    pub fn new(redactor: Redactor) -> Self {
+        PluginStdout {
+            redactor,
+            lines: Arc::default(),
+        }
+    }
+}
+
+impl IsTerminal for PluginStdout {
+    fn is_terminal(&self) -> bool {
+        std::io::IsTerminal::is_terminal(&std::io::stdout())
+    }
+}
+
+impl StdoutStream for PluginStdout {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+impl tokio::io::AsyncWrite for PluginStdout {
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        use std::io::Write;
+        let out = std::io::stdout();
+        let mut out = out.lock();
+        if self.redactor.is_empty() {
+            return Poll::Ready(out.write_all(buf).map(|()| buf.len()));
+        }
+        let mut result = Ok(());
+        let mut lines = self.lines.lock().expect("stdout lock");
+        lines.push(buf, &self.redactor, |l, whole| {
+            if result.is_ok() {
+                result = if whole {
+                    writeln!(out, "{l}")
+                } else {
+                    write!(out, "{l}")
+                };
+            }
+        });
+        Poll::Ready(result.map(|()| buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        use std::io::Write;
+        Poll::Ready(std::io::stdout().flush())
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let mut lines = self.lines.lock().expect("stdout lock");
+        lines.finish(&self.redactor, |l, _| {
+            let _ = write!(out, "{l}");
+        });
+        Poll::Ready(out.flush())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn lines_never_cut_a_secret_in_two() {
+        let r = Redactor::new(["SECRET"]);
+        let mut lines = Lines::default();
+        let mut got = Vec::new();
+        let mut long = "x".repeat(MAX_LINE - 3);
+        long.push_str("SECRET tail\n");
+        for chunk in long.as_bytes().chunks(7) {
+            lines.push(chunk, &r, |l, _| got.push(l.to_owned()));
+        }
+        let joined = got.concat();
+        assert!(!joined.contains("SECRET"), "{joined}");
+        assert!(joined.ends_with("*** tail"), "{joined}");
+    }
+
+    #[test]
+    fn net_rules_parse() {
+        for ok in ["db.internal:5432", "10.0.0.0/8:9092-9094", "[::1]:6379", "127.0.0.1:80", "[fd00::/8]:1-65535"] {
+            NetRule::parse(ok).unwrap();
+        }
+        for bad in ["db", "db:0", "db:99999", "10.0.0.0/33:1", "a b:1", "1.2.3.4:9-1", "[::1:80"] {
+            assert!(NetRule::parse(bad).is_err(), "{bad} parsed");
+        }
+    }
+
+    #[tokio::test]
+    async fn net_rules_match_addresses_ports_and_blocks() {
+        let r = NetRule::parse("10.0.0.0/8:9092-9094").unwrap();
+        assert!(r.allows("10.1.2.3:9093".parse().unwrap()).await);
+        assert!(!r.allows("10.1.2.3:9095".parse().unwrap()).await);
+        assert!(!r.allows("11.0.0.1:9092".parse().unwrap()).await);
+        let r = NetRule::parse("127.0.0.1:80").unwrap();
+        assert!(r.allows("[::ffff:127.0.0.1]:80".parse().unwrap()).await);
+        let r = NetRule::parse("localhost:8080").unwrap();
+        assert!(r.allows("127.0.0.1:8080".parse().unwrap()).await);
+        assert!(!r.allows("10.0.0.1:8080".parse().unwrap()).await, "a name allows only what it resolves to");
     }
 }

@@ -10,6 +10,9 @@
 //! - [`plugin`]: the engine, compile cache, contract checks, each instance's
 //!   sandbox (its `Store` and limits) and the calls into it.
 //! - [`grants`]: manifest grants turned into a deny-by-default WASI context.
+//! - [`secrets`]: secrets resolved on the host, substituted into configs,
+//!   and masked in everything the host prints.
+//! - [`supervisor`]: restarts failed instances with backoff.
 //! - [`broker`]: the [`broker::Broker`] trait and the embedded durable log.
 //! - [`pump`]: the source and sink loops (batching, commits, backpressure).
 //! - [`pipeline`]: validating a manifest and running its connectors.
@@ -22,3 +25,5 @@ pub mod manifest;
 pub mod pipeline;
 pub mod plugin;
 pub mod pump;
+pub mod secrets;
+pub mod supervisor;

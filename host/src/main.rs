@@ -180,7 +180,36 @@ async fn validate(path: &Path, plugins: &PluginHost) -> anyhow::Result<ExitCode>
             c.config.topic_names().join(", ")
         );
     }
+    println!();
+    print!("{}", grants_table(&connectors));
     Ok(ExitCode::SUCCESS)
+}
+
+/// What each connector may reach, one row per grant, for `validate`.
+fn grants_table(connectors: &[pipeline::CheckedConnector]) -> String {
+    let rows: Vec<(&str, &str, String)> = connectors
+        .iter()
+        .flat_map(|c| {
+            c.grants
+                .describe()
+                .into_iter()
+                .map(|(grant, allows)| (c.config.name.get_ref().as_str(), grant, allows))
+        })
+        .collect();
+    let width = rows
+        .iter()
+        .map(|(name, _, _)| name.len())
+        .max()
+        .unwrap_or(0)
+        .max("connector".len());
+    let mut out = format!("{:<width$}  {:<8} allows\n", "connector", "grant");
+    let mut last = "";
+    for (name, grant, allows) in &rows {
+        let shown = if *name == last { "" } else { name };
+        last = name;
+        out.push_str(&format!("{shown:<width$}  {grant:<8} {allows}\n"));
+    }
+    out
 }
 
 async fn run(path: &Path, plugins: Arc<PluginHost>, progress: bool) -> anyhow::Result<ExitCode> {
@@ -308,6 +337,11 @@ fn print_summary(reports: &[Arc<ConnectorReport>]) {
             ConnectorOutcome::Stopped => "stopped".to_owned(),
             ConnectorOutcome::Failed(e) => format!("failed: {e}"),
         };
+        let restarts = match r.restarts() {
+            0 => String::new(),
+            1 => " (restarted once)".to_owned(),
+            n => format!(" (restarted {n} times)"),
+        };
         let refused = r.stats.refused();
         let refused = if refused > 0 {
             format!(" ({} refused by the sink, see the log)", thousands(refused))
@@ -315,7 +349,7 @@ fn print_summary(reports: &[Arc<ConnectorReport>]) {
             String::new()
         };
         println!(
-            "{:<16} {:<6} {:>12} {:>11} {:>8.2}s {:>12} {:>8.1}  {outcome}{refused}",
+            "{:<16} {:<6} {:>12} {:>11} {:>8.2}s {:>12} {:>8.1}  {outcome}{restarts}{refused}",
             r.name,
             r.kind.to_string(),
             thousands(records),

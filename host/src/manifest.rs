@@ -11,7 +11,7 @@
 //! directories) are relative to the manifest's own folder, so a manifest runs
 //! the same from wherever `sluice` is started.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -236,6 +236,17 @@ pub struct ConnectorConfig {
     /// ```
     #[serde(default)]
     pub grants: GrantsConfig,
+
+    /// How a failed instance is restarted.
+    ///
+    /// ```toml
+    /// [connector.restart]
+    /// initial = "1s"
+    /// max = "1m"
+    /// attempts = 10
+    /// ```
+    #[serde(default)]
+    pub restart: RestartConfig,
 }
 
 impl ConnectorConfig {
@@ -346,6 +357,94 @@ pub struct GrantsConfig {
     /// ```
     #[serde(default)]
     pub cpu: Option<Spanned<String>>,
+
+    /// Addresses the plugin may connect to (TCP and UDP): `host:port`,
+    /// `ip:port`, `cidr:port`, each with one port or a range `low-high`.
+    /// A name is resolved by the host when the plugin connects, and the
+    /// address the plugin uses must be one the name resolves to then.
+    ///
+    /// ```toml
+    /// net = ["db.internal:5432", "10.0.0.0/8:9092-9094", "[::1]:6379"]
+    /// ```
+    #[serde(default)]
+    pub net: Vec<Spanned<String>>,
+
+    /// May the plugin look names up itself (`wasi:sockets/ip-name-lookup`).
+    /// Default false: a plugin given a name in `net` without `dns` must be
+    /// configured with the address.
+    ///
+    /// ```toml
+    /// dns = true
+    /// ```
+    #[serde(default)]
+    pub dns: bool,
+
+    /// Host environment variables the plugin sees, by name. It sees no
+    /// other; a listed variable the host does not have is left out.
+    ///
+    /// ```toml
+    /// env = ["TZ", "PGAPPNAME"]
+    /// ```
+    #[serde(default)]
+    pub env: Vec<Spanned<String>>,
+
+    /// Named secrets, resolved by the host from an environment variable or
+    /// a file (relative to the manifest; one trailing newline is dropped),
+    /// and handed to the plugin where its config says `${secret:NAME}`. The
+    /// host never prints a secret's value: it is replaced by `***` in
+    /// everything the plugin logs and in every error.
+    ///
+    /// ```toml
+    /// [connector.grants.secrets]
+    /// password = { env = "PG_PASSWORD" }
+    /// api_key = { file = "secrets/api-key" }
+    /// ```
+    #[serde(default)]
+    pub secrets: BTreeMap<String, Spanned<SecretSource>>,
+}
+
+/// Where the host reads a secret.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretSource {
+    /// From this host environment variable.
+    #[serde(default)]
+    pub env: Option<String>,
+    /// From this file, relative to the manifest.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+}
+
+/// `[connector.restart]`: how the supervisor restarts a failed instance.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestartConfig {
+    /// Wait before the first restart. Default `"1s"`; each next wait
+    /// doubles.
+    ///
+    /// ```toml
+    /// initial = "1s"
+    /// ```
+    #[serde(default)]
+    pub initial: Option<Spanned<String>>,
+
+    /// Longest wait between restarts. Default `"1m"`. An instance that
+    /// stays up this long has recovered: its count of failures starts over.
+    ///
+    /// ```toml
+    /// max = "1m"
+    /// ```
+    #[serde(default)]
+    pub max: Option<Spanned<String>>,
+
+    /// Restarts in a row before the connector is `failed`. Default 10; 0
+    /// means a failure is final.
+    ///
+    /// ```toml
+    /// attempts = 10
+    /// ```
+    #[serde(default)]
+    pub attempts: Option<u32>,
 }
 
 /// One entry of `files`.
@@ -404,6 +503,12 @@ fn default_linger_ms() -> u64 {
 pub const DEFAULT_MEMORY_BYTES: u64 = 256 * 1024 * 1024;
 /// Default `cpu` grant.
 pub const DEFAULT_CPU: Duration = Duration::from_secs(10);
+/// Default first restart delay.
+pub const DEFAULT_RESTART_INITIAL: Duration = Duration::from_secs(1);
+/// Default longest restart delay.
+pub const DEFAULT_RESTART_MAX: Duration = Duration::from_secs(60);
+/// Default restarts in a row before a connector is `failed`.
+pub const DEFAULT_RESTART_ATTEMPTS: u32 = 10;
 
 /// A manifest problem, located in its file. Boxed: it travels in `Result`s.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -638,14 +743,94 @@ impl Manifest {
                 })?;
             }
             if let Some(cpu) = &c.grants.cpu {
-                parse_duration(cpu.get_ref()).map_err(|why| {
+                let d = parse_duration(cpu.get_ref()).map_err(|why| {
                     self.error(cpu.span(), why)
                         .field(format!("connector[{i}].grants.cpu"))
                         .help("write a duration such as `cpu = \"2s\"` or `cpu = \"500ms\"`")
                 })?;
+                if d < Duration::from_millis(10) {
+                    return Err(self
+                        .error(cpu.span(), "a cpu grant under 10ms is shorter than the host's clock tick")
+                        .field(format!("connector[{i}].grants.cpu"))
+                        .help("grant at least `cpu = \"10ms\"`"));
+                }
+            }
+            self.check_net_env_secrets(i, c)?;
+            for (field, value) in [("initial", &c.restart.initial), ("max", &c.restart.max)] {
+                if let Some(v) = value {
+                    parse_duration(v.get_ref()).map_err(|why| {
+                        self.error(v.span(), why)
+                            .field(format!("connector[{i}].restart.{field}"))
+                            .help(format!("write a duration such as `{field} = \"1s\"`"))
+                    })?;
+                }
             }
         }
         Ok(())
+    }
+
+    /// Checks the `net`, `env` and `secrets` grants of connector `i`, and
+    /// that every `${secret:NAME}` in its config names a granted secret.
+    fn check_net_env_secrets(&self, i: usize, c: &ConnectorConfig) -> Result<(), ManifestError> {
+        for (j, rule) in c.grants.net.iter().enumerate() {
+            crate::grants::NetRule::parse(rule.get_ref()).map_err(|why| {
+                self.error(rule.span(), why)
+                    .field(format!("connector[{i}].grants.net[{j}]"))
+                    .help(
+                        "write `host:port`, `ip:port` or `cidr:port`, with a port or a range, \
+                         e.g. `\"db.internal:5432\"`, `\"10.0.0.0/8:9092-9094\"` or `\"[::1]:6379\"`",
+                    )
+            })?;
+        }
+        for (j, name) in c.grants.env.iter().enumerate() {
+            let n = name.get_ref();
+            if n.is_empty() || n.contains('=') || n.contains('\0') {
+                return Err(self
+                    .error(name.span(), format!("{n:?} is not an environment variable name"))
+                    .field(format!("connector[{i}].grants.env[{j}]"))
+                    .help("list variable names only, e.g. `env = [\"TZ\"]`"));
+            }
+        }
+        for (name, source) in &c.grants.secrets {
+            let field = format!("connector[{i}].grants.secrets.{name}");
+            let valid = !name.is_empty()
+                && name.chars().all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '-' | '.'));
+            if !valid {
+                return Err(self
+                    .error(source.span(), format!("secret name {name:?} is not allowed"))
+                    .field(field)
+                    .help("use letters, digits, `_`, `-` and `.`"));
+            }
+            let s = source.get_ref();
+            if s.env.is_some() == s.file.is_some() {
+                return Err(self
+                    .error(source.span(), format!("secret {name:?} needs exactly one of `env` and `file`"))
+                    .field(field)
+                    .help(format!(
+                        "write `{name} = {{ env = \"VARIABLE\" }}` or `{name} = {{ file = \"path\" }}`"
+                    )));
+            }
+        }
+        for reference in crate::secrets::references(&c.config) {
+            if !c.grants.secrets.contains_key(&reference) {
+                let span = self.config_span_of_text(i, &format!("${{secret:{reference}}}"));
+                return Err(self
+                    .error(span.unwrap_or(c.name.span()), format!("the config uses secret {reference:?}, which is not granted"))
+                    .field(format!("connector[{i}].config"))
+                    .help(format!(
+                        "declare it: `[connector.grants.secrets]` `{reference} = {{ env = \"VARIABLE\" }}`"
+                    )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Where `text` first appears in the manifest, at or after connector
+    /// `i`'s table.
+    fn config_span_of_text(&self, i: usize, text: &str) -> Option<std::ops::Range<usize>> {
+        let from = self.connectors.get(i)?.span().start;
+        let at = self.source.get(from..)?.find(text)? + from;
+        Some(at..at + text.len())
     }
 
     /// The data directory, resolved against the manifest's folder.

@@ -6,13 +6,13 @@
 //! every topic it reads is sealed and read to the end. A pipeline with an
 //! unbounded source runs until [`RunningPipeline::stop`] (Ctrl-C in the CLI).
 //!
-//! For now a failing instance stops the whole pipeline with its error;
-//! restarts with backoff belong to the supervisor.
+//! Each instance runs under the [`crate::supervisor`]: a failing instance is
+//! restarted with backoff on its own, and a connector whose instance has
+//! failed for good is `failed` while every other connector runs on.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -30,9 +30,11 @@ use crate::pump::{
     Assignment, PumpStats, SinkPump, SinkPumpConfig, SourceEnd, SourcePump, SourcePumpConfig,
     StopSignal, TopicSeal, TopicSealer,
 };
+use crate::secrets::{Redactor, Secrets};
+use crate::supervisor::{self, Failure, InstanceEnd, Life, LifeEnd, RestartPolicy, Watcher};
 
 /// A connector whose plugin is loaded and whose config its schema accepts.
-#[derive(Debug)]
+/// Its `Debug` leaves out the config document, which may hold secrets.
 pub struct CheckedConnector {
     /// As written in the manifest.
     pub config: ConnectorConfig,
@@ -44,6 +46,21 @@ pub struct CheckedConnector {
     pub config_json: String,
     /// What it may reach.
     pub grants: GrantSet,
+    /// Its resolved secrets (already substituted into `config_json`).
+    pub secrets: Secrets,
+    /// How its failed instances are restarted.
+    pub restart: RestartPolicy,
+}
+
+impl std::fmt::Debug for CheckedConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckedConnector")
+            .field("name", self.config.name.get_ref())
+            .field("plugin", &self.plugin)
+            .field("grants", &self.grants)
+            .field("secrets", &self.secrets)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Every problem found in a manifest's connectors, not only the first.
@@ -107,7 +124,16 @@ async fn check_one(
             plugin.name()
         )
     })?;
-    let config = serde_json::to_value(&c.config).context("turning [connector.config] into JSON")?;
+    let secrets = Secrets::resolve(manifest, c).map_err(|e| {
+        let span = c.grants.secrets.values().next().map_or(c.name.span(), |s| s.span());
+        ManifestError::at(&manifest.path, &manifest.source, Some(span), e.to_string())
+            .field(format!("connector[{index}].grants.secrets"))
+            .help("set the variable or create the file before running; the manifest names only where a secret comes from")
+    })?;
+    let redactor = Redactor::new(secrets.values());
+    let mut config =
+        serde_json::to_value(&c.config).context("turning [connector.config] into JSON")?;
+    secrets.substitute(&mut config);
     let validator = jsonschema::validator_for(&spec.config_schema).map_err(|e| {
         anyhow::anyhow!(
             "plugin {} publishes a config schema that is not valid JSON Schema: {e}",
@@ -136,7 +162,7 @@ async fn check_one(
             format!("connector[{index}].config.{field}")
         });
         e = e.help(schema_help(&spec.config_schema, &pointer, plugin.name()));
-        problems.push(e.to_string());
+        problems.push(redactor.redact(&e.to_string()).into_owned());
     }
     if !problems.is_empty() {
         anyhow::bail!("{}", problems.join("\n\n"));
@@ -147,6 +173,8 @@ async fn check_one(
         plugin,
         spec,
         config_json: config.to_string(),
+        secrets,
+        restart: RestartPolicy::from_config(c),
     })
 }
 
@@ -191,8 +219,8 @@ pub enum ConnectorOutcome {
     Finished,
     /// Stopped by request.
     Stopped,
-    /// Failed with this error.
-    Failed(String),
+    /// An instance failed for good: the reason and the time.
+    Failed(Failure),
 }
 
 /// Live counters and the end state of one connector.
@@ -207,11 +235,15 @@ pub struct ConnectorReport {
     /// When it started.
     pub started: Instant,
     /// When its last instance ended, once it has.
-    ended: std::sync::Mutex<Option<Instant>>,
+    ended: Mutex<Option<Instant>>,
     /// The worst outcome of its ended instances; see [`Self::outcome`].
-    worst: std::sync::Mutex<ConnectorOutcome>,
+    worst: Mutex<ConnectorOutcome>,
     /// Instances still running.
     running: AtomicU32,
+    /// Restarts of its instances so far.
+    restarts: AtomicU32,
+    /// The last failure of any of its instances.
+    last_error: Mutex<Option<Failure>>,
 }
 
 impl ConnectorReport {
@@ -221,9 +253,11 @@ impl ConnectorReport {
             kind,
             stats: Arc::new(PumpStats::default()),
             started: Instant::now(),
-            ended: std::sync::Mutex::new(None),
-            worst: std::sync::Mutex::new(ConnectorOutcome::Running),
+            ended: Mutex::new(None),
+            worst: Mutex::new(ConnectorOutcome::Running),
             running: AtomicU32::new(0),
+            restarts: AtomicU32::new(0),
+            last_error: Mutex::new(None),
         }
     }
 
@@ -236,9 +270,9 @@ impl ConnectorReport {
             .duration_since(self.started)
     }
 
-    /// How it ended, or `Running`. A failed instance makes the connector
-    /// `Failed` at once; otherwise the worst outcome of its instances counts
-    /// once the last has ended.
+    /// How it ended, or `Running`. An instance that failed for good makes
+    /// the connector `Failed` at once; otherwise the worst outcome of its
+    /// instances counts once the last has ended.
     pub fn outcome(&self) -> ConnectorOutcome {
         let worst = self.worst.lock().expect("report lock").clone();
         if self.running.load(Ordering::Acquire) > 0 && !matches!(worst, ConnectorOutcome::Failed(_))
@@ -249,7 +283,25 @@ impl ConnectorReport {
         }
     }
 
-    fn instance_ended(&self, outcome: ConnectorOutcome) {
+    /// Restarts of its instances so far.
+    pub fn restarts(&self) -> u32 {
+        self.restarts.load(Ordering::Relaxed)
+    }
+
+    /// The last failure of any of its instances, restarted or not.
+    pub fn last_error(&self) -> Option<Failure> {
+        self.last_error.lock().expect("report lock").clone()
+    }
+
+    fn instance_ended(&self, end: InstanceEnd) {
+        let outcome = match end {
+            InstanceEnd::Finished => ConnectorOutcome::Finished,
+            InstanceEnd::Stopped => ConnectorOutcome::Stopped,
+            InstanceEnd::Failed(f) => {
+                *self.last_error.lock().expect("report lock") = Some(f.clone());
+                ConnectorOutcome::Failed(f)
+            }
+        };
         let rank = |o: &ConnectorOutcome| match o {
             ConnectorOutcome::Running => 0,
             ConnectorOutcome::Finished => 1,
@@ -268,6 +320,13 @@ impl ConnectorReport {
     }
 }
 
+impl Watcher for ConnectorReport {
+    fn restarting(&self, error: &Failure, _delay: Duration) {
+        self.restarts.fetch_add(1, Ordering::Relaxed);
+        *self.last_error.lock().expect("report lock") = Some(error.clone());
+    }
+}
+
 /// A pipeline that is running.
 #[derive(Debug)]
 pub struct RunningPipeline {
@@ -279,7 +338,7 @@ pub struct RunningPipeline {
     _plugins: Arc<PluginHost>,
 }
 
-/// Opens the broker, opens every instance, and starts the pumps.
+/// Opens the broker and starts every instance under its supervisor.
 pub async fn start(
     manifest: &Manifest,
     plugins: Arc<PluginHost>,
@@ -290,51 +349,103 @@ pub async fn start(
         EmbeddedLog::open(&data_dir, LogConfig::from(&manifest.broker))
             .with_context(|| format!("opening the embedded broker in {}", data_dir.display()))?,
     );
-    let mut launcher = Launcher {
-        seals: Seals::for_sources(&connectors),
-        plugins,
-        broker,
-        stop: StopSignal::new(),
-        tasks: JoinSet::new(),
-    };
+    // Every secret of the manifest is masked in every connector's output.
+    let redactor = Redactor::new(connectors.iter().flat_map(|c| c.secrets.values()));
+    let seals = Arc::new(Seals::for_sources(&connectors));
+    let stop = StopSignal::new();
+    let mut tasks = JoinSet::new();
     let mut reports = Vec::new();
-    for c in &connectors {
+    for c in connectors {
+        let c = Arc::new(c);
         let name = c.config.name.get_ref();
         let parallelism = *c.config.parallelism.get_ref();
         let state: Arc<dyn StateStore> = Arc::new(
-            launcher
-                .broker
+            broker
                 .connector_state(name)
                 .with_context(|| format!("opening the state of connector {name:?}"))?,
         );
         let report = Arc::new(ConnectorReport::new(name.clone(), c.config.kind));
         reports.push(report.clone());
         let connector: Arc<str> = name.as_str().into();
-        for index in 0..parallelism {
-            let setup = InstanceSetup {
-                connector: connector.clone(),
-                index,
-                count: parallelism,
-                grants: c.grants.clone(),
-                state: Some(state.clone()),
-            };
-            match c.config.kind {
-                ConnectorKind::Source => launcher.start_source(c, setup, &report).await?,
-                ConnectorKind::Sink => launcher.start_sink(c, setup, &report).await?,
-            }
+        let topics = c.config.topic_names();
+        let mut partitions = Vec::new();
+        for topic in &topics {
+            partitions.push(
+                broker
+                    .ensure_topic(topic)
+                    .with_context(|| format!("creating topic {topic:?}"))?,
+            );
         }
-        if report.running.load(Ordering::Acquire) == 0 {
-            // Every instance stayed idle (more sink instances than partitions).
-            *report.ended.lock().expect("report lock") = Some(Instant::now());
-            *report.worst.lock().expect("report lock") = ConnectorOutcome::Finished;
+        for index in 0..parallelism {
+            let shared = Shared {
+                connector: c.clone(),
+                plugins: plugins.clone(),
+                broker: broker.clone(),
+                setup: InstanceSetup {
+                    connector: connector.clone(),
+                    index,
+                    count: parallelism,
+                    grants: c.grants.clone(),
+                    state: Some(state.clone()),
+                    redactor: redactor.clone(),
+                },
+                stats: report.stats.clone(),
+                stop: stop.clone(),
+            };
+            let span = tracing::info_span!("instance", connector = %name, index);
+            report.running.fetch_add(1, Ordering::AcqRel);
+            let report = report.clone();
+            let policy = c.restart;
+            let stop = stop.clone();
+            match c.config.kind {
+                ConnectorKind::Source => {
+                    let topic = topics[0].clone();
+                    let seal = seals.0.get(&topic).cloned();
+                    let life = SourceLife {
+                        producer: format!("{name}/{index}"),
+                        partition: index % partitions[0],
+                        topic,
+                        shared,
+                    };
+                    tasks.spawn(
+                        async move {
+                            let end = supervisor::supervise(life, policy, &stop, &*report).await;
+                            // A source that failed for good writes no more
+                            // either: its topic's sinks may drain it.
+                            if !matches!(end, InstanceEnd::Stopped) {
+                                if let Some((sealer, _, left)) = seal {
+                                    if left.fetch_sub(1, Ordering::AcqRel) == 1 {
+                                        sealer.seal();
+                                    }
+                                }
+                            }
+                            report.instance_ended(end);
+                        }
+                        .instrument(span),
+                    );
+                }
+                ConnectorKind::Sink => {
+                    let life = SinkLife {
+                        shared,
+                        seals: seals.clone(),
+                    };
+                    tasks.spawn(
+                        async move {
+                            let end = supervisor::supervise(life, policy, &stop, &*report).await;
+                            report.instance_ended(end);
+                        }
+                        .instrument(span),
+                    );
+                }
+            }
         }
     }
     Ok(RunningPipeline {
-        stop: launcher.stop,
-        tasks: launcher.tasks,
+        stop,
+        tasks,
         reports,
-        broker: launcher.broker,
-        _plugins: launcher.plugins,
+        broker,
+        _plugins: plugins,
     })
 }
 
@@ -373,160 +484,136 @@ impl Seals {
     }
 }
 
-/// Opens instances and spawns their pumps.
-struct Launcher {
+/// What every life of one instance shares.
+struct Shared {
+    connector: Arc<CheckedConnector>,
     plugins: Arc<PluginHost>,
     broker: Arc<EmbeddedLog>,
+    setup: InstanceSetup,
+    stats: Arc<PumpStats>,
     stop: StopSignal,
-    seals: Seals,
-    tasks: JoinSet<()>,
 }
 
-impl Launcher {
-    /// Runs one instance's pump as a task that reports how it ended.
-    fn spawn(
-        &mut self,
-        report: &Arc<ConnectorReport>,
-        index: u32,
-        pump: impl Future<Output = ConnectorOutcome> + Send + 'static,
-    ) {
-        let span = tracing::info_span!("instance", connector = %report.name, index);
-        let report = report.clone();
-        report.running.fetch_add(1, Ordering::AcqRel);
-        self.tasks
-            .spawn(async move { report.instance_ended(pump.await) }.instrument(span));
+impl Shared {
+    fn name(&self) -> &str {
+        self.connector.config.name.get_ref()
     }
+}
 
-    async fn start_source(
-        &mut self,
-        c: &CheckedConnector,
-        setup: InstanceSetup,
-        report: &Arc<ConnectorReport>,
-    ) -> anyhow::Result<()> {
-        let name = c.config.name.get_ref();
-        let index = setup.index;
-        let topic = c.config.topic_names().remove(0);
-        let partitions = self
-            .broker
-            .ensure_topic(&topic)
-            .with_context(|| format!("creating topic {topic:?}"))?;
-        let producer = format!("{name}/{index}");
-        let mut instance = self.plugins.source(&c.plugin, &setup).await?;
-        let resume = self.broker.source_position(&producer);
+/// A source instance: each life opens at the position stored with the
+/// last batch it appended, and runs the pump.
+struct SourceLife {
+    shared: Shared,
+    topic: String,
+    partition: u32,
+    producer: String,
+}
+
+impl Life for SourceLife {
+    async fn run(&mut self) -> anyhow::Result<LifeEnd> {
+        let s = &self.shared;
+        let c = &s.connector;
+        let index = s.setup.index;
+        let mut instance = s.plugins.source(&c.plugin, &s.setup).await?;
+        let resume = s.broker.source_position(&self.producer);
         instance
             .open(&c.config_json, resume.as_deref())
             .await
-            .with_context(|| format!("opening source {name:?} instance {index}"))?;
+            .with_context(|| format!("opening source {:?} instance {index}", s.name()))?;
         let pump = SourcePump {
             instance,
-            broker: self.broker.clone(),
-            topic: topic.clone(),
-            partition: index % partitions,
-            producer,
+            broker: s.broker.clone(),
+            topic: self.topic.clone(),
+            partition: self.partition,
+            producer: self.producer.clone(),
             config: SourcePumpConfig {
                 max_records: c.config.batch.max_records,
                 max_bytes: c.config.batch.max_bytes,
                 linger: Duration::from_millis(c.config.batch.linger_ms),
             },
-            stats: report.stats.clone(),
-            stop: self.stop.clone(),
+            stats: s.stats.clone(),
+            stop: s.stop.clone(),
         };
-        let (sealer, _, left) = self
-            .seals
-            .0
-            .get(&topic)
-            .expect("every source topic has a seal")
-            .clone();
-        let stop = self.stop.clone();
-        self.spawn(report, index, async move {
-            match pump.run().await {
-                Ok(SourceEnd::EndOfStream) => {
-                    tracing::info!("source reached its end");
-                    if left.fetch_sub(1, Ordering::AcqRel) == 1 {
-                        sealer.seal();
-                    }
-                    ConnectorOutcome::Finished
-                }
-                Ok(SourceEnd::Stopped) => ConnectorOutcome::Stopped,
-                Err(e) => instance_failed(&stop, &e),
+        Ok(match pump.run().await? {
+            SourceEnd::EndOfStream => {
+                tracing::info!("source reached its end");
+                LifeEnd::Finished
             }
-        });
-        Ok(())
+            SourceEnd::Stopped => LifeEnd::Stopped,
+        })
     }
+}
 
-    async fn start_sink(
-        &mut self,
-        c: &CheckedConnector,
-        setup: InstanceSetup,
-        report: &Arc<ConnectorReport>,
-    ) -> anyhow::Result<()> {
-        let name = c.config.name.get_ref();
-        let index = setup.index;
-        let mut instance = self.plugins.sink(&c.plugin, &setup).await?;
+/// A sink instance: each life opens, resumes from the offsets the sink
+/// stored itself or else its group's committed offsets, and runs the pump.
+struct SinkLife {
+    shared: Shared,
+    seals: Arc<Seals>,
+}
+
+impl Life for SinkLife {
+    async fn run(&mut self) -> anyhow::Result<LifeEnd> {
+        let s = &self.shared;
+        let c = &s.connector;
+        let index = s.setup.index;
+        let mut instance = s.plugins.sink(&c.plugin, &s.setup).await?;
         let stored = instance
             .open(&c.config_json)
             .await
-            .with_context(|| format!("opening sink {name:?} instance {index}"))?;
-        let assignments = self.sink_assignments(c, index, &stored)?;
+            .with_context(|| format!("opening sink {:?} instance {index}", s.name()))?;
+        let assignments = self.assignments(&stored)?;
         if assignments.is_empty() {
-            tracing::info!(connector = %name, index, "no partition left for this instance; it stays idle");
-            return Ok(());
+            tracing::info!("no partition left for this instance; it stays idle");
+            return Ok(LifeEnd::Finished);
         }
         let pump = SinkPump {
             instance,
-            broker: self.broker.clone(),
-            group: name.clone(),
+            broker: s.broker.clone(),
+            group: s.name().to_owned(),
             assignments,
             config: SinkPumpConfig {
                 max_bytes: c.config.batch.max_bytes,
                 flush_interval: Duration::from_millis(c.config.flush_interval_ms),
             },
-            stats: report.stats.clone(),
-            stop: self.stop.clone(),
-            connector: setup.connector.clone(),
+            stats: s.stats.clone(),
+            stop: s.stop.clone(),
+            connector: s.setup.connector.clone(),
         };
-        let stop = self.stop.clone();
-        self.spawn(report, index, async move {
-            match pump.run().await {
-                Ok(()) if stop.is_stopped() => ConnectorOutcome::Stopped,
-                Ok(()) => {
-                    tracing::info!("sink drained its topics");
-                    ConnectorOutcome::Finished
-                }
-                Err(e) => instance_failed(&stop, &e),
-            }
-        });
-        Ok(())
+        pump.run().await?;
+        Ok(if s.stop.is_stopped() {
+            LifeEnd::Stopped
+        } else {
+            tracing::info!("sink drained its topics");
+            LifeEnd::Finished
+        })
     }
+}
 
-    /// The partitions sink instance `index` reads (`p % parallelism ==
-    /// index`), each from the offset the sink stored itself, else the
-    /// group's committed offset, else the start.
-    fn sink_assignments(
-        &self,
-        c: &CheckedConnector,
-        index: u32,
-        stored: &[SinkOffset],
-    ) -> anyhow::Result<Vec<Assignment>> {
-        let name = c.config.name.get_ref();
-        let parallelism = *c.config.parallelism.get_ref();
+impl SinkLife {
+    /// The partitions this instance reads (`p % parallelism == index`), each
+    /// from the offset the sink stored itself, else the group's committed
+    /// offset, else the start.
+    fn assignments(&self, stored: &[SinkOffset]) -> anyhow::Result<Vec<Assignment>> {
+        let s = &self.shared;
+        let name = s.name();
+        let parallelism = s.setup.count;
         let mut assignments = Vec::new();
-        for topic in c.config.topic_names() {
-            let partitions = self
+        for topic in s.connector.config.topic_names() {
+            let partitions = s
                 .broker
                 .ensure_topic(&topic)
                 .with_context(|| format!("creating topic {topic:?}"))?;
-            for partition in (0..partitions).filter(|p| p % parallelism == index) {
+            for partition in (0..partitions).filter(|p| p % parallelism == s.setup.index) {
                 let wanted = stored
                     .iter()
                     .find(|o| o.topic == topic && o.partition == partition)
                     .map(|o| o.next_offset)
-                    .or_else(|| self.broker.committed_offset(name, &topic, partition))
+                    .or_else(|| s.broker.committed_offset(name, &topic, partition))
                     .unwrap_or(0);
-                let end = self.broker.end_offset(&topic, partition)?;
+                let end = s.broker.end_offset(&topic, partition)?;
                 if wanted > end {
                     tracing::warn!(
-                        connector = %name, topic = %topic, partition, committed = wanted, end,
+                        topic = %topic, partition, committed = wanted, end,
                         "the committed offset is past the end of the log (it lost data it had \
                          acknowledged, e.g. to a power loss under fsync = \"never\"); resuming at the end"
                     );
@@ -541,17 +628,6 @@ impl Launcher {
         }
         Ok(assignments)
     }
-}
-
-/// Records an instance's failure and stops the pipeline: restarts with
-/// backoff belong to the supervisor, which does not exist yet.
-fn instance_failed(stop: &StopSignal, e: &anyhow::Error) -> ConnectorOutcome {
-    tracing::error!(
-        error = format!("{e:#}"),
-        "instance failed; stopping the pipeline"
-    );
-    stop.stop();
-    ConnectorOutcome::Failed(format!("{e:#}"))
 }
 
 impl RunningPipeline {
@@ -570,12 +646,12 @@ impl RunningPipeline {
         &self.reports
     }
 
-    /// Waits for every pump to end, syncs the log, and returns the reports.
+    /// Waits for every instance to end, syncs the log, and returns the
+    /// reports.
     pub async fn wait(mut self) -> anyhow::Result<Vec<Arc<ConnectorReport>>> {
         while let Some(joined) = self.tasks.join_next().await {
             if let Err(e) = joined {
-                self.stop.stop();
-                tracing::error!(error = %e, "a pump task panicked");
+                tracing::error!(error = %e, "an instance task panicked");
             }
         }
         self.broker

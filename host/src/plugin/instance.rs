@@ -1,15 +1,18 @@
 //! Running instances: one `Store` each, every call under a CPU deadline, and
 //! every answer checked against the contract before the host trusts it.
 
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sluice_batch::Batch;
 use wasmtime::Store;
 
 use super::bindings::{self, types};
+use super::sandbox::{self, CpuLimitExceeded, MemoryLimitExceeded};
 use super::{EPOCH_TICK, HostState, InstanceSetup, Plugin, PluginError, PluginPre};
-use crate::grants::GrantSet;
+use crate::grants::{GrantSet, PluginStderr};
+use crate::secrets::Redactor;
 
 /// A plugin's description of itself.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -40,15 +43,33 @@ impl From<&GrantSet> for CallLimits {
     }
 }
 
-impl CallLimits {
-    fn ticks(&self) -> u64 {
-        (self.cpu.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
+/// Runs one call under the `cpu` grant. Computing in WebAssembly is ended
+/// by the epoch callback (see `sandbox.rs`); this timeout, a tick later,
+/// ends a call blocked in a host function, such as a long sleep or a read
+/// from a silent socket, by dropping it (wasmtime unwinds the guest). An
+/// instance whose call was ended is not called again: its supervisor
+/// replaces it.
+async fn guarded<T>(
+    plugin: &str,
+    call: &'static str,
+    limits: &CallLimits,
+    stderr: &PluginStderr,
+    fut: impl Future<Output = wasmtime::Result<T>>,
+) -> Result<T, PluginError> {
+    let started = Instant::now();
+    match tokio::time::timeout(limits.cpu + EPOCH_TICK, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(trap_with(plugin, call, &e, limits, stderr.last_line())),
+        Err(_) => Err(PluginError::Trap {
+            plugin: plugin.to_owned(),
+            call,
+            reason: format!(
+                "was still in its call after {:?}, past its cpu grant of {:?} (blocked in a host call, such as a sleep or a socket read); interrupted",
+                started.elapsed(),
+                limits.cpu
+            ),
+        }),
     }
-}
-
-/// Arms the CPU deadline for the next call.
-fn arm(store: &mut Store<HostState>, limits: &CallLimits) {
-    store.set_epoch_deadline(limits.ticks());
 }
 
 /// Describes a trap in an operator's words.
@@ -58,7 +79,7 @@ pub(crate) fn trap(
     e: &wasmtime::Error,
     grants: &GrantSet,
 ) -> PluginError {
-    trap_with(plugin, call, e, &CallLimits::from(grants))
+    trap_with(plugin, call, e, &CallLimits::from(grants), None)
 }
 
 fn trap_with(
@@ -66,21 +87,22 @@ fn trap_with(
     call: &'static str,
     e: &wasmtime::Error,
     limits: &CallLimits,
+    last_stderr: Option<String>,
 ) -> PluginError {
-    let reason = match e.downcast_ref::<wasmtime::Trap>() {
-        Some(wasmtime::Trap::Interrupt) => format!(
-            "ran longer than its cpu grant of {:?} in one call",
-            limits.cpu
-        ),
-        Some(wasmtime::Trap::AllocationTooLarge) => format!(
+    let reason = if let Some(cpu) = e.downcast_ref::<CpuLimitExceeded>() {
+        format!("{cpu}; interrupted")
+    } else if let Some(memory) = e.downcast_ref::<MemoryLimitExceeded>() {
+        memory.to_string()
+    } else if let Some(wasmtime::Trap::AllocationTooLarge) = e.downcast_ref::<wasmtime::Trap>() {
+        format!(
             "tried to grow its memory past its memory grant of {} bytes",
             limits.memory_bytes
-        ),
-        _ if format!("{e:#}").contains("forcing trap when growing memory") => format!(
-            "tried to grow its memory past its memory grant of {} bytes",
-            limits.memory_bytes
-        ),
-        _ => format!("trapped: {e:#}"),
+        )
+    } else {
+        match last_stderr {
+            Some(line) => format!("trapped: {e:#} (its last words on stderr: {line})"),
+            None => format!("trapped: {e:#}"),
+        }
     };
     PluginError::Trap {
         plugin: plugin.to_owned(),
@@ -89,8 +111,18 @@ fn trap_with(
     }
 }
 
-/// Maps a plugin's own error variant.
-fn plugin_error(plugin: &str, call: &'static str, e: types::Error) -> PluginError {
+/// Maps a plugin's own error variant, masking secrets in its message.
+fn plugin_error(
+    plugin: &str,
+    call: &'static str,
+    e: types::Error,
+    redactor: &Redactor,
+) -> PluginError {
+    let e = match e {
+        types::Error::InvalidConfig(m) => types::Error::InvalidConfig(redactor.redact(&m).into()),
+        types::Error::Retriable(m) => types::Error::Retriable(redactor.redact(&m).into()),
+        types::Error::Fatal(m) => types::Error::Fatal(redactor.redact(&m).into()),
+    };
     match e {
         types::Error::InvalidConfig(message) => PluginError::InvalidConfig {
             plugin: plugin.to_owned(),
@@ -131,8 +163,8 @@ pub(crate) async fn spec(
     limits: &CallLimits,
 ) -> Result<Spec, PluginError> {
     let name = plugin.name();
-    let fail = |call, e: wasmtime::Error| trap_with(name, call, &e, limits);
-    arm(store, limits);
+    let fail = |call, e: wasmtime::Error| trap_with(name, call, &e, limits, None);
+    sandbox::arm(store);
     let spec = match &plugin.pre {
         PluginPre::Source(pre) => {
             let api = pre
@@ -186,6 +218,8 @@ pub struct SourceInstance {
     plugin: Arc<str>,
     limits: CallLimits,
     context: types::InstanceContext,
+    stderr: PluginStderr,
+    redactor: Redactor,
 }
 
 impl std::fmt::Debug for SourceInstance {
@@ -204,17 +238,16 @@ impl SourceInstance {
         plugin: &str,
         setup: &InstanceSetup,
     ) -> Self {
+        let stderr = store.data().stderr.clone();
         SourceInstance {
             store,
             api,
             plugin: plugin.into(),
             limits: CallLimits::from(&setup.grants),
             context: setup.context(),
+            stderr,
+            redactor: setup.redactor.clone(),
         }
-    }
-
-    fn fail(&self, call: &'static str, e: wasmtime::Error) -> PluginError {
-        trap_with(&self.plugin, call, &e, &self.limits)
     }
 
     /// Calls `open` with the config document and the resume position.
@@ -223,31 +256,27 @@ impl SourceInstance {
         config: &str,
         resume_from: Option<&[u8]>,
     ) -> Result<(), PluginError> {
-        arm(&mut self.store, &self.limits);
-        let r = self
-            .api
-            .sluice_connector_source_api()
-            .call_open(
-                &mut self.store,
-                config,
-                &self.context,
-                resume_from.map(<[u8]>::to_vec).as_ref(),
-            )
-            .await
-            .map_err(|e| self.fail("open", e))?;
-        r.map_err(|e| plugin_error(&self.plugin, "open", e))
+        sandbox::arm(&mut self.store);
+        let resume_from = resume_from.map(<[u8]>::to_vec);
+        let fut = self.api.sluice_connector_source_api().call_open(
+            &mut self.store,
+            config,
+            &self.context,
+            resume_from.as_ref(),
+        );
+        let r = guarded(&self.plugin, "open", &self.limits, &self.stderr, fut).await?;
+        r.map_err(|e| plugin_error(&self.plugin, "open", e, &self.redactor))
     }
 
     /// Calls `poll` and checks the batch it returns.
     pub async fn poll(&mut self, max_records: u32) -> Result<Polled, PluginError> {
-        arm(&mut self.store, &self.limits);
-        let r = self
+        sandbox::arm(&mut self.store);
+        let fut = self
             .api
             .sluice_connector_source_api()
-            .call_poll(&mut self.store, max_records)
-            .await
-            .map_err(|e| self.fail("poll", e))?;
-        let p = r.map_err(|e| plugin_error(&self.plugin, "poll", e))?;
+            .call_poll(&mut self.store, max_records);
+        let r = guarded(&self.plugin, "poll", &self.limits, &self.stderr, fut).await?;
+        let p = r.map_err(|e| plugin_error(&self.plugin, "poll", e, &self.redactor))?;
         let contract = |what: String| PluginError::Contract {
             plugin: self.plugin.to_string(),
             call: "poll",
@@ -273,26 +302,25 @@ impl SourceInstance {
 
     /// Tells the source everything up to `position` is in the broker.
     pub async fn commit(&mut self, position: &[u8]) -> Result<(), PluginError> {
-        arm(&mut self.store, &self.limits);
-        let r = self
+        sandbox::arm(&mut self.store);
+        let position = position.to_vec();
+        let fut = self
             .api
             .sluice_connector_source_api()
-            .call_commit(&mut self.store, &position.to_vec())
-            .await
-            .map_err(|e| self.fail("commit", e))?;
-        r.map_err(|e| plugin_error(&self.plugin, "commit", e))
+            .call_commit(&mut self.store, &position);
+        let r = guarded(&self.plugin, "commit", &self.limits, &self.stderr, fut).await?;
+        r.map_err(|e| plugin_error(&self.plugin, "commit", e, &self.redactor))
     }
 
     /// Calls `close`.
     pub async fn close(&mut self) -> Result<(), PluginError> {
-        arm(&mut self.store, &self.limits);
-        let r = self
+        sandbox::arm(&mut self.store);
+        let fut = self
             .api
             .sluice_connector_source_api()
-            .call_close(&mut self.store)
-            .await
-            .map_err(|e| self.fail("close", e))?;
-        r.map_err(|e| plugin_error(&self.plugin, "close", e))
+            .call_close(&mut self.store);
+        let r = guarded(&self.plugin, "close", &self.limits, &self.stderr, fut).await?;
+        r.map_err(|e| plugin_error(&self.plugin, "close", e, &self.redactor))
     }
 }
 
@@ -323,6 +351,8 @@ pub struct SinkInstance {
     plugin: Arc<str>,
     limits: CallLimits,
     context: types::InstanceContext,
+    stderr: PluginStderr,
+    redactor: Redactor,
 }
 
 impl std::fmt::Debug for SinkInstance {
@@ -341,29 +371,27 @@ impl SinkInstance {
         plugin: &str,
         setup: &InstanceSetup,
     ) -> Self {
+        let stderr = store.data().stderr.clone();
         SinkInstance {
             store,
             api,
             plugin: plugin.into(),
             limits: CallLimits::from(&setup.grants),
             context: setup.context(),
+            stderr,
+            redactor: setup.redactor.clone(),
         }
-    }
-
-    fn fail(&self, call: &'static str, e: wasmtime::Error) -> PluginError {
-        trap_with(&self.plugin, call, &e, &self.limits)
     }
 
     /// Calls `open`; returns the offsets the sink stored itself.
     pub async fn open(&mut self, config: &str) -> Result<Vec<SinkOffset>, PluginError> {
-        arm(&mut self.store, &self.limits);
-        let r = self
+        sandbox::arm(&mut self.store);
+        let fut = self
             .api
             .sluice_connector_sink_api()
-            .call_open(&mut self.store, config, &self.context)
-            .await
-            .map_err(|e| self.fail("open", e))?;
-        let offsets = r.map_err(|e| plugin_error(&self.plugin, "open", e))?;
+            .call_open(&mut self.store, config, &self.context);
+        let r = guarded(&self.plugin, "open", &self.limits, &self.stderr, fut).await?;
+        let offsets = r.map_err(|e| plugin_error(&self.plugin, "open", e, &self.redactor))?;
         Ok(offsets
             .into_iter()
             .map(|o| SinkOffset {
@@ -385,19 +413,18 @@ impl SinkInstance {
         batch: Vec<u8>,
         records: u32,
     ) -> Result<Vec<Refused>, PluginError> {
-        arm(&mut self.store, &self.limits);
         let origin = types::BatchOrigin {
             topic: topic.to_owned(),
             partition,
             first_offset,
         };
-        let r = self
+        sandbox::arm(&mut self.store);
+        let fut = self
             .api
             .sluice_connector_sink_api()
-            .call_write(&mut self.store, &origin, &batch)
-            .await
-            .map_err(|e| self.fail("write", e))?;
-        let failures = r.map_err(|e| plugin_error(&self.plugin, "write", e))?;
+            .call_write(&mut self.store, &origin, &batch);
+        let r = guarded(&self.plugin, "write", &self.limits, &self.stderr, fut).await?;
+        let failures = r.map_err(|e| plugin_error(&self.plugin, "write", e, &self.redactor))?;
         failures
             .into_iter()
             .map(|f| {
@@ -419,25 +446,23 @@ impl SinkInstance {
 
     /// Calls `flush`.
     pub async fn flush(&mut self) -> Result<(), PluginError> {
-        arm(&mut self.store, &self.limits);
-        let r = self
+        sandbox::arm(&mut self.store);
+        let fut = self
             .api
             .sluice_connector_sink_api()
-            .call_flush(&mut self.store)
-            .await
-            .map_err(|e| self.fail("flush", e))?;
-        r.map_err(|e| plugin_error(&self.plugin, "flush", e))
+            .call_flush(&mut self.store);
+        let r = guarded(&self.plugin, "flush", &self.limits, &self.stderr, fut).await?;
+        r.map_err(|e| plugin_error(&self.plugin, "flush", e, &self.redactor))
     }
 
     /// Calls `close`.
     pub async fn close(&mut self) -> Result<(), PluginError> {
-        arm(&mut self.store, &self.limits);
-        let r = self
+        sandbox::arm(&mut self.store);
+        let fut = self
             .api
             .sluice_connector_sink_api()
-            .call_close(&mut self.store)
-            .await
-            .map_err(|e| self.fail("close", e))?;
-        r.map_err(|e| plugin_error(&self.plugin, "close", e))
+            .call_close(&mut self.store);
+        let r = guarded(&self.plugin, "close", &self.limits, &self.stderr, fut).await?;
+        r.map_err(|e| plugin_error(&self.plugin, "close", e, &self.redactor))
     }
 }

@@ -1,31 +1,103 @@
 //! The sandbox of one plugin instance: its own `Store`.
 //!
 //! The store holds the WASI context built from the connector's grants (deny
-//! by default, see [`crate::grants`]), a memory limit that traps on growth
-//! past the `memory` grant, and an epoch deadline that traps a call running
-//! past the `cpu` grant; the [`EpochTicker`] advances the engine's epoch. The
-//! store's data, [`HostState`], also implements the `host` imports: logging
-//! into tracing and connector-scoped state.
+//! by default, see [`crate::grants`]), a [`MemoryLimit`] that traps on growth
+//! past the `memory` grant, and an epoch callback that runs at every tick of
+//! the [`EpochTicker`]: it yields to the async runtime (so a plugin that
+//! computes for a long time never starves other connectors of a thread) and
+//! traps the call with [`CpuLimitExceeded`] once it has run past the `cpu`
+//! grant. A call blocked in a host function (a sleep, a socket) is ended by
+//! the timeout in `instance.rs`. The store's data, [`HostState`], also
+//! implements the `host` imports: logging into tracing (with secrets
+//! masked) and connector-scoped state.
 
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use wasmtime::component::ResourceTable;
-use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{Engine, ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{host, types};
 use super::{EPOCH_TICK, PluginError};
+use crate::grants::PluginStderr;
+use crate::secrets::Redactor;
 
 /// The per-instance data a `Store` holds.
 pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: MemoryLimit,
     connector: Arc<str>,
     instance: u32,
     state: Option<Arc<dyn StateStore>>,
+    redactor: Redactor,
+    pub(crate) stderr: PluginStderr,
+    /// When the current call began, and its `cpu` grant.
+    pub(crate) call_started: Instant,
+    cpu: Duration,
+}
+
+/// A call ran past the connector's `cpu` grant. The epoch callback raises
+/// it as the trap's error, so the host can say so without reading messages.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("ran {elapsed:?} in one call, past its cpu grant of {cpu:?}")]
+pub struct CpuLimitExceeded {
+    /// How long the call had run.
+    pub elapsed: Duration,
+    /// The grant.
+    pub cpu: Duration,
+}
+
+/// The instance asked for more linear memory than its `memory` grant.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("tried to grow its memory to {desired} bytes, past its memory grant of {limit} bytes")]
+pub struct MemoryLimitExceeded {
+    /// The size it asked for.
+    pub desired: usize,
+    /// The grant.
+    pub limit: usize,
+}
+
+/// Enforces the `memory` grant: growing past it traps the instance with
+/// [`MemoryLimitExceeded`] (rather than failing the `memory.grow`, which a
+/// Rust plugin turns into an abort that says nothing of why).
+#[derive(Debug)]
+pub(crate) struct MemoryLimit {
+    limit: usize,
+}
+
+/// Most table elements an instance may have: far more than any real
+/// plugin, small enough that a runaway table cannot take the host down.
+const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+
+impl ResourceLimiter for MemoryLimit {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.limit {
+            return Err(MemoryLimitExceeded {
+                desired,
+                limit: self.limit,
+            }
+            .into());
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
 }
 
 impl fmt::Debug for HostState {
@@ -59,14 +131,16 @@ impl host::Host for HostState {
     fn log(&mut self, level: host::Level, message: String, fields: Vec<(String, String)>) {
         let connector = &*self.connector;
         let instance = self.instance;
+        let message = self.redactor.redact(&message);
         let fields = if fields.is_empty() {
             String::new()
         } else {
-            fields
+            let joined = fields
                 .iter()
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect::<Vec<_>>()
-                .join(" ")
+                .join(" ");
+            self.redactor.redact(&joined).into_owned()
         };
         match level {
             host::Level::Trace => tracing::trace!(connector, instance, fields, "{message}"),
@@ -101,6 +175,8 @@ pub struct InstanceSetup {
     pub grants: crate::grants::GrantSet,
     /// Its durable state, if any.
     pub state: Option<Arc<dyn StateStore>>,
+    /// Masks secrets in what the instance logs and in its errors.
+    pub redactor: Redactor,
 }
 
 impl fmt::Debug for InstanceSetup {
@@ -122,6 +198,7 @@ impl InstanceSetup {
             count: 1,
             grants: crate::grants::GrantSet::none(),
             state: None,
+            redactor: Redactor::default(),
         }
     }
 
@@ -146,8 +223,17 @@ impl EpochTicker {
         std::thread::Builder::new()
             .name("sluice-epoch".into())
             .spawn(move || {
+                // Ticks at fixed instants, so a late wake-up does not push
+                // every later tick back.
+                let mut next = Instant::now();
                 while !flag.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
+                    next += EPOCH_TICK;
+                    let now = Instant::now();
+                    if next > now {
+                        std::thread::sleep(next - now);
+                    } else {
+                        next = now;
+                    }
                     engine.increment_epoch();
                 }
             })
@@ -163,23 +249,44 @@ impl Drop for EpochTicker {
 }
 
 /// Creates an instance's store: its WASI context from its grants, its
-/// memory limit, and an epoch deadline that traps.
+/// memory limit, and the epoch callback that yields and enforces `cpu`.
 pub(crate) fn new(engine: &Engine, setup: &InstanceSetup) -> Result<Store<HostState>, PluginError> {
-    let limits = StoreLimitsBuilder::new()
-        .memory_size(usize::try_from(setup.grants.memory_bytes).unwrap_or(usize::MAX))
-        .trap_on_grow_failure(true)
-        .build();
+    let stderr = PluginStderr::new(setup.connector.clone(), setup.index, setup.redactor.clone());
     let state = HostState {
-        wasi: setup.grants.wasi_ctx()?,
+        wasi: setup.grants.wasi_ctx(stderr.clone(), &setup.redactor)?,
         table: ResourceTable::new(),
-        limits,
+        limits: MemoryLimit {
+            limit: usize::try_from(setup.grants.memory_bytes).unwrap_or(usize::MAX),
+        },
         connector: setup.connector.clone(),
         instance: setup.index,
         state: setup.state.clone(),
+        redactor: setup.redactor.clone(),
+        stderr,
+        call_started: Instant::now(),
+        cpu: setup.grants.cpu,
     };
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limits);
-    store.epoch_deadline_trap();
-    store.set_epoch_deadline(u64::MAX / 2);
+    store.epoch_deadline_callback(|ctx| {
+        let data = ctx.data();
+        let elapsed = data.call_started.elapsed();
+        if elapsed >= data.cpu {
+            return Err(CpuLimitExceeded {
+                elapsed,
+                cpu: data.cpu,
+            }
+            .into());
+        }
+        // Let the runtime serve other connectors, then look again next tick.
+        Ok(UpdateDeadline::Yield(1))
+    });
+    store.set_epoch_deadline(1);
     Ok(store)
+}
+
+/// Starts the clock of a call: the next tick runs the callback.
+pub(crate) fn arm(store: &mut Store<HostState>) {
+    store.data_mut().call_started = Instant::now();
+    store.set_epoch_deadline(1);
 }

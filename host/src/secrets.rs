@@ -1,0 +1,245 @@
+//! Secrets: named values the host reads from an environment variable or a
+//! file, hands to a plugin where its config says `${secret:NAME}`, and never
+//! shows.
+//!
+//! The manifest holds only where a secret comes from, never its value. The
+//! value exists in the host's memory and in the config document the plugin
+//! receives; everything the host prints or writes on a plugin's behalf (its
+//! log lines, its standard error, its error messages, config errors) passes
+//! through a [`Redactor`] that replaces every secret value with `***`.
+
+use std::borrow::Cow;
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::manifest::{ConnectorConfig, Manifest, SecretSource};
+
+/// What the redactor writes instead of a secret.
+pub const MASK: &str = "***";
+
+const PREFIX: &str = "${secret:";
+
+/// The names of the secrets a config refers to, as `${secret:NAME}`.
+pub fn references(config: &toml::Table) -> BTreeSet<String> {
+    fn walk(v: &toml::Value, out: &mut BTreeSet<String>) {
+        match v {
+            toml::Value::String(s) => {
+                let mut rest = s.as_str();
+                while let Some(at) = rest.find(PREFIX) {
+                    let after = &rest[at + PREFIX.len()..];
+                    let Some(end) = after.find('}') else { break };
+                    out.insert(after[..end].to_owned());
+                    rest = &after[end + 1..];
+                }
+            }
+            toml::Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+            toml::Value::Table(t) => t.values().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut out = BTreeSet::new();
+    config.values().for_each(|v| walk(v, &mut out));
+    out
+}
+
+/// A secret that cannot be read. Names where it was looked for, never a
+/// value.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// The environment variable is not set (or not Unicode).
+    #[error(
+        "secret {name:?} of connector {connector:?} comes from environment variable {var}, which is not set"
+    )]
+    MissingEnv {
+        /// Connector.
+        connector: String,
+        /// Secret.
+        name: String,
+        /// Variable.
+        var: String,
+    },
+    /// The file cannot be read.
+    #[error("secret {name:?} of connector {connector:?} comes from file {}, which cannot be read: {reason}", path.display())]
+    File {
+        /// Connector.
+        connector: String,
+        /// Secret.
+        name: String,
+        /// File.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The resolved secrets of one connector. Its `Debug` shows names only.
+#[derive(Clone, Default)]
+pub struct Secrets(Vec<(String, String)>);
+
+impl fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(name, _)| name))
+            .finish()
+    }
+}
+
+impl Secrets {
+    /// Reads every secret granted to `connector`.
+    pub fn resolve(manifest: &Manifest, connector: &ConnectorConfig) -> Result<Self, SecretError> {
+        let name = connector.name.get_ref();
+        let mut values = Vec::new();
+        for (secret, source) in &connector.grants.secrets {
+            let value = match source.get_ref() {
+                SecretSource { env: Some(var), .. } => {
+                    std::env::var(var).map_err(|_| SecretError::MissingEnv {
+                        connector: name.clone(),
+                        name: secret.clone(),
+                        var: var.clone(),
+                    })?
+                }
+                SecretSource {
+                    file: Some(path), ..
+                } => {
+                    let path = manifest.resolve(path);
+                    let mut text =
+                        std::fs::read_to_string(&path).map_err(|e| SecretError::File {
+                            connector: name.clone(),
+                            name: secret.clone(),
+                            path: path.clone(),
+                            reason: e.to_string(),
+                        })?;
+                    if text.ends_with('\n') {
+                        text.pop();
+                        if text.ends_with('\r') {
+                            text.pop();
+                        }
+                    }
+                    text
+                }
+                SecretSource {
+                    env: None,
+                    file: None,
+                } => unreachable!("the manifest check requires env or file"),
+            };
+            values.push((secret.clone(), value));
+        }
+        Ok(Secrets(values))
+    }
+
+    /// Replaces every `${secret:NAME}` in the config's strings with the
+    /// value. The manifest check made sure every name is granted.
+    pub fn substitute(&self, config: &mut serde_json::Value) {
+        match config {
+            serde_json::Value::String(s) if s.contains(PREFIX) => {
+                for (name, value) in &self.0 {
+                    let pattern = format!("{PREFIX}{name}}}");
+                    if s.contains(&pattern) {
+                        *s = s.replace(&pattern, value);
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(|v| self.substitute(v)),
+            serde_json::Value::Object(o) => o.values_mut().for_each(|v| self.substitute(v)),
+            _ => {}
+        }
+    }
+
+    /// The values, for a [`Redactor`].
+    pub fn values(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(_, v)| v.as_str())
+    }
+}
+
+/// Replaces secret values with [`MASK`]. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Redactor(Arc<Vec<String>>);
+
+impl fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Redactor({} secrets)", self.0.len())
+    }
+}
+
+impl Redactor {
+    /// A redactor of these values (empty ones are ignored). Longer values
+    /// are replaced first, so a secret containing another is masked whole.
+    pub fn new<'a>(values: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut v: Vec<String> = values
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        v.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        v.dedup();
+        Redactor(Arc::new(v))
+    }
+
+    /// True when there is nothing to mask.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The largest cut at or before `want` in `buf` (a stream that goes on
+    /// after it) that neither splits a secret nor ends inside the start of
+    /// one, so the parts can be masked apart.
+    pub fn safe_cut(&self, buf: &[u8], want: usize) -> usize {
+        let longest = self.0.iter().map(String::len).max().unwrap_or(0);
+        let mut cut = want.min(buf.len().saturating_sub(longest.saturating_sub(1)));
+        loop {
+            let before = cut;
+            for secret in self.0.iter().map(String::as_bytes) {
+                let mut i = 0;
+                while i + secret.len() <= buf.len() && i < cut {
+                    if &buf[i..i + secret.len()] == secret && cut < i + secret.len() {
+                        cut = i;
+                        break;
+                    }
+                    i += 1;
+                }
+            }
+            if cut == before {
+                return cut;
+            }
+        }
+    }
+
+    /// `text` with every secret replaced.
+    pub fn redact<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        let mut out = Cow::Borrowed(text);
+        for secret in self.0.iter() {
+            if out.contains(secret.as_str()) {
+                out = Cow::Owned(out.replace(secret.as_str(), MASK));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn references_are_found_in_nested_strings() {
+        let t: toml::Table =
+            toml::from_str("a = \"x${secret:one}y${secret:two}\"\n[b]\nc = [\"${secret:three}\"]")
+                .unwrap();
+        let r: Vec<String> = references(&t).into_iter().collect();
+        assert_eq!(r, ["one", "three", "two"]);
+    }
+
+    #[test]
+    fn substitution_and_redaction() {
+        let s = Secrets(vec![("pw".into(), "hunter2".into())]);
+        let mut v = serde_json::json!({"url": "pg://u:${secret:pw}@h", "n": 1});
+        s.substitute(&mut v);
+        assert_eq!(v["url"], "pg://u:hunter2@h");
+        let r = Redactor::new(s.values());
+        assert_eq!(r.redact("bad password hunter2!"), "bad password ***!");
+        assert!(matches!(r.redact("nothing here"), Cow::Borrowed(_)));
+    }
+}

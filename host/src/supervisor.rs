@@ -1,0 +1,230 @@
+//! The supervisor: keeps each instance running, restarting it with
+//! exponential backoff when it fails, and gives up after a set number of
+//! failures in a row.
+//!
+//! An instance's *life* runs from creating its `Store` and calling `open`
+//! to the end of its pump. A trap, a `cpu` or `memory` limit, a contract
+//! violation or a plugin error ends that life only: the instance's sandbox
+//! is dropped, and after the backoff a new one opens from the last
+//! committed position (a source from the position stored with its last
+//! batch in the log, a sink from its group's committed offsets), so what it
+//! had in flight is neither lost nor taken twice from the log. Other
+//! connectors never wait on it.
+//!
+//! A plugin that refuses its config (`invalid-config`) is not restarted:
+//! the same config would be refused again.
+
+use std::fmt;
+use std::future::Future;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::manifest::{
+    ConnectorConfig, DEFAULT_RESTART_ATTEMPTS, DEFAULT_RESTART_INITIAL, DEFAULT_RESTART_MAX,
+    parse_duration,
+};
+use crate::plugin::PluginError;
+use crate::pump::StopSignal;
+
+/// How a connector's failed instances are restarted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartPolicy {
+    /// Wait before the first restart; each next wait doubles.
+    pub initial: Duration,
+    /// Longest wait. An instance up this long has recovered, and its count
+    /// of failures starts over.
+    pub max: Duration,
+    /// Restarts in a row before giving up.
+    pub attempts: u32,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            initial: DEFAULT_RESTART_INITIAL,
+            max: DEFAULT_RESTART_MAX,
+            attempts: DEFAULT_RESTART_ATTEMPTS,
+        }
+    }
+}
+
+impl RestartPolicy {
+    /// The policy in a connector's `[connector.restart]` (already checked).
+    pub fn from_config(c: &ConnectorConfig) -> Self {
+        let d = RestartPolicy::default();
+        let parse = |v: &Option<toml::Spanned<String>>| {
+            v.as_ref().and_then(|v| parse_duration(v.get_ref()).ok())
+        };
+        let initial = parse(&c.restart.initial).unwrap_or(d.initial);
+        RestartPolicy {
+            initial,
+            max: parse(&c.restart.max).unwrap_or(d.max).max(initial),
+            attempts: c.restart.attempts.unwrap_or(d.attempts),
+        }
+    }
+}
+
+/// Why an instance, or its connector, failed for good, and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The last error, secrets masked.
+    pub reason: String,
+    /// When.
+    pub at: SystemTime,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} (at {})",
+            self.reason,
+            humantime::format_rfc3339_seconds(self.at)
+        )
+    }
+}
+
+/// How one life of an instance ended without failing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LifeEnd {
+    /// A bounded source reached its end, or a sink drained its topics.
+    Finished,
+    /// Stopped by request.
+    Stopped,
+}
+
+/// One instance, as the supervisor sees it: something it can start again.
+pub trait Life: Send {
+    /// Opens a fresh instance from the last committed position and runs it
+    /// until it ends or fails.
+    fn run(&mut self) -> impl Future<Output = anyhow::Result<LifeEnd>> + Send;
+}
+
+/// What the supervisor tells the connector's report.
+pub trait Watcher: Send + Sync {
+    /// A life failed and the instance restarts after `delay`.
+    fn restarting(&self, error: &Failure, delay: Duration);
+}
+
+/// How an instance ended for good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InstanceEnd {
+    /// See [`LifeEnd::Finished`].
+    Finished,
+    /// See [`LifeEnd::Stopped`].
+    Stopped,
+    /// It failed and will not be restarted.
+    Failed(Failure),
+}
+
+/// Runs `life` again and again until it ends, is stopped, or has failed
+/// more than `policy.attempts` times in a row.
+pub async fn supervise(
+    mut life: impl Life,
+    policy: RestartPolicy,
+    stop: &StopSignal,
+    watcher: &dyn Watcher,
+) -> InstanceEnd {
+    let mut failures = 0u32;
+    let mut delay = policy.initial;
+    loop {
+        let began = Instant::now();
+        let error = match life.run().await {
+            Ok(LifeEnd::Finished) => return InstanceEnd::Finished,
+            Ok(LifeEnd::Stopped) => return InstanceEnd::Stopped,
+            Err(e) => e,
+        };
+        let failure = Failure {
+            reason: format!("{error:#}"),
+            at: SystemTime::now(),
+        };
+        if stop.is_stopped() {
+            tracing::error!(error = %failure.reason, "instance failed while stopping");
+            return InstanceEnd::Failed(failure);
+        }
+        if matches!(
+            error.downcast_ref::<PluginError>(),
+            Some(PluginError::InvalidConfig { .. })
+        ) {
+            tracing::error!(error = %failure.reason, "instance refused its config; not restarting it");
+            return InstanceEnd::Failed(failure);
+        }
+        if began.elapsed() >= policy.max {
+            // It ran long enough to count as recovered.
+            failures = 0;
+            delay = policy.initial;
+        }
+        failures += 1;
+        if failures > policy.attempts {
+            tracing::error!(
+                error = %failure.reason,
+                restarts = policy.attempts,
+                "instance failed again after its last restart; giving up: the connector is failed"
+            );
+            return InstanceEnd::Failed(failure);
+        }
+        tracing::warn!(
+            error = %failure.reason,
+            attempt = failures,
+            of = policy.attempts,
+            "instance failed; restarting in {delay:?} from its last committed position"
+        );
+        watcher.restarting(&failure, delay);
+        stop.sleep(delay).await;
+        if stop.is_stopped() {
+            return InstanceEnd::Stopped;
+        }
+        delay = (delay * 2).min(policy.max);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::Mutex;
+
+    use super::*;
+
+    struct FailTimes(u32);
+    impl Life for FailTimes {
+        async fn run(&mut self) -> anyhow::Result<LifeEnd> {
+            if self.0 == 0 {
+                return Ok(LifeEnd::Finished);
+            }
+            self.0 -= 1;
+            anyhow::bail!("broken")
+        }
+    }
+
+    #[derive(Default)]
+    struct Delays(Mutex<Vec<Duration>>);
+    impl Watcher for Delays {
+        fn restarting(&self, _: &Failure, delay: Duration) {
+            self.0.lock().unwrap().push(delay);
+        }
+    }
+
+    const POLICY: RestartPolicy = RestartPolicy {
+        initial: Duration::from_millis(1),
+        max: Duration::from_millis(4),
+        attempts: 3,
+    };
+
+    #[tokio::test]
+    async fn backoff_doubles_up_to_max_then_recovers() {
+        let delays = Delays::default();
+        let end = supervise(FailTimes(3), POLICY, &StopSignal::new(), &delays).await;
+        assert_eq!(end, InstanceEnd::Finished);
+        assert_eq!(
+            *delays.0.lock().unwrap(),
+            [1, 2, 4].map(Duration::from_millis)
+        );
+    }
+
+    #[tokio::test]
+    async fn gives_up_after_the_attempts() {
+        let delays = Delays::default();
+        let end = supervise(FailTimes(4), POLICY, &StopSignal::new(), &delays).await;
+        assert!(matches!(end, InstanceEnd::Failed(f) if f.reason == "broken"));
+        assert_eq!(delays.0.lock().unwrap().len(), 3);
+    }
+}
