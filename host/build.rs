@@ -16,7 +16,6 @@ use std::process::Command;
 /// Plugins compiled into the `sluice` binary, by crate name.
 const BUILTIN: &[&str] = &["datagen", "file-sink", "file-source", "print"];
 
-
 const TARGET: &str = "wasm32-wasip2";
 
 fn main() {
@@ -55,7 +54,11 @@ fn main() {
         .env_remove("RUSTFLAGS")
         .env_remove("RUSTC_WORKSPACE_WRAPPER")
         .env_remove("CARGO_BUILD_TARGET");
-    for krate in BUILTIN.iter().map(|s| (*s).to_owned()).chain(fixtures(&root)) {
+    for krate in BUILTIN
+        .iter()
+        .map(|s| (*s).to_owned())
+        .chain(fixtures(&root))
+    {
         cmd.args(["-p", &krate]);
     }
     let status = cmd

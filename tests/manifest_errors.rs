@@ -96,3 +96,57 @@ fn a_memory_or_cpu_grant_that_does_not_parse_is_refused_with_the_fix() {
         "the fix shows a duration: {err}"
     );
 }
+
+#[test]
+fn a_net_rule_that_does_not_parse_is_located_with_the_forms_that_do() {
+    let (code, err) = validate(&format!(
+        "{GOOD}[connector.grants]\nnet = [\"127.0.0.1:80\", \"db.internal\"]\n"
+    ));
+    assert_eq!(code, Some(2));
+    assert!(err.contains("sluice.toml:10:24"), "{err}");
+    assert!(err.contains("field `connector[0].grants.net[1]`"), "{err}");
+    assert!(err.contains("\"db.internal\" has no port"), "{err}");
+    assert!(
+        err.contains("help: write `host:port`, `ip:port` or `cidr:port`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_secret_needs_exactly_one_source_and_every_reference_a_grant() {
+    let (code, err) = validate(&format!(
+        "{GOOD}[connector.grants.secrets]\npw = {{ env = \"A\", file = \"b\" }}\n"
+    ));
+    assert_eq!(code, Some(2));
+    assert!(err.contains("sluice.toml:10:6"), "{err}");
+    assert!(
+        err.contains("field `connector[0].grants.secrets.pw`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("needs exactly one of `env` and `file`"),
+        "{err}"
+    );
+
+    let (code, err) = validate(&format!(
+        "{GOOD}[connector.config]\nseed = \"${{secret:missing}}\"\n"
+    ));
+    assert_eq!(code, Some(2));
+    assert!(err.contains("sluice.toml:10:9"), "{err}");
+    assert!(
+        err.contains("uses secret \"missing\", which is not granted"),
+        "{err}"
+    );
+    assert!(err.contains("help: declare it"), "{err}");
+}
+
+#[test]
+fn a_restart_delay_that_does_not_parse_is_located() {
+    let (code, err) = validate(&format!("{GOOD}[connector.restart]\ninitial = \"soon\"\n"));
+    assert_eq!(code, Some(2));
+    assert!(err.contains("sluice.toml:10:11"), "{err}");
+    assert!(
+        err.contains("field `connector[0].restart.initial`"),
+        "{err}"
+    );
+}

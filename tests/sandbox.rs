@@ -6,7 +6,7 @@
 //! while the host kept running. A probe fixture reports what it found as
 //! one JSON record, which a second `file-sink` writes under `probe-out/`.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 mod common;
 
@@ -366,7 +366,10 @@ fn lookup_without_dns_is_denied() {
     // wasi:sockets answers `permanent-resolver-failure`; wasi-libc makes
     // that EAI_FAIL, which Rust reports as an uncategorized error.
     assert!(
-        outcome["error"].as_str().unwrap().contains("failed to lookup address information"),
+        outcome["error"]
+            .as_str()
+            .unwrap()
+            .contains("failed to lookup address information"),
         "{outcome}"
     );
 }
@@ -380,7 +383,10 @@ fn lookup_with_dns_works() {
     );
     assert_eq!(outcome["outcome"], "allowed", "{outcome}");
     let addrs = outcome["detail"].as_str().unwrap();
-    assert!(addrs.contains("127.0.0.1") || addrs.contains("::1"), "{addrs}");
+    assert!(
+        addrs.contains("127.0.0.1") || addrs.contains("::1"),
+        "{addrs}"
+    );
 }
 
 // ---- env ----
@@ -458,10 +464,16 @@ fn loop_forever_spinning_is_interrupted_within_its_cpu_grant_plus_a_tick() {
     assert_healthy(dir.path(), &out);
     let err = stderr(&out);
     // Two lives (one restart), each interrupted.
-    assert_eq!(err.matches("past its cpu grant of 300ms").count() >= 2, true, "{err}");
+    assert!(
+        err.matches("past its cpu grant of 300ms").count() >= 2,
+        "{err}"
+    );
     let elapsed = interrupted_after(&err, "ran ");
     assert!(elapsed >= Duration::from_millis(300), "{elapsed:?}");
-    assert!(elapsed <= Duration::from_millis(300) + TICK + SLACK, "{elapsed:?}");
+    assert!(
+        elapsed <= Duration::from_millis(300) + TICK + SLACK,
+        "{elapsed:?}"
+    );
     let summary = String::from_utf8_lossy(&out.stdout);
     let line = summary.lines().find(|l| l.starts_with("fixture")).unwrap();
     assert!(line.contains("failed: "), "{line}");
@@ -477,7 +489,10 @@ fn loop_forever_sleeping_in_a_host_call_is_interrupted_too() {
     let err = stderr(&out);
     let elapsed = interrupted_after(&err, "was still in its call after ");
     assert!(elapsed >= Duration::from_millis(300), "{elapsed:?}");
-    assert!(elapsed <= Duration::from_millis(300) + TICK + SLACK, "{elapsed:?}");
+    assert!(
+        elapsed <= Duration::from_millis(300) + TICK + SLACK,
+        "{elapsed:?}"
+    );
     assert!(err.contains("past its cpu grant of 300ms"), "{err}");
 }
 
@@ -495,7 +510,7 @@ fn memory_bomb_hits_the_memory_limit() {
     let summary = String::from_utf8_lossy(&out.stdout);
     let line = summary.lines().find(|l| l.starts_with("fixture")).unwrap();
     assert!(
-        line.contains("past its memory grant of 33554432 bytes"),
+        line.contains("to 32.1 MiB (33619968 bytes), past its memory grant of 32.0 MiB"),
         "{line}"
     );
     assert!(probe_lines(dir.path()).is_empty());
@@ -539,9 +554,15 @@ attempts = 5
     assert_exactly_once(seqs(&dir.path().join("probe-out")), 1000);
     let err = stderr(&out);
     for delay in ["100ms", "200ms", "400ms"] {
-        assert!(err.contains(&format!("restarting in {delay}")), "{delay}: {err}");
+        assert!(
+            err.contains(&format!("restarting in {delay}")),
+            "{delay}: {err}"
+        );
     }
-    assert!(!err.contains("restarting in 800ms"), "three traps, three restarts");
+    assert!(
+        !err.contains("restarting in 800ms"),
+        "three traps, three restarts"
+    );
     // The panic message reaches the log through the plugin's stderr.
     assert!(err.contains("trapping on purpose"), "{err}");
     let summary = String::from_utf8_lossy(&out.stdout);
@@ -597,13 +618,19 @@ fn log_the_secret_never_shows_it() {
     assert_healthy(dir.path(), &out);
     // The plugin did receive it: its record holds it reversed.
     let expected: String = format!("{SECRET_A}/{SECRET_B}").chars().rev().collect();
-    assert_eq!(probe_lines(dir.path()), [format!("{{\"reversed\":\"{expected}\"}}")]);
+    assert_eq!(
+        probe_lines(dir.path()),
+        [format!("{{\"reversed\":\"{expected}\"}}")]
+    );
     // It tried: failed open with it, logged it twice, wrote it to stderr.
     let err = stderr(&out);
     assert!(err.contains("login refused for password ***/***"), "{err}");
     assert!(err.contains("connecting with password ***/***"), "{err}");
     assert!(err.contains("password=***/***"), "{err}");
-    assert!(err.contains("plugin stderr: stderr: password ***/***"), "{err}");
+    assert!(
+        err.contains("plugin stderr: stderr: password ***/***"),
+        "{err}"
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     for secret in [SECRET_A, SECRET_B] {
         assert!(!stdout.contains(secret), "stdout shows {secret}: {stdout}");
@@ -628,8 +655,14 @@ fn log_the_secret_never_shows_it() {
         .unwrap();
     let text = String::from_utf8_lossy(&v.stdout);
     assert!(v.status.success(), "{text}");
-    assert!(text.contains("a from env SLUICE_TEST_SECRET, b from file key.txt"), "{text}");
-    assert!(!text.contains(SECRET_A) && !text.contains(SECRET_B), "{text}");
+    assert!(
+        text.contains("a from env SLUICE_TEST_SECRET, b from file key.txt"),
+        "{text}"
+    );
+    assert!(
+        !text.contains(SECRET_A) && !text.contains(SECRET_B),
+        "{text}"
+    );
 }
 
 #[test]
@@ -698,7 +731,10 @@ cpu = "2s"
         .lines()
         .skip_while(|l| !l.starts_with("connector "))
         .collect();
-    assert!(table[0].contains("grant") && table[0].contains("allows"), "{text}");
+    assert!(
+        table[0].contains("grant") && table[0].contains("allows"),
+        "{text}"
+    );
     let row = |name: &str, grant: &str| -> String {
         let start = table.iter().position(|l| l.starts_with(name)).unwrap();
         table[start..]
@@ -707,12 +743,54 @@ cpu = "2s"
             .unwrap()
             .to_string()
     };
-    assert!(row("fixture", "net").contains("127.0.0.1:9, 10.0.0.0/8:9092-9094"), "{text}");
+    assert!(
+        row("fixture", "net").contains("127.0.0.1:9, 10.0.0.0/8:9092-9094"),
+        "{text}"
+    );
     assert!(row("fixture", "dns").contains("yes"), "{text}");
-    assert!(row("fixture", "env").contains("SLUICE_TEST_VISIBLE"), "{text}");
+    assert!(
+        row("fixture", "env").contains("SLUICE_TEST_VISIBLE"),
+        "{text}"
+    );
     assert!(row("fixture", "memory").contains("64 MiB"), "{text}");
     assert!(row("fixture", "cpu").contains("2s per call"), "{text}");
     assert!(row("healthy-gen", "files").contains("none"), "{text}");
-    assert!(row("healthy-gen", "memory").contains("256 MiB (default)"), "{text}");
-    assert!(row("healthy-files", "files").contains("as /out (read-write)"), "{text}");
+    assert!(
+        row("healthy-gen", "memory").contains("256 MiB (default)"),
+        "{text}"
+    );
+    assert!(
+        row("healthy-files", "files").contains("as /out (read-write)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_plugin_that_breaks_the_contract_is_named_with_what_it_broke() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = manifest(
+        dir.path(),
+        "break-the-contract",
+        "[connector.batch]\nmax_records = 10\n[connector.restart]\ninitial = \"50ms\"\nattempts = 1\n",
+    );
+    let out = run_with(&m, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_healthy(dir.path(), &out);
+    let summary = String::from_utf8_lossy(&out.stdout);
+    let line = summary.lines().find(|l| l.starts_with("fixture")).unwrap();
+    assert!(
+        line.contains("break_the_contract.wasm"),
+        "names the plugin: {line}"
+    );
+    assert!(
+        line.contains(
+            "broke the contract in `poll`: returned 11 records when asked for at most 10"
+        ),
+        "{line}"
+    );
+    assert!(line.contains("restarted once"), "{line}");
+    assert!(
+        probe_lines(dir.path()).is_empty(),
+        "nothing of the bad batch reached the log"
+    );
 }

@@ -137,11 +137,13 @@ impl NetRule {
         } else {
             let valid = !host.is_empty()
                 && host.len() <= 253
-                && host
-                    .split('.')
-                    .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+                && host.split('.').all(|l| {
+                    !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                });
             if !valid {
-                return Err(format!("{host:?} in {text:?} is neither an address nor a host name"));
+                return Err(format!(
+                    "{host:?} in {text:?} is neither an address nor a host name"
+                ));
             }
             NetTarget::Name(host.to_ascii_lowercase())
         };
@@ -161,13 +163,15 @@ impl NetRule {
         let ip = addr.ip().to_canonical();
         match &self.target {
             NetTarget::Net(net) => net.contains(&ip),
-            NetTarget::Name(name) => match tokio::net::lookup_host((name.as_str(), addr.port())).await {
-                Ok(mut resolved) => resolved.any(|a| a.ip().to_canonical() == ip),
-                Err(e) => {
-                    tracing::warn!(rule = %self.text, error = %e, "cannot resolve a granted name; refusing the connection");
-                    false
+            NetTarget::Name(name) => {
+                match tokio::net::lookup_host((name.as_str(), addr.port())).await {
+                    Ok(mut resolved) => resolved.any(|a| a.ip().to_canonical() == ip),
+                    Err(e) => {
+                        tracing::warn!(rule = %self.text, error = %e, "cannot resolve a granted name; refusing the connection");
+                        false
+                    }
                 }
-            },
+            }
         }
     }
 }
@@ -223,8 +227,14 @@ impl GrantSet {
                 Err(_) => env_missing.push(name.clone()),
             }
         }
-        let memory = g.memory.as_ref().and_then(|m| parse_bytes(m.get_ref()).ok());
-        let cpu = g.cpu.as_ref().and_then(|c| parse_duration(c.get_ref()).ok());
+        let memory = g
+            .memory
+            .as_ref()
+            .and_then(|m| parse_bytes(m.get_ref()).ok());
+        let cpu = g
+            .cpu
+            .as_ref()
+            .and_then(|c| parse_duration(c.get_ref()).ok());
         GrantSet {
             files: g
                 .files
@@ -255,7 +265,11 @@ impl GrantSet {
     /// Builds the WASI context for one instance. What the plugin writes to
     /// standard error goes to the host's log, line by line, redacted; what
     /// it writes to standard output, if granted, is redacted too.
-    pub fn wasi_ctx(&self, stderr: PluginStderr, redactor: &Redactor) -> Result<WasiCtx, GrantError> {
+    pub fn wasi_ctx(
+        &self,
+        stderr: PluginStderr,
+        redactor: &Redactor,
+    ) -> Result<WasiCtx, GrantError> {
         let mut b = WasiCtxBuilder::new();
         for (host, guest, mode) in &self.files {
             // A read-write grant names a place to write; create it, as a
@@ -287,7 +301,9 @@ impl GrantSet {
             let rules = Arc::new(self.net.clone());
             b.allow_tcp(true);
             b.allow_udp(true);
-            b.socket_addr_check(move |addr, use_| Box::pin(check_socket(rules.clone(), addr, use_)));
+            b.socket_addr_check(move |addr, use_| {
+                Box::pin(check_socket(rules.clone(), addr, use_))
+            });
         }
         b.allow_ip_name_lookup(self.dns);
         Ok(b.build())
@@ -313,7 +329,11 @@ impl GrantSet {
         rows.push(("net", list_or_none(&net)));
         rows.push(("dns", if self.dns { "yes".into() } else { "no".into() }));
         let mut env: Vec<String> = self.env.iter().map(|(n, _)| n.clone()).collect();
-        env.extend(self.env_missing.iter().map(|n| format!("{n} (not set on this host)")));
+        env.extend(
+            self.env_missing
+                .iter()
+                .map(|n| format!("{n} (not set on this host)")),
+        );
         rows.push(("env", list_or_none(&env)));
         let secrets = self
             .secrets
@@ -325,11 +345,22 @@ impl GrantSet {
             })
             .collect::<Vec<_>>();
         rows.push(("secrets", list_or_none(&secrets)));
-        rows.push(("stdout", if self.stdout { "yes".into() } else { "no".into() }));
+        rows.push((
+            "stdout",
+            if self.stdout {
+                "yes".into()
+            } else {
+                "no".into()
+            },
+        ));
         let default = |d: bool| if d { " (default)" } else { "" };
         rows.push((
             "memory",
-            format!("{}{}", human_size(self.memory_bytes), default(self.default_memory)),
+            format!(
+                "{}{}",
+                human_size(self.memory_bytes),
+                default(self.default_memory)
+            ),
         ));
         rows.push((
             "cpu",
@@ -459,7 +490,11 @@ impl StdoutStream for PluginStderr {
 }
 
 impl tokio::io::AsyncWrite for PluginStderr {
-    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         let mut lines = self.lines.lock().expect("stderr lock");
         lines.push(buf, &self.redactor, |l, _| self.emit(l));
         Poll::Ready(Ok(buf.len()))
@@ -514,7 +549,11 @@ impl StdoutStream for PluginStdout {
 }
 
 impl tokio::io::AsyncWrite for PluginStdout {
-    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         use std::io::Write;
         let out = std::io::stdout();
         let mut out = out.lock();
@@ -573,10 +612,24 @@ mod tests {
 
     #[test]
     fn net_rules_parse() {
-        for ok in ["db.internal:5432", "10.0.0.0/8:9092-9094", "[::1]:6379", "127.0.0.1:80", "[fd00::/8]:1-65535"] {
+        for ok in [
+            "db.internal:5432",
+            "10.0.0.0/8:9092-9094",
+            "[::1]:6379",
+            "127.0.0.1:80",
+            "[fd00::/8]:1-65535",
+        ] {
             NetRule::parse(ok).unwrap();
         }
-        for bad in ["db", "db:0", "db:99999", "10.0.0.0/33:1", "a b:1", "1.2.3.4:9-1", "[::1:80"] {
+        for bad in [
+            "db",
+            "db:0",
+            "db:99999",
+            "10.0.0.0/33:1",
+            "a b:1",
+            "1.2.3.4:9-1",
+            "[::1:80",
+        ] {
             assert!(NetRule::parse(bad).is_err(), "{bad} parsed");
         }
     }
@@ -591,6 +644,9 @@ mod tests {
         assert!(r.allows("[::ffff:127.0.0.1]:80".parse().unwrap()).await);
         let r = NetRule::parse("localhost:8080").unwrap();
         assert!(r.allows("127.0.0.1:8080".parse().unwrap()).await);
-        assert!(!r.allows("10.0.0.1:8080".parse().unwrap()).await, "a name allows only what it resolves to");
+        assert!(
+            !r.allows("10.0.0.1:8080".parse().unwrap()).await,
+            "a name allows only what it resolves to"
+        );
     }
 }

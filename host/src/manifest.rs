@@ -750,7 +750,10 @@ impl Manifest {
                 })?;
                 if d < Duration::from_millis(10) {
                     return Err(self
-                        .error(cpu.span(), "a cpu grant under 10ms is shorter than the host's clock tick")
+                        .error(
+                            cpu.span(),
+                            "a cpu grant under 10ms is shorter than the host's clock tick",
+                        )
                         .field(format!("connector[{i}].grants.cpu"))
                         .help("grant at least `cpu = \"10ms\"`"));
                 }
@@ -786,7 +789,10 @@ impl Manifest {
             let n = name.get_ref();
             if n.is_empty() || n.contains('=') || n.contains('\0') {
                 return Err(self
-                    .error(name.span(), format!("{n:?} is not an environment variable name"))
+                    .error(
+                        name.span(),
+                        format!("{n:?} is not an environment variable name"),
+                    )
                     .field(format!("connector[{i}].grants.env[{j}]"))
                     .help("list variable names only, e.g. `env = [\"TZ\"]`"));
             }
@@ -794,10 +800,15 @@ impl Manifest {
         for (name, source) in &c.grants.secrets {
             let field = format!("connector[{i}].grants.secrets.{name}");
             let valid = !name.is_empty()
-                && name.chars().all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '-' | '.'));
+                && name
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '-' | '.'));
             if !valid {
                 return Err(self
-                    .error(source.span(), format!("secret name {name:?} is not allowed"))
+                    .error(
+                        source.span(),
+                        format!("secret name {name:?} is not allowed"),
+                    )
                     .field(field)
                     .help("use letters, digits, `_`, `-` and `.`"));
             }

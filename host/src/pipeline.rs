@@ -12,8 +12,8 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -412,12 +412,11 @@ pub async fn start(
                             let end = supervisor::supervise(life, policy, &stop, &*report).await;
                             // A source that failed for good writes no more
                             // either: its topic's sinks may drain it.
-                            if !matches!(end, InstanceEnd::Stopped) {
-                                if let Some((sealer, _, left)) = seal {
-                                    if left.fetch_sub(1, Ordering::AcqRel) == 1 {
-                                        sealer.seal();
-                                    }
-                                }
+                            if !matches!(end, InstanceEnd::Stopped)
+                                && let Some((sealer, _, left)) = seal
+                                && left.fetch_sub(1, Ordering::AcqRel) == 1
+                            {
+                                sealer.seal();
                             }
                             report.instance_ended(end);
                         }

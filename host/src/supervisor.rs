@@ -11,8 +11,9 @@
 //! had in flight is neither lost nor taken twice from the log. Other
 //! connectors never wait on it.
 //!
-//! A plugin that refuses its config (`invalid-config`) is not restarted:
-//! the same config would be refused again.
+//! A plugin that refuses its config (`invalid-config`), and an instance
+//! whose grants cannot be given (a granted directory that cannot be opened),
+//! are not restarted: the same config and grants would fail again.
 
 use std::fmt;
 use std::future::Future;
@@ -141,12 +142,16 @@ pub async fn supervise(
             tracing::error!(error = %failure.reason, "instance failed while stopping");
             return InstanceEnd::Failed(failure);
         }
-        if matches!(
-            error.downcast_ref::<PluginError>(),
-            Some(PluginError::InvalidConfig { .. })
-        ) {
-            tracing::error!(error = %failure.reason, "instance refused its config; not restarting it");
-            return InstanceEnd::Failed(failure);
+        match error.downcast_ref::<PluginError>() {
+            Some(PluginError::InvalidConfig { .. }) => {
+                tracing::error!(error = %failure.reason, "instance refused its config; not restarting it");
+                return InstanceEnd::Failed(failure);
+            }
+            Some(PluginError::Grant(_)) => {
+                tracing::error!(error = %failure.reason, "a grant cannot be given; not restarting the instance");
+                return InstanceEnd::Failed(failure);
+            }
+            _ => {}
         }
         if began.elapsed() >= policy.max {
             // It ran long enough to count as recovered.

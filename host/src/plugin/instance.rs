@@ -60,15 +60,25 @@ async fn guarded<T>(
     match tokio::time::timeout(limits.cpu + EPOCH_TICK, fut).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(trap_with(plugin, call, &e, limits, stderr.last_line())),
-        Err(_) => Err(PluginError::Trap {
-            plugin: plugin.to_owned(),
-            call,
-            reason: format!(
-                "was still in its call after {:?}, past its cpu grant of {:?} (blocked in a host call, such as a sleep or a socket read); interrupted",
-                started.elapsed(),
-                limits.cpu
-            ),
-        }),
+        Err(_) => Err(blocked(plugin, call, started, limits)),
+    }
+}
+
+/// A call still blocked in a host function after its `cpu` grant.
+pub(crate) fn blocked(
+    plugin: &str,
+    call: &'static str,
+    started: Instant,
+    limits: &CallLimits,
+) -> PluginError {
+    PluginError::Trap {
+        plugin: plugin.to_owned(),
+        call,
+        reason: format!(
+            "was still in its call after {:?}, past its cpu grant of {:?} (blocked in a host call, such as a sleep or a socket read); interrupted",
+            started.elapsed(),
+            limits.cpu
+        ),
     }
 }
 
@@ -386,10 +396,10 @@ impl SinkInstance {
     /// Calls `open`; returns the offsets the sink stored itself.
     pub async fn open(&mut self, config: &str) -> Result<Vec<SinkOffset>, PluginError> {
         sandbox::arm(&mut self.store);
-        let fut = self
-            .api
-            .sluice_connector_sink_api()
-            .call_open(&mut self.store, config, &self.context);
+        let fut =
+            self.api
+                .sluice_connector_sink_api()
+                .call_open(&mut self.store, config, &self.context);
         let r = guarded(&self.plugin, "open", &self.limits, &self.stderr, fut).await?;
         let offsets = r.map_err(|e| plugin_error(&self.plugin, "open", e, &self.redactor))?;
         Ok(offsets

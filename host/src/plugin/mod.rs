@@ -323,7 +323,13 @@ impl PluginHost {
         let setup = InstanceSetup::isolated("inspect");
         let mut store = sandbox::new(&self.engine, &setup)?;
         let limits = instance::CallLimits::from(&setup.grants);
-        instance::spec(&mut store, plugin, &limits).await
+        let started = std::time::Instant::now();
+        tokio::time::timeout(
+            setup.grants.cpu + EPOCH_TICK,
+            instance::spec(&mut store, plugin, &limits),
+        )
+        .await
+        .map_err(|_| instance::blocked(plugin.name(), "spec", started, &limits))?
     }
 
     /// Instantiates a source.

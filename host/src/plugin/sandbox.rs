@@ -53,12 +53,20 @@ pub struct CpuLimitExceeded {
 
 /// The instance asked for more linear memory than its `memory` grant.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
-#[error("tried to grow its memory to {desired} bytes, past its memory grant of {limit} bytes")]
+#[error(
+    "tried to grow its memory to {} ({desired} bytes), past its memory grant of {}",
+    mib(*desired),
+    mib(*limit)
+)]
 pub struct MemoryLimitExceeded {
     /// The size it asked for.
     pub desired: usize,
     /// The grant.
     pub limit: usize,
+}
+
+fn mib(bytes: usize) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1u32 << 20))
 }
 
 /// Enforces the `memory` grant: growing past it traps the instance with
