@@ -349,8 +349,9 @@ pub struct GrantsConfig {
     #[serde(default)]
     pub memory: Option<Spanned<String>>,
 
-    /// Longest one plugin call may run, e.g. `"2s"` or `"500ms"`.
-    /// Default `"10s"`.
+    /// Longest one plugin call may run, e.g. `"2s"` or `"500ms"`, whether
+    /// it computes or waits in a host call (a sleep, a socket). Default
+    /// `"10s"`; at least `"10ms"`, the host's clock tick.
     ///
     /// ```toml
     /// cpu = "2s"

@@ -45,13 +45,22 @@
 //! ```
 //!
 //! Sinks receive a checked [`Batch`] and report records they refuse on their
-//! merits through [`Rejects`]; the host dead-letters those. Transforms read a
-//! batch and write another. Errors are an [`Error`]: invalid config (the host
-//! fails fast), retriable (the host backs off and calls again) or fatal.
+//! merits through [`Rejects`]; the host counts and logs those (a dead-letter
+//! topic is planned). Transforms read a batch and write another. Errors are
+//! an [`Error`]: invalid config (the host fails the connector at once, with
+//! your message), retriable or fatal (the host ends that instance, and its
+//! supervisor opens a fresh one from the last committed position after a
+//! backoff). A panic is a trap, handled like a fatal error; its message
+//! reaches the host's log through standard error.
 //!
 //! Logging goes to the host's tracing, tagged with the connector and instance:
-//! see [`log`]. Anything else a plugin touches (files, sockets, clocks) is
-//! WASI, and the host grants none of it unless the manifest says so.
+//! see [`log`]. Clocks and random numbers are always there. Anything else a
+//! plugin touches through `std` (files, sockets, name lookups, environment
+//! variables, standard output) is WASI, and the host grants none of it unless
+//! the manifest says so: without a grant, `std::fs` finds no files,
+//! `TcpStream::connect` is refused with `PermissionDenied`, and
+//! `std::env::var` finds nothing. Secrets arrive in your config, where the
+//! manifest writes `${secret:NAME}`.
 
 use std::cell::RefCell;
 use std::fmt;
