@@ -107,12 +107,32 @@ fn assert_healthy(dir: &Path, out: &Output) {
         out.status
     );
     assert_exactly_once(seqs(&dir.join("out")), HEALTHY);
-    let summary = String::from_utf8_lossy(&out.stdout);
-    let line = summary
-        .lines()
-        .find(|l| l.starts_with("healthy-files"))
-        .unwrap();
+    let line = summary_line(out, "healthy-files");
     assert!(line.contains("finished"), "{line}");
+}
+
+/// The summary line of connector `name`.
+fn summary_line(out: &Output, name: &str) -> String {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.starts_with(name))
+        .unwrap_or_else(|| panic!("no summary line for {name}"))
+        .to_owned()
+}
+
+/// Runs a fixture that must fail for good (the run exits 1) while the
+/// healthy pair delivers everything; returns the folder, the output and
+/// the fixture's summary line.
+fn run_failing(fixture: &str, extra: &str) -> (tempfile::TempDir, Output, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let m = manifest(dir.path(), fixture, extra);
+    let out = run_with(&m, &[]);
+    assert_eq!(out.status.code(), Some(1), "the fixture's connector failed");
+    assert_healthy(dir.path(), &out);
+    let line = summary_line(&out, "fixture");
+    assert!(line.contains("failed: "), "{line}");
+    assert!(line.contains("(at 20"), "the failure has its time: {line}");
+    (dir, out, line)
 }
 
 /// The lines the probe sink wrote.
@@ -433,10 +453,8 @@ fn interrupted_after(text: &str, marker: &str) -> Duration {
     }
 }
 
-fn loop_forever(mode: &str) -> (Output, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let m = manifest(
-        dir.path(),
+fn loop_forever(mode: &str) -> (Output, String) {
+    let (_dir, out, line) = run_failing(
         "loop-forever",
         &format!(
             r#"[connector.config]
@@ -449,8 +467,8 @@ attempts = 1
 "#
         ),
     );
-    let out = run_with(&m, &[]);
-    (out, dir)
+    assert!(line.contains("restarted once"), "{line}");
+    (out, line)
 }
 
 /// The scheduling allowance on top of "the cpu grant plus one tick": the
@@ -459,9 +477,7 @@ const SLACK: Duration = Duration::from_millis(40);
 
 #[test]
 fn loop_forever_spinning_is_interrupted_within_its_cpu_grant_plus_a_tick() {
-    let (out, dir) = loop_forever("spin");
-    assert_eq!(out.status.code(), Some(1), "the fixture's connector failed");
-    assert_healthy(dir.path(), &out);
+    let (out, _) = loop_forever("spin");
     let err = stderr(&out);
     // Two lives (one restart), each interrupted.
     assert!(
@@ -474,18 +490,11 @@ fn loop_forever_spinning_is_interrupted_within_its_cpu_grant_plus_a_tick() {
         elapsed <= Duration::from_millis(300) + TICK + SLACK,
         "{elapsed:?}"
     );
-    let summary = String::from_utf8_lossy(&out.stdout);
-    let line = summary.lines().find(|l| l.starts_with("fixture")).unwrap();
-    assert!(line.contains("failed: "), "{line}");
-    assert!(line.contains("restarted once"), "{line}");
-    assert!(line.contains("(at 20"), "the failure has its time: {line}");
 }
 
 #[test]
 fn loop_forever_sleeping_in_a_host_call_is_interrupted_too() {
-    let (out, dir) = loop_forever("sleep");
-    assert_eq!(out.status.code(), Some(1));
-    assert_healthy(dir.path(), &out);
+    let (out, line) = loop_forever("sleep");
     let err = stderr(&out);
     let elapsed = interrupted_after(&err, "was still in its call after ");
     assert!(elapsed >= Duration::from_millis(300), "{elapsed:?}");
@@ -493,22 +502,15 @@ fn loop_forever_sleeping_in_a_host_call_is_interrupted_too() {
         elapsed <= Duration::from_millis(300) + TICK + SLACK,
         "{elapsed:?}"
     );
-    assert!(err.contains("past its cpu grant of 300ms"), "{err}");
+    assert!(line.contains("past its cpu grant of 300ms"), "{line}");
 }
 
 #[test]
 fn memory_bomb_hits_the_memory_limit() {
-    let dir = tempfile::tempdir().unwrap();
-    let m = manifest(
-        dir.path(),
+    let (dir, _, line) = run_failing(
         "memory-bomb",
         "[connector.grants]\nmemory = \"32 MiB\"\n[connector.restart]\nattempts = 0\n",
     );
-    let out = run_with(&m, &[]);
-    assert_eq!(out.status.code(), Some(1));
-    assert_healthy(dir.path(), &out);
-    let summary = String::from_utf8_lossy(&out.stdout);
-    let line = summary.lines().find(|l| l.starts_with("fixture")).unwrap();
     assert!(
         line.contains("to 32.1 MiB (33619968 bytes), past its memory grant of 32.0 MiB"),
         "{line}"
@@ -565,8 +567,7 @@ attempts = 5
     );
     // The panic message reaches the log through the plugin's stderr.
     assert!(err.contains("trapping on purpose"), "{err}");
-    let summary = String::from_utf8_lossy(&out.stdout);
-    let line = summary.lines().find(|l| l.starts_with("fixture")).unwrap();
+    let line = summary_line(&out, "fixture");
     assert!(line.contains("finished (restarted 3 times)"), "{line}");
 }
 
@@ -767,17 +768,10 @@ cpu = "2s"
 
 #[test]
 fn a_plugin_that_breaks_the_contract_is_named_with_what_it_broke() {
-    let dir = tempfile::tempdir().unwrap();
-    let m = manifest(
-        dir.path(),
+    let (dir, _, line) = run_failing(
         "break-the-contract",
         "[connector.batch]\nmax_records = 10\n[connector.restart]\ninitial = \"50ms\"\nattempts = 1\n",
     );
-    let out = run_with(&m, &[]);
-    assert_eq!(out.status.code(), Some(1));
-    assert_healthy(dir.path(), &out);
-    let summary = String::from_utf8_lossy(&out.stdout);
-    let line = summary.lines().find(|l| l.starts_with("fixture")).unwrap();
     assert!(
         line.contains("break_the_contract.wasm"),
         "names the plugin: {line}"

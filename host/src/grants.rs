@@ -28,7 +28,8 @@ use crate::manifest::{
 use crate::secrets::Redactor;
 
 /// What one connector may reach, resolved against the manifest's folder.
-#[derive(Debug, Clone, Default)]
+/// Its `Debug` shows the names of environment variables, not their values.
+#[derive(Clone, Default)]
 pub struct GrantSet {
     /// Directories: host path, guest path, mode.
     pub files: Vec<(PathBuf, String, FileMode)>,
@@ -53,6 +54,21 @@ pub struct GrantSet {
     pub default_memory: bool,
     /// See `default_memory`.
     pub default_cpu: bool,
+}
+
+impl fmt::Debug for GrantSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GrantSet")
+            .field("files", &self.files)
+            .field("stdout", &self.stdout)
+            .field("memory_bytes", &self.memory_bytes)
+            .field("cpu", &self.cpu)
+            .field("net", &self.net)
+            .field("dns", &self.dns)
+            .field("env", &self.env.iter().map(|(n, _)| n).collect::<Vec<_>>())
+            .field("secrets", &self.secrets)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A grant that cannot be given.
@@ -176,16 +192,19 @@ impl NetRule {
     }
 }
 
-/// Decides one socket use against the `net` rules.
+/// Decides one socket use against the `net` rules. The rules are an
+/// allow-list of remote peers: a plugin may connect to them, send to them
+/// and receive from them. It may not serve: binding a chosen address or
+/// port, listening and accepting are refused whatever the rules say.
 async fn check_socket(rules: Arc<Vec<NetRule>>, addr: SocketAddr, use_: SocketAddrUse) -> bool {
-    let wildcard = addr.ip().is_unspecified() && addr.port() == 0;
     let allowed = match use_ {
-        // The implicit bind before a connect or a send uses the wildcard
-        // address; the remote address is checked next.
-        SocketAddrUse::TcpBind | SocketAddrUse::UdpBind if wildcard => true,
-        // A connection accepted on a listener that was itself granted.
-        SocketAddrUse::TcpAccept => true,
-        _ => {
+        // The implicit bind before a connect or a send: any local address,
+        // an ephemeral port. The remote address is checked next.
+        SocketAddrUse::TcpBind | SocketAddrUse::UdpBind => {
+            addr.ip().is_unspecified() && addr.port() == 0
+        }
+        SocketAddrUse::TcpListen | SocketAddrUse::TcpAccept => false,
+        SocketAddrUse::TcpConnect | SocketAddrUse::UdpSend | SocketAddrUse::UdpReceive => {
             let mut ok = false;
             for rule in rules.iter() {
                 if rule.allows(addr).await {
@@ -196,7 +215,7 @@ async fn check_socket(rules: Arc<Vec<NetRule>>, addr: SocketAddr, use_: SocketAd
             ok
         }
     };
-    if !allowed {
+    if !allowed && !matches!(use_, SocketAddrUse::UdpReceive) {
         tracing::warn!(%addr, r#use = ?use_, "refused a socket use that no `net` grant allows");
     }
     allowed

@@ -359,10 +359,11 @@ pub struct GrantsConfig {
     #[serde(default)]
     pub cpu: Option<Spanned<String>>,
 
-    /// Addresses the plugin may connect to (TCP and UDP): `host:port`,
-    /// `ip:port`, `cidr:port`, each with one port or a range `low-high`.
-    /// A name is resolved by the host when the plugin connects, and the
-    /// address the plugin uses must be one the name resolves to then.
+    /// Peers the plugin may connect to, send to and receive from (TCP and
+    /// UDP): `host:port`, `ip:port`, `cidr:port`, each with one port or a
+    /// range `low-high`. A name is resolved by the host when the plugin
+    /// connects, and the address the plugin uses must be one the name
+    /// resolves to then. No grant lets a plugin listen or bind a port.
     ///
     /// ```toml
     /// net = ["db.internal:5432", "10.0.0.0/8:9092-9094", "[::1]:6379"]
@@ -438,8 +439,9 @@ pub struct RestartConfig {
     #[serde(default)]
     pub max: Option<Spanned<String>>,
 
-    /// Restarts in a row before the connector is `failed`. Default 10; 0
-    /// means a failure is final.
+    /// Restarts in a row: an instance that fails again after this many is
+    /// given up, and the connector is `failed`. Default 10; 0 means a
+    /// failure is final.
     ///
     /// ```toml
     /// attempts = 10

@@ -321,9 +321,12 @@ impl ConnectorReport {
 }
 
 impl Watcher for ConnectorReport {
-    fn restarting(&self, error: &Failure, _delay: Duration) {
-        self.restarts.fetch_add(1, Ordering::Relaxed);
+    fn failed(&self, error: &Failure, _delay: Duration) {
         *self.last_error.lock().expect("report lock") = Some(error.clone());
+    }
+
+    fn restarted(&self) {
+        self.restarts.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -397,6 +400,7 @@ pub async fn start(
             let report = report.clone();
             let policy = c.restart;
             let stop = stop.clone();
+            let redactor = redactor.clone();
             match c.config.kind {
                 ConnectorKind::Source => {
                     let topic = topics[0].clone();
@@ -409,7 +413,9 @@ pub async fn start(
                     };
                     tasks.spawn(
                         async move {
-                            let end = supervisor::supervise(life, policy, &stop, &*report).await;
+                            let end =
+                                supervisor::supervise(life, policy, &stop, &*report, &redactor)
+                                    .await;
                             // A source that failed for good writes no more
                             // either: its topic's sinks may drain it.
                             if !matches!(end, InstanceEnd::Stopped)
@@ -430,7 +436,9 @@ pub async fn start(
                     };
                     tasks.spawn(
                         async move {
-                            let end = supervisor::supervise(life, policy, &stop, &*report).await;
+                            let end =
+                                supervisor::supervise(life, policy, &stop, &*report, &redactor)
+                                    .await;
                             report.instance_ended(end);
                         }
                         .instrument(span),

@@ -166,12 +166,28 @@ impl fmt::Debug for Redactor {
 impl Redactor {
     /// A redactor of these values (empty ones are ignored). Longer values
     /// are replaced first, so a secret containing another is masked whole.
+    ///
+    /// Each secret is also masked as it looks escaped in JSON (how config
+    /// errors quote a value) and in Rust's `{:?}` (how a plugin's own error
+    /// may quote it), and line by line when it spans lines (a PEM key), since
+    /// output is masked a line at a time.
     pub fn new<'a>(values: impl IntoIterator<Item = &'a str>) -> Self {
-        let mut v: Vec<String> = values
-            .into_iter()
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect();
+        let mut v: Vec<String> = Vec::new();
+        for secret in values {
+            let json = serde_json::to_string(secret).unwrap_or_default();
+            let debug = format!("{secret:?}");
+            v.push(secret.to_owned());
+            v.push(json[1..json.len().saturating_sub(1).max(1)].to_owned());
+            v.push(debug[1..debug.len().saturating_sub(1).max(1)].to_owned());
+            v.extend(
+                secret
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_owned),
+            );
+        }
+        v.retain(|s| !s.is_empty());
         v.sort_by_key(|s| std::cmp::Reverse(s.len()));
         v.dedup();
         Redactor(Arc::new(v))
@@ -241,5 +257,13 @@ mod tests {
         let r = Redactor::new(s.values());
         assert_eq!(r.redact("bad password hunter2!"), "bad password ***!");
         assert!(matches!(r.redact("nothing here"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn escaped_and_multi_line_forms_are_masked_too() {
+        let r = Redactor::new(["pa\"ss\\word", "-----BEGIN-----\nAAAA\n-----END-----\n"]);
+        assert_eq!(r.redact(r#"got "pa\"ss\\word""#), r#"got "***""#);
+        assert_eq!(r.redact("line: AAAA"), "line: ***");
+        assert!(!r.redact("-----BEGIN-----").contains("BEGIN"));
     }
 }

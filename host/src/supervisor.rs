@@ -6,9 +6,12 @@
 //! to the end of its pump. A trap, a `cpu` or `memory` limit, a contract
 //! violation or a plugin error ends that life only: the instance's sandbox
 //! is dropped, and after the backoff a new one opens from the last
-//! committed position (a source from the position stored with its last
-//! batch in the log, a sink from its group's committed offsets), so what it
-//! had in flight is neither lost nor taken twice from the log. Other
+//! committed position. A source resumes from the position stored with its
+//! last batch in the log, so it neither loses nor repeats a record (if it
+//! reports positions; one that does not starts over). A sink resumes from
+//! the offsets it stored itself or its group's committed offsets, so it
+//! loses nothing but is handed again what it had written since its last
+//! flush: at least once, unless the sink stores its own offsets. Other
 //! connectors never wait on it.
 //!
 //! A plugin that refuses its config (`invalid-config`), and an instance
@@ -17,7 +20,10 @@
 
 use std::fmt;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::FutureExt as _;
 
 use crate::manifest::{
     ConnectorConfig, DEFAULT_RESTART_ATTEMPTS, DEFAULT_RESTART_INITIAL, DEFAULT_RESTART_MAX,
@@ -25,6 +31,7 @@ use crate::manifest::{
 };
 use crate::plugin::PluginError;
 use crate::pump::StopSignal;
+use crate::secrets::Redactor;
 
 /// How a connector's failed instances are restarted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,8 +109,10 @@ pub trait Life: Send {
 
 /// What the supervisor tells the connector's report.
 pub trait Watcher: Send + Sync {
-    /// A life failed and the instance restarts after `delay`.
-    fn restarting(&self, error: &Failure, delay: Duration);
+    /// A life failed; the instance restarts after `delay` unless stopped.
+    fn failed(&self, error: &Failure, delay: Duration);
+    /// The instance is starting a new life after a failure.
+    fn restarted(&self);
 }
 
 /// How an instance ended for good.
@@ -117,25 +126,45 @@ pub enum InstanceEnd {
     Failed(Failure),
 }
 
-/// Runs `life` again and again until it ends, is stopped, or has failed
-/// more than `policy.attempts` times in a row.
+/// Runs `life` again and again until it ends, is stopped, or fails again
+/// after `policy.attempts` restarts in a row. Failure reasons pass through
+/// `redactor`. A panic in the host while running a life (a bug) fails the
+/// instance rather than the whole task, so its connector is reported
+/// `failed` and its topics can still drain.
 pub async fn supervise(
     mut life: impl Life,
     policy: RestartPolicy,
     stop: &StopSignal,
     watcher: &dyn Watcher,
+    redactor: &Redactor,
 ) -> InstanceEnd {
     let mut failures = 0u32;
     let mut delay = policy.initial;
     loop {
         let began = Instant::now();
-        let error = match life.run().await {
-            Ok(LifeEnd::Finished) => return InstanceEnd::Finished,
-            Ok(LifeEnd::Stopped) => return InstanceEnd::Stopped,
-            Err(e) => e,
+        let outcome = AssertUnwindSafe(life.run()).catch_unwind().await;
+        let error = match outcome {
+            Ok(Ok(LifeEnd::Finished)) => return InstanceEnd::Finished,
+            Ok(Ok(LifeEnd::Stopped)) => return InstanceEnd::Stopped,
+            Ok(Err(e)) => e,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(ToString::to_string)
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".to_owned());
+                let failure = Failure {
+                    reason: redactor
+                        .redact(&format!("the host panicked running this instance: {what}"))
+                        .into_owned(),
+                    at: SystemTime::now(),
+                };
+                tracing::error!(error = %failure.reason, "host bug; not restarting the instance");
+                return InstanceEnd::Failed(failure);
+            }
         };
         let failure = Failure {
-            reason: format!("{error:#}"),
+            reason: redactor.redact(&format!("{error:#}")).into_owned(),
             at: SystemTime::now(),
         };
         if stop.is_stopped() {
@@ -173,11 +202,12 @@ pub async fn supervise(
             of = policy.attempts,
             "instance failed; restarting in {delay:?} from its last committed position"
         );
-        watcher.restarting(&failure, delay);
+        watcher.failed(&failure, delay);
         stop.sleep(delay).await;
         if stop.is_stopped() {
             return InstanceEnd::Stopped;
         }
+        watcher.restarted();
         delay = (delay * 2).min(policy.max);
     }
 }
@@ -203,9 +233,10 @@ mod tests {
     #[derive(Default)]
     struct Delays(Mutex<Vec<Duration>>);
     impl Watcher for Delays {
-        fn restarting(&self, _: &Failure, delay: Duration) {
+        fn failed(&self, _: &Failure, delay: Duration) {
             self.0.lock().unwrap().push(delay);
         }
+        fn restarted(&self) {}
     }
 
     const POLICY: RestartPolicy = RestartPolicy {
@@ -217,7 +248,14 @@ mod tests {
     #[tokio::test]
     async fn backoff_doubles_up_to_max_then_recovers() {
         let delays = Delays::default();
-        let end = supervise(FailTimes(3), POLICY, &StopSignal::new(), &delays).await;
+        let end = supervise(
+            FailTimes(3),
+            POLICY,
+            &StopSignal::new(),
+            &delays,
+            &Redactor::default(),
+        )
+        .await;
         assert_eq!(end, InstanceEnd::Finished);
         assert_eq!(
             *delays.0.lock().unwrap(),
@@ -228,7 +266,14 @@ mod tests {
     #[tokio::test]
     async fn gives_up_after_the_attempts() {
         let delays = Delays::default();
-        let end = supervise(FailTimes(4), POLICY, &StopSignal::new(), &delays).await;
+        let end = supervise(
+            FailTimes(4),
+            POLICY,
+            &StopSignal::new(),
+            &delays,
+            &Redactor::default(),
+        )
+        .await;
         assert!(matches!(end, InstanceEnd::Failed(f) if f.reason == "broken"));
         assert_eq!(delays.0.lock().unwrap().len(), 3);
     }

@@ -447,7 +447,7 @@ impl SinkInstance {
                 } else {
                     Ok(Refused {
                         index: f.index,
-                        reason: f.reason,
+                        reason: self.redactor.redact(&f.reason).into_owned(),
                     })
                 }
             })

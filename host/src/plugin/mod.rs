@@ -343,10 +343,7 @@ impl PluginHost {
             unreachable!("kind checked above")
         };
         let mut store = sandbox::new(&self.engine, setup)?;
-        let api = pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(|e| instance::trap(plugin.name(), "instantiate", &e, &setup.grants))?;
+        let api = instantiate(plugin, setup, pre.instantiate_async(&mut store)).await?;
         Ok(SourceInstance::new(store, api, plugin.name(), setup))
     }
 
@@ -361,10 +358,26 @@ impl PluginHost {
             unreachable!("kind checked above")
         };
         let mut store = sandbox::new(&self.engine, setup)?;
-        let api = pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(|e| instance::trap(plugin.name(), "instantiate", &e, &setup.grants))?;
+        let api = instantiate(plugin, setup, pre.instantiate_async(&mut store)).await?;
         Ok(SinkInstance::new(store, api, plugin.name(), setup))
+    }
+}
+
+/// Runs an instantiation (the component's start functions) under the
+/// instance's `cpu` grant, like any call.
+async fn instantiate<T>(
+    plugin: &Plugin,
+    setup: &InstanceSetup,
+    fut: impl std::future::Future<Output = wasmtime::Result<T>>,
+) -> Result<T, PluginError> {
+    let started = std::time::Instant::now();
+    match tokio::time::timeout(setup.grants.cpu + EPOCH_TICK, fut).await {
+        Ok(r) => r.map_err(|e| instance::trap(plugin.name(), "instantiate", &e, &setup.grants)),
+        Err(_) => Err(instance::blocked(
+            plugin.name(),
+            "instantiate",
+            started,
+            &instance::CallLimits::from(&setup.grants),
+        )),
     }
 }

@@ -72,9 +72,14 @@ fn mib(bytes: usize) -> String {
 /// Enforces the `memory` grant: growing past it traps the instance with
 /// [`MemoryLimitExceeded`] (rather than failing the `memory.grow`, which a
 /// Rust plugin turns into an abort that says nothing of why).
+///
+/// The grant covers all the linear memories of the instance together (a
+/// component may hold several core modules, each with its own memory).
 #[derive(Debug)]
 pub(crate) struct MemoryLimit {
     limit: usize,
+    /// Linear memory of all the instance's memories so far.
+    total: usize,
 }
 
 /// Most table elements an instance may have: far more than any real
@@ -84,17 +89,19 @@ const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 impl ResourceLimiter for MemoryLimit {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.limit {
+        let total = self.total.saturating_add(desired.saturating_sub(current));
+        if total > self.limit {
             return Err(MemoryLimitExceeded {
-                desired,
+                desired: total,
                 limit: self.limit,
             }
             .into());
         }
+        self.total = total;
         Ok(true)
     }
 
@@ -265,6 +272,7 @@ pub(crate) fn new(engine: &Engine, setup: &InstanceSetup) -> Result<Store<HostSt
         table: ResourceTable::new(),
         limits: MemoryLimit {
             limit: usize::try_from(setup.grants.memory_bytes).unwrap_or(usize::MAX),
+            total: 0,
         },
         connector: setup.connector.clone(),
         instance: setup.index,

@@ -54,3 +54,88 @@ impl Probe {
         Ok(Poll::default().done_if(true))
     }
 }
+
+/// The config of a probe that reads or writes one path; `None` takes the
+/// fixture's default.
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PathConfig {
+    /// The path to try.
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+/// The config of a probe that connects to an address.
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddrConfig {
+    /// Where to connect, e.g. `127.0.0.1:8080`.
+    pub addr: String,
+}
+
+/// The config of a probe that looks something up by name (a host name, a
+/// variable).
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NameConfig {
+    /// The name.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// Reads `path` whole.
+pub fn read(path: &str) -> std::io::Result<String> {
+    std::fs::read_to_string(path).map(|s| format!("read {} bytes", s.len()))
+}
+
+/// Opens a TCP connection to `addr` (an IP address and port: no name
+/// lookup) and sends `hello`.
+pub fn connect_and_greet(addr: &str) -> std::io::Result<String> {
+    use std::io::Write;
+    let target: std::net::SocketAddr = addr.parse().map_err(|e| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{addr}: {e}"))
+    })?;
+    let mut stream = std::net::TcpStream::connect(target)?;
+    stream.write_all(b"hello")?;
+    Ok(format!("sent 5 bytes to {target}"))
+}
+
+/// Defines the fixture's source and exports it: on `open` it evaluates
+/// `$try` with the parsed config bound to `$config`, and reports the
+/// outcome as its one record.
+///
+/// ```ignore
+/// sluice_probe::probe!("read-etc-passwd", PathConfig, |c| {
+///     sluice_probe::read(c.path.as_deref().unwrap_or("/etc/passwd"))
+/// });
+/// ```
+#[macro_export]
+macro_rules! probe {
+    ($fixture:literal, $config:ty, |$c:ident| $try:expr) => {
+        /// The probe.
+        #[derive(Debug)]
+        pub struct Fixture($crate::Probe);
+
+        impl ::sluice_sdk::Source for Fixture {
+            type Config = $config;
+
+            fn open(
+                $c: $config,
+                _ctx: &::sluice_sdk::Context,
+                _resume: Option<&[u8]>,
+            ) -> Result<Self, ::sluice_sdk::Error> {
+                Ok(Fixture($crate::Probe::new($fixture, $try)))
+            }
+
+            fn poll(
+                &mut self,
+                out: &mut ::sluice_sdk::BatchWriter,
+                _max: usize,
+            ) -> Result<::sluice_sdk::Poll, ::sluice_sdk::Error> {
+                self.0.poll(out)
+            }
+        }
+
+        ::sluice_sdk::export_source!(Fixture);
+    };
+}
