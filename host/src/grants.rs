@@ -668,4 +668,17 @@ mod tests {
             "a name allows only what it resolves to"
         );
     }
+
+    #[tokio::test]
+    async fn a_net_grant_lets_a_plugin_reach_peers_but_never_serve() {
+        let rules = Arc::new(vec![NetRule::parse("0.0.0.0/0:1-65535").unwrap()]);
+        let check = |addr: &str, u| check_socket(rules.clone(), addr.parse().unwrap(), u);
+        assert!(check("0.0.0.0:0", SocketAddrUse::TcpBind).await);
+        assert!(check("10.0.0.1:80", SocketAddrUse::TcpConnect).await);
+        assert!(check("10.0.0.1:53", SocketAddrUse::UdpSend).await);
+        assert!(!check("0.0.0.0:8080", SocketAddrUse::TcpBind).await);
+        assert!(!check("127.0.0.1:0", SocketAddrUse::UdpBind).await);
+        assert!(!check("0.0.0.0:8080", SocketAddrUse::TcpListen).await);
+        assert!(!check("10.0.0.1:40000", SocketAddrUse::TcpAccept).await);
+    }
 }
