@@ -6,7 +6,7 @@
 //! while the host kept running. A probe fixture reports what it found as
 //! one JSON record, which a second `file-sink` writes under `probe-out/`.
 
-#![allow(clippy::unwrap_used, clippy::print_stderr)]
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -26,7 +26,8 @@ const HEALTHY_RATE: u64 = 10_000;
 /// The host's epoch tick (`plugin::EPOCH_TICK`).
 const TICK: Duration = Duration::from_millis(10);
 
-/// A manifest with the healthy pair, the fixture as source `fixture`
+/// A manifest with the healthy pair (`gen` → `files`, from
+/// [`datagen_to_files`]), the fixture as source `fixture`
 /// writing topic `probe` (with its config, grants and restart tables as
 /// given), and a file sink of `probe` into `probe-out/`.
 fn manifest(dir: &Path, fixture: &str, extra: &str) -> PathBuf {
@@ -34,31 +35,7 @@ fn manifest(dir: &Path, fixture: &str, extra: &str) -> PathBuf {
     write_manifest(
         dir,
         &format!(
-            r#"
-[broker]
-data_dir = "data"
-
-[[connector]]
-name = "healthy-gen"
-kind = "source"
-plugin = "datagen"
-topic = "events"
-[connector.config]
-count = {HEALTHY}
-rate = {HEALTHY_RATE}
-payload_bytes = 64
-
-[[connector]]
-name = "healthy-files"
-kind = "sink"
-plugin = "file-sink"
-topic = "events"
-flush_interval_ms = 200
-[connector.config]
-path = "/out"
-[connector.grants]
-files = [{{ host = "out", guest = "/out", mode = "read-write" }}]
-
+            r#"{healthy}
 [[connector]]
 name = "probe-files"
 kind = "sink"
@@ -76,26 +53,15 @@ kind = "source"
 plugin = {plugin:?}
 topic = "probe"
 {extra}
-"#
+"#,
+            healthy = datagen_to_files(HEALTHY, HEALTHY_RATE)
         ),
     )
 }
 
 /// Runs the manifest to its end, with `env` set for the host.
 fn run_with(manifest: &Path, env: &[(&str, &str)]) -> Output {
-    let mut cmd = sluice();
-    cmd.args(["run", "--no-progress", manifest.to_str().unwrap()]);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().unwrap();
-    eprintln!(
-        "sluice run exited {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    run_env(&["run", "--no-progress", manifest.to_str().unwrap()], env)
 }
 
 /// The healthy pair delivered every record once, and the host ended by
@@ -107,7 +73,7 @@ fn assert_healthy(dir: &Path, out: &Output) {
         out.status
     );
     assert_exactly_once(seqs(&dir.join("out")), HEALTHY);
-    let line = summary_line(out, "healthy-files");
+    let line = summary_line(out, "files ");
     assert!(line.contains("finished"), "{line}");
 }
 
@@ -755,13 +721,13 @@ cpu = "2s"
     );
     assert!(row("fixture", "memory").contains("64 MiB"), "{text}");
     assert!(row("fixture", "cpu").contains("2s per call"), "{text}");
-    assert!(row("healthy-gen", "files").contains("none"), "{text}");
+    assert!(row("gen ", "files").contains("none"), "{text}");
     assert!(
-        row("healthy-gen", "memory").contains("256 MiB (default)"),
+        row("gen ", "memory").contains("256 MiB (default)"),
         "{text}"
     );
     assert!(
-        row("healthy-files", "files").contains("as /out (read-write)"),
+        row("files ", "files").contains("as /out (read-write)"),
         "{text}"
     );
 }

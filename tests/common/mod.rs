@@ -34,7 +34,17 @@ pub fn write_manifest(dir: &Path, manifest: &str) -> PathBuf {
 
 /// Runs `sluice <args…>` to completion.
 pub fn run(args: &[&str]) -> Output {
-    let out = sluice().args(args).output().unwrap();
+    run_env(args, &[])
+}
+
+/// Runs `sluice <args…>` to completion with `env` set.
+pub fn run_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = sluice();
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
     eprintln!(
         "sluice {args:?} exited {:?}\n--- stdout\n{}\n--- stderr\n{}",
         out.status.code(),
