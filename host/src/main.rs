@@ -174,7 +174,7 @@ async fn validate(path: &Path, plugins: &PluginHost) -> anyhow::Result<ExitCode>
         println!(
             "  {:<16} {:<6} plugin {} {}  topics: {}",
             c.config.name.get_ref(),
-            c.config.kind,
+            c.config.kind.to_string(),
             c.spec.name,
             c.spec.version,
             c.config.topic_names().join(", ")
