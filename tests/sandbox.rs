@@ -103,12 +103,7 @@ fn run_failing(fixture: &str, extra: &str) -> (tempfile::TempDir, Output, String
 
 /// The lines the probe sink wrote.
 fn probe_lines(dir: &Path) -> Vec<String> {
-    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir.join("probe-out")) {
-        Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
-        Err(_) => return Vec::new(),
-    };
-    files.sort();
-    files
+    output_files(&dir.join("probe-out"))
         .iter()
         .flat_map(|f| {
             std::fs::read_to_string(f)

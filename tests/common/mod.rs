@@ -99,15 +99,24 @@ files = [{{ host = "out", guest = "/out", mode = "read-write" }}]
     )
 }
 
-/// Every `seq` value in the lines of the files under `dir`, in file order.
-pub fn seqs(dir: &Path) -> Vec<u64> {
+/// The output files under `dir` in name order, leaving out dot-files (the
+/// `file-sink`'s offset markers).
+pub fn output_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
-        Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
+        Ok(entries) => entries
+            .map(|e| e.unwrap().path())
+            .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+            .collect(),
         Err(_) => return Vec::new(),
     };
     files.sort();
+    files
+}
+
+/// Every `seq` value in the lines of the files under `dir`, in file order.
+pub fn seqs(dir: &Path) -> Vec<u64> {
     let mut out = Vec::new();
-    for f in files {
+    for f in output_files(dir) {
         let text = std::fs::read_to_string(&f).unwrap();
         for line in text.lines() {
             let rest = line

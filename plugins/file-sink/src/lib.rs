@@ -1,20 +1,29 @@
 //! `file-sink`: writes each record's value as one line into files under a
-//! directory the connector is granted.
+//! directory the connector is granted, exactly once, even across a crash.
 //!
 //! Files are named `<topic>-<partition>-<first offset>.txt` after the first
-//! record they hold, and roll when they pass `max_file_bytes`. `flush` writes
-//! out the buffer and syncs the file, so what the sink reports flushed is on
-//! disk. After a crash the host redelivers from its last committed offset;
-//! a file that began with uncommitted records is then written again under
-//! the same name, but records appended to an older file after its last
-//! flush can appear twice. (Storing the sink's own offsets with its files,
-//! for exactly once, is planned with the crash-safety work.)
+//! record they hold, and roll when they pass `max_file_bytes`.
+//!
+//! **Exactly once.** On `flush` the sink syncs the file it is writing and
+//! then records, per topic partition, the offset of the next record it
+//! wants, the file and the file's length, in a small marker file
+//! (`.sluice-offset-<topic>-<partition>`) replaced by an atomic rename. On
+//! `open` it returns those offsets to the host, which resumes there rather
+//! than at its own commits, and it first undoes whatever was written after
+//! the marker: the marked file is cut back to its marked length, and files
+//! begun after it are removed. So a record is in the output once whether
+//! the host stopped cleanly or was killed at any moment. A reader should
+//! skip dot-files (the markers); every `.txt` file holds whole lines.
+//!
+//! With several instances, instance `i` of `n` owns the partitions `p` with
+//! `p % n == i` (the host's assignment), and recovers only those.
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use sluice_sdk::{Batch, Context, Error, Origin, Rejects, Sink};
+use sluice_sdk::{Batch, Context, Error, Origin, Rejects, Sink, StoredOffset};
 
 /// Config of the `file-sink`.
 #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
@@ -33,12 +42,31 @@ fn default_max_file_bytes() -> u64 {
     64 * 1024 * 1024
 }
 
-/// An open output file.
+/// The file being written for one topic partition.
 #[derive(Debug)]
 struct Current {
     file: BufWriter<File>,
-    path: PathBuf,
+    name: String,
     bytes: u64,
+}
+
+/// One topic partition's output.
+#[derive(Debug, Default)]
+struct Partition {
+    current: Option<Current>,
+    /// The offset after the last record written.
+    next: u64,
+    /// Written since the last marker.
+    dirty: bool,
+}
+
+/// What a marker says: everything before `next` is in the files, the last
+/// of them being `file`, `len` bytes long.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Marker {
+    next: u64,
+    len: u64,
+    file: String,
 }
 
 /// The sink's state.
@@ -46,61 +74,186 @@ struct Current {
 pub struct FileSink {
     dir: PathBuf,
     max_file_bytes: u64,
-    /// One open file per (topic, partition), so partitions never interleave.
-    current: Vec<((String, u32), Current)>,
+    /// By (topic, partition), so partitions never interleave.
+    partitions: BTreeMap<(String, u32), Partition>,
+    /// Offsets found in markers at open.
+    stored: Vec<StoredOffset>,
+}
+
+fn marker_name(topic: &str, partition: u32) -> String {
+    format!(".sluice-offset-{topic}-{partition}")
+}
+
+fn data_name(topic: &str, partition: u32, first: u64) -> String {
+    format!("{topic}-{partition}-{first:020}.txt")
+}
+
+/// Splits `<topic>-<partition>-<first>.txt` (topics may hold `-`).
+fn parse_data_name(name: &str) -> Option<(String, u32, u64)> {
+    let stem = name.strip_suffix(".txt")?;
+    let (rest, first) = stem.rsplit_once('-')?;
+    let (topic, partition) = rest.rsplit_once('-')?;
+    Some((
+        topic.to_owned(),
+        partition.parse().ok()?,
+        first.parse().ok()?,
+    ))
+}
+
+/// Splits `.sluice-offset-<topic>-<partition>`.
+fn parse_marker_name(name: &str) -> Option<(String, u32)> {
+    let rest = name.strip_prefix(".sluice-offset-")?;
+    let (topic, partition) = rest.rsplit_once('-')?;
+    Some((topic.to_owned(), partition.parse().ok()?))
+}
+
+fn parse_marker(text: &str) -> Option<Marker> {
+    let mut parts = text.trim_end_matches('\n').splitn(3, ' ');
+    Some(Marker {
+        next: parts.next()?.parse().ok()?,
+        len: parts.next()?.parse().ok()?,
+        file: parts.next()?.to_owned(),
+    })
+}
+
+fn io(what: &str, path: &Path, e: std::io::Error) -> Error {
+    Error::retriable(format!("cannot {what} {}: {e}", path.display()))
 }
 
 impl FileSink {
-    fn file_for(&mut self, origin: &Origin) -> Result<&mut Current, Error> {
-        let key = (origin.topic.clone(), origin.partition);
-        let full = self
-            .current
-            .iter()
-            .position(|(k, c)| *k == key && c.bytes >= self.max_file_bytes);
-        if let Some(i) = full {
-            let (_, mut done) = self.current.swap_remove(i);
-            finish(&mut done)?;
-        }
-        let i = match self.current.iter().position(|(k, _)| *k == key) {
-            Some(i) => i,
-            None => {
-                let name = format!(
-                    "{}-{}-{:020}.txt",
-                    origin.topic, origin.partition, origin.first_offset
-                );
-                let path = self.dir.join(name);
-                let file = OpenOptions::new()
-                    .create(true)
-                    .write(true)
-                    .truncate(true)
-                    .open(&path)
-                    .map_err(|e| Error::fatal(format!("cannot create {}: {e}", path.display())))?;
-                self.current.push((
-                    key,
-                    Current {
-                        file: BufWriter::with_capacity(1 << 20, file),
-                        path,
-                        bytes: 0,
-                    },
-                ));
-                self.current.len() - 1
+    /// Reads the markers, and for the partitions this instance owns, cuts
+    /// back what was written after them.
+    fn recover(&mut self, ctx: &Context) -> Result<(), Error> {
+        let mut markers = BTreeMap::new();
+        let mut data = Vec::new();
+        let entries = std::fs::read_dir(&self.dir).map_err(|e| io("list", &self.dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| io("list", &self.dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(key) = parse_marker_name(&name) {
+                let path = self.dir.join(&name);
+                let text = std::fs::read_to_string(&path).map_err(|e| io("read", &path, e))?;
+                let marker = parse_marker(&text).ok_or_else(|| {
+                    Error::fatal(format!("{} is not a file-sink marker", path.display()))
+                })?;
+                markers.insert(key, marker);
+            } else if name.starts_with(".sluice-offset-") && name.ends_with(".tmp") {
+                // A marker that was never renamed into place.
+                let _ = std::fs::remove_file(self.dir.join(&name));
+            } else if let Some(parsed) = parse_data_name(&name) {
+                data.push((parsed, name));
             }
-        };
-        Ok(&mut self.current[i].1)
+        }
+        let owned = |p: u32| ctx.count <= 1 || p % ctx.count == ctx.index;
+        for ((topic, partition, first), name) in data {
+            if !owned(partition) {
+                continue;
+            }
+            let marker = markers.get(&(topic.clone(), partition));
+            let path = self.dir.join(&name);
+            match marker {
+                Some(m) if m.file == name => {
+                    let file = OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .map_err(|e| io("open", &path, e))?;
+                    file.set_len(m.len).map_err(|e| io("cut back", &path, e))?;
+                    file.sync_all().map_err(|e| io("sync", &path, e))?;
+                }
+                Some(m) if first < m.next => {} // complete, before the marker
+                _ => {
+                    // Begun after the last marker: none of it was committed.
+                    std::fs::remove_file(&path).map_err(|e| io("remove", &path, e))?;
+                }
+            }
+        }
+        for ((topic, partition), m) in markers {
+            self.stored.push(StoredOffset {
+                topic: topic.clone(),
+                partition,
+                next_offset: m.next,
+            });
+            if owned(partition) && m.len < self.max_file_bytes {
+                // Go on appending to the marked file.
+                let path = self.dir.join(&m.file);
+                if let Ok(file) = OpenOptions::new().append(true).open(&path) {
+                    self.partitions.insert(
+                        (topic, partition),
+                        Partition {
+                            current: Some(Current {
+                                file: BufWriter::with_capacity(1 << 20, file),
+                                name: m.file.clone(),
+                                bytes: m.len,
+                            }),
+                            next: m.next,
+                            dirty: false,
+                        },
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The file for a batch from `origin`: the partition's current one, or
+    /// a new one when there is none or it is full.
+    fn file_for(&mut self, origin: &Origin) -> Result<&mut Partition, Error> {
+        let key = (origin.topic.clone(), origin.partition);
+        let p = self.partitions.entry(key).or_default();
+        if p.current
+            .as_ref()
+            .is_some_and(|c| c.bytes >= self.max_file_bytes)
+        {
+            let mut full = p.current.take().expect("checked above");
+            sync(&self.dir, &mut full)?;
+        }
+        if p.current.is_none() {
+            let name = data_name(&origin.topic, origin.partition, origin.first_offset);
+            let path = self.dir.join(&name);
+            let file = OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(true)
+                .open(&path)
+                .map_err(|e| io("create", &path, e))?;
+            p.current = Some(Current {
+                file: BufWriter::with_capacity(1 << 20, file),
+                name,
+                bytes: 0,
+            });
+        }
+        Ok(p)
     }
 }
 
-fn finish(c: &mut Current) -> Result<(), Error> {
+fn sync(dir: &Path, c: &mut Current) -> Result<(), Error> {
     c.file
         .flush()
         .and_then(|()| c.file.get_ref().sync_all())
-        .map_err(|e| Error::retriable(format!("cannot flush {}: {e}", c.path.display())))
+        .map_err(|e| io("flush", &dir.join(&c.name), e))
+}
+
+/// Replaces the marker of a partition: written aside, synced, renamed.
+fn write_marker(dir: &Path, topic: &str, partition: u32, m: &Marker) -> Result<(), Error> {
+    let name = marker_name(topic, partition);
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut f = File::create(&tmp).map_err(|e| io("create", &tmp, e))?;
+    writeln!(f, "{} {} {}", m.next, m.len, m.file)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| io("write", &tmp, e))?;
+    let path = dir.join(&name);
+    std::fs::rename(&tmp, &path).map_err(|e| io("rename into", &path, e))?;
+    // Make the rename itself durable where the platform allows it.
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
 }
 
 impl Sink for FileSink {
     type Config = Config;
 
-    fn open(config: Config, _ctx: &Context) -> Result<Self, Error> {
+    fn open(config: Config, ctx: &Context) -> Result<Self, Error> {
         let dir = PathBuf::from(&config.path);
         std::fs::read_dir(&dir).map_err(|e| {
             Error::invalid_config(format!(
@@ -108,11 +261,18 @@ impl Sink for FileSink {
                 dir.display()
             ))
         })?;
-        Ok(FileSink {
+        let mut sink = FileSink {
             dir,
             max_file_bytes: config.max_file_bytes,
-            current: Vec::new(),
-        })
+            partitions: BTreeMap::new(),
+            stored: Vec::new(),
+        };
+        sink.recover(ctx)?;
+        Ok(sink)
+    }
+
+    fn stored_offsets(&self) -> Vec<StoredOffset> {
+        self.stored.clone()
     }
 
     fn write(
@@ -121,23 +281,36 @@ impl Sink for FileSink {
         batch: Batch<'_>,
         _rejects: &mut Rejects,
     ) -> Result<(), Error> {
-        let current = self.file_for(origin)?;
+        let dir = self.dir.clone();
+        let p = self.file_for(origin)?;
+        let current = p.current.as_mut().expect("file_for opens one");
         for record in batch.iter() {
             current
                 .file
                 .write_all(record.value)
                 .and_then(|()| current.file.write_all(b"\n"))
-                .map_err(|e| {
-                    Error::retriable(format!("cannot write {}: {e}", current.path.display()))
-                })?;
+                .map_err(|e| io("write", &dir.join(&current.name), e))?;
             current.bytes += record.value.len() as u64 + 1;
         }
+        p.next = origin.first_offset + batch.len() as u64;
+        p.dirty = true;
         Ok(())
     }
 
     fn flush(&mut self) -> Result<(), Error> {
-        for (_, c) in &mut self.current {
-            finish(c)?;
+        for ((topic, partition), p) in &mut self.partitions {
+            if !p.dirty {
+                continue;
+            }
+            let current = p.current.as_mut().expect("a written partition has a file");
+            sync(&self.dir, current)?;
+            let marker = Marker {
+                next: p.next,
+                len: current.bytes,
+                file: current.name.clone(),
+            };
+            write_marker(&self.dir, topic, *partition, &marker)?;
+            p.dirty = false;
         }
         Ok(())
     }
@@ -148,3 +321,25 @@ impl Sink for FileSink {
 }
 
 sluice_sdk::export_sink!(FileSink);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_with_dashes_in_topics() {
+        let name = data_name("my-topic", 3, 42);
+        assert_eq!(parse_data_name(&name), Some(("my-topic".to_owned(), 3, 42)));
+        assert_eq!(
+            parse_marker_name(&marker_name("a-b", 7)),
+            Some(("a-b".to_owned(), 7))
+        );
+        let m = Marker {
+            next: 10,
+            len: 20,
+            file: name,
+        };
+        let text = format!("{} {} {}\n", m.next, m.len, m.file);
+        assert_eq!(parse_marker(&text), Some(m));
+    }
+}

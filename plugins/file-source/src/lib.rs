@@ -26,6 +26,9 @@ pub struct Config {
     /// Keep reading as files grow and appear instead of ending.
     #[serde(default)]
     pub tail: bool,
+    /// Lines per second per instance; 0 means as fast as it can read.
+    #[serde(default)]
+    pub rate: u64,
 }
 
 /// The reader's state.
@@ -40,6 +43,10 @@ pub struct FileSource {
     file: Option<String>,
     offset: u64,
     reader: Option<BufReader<File>>,
+    /// Lines per second (0: no limit), since `started`.
+    rate: u64,
+    started: std::time::Instant,
+    emitted: u64,
 }
 
 /// Encodes a position: the offset as a little-endian u64, then the name.
@@ -144,6 +151,9 @@ impl Source for FileSource {
             file,
             offset,
             reader: None,
+            rate: config.rate,
+            started: std::time::Instant::now(),
+            emitted: 0,
         })
     }
 
@@ -154,8 +164,22 @@ impl Source for FileSource {
                 end_of_stream: !self.tail,
             });
         }
+        let mut budget = max_records;
+        if self.rate > 0 {
+            let due = (self.started.elapsed().as_secs_f64() * self.rate as f64) as u64;
+            budget =
+                budget.min(usize::try_from(due.saturating_sub(self.emitted)).unwrap_or(usize::MAX));
+            if budget == 0 {
+                let position = self.file.as_deref().map(|f| encode(f, self.offset));
+                return Ok(Poll {
+                    position,
+                    end_of_stream: false,
+                });
+            }
+        }
+        let start_len = out.len();
         let mut line = Vec::new();
-        while out.len() < max_records {
+        while out.len() < start_len + budget {
             let tail = self.tail;
             let Some(reader) = self.reader()? else { break };
             line.clear();
@@ -180,6 +204,7 @@ impl Source for FileSource {
                 break;
             }
         }
+        self.emitted += (out.len() - start_len) as u64;
         let position = self.file.as_deref().map(|f| encode(f, self.offset));
         let done = !self.tail && out.is_empty() && {
             // Nothing read in this poll and no further file: the end.
@@ -224,6 +249,7 @@ mod tests {
         let config = || Config {
             path: dir.display().to_string(),
             tail: false,
+            rate: 0,
         };
 
         let mut src = FileSource::open(config(), &ctx, None).unwrap();

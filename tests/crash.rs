@@ -1,0 +1,144 @@
+//! Nothing lost, nothing twice: the host killed with SIGKILL at random
+//! moments and restarted each time, checked by sequence numbers, as Kafka
+//! Connect's hard-kill tests do.
+//!
+//! Each storm prints its seed; `SLUICE_STORM_SEED=<seed>` replays one.
+
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+
+/// A small xorshift generator: the storm needs reproducible, not good,
+/// randomness.
+struct Rng(u64);
+
+impl Rng {
+    fn from_env_or_clock() -> Self {
+        let seed = std::env::var("SLUICE_STORM_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+                    | 1
+            });
+        eprintln!("storm seed: {seed} (SLUICE_STORM_SEED={seed} replays it)");
+        Rng(seed)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// Starts `sluice run` on `manifest`, kills it with SIGKILL after a random
+/// wait in `window` (unless it has ended by then), `kills` times; then runs
+/// it to its end and returns how many runs were really cut short.
+fn storm(dir: &Path, manifest: &Path, kills: u32, window: std::ops::Range<u64>) -> u32 {
+    let mut rng = Rng::from_env_or_clock();
+    let mut cut = 0;
+    for i in 0..kills {
+        let log = std::fs::File::create(dir.join(format!("run-{i}.log"))).unwrap();
+        let mut child = sluice()
+            .args(["run", "--no-progress", manifest.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let wait = window.start + rng.below(window.end - window.start);
+        std::thread::sleep(Duration::from_millis(wait));
+        match child.try_wait().unwrap() {
+            Some(status) => assert!(
+                status.success(),
+                "run {i} ended by itself but failed: {status:?} (see run-{i}.log)"
+            ),
+            None => {
+                child.kill().unwrap(); // SIGKILL
+                child.wait().unwrap();
+                cut += 1;
+            }
+        }
+    }
+    let out = run(&["run", "--no-progress", manifest.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "the last run finishes the work");
+    cut
+}
+
+const RECORDS: u64 = 1_000_000;
+
+#[test]
+fn a_datagen_to_file_sink_pipeline_killed_twenty_times_delivers_every_seq_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // 200,000 records/s: the million takes five seconds of running, so the
+    // kills land while records flow.
+    let manifest = write_manifest(dir.path(), &datagen_to_files(RECORDS, 200_000));
+    let cut = storm(dir.path(), &manifest, 20, 100..700);
+    eprintln!("{cut} of 20 runs were killed mid-flight");
+    assert!(
+        cut >= 10,
+        "most kills must land while records flow, got {cut}"
+    );
+    assert_exactly_once(seqs(&dir.path().join("out")), RECORDS);
+}
+
+#[test]
+fn a_file_source_to_file_sink_pipeline_killed_twenty_times_delivers_every_line_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    // Two files of numbered lines, so a kill can land in either, or
+    // between them; read at 200,000 lines/s so the kills land while lines
+    // flow.
+    for (name, range) in [("a.txt", 0..RECORDS / 2), ("b.txt", RECORDS / 2..RECORDS)] {
+        let text: String = range.map(|i| format!("{{\"seq\":{i}}}\n")).collect();
+        std::fs::write(input.join(name), text).unwrap();
+    }
+    let manifest = write_manifest(
+        dir.path(),
+        r#"
+[broker]
+data_dir = "data"
+
+[[connector]]
+name = "lines"
+kind = "source"
+plugin = "file-source"
+topic = "lines"
+[connector.config]
+path = "/in"
+rate = 200000
+[connector.grants]
+files = [{ host = "in", guest = "/in" }]
+
+[[connector]]
+name = "files"
+kind = "sink"
+plugin = "file-sink"
+topic = "lines"
+flush_interval_ms = 50
+[connector.config]
+path = "/out"
+max_file_bytes = 1000000
+[connector.grants]
+files = [{ host = "out", guest = "/out", mode = "read-write" }]
+"#,
+    );
+    let cut = storm(dir.path(), &manifest, 20, 100..700);
+    eprintln!("{cut} of 20 runs were killed mid-flight");
+    assert!(
+        cut >= 10,
+        "most kills must land while records flow, got {cut}"
+    );
+    assert_exactly_once(seqs(&dir.path().join("out")), RECORDS);
+}
