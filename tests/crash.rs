@@ -238,3 +238,99 @@ fn a_flipped_byte_mid_segment_is_refused_naming_file_and_offset_and_nothing_reac
         "no record reached the sink"
     );
 }
+
+#[test]
+fn poison_records_go_to_the_dead_letter_topic_each_with_its_error_and_origin() {
+    const PRODUCED: u64 = 100_000;
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = write_manifest(
+        dir.path(),
+        &format!(
+            r#"
+[broker]
+data_dir = "data"
+
+[[connector]]
+name = "gen"
+kind = "source"
+plugin = "datagen"
+topic = "events"
+[connector.config]
+count = {PRODUCED}
+payload_bytes = 32
+
+[[connector]]
+name = "picky"
+kind = "sink"
+plugin = {plugin:?}
+topic = "events"
+[connector.config]
+path = "/out"
+every = 1000
+[connector.grants]
+files = [{{ host = "accepted", guest = "/out", mode = "read-write" }}]
+
+[[connector]]
+name = "dlq-reader"
+kind = "sink"
+plugin = "file-sink"
+topic = "picky.dlq"
+[connector.config]
+path = "/out"
+format = "json"
+[connector.grants]
+files = [{{ host = "dlq", guest = "/out", mode = "read-write" }}]
+"#,
+            plugin = wasm("reject-every-nth")
+        ),
+    );
+    let out = run(&["run", "--no-progress", manifest.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "a bounded run ends, DLQ included"
+    );
+    let delivered = seqs(&dir.path().join("accepted"));
+    let mut dead = Vec::new();
+    for f in output_files(&dir.path().join("dlq")) {
+        for line in std::fs::read_to_string(f).unwrap().lines() {
+            let r: serde_json::Value = serde_json::from_str(line).unwrap();
+            let seq: u64 = r["value"].as_str().unwrap()[7..]
+                .split([',', '}'])
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert_eq!(r["topic"], "picky.dlq");
+            let h = &r["headers"];
+            assert_eq!(
+                h["sluice.error"],
+                format!("seq {seq} is a multiple of 1000"),
+                "{r}"
+            );
+            assert_eq!(h["sluice.connector"], "picky");
+            assert_eq!(h["sluice.topic"], "events");
+            assert_eq!(h["sluice.partition"], "0");
+            // One producer into one partition: offset = seq.
+            assert_eq!(h["sluice.offset"], seq.to_string());
+            dead.push(seq);
+        }
+    }
+    let expected: Vec<u64> = (0..PRODUCED).step_by(1000).collect();
+    dead.sort_unstable();
+    assert_eq!(dead, expected, "exactly the refused records, once each");
+    assert_eq!(
+        delivered.len() as u64 + dead.len() as u64,
+        PRODUCED,
+        "delivered + dead-lettered = produced"
+    );
+    let mut all = delivered;
+    all.extend(&dead);
+    assert_exactly_once(all, PRODUCED);
+    let line = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.starts_with("picky"))
+        .unwrap()
+        .to_owned();
+    assert!(line.contains("100 dead-lettered to picky.dlq"), "{line}");
+}

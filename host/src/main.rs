@@ -344,7 +344,13 @@ fn print_summary(reports: &[Arc<ConnectorReport>]) {
         };
         let refused = r.stats.refused();
         let refused = if refused > 0 {
-            format!(" ({} refused by the sink, see the log)", thousands(refused))
+            format!(
+                " ({} dead-lettered to {})",
+                thousands(refused),
+                r.dead_letter_topic
+                    .as_deref()
+                    .unwrap_or("the dead-letter topic")
+            )
         } else {
             String::new()
         };

@@ -209,6 +209,16 @@ pub struct ConnectorConfig {
     #[serde(default)]
     pub batch: BatchConfig,
 
+    /// Sinks: the topic that records the sink refuses on their merits go
+    /// to, each with the error, the connector and its origin topic,
+    /// partition and offset in headers. Default `"<name>.dlq"`.
+    ///
+    /// ```toml
+    /// dead_letter_topic = "orders-sink.dlq"
+    /// ```
+    #[serde(default)]
+    pub dead_letter_topic: Option<Spanned<String>>,
+
     /// Sinks: longest time between flushes, in milliseconds. Offsets are
     /// committed only after a flush. Default 1000.
     ///
@@ -250,6 +260,14 @@ pub struct ConnectorConfig {
 }
 
 impl ConnectorConfig {
+    /// A sink's dead-letter topic.
+    pub fn dead_letter_topic(&self) -> String {
+        self.dead_letter_topic.as_ref().map_or_else(
+            || format!("{}.dlq", self.name.get_ref()),
+            |t| t.get_ref().clone(),
+        )
+    }
+
     /// The topics this connector reads (sink) or writes (source).
     pub fn topic_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.topic.iter().map(|t| t.get_ref().clone()).collect();
@@ -715,7 +733,27 @@ impl Manifest {
                     }
                 }
             }
-            for t in c.topic_names() {
+            if let Some(t) = &c.dead_letter_topic {
+                if c.kind == ConnectorKind::Source {
+                    return Err(self
+                        .error(t.span(), "a source has no dead-letter topic")
+                        .field(format!("connector[{i}].dead_letter_topic"))
+                        .help("remove it; only a sink refuses records"));
+                }
+                if c.topic_names().contains(t.get_ref()) {
+                    return Err(self
+                        .error(t.span(), "a sink cannot dead-letter into a topic it reads")
+                        .field(format!("connector[{i}].dead_letter_topic"))
+                        .help(format!(
+                            "use another topic, e.g. `dead_letter_topic = \"{name}.dlq\"`"
+                        )));
+                }
+            }
+            for t in c
+                .topic_names()
+                .into_iter()
+                .chain(c.dead_letter_topic.as_ref().map(|t| t.get_ref().clone()))
+            {
                 let ok = !t.is_empty()
                     && t.chars()
                         .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-'));

@@ -27,8 +27,8 @@ use crate::manifest::{ConnectorConfig, ConnectorKind, Manifest, ManifestError};
 use crate::plugin::instance::SinkOffset;
 use crate::plugin::{InstanceSetup, Plugin, PluginHost, PluginKind, PluginRef, Spec, StateStore};
 use crate::pump::{
-    Assignment, PumpStats, SinkPump, SinkPumpConfig, SourceEnd, SourcePump, SourcePumpConfig,
-    StopSignal, TopicSeal, TopicSealer,
+    Assignment, DeadLetter, PumpStats, SinkPump, SinkPumpConfig, SourceEnd, SourcePump,
+    SourcePumpConfig, StopSignal, TopicSeal, TopicSealer,
 };
 use crate::secrets::{Redactor, Secrets};
 use crate::supervisor::{self, Failure, InstanceEnd, Life, LifeEnd, RestartPolicy, Watcher};
@@ -244,6 +244,8 @@ pub struct ConnectorReport {
     restarts: AtomicU32,
     /// The last failure of any of its instances.
     last_error: Mutex<Option<Failure>>,
+    /// A sink's dead-letter topic.
+    pub dead_letter_topic: Option<String>,
 }
 
 impl ConnectorReport {
@@ -258,6 +260,7 @@ impl ConnectorReport {
             running: AtomicU32::new(0),
             restarts: AtomicU32::new(0),
             last_error: Mutex::new(None),
+            dead_letter_topic: None,
         }
     }
 
@@ -354,7 +357,7 @@ pub async fn start(
     );
     // Every secret of the manifest is masked in every connector's output.
     let redactor = Redactor::new(connectors.iter().flat_map(|c| c.secrets.values()));
-    let seals = Arc::new(Seals::for_sources(&connectors));
+    let seals = Arc::new(Seals::for_writers(&connectors));
     let stop = StopSignal::new();
     let mut tasks = JoinSet::new();
     let mut reports = Vec::new();
@@ -367,7 +370,11 @@ pub async fn start(
                 .connector_state(name)
                 .with_context(|| format!("opening the state of connector {name:?}"))?,
         );
-        let report = Arc::new(ConnectorReport::new(name.clone(), c.config.kind));
+        let mut report = ConnectorReport::new(name.clone(), c.config.kind);
+        if c.config.kind == ConnectorKind::Sink {
+            report.dead_letter_topic = Some(c.config.dead_letter_topic());
+        }
+        let report = Arc::new(report);
         reports.push(report.clone());
         let connector: Arc<str> = name.as_str().into();
         let topics = c.config.topic_names();
@@ -430,6 +437,7 @@ pub async fn start(
                     );
                 }
                 ConnectorKind::Sink => {
+                    let seal = seals.0.get(&c.config.dead_letter_topic()).cloned();
                     let life = SinkLife {
                         shared,
                         seals: seals.clone(),
@@ -439,6 +447,13 @@ pub async fn start(
                             let end =
                                 supervisor::supervise(life, policy, &stop, &*report, &redactor)
                                     .await;
+                            // Its dead-letter topic gets nothing more.
+                            if !matches!(end, InstanceEnd::Stopped)
+                                && let Some((sealer, _, left)) = seal
+                                && left.fetch_sub(1, Ordering::AcqRel) == 1
+                            {
+                                sealer.seal();
+                            }
                             report.instance_ended(end);
                         }
                         .instrument(span),
@@ -456,20 +471,28 @@ pub async fn start(
     })
 }
 
-/// The seal of each topic that bounded sources in this run write, with the
-/// number of source instances that have not ended yet.
+/// The seal of each topic written in this run (by sources, or by sinks as
+/// their dead-letter topics), with the number of writing instances that
+/// have not ended yet.
 #[derive(Debug, Default)]
 struct Seals(HashMap<String, (Arc<TopicSealer>, TopicSeal, Arc<AtomicU32>)>);
 
 impl Seals {
-    fn for_sources(connectors: &[CheckedConnector]) -> Self {
+    fn for_writers(connectors: &[CheckedConnector]) -> Self {
         let mut writers: HashMap<String, u32> = HashMap::new();
-        for c in connectors
-            .iter()
-            .filter(|c| c.config.kind == ConnectorKind::Source)
-        {
-            for t in c.config.topic_names() {
-                *writers.entry(t).or_default() += *c.config.parallelism.get_ref();
+        for c in connectors {
+            let parallelism = *c.config.parallelism.get_ref();
+            match c.config.kind {
+                ConnectorKind::Source => {
+                    for t in c.config.topic_names() {
+                        *writers.entry(t).or_default() += parallelism;
+                    }
+                }
+                // A sink writes its dead-letter topic, and is done with it
+                // once it has drained what it reads.
+                ConnectorKind::Sink => {
+                    *writers.entry(c.config.dead_letter_topic()).or_default() += parallelism;
+                }
             }
         }
         Seals(
@@ -568,6 +591,16 @@ impl Life for SinkLife {
             .open(&c.config_json)
             .await
             .with_context(|| format!("opening sink {:?} instance {index}", s.name()))?;
+        let dead_letter = c.config.dead_letter_topic();
+        let dead_letter = DeadLetter {
+            partitions: s
+                .broker
+                .ensure_topic(&dead_letter)
+                .with_context(|| format!("creating dead-letter topic {dead_letter:?}"))?,
+            topic: dead_letter,
+            connector: s.setup.connector.clone(),
+            stats: s.stats.clone(),
+        };
         let assignments = self.assignments(&stored)?;
         if assignments.is_empty() {
             tracing::info!("no partition left for this instance; it stays idle");
@@ -585,6 +618,7 @@ impl Life for SinkLife {
             stats: s.stats.clone(),
             stop: s.stop.clone(),
             connector: s.setup.connector.clone(),
+            dead_letter,
         };
         pump.run().await?;
         Ok(if s.stop.is_stopped() {

@@ -45,8 +45,9 @@
 //! ```
 //!
 //! Sinks receive a checked [`Batch`] and report records they refuse on their
-//! merits through [`Rejects`]; the host counts and logs those (a dead-letter
-//! topic is planned). Transforms read a batch and write another. Errors are
+//! merits through [`Rejects`]; the host sends those to the connector's
+//! dead-letter topic (`<connector>.dlq`), each with your reason and its
+//! origin in headers. Transforms read a batch and write another. Errors are
 //! an [`Error`]: invalid config (the host fails the connector at once, with
 //! your message), retriable or fatal (the host ends that instance, and its
 //! supervisor opens a fresh one from the last committed position after a

@@ -412,9 +412,10 @@ impl SinkInstance {
             .collect())
     }
 
-    /// Calls `write`; returns the records refused on their merits. Takes
-    /// the batch by value: the bindings lower a `&Vec<u8>`, and a slice
-    /// would cost a copy of every batch.
+    /// Calls `write`; returns the records refused on their merits, and the
+    /// batch back (for the dead-letter topic). Takes the batch by value:
+    /// the bindings lower a `&Vec<u8>`, and a slice would cost a copy of
+    /// every batch.
     pub async fn write(
         &mut self,
         topic: &str,
@@ -422,7 +423,7 @@ impl SinkInstance {
         first_offset: u64,
         batch: Vec<u8>,
         records: u32,
-    ) -> Result<Vec<Refused>, PluginError> {
+    ) -> Result<(Vec<Refused>, Vec<u8>), PluginError> {
         let origin = types::BatchOrigin {
             topic: topic.to_owned(),
             partition,
@@ -435,7 +436,7 @@ impl SinkInstance {
             .call_write(&mut self.store, &origin, &batch);
         let r = guarded(&self.plugin, "write", &self.limits, &self.stderr, fut).await?;
         let failures = r.map_err(|e| plugin_error(&self.plugin, "write", e, &self.redactor))?;
-        failures
+        let refused = failures
             .into_iter()
             .map(|f| {
                 if f.index >= records {
@@ -451,7 +452,8 @@ impl SinkInstance {
                     })
                 }
             })
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((refused, batch))
     }
 
     /// Calls `flush`.

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-pub use self::sink::{Assignment, SinkPump, SinkPumpConfig};
+pub use self::sink::{Assignment, DeadLetter, SinkPump, SinkPumpConfig, dlq_headers};
 pub use self::source::{SourceEnd, SourcePump, SourcePumpConfig};
 
 /// Counters of one connector, shared by its instances.
@@ -27,7 +27,8 @@ pub struct PumpStats {
     pub bytes: AtomicU64,
     /// Batches moved.
     pub batches: AtomicU64,
-    /// Records a sink refused on their merits.
+    /// Records a sink refused on their merits (sent to its dead-letter
+    /// topic).
     pub refused: AtomicU64,
 }
 

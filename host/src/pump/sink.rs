@@ -8,9 +8,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use sluice_batch::{Batch, BatchWriter};
+
 use super::{PumpStats, StopSignal, TopicSeal};
 use crate::broker::Broker;
 use crate::plugin::SinkInstance;
+use crate::plugin::instance::Refused;
 
 /// Settings of a sink pump.
 #[derive(Debug, Clone)]
@@ -53,6 +56,43 @@ pub struct SinkPump<B> {
     pub stop: StopSignal,
     /// The connector's name, for logs.
     pub connector: Arc<str>,
+    /// Where records the sink refuses on their merits go.
+    pub dead_letter: DeadLetter,
+}
+
+/// A sink's dead-letter topic.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// The topic.
+    pub topic: String,
+    /// Its partitions.
+    pub partitions: u32,
+    /// The sink connector, named in each record's headers.
+    pub connector: Arc<str>,
+    /// Counts what it takes.
+    pub stats: Arc<PumpStats>,
+}
+
+/// Where a batch handed to a sink came from.
+#[derive(Debug, Clone, Copy)]
+struct Origin<'a> {
+    topic: &'a str,
+    partition: u32,
+    first_offset: u64,
+}
+
+/// Header names on a dead-lettered record (besides its own headers).
+pub mod dlq_headers {
+    /// The sink's reason.
+    pub const ERROR: &str = "sluice.error";
+    /// The connector that refused it.
+    pub const CONNECTOR: &str = "sluice.connector";
+    /// Where it came from.
+    pub const TOPIC: &str = "sluice.topic";
+    /// See [`TOPIC`].
+    pub const PARTITION: &str = "sluice.partition";
+    /// See [`TOPIC`].
+    pub const OFFSET: &str = "sluice.offset";
 }
 
 /// How long an idle sink waits for data before checking again.
@@ -81,23 +121,24 @@ impl<B: Broker> SinkPump<B> {
                     .await?;
                 for b in batches {
                     let next = b.next_offset();
-                    let refused = self
+                    let (refused, bytes) = self
                         .instance
                         .write(&topic, partition, b.first_offset, b.bytes, b.records)
                         .await?;
-                    for r in &refused {
-                        tracing::warn!(
-                            connector = %self.connector,
-                            topic = %topic,
-                            partition,
-                            offset = b.first_offset + u64::from(r.index),
-                            reason = %r.reason,
-                            "sink refused a record"
-                        );
+                    if !refused.is_empty() {
+                        self.dead_letter
+                            .append(
+                                &*self.broker,
+                                Origin {
+                                    topic: &topic,
+                                    partition,
+                                    first_offset: b.first_offset,
+                                },
+                                &bytes,
+                                &refused,
+                            )
+                            .await?;
                     }
-                    self.stats
-                        .refused
-                        .fetch_add(refused.len() as u64, Ordering::Relaxed);
                     self.stats.add(u64::from(b.records), b.value_bytes);
                     self.assignments[i].next = next;
                     pending = true;
@@ -158,6 +199,62 @@ impl<B: Broker> SinkPump<B> {
             .collect();
         self.broker.commit_offsets(&self.group, &offsets).await?;
         tracing::debug!(connector = %self.connector, ?offsets, "flushed and committed");
+        Ok(())
+    }
+}
+
+impl DeadLetter {
+    /// Appends the refused records of a batch to the dead-letter topic,
+    /// each with its reason and origin in headers, before the batch's
+    /// offsets can be committed: a refused record is never just dropped.
+    async fn append<B: Broker>(
+        &self,
+        broker: &B,
+        from: Origin<'_>,
+        bytes: &[u8],
+        refused: &[Refused],
+    ) -> anyhow::Result<()> {
+        let Origin {
+            topic,
+            partition,
+            first_offset,
+        } = from;
+        let (dlq, connector, stats) = (self, &*self.connector, &self.stats);
+        let batch = Batch::parse(bytes)?;
+        let mut out = BatchWriter::new();
+        let partition_text = partition.to_string();
+        for (index, record) in batch.iter().enumerate() {
+            let Some(r) = refused.iter().find(|r| r.index as usize == index) else {
+                continue;
+            };
+            let offset = (first_offset + index as u64).to_string();
+            tracing::warn!(
+                connector, topic, partition, offset, reason = %r.reason,
+                dead_letter_topic = %dlq.topic, "sink refused a record; dead-lettered"
+            );
+            let mut headers: Vec<(&str, &[u8])> = record.headers().collect();
+            headers.extend([
+                (dlq_headers::ERROR, r.reason.as_bytes()),
+                (dlq_headers::CONNECTOR, connector.as_bytes()),
+                (dlq_headers::TOPIC, topic.as_bytes()),
+                (dlq_headers::PARTITION, partition_text.as_bytes()),
+                (dlq_headers::OFFSET, offset.as_bytes()),
+            ]);
+            out.push_parts(record.key, record.timestamp, &headers, |v| {
+                v.extend_from_slice(record.value)
+            });
+        }
+        let count = out.len() as u32;
+        broker
+            .append(
+                &dlq.topic,
+                partition % dlq.partitions,
+                &out.finish(),
+                count,
+                None,
+            )
+            .await?;
+        stats.refused.fetch_add(u64::from(count), Ordering::Relaxed);
         Ok(())
     }
 }

@@ -36,6 +36,23 @@ pub struct Config {
     #[serde(default = "default_max_file_bytes")]
     #[schemars(range(min = 1))]
     pub max_file_bytes: u64,
+    /// `"value"`: each line is the record's value. `"json"`: each line is a
+    /// JSON object with the record's origin (`topic`, `partition`,
+    /// `offset`), `timestamp`, `key`, `value` (both as UTF-8 text, lossy)
+    /// and `headers`: for reading a dead-letter topic.
+    #[serde(default)]
+    pub format: Format,
+}
+
+/// How a record becomes a line.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Format {
+    /// The value alone.
+    #[default]
+    Value,
+    /// A JSON object with the record's origin, key, value and headers.
+    Json,
 }
 
 fn default_max_file_bytes() -> u64 {
@@ -74,6 +91,7 @@ struct Marker {
 pub struct FileSink {
     dir: PathBuf,
     max_file_bytes: u64,
+    format: Format,
     /// By (topic, partition), so partitions never interleave.
     partitions: BTreeMap<(String, u32), Partition>,
     /// Offsets found in markers at open.
@@ -264,6 +282,7 @@ impl Sink for FileSink {
         let mut sink = FileSink {
             dir,
             max_file_bytes: config.max_file_bytes,
+            format: config.format,
             partitions: BTreeMap::new(),
             stored: Vec::new(),
         };
@@ -282,15 +301,40 @@ impl Sink for FileSink {
         _rejects: &mut Rejects,
     ) -> Result<(), Error> {
         let dir = self.dir.clone();
+        let format = self.format;
         let p = self.file_for(origin)?;
         let current = p.current.as_mut().expect("file_for opens one");
-        for record in batch.iter() {
+        let mut line = Vec::new();
+        for (i, record) in batch.iter().enumerate() {
+            let value = match format {
+                Format::Value => record.value,
+                Format::Json => {
+                    line.clear();
+                    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+                    let headers: serde_json::Map<String, serde_json::Value> = record
+                        .headers()
+                        .map(|(k, v)| (k.to_owned(), text(v).into()))
+                        .collect();
+                    let json = serde_json::json!({
+                        "topic": origin.topic,
+                        "partition": origin.partition,
+                        "offset": origin.first_offset + i as u64,
+                        "timestamp": record.timestamp,
+                        "key": record.key.map(text),
+                        "value": text(record.value),
+                        "headers": headers,
+                    });
+                    serde_json::to_writer(&mut line, &json)
+                        .map_err(|e| Error::fatal(format!("cannot encode a record: {e}")))?;
+                    &line
+                }
+            };
             current
                 .file
-                .write_all(record.value)
+                .write_all(value)
                 .and_then(|()| current.file.write_all(b"\n"))
                 .map_err(|e| io("write", &dir.join(&current.name), e))?;
-            current.bytes += record.value.len() as u64 + 1;
+            current.bytes += value.len() as u64 + 1;
         }
         p.next = origin.first_offset + batch.len() as u64;
         p.dirty = true;
