@@ -239,12 +239,11 @@ fn a_flipped_byte_mid_segment_is_refused_naming_file_and_offset_and_nothing_reac
     );
 }
 
-#[test]
-fn poison_records_go_to_the_dead_letter_topic_each_with_its_error_and_origin() {
-    const PRODUCED: u64 = 100_000;
-    let dir = tempfile::tempdir().unwrap();
-    let manifest = write_manifest(
-        dir.path(),
+/// A `datagen` → `reject-every-nth` pipeline, with a `file-sink` (JSON)
+/// reading the dead-letter topic into `dlq/`.
+fn poison_manifest(dir: &Path, produced: u64, sink_config: &str) -> std::path::PathBuf {
+    write_manifest(
+        dir,
         &format!(
             r#"
 [broker]
@@ -256,7 +255,7 @@ kind = "source"
 plugin = "datagen"
 topic = "events"
 [connector.config]
-count = {PRODUCED}
+count = {produced}
 payload_bytes = 32
 
 [[connector]]
@@ -264,9 +263,11 @@ name = "picky"
 kind = "sink"
 plugin = {plugin:?}
 topic = "events"
+[connector.restart]
+initial = "20ms"
 [connector.config]
 path = "/out"
-every = 1000
+{sink_config}
 [connector.grants]
 files = [{{ host = "accepted", guest = "/out", mode = "read-write" }}]
 
@@ -283,7 +284,14 @@ files = [{{ host = "dlq", guest = "/out", mode = "read-write" }}]
 "#,
             plugin = wasm("reject-every-nth")
         ),
-    );
+    )
+}
+
+#[test]
+fn poison_records_go_to_the_dead_letter_topic_each_with_its_error_and_origin() {
+    const PRODUCED: u64 = 100_000;
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = poison_manifest(dir.path(), PRODUCED, "every = 1000");
     let out = run(&["run", "--no-progress", manifest.to_str().unwrap()]);
     assert_eq!(
         out.status.code(),
@@ -333,4 +341,35 @@ files = [{{ host = "dlq", guest = "/out", mode = "read-write" }}]
         .unwrap()
         .to_owned();
     assert!(line.contains("100 dead-lettered to picky.dlq"), "{line}");
+}
+
+#[test]
+fn retriable_errors_are_retried_in_place_and_never_dead_lettered() {
+    const PRODUCED: u64 = 10_000;
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = poison_manifest(dir.path(), PRODUCED, "every = 1000000\nfail_first = 3");
+    let out = run(&["run", "--no-progress", manifest.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    let err = stderr(&out);
+    assert_eq!(
+        err.matches("retriable error in `write`; calling again")
+            .count(),
+        3,
+        "{err}"
+    );
+    for delay in ["20ms", "40ms", "80ms"] {
+        assert!(err.contains(&format!("calling again in {delay}")), "{err}");
+    }
+    // Seq 0 is a multiple of every `every`: the one refusal on its merits.
+    assert_eq!(output_files(&dir.path().join("dlq")).len(), 1);
+    let mut all = seqs(&dir.path().join("accepted"));
+    all.push(0);
+    assert_exactly_once(all, PRODUCED);
+    let line = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.starts_with("picky"))
+        .unwrap()
+        .to_owned();
+    assert!(!line.contains("restarted"), "retried in place: {line}");
+    assert!(line.contains("1 dead-lettered"), "{line}");
 }

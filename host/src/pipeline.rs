@@ -560,6 +560,7 @@ impl Life for SourceLife {
                 max_records: c.config.batch.max_records,
                 max_bytes: c.config.batch.max_bytes,
                 linger: Duration::from_millis(c.config.batch.linger_ms),
+                retry: c.restart,
             },
             stats: s.stats.clone(),
             stop: s.stop.clone(),
@@ -614,6 +615,7 @@ impl Life for SinkLife {
             config: SinkPumpConfig {
                 max_bytes: c.config.batch.max_bytes,
                 flush_interval: Duration::from_millis(c.config.flush_interval_ms),
+                retry: c.restart,
             },
             stats: s.stats.clone(),
             stop: s.stop.clone(),

@@ -1,6 +1,7 @@
 //! The supervisor: keeps each instance running, restarting it with
 //! exponential backoff when it fails, and gives up after a set number of
-//! failures in a row.
+//! failures in a row. (A `retriable` plugin error is first retried in
+//! place by the pump, with the same policy; see `pump::Retry`.)
 //!
 //! An instance's *life* runs from creating its `Store` and calling `open`
 //! to the end of its pump. A trap, a `cpu` or `memory` limit, a contract

@@ -49,9 +49,10 @@
 //! dead-letter topic (`<connector>.dlq`), each with your reason and its
 //! origin in headers. Transforms read a batch and write another. Errors are
 //! an [`Error`]: invalid config (the host fails the connector at once, with
-//! your message), retriable or fatal (the host ends that instance, and its
-//! supervisor opens a fresh one from the last committed position after a
-//! backoff). A panic is a trap, handled like a fatal error; its message
+//! your message), retriable (the host makes the same call again after a
+//! backoff, on the same instance, and ends the instance only if the error
+//! persists) or fatal (the host ends that instance, and its supervisor opens
+//! a fresh one from the last committed position after a backoff). A panic is a trap, handled like a fatal error; its message
 //! reaches the host's log through standard error.
 //!
 //! Logging goes to the host's tracing, tagged with the connector and instance:

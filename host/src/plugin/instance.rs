@@ -412,18 +412,18 @@ impl SinkInstance {
             .collect())
     }
 
-    /// Calls `write`; returns the records refused on their merits, and the
-    /// batch back (for the dead-letter topic). Takes the batch by value:
-    /// the bindings lower a `&Vec<u8>`, and a slice would cost a copy of
-    /// every batch.
+    /// Calls `write`; returns the records refused on their merits. Takes
+    /// `&Vec<u8>` because that is what the bindings lower: a slice would
+    /// cost a copy of every batch.
+    #[allow(clippy::ptr_arg)]
     pub async fn write(
         &mut self,
         topic: &str,
         partition: u32,
         first_offset: u64,
-        batch: Vec<u8>,
+        batch: &Vec<u8>,
         records: u32,
-    ) -> Result<(Vec<Refused>, Vec<u8>), PluginError> {
+    ) -> Result<Vec<Refused>, PluginError> {
         let origin = types::BatchOrigin {
             topic: topic.to_owned(),
             partition,
@@ -433,7 +433,7 @@ impl SinkInstance {
         let fut = self
             .api
             .sluice_connector_sink_api()
-            .call_write(&mut self.store, &origin, &batch);
+            .call_write(&mut self.store, &origin, batch);
         let r = guarded(&self.plugin, "write", &self.limits, &self.stderr, fut).await?;
         let failures = r.map_err(|e| plugin_error(&self.plugin, "write", e, &self.redactor))?;
         let refused = failures
@@ -453,7 +453,7 @@ impl SinkInstance {
                 }
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok((refused, batch))
+        Ok(refused)
     }
 
     /// Calls `flush`.

@@ -138,3 +138,51 @@ impl TopicSealer {
         self.tx.send_replace(true);
     }
 }
+
+/// Retries a call that failed with a `retriable` plugin error, with
+/// exponential backoff, in place: the instance is not restarted and nothing
+/// is dead-lettered. After `attempts` retries in a row the error stands and
+/// the instance fails (its supervisor takes over).
+#[derive(Debug)]
+pub(crate) struct Retry {
+    policy: crate::supervisor::RestartPolicy,
+    done: u32,
+    delay: Duration,
+}
+
+impl Retry {
+    pub(crate) fn new(policy: crate::supervisor::RestartPolicy) -> Self {
+        Retry {
+            policy,
+            done: 0,
+            delay: policy.initial,
+        }
+    }
+
+    /// After `error`: true (having waited) if the call should be made
+    /// again.
+    pub(crate) async fn again(
+        &mut self,
+        error: &crate::plugin::PluginError,
+        call: &str,
+        stop: &StopSignal,
+    ) -> bool {
+        if !matches!(error, crate::plugin::PluginError::Retriable { .. })
+            || self.done >= self.policy.attempts
+            || stop.is_stopped()
+        {
+            return false;
+        }
+        self.done += 1;
+        tracing::warn!(
+            error = %error,
+            attempt = self.done,
+            of = self.policy.attempts,
+            "retriable error in `{call}`; calling again in {:?}",
+            self.delay
+        );
+        stop.sleep(self.delay).await;
+        self.delay = (self.delay * 2).min(self.policy.max);
+        !stop.is_stopped()
+    }
+}

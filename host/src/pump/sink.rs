@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 
 use sluice_batch::{Batch, BatchWriter};
 
-use super::{PumpStats, StopSignal, TopicSeal};
+use super::{PumpStats, Retry, StopSignal, TopicSeal};
 use crate::broker::Broker;
 use crate::plugin::SinkInstance;
 use crate::plugin::instance::Refused;
+use crate::supervisor::RestartPolicy;
 
 /// Settings of a sink pump.
 #[derive(Debug, Clone)]
@@ -22,6 +23,8 @@ pub struct SinkPumpConfig {
     pub max_bytes: u64,
     /// Longest time between flushes while records flow.
     pub flush_interval: Duration,
+    /// How `retriable` errors are retried in place.
+    pub retry: RestartPolicy,
 }
 
 /// One partition a sink instance reads.
@@ -121,10 +124,18 @@ impl<B: Broker> SinkPump<B> {
                     .await?;
                 for b in batches {
                     let next = b.next_offset();
-                    let (refused, bytes) = self
-                        .instance
-                        .write(&topic, partition, b.first_offset, b.bytes, b.records)
-                        .await?;
+                    let mut retry = Retry::new(self.config.retry);
+                    let refused = loop {
+                        match self
+                            .instance
+                            .write(&topic, partition, b.first_offset, &b.bytes, b.records)
+                            .await
+                        {
+                            Ok(refused) => break refused,
+                            Err(e) if retry.again(&e, "write", &self.stop).await => {}
+                            Err(e) => return Err(e.into()),
+                        }
+                    };
                     if !refused.is_empty() {
                         self.dead_letter
                             .append(
@@ -134,7 +145,7 @@ impl<B: Broker> SinkPump<B> {
                                     partition,
                                     first_offset: b.first_offset,
                                 },
-                                &bytes,
+                                &b.bytes,
                                 &refused,
                             )
                             .await?;
@@ -191,7 +202,14 @@ impl<B: Broker> SinkPump<B> {
     }
 
     async fn flush_and_commit(&mut self) -> anyhow::Result<()> {
-        self.instance.flush().await?;
+        let mut retry = Retry::new(self.config.retry);
+        loop {
+            match self.instance.flush().await {
+                Ok(()) => break,
+                Err(e) if retry.again(&e, "flush", &self.stop).await => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         let offsets: Vec<(String, u32, u64)> = self
             .assignments
             .iter()

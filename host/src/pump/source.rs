@@ -5,9 +5,10 @@ use std::time::{Duration, Instant};
 
 use sluice_batch::Batch;
 
-use super::{PumpStats, StopSignal};
+use super::{PumpStats, Retry, StopSignal};
 use crate::broker::{Broker, SourceCheckpoint};
 use crate::plugin::{Polled, SourceInstance};
+use crate::supervisor::RestartPolicy;
 
 /// Batching settings of a source pump.
 #[derive(Debug, Clone)]
@@ -18,6 +19,8 @@ pub struct SourcePumpConfig {
     pub max_bytes: u64,
     /// How long to keep polling for a fuller batch.
     pub linger: Duration,
+    /// How `retriable` errors are retried in place.
+    pub retry: RestartPolicy,
 }
 
 /// How a source pump ended.
@@ -101,7 +104,14 @@ impl<B: Broker> SourcePump<B> {
                 self.stats
                     .add(u64::from(filled.records), filled.value_bytes);
                 if let Some(p) = &filled.position {
-                    self.instance.commit(p).await?;
+                    let mut retry = Retry::new(self.config.retry);
+                    loop {
+                        match self.instance.commit(p).await {
+                            Ok(()) => break,
+                            Err(e) if retry.again(&e, "commit", &self.stop).await => {}
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
                 }
                 idle = Duration::from_millis(1);
             } else if !filled.end_of_stream {
@@ -131,7 +141,16 @@ impl<B: Broker> SourcePump<B> {
                 value_bytes,
                 position,
                 end_of_stream,
-            } = self.instance.poll(want).await?;
+            } = {
+                let mut retry = Retry::new(self.config.retry);
+                loop {
+                    match self.instance.poll(want).await {
+                        Ok(polled) => break polled,
+                        Err(e) if retry.again(&e, "poll", &self.stop).await => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            };
             if position.is_some() {
                 filled.position = position;
             }
