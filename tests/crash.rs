@@ -44,8 +44,8 @@ impl Rng {
 
 /// Starts `sluice run` on `manifest`, kills it with SIGKILL after a random
 /// wait in `window` (unless it has ended by then), `kills` times; then runs
-/// it to its end and returns how many runs were really cut short.
-fn storm(dir: &Path, manifest: &Path, kills: u32, window: std::ops::Range<u64>) -> u32 {
+/// it to its end. Most kills must land while records flow.
+fn storm(dir: &Path, manifest: &Path, kills: u32, window: std::ops::Range<u64>) {
     let mut rng = Rng::from_env_or_clock();
     let mut cut = 0;
     for i in 0..kills {
@@ -70,9 +70,13 @@ fn storm(dir: &Path, manifest: &Path, kills: u32, window: std::ops::Range<u64>) 
             }
         }
     }
+    eprintln!("{cut} of {kills} runs were killed mid-flight");
+    assert!(
+        cut >= kills / 2,
+        "most kills must land while records flow, got {cut}"
+    );
     let out = run(&["run", "--no-progress", manifest.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "the last run finishes the work");
-    cut
 }
 
 const RECORDS: u64 = 1_000_000;
@@ -83,12 +87,7 @@ fn a_datagen_to_file_sink_pipeline_killed_twenty_times_delivers_every_seq_once()
     // 200,000 records/s: the million takes five seconds of running, so the
     // kills land while records flow.
     let manifest = write_manifest(dir.path(), &datagen_to_files(RECORDS, 200_000));
-    let cut = storm(dir.path(), &manifest, 20, 100..700);
-    eprintln!("{cut} of 20 runs were killed mid-flight");
-    assert!(
-        cut >= 10,
-        "most kills must land while records flow, got {cut}"
-    );
+    storm(dir.path(), &manifest, 20, 100..700);
     assert_exactly_once(seqs(&dir.path().join("out")), RECORDS);
 }
 
@@ -134,12 +133,7 @@ max_file_bytes = 1000000
 files = [{ host = "out", guest = "/out", mode = "read-write" }]
 "#,
     );
-    let cut = storm(dir.path(), &manifest, 20, 100..700);
-    eprintln!("{cut} of 20 runs were killed mid-flight");
-    assert!(
-        cut >= 10,
-        "most kills must land while records flow, got {cut}"
-    );
+    storm(dir.path(), &manifest, 20, 100..700);
     assert_exactly_once(seqs(&dir.path().join("out")), RECORDS);
 }
 
