@@ -23,7 +23,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
 
 use crate::manifest::{
     ConnectorConfig, DEFAULT_CPU, DEFAULT_MEMORY_BYTES, FileMode, Manifest, SecretSource,
-    parse_bytes, parse_duration,
+    format_size, parse_bytes, parse_duration,
 };
 use crate::secrets::Redactor;
 
@@ -377,7 +377,7 @@ impl GrantSet {
             "memory",
             format!(
                 "{}{}",
-                human_size(self.memory_bytes),
+                format_size(self.memory_bytes),
                 default(self.default_memory)
             ),
         ));
@@ -395,15 +395,6 @@ fn list_or_none(items: &[String]) -> String {
     } else {
         items.join(", ")
     }
-}
-
-fn human_size(n: u64) -> String {
-    for (unit, size) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-        if n >= size && n.is_multiple_of(size) {
-            return format!("{} {unit}", n / size);
-        }
-    }
-    format!("{n} B")
 }
 
 /// Splits a plugin's output stream into lines and masks secrets in each,

@@ -308,21 +308,6 @@ fn thousands(n: u64) -> String {
     out
 }
 
-fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
 fn print_summary(reports: &[Arc<ConnectorReport>]) {
     println!(
         "{:<16} {:<6} {:>12} {:>11} {:>9} {:>12} {:>8}  outcome",
@@ -359,7 +344,7 @@ fn print_summary(reports: &[Arc<ConnectorReport>]) {
             r.name,
             r.kind.to_string(),
             thousands(records),
-            human_bytes(r.stats.bytes()),
+            sluice::manifest::format_bytes(r.stats.bytes()),
             elapsed.as_secs_f64(),
             thousands(rate(records, elapsed)),
             rate(r.stats.bytes(), elapsed) as f64 / 1e6,

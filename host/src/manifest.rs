@@ -988,6 +988,33 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is too large"))
 }
 
+/// A size for people, with one decimal: `"95.4 MiB"`, `"512 B"`.
+pub fn format_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// A size as a manifest would write it, exact: `"64 MiB"`, or bytes when
+/// no unit divides it.
+pub fn format_size(n: u64) -> String {
+    for (unit, size) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+        if n >= size && n.is_multiple_of(size) {
+            return format!("{} {unit}", n / size);
+        }
+    }
+    format!("{n} B")
+}
+
 /// Parses a duration such as `"2s"`, `"500ms"` or `"1m"`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
@@ -1088,6 +1115,15 @@ topics = ["events"]
         let m = parse(GOOD).unwrap();
         let span = m.config_span(0, "/count").unwrap();
         assert_eq!(&m.source[span], "10");
+    }
+
+    #[test]
+    fn sizes_format_for_people_and_as_written() {
+        assert_eq!(format_bytes(512), "512 B");
+        assert_eq!(format_bytes(33_619_968), "32.1 MiB");
+        assert_eq!(format_size(64 << 20), "64 MiB");
+        assert_eq!(format_size(1000), "1000 B");
+        assert_eq!(parse_bytes(&format_size(3 << 30)), Ok(3 << 30));
     }
 
     #[test]

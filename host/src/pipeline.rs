@@ -402,63 +402,31 @@ pub async fn start(
                 stats: report.stats.clone(),
                 stop: stop.clone(),
             };
-            let span = tracing::info_span!("instance", connector = %name, index);
-            report.running.fetch_add(1, Ordering::AcqRel);
-            let report = report.clone();
-            let policy = c.restart;
-            let stop = stop.clone();
-            let redactor = redactor.clone();
+            let supervision = Supervision {
+                policy: c.restart,
+                stop: stop.clone(),
+                report: report.clone(),
+                redactor: redactor.clone(),
+                writes: seals.writers(&written_topic(&c.config)),
+                span: tracing::info_span!("instance", connector = %name, index),
+            };
             match c.config.kind {
-                ConnectorKind::Source => {
-                    let topic = topics[0].clone();
-                    let seal = seals.0.get(&topic).cloned();
-                    let life = SourceLife {
+                ConnectorKind::Source => supervision.spawn(
+                    &mut tasks,
+                    SourceLife {
                         producer: format!("{name}/{index}"),
                         partition: index % partitions[0],
-                        topic,
+                        topic: topics[0].clone(),
                         shared,
-                    };
-                    tasks.spawn(
-                        async move {
-                            let end =
-                                supervisor::supervise(life, policy, &stop, &*report, &redactor)
-                                    .await;
-                            // A source that failed for good writes no more
-                            // either: its topic's sinks may drain it.
-                            if !matches!(end, InstanceEnd::Stopped)
-                                && let Some((sealer, _, left)) = seal
-                                && left.fetch_sub(1, Ordering::AcqRel) == 1
-                            {
-                                sealer.seal();
-                            }
-                            report.instance_ended(end);
-                        }
-                        .instrument(span),
-                    );
-                }
-                ConnectorKind::Sink => {
-                    let seal = seals.0.get(&c.config.dead_letter_topic()).cloned();
-                    let life = SinkLife {
+                    },
+                ),
+                ConnectorKind::Sink => supervision.spawn(
+                    &mut tasks,
+                    SinkLife {
                         shared,
                         seals: seals.clone(),
-                    };
-                    tasks.spawn(
-                        async move {
-                            let end =
-                                supervisor::supervise(life, policy, &stop, &*report, &redactor)
-                                    .await;
-                            // Its dead-letter topic gets nothing more.
-                            if !matches!(end, InstanceEnd::Stopped)
-                                && let Some((sealer, _, left)) = seal
-                                && left.fetch_sub(1, Ordering::AcqRel) == 1
-                            {
-                                sealer.seal();
-                            }
-                            report.instance_ended(end);
-                        }
-                        .instrument(span),
-                    );
-                }
+                    },
+                ),
             }
         }
     }
@@ -471,46 +439,103 @@ pub async fn start(
     })
 }
 
-/// The seal of each topic written in this run (by sources, or by sinks as
-/// their dead-letter topics), with the number of writing instances that
-/// have not ended yet.
+/// The topic a connector's instances write: a source's topic, or a sink's
+/// dead-letter topic.
+fn written_topic(c: &ConnectorConfig) -> String {
+    match c.kind {
+        ConnectorKind::Source => c.topic_names().remove(0),
+        ConnectorKind::Sink => c.dead_letter_topic(),
+    }
+}
+
+/// The instances writing one topic in this run, and the seal that closes
+/// when the last of them has ended.
+#[derive(Debug)]
+struct Writers {
+    sealer: TopicSealer,
+    seal: TopicSeal,
+    left: AtomicU32,
+}
+
+impl Writers {
+    /// One writer has ended for good: a source reached its end or failed, a
+    /// sink drained its topics or failed. Either way it writes no more.
+    fn ended(&self) {
+        if self.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.sealer.seal();
+        }
+    }
+}
+
+/// The writers of each topic written in this run.
 #[derive(Debug, Default)]
-struct Seals(HashMap<String, (Arc<TopicSealer>, TopicSeal, Arc<AtomicU32>)>);
+struct Seals(HashMap<String, Arc<Writers>>);
 
 impl Seals {
     fn for_writers(connectors: &[CheckedConnector]) -> Self {
         let mut writers: HashMap<String, u32> = HashMap::new();
         for c in connectors {
-            let parallelism = *c.config.parallelism.get_ref();
-            match c.config.kind {
-                ConnectorKind::Source => {
-                    for t in c.config.topic_names() {
-                        *writers.entry(t).or_default() += parallelism;
-                    }
-                }
-                // A sink writes its dead-letter topic, and is done with it
-                // once it has drained what it reads.
-                ConnectorKind::Sink => {
-                    *writers.entry(c.config.dead_letter_topic()).or_default() += parallelism;
-                }
-            }
+            *writers.entry(written_topic(&c.config)).or_default() +=
+                *c.config.parallelism.get_ref();
         }
         Seals(
             writers
                 .into_iter()
                 .map(|(topic, n)| {
                     let (sealer, seal) = TopicSeal::new();
-                    (topic, (Arc::new(sealer), seal, Arc::new(AtomicU32::new(n))))
+                    let left = AtomicU32::new(n);
+                    (topic, Arc::new(Writers { sealer, seal, left }))
                 })
                 .collect(),
         )
+    }
+
+    fn writers(&self, topic: &str) -> Option<Arc<Writers>> {
+        self.0.get(topic).cloned()
     }
 
     /// What a sink of `topic` watches.
     fn seal(&self, topic: &str) -> TopicSeal {
         self.0
             .get(topic)
-            .map_or_else(TopicSeal::never, |(_, seal, _)| seal.clone())
+            .map_or_else(TopicSeal::never, |w| w.seal.clone())
+    }
+}
+
+/// How one instance is run: under the supervisor, reporting to its
+/// connector, and sealing the topic it writes once it has ended for good.
+struct Supervision {
+    policy: RestartPolicy,
+    stop: StopSignal,
+    report: Arc<ConnectorReport>,
+    redactor: Redactor,
+    writes: Option<Arc<Writers>>,
+    span: tracing::Span,
+}
+
+impl Supervision {
+    fn spawn(self, tasks: &mut JoinSet<()>, life: impl Life + 'static) {
+        let Supervision {
+            policy,
+            stop,
+            report,
+            redactor,
+            writes,
+            span,
+        } = self;
+        report.running.fetch_add(1, Ordering::AcqRel);
+        tasks.spawn(
+            async move {
+                let end = supervisor::supervise(life, policy, &stop, &*report, &redactor).await;
+                if !matches!(end, InstanceEnd::Stopped)
+                    && let Some(w) = writes
+                {
+                    w.ended();
+                }
+                report.instance_ended(end);
+            }
+            .instrument(span),
+        );
     }
 }
 

@@ -172,16 +172,12 @@ pub async fn supervise(
             tracing::error!(error = %failure.reason, "instance failed while stopping");
             return InstanceEnd::Failed(failure);
         }
-        match error.downcast_ref::<PluginError>() {
-            Some(PluginError::InvalidConfig { .. }) => {
-                tracing::error!(error = %failure.reason, "instance refused its config; not restarting it");
-                return InstanceEnd::Failed(failure);
-            }
-            Some(PluginError::Grant(_)) => {
-                tracing::error!(error = %failure.reason, "a grant cannot be given; not restarting the instance");
-                return InstanceEnd::Failed(failure);
-            }
-            _ => {}
+        if let Some(why) = error
+            .downcast_ref::<PluginError>()
+            .and_then(PluginError::permanent_because)
+        {
+            tracing::error!(error = %failure.reason, "{why}; not restarting the instance");
+            return InstanceEnd::Failed(failure);
         }
         if began.elapsed() >= policy.max {
             // It ran long enough to count as recovered.

@@ -142,4 +142,15 @@ impl PluginError {
     pub fn is_retriable(&self) -> bool {
         matches!(self, PluginError::Retriable { .. })
     }
+
+    /// Why a fresh instance would fail the same way, for errors that come
+    /// from the connector's config or grants rather than from the
+    /// instance's life; `None` when a restart may help.
+    pub fn permanent_because(&self) -> Option<&'static str> {
+        match self {
+            PluginError::InvalidConfig { .. } => Some("the plugin refused its config"),
+            PluginError::Grant(_) => Some("a grant cannot be given"),
+            _ => None,
+        }
+    }
 }

@@ -49,7 +49,7 @@ impl From<&GrantSet> for CallLimits {
 /// from a silent socket, by dropping it (wasmtime unwinds the guest). An
 /// instance whose call was ended is not called again: its supervisor
 /// replaces it.
-async fn guarded<T>(
+pub(crate) async fn guarded<T>(
     plugin: &str,
     call: &'static str,
     limits: &CallLimits,
@@ -83,15 +83,6 @@ pub(crate) fn blocked(
 }
 
 /// Describes a trap in an operator's words.
-pub(crate) fn trap(
-    plugin: &str,
-    call: &'static str,
-    e: &wasmtime::Error,
-    grants: &GrantSet,
-) -> PluginError {
-    trap_with(plugin, call, e, &CallLimits::from(grants), None)
-}
-
 fn trap_with(
     plugin: &str,
     call: &'static str,

@@ -343,7 +343,11 @@ impl PluginHost {
             unreachable!("kind checked above")
         };
         let mut store = sandbox::new(&self.engine, setup)?;
-        let api = instantiate(plugin, setup, pre.instantiate_async(&mut store)).await?;
+        // The component's start functions run under the `cpu` grant too.
+        let stderr = store.data().stderr.clone();
+        let limits = instance::CallLimits::from(&setup.grants);
+        let fut = pre.instantiate_async(&mut store);
+        let api = instance::guarded(plugin.name(), "instantiate", &limits, &stderr, fut).await?;
         Ok(SourceInstance::new(store, api, plugin.name(), setup))
     }
 
@@ -358,26 +362,11 @@ impl PluginHost {
             unreachable!("kind checked above")
         };
         let mut store = sandbox::new(&self.engine, setup)?;
-        let api = instantiate(plugin, setup, pre.instantiate_async(&mut store)).await?;
+        // The component's start functions run under the `cpu` grant too.
+        let stderr = store.data().stderr.clone();
+        let limits = instance::CallLimits::from(&setup.grants);
+        let fut = pre.instantiate_async(&mut store);
+        let api = instance::guarded(plugin.name(), "instantiate", &limits, &stderr, fut).await?;
         Ok(SinkInstance::new(store, api, plugin.name(), setup))
-    }
-}
-
-/// Runs an instantiation (the component's start functions) under the
-/// instance's `cpu` grant, like any call.
-async fn instantiate<T>(
-    plugin: &Plugin,
-    setup: &InstanceSetup,
-    fut: impl std::future::Future<Output = wasmtime::Result<T>>,
-) -> Result<T, PluginError> {
-    let started = std::time::Instant::now();
-    match tokio::time::timeout(setup.grants.cpu + EPOCH_TICK, fut).await {
-        Ok(r) => r.map_err(|e| instance::trap(plugin.name(), "instantiate", &e, &setup.grants)),
-        Err(_) => Err(instance::blocked(
-            plugin.name(),
-            "instantiate",
-            started,
-            &instance::CallLimits::from(&setup.grants),
-        )),
     }
 }

@@ -23,6 +23,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::bindings::{host, types};
 use super::{EPOCH_TICK, PluginError};
 use crate::grants::PluginStderr;
+use crate::manifest::format_bytes;
 use crate::secrets::Redactor;
 
 /// The per-instance data a `Store` holds.
@@ -55,18 +56,14 @@ pub struct CpuLimitExceeded {
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error(
     "tried to grow its memory to {} ({desired} bytes), past its memory grant of {}",
-    mib(*desired),
-    mib(*limit)
+    format_bytes(*desired as u64),
+    format_bytes(*limit as u64)
 )]
 pub struct MemoryLimitExceeded {
     /// The size it asked for.
     pub desired: usize,
     /// The grant.
     pub limit: usize,
-}
-
-fn mib(bytes: usize) -> String {
-    format!("{:.1} MiB", bytes as f64 / f64::from(1u32 << 20))
 }
 
 /// Enforces the `memory` grant: growing past it traps the instance with

@@ -7,9 +7,6 @@
 //! up simply reads further behind. Both check their [`StopSignal`] at batch
 //! boundaries, so a stop never splits a batch from its commit.
 
-pub mod sink;
-pub mod source;
-
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -139,6 +136,28 @@ impl TopicSealer {
     }
 }
 
+/// Makes a plugin call, retrying it in place while it fails with a
+/// `retriable` error (see [`Retry`]); any other error, or one that
+/// persists, returns from the enclosing function. Defined before the
+/// `sink` and `source` modules so that they see it.
+///
+/// `retrying!(policy, &stop, "poll", self.instance.poll(want))`
+macro_rules! retrying {
+    ($policy:expr, $stop:expr, $call:literal, $attempt:expr) => {{
+        let mut retry = $crate::pump::Retry::new($policy);
+        loop {
+            match $attempt.await {
+                Ok(v) => break v,
+                Err(e) if retry.again(&e, $call, $stop).await => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }};
+}
+
+pub mod sink;
+pub mod source;
+
 /// Retries a call that failed with a `retriable` plugin error, with
 /// exponential backoff, in place: the instance is not restarted and nothing
 /// is dead-lettered. After `attempts` retries in a row the error stands and
@@ -167,10 +186,7 @@ impl Retry {
         call: &str,
         stop: &StopSignal,
     ) -> bool {
-        if !matches!(error, crate::plugin::PluginError::Retriable { .. })
-            || self.done >= self.policy.attempts
-            || stop.is_stopped()
-        {
+        if !error.is_retriable() || self.done >= self.policy.attempts || stop.is_stopped() {
             return false;
         }
         self.done += 1;
@@ -184,5 +200,56 @@ impl Retry {
         stop.sleep(self.delay).await;
         self.delay = (self.delay * 2).min(self.policy.max);
         !stop.is_stopped()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::PluginError;
+    use crate::supervisor::RestartPolicy;
+
+    fn error(retriable: bool) -> PluginError {
+        let (plugin, call, message) = ("p".to_owned(), "write", "m".to_owned());
+        if retriable {
+            PluginError::Retriable {
+                plugin,
+                call,
+                message,
+            }
+        } else {
+            PluginError::Fatal {
+                plugin,
+                call,
+                message,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn retriable_errors_are_retried_up_to_the_attempts_and_others_never() {
+        let policy = RestartPolicy {
+            initial: Duration::from_millis(1),
+            max: Duration::from_millis(2),
+            attempts: 2,
+        };
+        let stop = StopSignal::new();
+        let mut retry = Retry::new(policy);
+        assert!(retry.again(&error(true), "write", &stop).await);
+        assert!(retry.again(&error(true), "write", &stop).await);
+        assert!(
+            !retry.again(&error(true), "write", &stop).await,
+            "attempts spent"
+        );
+        assert!(
+            !Retry::new(policy)
+                .again(&error(false), "write", &stop)
+                .await
+        );
+        stop.stop();
+        assert!(
+            !Retry::new(policy).again(&error(true), "write", &stop).await,
+            "stopping"
+        );
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use sluice_batch::{Batch, BatchWriter};
 
-use super::{PumpStats, Retry, StopSignal, TopicSeal};
+use super::{PumpStats, StopSignal, TopicSeal};
 use crate::broker::Broker;
 use crate::plugin::SinkInstance;
 use crate::plugin::instance::Refused;
@@ -124,18 +124,13 @@ impl<B: Broker> SinkPump<B> {
                     .await?;
                 for b in batches {
                     let next = b.next_offset();
-                    let mut retry = Retry::new(self.config.retry);
-                    let refused = loop {
-                        match self
-                            .instance
+                    let refused = retrying!(
+                        self.config.retry,
+                        &self.stop,
+                        "write",
+                        self.instance
                             .write(&topic, partition, b.first_offset, &b.bytes, b.records)
-                            .await
-                        {
-                            Ok(refused) => break refused,
-                            Err(e) if retry.again(&e, "write", &self.stop).await => {}
-                            Err(e) => return Err(e.into()),
-                        }
-                    };
+                    );
                     if !refused.is_empty() {
                         self.dead_letter
                             .append(
@@ -202,14 +197,12 @@ impl<B: Broker> SinkPump<B> {
     }
 
     async fn flush_and_commit(&mut self) -> anyhow::Result<()> {
-        let mut retry = Retry::new(self.config.retry);
-        loop {
-            match self.instance.flush().await {
-                Ok(()) => break,
-                Err(e) if retry.again(&e, "flush", &self.stop).await => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
+        retrying!(
+            self.config.retry,
+            &self.stop,
+            "flush",
+            self.instance.flush()
+        );
         let offsets: Vec<(String, u32, u64)> = self
             .assignments
             .iter()
@@ -241,8 +234,13 @@ impl DeadLetter {
         let batch = Batch::parse(bytes)?;
         let mut out = BatchWriter::new();
         let partition_text = partition.to_string();
+        // By record index, so one pass over the batch finds them all.
+        let mut by_index: Vec<&Refused> = refused.iter().collect();
+        by_index.sort_by_key(|r| r.index);
+        by_index.dedup_by_key(|r| r.index);
+        let mut next = by_index.into_iter().peekable();
         for (index, record) in batch.iter().enumerate() {
-            let Some(r) = refused.iter().find(|r| r.index as usize == index) else {
+            let Some(r) = next.next_if(|r| r.index as usize == index) else {
                 continue;
             };
             let offset = (first_offset + index as u64).to_string();

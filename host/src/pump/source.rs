@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use sluice_batch::Batch;
 
-use super::{PumpStats, Retry, StopSignal};
+use super::{PumpStats, StopSignal};
 use crate::broker::{Broker, SourceCheckpoint};
 use crate::plugin::{Polled, SourceInstance};
 use crate::supervisor::RestartPolicy;
@@ -104,14 +104,12 @@ impl<B: Broker> SourcePump<B> {
                 self.stats
                     .add(u64::from(filled.records), filled.value_bytes);
                 if let Some(p) = &filled.position {
-                    let mut retry = Retry::new(self.config.retry);
-                    loop {
-                        match self.instance.commit(p).await {
-                            Ok(()) => break,
-                            Err(e) if retry.again(&e, "commit", &self.stop).await => {}
-                            Err(e) => return Err(e.into()),
-                        }
-                    }
+                    retrying!(
+                        self.config.retry,
+                        &self.stop,
+                        "commit",
+                        self.instance.commit(p)
+                    );
                 }
                 idle = Duration::from_millis(1);
             } else if !filled.end_of_stream {
@@ -141,16 +139,12 @@ impl<B: Broker> SourcePump<B> {
                 value_bytes,
                 position,
                 end_of_stream,
-            } = {
-                let mut retry = Retry::new(self.config.retry);
-                loop {
-                    match self.instance.poll(want).await {
-                        Ok(polled) => break polled,
-                        Err(e) if retry.again(&e, "poll", &self.stop).await => {}
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-            };
+            } = retrying!(
+                self.config.retry,
+                &self.stop,
+                "poll",
+                self.instance.poll(want)
+            );
             if position.is_some() {
                 filled.position = position;
             }
