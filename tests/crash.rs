@@ -94,15 +94,13 @@ fn a_datagen_to_file_sink_pipeline_killed_twenty_times_delivers_every_seq_once()
 #[test]
 fn a_file_source_to_file_sink_pipeline_killed_twenty_times_delivers_every_line_once() {
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in");
-    std::fs::create_dir_all(&input).unwrap();
     // Two files of numbered lines, so a kill can land in either, or
     // between them; read at 200,000 lines/s so the kills land while lines
     // flow.
-    for (name, range) in [("a.txt", 0..RECORDS / 2), ("b.txt", RECORDS / 2..RECORDS)] {
-        let text: String = range.map(|i| format!("{{\"seq\":{i}}}\n")).collect();
-        std::fs::write(input.join(name), text).unwrap();
-    }
+    numbered_lines(
+        &dir.path().join("in"),
+        &[("a.txt", 0..RECORDS / 2), ("b.txt", RECORDS / 2..RECORDS)],
+    );
     let manifest = write_manifest(
         dir.path(),
         r#"
@@ -329,11 +327,7 @@ fn poison_records_go_to_the_dead_letter_topic_each_with_its_error_and_origin() {
     let mut all = delivered;
     all.extend(&dead);
     assert_exactly_once(all, PRODUCED);
-    let line = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find(|l| l.starts_with("picky"))
-        .unwrap()
-        .to_owned();
+    let line = summary_line(&out, "picky");
     assert!(line.contains("100 dead-lettered to picky.dlq"), "{line}");
 }
 
@@ -359,11 +353,7 @@ fn retriable_errors_are_retried_in_place_and_never_dead_lettered() {
     let mut all = seqs(&dir.path().join("accepted"));
     all.push(0);
     assert_exactly_once(all, PRODUCED);
-    let line = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find(|l| l.starts_with("picky"))
-        .unwrap()
-        .to_owned();
+    let line = summary_line(&out, "picky");
     assert!(!line.contains("restarted"), "retried in place: {line}");
     assert!(line.contains("1 dead-lettered"), "{line}");
 }

@@ -150,3 +150,80 @@ fn a_restart_delay_that_does_not_parse_is_located() {
         "{err}"
     );
 }
+
+#[test]
+fn an_env_grant_that_is_not_a_variable_name_is_located() {
+    let (code, err) = validate(&format!(
+        "{GOOD}[connector.grants]\nenv = [\"TZ\", \"A=B\"]\n"
+    ));
+    assert_eq!(code, Some(2));
+    assert!(err.contains("sluice.toml:10:14"), "{err}");
+    assert!(err.contains("field `connector[0].grants.env[1]`"), "{err}");
+    assert!(
+        err.contains("\"A=B\" is not an environment variable name"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_cpu_grant_under_one_tick_is_refused() {
+    let (code, err) = validate(&format!("{GOOD}[connector.grants]\ncpu = \"5ms\"\n"));
+    assert_eq!(code, Some(2));
+    assert!(err.contains("field `connector[0].grants.cpu`"), "{err}");
+    assert!(err.contains("shorter than the host's clock tick"), "{err}");
+    assert!(
+        err.contains("help: grant at least `cpu = \"10ms\"`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_secret_file_that_cannot_be_read_is_named_never_a_value() {
+    let (code, err) = validate(&format!(
+        "{GOOD}[connector.grants.secrets]\npw = {{ file = \"no-such-file\" }}\n"
+    ));
+    assert_eq!(code, Some(2));
+    assert!(err.contains("field `connector[0].grants.secrets`"), "{err}");
+    assert!(
+        err.contains("secret \"pw\" of connector \"gen\" comes from file"),
+        "{err}"
+    );
+    assert!(err.contains("no-such-file, which cannot be read"), "{err}");
+}
+
+const SINK: &str = r#"
+[[connector]]
+name = "out"
+kind = "sink"
+plugin = "file-sink"
+topic = "events"
+"#;
+
+#[test]
+fn a_dead_letter_topic_belongs_to_a_sink_and_not_to_what_it_reads() {
+    let (code, err) = validate(&GOOD.replace(
+        "topic = \"events\"",
+        "topic = \"events\"\ndead_letter_topic = \"x\"",
+    ));
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("field `connector[0].dead_letter_topic`"),
+        "{err}"
+    );
+    assert!(err.contains("a source has no dead-letter topic"), "{err}");
+
+    let (code, err) = validate(&format!("{GOOD}{SINK}dead_letter_topic = \"events\"\n"));
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("field `connector[1].dead_letter_topic`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("a sink cannot dead-letter into a topic it reads"),
+        "{err}"
+    );
+    assert!(
+        err.contains("help: use another topic, e.g. `dead_letter_topic = \"out.dlq\"`"),
+        "{err}"
+    );
+}

@@ -87,12 +87,10 @@ fn a_pipeline_stopped_part_way_continues_from_its_committed_offsets() {
 #[test]
 fn file_source_reads_every_line_of_a_granted_directory() {
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in");
-    std::fs::create_dir_all(&input).unwrap();
-    for (f, range) in [("a.txt", 0..3000u64), ("b.txt", 3000..5000)] {
-        let text: String = range.map(|i| format!("{{\"seq\":{i}}}\n")).collect();
-        std::fs::write(input.join(f), text).unwrap();
-    }
+    numbered_lines(
+        &dir.path().join("in"),
+        &[("a.txt", 0..3000), ("b.txt", 3000..5000)],
+    );
     let manifest = write_manifest(
         dir.path(),
         r#"

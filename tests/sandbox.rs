@@ -77,15 +77,6 @@ fn assert_healthy(dir: &Path, out: &Output) {
     assert!(line.contains("finished"), "{line}");
 }
 
-/// The summary line of connector `name`.
-fn summary_line(out: &Output, name: &str) -> String {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find(|l| l.starts_with(name))
-        .unwrap_or_else(|| panic!("no summary line for {name}"))
-        .to_owned()
-}
-
 /// Runs a fixture that must fail for good (the run exits 1) while the
 /// healthy pair delivers everything; returns the folder, the output and
 /// the fixture's summary line.

@@ -54,6 +54,28 @@ pub fn run_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     out
 }
 
+/// The summary line `sluice run` printed for connector `name`.
+pub fn summary_line(out: &Output, name: &str) -> String {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.starts_with(name))
+        .unwrap_or_else(|| panic!("no summary line for {name}"))
+        .to_owned()
+}
+
+/// Writes files of numbered lines `{"seq":N}` into `dir` (created if
+/// needed): one file per (name, range of N).
+pub fn numbered_lines(dir: &Path, files: &[(&str, std::ops::Range<u64>)]) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (name, range) in files {
+        let text: String = range
+            .clone()
+            .map(|i| format!("{{\"seq\":{i}}}\n"))
+            .collect();
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+}
+
 /// What the process wrote to stderr.
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
