@@ -257,8 +257,11 @@ async fn run(path: &Path, plugins: Arc<PluginHost>, progress: bool) -> anyhow::R
                 let line: Vec<String> = reports
                     .iter()
                     .map(|r| {
+                        let lag = r
+                            .lag()
+                            .map_or_else(String::new, |l| format!(", lag {}", thousands(l)));
                         format!(
-                            "{} {} rec ({}/s)",
+                            "{} {} rec ({}/s{lag})",
                             r.name,
                             thousands(r.stats.records()),
                             thousands(rate(r.stats.records(), r.elapsed()))
@@ -310,8 +313,8 @@ fn thousands(n: u64) -> String {
 
 fn print_summary(reports: &[Arc<ConnectorReport>]) {
     println!(
-        "{:<16} {:<6} {:>12} {:>11} {:>9} {:>12} {:>8}  outcome",
-        "connector", "kind", "records", "bytes", "elapsed", "records/s", "MB/s"
+        "{:<16} {:<6} {:>12} {:>11} {:>9} {:>12} {:>8} {:>10}  outcome",
+        "connector", "kind", "records", "bytes", "elapsed", "records/s", "MB/s", "lag"
     );
     for r in reports {
         let records = r.stats.records();
@@ -339,8 +342,9 @@ fn print_summary(reports: &[Arc<ConnectorReport>]) {
         } else {
             String::new()
         };
+        let lag = r.lag().map_or_else(|| "-".to_owned(), thousands);
         println!(
-            "{:<16} {:<6} {:>12} {:>11} {:>8.2}s {:>12} {:>8.1}  {outcome}{restarts}{refused}",
+            "{:<16} {:<6} {:>12} {:>11} {:>8.2}s {:>12} {:>8.1} {lag:>10}  {outcome}{restarts}{refused}",
             r.name,
             r.kind.to_string(),
             thousands(records),

@@ -44,6 +44,17 @@ pub struct Manifest {
     #[serde(default, rename = "connector")]
     pub connectors: Vec<Spanned<ConnectorConfig>>,
 
+    /// Settings of single topics, overriding `[broker]`'s defaults.
+    ///
+    /// ```toml
+    /// [topics.events]
+    /// partitions = 4
+    /// retention_age = "1d"
+    /// max_backlog = "256 MiB"
+    /// ```
+    #[serde(default)]
+    pub topics: BTreeMap<String, TopicSettings>,
+
     /// The folder the manifest was read from; relative paths start here.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -112,6 +123,150 @@ pub struct BrokerConfig {
     /// ```
     #[serde(default = "default_segment_bytes")]
     pub segment_bytes: u64,
+
+    /// Default `retention_bytes` of topics (see [`TopicSettings`]).
+    ///
+    /// ```toml
+    /// retention_bytes = "unlimited"
+    /// ```
+    #[serde(default)]
+    pub retention_bytes: Option<Spanned<String>>,
+
+    /// Default `retention_age` of topics (see [`TopicSettings`]).
+    ///
+    /// ```toml
+    /// retention_age = "7d"
+    /// ```
+    #[serde(default)]
+    pub retention_age: Option<Spanned<String>>,
+
+    /// Default `max_backlog` of topics (see [`TopicSettings`]).
+    ///
+    /// ```toml
+    /// max_backlog = "1 GiB"
+    /// ```
+    #[serde(default)]
+    pub max_backlog: Option<Spanned<String>>,
+}
+
+/// How much of a topic is kept, and how far its sinks may fall behind.
+/// In `[broker]` for every topic, or in `[topics.<name>]` for one.
+///
+/// Retention removes only records that every consumer group of the topic
+/// has committed, oldest segment first: it frees disk, it never takes a
+/// record from a sink that has not delivered it. Records no group has
+/// committed are bounded by `max_backlog` instead: when a group falls that
+/// far behind, the sources writing the partition wait for it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicSettings {
+    /// Partitions of the topic when it is first created (`[topics.<name>]`
+    /// only; `[broker] partitions` is the default).
+    ///
+    /// ```toml
+    /// partitions = 4
+    /// ```
+    #[serde(default)]
+    pub partitions: Option<Spanned<u32>>,
+
+    /// Most bytes of committed records a partition keeps, e.g. `"10 GiB"`,
+    /// or `"unlimited"` (the default).
+    ///
+    /// ```toml
+    /// retention_bytes = "10 GiB"
+    /// ```
+    #[serde(default)]
+    pub retention_bytes: Option<Spanned<String>>,
+
+    /// How long committed records are kept, e.g. `"7d"` (the default),
+    /// `"12h"`, or `"forever"`.
+    ///
+    /// ```toml
+    /// retention_age = "7d"
+    /// ```
+    #[serde(default)]
+    pub retention_age: Option<Spanned<String>>,
+
+    /// Most bytes a consumer group may be behind in a partition before the
+    /// sources writing it wait, e.g. `"1 GiB"` (the default).
+    ///
+    /// ```toml
+    /// max_backlog = "1 GiB"
+    /// ```
+    #[serde(default)]
+    pub max_backlog: Option<Spanned<String>>,
+}
+
+/// [`TopicSettings`] resolved: what the log enforces for one topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicPolicy {
+    /// Partitions when created.
+    pub partitions: u32,
+    /// Most bytes of committed records kept per partition.
+    pub retention_bytes: Option<u64>,
+    /// Longest time committed records are kept.
+    pub retention_age: Option<Duration>,
+    /// Most bytes a group may be behind before sources wait.
+    pub max_backlog: u64,
+}
+
+/// Default `retention_age`.
+pub const DEFAULT_RETENTION_AGE: Duration = Duration::from_secs(7 * 86_400);
+/// Default `max_backlog`.
+pub const DEFAULT_MAX_BACKLOG: u64 = 1 << 30;
+
+impl TopicSettings {
+    /// These settings over `defaults`. Values were checked when the
+    /// manifest was loaded.
+    fn resolve(&self, defaults: TopicPolicy) -> TopicPolicy {
+        let bytes = |v: &Spanned<String>| {
+            let v = v.get_ref();
+            (v != "unlimited").then(|| parse_bytes(v).unwrap_or(u64::MAX))
+        };
+        let age = |v: &Spanned<String>| {
+            let v = v.get_ref();
+            (v != "forever").then(|| parse_duration(v).unwrap_or(Duration::MAX))
+        };
+        TopicPolicy {
+            partitions: self
+                .partitions
+                .as_ref()
+                .map_or(defaults.partitions, |p| *p.get_ref()),
+            retention_bytes: self
+                .retention_bytes
+                .as_ref()
+                .map_or(defaults.retention_bytes, bytes),
+            retention_age: self
+                .retention_age
+                .as_ref()
+                .map_or(defaults.retention_age, age),
+            max_backlog: self.max_backlog.as_ref().map_or(defaults.max_backlog, |v| {
+                parse_bytes(v.get_ref()).unwrap_or(u64::MAX)
+            }),
+        }
+    }
+}
+
+impl BrokerConfig {
+    /// The topic defaults of `[broker]`, as a [`TopicSettings`].
+    fn topic_settings(&self) -> TopicSettings {
+        TopicSettings {
+            partitions: None,
+            retention_bytes: self.retention_bytes.clone(),
+            retention_age: self.retention_age.clone(),
+            max_backlog: self.max_backlog.clone(),
+        }
+    }
+
+    /// The policy of topics that `[topics.<name>]` does not mention.
+    pub fn default_policy(&self) -> TopicPolicy {
+        self.topic_settings().resolve(TopicPolicy {
+            partitions: self.partitions,
+            retention_bytes: None,
+            retention_age: Some(DEFAULT_RETENTION_AGE),
+            max_backlog: DEFAULT_MAX_BACKLOG,
+        })
+    }
 }
 
 impl Default for BrokerConfig {
@@ -123,6 +278,9 @@ impl Default for BrokerConfig {
             fsync_interval_ms: default_fsync_interval_ms(),
             partitions: default_partitions(),
             segment_bytes: default_segment_bytes(),
+            retention_bytes: None,
+            retention_age: None,
+            max_backlog: None,
         }
     }
 }
@@ -676,6 +834,10 @@ impl Manifest {
                     .help("a topic needs at least one partition: `partitions = 1`"),
             );
         }
+        self.check_topic_settings("broker", &self.broker.topic_settings())?;
+        for (name, t) in &self.topics {
+            self.check_topic_settings(&format!("topics.{name}"), t)?;
+        }
         if self.connectors.is_empty() {
             return Err(
                 ManifestError::at(&self.path, &self.source, None, "no connector")
@@ -885,6 +1047,63 @@ impl Manifest {
         Some(at..at + text.len())
     }
 
+    /// The policy of every topic `[topics.<name>]` names, and the default
+    /// for the others.
+    pub fn topic_policies(&self) -> (TopicPolicy, BTreeMap<String, TopicPolicy>) {
+        let defaults = self.broker.default_policy();
+        let named = self
+            .topics
+            .iter()
+            .map(|(name, t)| (name.clone(), t.resolve(defaults)))
+            .collect();
+        (defaults, named)
+    }
+
+    /// Checks the retention and backlog settings of `[broker]` (`table`
+    /// `"broker"`) or of `[topics.<name>]`.
+    fn check_topic_settings(&self, table: &str, t: &TopicSettings) -> Result<(), ManifestError> {
+        if let Some(p) = &t.partitions
+            && *p.get_ref() == 0
+        {
+            return Err(self
+                .error(p.span(), "partitions is 0")
+                .field(format!("{table}.partitions"))
+                .help("a topic needs at least one partition: `partitions = 1`"));
+        }
+        let sizes = [
+            ("retention_bytes", &t.retention_bytes, Some("unlimited")),
+            ("max_backlog", &t.max_backlog, None),
+        ];
+        for (field, value, word) in sizes {
+            let Some(v) = value else { continue };
+            if word.is_some_and(|w| v.get_ref() == w) {
+                continue;
+            }
+            let n = parse_bytes(v.get_ref()).map_err(|why| {
+                let or = word.map_or(String::new(), |w| format!(", or `\"{w}\"`"));
+                self.error(v.span(), why)
+                    .field(format!("{table}.{field}"))
+                    .help(format!("write a size such as `{field} = \"1 GiB\"`{or}"))
+            })?;
+            if n == 0 {
+                return Err(self
+                    .error(v.span(), format!("{field} is 0"))
+                    .field(format!("{table}.{field}"))
+                    .help(format!("write a size such as `{field} = \"1 GiB\"`")));
+            }
+        }
+        if let Some(v) = &t.retention_age
+            && v.get_ref() != "forever"
+        {
+            parse_duration(v.get_ref()).map_err(|why| {
+                self.error(v.span(), why)
+                    .field(format!("{table}.retention_age"))
+                    .help("write a duration such as `retention_age = \"7d\"`, or `\"forever\"`")
+            })?;
+        }
+        Ok(())
+    }
+
     /// The data directory, resolved against the manifest's folder.
     pub fn data_dir(&self) -> PathBuf {
         self.resolve(&self.broker.data_dir)
@@ -1015,7 +1234,7 @@ pub fn format_size(n: u64) -> String {
     format!("{n} B")
 }
 
-/// Parses a duration such as `"2s"`, `"500ms"` or `"1m"`.
+/// Parses a duration such as `"2s"`, `"500ms"`, `"1m"`, `"6h"` or `"7d"`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -1027,8 +1246,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
         "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        "d" => Ok(Duration::from_secs(n * 86_400)),
         other => Err(format!(
-            "unknown duration unit {other:?} in {text:?} (use ms, s or m)"
+            "unknown duration unit {other:?} in {text:?} (use ms, s, m, h or d)"
         )),
     }
 }
@@ -1108,6 +1329,50 @@ topics = ["events"]
         let bad = GOOD.replace("topics = [\"events\"]", "");
         let e = parse(&bad).unwrap_err();
         assert!(e.to_string().contains("reads no topic"), "{e}");
+    }
+
+    #[test]
+    fn topic_settings_default_override_and_are_checked() {
+        let m = parse(&format!(
+            "{GOOD}\n[topics.events]\npartitions = 3\nmax_backlog = \"16 MiB\"\n\
+             retention_age = \"forever\"\n"
+        ))
+        .unwrap();
+        let (defaults, named) = m.topic_policies();
+        assert_eq!(
+            defaults,
+            TopicPolicy {
+                partitions: 1,
+                retention_bytes: None,
+                retention_age: Some(DEFAULT_RETENTION_AGE),
+                max_backlog: DEFAULT_MAX_BACKLOG,
+            }
+        );
+        assert_eq!(
+            named["events"],
+            TopicPolicy {
+                partitions: 3,
+                retention_bytes: None,
+                retention_age: None,
+                max_backlog: 16 << 20,
+            }
+        );
+        let bad = GOOD.replace(
+            "data_dir = \"d\"",
+            "data_dir = \"d\"\nretention_bytes = \"lots\"",
+        );
+        let e = parse(&bad).unwrap_err();
+        assert_eq!(e.line, Some(4));
+        let text = e.to_string();
+        assert!(text.contains("broker.retention_bytes"), "{text}");
+        assert!(text.contains("\"unlimited\""), "{text}");
+        let e = parse(&format!(
+            "{GOOD}\n[topics.events]\nretention_age = \"a week\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("topics.events.retention_age"), "{e}");
+        let e = parse(&format!("{GOOD}\n[topics.events]\nmax_backlog = \"0\"\n")).unwrap_err();
+        assert!(e.to_string().contains("max_backlog is 0"), "{e}");
     }
 
     #[test]

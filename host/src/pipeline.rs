@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -246,6 +246,10 @@ pub struct ConnectorReport {
     last_error: Mutex<Option<Failure>>,
     /// A sink's dead-letter topic.
     pub dead_letter_topic: Option<String>,
+    /// The topics a sink reads.
+    reads: Vec<String>,
+    /// Records in those topics that the sink's group has not committed.
+    lag: AtomicU64,
 }
 
 impl ConnectorReport {
@@ -261,7 +265,34 @@ impl ConnectorReport {
             restarts: AtomicU32::new(0),
             last_error: Mutex::new(None),
             dead_letter_topic: None,
+            reads: Vec::new(),
+            lag: AtomicU64::new(0),
         }
+    }
+
+    /// A sink's lag: records in its topics that it has not committed, as
+    /// last measured (every [`LAG_EVERY`] while running, and at the end).
+    /// `None` for a source.
+    pub fn lag(&self) -> Option<u64> {
+        (self.kind == ConnectorKind::Sink).then(|| self.lag.load(Ordering::Relaxed))
+    }
+
+    fn measure_lag(&self, broker: &impl Broker) {
+        let mut lag = 0;
+        for topic in &self.reads {
+            let Ok(partitions) = broker.ensure_topic(topic) else {
+                continue;
+            };
+            for p in 0..partitions {
+                let end = broker.end_offset(topic, p).unwrap_or(0);
+                let from = broker
+                    .committed_offset(&self.name, topic, p)
+                    .unwrap_or(0)
+                    .max(broker.start_offset(topic, p).unwrap_or(0));
+                lag += end.saturating_sub(from);
+            }
+        }
+        self.lag.store(lag, Ordering::Relaxed);
     }
 
     /// Time from start to end (or to now).
@@ -340,6 +371,7 @@ pub struct RunningPipeline {
     tasks: JoinSet<()>,
     reports: Vec<Arc<ConnectorReport>>,
     broker: Arc<EmbeddedLog>,
+    lag_task: tokio::task::JoinHandle<()>,
     /// Kept for the instances' lifetime: its epoch ticker enforces `cpu`.
     _plugins: Arc<PluginHost>,
 }
@@ -352,12 +384,27 @@ pub async fn start(
 ) -> anyhow::Result<RunningPipeline> {
     let data_dir = manifest.data_dir();
     let broker = Arc::new(
-        EmbeddedLog::open(&data_dir, LogConfig::from(&manifest.broker))
+        EmbeddedLog::open(&data_dir, LogConfig::from_manifest(manifest))
             .with_context(|| format!("opening the embedded broker in {}", data_dir.display()))?,
     );
     // Every secret of the manifest is masked in every connector's output.
     let redactor = Redactor::new(connectors.iter().flat_map(|c| c.secrets.values()));
     let seals = Arc::new(Seals::for_writers(&connectors));
+    // Sinks subscribe before any source writes, so that retention keeps
+    // every record they have not committed.
+    for c in connectors
+        .iter()
+        .filter(|c| c.config.kind == ConnectorKind::Sink)
+    {
+        for topic in c.config.topic_names() {
+            broker
+                .ensure_topic(&topic)
+                .and_then(|_| broker.subscribe(c.config.name.get_ref(), &topic))
+                .with_context(|| {
+                    format!("subscribing {} to topic {topic:?}", c.config.name.get_ref())
+                })?;
+        }
+    }
     let stop = StopSignal::new();
     let mut tasks = JoinSet::new();
     let mut reports = Vec::new();
@@ -373,6 +420,7 @@ pub async fn start(
         let mut report = ConnectorReport::new(name.clone(), c.config.kind);
         if c.config.kind == ConnectorKind::Sink {
             report.dead_letter_topic = Some(c.config.dead_letter_topic());
+            report.reads = c.config.topic_names();
         }
         let report = Arc::new(report);
         reports.push(report.clone());
@@ -430,14 +478,29 @@ pub async fn start(
             }
         }
     }
+    let lag_task = {
+        let (broker, reports) = (broker.clone(), reports.clone());
+        tokio::spawn(async move {
+            loop {
+                for r in &reports {
+                    r.measure_lag(&*broker);
+                }
+                tokio::time::sleep(LAG_EVERY).await;
+            }
+        })
+    };
     Ok(RunningPipeline {
         stop,
         tasks,
         reports,
         broker,
+        lag_task,
         _plugins: plugins,
     })
 }
+
+/// How often sinks' lag is measured while the pipeline runs.
+pub const LAG_EVERY: Duration = Duration::from_millis(250);
 
 /// The topic a connector's instances write: a source's topic, or a sink's
 /// dead-letter topic.
@@ -721,6 +784,10 @@ impl RunningPipeline {
             if let Err(e) = joined {
                 tracing::error!(error = %e, "an instance task panicked");
             }
+        }
+        self.lag_task.abort();
+        for r in &self.reports {
+            r.measure_lag(&*self.broker);
         }
         self.broker
             .sync_all()

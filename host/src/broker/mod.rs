@@ -91,6 +91,35 @@ pub enum BrokerError {
     },
 }
 
+/// How far the slowest consumer group of a partition is behind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backlog {
+    /// The group.
+    pub group: String,
+    /// Records it has not committed.
+    pub records: u64,
+    /// Bytes of stored batches it has not committed.
+    pub bytes: u64,
+    /// The topic's `max_backlog`: at or past it, sources wait.
+    pub limit: u64,
+}
+
+impl Backlog {
+    /// True when sources writing the partition should wait.
+    pub fn is_full(&self) -> bool {
+        self.bytes >= self.limit
+    }
+}
+
+impl BrokerError {
+    /// True when a write failed for want of space (`ENOSPC`, `EDQUOT`): the
+    /// flow waits for space instead of failing.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, BrokerError::Io { source, .. }
+            if matches!(source.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded))
+    }
+}
+
 /// What pumps need from a broker.
 pub trait Broker: Send + Sync + 'static {
     /// Creates the topic if it does not exist; returns its partition count.
@@ -137,6 +166,17 @@ pub trait Broker: Send + Sync + 'static {
 
     /// The committed next offset of `group` in a partition, if any.
     fn committed_offset(&self, group: &str, topic: &str, partition: u32) -> Option<u64>;
+
+    /// Makes `group` a consumer of `topic`: in each partition where it has
+    /// no committed offset yet, it starts at the oldest record kept. From
+    /// then on retention keeps what the group has not committed.
+    fn subscribe(&self, group: &str, topic: &str) -> Result<(), BrokerError>;
+
+    /// The slowest consumer group of a partition, if it has any.
+    fn backlog(&self, topic: &str, partition: u32) -> Result<Option<Backlog>, BrokerError>;
+
+    /// The offset of the oldest record kept (retention removes older ones).
+    fn start_offset(&self, topic: &str, partition: u32) -> Result<u64, BrokerError>;
 
     /// Durably commits `group`'s next offsets.
     fn commit_offsets(

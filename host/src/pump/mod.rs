@@ -158,6 +158,33 @@ macro_rules! retrying {
 pub mod sink;
 pub mod source;
 
+/// How often a write refused for want of space is tried again.
+const DISK_FULL_RETRY: Duration = Duration::from_millis(250);
+
+/// Makes a broker write, and makes it again while it fails because the disk
+/// is full (the broker says so once, not at every try). `None` if the stop
+/// signal came first: the write never happened, and nothing after it may be
+/// committed.
+pub(crate) async fn when_space<T, F>(
+    stop: &StopSignal,
+    mut write: impl FnMut() -> F,
+) -> Result<Option<T>, crate::broker::BrokerError>
+where
+    F: std::future::Future<Output = Result<T, crate::broker::BrokerError>>,
+{
+    loop {
+        match write().await {
+            Err(e) if e.is_disk_full() => {
+                if stop.is_stopped() {
+                    return Ok(None);
+                }
+                stop.sleep(DISK_FULL_RETRY).await;
+            }
+            done => return done.map(Some),
+        }
+    }
+}
+
 /// Retries a call that failed with a `retriable` plugin error, with
 /// exponential backoff, in place: the instance is not restarted and nothing
 /// is dead-lettered. After `attempts` retries in a row the error stands and

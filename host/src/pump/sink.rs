@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use sluice_batch::{Batch, BatchWriter};
 
-use super::{PumpStats, StopSignal, TopicSeal};
+use super::{PumpStats, StopSignal, TopicSeal, when_space};
 use crate::broker::Broker;
 use crate::plugin::SinkInstance;
 use crate::plugin::instance::Refused;
@@ -122,6 +122,17 @@ impl<B: Broker> SinkPump<B> {
                     .broker
                     .read(&topic, partition, next, self.config.max_bytes)
                     .await?;
+                if let Some(first) = batches.first()
+                    && first.first_offset > next
+                {
+                    tracing::warn!(
+                        connector = %self.connector,
+                        topic, partition,
+                        "records {next}..{} were removed by retention before this sink read \
+                         them (its group did not hold them); going on from {}",
+                        first.first_offset, first.first_offset
+                    );
+                }
                 for b in batches {
                     let next = b.next_offset();
                     let refused = retrying!(
@@ -135,6 +146,7 @@ impl<B: Broker> SinkPump<B> {
                         self.dead_letter
                             .append(
                                 &*self.broker,
+                                &self.stop,
                                 Origin {
                                     topic: &topic,
                                     partition,
@@ -208,8 +220,17 @@ impl<B: Broker> SinkPump<B> {
             .iter()
             .map(|a| (a.topic.clone(), a.partition, a.next))
             .collect();
-        self.broker.commit_offsets(&self.group, &offsets).await?;
-        tracing::debug!(connector = %self.connector, ?offsets, "flushed and committed");
+        let (broker, group) = (&self.broker, &self.group);
+        let committed = when_space(&self.stop, || broker.commit_offsets(group, &offsets)).await?;
+        if committed.is_none() {
+            tracing::warn!(
+                connector = %self.connector,
+                "stopped while the disk was full: the offsets since the last commit are not \
+                 committed, so those records are delivered again on the next start"
+            );
+        } else {
+            tracing::debug!(connector = %self.connector, ?offsets, "flushed and committed");
+        }
         Ok(())
     }
 }
@@ -221,6 +242,7 @@ impl DeadLetter {
     async fn append<B: Broker>(
         &self,
         broker: &B,
+        stop: &StopSignal,
         from: Origin<'_>,
         bytes: &[u8],
         refused: &[Refused],
@@ -261,15 +283,19 @@ impl DeadLetter {
             });
         }
         let count = out.len() as u32;
-        broker
-            .append(
-                &dlq.topic,
-                partition % dlq.partitions,
-                &out.finish(),
-                count,
-                None,
-            )
-            .await?;
+        let batch = out.finish();
+        let dlq_partition = partition % dlq.partitions;
+        let appended = when_space(stop, || {
+            broker.append(&dlq.topic, dlq_partition, &batch, count, None)
+        })
+        .await?;
+        if appended.is_none() {
+            anyhow::bail!(
+                "stopped while the disk was full, before {count} refused records reached the \
+                 dead-letter topic {}; their batch is delivered again on the next start",
+                dlq.topic
+            );
+        }
         stats.refused.fetch_add(u64::from(count), Ordering::Relaxed);
         Ok(())
     }

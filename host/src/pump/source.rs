@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use sluice_batch::Batch;
 
-use super::{PumpStats, StopSignal};
+use super::{PumpStats, StopSignal, when_space};
 use crate::broker::{Broker, SourceCheckpoint};
 use crate::plugin::{Polled, SourceInstance};
 use crate::supervisor::RestartPolicy;
@@ -53,6 +53,12 @@ pub struct SourcePump<B> {
     pub stop: StopSignal,
 }
 
+/// How often a held source checks the backlog again.
+const HOLD_CHECK: Duration = Duration::from_millis(50);
+
+/// A source says it is held at most this often.
+const HOLD_WARNING_EVERY: Duration = Duration::from_secs(60);
+
 /// The longest an idle source waits before polling again.
 const MAX_IDLE: Duration = Duration::from_millis(50);
 
@@ -72,8 +78,9 @@ impl<B: Broker> SourcePump<B> {
     /// Runs until the source ends, the stop signal comes, or something fails.
     pub async fn run(mut self) -> anyhow::Result<SourceEnd> {
         let mut idle = Duration::from_millis(1);
+        let mut warned = None;
         let end = loop {
-            if self.stop.is_stopped() {
+            if self.stop.is_stopped() || !self.hold_while_backlogged(&mut warned).await? {
                 break SourceEnd::Stopped;
             }
             let filled = self.fill().await?;
@@ -92,15 +99,17 @@ impl<B: Broker> SourcePump<B> {
                     producer: &self.producer,
                     position,
                 });
-                self.broker
-                    .append(
-                        &self.topic,
-                        self.partition,
-                        &batch,
-                        filled.records,
-                        checkpoint,
-                    )
-                    .await?;
+                let (broker, topic, partition) = (&self.broker, &self.topic, self.partition);
+                let appended = when_space(&self.stop, || {
+                    broker.append(topic, partition, &batch, filled.records, checkpoint)
+                })
+                .await?;
+                if appended.is_none() {
+                    // Stopped while the disk was full: the batch was never
+                    // stored, and its position is not committed, so the
+                    // source polls it again when it next starts.
+                    break SourceEnd::Stopped;
+                }
                 self.stats
                     .add(u64::from(filled.records), filled.value_bytes);
                 if let Some(p) = &filled.position {
@@ -123,6 +132,57 @@ impl<B: Broker> SourcePump<B> {
         };
         self.instance.close().await?;
         Ok(end)
+    }
+
+    /// Waits while the slowest consumer group of the partition is
+    /// `max_backlog` or more behind, so that a stalled sink slows its
+    /// sources instead of filling the disk. False if stopped meanwhile.
+    /// `warned` is when it last said so.
+    async fn hold_while_backlogged(
+        &mut self,
+        warned: &mut Option<Instant>,
+    ) -> anyhow::Result<bool> {
+        let mut held: Option<Instant> = None;
+        loop {
+            let backlog = self.broker.backlog(&self.topic, self.partition)?;
+            let Some(b) = backlog.filter(|b| b.is_full()) else {
+                break;
+            };
+            if held.is_none() {
+                held = Some(Instant::now());
+                if !warned.is_some_and(|t| t.elapsed() < HOLD_WARNING_EVERY) {
+                    *warned = Some(Instant::now());
+                    tracing::warn!(
+                        topic = %self.topic,
+                        partition = self.partition,
+                        group = %b.group,
+                        lag_records = b.records,
+                        lag_bytes = b.bytes,
+                        "source waits: sink group `{}` is {} records ({}) behind, at the topic's \
+                         max_backlog of {}; it goes on as the sink catches up",
+                        b.group,
+                        b.records,
+                        crate::manifest::format_bytes(b.bytes),
+                        crate::manifest::format_bytes(b.limit),
+                    );
+                }
+            }
+            if self.stop.is_stopped() {
+                return Ok(false);
+            }
+            self.stop.sleep(HOLD_CHECK).await;
+        }
+        if let Some(since) = held
+            && since.elapsed() >= HOLD_CHECK * 20
+        {
+            tracing::info!(
+                topic = %self.topic,
+                partition = self.partition,
+                "source goes on after waiting {:.1}s for its sinks",
+                since.elapsed().as_secs_f64()
+            );
+        }
+        Ok(true)
     }
 
     /// Polls until the batch is full, the linger time is up, or the source

@@ -21,15 +21,16 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use sluice_batch::Batch;
 use tokio::sync::watch;
 
 use self::segment::FrameMeta;
-use super::{Broker, BrokerError, SourceCheckpoint, StoredBatch};
-use crate::manifest::{BrokerConfig, FsyncPolicy};
+use super::{Backlog, Broker, BrokerError, SourceCheckpoint, StoredBatch};
+use crate::manifest::{FsyncPolicy, Manifest, TopicPolicy};
 
 pub use self::state::ConnectorState;
 
@@ -40,20 +41,32 @@ pub struct LogConfig {
     pub fsync: FsyncPolicy,
     /// Period of the background sync under [`FsyncPolicy::Interval`].
     pub fsync_interval: Duration,
-    /// Partitions of a new topic.
-    pub partitions: u32,
     /// Roll segments at this size.
     pub segment_bytes: u64,
+    /// Partitions, retention and backlog of topics not in `policies`.
+    pub default_policy: TopicPolicy,
+    /// Those of topics named in the manifest.
+    pub policies: BTreeMap<String, TopicPolicy>,
 }
 
-impl From<&BrokerConfig> for LogConfig {
-    fn from(b: &BrokerConfig) -> Self {
+impl LogConfig {
+    /// The settings a manifest gives.
+    pub fn from_manifest(m: &Manifest) -> Self {
+        let (default_policy, policies) = m.topic_policies();
         LogConfig {
-            fsync: b.fsync,
-            fsync_interval: Duration::from_millis(b.fsync_interval_ms.max(1)),
-            partitions: b.partitions,
-            segment_bytes: b.segment_bytes,
+            fsync: m.broker.fsync,
+            fsync_interval: Duration::from_millis(m.broker.fsync_interval_ms.max(1)),
+            segment_bytes: m.broker.segment_bytes,
+            default_policy,
+            policies,
         }
+    }
+
+    fn policy(&self, topic: &str) -> TopicPolicy {
+        self.policies
+            .get(topic)
+            .copied()
+            .unwrap_or(self.default_policy)
     }
 }
 
@@ -70,10 +83,14 @@ struct Inner {
     topics: RwLock<HashMap<String, Arc<Topic>>>,
     positions: Mutex<HashMap<String, Vec<u8>>>,
     groups: Mutex<HashMap<String, BTreeMap<String, u64>>>,
+    /// Set while writes fail for want of space; see [`EmbeddedLog::space`].
+    full: Mutex<Option<Instant>>,
+    full_flag: AtomicBool,
 }
 
 #[derive(Debug)]
 struct Topic {
+    policy: TopicPolicy,
     partitions: Vec<Mutex<Partition>>,
     /// Bumped on every append, for waiting readers.
     appended: watch::Sender<u64>,
@@ -85,6 +102,10 @@ struct Segment {
     path: PathBuf,
     reader: Arc<File>,
     frames: Vec<FrameMeta>,
+    /// Bytes in the file (for the active segment, see `Partition::active_len`).
+    len: u64,
+    /// When its last frame was written; `None` while it is the active one.
+    closed_at: Option<SystemTime>,
 }
 
 #[derive(Debug)]
@@ -181,11 +202,24 @@ impl Partition {
                 positions.insert(producer, position);
             }
             let reader = File::open(&path).map_err(io("cannot open log segment", &path))?;
+            let closed_at = if last {
+                None
+            } else {
+                // Its last write; failing that, now (keeping it longer).
+                Some(
+                    reader
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .unwrap_or_else(|_| SystemTime::now()),
+                )
+            };
             segments.push(Segment {
                 base_offset: *base,
                 path,
                 reader: Arc::new(reader),
                 frames: scan.frames,
+                len: scan.valid_len,
+                closed_at,
             });
         }
         let active = segments.last().expect("at least one segment");
@@ -228,20 +262,23 @@ impl Partition {
         let base = self.next_offset;
         let (producer, position) = checkpoint.map_or(("", &[][..]), |c| (c.producer, c.position));
         let frame = segment::encode(base, records, producer, position, batch);
-        let path = &self.segments.last().expect("at least one segment").path;
+        let path = self
+            .segments
+            .last()
+            .expect("at least one segment")
+            .path
+            .clone();
         if let Err(e) = self.writer.write_all(&frame) {
             // Leave no partial frame behind: a full disk must not tear the log.
-            if let Err(cut) = self.writer.set_len(self.active_len) {
-                self.failed = Some(format!("a partial frame could not be cut off: {cut}"));
-            }
-            return Err(io("cannot append to", path)(e));
+            self.cut_back();
+            return Err(io("cannot append to", &path)(e));
         }
         if config.fsync == FsyncPolicy::Always {
             if let Err(e) = self.writer.sync_data() {
                 // The frame is in the file but not acknowledged; appending
-                // after it would give two frames one offset.
-                self.failed = Some(format!("sync failed: {e}"));
-                return Err(io("cannot sync", path)(e));
+                // after it would give two frames one offset. Cut it off.
+                self.cut_back();
+                return Err(io("cannot sync", &path)(e));
             }
         } else {
             self.dirty = true;
@@ -258,6 +295,15 @@ impl Partition {
         Ok(base)
     }
 
+    /// Cuts the active segment back to what the index holds, after a write
+    /// that failed part-way; if even that fails, the partition refuses
+    /// appends until the log is reopened (which recovers from the file).
+    fn cut_back(&mut self) {
+        if let Err(cut) = self.writer.set_len(self.active_len) {
+            self.failed = Some(format!("a partial frame could not be cut off: {cut}"));
+        }
+    }
+
     fn roll(&mut self) -> Result<(), BrokerError> {
         let old = &self.segments.last().expect("at least one segment").path;
         self.writer.sync_data().map_err(io("cannot sync", old))?;
@@ -269,11 +315,16 @@ impl Partition {
             .map_err(io("cannot create log segment", &path))?;
         sync_dir(&self.dir);
         let reader = File::open(&path).map_err(io("cannot open log segment", &path))?;
+        let closed = self.segments.last_mut().expect("at least one segment");
+        closed.len = self.active_len;
+        closed.closed_at = Some(SystemTime::now());
         self.segments.push(Segment {
             base_offset: self.next_offset,
             path,
             reader: Arc::new(reader),
             frames: Vec::new(),
+            len: 0,
+            closed_at: None,
         });
         self.writer = writer;
         self.active_len = 0;
@@ -288,6 +339,60 @@ impl Partition {
             self.dirty = false;
         }
         Ok(())
+    }
+
+    /// The offset of the oldest record kept.
+    fn start_offset(&self) -> u64 {
+        self.segments[0].base_offset
+    }
+
+    fn segment_len(&self, i: usize) -> u64 {
+        if i + 1 == self.segments.len() {
+            self.active_len
+        } else {
+            self.segments[i].len
+        }
+    }
+
+    /// Bytes held from `offset` to the end.
+    fn bytes_from(&self, offset: u64) -> u64 {
+        let si = self
+            .segments
+            .partition_point(|s| s.base_offset <= offset)
+            .saturating_sub(1);
+        let mut total = 0;
+        for (i, seg) in self.segments.iter().enumerate().skip(si) {
+            let len = self.segment_len(i);
+            let fi = seg
+                .frames
+                .partition_point(|f| f.base_offset + u64::from(f.records) <= offset);
+            total += len - seg.frames.get(fi).map_or(len, |f| f.file_pos);
+        }
+        total
+    }
+
+    /// How many of the oldest segments retention removes: closed segments
+    /// below `committed` (the lowest offset a consumer group still needs),
+    /// while the partition is over `retention_bytes` or the segment is older
+    /// than `retention_age`.
+    fn expired(&self, committed: u64, policy: &TopicPolicy, now: SystemTime) -> usize {
+        let mut size: u64 = (0..self.segments.len()).map(|i| self.segment_len(i)).sum();
+        let mut n = 0;
+        while n + 1 < self.segments.len() && self.segments[n + 1].base_offset <= committed {
+            let seg = &self.segments[n];
+            let too_big = policy.retention_bytes.is_some_and(|max| size > max);
+            let too_old = policy.retention_age.is_some_and(|age| {
+                seg.closed_at
+                    .and_then(|t| now.duration_since(t).ok())
+                    .is_some_and(|d| d > age)
+            });
+            if !too_big && !too_old {
+                break;
+            }
+            size -= seg.len;
+            n += 1;
+        }
+        n
     }
 
     /// Frames to read for `offset`, up to about `max_bytes`.
@@ -324,14 +429,20 @@ impl EmbeddedLog {
         let topics_dir = dir.join("topics");
         std::fs::create_dir_all(&topics_dir)
             .map_err(io("cannot create data folder", &topics_dir))?;
-        let mut positions = HashMap::new();
+        // Positions whose frames retention removed; the frames still held
+        // override them below.
+        let mut positions = state::load_positions(&dir.join(POSITIONS_FILE))?;
         let mut topics = HashMap::new();
         for entry in std::fs::read_dir(&topics_dir).map_err(io("cannot list", &topics_dir))? {
             let entry = entry.map_err(io("cannot list", &topics_dir))?;
             let Ok(name) = entry.file_name().into_string() else {
                 continue;
             };
-            let topic = Topic::open(&topics_dir.join(&name), None, &mut positions)?;
+            let topic = Topic::open(
+                &topics_dir.join(&name),
+                config.policy(&name),
+                &mut positions,
+            )?;
             topics.insert(name, Arc::new(topic));
         }
         let groups = state::load_groups(&dir.join("groups"))?;
@@ -341,10 +452,10 @@ impl EmbeddedLog {
             topics: RwLock::new(topics),
             positions: Mutex::new(positions),
             groups: Mutex::new(groups),
+            full: Mutex::new(None),
+            full_flag: AtomicBool::new(false),
         });
-        if inner.config.fsync == FsyncPolicy::Interval {
-            start_flusher(Arc::downgrade(&inner), inner.config.fsync_interval);
-        }
+        start_housekeeper(Arc::downgrade(&inner));
         Ok(EmbeddedLog { inner })
     }
 
@@ -361,6 +472,12 @@ impl EmbeddedLog {
     /// Syncs every partition with unsynced appends.
     pub fn sync_all(&self) -> Result<(), BrokerError> {
         sync_all(&self.inner)
+    }
+
+    /// Removes what retention allows now (the log also does this every
+    /// second by itself).
+    pub fn enforce_retention(&self) -> Result<(), BrokerError> {
+        enforce_retention(&self.inner)
     }
 
     fn topic(&self, name: &str) -> Result<Arc<Topic>, BrokerError> {
@@ -392,9 +509,10 @@ impl EmbeddedLog {
 }
 
 impl Topic {
+    /// Opens a topic's folder; a new topic gets `policy.partitions`.
     fn open(
         dir: &Path,
-        create_partitions: Option<u32>,
+        policy: TopicPolicy,
         positions: &mut HashMap<String, Vec<u8>>,
     ) -> Result<Topic, BrokerError> {
         let mut count = 0u32;
@@ -406,12 +524,13 @@ impl Topic {
             }
         }
         if count == 0 {
-            count = create_partitions.unwrap_or(1);
+            count = policy.partitions;
         }
         let partitions = (0..count)
             .map(|p| Partition::open(dir.join(p.to_string()), positions).map(Mutex::new))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Topic {
+            policy,
             partitions,
             appended: watch::channel(0).0,
         })
@@ -434,22 +553,144 @@ fn sync_all(inner: &Inner) -> Result<(), BrokerError> {
     Ok(())
 }
 
-/// Syncs dirty partitions every `interval` until the log is dropped.
-fn start_flusher(inner: Weak<Inner>, interval: Duration) {
+/// Where the positions of frames removed by retention are kept.
+const POSITIONS_FILE: &str = "positions.json";
+
+/// How often retention is checked.
+const RETENTION_EVERY: Duration = Duration::from_secs(1);
+
+/// Until the log is dropped: syncs dirty partitions every fsync interval
+/// (under [`FsyncPolicy::Interval`]) and applies retention every second.
+fn start_housekeeper(inner: Weak<Inner>) {
     let spawned = std::thread::Builder::new()
-        .name("sluice-fsync".into())
+        .name("sluice-log".into())
         .spawn(move || {
+            let mut last_retention = Instant::now();
             loop {
-                std::thread::sleep(interval);
+                let tick = {
+                    let Some(inner) = inner.upgrade() else { return };
+                    match inner.config.fsync {
+                        FsyncPolicy::Interval => inner.config.fsync_interval.min(RETENTION_EVERY),
+                        _ => RETENTION_EVERY,
+                    }
+                };
+                std::thread::sleep(tick);
                 let Some(inner) = inner.upgrade() else { return };
-                if let Err(e) = sync_all(&inner) {
-                    tracing::error!(error = %e, "background sync of the log failed");
+                if inner.config.fsync == FsyncPolicy::Interval {
+                    let synced = sync_all(&inner);
+                    if let Err(e) = space(&inner, synced) {
+                        if !e.is_disk_full() {
+                            tracing::error!(error = %e, "background sync of the log failed");
+                        }
+                    }
+                }
+                if last_retention.elapsed() >= RETENTION_EVERY {
+                    last_retention = Instant::now();
+                    if let Err(e) = enforce_retention(&inner) {
+                        tracing::error!(error = %e, "applying retention to the log failed");
+                    }
                 }
             }
         });
     if let Err(e) = spawned {
-        tracing::error!(error = %e, "cannot start the log's sync thread; syncing only at shutdown");
+        tracing::error!(
+            error = %e,
+            "cannot start the log's housekeeping thread; syncing only at shutdown, and no retention"
+        );
     }
+}
+
+/// Removes the segments retention allows: see [`Partition::expired`].
+/// Segments leave the index first; the source positions of the whole log
+/// are then stored (so those carried by removed frames survive), and only
+/// then are the files deleted. Readers that already hold a removed file
+/// finish reading it.
+fn enforce_retention(inner: &Inner) -> Result<(), BrokerError> {
+    let topics: Vec<(String, Arc<Topic>)> = inner
+        .topics
+        .read()
+        .expect("topic map lock")
+        .iter()
+        .map(|(n, t)| (n.clone(), t.clone()))
+        .collect();
+    let now = SystemTime::now();
+    let mut doomed = Vec::new();
+    for (name, topic) in topics {
+        for (i, p) in topic.partitions.iter().enumerate() {
+            let committed = lowest_committed(inner, &name, i as u32).map_or(u64::MAX, |(o, _)| o);
+            let mut p = p.lock().expect("partition lock");
+            let n = p.expired(committed, &topic.policy, now);
+            if n == 0 {
+                continue;
+            }
+            let removed: Vec<Segment> = p.segments.drain(..n).collect();
+            let bytes: u64 = removed.iter().map(|s| s.len).sum();
+            tracing::info!(
+                topic = %name,
+                partition = i,
+                segments = n,
+                bytes,
+                below_offset = p.start_offset(),
+                "retention removed segments that every consumer group has committed"
+            );
+            doomed.extend(removed.into_iter().map(|s| s.path));
+        }
+    }
+    if doomed.is_empty() {
+        return Ok(());
+    }
+    let positions = inner.positions.lock().expect("positions lock").clone();
+    state::store_positions(&inner.dir.join(POSITIONS_FILE), &positions)?;
+    for path in doomed {
+        if let Err(e) = std::fs::remove_file(&path) {
+            tracing::warn!(segment = %path.display(), error = %e, "cannot delete a segment retention removed");
+        }
+    }
+    Ok(())
+}
+
+/// The lowest offset any consumer group has committed in a partition.
+fn lowest_committed(inner: &Inner, topic: &str, partition: u32) -> Option<(u64, String)> {
+    let key = format!("{topic}/{partition}");
+    inner
+        .groups
+        .lock()
+        .expect("groups lock")
+        .iter()
+        .filter_map(|(g, offsets)| offsets.get(&key).map(|o| (*o, g.clone())))
+        .min()
+}
+
+/// Passes `result` through, saying once when writes start failing for want
+/// of space and once when they succeed again.
+fn space<T>(inner: &Inner, result: Result<T, BrokerError>) -> Result<T, BrokerError> {
+    match &result {
+        Err(e) if e.is_disk_full() => {
+            let mut full = inner.full.lock().expect("disk-full lock");
+            if full.is_none() {
+                *full = Some(Instant::now());
+                inner.full_flag.store(true, Ordering::Relaxed);
+                tracing::error!(
+                    data_dir = %inner.dir.display(),
+                    error = %e,
+                    "the disk is full: the log refuses writes, so sources wait and sinks hold \
+                     their commits; nothing is dropped. Free space and the flow resumes by itself"
+                );
+            }
+        }
+        Ok(_) if inner.full_flag.load(Ordering::Relaxed) => {
+            if let Some(since) = inner.full.lock().expect("disk-full lock").take() {
+                inner.full_flag.store(false, Ordering::Relaxed);
+                tracing::info!(
+                    data_dir = %inner.dir.display(),
+                    "disk space is back: writes resumed after {:.1}s",
+                    since.elapsed().as_secs_f64()
+                );
+            }
+        }
+        _ => {}
+    }
+    result
 }
 
 impl Drop for Inner {
@@ -472,7 +713,7 @@ impl Broker for EmbeddedLog {
         let mut positions = self.inner.positions.lock().expect("positions lock");
         let t = Topic::open(
             &self.inner.dir.join("topics").join(topic),
-            Some(self.inner.config.partitions),
+            self.inner.config.policy(topic),
             &mut positions,
         )?;
         let n = t.partitions.len() as u32;
@@ -493,7 +734,8 @@ impl Broker for EmbeddedLog {
             let mut p = Self::partition(&t, topic, partition)?
                 .lock()
                 .expect("partition lock");
-            let base = p.append(batch, records, checkpoint, &self.inner.config)?;
+            let appended = p.append(batch, records, checkpoint, &self.inner.config);
+            let base = space(&self.inner, appended)?;
             if let Some(c) = checkpoint {
                 self.inner
                     .positions
@@ -624,10 +866,61 @@ impl Broker for EmbeddedLog {
         // Held across the write: instances of one group commit concurrently.
         let mut groups = self.inner.groups.lock().expect("groups lock");
         let g = groups.entry(group.to_owned()).or_default();
+        let before = g.clone();
         for (topic, partition, next) in offsets {
             g.insert(format!("{topic}/{partition}"), *next);
         }
-        state::store_group(&self.inner.dir.join("groups"), group, g)
+        let stored = state::store_group(&self.inner.dir.join("groups"), group, g);
+        if stored.is_err() {
+            // What is not on disk is not committed.
+            *g = before;
+        }
+        space(&self.inner, stored)
+    }
+
+    fn subscribe(&self, group: &str, topic: &str) -> Result<(), BrokerError> {
+        let t = self.topic(topic)?;
+        let mut groups = self.inner.groups.lock().expect("groups lock");
+        let g = groups.entry(group.to_owned()).or_default();
+        let mut added = false;
+        for (i, p) in t.partitions.iter().enumerate() {
+            let key = format!("{topic}/{i}");
+            if !g.contains_key(&key) {
+                let start = p.lock().expect("partition lock").start_offset();
+                g.insert(key, start);
+                added = true;
+            }
+        }
+        if added {
+            state::store_group(&self.inner.dir.join("groups"), group, g)?;
+        }
+        Ok(())
+    }
+
+    fn backlog(&self, topic: &str, partition: u32) -> Result<Option<Backlog>, BrokerError> {
+        let t = self.topic(topic)?;
+        let Some((committed, group)) = lowest_committed(&self.inner, topic, partition) else {
+            return Ok(None);
+        };
+        let p = Self::partition(&t, topic, partition)?
+            .lock()
+            .expect("partition lock");
+        Ok(Some(Backlog {
+            group,
+            records: p
+                .next_offset
+                .saturating_sub(committed.max(p.start_offset())),
+            bytes: p.bytes_from(committed),
+            limit: t.policy.max_backlog,
+        }))
+    }
+
+    fn start_offset(&self, topic: &str, partition: u32) -> Result<u64, BrokerError> {
+        let t = self.topic(topic)?;
+        let p = Self::partition(&t, topic, partition)?
+            .lock()
+            .expect("partition lock");
+        Ok(p.start_offset())
     }
 }
 
@@ -638,12 +931,29 @@ mod tests {
     use sluice_batch::BatchWriter;
 
     fn config() -> LogConfig {
+        policy_config(TopicPolicy {
+            partitions: 1,
+            retention_bytes: None,
+            retention_age: None,
+            max_backlog: 1 << 30,
+        })
+    }
+
+    fn policy_config(policy: TopicPolicy) -> LogConfig {
         LogConfig {
             fsync: FsyncPolicy::Never,
             fsync_interval: Duration::from_millis(100),
-            partitions: 1,
             segment_bytes: 4096,
+            default_policy: policy,
+            policies: BTreeMap::new(),
         }
+    }
+
+    fn segment_files(dir: &Path) -> usize {
+        std::fs::read_dir(dir.join("topics/t/0"))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension() == Some("log".as_ref()))
+            .count()
     }
 
     fn batch(from: u32, n: u32) -> Vec<u8> {
@@ -758,6 +1068,126 @@ mod tests {
         assert!(err.contains("00000000000000000000.log"), "{err}");
         assert!(err.contains("at byte 0"), "{err}");
         assert!(err.contains("checksum mismatch"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn retention_removes_only_what_every_group_committed_and_keeps_positions() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = policy_config(TopicPolicy {
+            partitions: 1,
+            retention_bytes: Some(8192),
+            retention_age: None,
+            max_backlog: 1 << 30,
+        });
+        {
+            let log = EmbeddedLog::open(dir.path(), small.clone()).unwrap();
+            log.ensure_topic("t").unwrap();
+            log.subscribe("slow", "t").unwrap();
+            log.subscribe("fast", "t").unwrap();
+            assert_eq!(log.committed_offset("slow", "t", 0), Some(0));
+            fill(&log, 50).await;
+            let before = segment_files(dir.path());
+            assert!(before > 3, "{before}");
+            // Over its size, but `slow` has committed nothing: all kept.
+            log.commit_offsets("fast", &[("t".into(), 0, 500)])
+                .await
+                .unwrap();
+            log.enforce_retention().unwrap();
+            assert_eq!(segment_files(dir.path()), before);
+            assert_eq!(log.start_offset("t", 0).unwrap(), 0);
+            // Once both have committed it all, it shrinks to its size.
+            log.commit_offsets("slow", &[("t".into(), 0, 500)])
+                .await
+                .unwrap();
+            log.enforce_retention().unwrap();
+            let after = segment_files(dir.path());
+            assert!(after < before && after <= 3, "{before} -> {after}");
+            let start = log.start_offset("t", 0).unwrap();
+            assert!(start > 0);
+            // A reader from below the start gets what is kept.
+            let got = log.read("t", 0, 0, 1 << 20).await.unwrap();
+            assert_eq!(got[0].first_offset, start);
+            assert_eq!(values(&got).last().unwrap(), "value-00499");
+        }
+        // The source position survives though its frames are gone: a
+        // source that wrote only the removed segments still resumes.
+        {
+            let log = EmbeddedLog::open(dir.path(), small.clone()).unwrap();
+            log.ensure_topic("u").unwrap();
+            let cp = SourceCheckpoint {
+                producer: "other/0",
+                position: b"p1",
+            };
+            log.append("u", 0, &batch(0, 10), 10, Some(cp))
+                .await
+                .unwrap();
+        }
+        let log = EmbeddedLog::open(dir.path(), small).unwrap();
+        assert_eq!(log.source_position("src/0").unwrap(), 50u32.to_le_bytes());
+        assert_eq!(log.source_position("other/0").unwrap(), b"p1");
+        assert!(log.start_offset("t", 0).unwrap() > 0);
+        assert_eq!(log.end_offset("t", 0).unwrap(), 500);
+    }
+
+    #[tokio::test]
+    async fn retention_by_age_removes_old_committed_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let aged = policy_config(TopicPolicy {
+            partitions: 1,
+            retention_bytes: None,
+            retention_age: Some(Duration::from_millis(200)),
+            max_backlog: 1 << 30,
+        });
+        let log = EmbeddedLog::open(dir.path(), aged).unwrap();
+        fill(&log, 50).await;
+        let before = segment_files(dir.path());
+        log.enforce_retention().unwrap();
+        assert_eq!(segment_files(dir.path()), before, "too young");
+        std::thread::sleep(Duration::from_millis(300));
+        log.enforce_retention().unwrap();
+        assert_eq!(
+            segment_files(dir.path()),
+            1,
+            "only the active segment stays"
+        );
+        assert_eq!(log.end_offset("t", 0).unwrap(), 500);
+    }
+
+    #[tokio::test]
+    async fn backlog_is_the_slowest_group_and_full_at_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EmbeddedLog::open(
+            dir.path(),
+            policy_config(TopicPolicy {
+                partitions: 1,
+                retention_bytes: None,
+                retention_age: None,
+                max_backlog: 2000,
+            }),
+        )
+        .unwrap();
+        log.ensure_topic("t").unwrap();
+        assert_eq!(
+            log.backlog("t", 0).unwrap(),
+            None,
+            "no consumer, no backlog"
+        );
+        log.subscribe("g", "t").unwrap();
+        fill(&log, 50).await;
+        let b = log.backlog("t", 0).unwrap().unwrap();
+        assert_eq!((b.group.as_str(), b.records), ("g", 500));
+        let total: u64 = std::fs::read_dir(dir.path().join("topics/t/0"))
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum();
+        assert_eq!(b.bytes, total);
+        assert!(b.is_full());
+        log.commit_offsets("g", &[("t".into(), 0, 495)])
+            .await
+            .unwrap();
+        let b = log.backlog("t", 0).unwrap().unwrap();
+        assert_eq!(b.records, 5);
+        assert!(b.bytes > 0 && !b.is_full(), "{b:?}");
     }
 
     #[tokio::test]

@@ -1,5 +1,6 @@
-//! Small durable files beside the log: committed consumer-group offsets and
-//! each connector's plugin state. Both are JSON, rewritten whole through a
+//! Small durable files beside the log: committed consumer-group offsets,
+//! each connector's plugin state, and the source positions of frames that
+//! retention removed. Both are JSON, rewritten whole through a
 //! temporary file, synced, and renamed into place, so a crash leaves either
 //! the old file or the new one.
 
@@ -34,6 +35,33 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BrokerError> {
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// Reads the stored source positions, if any (see [`store_positions`]).
+pub fn load_positions(path: &Path) -> Result<HashMap<String, Vec<u8>>, BrokerError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text).map_err(|e| BrokerError::Corrupt {
+            path: path.to_path_buf(),
+            byte: 0,
+            why: format!("stored source positions are not valid JSON: {e}"),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HashMap::new()),
+        Err(source) => Err(BrokerError::Io {
+            what: "cannot read",
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Stores every source's position, before retention deletes the frames
+/// that carry some of them.
+pub fn store_positions(
+    path: &Path,
+    positions: &HashMap<String, Vec<u8>>,
+) -> Result<(), BrokerError> {
+    let json = serde_json::to_vec(positions).expect("a map of byte lists serializes");
+    write_atomic(path, &json)
 }
 
 /// Reads every `<group>.json` in `dir`.
