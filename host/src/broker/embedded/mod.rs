@@ -576,12 +576,16 @@ fn start_housekeeper(inner: Weak<Inner>) {
                 };
                 std::thread::sleep(tick);
                 let Some(inner) = inner.upgrade() else { return };
-                if inner.config.fsync == FsyncPolicy::Interval {
-                    let synced = sync_all(&inner);
-                    if let Err(e) = space(&inner, synced) {
-                        if !e.is_disk_full() {
-                            tracing::error!(error = %e, "background sync of the log failed");
-                        }
+                if inner.config.fsync == FsyncPolicy::Interval
+                    && let Err(e) = sync_all(&inner)
+                {
+                    // A sync proves nothing about space when it succeeds
+                    // (it may have had nothing to write); only its failure
+                    // is news.
+                    if e.is_disk_full() {
+                        let _ = space::<()>(&inner, Err(e));
+                    } else {
+                        tracing::error!(error = %e, "background sync of the log failed");
                     }
                 }
                 if last_retention.elapsed() >= RETENTION_EVERY {
@@ -884,10 +888,8 @@ impl Broker for EmbeddedLog {
         let g = groups.entry(group.to_owned()).or_default();
         let mut added = false;
         for (i, p) in t.partitions.iter().enumerate() {
-            let key = format!("{topic}/{i}");
-            if !g.contains_key(&key) {
-                let start = p.lock().expect("partition lock").start_offset();
-                g.insert(key, start);
+            if let std::collections::btree_map::Entry::Vacant(e) = g.entry(format!("{topic}/{i}")) {
+                e.insert(p.lock().expect("partition lock").start_offset());
                 added = true;
             }
         }

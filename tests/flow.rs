@@ -1,0 +1,322 @@
+//! The flow under strain: a stalled sink holds its sources back without the
+//! host's memory or disk growing, and a full disk pauses the pipeline, says
+//! so once, and resumes without loss when space returns.
+
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// The resident set size of a process, in bytes.
+fn rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Bytes in the files under `dir`, recursively.
+fn du(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .map(|e| e.unwrap())
+        .map(|e| {
+            let meta = e.metadata().unwrap();
+            if meta.is_dir() {
+                du(&e.path())
+            } else {
+                meta.len()
+            }
+        })
+        .sum()
+}
+
+/// A `sluice run` started by a test; killed if the test ends first.
+struct Host {
+    child: Child,
+    dir: PathBuf,
+    /// Its stderr.
+    log: PathBuf,
+}
+
+impl Host {
+    /// Starts `sluice run` with its stdout and stderr going to files in `dir`.
+    fn spawn(dir: &Path, manifest: &Path) -> Host {
+        let log = dir.join("host.log");
+        let child = sluice()
+            .args(["run", "--no-progress", manifest.to_str().unwrap()])
+            .stdout(std::fs::File::create(dir.join("host.out")).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Host {
+            child,
+            dir: dir.to_path_buf(),
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap()
+    }
+
+    /// Waits until its log contains `text`, or panics after `limit`.
+    fn wait_for_log(&self, text: &str, limit: Duration) {
+        let start = Instant::now();
+        while !self.log().contains(text) {
+            assert!(
+                start.elapsed() < limit,
+                "no {text:?} in the host's log after {limit:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for it to exit by itself, or panics after `limit`.
+    fn wait_for_exit(&mut self, limit: Duration) -> Output {
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "the host did not finish within {limit:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        Output {
+            status,
+            stdout: std::fs::read(self.dir.join("host.out")).unwrap(),
+            stderr: std::fs::read(&self.log).unwrap(),
+        }
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn stall_manifest(count: u64, rate: u64, stall_after: u64, stall_ms: u64) -> String {
+    format!(
+        r#"
+[broker]
+data_dir = "data"
+
+[topics.events]
+max_backlog = "16 MiB"
+
+[[connector]]
+name = "gen"
+kind = "source"
+plugin = "datagen"
+topic = "events"
+[connector.config]
+count = {count}
+rate = {rate}
+payload_bytes = 64
+
+[[connector]]
+name = "slow"
+kind = "sink"
+plugin = {plugin:?}
+topic = "events"
+flush_interval_ms = 200
+[connector.config]
+path = "/out"
+stall_after = {stall_after}
+stall_ms = {stall_ms}
+[connector.grants]
+files = [{{ host = "out", guest = "/out", mode = "read-write" }}]
+cpu = "{cpu}s"
+"#,
+        plugin = wasm("stall-sink"),
+        cpu = stall_ms / 1000 + 15,
+    )
+}
+
+/// The bound this test states for the host's resident memory while its
+/// sink is stalled: the log is the buffer, so memory holds one batch per
+/// pump whatever the backlog. Measured at about 20 MiB (two plugin
+/// instances and the runtime, release build); the bound leaves room for
+/// allocator slack and a debug build, and is far below the 200 MB the two
+/// million records would take if they were buffered.
+const RSS_BOUND: u64 = 64 << 20;
+/// `max_backlog` in the manifest above.
+const MAX_BACKLOG: u64 = 16 << 20;
+
+#[test]
+fn a_stalled_sink_holds_the_source_back_in_bounded_memory_and_then_everything_arrives() {
+    const RECORDS: u64 = 2_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("out")).unwrap();
+    // As fast as datagen goes, unbounded by anything but the backlog; the
+    // sink stalls for 30 s in its first write.
+    let manifest = write_manifest(dir.path(), &stall_manifest(RECORDS, 0, 1, 30_000));
+    let mut host = Host::spawn(dir.path(), &manifest);
+    host.wait_for_log("stalling for 30000 ms", Duration::from_secs(60));
+    let stalled = Instant::now();
+    host.wait_for_log("source waits", Duration::from_secs(20));
+    let topic = dir.path().join("data/topics/events");
+    let (mut max_rss, mut max_log) = (0, 0);
+    let mut sizes = Vec::new();
+    while stalled.elapsed() < Duration::from_secs(28) {
+        max_rss = max_rss.max(rss(host.child.id()).unwrap());
+        let size = du(&topic);
+        max_log = max_log.max(size);
+        sizes.push(size);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "during the stall: RSS at most {} MiB, log at most {} MiB",
+        max_rss >> 20,
+        max_log >> 20
+    );
+    assert!(
+        max_rss < RSS_BOUND,
+        "RSS reached {max_rss} bytes, over the bound of {RSS_BOUND}"
+    );
+    // The source waited: the log stopped at the backlog (plus the one batch
+    // that crossed it) instead of taking in the two million records.
+    assert!(
+        max_log <= MAX_BACKLOG + (1 << 20),
+        "the log grew to {max_log} bytes while the sink was stalled"
+    );
+    let last = &sizes[sizes.len() / 2..];
+    assert!(
+        last.iter().all(|s| *s == last[0]),
+        "the log kept growing while the sink was stalled: {last:?}"
+    );
+
+    let out = host.wait_for_exit(Duration::from_secs(180));
+    let text = stderr(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("stall over"), "{text}");
+    assert_eq!(
+        text.matches("source waits").count(),
+        1,
+        "one message while held, not a flood:\n{text}"
+    );
+    assert!(text.contains("sink group `slow` is"), "{text}");
+    assert!(text.contains("max_backlog of 16.0 MiB"), "{text}");
+    assert_exactly_once(seqs(&dir.path().join("out")), RECORDS);
+    let slow = summary_line(&out, "slow");
+    assert!(
+        slow.contains("2,000,000") && slow.contains("finished"),
+        "{slow}"
+    );
+    let lag = slow.split_whitespace().nth(8).unwrap();
+    assert_eq!(lag, "0", "a drained sink has no lag: {slow}");
+}
+
+#[test]
+fn the_summary_shows_the_lag_of_a_sink_stopped_while_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("out")).unwrap();
+    let manifest = write_manifest(dir.path(), &stall_manifest(0, 20_000, 1, 3_000));
+    let mut host = Host::spawn(dir.path(), &manifest);
+    host.wait_for_log("stalling for 3000 ms", Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(1));
+    let term = Command::new("kill")
+        .args(["-TERM", &host.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let out = host.wait_for_exit(Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    let gen_line = summary_line(&out, "gen");
+    let slow = summary_line(&out, "slow");
+    let number = |s: &str| s.replace(',', "").parse::<u64>().unwrap();
+    let produced = number(gen_line.split_whitespace().nth(2).unwrap());
+    let lag = number(slow.split_whitespace().nth(8).unwrap());
+    // The sink committed what it wrote before the stop; the source went on
+    // producing during the stall.
+    assert!(
+        lag > 0 && lag <= produced,
+        "lag {lag} of {produced} produced:\n{gen_line}\n{slow}"
+    );
+    let delivered: u64 = seqs(&dir.path().join("out")).len() as u64;
+    assert_eq!(delivered + lag, produced, "{gen_line}\n{slow}");
+}
+
+/// A size-limited tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mounts one at `dir`; `None` (with the reason printed) where this
+    /// machine does not allow it and `CI` is unset. Under `CI` a machine
+    /// that cannot mount is a failure.
+    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output();
+        let why = match out {
+            Ok(o) if o.status.success() => return Some(Tmpfs(dir.to_path_buf())),
+            Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "cannot mount a tmpfs for the disk-full test (it needs root): {why}"
+        );
+        eprintln!("skipped: cannot mount a tmpfs (it needs root): {why}");
+        None
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_pauses_the_pipeline_once_and_it_resumes_without_loss_when_space_returns() {
+    const RECORDS: u64 = 20_000;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let Some(_tmpfs) = Tmpfs::mount(&data, "4m") else {
+        return;
+    };
+    // 3.5 MiB of ballast leaves half a MiB: the log fills at about a
+    // quarter of the records.
+    let ballast = data.join("ballast");
+    std::fs::write(&ballast, vec![0u8; 7 << 19]).unwrap();
+    let manifest = write_manifest(dir.path(), &datagen_to_files(RECORDS, 0));
+    let mut host = Host::spawn(dir.path(), &manifest);
+    host.wait_for_log("the disk is full", Duration::from_secs(60));
+    // Paused: the process waits, and says so once however long it waits.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(host.child.try_wait().unwrap().is_none(), "{}", host.log());
+    let text = host.log();
+    assert_eq!(text.matches("the disk is full").count(), 1, "{text}");
+    assert!(text.contains("nothing is dropped"), "{text}");
+    let held = du(&data.join("topics"));
+    assert!(held > 0, "the log took records until the disk filled");
+    std::fs::remove_file(&ballast).unwrap();
+    let out = host.wait_for_exit(Duration::from_secs(120));
+    drop(host);
+    let text = stderr(&out);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(text.matches("the disk is full").count(), 1, "{text}");
+    assert!(text.contains("disk space is back"), "{text}");
+    assert!(
+        du(&data.join("topics")) > held,
+        "the log grew once space returned"
+    );
+    assert_exactly_once(seqs(&dir.path().join("out")), RECORDS);
+}
