@@ -329,6 +329,25 @@ fn poison_records_go_to_the_dead_letter_topic_each_with_its_error_and_origin() {
     assert_exactly_once(all, PRODUCED);
     let line = summary_line(&out, "picky");
     assert!(line.contains("100 dead-lettered to picky.dlq"), "{line}");
+
+    // A crash after the dead-letter appends but before the commit: the sink
+    // is fed the same batches again and refuses the same records, which
+    // must not reach the dead-letter topic twice.
+    std::fs::remove_file(dir.path().join("data/groups/picky.json")).unwrap();
+    let out = run(&["run", "--no-progress", manifest.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let line = summary_line(&out, "picky");
+    assert_eq!(
+        line.split_whitespace().nth(2),
+        Some("100,000"),
+        "fed again: {line}"
+    );
+    assert!(!line.contains("dead-lettered"), "{line}");
+    let dead_again: usize = output_files(&dir.path().join("dlq"))
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap().lines().count())
+        .sum();
+    assert_eq!(dead_again, expected.len(), "each refused record once");
 }
 
 #[test]

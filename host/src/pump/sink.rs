@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use sluice_batch::{Batch, BatchWriter};
 
 use super::{PumpStats, StopSignal, TopicSeal, when_space};
-use crate::broker::Broker;
+use crate::broker::{Broker, SourceCheckpoint};
 use crate::plugin::SinkInstance;
 use crate::plugin::instance::Refused;
 use crate::supervisor::RestartPolicy;
@@ -239,6 +239,10 @@ impl DeadLetter {
     /// Appends the refused records of a batch to the dead-letter topic,
     /// each with its reason and origin in headers, before the batch's
     /// offsets can be committed: a refused record is never just dropped.
+    ///
+    /// The append carries, as a checkpoint, the origin offset after its last
+    /// record, so that a batch refused again after a crash (appended, but
+    /// not yet committed) is not dead-lettered twice.
     async fn append<B: Broker>(
         &self,
         broker: &B,
@@ -254,7 +258,13 @@ impl DeadLetter {
         } = from;
         let (dlq, connector, stats) = (self, &*self.connector, &self.stats);
         let batch = Batch::parse(bytes)?;
+        let producer = format!("{connector}/dlq/{topic}/{partition}");
+        let done = broker
+            .source_position(&producer)
+            .and_then(|p| Some(u64::from_le_bytes(p.try_into().ok()?)))
+            .unwrap_or(0);
         let mut out = BatchWriter::new();
+        let mut next_origin = done;
         let partition_text = partition.to_string();
         // By record index, so one pass over the batch finds them all.
         let mut by_index: Vec<&Refused> = refused.iter().collect();
@@ -265,7 +275,12 @@ impl DeadLetter {
             let Some(r) = next.next_if(|r| r.index as usize == index) else {
                 continue;
             };
-            let offset = (first_offset + index as u64).to_string();
+            let origin = first_offset + index as u64;
+            if origin < done {
+                continue; // dead-lettered before a crash
+            }
+            next_origin = origin + 1;
+            let offset = origin.to_string();
             tracing::warn!(
                 connector, topic, partition, offset, reason = %r.reason,
                 dead_letter_topic = %dlq.topic, "sink refused a record; dead-lettered"
@@ -283,10 +298,18 @@ impl DeadLetter {
             });
         }
         let count = out.len() as u32;
+        if count == 0 {
+            return Ok(());
+        }
         let batch = out.finish();
         let dlq_partition = partition % dlq.partitions;
+        let position = next_origin.to_le_bytes();
+        let checkpoint = SourceCheckpoint {
+            producer: &producer,
+            position: &position,
+        };
         let appended = when_space(stop, || {
-            broker.append(&dlq.topic, dlq_partition, &batch, count, None)
+            broker.append(&dlq.topic, dlq_partition, &batch, count, Some(checkpoint))
         })
         .await?;
         if appended.is_none() {
