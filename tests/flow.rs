@@ -172,7 +172,9 @@ fn a_stalled_sink_holds_the_source_back_in_bounded_memory_and_then_everything_ar
     let topic = dir.path().join("data/topics/events");
     let (mut max_rss, mut max_log) = (0, 0);
     let mut sizes = Vec::new();
-    while stalled.elapsed() < Duration::from_secs(28) {
+    // Sampled for 22 of the stall's 30 s: well inside it however late the
+    // test noticed its start.
+    while stalled.elapsed() < Duration::from_secs(22) {
         max_rss = max_rss.max(rss(host.child.id()).unwrap());
         let size = du(&topic);
         max_log = max_log.max(size);
@@ -199,18 +201,20 @@ fn a_stalled_sink_holds_the_source_back_in_bounded_memory_and_then_everything_ar
         last.iter().all(|s| *s == last[0]),
         "the log kept growing while the sink was stalled: {last:?}"
     );
+    let during = host.log();
+    assert!(!during.contains("stall over"), "sampled inside the stall");
+    assert_eq!(
+        during.matches("source waits").count(),
+        1,
+        "one message while held, not a flood:\n{during}"
+    );
+    assert!(during.contains("sink group `slow` is"), "{during}");
+    assert!(during.contains("max_backlog of 16.0 MiB"), "{during}");
 
     let out = host.wait_for_exit(Duration::from_secs(180));
     let text = stderr(&out);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("stall over"), "{text}");
-    assert_eq!(
-        text.matches("source waits").count(),
-        1,
-        "one message while held, not a flood:\n{text}"
-    );
-    assert!(text.contains("sink group `slow` is"), "{text}");
-    assert!(text.contains("max_backlog of 16.0 MiB"), "{text}");
     assert_exactly_once(seqs(&dir.path().join("out")), RECORDS);
     let slow = summary_line(&out, "slow");
     assert!(
@@ -319,4 +323,58 @@ fn a_full_disk_pauses_the_pipeline_once_and_it_resumes_without_loss_when_space_r
         "the log grew once space returned"
     );
     assert_exactly_once(seqs(&dir.path().join("out")), RECORDS);
+}
+
+#[test]
+fn a_sink_that_failed_for_good_does_not_hold_its_source_back() {
+    let dir = tempfile::tempdir().unwrap();
+    // The sink cannot open (its folder is not granted) and may not be
+    // restarted: it fails at once, with 1 MiB of backlog allowed. The source
+    // must still write its 100,000 records (about 7 MiB) and end.
+    let manifest = write_manifest(
+        dir.path(),
+        &format!(
+            r#"
+[broker]
+data_dir = "data"
+max_backlog = "1 MiB"
+
+[[connector]]
+name = "gen"
+kind = "source"
+plugin = "datagen"
+topic = "events"
+[connector.config]
+count = 100000
+payload_bytes = 64
+
+[[connector]]
+name = "broken"
+kind = "sink"
+plugin = {plugin:?}
+topic = "events"
+[connector.restart]
+attempts = 0
+[connector.config]
+path = "/nowhere"
+"#,
+            plugin = wasm("reject-every-nth")
+        ),
+    );
+    let mut host = Host::spawn(dir.path(), &manifest);
+    let out = host.wait_for_exit(Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let gen_line = summary_line(&out, "gen");
+    assert!(
+        gen_line.contains("100,000") && gen_line.contains("finished"),
+        "{gen_line}"
+    );
+    let broken = summary_line(&out, "broken");
+    assert!(broken.contains("failed"), "{broken}");
+    // Its lag is everything: retention keeps it for when it is fixed.
+    assert_eq!(
+        broken.split_whitespace().nth(8),
+        Some("100,000"),
+        "{broken}"
+    );
 }

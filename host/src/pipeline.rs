@@ -456,6 +456,8 @@ pub async fn start(
                 report: report.clone(),
                 redactor: redactor.clone(),
                 writes: seals.writers(&written_topic(&c.config)),
+                group: (c.config.kind == ConnectorKind::Sink)
+                    .then(|| (broker.clone(), name.clone())),
                 span: tracing::info_span!("instance", connector = %name, index),
             };
             match c.config.kind {
@@ -479,12 +481,14 @@ pub async fn start(
         }
     }
     let lag_task = {
-        let (broker, reports) = (broker.clone(), reports.clone());
+        let (broker, reports) = (Arc::downgrade(&broker), reports.clone());
         tokio::spawn(async move {
-            loop {
+            // Until the pipeline is gone.
+            while let Some(broker) = broker.upgrade() {
                 for r in &reports {
                     r.measure_lag(&*broker);
                 }
+                drop(broker);
                 tokio::time::sleep(LAG_EVERY).await;
             }
         })
@@ -573,6 +577,9 @@ struct Supervision {
     report: Arc<ConnectorReport>,
     redactor: Redactor,
     writes: Option<Arc<Writers>>,
+    /// A sink's consumer group, released when the sink fails for good so
+    /// that its backlog no longer holds the sources back.
+    group: Option<(Arc<EmbeddedLog>, String)>,
     span: tracing::Span,
 }
 
@@ -584,6 +591,7 @@ impl Supervision {
             report,
             redactor,
             writes,
+            group,
             span,
         } = self;
         report.running.fetch_add(1, Ordering::AcqRel);
@@ -594,6 +602,11 @@ impl Supervision {
                     && let Some(w) = writes
                 {
                     w.ended();
+                }
+                if matches!(end, InstanceEnd::Failed(_))
+                    && let Some((broker, group)) = group
+                {
+                    broker.release(&group);
                 }
                 report.instance_ended(end);
             }
@@ -688,6 +701,7 @@ impl Life for SinkLife {
                 .with_context(|| format!("creating dead-letter topic {dead_letter:?}"))?,
             topic: dead_letter,
             connector: s.setup.connector.clone(),
+            unsynced: Default::default(),
             stats: s.stats.clone(),
         };
         let assignments = self.assignments(&stored)?;

@@ -167,12 +167,25 @@ pub trait Broker: Send + Sync + 'static {
     /// The committed next offset of `group` in a partition, if any.
     fn committed_offset(&self, group: &str, topic: &str, partition: u32) -> Option<u64>;
 
-    /// Makes `group` a consumer of `topic`: in each partition where it has
-    /// no committed offset yet, it starts at the oldest record kept. From
-    /// then on retention keeps what the group has not committed.
+    /// Makes `group` a consumer of `topic` for this run: in each partition
+    /// where it has no committed offset yet, it starts at the oldest record
+    /// kept. From then on retention keeps what the group has not committed,
+    /// and sources wait while it is `max_backlog` behind. Groups not
+    /// subscribed in this run (a sink since removed) hold nothing back.
     fn subscribe(&self, group: &str, topic: &str) -> Result<(), BrokerError>;
 
-    /// The slowest consumer group of a partition, if it has any.
+    /// Says that `group` no longer holds its sources back: its sink has
+    /// failed for good, and waiting for it would stall the pipeline.
+    /// Retention still keeps what it has not committed.
+    fn release(&self, group: &str);
+
+    /// Makes the data appended to a partition so far durable, whatever the
+    /// fsync policy (a sink syncs its dead-letter partitions before it
+    /// commits the offsets of the records it dead-lettered).
+    fn sync(&self, topic: &str, partition: u32) -> Result<(), BrokerError>;
+
+    /// The slowest consumer group of a partition that holds its sources
+    /// back, if it has any.
     fn backlog(&self, topic: &str, partition: u32) -> Result<Option<Backlog>, BrokerError>;
 
     /// The offset of the oldest record kept (retention removes older ones).

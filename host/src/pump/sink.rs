@@ -74,6 +74,8 @@ pub struct DeadLetter {
     pub connector: Arc<str>,
     /// Counts what it takes.
     pub stats: Arc<PumpStats>,
+    /// Its partitions appended to since the last commit.
+    pub unsynced: std::collections::BTreeSet<u32>,
 }
 
 /// Where a batch handed to a sink came from.
@@ -143,7 +145,8 @@ impl<B: Broker> SinkPump<B> {
                             .write(&topic, partition, b.first_offset, &b.bytes, b.records)
                     );
                     if !refused.is_empty() {
-                        self.dead_letter
+                        let appended = self
+                            .dead_letter
                             .append(
                                 &*self.broker,
                                 &self.stop,
@@ -156,6 +159,7 @@ impl<B: Broker> SinkPump<B> {
                                 &refused,
                             )
                             .await?;
+                        self.dead_letter.unsynced.extend(appended);
                     }
                     self.stats.add(u64::from(b.records), b.value_bytes);
                     self.assignments[i].next = next;
@@ -215,6 +219,17 @@ impl<B: Broker> SinkPump<B> {
             "flush",
             self.instance.flush()
         );
+        // What was dead-lettered must be on disk before the offsets that
+        // skip it are.
+        for p in std::mem::take(&mut self.dead_letter.unsynced) {
+            let (broker, topic) = (&self.broker, &self.dead_letter.topic);
+            if when_space(&self.stop, || async { broker.sync(topic, p) })
+                .await?
+                .is_none()
+            {
+                return Ok(());
+            }
+        }
         let offsets: Vec<(String, u32, u64)> = self
             .assignments
             .iter()
@@ -239,6 +254,7 @@ impl DeadLetter {
     /// Appends the refused records of a batch to the dead-letter topic,
     /// each with its reason and origin in headers, before the batch's
     /// offsets can be committed: a refused record is never just dropped.
+    /// Returns the partition appended to, if any.
     ///
     /// The append carries, as a checkpoint, the origin offset after its last
     /// record, so that a batch refused again after a crash (appended, but
@@ -250,7 +266,7 @@ impl DeadLetter {
         from: Origin<'_>,
         bytes: &[u8],
         refused: &[Refused],
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Option<u32>> {
         let Origin {
             topic,
             partition,
@@ -299,7 +315,7 @@ impl DeadLetter {
         }
         let count = out.len() as u32;
         if count == 0 {
-            return Ok(());
+            return Ok(None);
         }
         let batch = out.finish();
         let dlq_partition = partition % dlq.partitions;
@@ -320,6 +336,6 @@ impl DeadLetter {
             );
         }
         stats.refused.fetch_add(u64::from(count), Ordering::Relaxed);
-        Ok(())
+        Ok(Some(dlq_partition))
     }
 }

@@ -83,9 +83,20 @@ struct Inner {
     topics: RwLock<HashMap<String, Arc<Topic>>>,
     positions: Mutex<HashMap<String, Vec<u8>>>,
     groups: Mutex<HashMap<String, BTreeMap<String, u64>>>,
-    /// Set while writes fail for want of space; see [`EmbeddedLog::space`].
-    full: Mutex<Option<Instant>>,
+    /// Set while writes fail for want of space; see [`space`].
+    full: Mutex<Option<Full>>,
     full_flag: AtomicBool,
+    /// Consumer groups subscribed in this run, and whether each still
+    /// holds its sources back (see [`Broker::release`]).
+    subscribed: Mutex<HashMap<String, bool>>,
+}
+
+/// Since when writes have failed for want of space, and the largest write
+/// that failed.
+#[derive(Debug)]
+struct Full {
+    since: Instant,
+    needed: u64,
 }
 
 #[derive(Debug)]
@@ -454,6 +465,7 @@ impl EmbeddedLog {
             groups: Mutex::new(groups),
             full: Mutex::new(None),
             full_flag: AtomicBool::new(false),
+            subscribed: Mutex::new(HashMap::new()),
         });
         start_housekeeper(Arc::downgrade(&inner));
         Ok(EmbeddedLog { inner })
@@ -565,7 +577,7 @@ fn start_housekeeper(inner: Weak<Inner>) {
     let spawned = std::thread::Builder::new()
         .name("sluice-log".into())
         .spawn(move || {
-            let mut last_retention = Instant::now();
+            let (mut last_retention, mut last_sync) = (Instant::now(), Instant::now());
             loop {
                 let tick = {
                     let Some(inner) = inner.upgrade() else { return };
@@ -577,13 +589,17 @@ fn start_housekeeper(inner: Weak<Inner>) {
                 std::thread::sleep(tick);
                 let Some(inner) = inner.upgrade() else { return };
                 if inner.config.fsync == FsyncPolicy::Interval
-                    && let Err(e) = sync_all(&inner)
+                    && last_sync.elapsed() >= inner.config.fsync_interval
+                    && let Err(e) = {
+                        last_sync = Instant::now();
+                        sync_all(&inner)
+                    }
                 {
                     // A sync proves nothing about space when it succeeds
                     // (it may have had nothing to write); only its failure
                     // is news.
                     if e.is_disk_full() {
-                        let _ = space::<()>(&inner, Err(e));
+                        let _ = space::<()>(&inner, 0, Err(e));
                     } else {
                         tracing::error!(error = %e, "background sync of the log failed");
                     }
@@ -605,10 +621,13 @@ fn start_housekeeper(inner: Weak<Inner>) {
 }
 
 /// Removes the segments retention allows: see [`Partition::expired`].
-/// Segments leave the index first; the source positions of the whole log
-/// are then stored (so those carried by removed frames survive), and only
-/// then are the files deleted. Readers that already hold a removed file
-/// finish reading it.
+///
+/// First it finds them; then it stores the source positions of the whole
+/// log (synced first, so that no stored position is ahead of the records on
+/// disk), because some are carried only by frames about to go; only then
+/// does it take the segments out of the index and delete their files. If
+/// the positions cannot be stored (a full disk), nothing is removed.
+/// Readers that already hold a removed file finish reading it.
 fn enforce_retention(inner: &Inner) -> Result<(), BrokerError> {
     let topics: Vec<(String, Arc<Topic>)> = inner
         .topics
@@ -618,77 +637,111 @@ fn enforce_retention(inner: &Inner) -> Result<(), BrokerError> {
         .map(|(n, t)| (n.clone(), t.clone()))
         .collect();
     let now = SystemTime::now();
-    let mut doomed = Vec::new();
-    for (name, topic) in topics {
+    // (topic, partition, the base offset of the first segment kept)
+    let mut plan = Vec::new();
+    for (name, topic) in &topics {
         for (i, p) in topic.partitions.iter().enumerate() {
-            let committed = lowest_committed(inner, &name, i as u32).map_or(u64::MAX, |(o, _)| o);
-            let mut p = p.lock().expect("partition lock");
+            let committed = lowest_committed(inner, name, i as u32).map_or(u64::MAX, |(o, _)| o);
+            let p = p.lock().expect("partition lock");
             let n = p.expired(committed, &topic.policy, now);
-            if n == 0 {
-                continue;
+            if n > 0 {
+                plan.push((topic.clone(), name, i, p.segments[n].base_offset));
             }
-            let removed: Vec<Segment> = p.segments.drain(..n).collect();
-            let bytes: u64 = removed.iter().map(|s| s.len).sum();
-            tracing::info!(
-                topic = %name,
-                partition = i,
-                segments = n,
-                bytes,
-                below_offset = p.start_offset(),
-                "retention removed segments that every consumer group has committed"
-            );
-            doomed.extend(removed.into_iter().map(|s| s.path));
         }
     }
-    if doomed.is_empty() {
+    if plan.is_empty() {
         return Ok(());
     }
     let positions = inner.positions.lock().expect("positions lock").clone();
+    sync_all(inner)?;
     state::store_positions(&inner.dir.join(POSITIONS_FILE), &positions)?;
-    for path in doomed {
-        if let Err(e) = std::fs::remove_file(&path) {
-            tracing::warn!(segment = %path.display(), error = %e, "cannot delete a segment retention removed");
+    for (topic, name, i, keep_from) in plan {
+        let removed: Vec<Segment> = {
+            let mut p = topic.partitions[i].lock().expect("partition lock");
+            let n = p.segments.partition_point(|s| s.base_offset < keep_from);
+            p.segments.drain(..n).collect()
+        };
+        tracing::info!(
+            topic = %name,
+            partition = i,
+            segments = removed.len(),
+            bytes = removed.iter().map(|s| s.len).sum::<u64>(),
+            below_offset = keep_from,
+            "retention removed segments that every consumer group has committed"
+        );
+        for seg in removed {
+            if let Err(e) = std::fs::remove_file(&seg.path) {
+                tracing::warn!(
+                    segment = %seg.path.display(),
+                    error = %e,
+                    "cannot delete a segment retention removed"
+                );
+            }
         }
     }
     Ok(())
 }
 
-/// The lowest offset any consumer group has committed in a partition.
-fn lowest_committed(inner: &Inner, topic: &str, partition: u32) -> Option<(u64, String)> {
+/// The lowest offset committed in a partition by a group subscribed in this
+/// run (see [`Broker::subscribe`]); with `holding`, only by a group that
+/// still holds its sources back (see [`Broker::release`]).
+fn lowest_committed_by(
+    inner: &Inner,
+    topic: &str,
+    partition: u32,
+    holding: bool,
+) -> Option<(u64, String)> {
     let key = format!("{topic}/{partition}");
+    let subscribed = inner.subscribed.lock().expect("subscriptions lock");
     inner
         .groups
         .lock()
         .expect("groups lock")
         .iter()
+        .filter(|(g, _)| subscribed.get(*g).is_some_and(|holds| *holds || !holding))
         .filter_map(|(g, offsets)| offsets.get(&key).map(|o| (*o, g.clone())))
         .min()
 }
 
-/// Passes `result` through, saying once when writes start failing for want
-/// of space and once when they succeed again.
-fn space<T>(inner: &Inner, result: Result<T, BrokerError>) -> Result<T, BrokerError> {
+/// The lowest offset committed in a partition by a group subscribed in this
+/// run: retention keeps everything from there.
+fn lowest_committed(inner: &Inner, topic: &str, partition: u32) -> Option<(u64, String)> {
+    lowest_committed_by(inner, topic, partition, false)
+}
+
+/// Passes `result` of a write of `bytes` through, saying once when writes
+/// start failing for want of space, and once when they succeed again. Only
+/// a write at least as large as one that failed counts as space being back:
+/// a small commit may fit where a batch does not.
+fn space<T>(inner: &Inner, bytes: u64, result: Result<T, BrokerError>) -> Result<T, BrokerError> {
     match &result {
         Err(e) if e.is_disk_full() => {
             let mut full = inner.full.lock().expect("disk-full lock");
-            if full.is_none() {
-                *full = Some(Instant::now());
-                inner.full_flag.store(true, Ordering::Relaxed);
-                tracing::error!(
-                    data_dir = %inner.dir.display(),
-                    error = %e,
-                    "the disk is full: the log refuses writes, so sources wait and sinks hold \
-                     their commits; nothing is dropped. Free space and the flow resumes by itself"
-                );
+            match &mut *full {
+                Some(f) => f.needed = f.needed.max(bytes),
+                None => {
+                    *full = Some(Full {
+                        since: Instant::now(),
+                        needed: bytes,
+                    });
+                    inner.full_flag.store(true, Ordering::Relaxed);
+                    tracing::error!(
+                        data_dir = %inner.dir.display(),
+                        error = %e,
+                        "the disk is full: the log refuses writes, so sources wait and sinks hold \
+                         their commits; nothing is dropped. Free space and the flow resumes by itself"
+                    );
+                }
             }
         }
         Ok(_) if inner.full_flag.load(Ordering::Relaxed) => {
-            if let Some(since) = inner.full.lock().expect("disk-full lock").take() {
+            let mut full = inner.full.lock().expect("disk-full lock");
+            if let Some(f) = full.take_if(|f| bytes >= f.needed) {
                 inner.full_flag.store(false, Ordering::Relaxed);
                 tracing::info!(
                     data_dir = %inner.dir.display(),
                     "disk space is back: writes resumed after {:.1}s",
-                    since.elapsed().as_secs_f64()
+                    f.since.elapsed().as_secs_f64()
                 );
             }
         }
@@ -739,7 +792,7 @@ impl Broker for EmbeddedLog {
                 .lock()
                 .expect("partition lock");
             let appended = p.append(batch, records, checkpoint, &self.inner.config);
-            let base = space(&self.inner, appended)?;
+            let base = space(&self.inner, batch.len() as u64, appended)?;
             if let Some(c) = checkpoint {
                 self.inner
                     .positions
@@ -879,13 +932,19 @@ impl Broker for EmbeddedLog {
             // What is not on disk is not committed.
             *g = before;
         }
-        space(&self.inner, stored)
+        space(&self.inner, 0, stored)
     }
 
     fn subscribe(&self, group: &str, topic: &str) -> Result<(), BrokerError> {
         let t = self.topic(topic)?;
+        self.inner
+            .subscribed
+            .lock()
+            .expect("subscriptions lock")
+            .insert(group.to_owned(), true);
         let mut groups = self.inner.groups.lock().expect("groups lock");
         let g = groups.entry(group.to_owned()).or_default();
+        let before = g.clone();
         let mut added = false;
         for (i, p) in t.partitions.iter().enumerate() {
             if let std::collections::btree_map::Entry::Vacant(e) = g.entry(format!("{topic}/{i}")) {
@@ -894,14 +953,31 @@ impl Broker for EmbeddedLog {
             }
         }
         if added {
-            state::store_group(&self.inner.dir.join("groups"), group, g)?;
+            let stored = state::store_group(&self.inner.dir.join("groups"), group, g);
+            if stored.is_err() {
+                *g = before;
+            }
+            stored?;
         }
         Ok(())
     }
 
+    fn release(&self, group: &str) {
+        if let Some(holds) = self
+            .inner
+            .subscribed
+            .lock()
+            .expect("subscriptions lock")
+            .get_mut(group)
+        {
+            *holds = false;
+        }
+    }
+
     fn backlog(&self, topic: &str, partition: u32) -> Result<Option<Backlog>, BrokerError> {
         let t = self.topic(topic)?;
-        let Some((committed, group)) = lowest_committed(&self.inner, topic, partition) else {
+        let Some((committed, group)) = lowest_committed_by(&self.inner, topic, partition, true)
+        else {
             return Ok(None);
         };
         let p = Self::partition(&t, topic, partition)?
@@ -915,6 +991,15 @@ impl Broker for EmbeddedLog {
             bytes: p.bytes_from(committed),
             limit: t.policy.max_backlog,
         }))
+    }
+
+    fn sync(&self, topic: &str, partition: u32) -> Result<(), BrokerError> {
+        let t = self.topic(topic)?;
+        let synced = Self::partition(&t, topic, partition)?
+            .lock()
+            .expect("partition lock")
+            .sync();
+        space(&self.inner, 0, synced)
     }
 
     fn start_offset(&self, topic: &str, partition: u32) -> Result<u64, BrokerError> {
@@ -1137,7 +1222,7 @@ mod tests {
         let aged = policy_config(TopicPolicy {
             partitions: 1,
             retention_bytes: None,
-            retention_age: Some(Duration::from_millis(200)),
+            retention_age: Some(Duration::from_secs(2)),
             max_backlog: 1 << 30,
         });
         let log = EmbeddedLog::open(dir.path(), aged).unwrap();
@@ -1145,7 +1230,7 @@ mod tests {
         let before = segment_files(dir.path());
         log.enforce_retention().unwrap();
         assert_eq!(segment_files(dir.path()), before, "too young");
-        std::thread::sleep(Duration::from_millis(300));
+        std::thread::sleep(Duration::from_millis(2100));
         log.enforce_retention().unwrap();
         assert_eq!(
             segment_files(dir.path()),
@@ -1190,6 +1275,17 @@ mod tests {
         let b = log.backlog("t", 0).unwrap().unwrap();
         assert_eq!(b.records, 5);
         assert!(b.bytes > 0 && !b.is_full(), "{b:?}");
+        // A sink that failed for good no longer holds its sources back.
+        log.subscribe("stuck", "t").unwrap();
+        assert!(log.backlog("t", 0).unwrap().unwrap().is_full());
+        log.release("stuck");
+        assert_eq!(log.backlog("t", 0).unwrap().unwrap().group, "g");
+        drop(log);
+        // Nor does a group of an earlier run that this run did not
+        // subscribe (a sink since removed from the manifest).
+        let log = EmbeddedLog::open(dir.path(), config()).unwrap();
+        assert_eq!(log.committed_offset("stuck", "t", 0), Some(0));
+        assert_eq!(log.backlog("t", 0).unwrap(), None);
     }
 
     #[tokio::test]
