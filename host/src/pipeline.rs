@@ -246,8 +246,8 @@ pub struct ConnectorReport {
     last_error: Mutex<Option<Failure>>,
     /// A sink's dead-letter topic.
     pub dead_letter_topic: Option<String>,
-    /// The topics a sink reads.
-    reads: Vec<String>,
+    /// The topics a sink reads, with their partition counts.
+    reads: Vec<(String, u32)>,
     /// Records in those topics that the sink's group has not committed.
     lag: AtomicU64,
 }
@@ -279,11 +279,8 @@ impl ConnectorReport {
 
     fn measure_lag(&self, broker: &impl Broker) {
         let mut lag = 0;
-        for topic in &self.reads {
-            let Ok(partitions) = broker.ensure_topic(topic) else {
-                continue;
-            };
-            for p in 0..partitions {
+        for (topic, partitions) in &self.reads {
+            for p in 0..*partitions {
                 let end = broker.end_offset(topic, p).unwrap_or(0);
                 let from = broker
                     .committed_offset(&self.name, topic, p)
@@ -390,25 +387,16 @@ pub async fn start(
     // Every secret of the manifest is masked in every connector's output.
     let redactor = Redactor::new(connectors.iter().flat_map(|c| c.secrets.values()));
     let seals = Arc::new(Seals::for_writers(&connectors));
-    // Sinks subscribe before any source writes, so that retention keeps
-    // every record they have not committed.
-    for c in connectors
+    // Every topic exists, and every sink has subscribed, before any source
+    // writes, so that retention keeps every record a sink has not committed.
+    let layouts = connectors
         .iter()
-        .filter(|c| c.config.kind == ConnectorKind::Sink)
-    {
-        for topic in c.config.topic_names() {
-            broker
-                .ensure_topic(&topic)
-                .and_then(|_| broker.subscribe(c.config.name.get_ref(), &topic))
-                .with_context(|| {
-                    format!("subscribing {} to topic {topic:?}", c.config.name.get_ref())
-                })?;
-        }
-    }
+        .map(|c| topic_layout(&*broker, &c.config))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let stop = StopSignal::new();
     let mut tasks = JoinSet::new();
     let mut reports = Vec::new();
-    for c in connectors {
+    for (c, layout) in connectors.into_iter().zip(layouts) {
         let c = Arc::new(c);
         let name = c.config.name.get_ref();
         let parallelism = *c.config.parallelism.get_ref();
@@ -418,22 +406,14 @@ pub async fn start(
                 .with_context(|| format!("opening the state of connector {name:?}"))?,
         );
         let mut report = ConnectorReport::new(name.clone(), c.config.kind);
+        let (first_topic, first_partitions) = layout[0].clone();
         if c.config.kind == ConnectorKind::Sink {
             report.dead_letter_topic = Some(c.config.dead_letter_topic());
-            report.reads = c.config.topic_names();
+            report.reads = layout;
         }
         let report = Arc::new(report);
         reports.push(report.clone());
         let connector: Arc<str> = name.as_str().into();
-        let topics = c.config.topic_names();
-        let mut partitions = Vec::new();
-        for topic in &topics {
-            partitions.push(
-                broker
-                    .ensure_topic(topic)
-                    .with_context(|| format!("creating topic {topic:?}"))?,
-            );
-        }
         for index in 0..parallelism {
             let shared = Shared {
                 connector: c.clone(),
@@ -465,8 +445,8 @@ pub async fn start(
                     &mut tasks,
                     SourceLife {
                         producer: format!("{name}/{index}"),
-                        partition: index % partitions[0],
-                        topic: topics[0].clone(),
+                        partition: index % first_partitions,
+                        topic: first_topic.clone(),
                         shared,
                     },
                 ),
@@ -505,6 +485,26 @@ pub async fn start(
 
 /// How often sinks' lag is measured while the pipeline runs.
 pub const LAG_EVERY: Duration = Duration::from_millis(250);
+
+/// Creates the topics a connector writes (source) or reads (sink), and
+/// subscribes a sink to those it reads; returns each with its partitions.
+fn topic_layout(broker: &impl Broker, c: &ConnectorConfig) -> anyhow::Result<Vec<(String, u32)>> {
+    let name = c.name.get_ref();
+    c.topic_names()
+        .into_iter()
+        .map(|topic| {
+            let partitions = broker
+                .ensure_topic(&topic)
+                .with_context(|| format!("creating topic {topic:?}"))?;
+            if c.kind == ConnectorKind::Sink {
+                broker
+                    .subscribe(name, &topic)
+                    .with_context(|| format!("subscribing {name} to topic {topic:?}"))?;
+            }
+            Ok((topic, partitions))
+        })
+        .collect()
+}
 
 /// The topic a connector's instances write: a source's topic, or a sink's
 /// dead-letter topic.

@@ -273,23 +273,17 @@ impl Partition {
         let base = self.next_offset;
         let (producer, position) = checkpoint.map_or(("", &[][..]), |c| (c.producer, c.position));
         let frame = segment::encode(base, records, producer, position, batch);
-        let path = self
-            .segments
-            .last()
-            .expect("at least one segment")
-            .path
-            .clone();
         if let Err(e) = self.writer.write_all(&frame) {
             // Leave no partial frame behind: a full disk must not tear the log.
             self.cut_back();
-            return Err(io("cannot append to", &path)(e));
+            return Err(io("cannot append to", self.active_path())(e));
         }
         if config.fsync == FsyncPolicy::Always {
             if let Err(e) = self.writer.sync_data() {
                 // The frame is in the file but not acknowledged; appending
                 // after it would give two frames one offset. Cut it off.
                 self.cut_back();
-                return Err(io("cannot sync", &path)(e));
+                return Err(io("cannot sync", self.active_path())(e));
             }
         } else {
             self.dirty = true;
@@ -306,6 +300,11 @@ impl Partition {
         Ok(base)
     }
 
+    /// The segment appends go to.
+    fn active_path(&self) -> &Path {
+        &self.segments.last().expect("at least one segment").path
+    }
+
     /// Cuts the active segment back to what the index holds, after a write
     /// that failed part-way; if even that fails, the partition refuses
     /// appends until the log is reopened (which recovers from the file).
@@ -316,8 +315,9 @@ impl Partition {
     }
 
     fn roll(&mut self) -> Result<(), BrokerError> {
-        let old = &self.segments.last().expect("at least one segment").path;
-        self.writer.sync_data().map_err(io("cannot sync", old))?;
+        self.writer
+            .sync_data()
+            .map_err(io("cannot sync", self.active_path()))?;
         let path = self.dir.join(segment_name(self.next_offset));
         let writer = OpenOptions::new()
             .create(true)
@@ -345,8 +345,9 @@ impl Partition {
 
     fn sync(&mut self) -> Result<(), BrokerError> {
         if self.dirty {
-            let path = &self.segments.last().expect("at least one segment").path;
-            self.writer.sync_data().map_err(io("cannot sync", path))?;
+            self.writer
+                .sync_data()
+                .map_err(io("cannot sync", self.active_path()))?;
             self.dirty = false;
         }
         Ok(())
@@ -486,12 +487,6 @@ impl EmbeddedLog {
         sync_all(&self.inner)
     }
 
-    /// Removes what retention allows now (the log also does this every
-    /// second by itself).
-    pub fn enforce_retention(&self) -> Result<(), BrokerError> {
-        enforce_retention(&self.inner)
-    }
-
     fn topic(&self, name: &str) -> Result<Arc<Topic>, BrokerError> {
         self.inner
             .topics
@@ -577,38 +572,29 @@ fn start_housekeeper(inner: Weak<Inner>) {
     let spawned = std::thread::Builder::new()
         .name("sluice-log".into())
         .spawn(move || {
+            let (tick, sync_every) = {
+                let Some(inner) = inner.upgrade() else { return };
+                match inner.config.fsync {
+                    FsyncPolicy::Interval => (
+                        inner.config.fsync_interval.min(RETENTION_EVERY),
+                        Some(inner.config.fsync_interval),
+                    ),
+                    _ => (RETENTION_EVERY, None),
+                }
+            };
             let (mut last_retention, mut last_sync) = (Instant::now(), Instant::now());
             loop {
-                let tick = {
-                    let Some(inner) = inner.upgrade() else { return };
-                    match inner.config.fsync {
-                        FsyncPolicy::Interval => inner.config.fsync_interval.min(RETENTION_EVERY),
-                        _ => RETENTION_EVERY,
-                    }
-                };
                 std::thread::sleep(tick);
                 let Some(inner) = inner.upgrade() else { return };
-                if inner.config.fsync == FsyncPolicy::Interval
-                    && last_sync.elapsed() >= inner.config.fsync_interval
-                    && let Err(e) = {
-                        last_sync = Instant::now();
-                        sync_all(&inner)
-                    }
+                if let Some(every) = sync_every
+                    && last_sync.elapsed() >= every
                 {
-                    // A sync proves nothing about space when it succeeds
-                    // (it may have had nothing to write); only its failure
-                    // is news.
-                    if e.is_disk_full() {
-                        let _ = space::<()>(&inner, 0, Err(e));
-                    } else {
-                        tracing::error!(error = %e, "background sync of the log failed");
-                    }
+                    last_sync = Instant::now();
+                    background(&inner, "syncing", sync_all(&inner));
                 }
                 if last_retention.elapsed() >= RETENTION_EVERY {
                     last_retention = Instant::now();
-                    if let Err(e) = enforce_retention(&inner) {
-                        tracing::error!(error = %e, "applying retention to the log failed");
-                    }
+                    background(&inner, "applying retention to", enforce_retention(&inner));
                 }
             }
         });
@@ -617,6 +603,19 @@ fn start_housekeeper(inner: Weak<Inner>) {
             error = %e,
             "cannot start the log's housekeeping thread; syncing only at shutdown, and no retention"
         );
+    }
+}
+
+/// Reports a failure of the housekeeping thread: a full disk through
+/// [`space`] (said once), anything else as an error. Its successes prove
+/// nothing about space (a sync may have had nothing to write).
+fn background(inner: &Inner, doing: &str, result: Result<(), BrokerError>) {
+    match result {
+        Err(e) if e.is_disk_full() => {
+            let _ = space(inner, 0, Err::<(), _>(e));
+        }
+        Err(e) => tracing::error!(error = %e, "{doing} the log in the background failed"),
+        Ok(()) => {}
     }
 }
 
@@ -693,14 +692,13 @@ fn lowest_committed_by(
 ) -> Option<(u64, String)> {
     let key = format!("{topic}/{partition}");
     let subscribed = inner.subscribed.lock().expect("subscriptions lock");
-    inner
-        .groups
-        .lock()
-        .expect("groups lock")
+    let groups = inner.groups.lock().expect("groups lock");
+    groups
         .iter()
         .filter(|(g, _)| subscribed.get(*g).is_some_and(|holds| *holds || !holding))
-        .filter_map(|(g, offsets)| offsets.get(&key).map(|o| (*o, g.clone())))
+        .filter_map(|(g, offsets)| Some((*offsets.get(&key)?, g)))
         .min()
+        .map(|(offset, g)| (offset, g.clone()))
 }
 
 /// The lowest offset committed in a partition by a group subscribed in this
@@ -1179,14 +1177,14 @@ mod tests {
             log.commit_offsets("fast", &[("t".into(), 0, 500)])
                 .await
                 .unwrap();
-            log.enforce_retention().unwrap();
+            enforce_retention(&log.inner).unwrap();
             assert_eq!(segment_files(dir.path()), before);
             assert_eq!(log.start_offset("t", 0).unwrap(), 0);
             // Once both have committed it all, it shrinks to its size.
             log.commit_offsets("slow", &[("t".into(), 0, 500)])
                 .await
                 .unwrap();
-            log.enforce_retention().unwrap();
+            enforce_retention(&log.inner).unwrap();
             let after = segment_files(dir.path());
             assert!(after < before && after <= 3, "{before} -> {after}");
             let start = log.start_offset("t", 0).unwrap();
@@ -1217,6 +1215,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn retention_removes_nothing_when_it_cannot_store_the_positions() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = policy_config(TopicPolicy {
+            partitions: 1,
+            retention_bytes: Some(8192),
+            retention_age: None,
+            max_backlog: 1 << 30,
+        });
+        let log = EmbeddedLog::open(dir.path(), small).unwrap();
+        fill(&log, 50).await;
+        let before = segment_files(dir.path());
+        // A folder where the file goes: the rename onto it fails.
+        std::fs::create_dir(dir.path().join(POSITIONS_FILE)).unwrap();
+        let err = enforce_retention(&log.inner).unwrap_err().to_string();
+        assert!(err.contains("positions.json"), "{err}");
+        assert_eq!(segment_files(dir.path()), before);
+        assert_eq!(log.start_offset("t", 0).unwrap(), 0);
+        std::fs::remove_dir(dir.path().join(POSITIONS_FILE)).unwrap();
+        enforce_retention(&log.inner).unwrap();
+        assert!(segment_files(dir.path()) < before);
+    }
+
+    #[tokio::test]
     async fn retention_by_age_removes_old_committed_segments() {
         let dir = tempfile::tempdir().unwrap();
         let aged = policy_config(TopicPolicy {
@@ -1228,10 +1249,10 @@ mod tests {
         let log = EmbeddedLog::open(dir.path(), aged).unwrap();
         fill(&log, 50).await;
         let before = segment_files(dir.path());
-        log.enforce_retention().unwrap();
+        enforce_retention(&log.inner).unwrap();
         assert_eq!(segment_files(dir.path()), before, "too young");
         std::thread::sleep(Duration::from_millis(2100));
-        log.enforce_retention().unwrap();
+        enforce_retention(&log.inner).unwrap();
         assert_eq!(
             segment_files(dir.path()),
             1,
