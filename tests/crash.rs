@@ -240,16 +240,7 @@ fn poison_manifest(dir: &Path, produced: u64, sink_config: &str) -> std::path::P
             r#"
 [broker]
 data_dir = "data"
-
-[[connector]]
-name = "gen"
-kind = "source"
-plugin = "datagen"
-topic = "events"
-[connector.config]
-count = {produced}
-payload_bytes = 32
-
+{gen}
 [[connector]]
 name = "picky"
 kind = "sink"
@@ -274,6 +265,7 @@ format = "json"
 [connector.grants]
 files = [{{ host = "dlq", guest = "/out", mode = "read-write" }}]
 "#,
+            gen = gen_source(produced, 0, 32),
             plugin = wasm("reject-every-nth")
         ),
     )

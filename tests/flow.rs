@@ -1,6 +1,7 @@
 //! The flow under strain: a stalled sink holds its sources back without the
-//! host's memory or disk growing, and a full disk pauses the pipeline, says
-//! so once, and resumes without loss when space returns.
+//! host's memory or disk growing, a full disk pauses the pipeline, says so
+//! once, and resumes without loss when space returns, and retention frees
+//! only what the pipeline's sinks have committed.
 
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
@@ -117,17 +118,7 @@ data_dir = "data"
 
 [topics.events]
 max_backlog = "16 MiB"
-
-[[connector]]
-name = "gen"
-kind = "source"
-plugin = "datagen"
-topic = "events"
-[connector.config]
-count = {count}
-rate = {rate}
-payload_bytes = 64
-
+{gen}
 [[connector]]
 name = "slow"
 kind = "sink"
@@ -142,6 +133,7 @@ stall_ms = {stall_ms}
 files = [{{ host = "out", guest = "/out", mode = "read-write" }}]
 cpu = "{cpu}s"
 "#,
+        gen = gen_source(count, rate, 64),
         plugin = wasm("stall-sink"),
         cpu = stall_ms / 1000 + 15,
     )
@@ -326,6 +318,122 @@ fn a_full_disk_pauses_the_pipeline_once_and_it_resumes_without_loss_when_space_r
 }
 
 #[test]
+fn stopping_while_the_disk_is_full_commits_nothing_unwritten_and_loses_nothing() {
+    const RECORDS: u64 = 20_000;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let Some(_tmpfs) = Tmpfs::mount(&data, "4m") else {
+        return;
+    };
+    let ballast = data.join("ballast");
+    std::fs::write(&ballast, vec![0u8; 7 << 19]).unwrap();
+    let manifest = write_manifest(dir.path(), &datagen_to_files(RECORDS, 0));
+    // Stopped (SIGTERM) while the source waits with a batch the log cannot
+    // take and the sink with a commit it cannot write.
+    let mut host = Host::spawn(dir.path(), &manifest);
+    host.wait_for_log("the disk is full", Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(1));
+    let term = Command::new("kill")
+        .args(["-TERM", &host.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let out = host.wait_for_exit(Duration::from_secs(60));
+    drop(host);
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    // With space back, the next run delivers the rest, each record once.
+    std::fs::remove_file(&ballast).unwrap();
+    let out = run(&["run", "--no-progress", manifest.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_exactly_once(seqs(&dir.path().join("out")), RECORDS);
+}
+
+/// A `datagen` → two `file-sink`s (`a` into `out-a/`, `b` into `out-b/`)
+/// manifest, with small segments and a 200 KiB retention.
+fn retention_manifest(count: u64, rate: u64, with_b: bool) -> String {
+    let sink = |name: &str| {
+        format!(
+            r#"
+[[connector]]
+name = "{name}"
+kind = "sink"
+plugin = "file-sink"
+topic = "events"
+flush_interval_ms = 100
+[connector.config]
+path = "/out"
+[connector.grants]
+files = [{{ host = "out-{name}", guest = "/out", mode = "read-write" }}]
+"#
+        )
+    };
+    format!(
+        r#"
+[broker]
+data_dir = "data"
+segment_bytes = 100000
+retention_bytes = "200 KiB"
+{gen}{a}{b}"#,
+        gen = gen_source(count, rate, 64),
+        a = sink("a"),
+        b = if with_b { sink("b") } else { String::new() },
+    )
+}
+
+#[test]
+fn retention_keeps_what_the_pipelines_sinks_need_and_a_returning_sink_is_told_what_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    for out in ["out-a", "out-b"] {
+        std::fs::create_dir_all(dir.path().join(out)).unwrap();
+    }
+    let path = dir.path().join("sluice.toml");
+    let run_with = |manifest: String| {
+        std::fs::write(&path, manifest).unwrap();
+        let out = run(&["run", "--no-progress", path.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        out
+    };
+    // Both sinks take the first 20,000.
+    run_with(retention_manifest(20_000, 0, true));
+    // `b` leaves the pipeline; 30,000 more flow over 3 s, and retention
+    // removes what `a` has committed, `b`'s offsets notwithstanding.
+    run_with(retention_manifest(50_000, 10_000, false));
+    let oldest: u64 = std::fs::read_dir(dir.path().join("data/topics/events/0"))
+        .unwrap()
+        .filter_map(|e| {
+            e.unwrap()
+                .file_name()
+                .to_str()?
+                .strip_suffix(".log")?
+                .parse()
+                .ok()
+        })
+        .min()
+        .unwrap();
+    assert!(
+        oldest > 20_000,
+        "retention removed what `b` had not read: log starts at {oldest}"
+    );
+    // `a` has everything, once.
+    assert_exactly_once(seqs(&dir.path().join("out-a")), 50_000);
+    // `b` comes back: it is told that records it had not read are gone, and
+    // goes on from the oldest kept.
+    let out = run_with(retention_manifest(50_000, 0, true));
+    let err = stderr(&out);
+    assert!(
+        err.contains("records 20000..") && err.contains("were removed by retention"),
+        "{err}"
+    );
+    let b = seqs(&dir.path().join("out-b"));
+    assert!(b.contains(&19_999) && b.contains(&49_999), "b went on");
+    assert!(
+        !b.contains(&20_000),
+        "b could not get what retention removed"
+    );
+    assert_exactly_once(seqs(&dir.path().join("out-a")), 50_000);
+}
+
+#[test]
 fn a_sink_that_failed_for_good_does_not_hold_its_source_back() {
     let dir = tempfile::tempdir().unwrap();
     // The sink cannot open (its folder is not granted) and may not be
@@ -338,16 +446,7 @@ fn a_sink_that_failed_for_good_does_not_hold_its_source_back() {
 [broker]
 data_dir = "data"
 max_backlog = "1 MiB"
-
-[[connector]]
-name = "gen"
-kind = "source"
-plugin = "datagen"
-topic = "events"
-[connector.config]
-count = 100000
-payload_bytes = 64
-
+{gen}
 [[connector]]
 name = "broken"
 kind = "sink"
@@ -358,6 +457,7 @@ attempts = 0
 [connector.config]
 path = "/nowhere"
 "#,
+            gen = gen_source(100_000, 0, 64),
             plugin = wasm("reject-every-nth")
         ),
     );

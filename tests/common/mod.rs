@@ -89,13 +89,12 @@ pub fn validate_in(dir: &Path, manifest: &str) -> (Option<i32>, String) {
     (out.status.code(), stderr(&out))
 }
 
-/// A datagen → file-sink manifest writing under `out/`.
-pub fn datagen_to_files(count: u64, rate: u64) -> String {
+/// A `[[connector]]` table: a `datagen` source named `gen` writing `count`
+/// records (0: endless) into `events`, at `rate` a second (0: as fast as it
+/// goes), each value `payload_bytes` long.
+pub fn gen_source(count: u64, rate: u64, payload_bytes: u32) -> String {
     format!(
         r#"
-[broker]
-data_dir = "data"
-
 [[connector]]
 name = "gen"
 kind = "source"
@@ -104,8 +103,18 @@ topic = "events"
 [connector.config]
 count = {count}
 rate = {rate}
-payload_bytes = 64
+payload_bytes = {payload_bytes}
+"#
+    )
+}
 
+/// A datagen → file-sink manifest writing under `out/`.
+pub fn datagen_to_files(count: u64, rate: u64) -> String {
+    format!(
+        r#"
+[broker]
+data_dir = "data"
+{gen}
 [[connector]]
 name = "files"
 kind = "sink"
@@ -117,7 +126,8 @@ path = "/out"
 max_file_bytes = 200000
 [connector.grants]
 files = [{{ host = "out", guest = "/out", mode = "read-write" }}]
-"#
+"#,
+        gen = gen_source(count, rate, 64)
     )
 }
 

@@ -11,6 +11,8 @@
 //!
 //! The tests route that record to a file sink and read it, so each outcome
 //! travels the same way a real record does.
+//!
+//! [`LineFile`] is what the sink fixtures write the records they take into.
 
 use std::fmt::Display;
 
@@ -138,4 +140,33 @@ macro_rules! probe {
 
         ::sluice_sdk::export_source!(Fixture);
     };
+}
+
+/// A file of lines that a sink fixture writes each record's value into
+/// (one file per instance, in a granted directory).
+#[derive(Debug)]
+pub struct LineFile(std::io::BufWriter<std::fs::File>);
+
+impl LineFile {
+    /// Creates (or empties) `path`; failing that is `fatal`.
+    pub fn create(path: &str) -> Result<LineFile, Error> {
+        std::fs::File::create(path)
+            .map(|f| LineFile(std::io::BufWriter::new(f)))
+            .map_err(|e| Error::fatal(format!("{path}: {e}")))
+    }
+
+    /// Writes `value` and a newline; failing that is `retriable`.
+    pub fn line(&mut self, value: &[u8]) -> Result<(), Error> {
+        use std::io::Write;
+        self.0
+            .write_all(value)
+            .and_then(|()| self.0.write_all(b"\n"))
+            .map_err(|e| Error::retriable(e.to_string()))
+    }
+
+    /// Flushes to the file; failing that is `retriable`.
+    pub fn flush(&mut self) -> Result<(), Error> {
+        use std::io::Write;
+        self.0.flush().map_err(|e| Error::retriable(e.to_string()))
+    }
 }
