@@ -81,6 +81,15 @@ impl Host {
         }
     }
 
+    /// Asks it to stop, as an operator would (SIGTERM).
+    fn terminate(&self) {
+        let term = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(term.success());
+    }
+
     /// Waits for it to exit by itself, or panics after `limit`.
     fn wait_for_exit(&mut self, limit: Duration) -> Output {
         let start = Instant::now();
@@ -225,11 +234,7 @@ fn the_summary_shows_the_lag_of_a_sink_stopped_while_behind() {
     let mut host = Host::spawn(dir.path(), &manifest);
     host.wait_for_log("stalling for 3000 ms", Duration::from_secs(60));
     std::thread::sleep(Duration::from_secs(1));
-    let term = Command::new("kill")
-        .args(["-TERM", &host.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
+    host.terminate();
     let out = host.wait_for_exit(Duration::from_secs(60));
     assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
     let gen_line = summary_line(&out, "gen");
@@ -280,21 +285,50 @@ impl Drop for Tmpfs {
     }
 }
 
+/// A host whose data directory has filled up.
+struct FullDisk {
+    host: Host,
+    /// Delete it to free the space.
+    ballast: PathBuf,
+    manifest: PathBuf,
+    _tmpfs: Tmpfs,
+}
+
+/// Runs a `datagen` → `file-sink` pipeline of `records` over a data
+/// directory on a 4 MiB tmpfs, 3.5 MiB of it ballast: the log fills at about
+/// a quarter of 20,000 records. Returns once the host has said the disk is
+/// full; `None` where no tmpfs can be mounted (see [`Tmpfs::mount`]).
+fn fill_the_disk(dir: &Path, records: u64) -> Option<FullDisk> {
+    let data = dir.join("data");
+    let tmpfs = Tmpfs::mount(&data, "4m")?;
+    let ballast = data.join("ballast");
+    std::fs::write(&ballast, vec![0u8; 7 << 19]).unwrap();
+    let manifest = write_manifest(dir, &datagen_to_files(records, 0));
+    let host = Host::spawn(dir, &manifest);
+    host.wait_for_log("the disk is full", Duration::from_secs(60));
+    Some(FullDisk {
+        host,
+        ballast,
+        manifest,
+        _tmpfs: tmpfs,
+    })
+}
+
 #[test]
 fn a_full_disk_pauses_the_pipeline_once_and_it_resumes_without_loss_when_space_returns() {
     const RECORDS: u64 = 20_000;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let Some(_tmpfs) = Tmpfs::mount(&data, "4m") else {
+    // `_tmpfs` is bound (not `..`) so that it stays mounted to the end.
+    let Some(FullDisk {
+        _tmpfs,
+        mut host,
+        ballast,
+        manifest: _,
+    }) = fill_the_disk(dir.path(), RECORDS)
+    else {
         return;
     };
-    // 3.5 MiB of ballast leaves half a MiB: the log fills at about a
-    // quarter of the records.
-    let ballast = data.join("ballast");
-    std::fs::write(&ballast, vec![0u8; 7 << 19]).unwrap();
-    let manifest = write_manifest(dir.path(), &datagen_to_files(RECORDS, 0));
-    let mut host = Host::spawn(dir.path(), &manifest);
-    host.wait_for_log("the disk is full", Duration::from_secs(60));
     // Paused: the process waits, and says so once however long it waits.
     std::thread::sleep(Duration::from_secs(3));
     assert!(host.child.try_wait().unwrap().is_none(), "{}", host.log());
@@ -321,23 +355,19 @@ fn a_full_disk_pauses_the_pipeline_once_and_it_resumes_without_loss_when_space_r
 fn stopping_while_the_disk_is_full_commits_nothing_unwritten_and_loses_nothing() {
     const RECORDS: u64 = 20_000;
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let Some(_tmpfs) = Tmpfs::mount(&data, "4m") else {
+    let Some(FullDisk {
+        _tmpfs,
+        mut host,
+        ballast,
+        manifest,
+    }) = fill_the_disk(dir.path(), RECORDS)
+    else {
         return;
     };
-    let ballast = data.join("ballast");
-    std::fs::write(&ballast, vec![0u8; 7 << 19]).unwrap();
-    let manifest = write_manifest(dir.path(), &datagen_to_files(RECORDS, 0));
     // Stopped (SIGTERM) while the source waits with a batch the log cannot
     // take and the sink with a commit it cannot write.
-    let mut host = Host::spawn(dir.path(), &manifest);
-    host.wait_for_log("the disk is full", Duration::from_secs(60));
     std::thread::sleep(Duration::from_secs(1));
-    let term = Command::new("kill")
-        .args(["-TERM", &host.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
+    host.terminate();
     let out = host.wait_for_exit(Duration::from_secs(60));
     drop(host);
     assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));

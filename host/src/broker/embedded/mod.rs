@@ -1015,13 +1015,16 @@ mod tests {
     use super::*;
     use sluice_batch::BatchWriter;
 
+    /// One partition, kept forever, a backlog no test reaches.
+    const KEEP_ALL: TopicPolicy = TopicPolicy {
+        partitions: 1,
+        retention_bytes: None,
+        retention_age: None,
+        max_backlog: 1 << 30,
+    };
+
     fn config() -> LogConfig {
-        policy_config(TopicPolicy {
-            partitions: 1,
-            retention_bytes: None,
-            retention_age: None,
-            max_backlog: 1 << 30,
-        })
+        policy_config(KEEP_ALL)
     }
 
     fn policy_config(policy: TopicPolicy) -> LogConfig {
@@ -1159,10 +1162,8 @@ mod tests {
     async fn retention_removes_only_what_every_group_committed_and_keeps_positions() {
         let dir = tempfile::tempdir().unwrap();
         let small = policy_config(TopicPolicy {
-            partitions: 1,
             retention_bytes: Some(8192),
-            retention_age: None,
-            max_backlog: 1 << 30,
+            ..KEEP_ALL
         });
         {
             let log = EmbeddedLog::open(dir.path(), small.clone()).unwrap();
@@ -1218,10 +1219,8 @@ mod tests {
     async fn retention_removes_nothing_when_it_cannot_store_the_positions() {
         let dir = tempfile::tempdir().unwrap();
         let small = policy_config(TopicPolicy {
-            partitions: 1,
             retention_bytes: Some(8192),
-            retention_age: None,
-            max_backlog: 1 << 30,
+            ..KEEP_ALL
         });
         let log = EmbeddedLog::open(dir.path(), small).unwrap();
         fill(&log, 50).await;
@@ -1241,10 +1240,8 @@ mod tests {
     async fn retention_by_age_removes_old_committed_segments() {
         let dir = tempfile::tempdir().unwrap();
         let aged = policy_config(TopicPolicy {
-            partitions: 1,
-            retention_bytes: None,
             retention_age: Some(Duration::from_secs(2)),
-            max_backlog: 1 << 30,
+            ..KEEP_ALL
         });
         let log = EmbeddedLog::open(dir.path(), aged).unwrap();
         fill(&log, 50).await;
@@ -1267,10 +1264,8 @@ mod tests {
         let log = EmbeddedLog::open(
             dir.path(),
             policy_config(TopicPolicy {
-                partitions: 1,
-                retention_bytes: None,
-                retention_age: None,
                 max_backlog: 2000,
+                ..KEEP_ALL
             }),
         )
         .unwrap();
