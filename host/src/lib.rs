@@ -15,11 +15,17 @@
 //! - [`supervisor`]: restarts failed instances with backoff.
 //! - [`broker`]: the [`broker::Broker`] trait and the embedded durable log.
 //! - [`pump`]: the source and sink loops (batching, commits, backpressure).
+//! - [`connector`]: one running connector: its instances, pause, restart,
+//!   and swapping its module while records flow.
 //! - [`pipeline`]: validating a manifest and running its connectors.
+//! - [`admin`]: the daemon (`sluice serve`): connectors kept across
+//!   restarts, the HTTP admin API, metrics, and the CLI's client.
 //!
 //! The `sluice` binary (`src/main.rs`) is a thin CLI over these.
 
+pub mod admin;
 pub mod broker;
+pub mod connector;
 pub mod grants;
 pub mod manifest;
 pub mod pipeline;

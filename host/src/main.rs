@@ -1,8 +1,11 @@
 //! The `sluice` command line: a thin layer over the `sluice` library.
 //!
-//! Exit codes scripts can rely on: 0 done, 1 a connector or the host failed,
-//! 2 the manifest or a connector's config is invalid (or the command line
-//! is), 130 stopped by Ctrl-C or SIGTERM.
+//! Exit codes scripts can rely on: 0 done, 1 a connector or the host failed
+//! (or the daemon cannot be reached), 2 the manifest or a connector's config
+//! is invalid (or the command line is), 3 no such connector or plugin, 4 not
+//! allowed in the connector's state, 5 a module swap failed (the old module
+//! runs on), 6 the daemon refused the token, 130 stopped by Ctrl-C or
+//! SIGTERM.
 
 // This file is the CLI's own output; everything else logs through tracing.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -18,6 +21,8 @@ use clap::{Parser, Subcommand};
 use sluice::manifest::Manifest;
 use sluice::pipeline::{self, ConnectorOutcome, ConnectorReport};
 use sluice::plugin::{CompileCache, PluginHost, PluginRef, builtin_names};
+
+mod admin_verbs;
 
 /// Sluice runs connector plugins compiled to WebAssembly components, moving
 /// record batches between them through a durable broker.
@@ -47,6 +52,44 @@ enum Command {
         /// Never show the progress line, even on a terminal.
         #[arg(long)]
         no_progress: bool,
+        /// Swap a connector's module, without losing or repeating a record,
+        /// whenever its `.wasm` file changes (for plugin authors).
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Run the daemon: connectors created and changed through the admin
+    /// API (`sluice connectors …`), kept across restarts.
+    Serve {
+        /// Data directory: log, offsets, state, connector definitions
+        /// (default: $SLUICE_DATA_DIR, else ~/.local/share/sluice).
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Address of the admin API. Any address but loopback requires a
+        /// bearer token.
+        #[arg(long, default_value = "127.0.0.1:7070", value_name = "ADDR")]
+        listen: std::net::SocketAddr,
+        /// A manifest whose [broker] and [topics] the log uses, and whose
+        /// connectors are created at start unless they exist.
+        #[arg(long, value_name = "FILE")]
+        manifest: Option<PathBuf>,
+        /// Require this bearer token (default: the one in the data
+        /// directory, generated there when listening beyond loopback).
+        #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// Create, inspect, steer and delete a daemon's connectors.
+    Connectors {
+        #[command(flatten)]
+        target: Target,
+        #[command(subcommand)]
+        command: ConnectorsCommand,
+    },
+    /// The plugins a daemon offers.
+    Plugins {
+        #[command(flatten)]
+        target: Target,
+        #[command(subcommand)]
+        command: PluginsCommand,
     },
     /// Check a manifest and every connector's config against its plugin's
     /// schema, without running anything.
@@ -58,6 +101,126 @@ enum Command {
     Plugin {
         #[command(subcommand)]
         command: PluginCommand,
+    },
+}
+
+/// Which daemon an admin verb talks to.
+#[derive(Debug, clap::Args)]
+struct Target {
+    /// The daemon's URL (default: the one its data directory names).
+    #[arg(long, env = "SLUICE_URL", global = true)]
+    url: Option<String>,
+    /// Bearer token (default: the one in the daemon's data directory).
+    #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// The daemon's data directory (default: $SLUICE_DATA_DIR, else
+    /// ~/.local/share/sluice).
+    #[arg(long, value_name = "DIR", global = true)]
+    data_dir: Option<PathBuf>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConnectorsCommand {
+    /// Create the connectors of a manifest (TOML) or of one JSON connector
+    /// object, and start them.
+    Create {
+        /// A `.toml` manifest with [[connector]] tables, or a `.json` file.
+        file: PathBuf,
+    },
+    /// Change a connector: its config (restarts it), or its module (a live
+    /// swap while records flow).
+    Update {
+        /// The connector.
+        name: String,
+        /// A JSON or TOML file holding the new [connector.config].
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The new module: a built-in name or a `.wasm` path.
+        #[arg(long, value_name = "PLUGIN")]
+        plugin: Option<String>,
+    },
+    /// Every connector, with its state.
+    List,
+    /// A connector's definition.
+    Get {
+        /// The connector.
+        name: String,
+    },
+    /// A connector's status and its instances'.
+    Status {
+        /// The connector.
+        name: String,
+    },
+    /// Pause at the next batch boundary (instances stay open).
+    Pause {
+        /// The connector.
+        name: String,
+    },
+    /// Resume a paused connector.
+    Resume {
+        /// The connector.
+        name: String,
+    },
+    /// Stop: flush, commit, close every instance.
+    Stop {
+        /// The connector.
+        name: String,
+    },
+    /// Start a stopped connector from its committed position.
+    Start {
+        /// The connector.
+        name: String,
+    },
+    /// Restart every instance, or one.
+    Restart {
+        /// The connector.
+        name: String,
+        /// Only this instance.
+        #[arg(long)]
+        instance: Option<u32>,
+    },
+    /// Stop and delete a connector, its offsets and its state.
+    Delete {
+        /// The connector.
+        name: String,
+    },
+    /// Show a connector's offsets, or reset a stopped sink's.
+    Offsets {
+        /// The connector.
+        name: String,
+        /// Reset to `earliest`, `latest` or an offset (the sink must be
+        /// stopped).
+        #[arg(long, value_name = "TO")]
+        reset: Option<String>,
+        /// Only this topic.
+        #[arg(long)]
+        topic: Option<String>,
+        /// Only this partition.
+        #[arg(long)]
+        partition: Option<u32>,
+    },
+    /// The daemon's metrics, in Prometheus text format.
+    Metrics,
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginsCommand {
+    /// The daemon's built-in plugins with their specs.
+    List,
+    /// One plugin's spec and config schema.
+    Inspect {
+        /// A built-in name or a `.wasm` path on the daemon's machine.
+        plugin: String,
+    },
+    /// Check a config file (JSON or TOML) against a plugin's schema.
+    Validate {
+        /// The plugin.
+        plugin: String,
+        /// The config.
+        config: PathBuf,
     },
 }
 
@@ -124,14 +287,24 @@ async fn run_cli(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run {
             manifest,
             no_progress,
+            watch,
         } => {
             run(
                 &manifest,
                 plugins,
                 !no_progress && std::io::stderr().is_terminal(),
+                watch,
             )
             .await
         }
+        Command::Serve {
+            data_dir,
+            listen,
+            manifest,
+            token,
+        } => serve(data_dir, listen, manifest, token, plugins).await,
+        Command::Connectors { target, command } => admin_verbs::connectors(target, command).await,
+        Command::Plugins { target, command } => admin_verbs::plugins(target, command).await,
         Command::Validate { manifest } => validate(&manifest, &plugins).await,
         Command::Plugin { command } => match command {
             PluginCommand::List => plugin_list(&plugins).await,
@@ -212,7 +385,12 @@ fn grants_table(connectors: &[pipeline::CheckedConnector]) -> String {
     out
 }
 
-async fn run(path: &Path, plugins: Arc<PluginHost>, progress: bool) -> anyhow::Result<ExitCode> {
+async fn run(
+    path: &Path,
+    plugins: Arc<PluginHost>,
+    progress: bool,
+    watch: bool,
+) -> anyhow::Result<ExitCode> {
     let (manifest, connectors) = match load_checked(path, &plugins).await {
         Ok(ok) => ok,
         Err(code) => return Ok(code),
@@ -263,8 +441,8 @@ async fn run(path: &Path, plugins: Arc<PluginHost>, progress: bool) -> anyhow::R
                         format!(
                             "{} {} rec ({}/s{lag})",
                             r.name,
-                            thousands(r.stats.records()),
-                            thousands(rate(r.stats.records(), r.elapsed()))
+                            thousands(r.records()),
+                            thousands(rate(r.records(), r.elapsed()))
                         )
                     })
                     .collect();
@@ -272,7 +450,7 @@ async fn run(path: &Path, plugins: Arc<PluginHost>, progress: bool) -> anyhow::R
             }
         })
     });
-    let reports = running.wait().await?;
+    let reports = running.wait(watch).await?;
     if let Some(t) = progress_task {
         t.abort();
         eprint!("\r\x1b[K");
@@ -290,6 +468,85 @@ async fn run(path: &Path, plugins: Arc<PluginHost>, progress: bool) -> anyhow::R
     })
 }
 
+/// Waits for Ctrl-C or SIGTERM.
+async fn terminated() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let sigterm = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = sigterm => {}
+    }
+}
+
+async fn serve(
+    data_dir: Option<PathBuf>,
+    listen: std::net::SocketAddr,
+    manifest: Option<PathBuf>,
+    token: Option<String>,
+    plugins: Arc<PluginHost>,
+) -> anyhow::Result<ExitCode> {
+    use sluice::admin::{access, api, daemon};
+    let data_dir = data_dir.unwrap_or_else(access::default_data_dir);
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+    let manifest = match manifest.map(|m| Manifest::load(&m)).transpose() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(EXIT_INVALID));
+        }
+    };
+    let daemon = Arc::new(
+        daemon::Daemon::open(
+            daemon::DaemonConfig {
+                data_dir: data_dir.clone(),
+                manifest,
+            },
+            plugins,
+        )
+        .await
+        .with_context(|| format!("starting the daemon on {}", data_dir.display()))?,
+    );
+    let token = access::token_for(&data_dir, listen, token)?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    let addr = listener.local_addr()?;
+    access::write_daemon_info(&data_dir, addr)?;
+    tracing::info!(
+        url = %format!("http://{addr}"),
+        data_dir = %data_dir.display(),
+        token_required = token.is_some(),
+        "admin API listening"
+    );
+    let lag = {
+        let daemon = daemon.clone();
+        tokio::spawn(async move {
+            loop {
+                daemon.measure_lag();
+                tokio::time::sleep(pipeline::LAG_EVERY).await;
+            }
+        })
+    };
+    api::serve(listener, daemon.clone(), token, async {
+        terminated().await;
+        tracing::info!("stopping: every connector flushes, commits and closes");
+    })
+    .await
+    .context("serving the admin API")?;
+    lag.abort();
+    daemon.shutdown().await;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
 fn rate(records: u64, elapsed: Duration) -> u64 {
     let secs = elapsed.as_secs_f64();
     if secs > 0.0 {
@@ -299,7 +556,7 @@ fn rate(records: u64, elapsed: Duration) -> u64 {
     }
 }
 
-fn thousands(n: u64) -> String {
+pub(crate) fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::with_capacity(s.len() + s.len() / 3);
     for (i, c) in s.chars().enumerate() {
@@ -317,7 +574,7 @@ fn print_summary(reports: &[Arc<ConnectorReport>]) {
         "connector", "kind", "records", "bytes", "elapsed", "records/s", "MB/s", "lag"
     );
     for r in reports {
-        let records = r.stats.records();
+        let records = r.records();
         let elapsed = r.elapsed();
         let outcome = match r.outcome() {
             ConnectorOutcome::Running => "running".to_owned(),
@@ -330,7 +587,7 @@ fn print_summary(reports: &[Arc<ConnectorReport>]) {
             1 => " (restarted once)".to_owned(),
             n => format!(" (restarted {n} times)"),
         };
-        let refused = r.stats.refused();
+        let refused = r.refused();
         let refused = if refused > 0 {
             format!(
                 " ({} dead-lettered to {})",
@@ -348,10 +605,10 @@ fn print_summary(reports: &[Arc<ConnectorReport>]) {
             r.name,
             r.kind.to_string(),
             thousands(records),
-            sluice::manifest::format_bytes(r.stats.bytes()),
+            sluice::manifest::format_bytes(r.bytes()),
             elapsed.as_secs_f64(),
             thousands(rate(records, elapsed)),
-            rate(r.stats.bytes(), elapsed) as f64 / 1e6,
+            rate(r.bytes(), elapsed) as f64 / 1e6,
         );
     }
 }

@@ -10,36 +10,34 @@
 //! restarted with backoff on its own, and a connector whose instance has
 //! failed for good is `failed` while every other connector runs on.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio::task::JoinSet;
-use tracing::Instrument;
 
-use crate::broker::Broker;
 use crate::broker::embedded::{EmbeddedLog, LogConfig};
+pub use crate::connector::{ConnectorOutcome, ConnectorReport};
+use crate::connector::{
+    HostParts, RunningConnector, Seals, StartOptions, plain_stats, topic_layout,
+};
 use crate::grants::GrantSet;
 use crate::manifest::{ConnectorConfig, ConnectorKind, Manifest, ManifestError};
-use crate::plugin::instance::SinkOffset;
-use crate::plugin::{InstanceSetup, Plugin, PluginHost, PluginKind, PluginRef, Spec, StateStore};
-use crate::pump::{
-    Assignment, DeadLetter, PumpStats, SinkPump, SinkPumpConfig, SourceEnd, SourcePump,
-    SourcePumpConfig, StopSignal, TopicSeal, TopicSealer,
-};
+use crate::plugin::{Plugin, PluginHost, PluginKind, PluginRef, Spec};
+use crate::pump::StopSignal;
 use crate::secrets::{Redactor, Secrets};
-use crate::supervisor::{self, Failure, InstanceEnd, Life, LifeEnd, RestartPolicy, Watcher};
+use crate::supervisor::RestartPolicy;
 
 /// A connector whose plugin is loaded and whose config its schema accepts.
 /// Its `Debug` leaves out the config document, which may hold secrets.
+#[derive(Clone)]
 pub struct CheckedConnector {
     /// As written in the manifest.
     pub config: ConnectorConfig,
     /// The loaded plugin.
     pub plugin: Plugin,
+    /// Where it was loaded from.
+    pub plugin_ref: PluginRef,
     /// What the plugin says of itself.
     pub spec: Spec,
     /// The config as the JSON document the plugin receives.
@@ -60,6 +58,47 @@ impl std::fmt::Debug for CheckedConnector {
             .field("grants", &self.grants)
             .field("secrets", &self.secrets)
             .finish_non_exhaustive()
+    }
+}
+
+impl CheckedConnector {
+    /// The same connector with another module: loaded, of the same kind,
+    /// and accepting the same config.
+    pub async fn with_module(
+        &self,
+        plugins: &PluginHost,
+        reference: &PluginRef,
+    ) -> anyhow::Result<CheckedConnector> {
+        let plugin = plugins.load(reference)?;
+        plugin.expect_kind(match self.config.kind {
+            ConnectorKind::Source => PluginKind::Source,
+            ConnectorKind::Sink => PluginKind::Sink,
+        })?;
+        let spec = plugins.spec(&plugin).await?;
+        let validator = jsonschema::validator_for(&spec.config_schema).map_err(|e| {
+            anyhow::anyhow!(
+                "plugin {} publishes a config schema that is not valid JSON Schema: {e}",
+                plugin.name()
+            )
+        })?;
+        let config: serde_json::Value = serde_json::from_str(&self.config_json)?;
+        let problems: Vec<String> = validator
+            .iter_errors(&config)
+            .map(|e| e.to_string())
+            .collect();
+        if !problems.is_empty() {
+            anyhow::bail!(
+                "module {} does not accept the connector's config: {}",
+                plugin.name(),
+                Redactor::new(self.secrets.values()).redact(&problems.join("; "))
+            );
+        }
+        Ok(CheckedConnector {
+            plugin,
+            plugin_ref: reference.clone(),
+            spec,
+            ..self.clone()
+        })
     }
 }
 
@@ -171,6 +210,7 @@ async fn check_one(
         config: c.clone(),
         grants: GrantSet::from_manifest(manifest, c),
         plugin,
+        plugin_ref: reference,
         spec,
         config_json: config.to_string(),
         secrets,
@@ -210,167 +250,16 @@ fn schema_help(schema: &serde_json::Value, pointer: &str, plugin: &str) -> Strin
     help
 }
 
-/// How a connector ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ConnectorOutcome {
-    /// Still running.
-    Running,
-    /// A bounded source reached its end, or a sink drained its topics.
-    Finished,
-    /// Stopped by request.
-    Stopped,
-    /// An instance failed for good: the reason and the time.
-    Failed(Failure),
-}
-
-/// Live counters and the end state of one connector.
-#[derive(Debug)]
-pub struct ConnectorReport {
-    /// Name.
-    pub name: String,
-    /// Kind.
-    pub kind: ConnectorKind,
-    /// Counters of all its instances.
-    pub stats: Arc<PumpStats>,
-    /// When it started.
-    pub started: Instant,
-    /// When its last instance ended, once it has.
-    ended: Mutex<Option<Instant>>,
-    /// The worst outcome of its ended instances; see [`Self::outcome`].
-    worst: Mutex<ConnectorOutcome>,
-    /// Instances still running.
-    running: AtomicU32,
-    /// Restarts of its instances so far.
-    restarts: AtomicU32,
-    /// The last failure of any of its instances.
-    last_error: Mutex<Option<Failure>>,
-    /// A sink's dead-letter topic.
-    pub dead_letter_topic: Option<String>,
-    /// The topics a sink reads, with their partition counts.
-    reads: Vec<(String, u32)>,
-    /// Records in those topics that the sink's group has not committed.
-    lag: AtomicU64,
-}
-
-impl ConnectorReport {
-    fn new(name: String, kind: ConnectorKind) -> Self {
-        ConnectorReport {
-            name,
-            kind,
-            stats: Arc::new(PumpStats::default()),
-            started: Instant::now(),
-            ended: Mutex::new(None),
-            worst: Mutex::new(ConnectorOutcome::Running),
-            running: AtomicU32::new(0),
-            restarts: AtomicU32::new(0),
-            last_error: Mutex::new(None),
-            dead_letter_topic: None,
-            reads: Vec::new(),
-            lag: AtomicU64::new(0),
-        }
-    }
-
-    /// A sink's lag: records in its topics that it has not committed, as
-    /// last measured (every [`LAG_EVERY`] while running, and at the end).
-    /// `None` for a source.
-    pub fn lag(&self) -> Option<u64> {
-        (self.kind == ConnectorKind::Sink).then(|| self.lag.load(Ordering::Relaxed))
-    }
-
-    fn measure_lag(&self, broker: &impl Broker) {
-        let mut lag = 0;
-        for (topic, partitions) in &self.reads {
-            for p in 0..*partitions {
-                let end = broker.end_offset(topic, p).unwrap_or(0);
-                let from = broker
-                    .committed_offset(&self.name, topic, p)
-                    .unwrap_or(0)
-                    .max(broker.start_offset(topic, p).unwrap_or(0));
-                lag += end.saturating_sub(from);
-            }
-        }
-        self.lag.store(lag, Ordering::Relaxed);
-    }
-
-    /// Time from start to end (or to now).
-    pub fn elapsed(&self) -> Duration {
-        self.ended
-            .lock()
-            .expect("report lock")
-            .unwrap_or_else(Instant::now)
-            .duration_since(self.started)
-    }
-
-    /// How it ended, or `Running`. An instance that failed for good makes
-    /// the connector `Failed` at once; otherwise the worst outcome of its
-    /// instances counts once the last has ended.
-    pub fn outcome(&self) -> ConnectorOutcome {
-        let worst = self.worst.lock().expect("report lock").clone();
-        if self.running.load(Ordering::Acquire) > 0 && !matches!(worst, ConnectorOutcome::Failed(_))
-        {
-            ConnectorOutcome::Running
-        } else {
-            worst
-        }
-    }
-
-    /// Restarts of its instances so far.
-    pub fn restarts(&self) -> u32 {
-        self.restarts.load(Ordering::Relaxed)
-    }
-
-    /// The last failure of any of its instances, restarted or not.
-    pub fn last_error(&self) -> Option<Failure> {
-        self.last_error.lock().expect("report lock").clone()
-    }
-
-    fn instance_ended(&self, end: InstanceEnd) {
-        let outcome = match end {
-            InstanceEnd::Finished => ConnectorOutcome::Finished,
-            InstanceEnd::Stopped => ConnectorOutcome::Stopped,
-            InstanceEnd::Failed(f) => {
-                *self.last_error.lock().expect("report lock") = Some(f.clone());
-                ConnectorOutcome::Failed(f)
-            }
-        };
-        let rank = |o: &ConnectorOutcome| match o {
-            ConnectorOutcome::Running => 0,
-            ConnectorOutcome::Finished => 1,
-            ConnectorOutcome::Stopped => 2,
-            ConnectorOutcome::Failed(_) => 3,
-        };
-        {
-            let mut worst = self.worst.lock().expect("report lock");
-            if rank(&outcome) > rank(&worst) {
-                *worst = outcome;
-            }
-        }
-        if self.running.fetch_sub(1, Ordering::AcqRel) == 1 {
-            *self.ended.lock().expect("report lock") = Some(Instant::now());
-        }
-    }
-}
-
-impl Watcher for ConnectorReport {
-    fn failed(&self, error: &Failure, _delay: Duration) {
-        *self.last_error.lock().expect("report lock") = Some(error.clone());
-    }
-
-    fn restarted(&self) {
-        self.restarts.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// A pipeline that is running.
+/// A pipeline that is running: every connector of a manifest.
 #[derive(Debug)]
 pub struct RunningPipeline {
     stop: StopSignal,
-    tasks: JoinSet<()>,
+    connectors: Vec<RunningConnector>,
     reports: Vec<Arc<ConnectorReport>>,
     broker: Arc<EmbeddedLog>,
+    plugins: Arc<PluginHost>,
+    redactor: Redactor,
     lag_task: tokio::task::JoinHandle<()>,
-    /// Kept for the instances' lifetime: its epoch ticker enforces `cpu`.
-    _plugins: Arc<PluginHost>,
 }
 
 /// Opens the broker and starts every instance under its supervisor.
@@ -386,80 +275,30 @@ pub async fn start(
     );
     // Every secret of the manifest is masked in every connector's output.
     let redactor = Redactor::new(connectors.iter().flat_map(|c| c.secrets.values()));
-    let seals = Arc::new(Seals::for_writers(&connectors));
+    let host = HostParts {
+        plugins: plugins.clone(),
+        broker: broker.clone(),
+        redactor: redactor.clone(),
+        seals: Arc::new(Seals::for_writers(&connectors)),
+        stats: plain_stats(),
+    };
     // Every topic exists, and every sink has subscribed, before any source
     // writes, so that retention keeps every record a sink has not committed.
     let layouts = connectors
         .iter()
         .map(|c| topic_layout(&*broker, &c.config))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let stop = StopSignal::new();
-    let mut tasks = JoinSet::new();
-    let mut reports = Vec::new();
+    let mut running = Vec::new();
     for (c, layout) in connectors.into_iter().zip(layouts) {
-        let c = Arc::new(c);
-        let name = c.config.name.get_ref();
-        let parallelism = *c.config.parallelism.get_ref();
-        let state: Arc<dyn StateStore> = Arc::new(
-            broker
-                .connector_state(name)
-                .with_context(|| format!("opening the state of connector {name:?}"))?,
-        );
-        let mut report = ConnectorReport::new(name.clone(), c.config.kind);
-        let (first_topic, first_partitions) = layout[0].clone();
-        if c.config.kind == ConnectorKind::Sink {
-            report.dead_letter_topic = Some(c.config.dead_letter_topic());
-            report.reads = layout;
-        }
-        let report = Arc::new(report);
-        reports.push(report.clone());
-        let connector: Arc<str> = name.as_str().into();
-        for index in 0..parallelism {
-            let shared = Shared {
-                connector: c.clone(),
-                plugins: plugins.clone(),
-                broker: broker.clone(),
-                setup: InstanceSetup {
-                    connector: connector.clone(),
-                    index,
-                    count: parallelism,
-                    grants: c.grants.clone(),
-                    state: Some(state.clone()),
-                    redactor: redactor.clone(),
-                },
-                stats: report.stats.clone(),
-                stop: stop.clone(),
-            };
-            let supervision = Supervision {
-                policy: c.restart,
-                stop: stop.clone(),
-                report: report.clone(),
-                redactor: redactor.clone(),
-                writes: seals.writers(&written_topic(&c.config)),
-                group: (c.config.kind == ConnectorKind::Sink)
-                    .then(|| (broker.clone(), name.clone())),
-                span: tracing::info_span!("instance", connector = %name, index),
-            };
-            match c.config.kind {
-                ConnectorKind::Source => supervision.spawn(
-                    &mut tasks,
-                    SourceLife {
-                        producer: format!("{name}/{index}"),
-                        partition: index % first_partitions,
-                        topic: first_topic.clone(),
-                        shared,
-                    },
-                ),
-                ConnectorKind::Sink => supervision.spawn(
-                    &mut tasks,
-                    SinkLife {
-                        shared,
-                        seals: seals.clone(),
-                    },
-                ),
-            }
-        }
+        running.push(RunningConnector::start_with_layout(
+            Arc::new(c),
+            host.clone(),
+            StartOptions::default(),
+            layout,
+        )?);
     }
+    let reports: Vec<Arc<ConnectorReport>> = running.iter().map(|c| c.report().clone()).collect();
+    let stop = StopSignal::new();
     let lag_task = {
         let (broker, reports) = (Arc::downgrade(&broker), reports.clone());
         tokio::spawn(async move {
@@ -475,305 +314,17 @@ pub async fn start(
     };
     Ok(RunningPipeline {
         stop,
-        tasks,
+        connectors: running,
         reports,
         broker,
+        plugins,
+        redactor,
         lag_task,
-        _plugins: plugins,
     })
 }
 
 /// How often sinks' lag is measured while the pipeline runs.
 pub const LAG_EVERY: Duration = Duration::from_millis(250);
-
-/// Creates the topics a connector writes (source) or reads (sink), and
-/// subscribes a sink to those it reads; returns each with its partitions.
-fn topic_layout(broker: &impl Broker, c: &ConnectorConfig) -> anyhow::Result<Vec<(String, u32)>> {
-    let name = c.name.get_ref();
-    c.topic_names()
-        .into_iter()
-        .map(|topic| {
-            let partitions = broker
-                .ensure_topic(&topic)
-                .with_context(|| format!("creating topic {topic:?}"))?;
-            if c.kind == ConnectorKind::Sink {
-                broker
-                    .subscribe(name, &topic)
-                    .with_context(|| format!("subscribing {name} to topic {topic:?}"))?;
-            }
-            Ok((topic, partitions))
-        })
-        .collect()
-}
-
-/// The topic a connector's instances write: a source's topic, or a sink's
-/// dead-letter topic.
-fn written_topic(c: &ConnectorConfig) -> String {
-    match c.kind {
-        ConnectorKind::Source => c.topic_names().remove(0),
-        ConnectorKind::Sink => c.dead_letter_topic(),
-    }
-}
-
-/// The instances writing one topic in this run, and the seal that closes
-/// when the last of them has ended.
-#[derive(Debug)]
-struct Writers {
-    sealer: TopicSealer,
-    seal: TopicSeal,
-    left: AtomicU32,
-}
-
-impl Writers {
-    /// One writer has ended for good: a source reached its end or failed, a
-    /// sink drained its topics or failed. Either way it writes no more.
-    fn ended(&self) {
-        if self.left.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.sealer.seal();
-        }
-    }
-}
-
-/// The writers of each topic written in this run.
-#[derive(Debug, Default)]
-struct Seals(HashMap<String, Arc<Writers>>);
-
-impl Seals {
-    fn for_writers(connectors: &[CheckedConnector]) -> Self {
-        let mut writers: HashMap<String, u32> = HashMap::new();
-        for c in connectors {
-            *writers.entry(written_topic(&c.config)).or_default() +=
-                *c.config.parallelism.get_ref();
-        }
-        Seals(
-            writers
-                .into_iter()
-                .map(|(topic, n)| {
-                    let (sealer, seal) = TopicSeal::new();
-                    let left = AtomicU32::new(n);
-                    (topic, Arc::new(Writers { sealer, seal, left }))
-                })
-                .collect(),
-        )
-    }
-
-    fn writers(&self, topic: &str) -> Option<Arc<Writers>> {
-        self.0.get(topic).cloned()
-    }
-
-    /// What a sink of `topic` watches.
-    fn seal(&self, topic: &str) -> TopicSeal {
-        self.0
-            .get(topic)
-            .map_or_else(TopicSeal::never, |w| w.seal.clone())
-    }
-}
-
-/// How one instance is run: under the supervisor, reporting to its
-/// connector, and sealing the topic it writes once it has ended for good.
-struct Supervision {
-    policy: RestartPolicy,
-    stop: StopSignal,
-    report: Arc<ConnectorReport>,
-    redactor: Redactor,
-    writes: Option<Arc<Writers>>,
-    /// A sink's consumer group, released when the sink fails for good so
-    /// that its backlog no longer holds the sources back.
-    group: Option<(Arc<EmbeddedLog>, String)>,
-    span: tracing::Span,
-}
-
-impl Supervision {
-    fn spawn(self, tasks: &mut JoinSet<()>, life: impl Life + 'static) {
-        let Supervision {
-            policy,
-            stop,
-            report,
-            redactor,
-            writes,
-            group,
-            span,
-        } = self;
-        report.running.fetch_add(1, Ordering::AcqRel);
-        tasks.spawn(
-            async move {
-                let end = supervisor::supervise(life, policy, &stop, &*report, &redactor).await;
-                if !matches!(end, InstanceEnd::Stopped)
-                    && let Some(w) = writes
-                {
-                    w.ended();
-                }
-                if matches!(end, InstanceEnd::Failed(_))
-                    && let Some((broker, group)) = group
-                {
-                    broker.release(&group);
-                }
-                report.instance_ended(end);
-            }
-            .instrument(span),
-        );
-    }
-}
-
-/// What every life of one instance shares.
-struct Shared {
-    connector: Arc<CheckedConnector>,
-    plugins: Arc<PluginHost>,
-    broker: Arc<EmbeddedLog>,
-    setup: InstanceSetup,
-    stats: Arc<PumpStats>,
-    stop: StopSignal,
-}
-
-impl Shared {
-    fn name(&self) -> &str {
-        self.connector.config.name.get_ref()
-    }
-}
-
-/// A source instance: each life opens at the position stored with the
-/// last batch it appended, and runs the pump.
-struct SourceLife {
-    shared: Shared,
-    topic: String,
-    partition: u32,
-    producer: String,
-}
-
-impl Life for SourceLife {
-    async fn run(&mut self) -> anyhow::Result<LifeEnd> {
-        let s = &self.shared;
-        let c = &s.connector;
-        let index = s.setup.index;
-        let mut instance = s.plugins.source(&c.plugin, &s.setup).await?;
-        let resume = s.broker.source_position(&self.producer);
-        instance
-            .open(&c.config_json, resume.as_deref())
-            .await
-            .with_context(|| format!("opening source {:?} instance {index}", s.name()))?;
-        let pump = SourcePump {
-            instance,
-            broker: s.broker.clone(),
-            topic: self.topic.clone(),
-            partition: self.partition,
-            producer: self.producer.clone(),
-            config: SourcePumpConfig {
-                max_records: c.config.batch.max_records,
-                max_bytes: c.config.batch.max_bytes,
-                linger: Duration::from_millis(c.config.batch.linger_ms),
-                retry: c.restart,
-            },
-            stats: s.stats.clone(),
-            stop: s.stop.clone(),
-        };
-        Ok(match pump.run().await? {
-            SourceEnd::EndOfStream => {
-                tracing::info!("source reached its end");
-                LifeEnd::Finished
-            }
-            SourceEnd::Stopped => LifeEnd::Stopped,
-        })
-    }
-}
-
-/// A sink instance: each life opens, resumes from the offsets the sink
-/// stored itself or else its group's committed offsets, and runs the pump.
-struct SinkLife {
-    shared: Shared,
-    seals: Arc<Seals>,
-}
-
-impl Life for SinkLife {
-    async fn run(&mut self) -> anyhow::Result<LifeEnd> {
-        let s = &self.shared;
-        let c = &s.connector;
-        let index = s.setup.index;
-        let mut instance = s.plugins.sink(&c.plugin, &s.setup).await?;
-        let stored = instance
-            .open(&c.config_json)
-            .await
-            .with_context(|| format!("opening sink {:?} instance {index}", s.name()))?;
-        let dead_letter = c.config.dead_letter_topic();
-        let dead_letter = DeadLetter {
-            partitions: s
-                .broker
-                .ensure_topic(&dead_letter)
-                .with_context(|| format!("creating dead-letter topic {dead_letter:?}"))?,
-            topic: dead_letter,
-            connector: s.setup.connector.clone(),
-            unsynced: Default::default(),
-            stats: s.stats.clone(),
-        };
-        let assignments = self.assignments(&stored)?;
-        if assignments.is_empty() {
-            tracing::info!("no partition left for this instance; it stays idle");
-            return Ok(LifeEnd::Finished);
-        }
-        let pump = SinkPump {
-            instance,
-            broker: s.broker.clone(),
-            group: s.name().to_owned(),
-            assignments,
-            config: SinkPumpConfig {
-                max_bytes: c.config.batch.max_bytes,
-                flush_interval: Duration::from_millis(c.config.flush_interval_ms),
-                retry: c.restart,
-            },
-            stats: s.stats.clone(),
-            stop: s.stop.clone(),
-            connector: s.setup.connector.clone(),
-            dead_letter,
-        };
-        pump.run().await?;
-        Ok(if s.stop.is_stopped() {
-            LifeEnd::Stopped
-        } else {
-            tracing::info!("sink drained its topics");
-            LifeEnd::Finished
-        })
-    }
-}
-
-impl SinkLife {
-    /// The partitions this instance reads (`p % parallelism == index`), each
-    /// from the offset the sink stored itself, else the group's committed
-    /// offset, else the start.
-    fn assignments(&self, stored: &[SinkOffset]) -> anyhow::Result<Vec<Assignment>> {
-        let s = &self.shared;
-        let name = s.name();
-        let parallelism = s.setup.count;
-        let mut assignments = Vec::new();
-        for topic in s.connector.config.topic_names() {
-            let partitions = s
-                .broker
-                .ensure_topic(&topic)
-                .with_context(|| format!("creating topic {topic:?}"))?;
-            for partition in (0..partitions).filter(|p| p % parallelism == s.setup.index) {
-                let wanted = stored
-                    .iter()
-                    .find(|o| o.topic == topic && o.partition == partition)
-                    .map(|o| o.next_offset)
-                    .or_else(|| s.broker.committed_offset(name, &topic, partition))
-                    .unwrap_or(0);
-                let end = s.broker.end_offset(&topic, partition)?;
-                if wanted > end {
-                    tracing::warn!(
-                        topic = %topic, partition, committed = wanted, end,
-                        "the committed offset is past the end of the log (it lost data it had \
-                         acknowledged, e.g. to a power loss under fsync = \"never\"); resuming at the end"
-                    );
-                }
-                assignments.push(Assignment {
-                    topic: topic.clone(),
-                    partition,
-                    next: wanted.min(end),
-                    seal: self.seals.seal(&topic),
-                });
-            }
-        }
-        Ok(assignments)
-    }
-}
 
 impl RunningPipeline {
     /// Asks every pump to stop at its next batch boundary.
@@ -791,12 +342,49 @@ impl RunningPipeline {
         &self.reports
     }
 
-    /// Waits for every instance to end, syncs the log, and returns the
-    /// reports.
-    pub async fn wait(mut self) -> anyhow::Result<Vec<Arc<ConnectorReport>>> {
-        while let Some(joined) = self.tasks.join_next().await {
-            if let Err(e) = joined {
-                tracing::error!(error = %e, "an instance task panicked");
+    /// The running connectors, in manifest order.
+    pub fn connectors(&self) -> &[RunningConnector] {
+        &self.connectors
+    }
+
+    /// The plugin host the pipeline runs on.
+    pub fn plugins(&self) -> &Arc<PluginHost> {
+        &self.plugins
+    }
+
+    /// Masks the pipeline's secrets.
+    pub fn redactor(&self) -> &Redactor {
+        &self.redactor
+    }
+
+    /// Waits for every instance to end (or for the stop signal, which it
+    /// passes on to every instance), syncs the log, and returns the reports.
+    /// With `watch`, meanwhile swaps the module of every connector whose
+    /// plugin is a `.wasm` file each time that file changes.
+    pub async fn wait(self, watch: bool) -> anyhow::Result<Vec<Arc<ConnectorReport>>> {
+        let connectors = &self.connectors;
+        let waiting = async {
+            for c in connectors {
+                c.wait().await;
+            }
+        };
+        let watching = async {
+            if watch {
+                watch_modules(connectors, &self.plugins).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            () = waiting => {}
+            () = watching => {}
+            () = self.stop.stopped() => {
+                for c in connectors {
+                    c.stop();
+                }
+                for c in connectors {
+                    c.wait().await;
+                }
             }
         }
         self.lag_task.abort();
@@ -807,5 +395,74 @@ impl RunningPipeline {
             .sync_all()
             .context("syncing the log at shutdown")?;
         Ok(self.reports)
+    }
+}
+
+/// How often `--watch` looks at the plugin files.
+const WATCH_EVERY: Duration = Duration::from_millis(200);
+
+/// Swaps a connector's module whenever its `.wasm` file changes (a rebuild
+/// by its author), once the file has stopped changing for one look. A file
+/// that does not load or a module that does not open is reported, and the
+/// old module runs on. Never returns.
+async fn watch_modules(connectors: &[RunningConnector], plugins: &PluginHost) {
+    let stamp = |path: &std::path::Path| {
+        std::fs::metadata(path)
+            .ok()
+            .map(|m| (m.modified().ok(), m.len()))
+    };
+    let mut files: Vec<Option<(std::path::PathBuf, Option<(Option<std::time::SystemTime>, u64)>)>> =
+        connectors
+            .iter()
+            .map(|c| {
+                let current = c.current();
+                match current.plugin_ref.clone() {
+                    PluginRef::File(path) => {
+                        let s = stamp(&path);
+                        tracing::info!(connector = %current.config.name.get_ref(), file = %path.display(), "watching the plugin file; a change swaps the module");
+                        Some((path, s))
+                    }
+                    PluginRef::Builtin(..) => None,
+                }
+            })
+            .collect();
+    let mut changing: Vec<Option<(Option<std::time::SystemTime>, u64)>> = vec![None; files.len()];
+    loop {
+        tokio::time::sleep(WATCH_EVERY).await;
+        for (i, c) in connectors.iter().enumerate() {
+            let Some((path, seen)) = files[i].as_mut() else {
+                continue;
+            };
+            let now = stamp(path);
+            if now.is_none() || now == *seen {
+                changing[i] = None;
+                continue;
+            }
+            if changing[i] != now {
+                // Still being written: look again next time.
+                changing[i] = now;
+                continue;
+            }
+            *seen = now;
+            changing[i] = None;
+            let name = c.report().name.clone();
+            let reference = PluginRef::File(path.clone());
+            let swapped = async {
+                let new = c.current().with_module(plugins, &reference).await?;
+                c.swap(Arc::new(new)).await
+            }
+            .await;
+            match swapped {
+                Ok(pause) => tracing::info!(
+                    connector = %name, file = %path.display(),
+                    pause_ms = pause.as_secs_f64() * 1000.0,
+                    "the plugin file changed; module swapped"
+                ),
+                Err(e) => tracing::error!(
+                    connector = %name, file = %path.display(), error = %format!("{e:#}"),
+                    "the plugin file changed, but its module was not swapped in; the old one runs on"
+                ),
+            }
+        }
     }
 }

@@ -8,15 +8,19 @@
 //! boundaries, so a stop never splits a batch from its commit.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::watch;
+use metrics::Histogram;
+use tokio::sync::{Notify, oneshot, watch};
+
+use crate::plugin::{SinkInstance, SourceInstance};
 
 pub use self::sink::{Assignment, DeadLetter, SinkPump, SinkPumpConfig, dlq_headers};
 pub use self::source::{SourceEnd, SourcePump, SourcePumpConfig};
 
-/// Counters of one connector, shared by its instances.
-#[derive(Debug, Default)]
+/// Counters of one instance.
+#[derive(Debug)]
 pub struct PumpStats {
     /// Records moved.
     pub records: AtomicU64,
@@ -27,13 +31,43 @@ pub struct PumpStats {
     /// Records a sink refused on their merits (sent to its dead-letter
     /// topic).
     pub refused: AtomicU64,
+    /// When the last record moved, in milliseconds since the Unix epoch
+    /// (0: none yet).
+    last_record_ms: AtomicU64,
+    /// Seconds from taking a batch to having handed it on: a source's poll
+    /// to its append, a sink's read to its write.
+    pub batch_seconds: Histogram,
+}
+
+impl Default for PumpStats {
+    fn default() -> Self {
+        PumpStats::with_histogram(Histogram::noop())
+    }
 }
 
 impl PumpStats {
-    pub(crate) fn add(&self, records: u64, bytes: u64) {
+    /// Counters that record batch latency into `batch_seconds` (the
+    /// daemon's metrics); [`Default`] records it nowhere.
+    pub fn with_histogram(batch_seconds: Histogram) -> Self {
+        PumpStats {
+            records: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            last_record_ms: AtomicU64::new(0),
+            batch_seconds,
+        }
+    }
+
+    pub(crate) fn add(&self, records: u64, bytes: u64, took: Duration) {
         self.records.fetch_add(records, Ordering::Relaxed);
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
         self.batches.fetch_add(1, Ordering::Relaxed);
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.last_record_ms.store(now, Ordering::Relaxed);
+        self.batch_seconds.record(took.as_secs_f64());
     }
 
     /// Records moved so far.
@@ -49,6 +83,14 @@ impl PumpStats {
     /// Records refused so far.
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
+    }
+
+    /// When the last record moved.
+    pub fn last_record(&self) -> Option<SystemTime> {
+        match self.last_record_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(SystemTime::UNIX_EPOCH + Duration::from_millis(ms)),
+        }
     }
 }
 
@@ -77,6 +119,11 @@ impl StopSignal {
         self.tx.send_replace(true);
     }
 
+    /// Takes the signal back, so that what it stopped can start again.
+    pub fn reset(&self) {
+        self.tx.send_replace(false);
+    }
+
     /// True once given.
     pub fn is_stopped(&self) -> bool {
         *self.tx.borrow()
@@ -94,6 +141,160 @@ impl StopSignal {
             () = tokio::time::sleep(d) => {}
             () = self.stopped() => {}
         }
+    }
+}
+
+/// What an instance is doing, for its status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceState {
+    /// Creating its sandbox and calling `open`.
+    Starting,
+    /// Moving batches (or waiting for some).
+    Running,
+    /// Paused by request, between batches, with everything flushed and
+    /// committed.
+    Paused,
+    /// Failed; restarting after its backoff.
+    Restarting,
+    /// A bounded source reached its end, or a sink drained its topics.
+    Finished,
+    /// Stopped by request.
+    Stopped,
+    /// Failed, and not restarted.
+    Failed,
+}
+
+/// A module swap asked of one instance: the new instance (instantiated, not
+/// yet opened) and where to say how it went.
+#[derive(Debug)]
+pub struct SwapRequest {
+    /// The new instance.
+    pub replacement: Replacement,
+    /// The config document its `open` gets.
+    pub config_json: String,
+    /// The pause the swap took, or why the new instance did not open (the
+    /// old one then runs on).
+    pub done: oneshot::Sender<Result<Duration, String>>,
+}
+
+/// The new instance of a swap.
+#[derive(Debug)]
+pub enum Replacement {
+    /// For a source instance.
+    Source(SourceInstance),
+    /// For a sink instance.
+    Sink(SinkInstance),
+}
+
+/// How the host steers one instance between batches, besides stopping it:
+/// pausing, and swapping its module. Lives as long as the instance's
+/// connector runs, across restarts.
+#[derive(Debug)]
+pub struct InstanceControl {
+    /// Stops this instance alone.
+    pub stop: StopSignal,
+    /// True while the connector is paused.
+    paused: watch::Receiver<bool>,
+    swap: Mutex<Option<SwapRequest>>,
+    swap_wanted: Notify,
+    state: Mutex<(InstanceState, SystemTime)>,
+    /// Its counters.
+    pub stats: Arc<PumpStats>,
+}
+
+impl InstanceControl {
+    /// Control of one instance of a connector whose pause switch is `paused`.
+    pub fn new(paused: watch::Receiver<bool>, stats: Arc<PumpStats>) -> Self {
+        InstanceControl {
+            stop: StopSignal::new(),
+            paused,
+            swap: Mutex::new(None),
+            swap_wanted: Notify::new(),
+            state: Mutex::new((InstanceState::Starting, SystemTime::now())),
+            stats,
+        }
+    }
+
+    /// What it is doing, and since when.
+    pub fn state(&self) -> (InstanceState, SystemTime) {
+        *self.state.lock().expect("state lock")
+    }
+
+    /// Says what it is doing now (a no-op if it already was).
+    pub fn set_state(&self, state: InstanceState) {
+        let mut s = self.state.lock().expect("state lock");
+        if s.0 != state {
+            *s = (state, SystemTime::now());
+        }
+    }
+
+    /// Asks the pump to swap at its next batch boundary. A request not yet
+    /// taken is answered as replaced.
+    pub fn request_swap(&self, request: SwapRequest) {
+        if let Some(old) = self.swap.lock().expect("swap lock").replace(request) {
+            let _ = old.done.send(Err("replaced by a newer swap".to_owned()));
+        }
+        self.swap_wanted.notify_one();
+    }
+
+    /// A swap asked for and not yet taken, if any.
+    pub(crate) fn take_swap(&self) -> Option<SwapRequest> {
+        self.swap.lock().expect("swap lock").take()
+    }
+
+    /// True when the pump has something to do between batches.
+    pub(crate) fn wants_attention(&self) -> bool {
+        *self.paused.borrow() || self.swap.lock().expect("swap lock").is_some()
+    }
+
+    /// While the connector is paused (and nothing else is asked), waits
+    /// for a change and returns true; otherwise says the instance runs and
+    /// returns false. The pump takes swaps between calls.
+    pub(crate) async fn paused_wait(&self) -> bool {
+        let mut paused = self.paused.clone();
+        if !*paused.borrow_and_update() || self.stop.is_stopped() {
+            self.set_state(InstanceState::Running);
+            return false;
+        }
+        self.set_state(InstanceState::Paused);
+        tokio::select! {
+            _ = paused.changed() => {}
+            () = self.swap_wanted.notified() => {}
+            () = self.stop.stopped() => {}
+        }
+        true
+    }
+
+    /// Resolves when a swap is asked for or the pause switch moves: what an
+    /// idle pump waits on besides data and its stop signal.
+    pub(crate) async fn wanted(&self) {
+        let mut paused = self.paused.clone();
+        paused.borrow_and_update();
+        tokio::select! {
+            _ = paused.changed() => {}
+            () = self.swap_wanted.notified() => {}
+        }
+    }
+}
+
+/// Times a swap's pause and answers its request.
+pub(crate) struct SwapTimer {
+    began: Instant,
+}
+
+impl SwapTimer {
+    /// A pause that began at `began` (when the pump began to drain).
+    pub(crate) fn from(began: Instant) -> Self {
+        SwapTimer { began }
+    }
+
+    pub(crate) fn answer(
+        self,
+        done: oneshot::Sender<Result<Duration, String>>,
+        outcome: Result<(), String>,
+    ) {
+        let _ = done.send(outcome.map(|()| self.began.elapsed()));
     }
 }
 

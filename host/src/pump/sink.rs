@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 
 use sluice_batch::{Batch, BatchWriter};
 
-use super::{PumpStats, StopSignal, TopicSeal, when_space};
+use super::{
+    InstanceControl, PumpStats, Replacement, StopSignal, SwapRequest, SwapTimer, TopicSeal,
+    when_space,
+};
 use crate::broker::{Broker, SourceCheckpoint};
 use crate::plugin::SinkInstance;
 use crate::plugin::instance::Refused;
@@ -57,6 +60,8 @@ pub struct SinkPump<B> {
     pub stats: Arc<PumpStats>,
     /// When to stop.
     pub stop: StopSignal,
+    /// Pauses and module swaps.
+    pub control: Arc<InstanceControl>,
     /// The connector's name, for logs.
     pub connector: Arc<str>,
     /// Where records the sink refuses on their merits go.
@@ -113,6 +118,17 @@ impl<B: Broker> SinkPump<B> {
         // every IDLE_WAIT.
         let wake_topic = self.assignments[0].topic.clone();
         loop {
+            if self.control.wants_attention() {
+                // A batch boundary: drain (flush, commit) before a swap or
+                // a pause.
+                let since = Instant::now();
+                if pending {
+                    self.flush_and_commit().await?;
+                    pending = false;
+                    last_flush = Instant::now();
+                }
+                self.attend(since).await;
+            }
             let seen = self.broker.data_version(&wake_topic);
             let mut progressed = false;
             for i in 0..self.assignments.len() {
@@ -136,6 +152,7 @@ impl<B: Broker> SinkPump<B> {
                     );
                 }
                 for b in batches {
+                    let took = Instant::now();
                     let next = b.next_offset();
                     let refused = retrying!(
                         self.config.retry,
@@ -161,7 +178,8 @@ impl<B: Broker> SinkPump<B> {
                             .await?;
                         self.dead_letter.unsynced.extend(appended);
                     }
-                    self.stats.add(u64::from(b.records), b.value_bytes);
+                    self.stats
+                        .add(u64::from(b.records), b.value_bytes, took.elapsed());
                     self.assignments[i].next = next;
                     pending = true;
                     progressed = true;
@@ -192,6 +210,7 @@ impl<B: Broker> SinkPump<B> {
             tokio::select! {
                 () = self.broker.wait_for_data(&wake_topic, seen, wait) => {}
                 () = self.stop.stopped() => {}
+                () = self.control.wanted() => {}
             }
         }
         if pending {
@@ -199,6 +218,62 @@ impl<B: Broker> SinkPump<B> {
         }
         self.instance.close().await?;
         Ok(())
+    }
+
+    /// Between batches, with everything flushed and committed: takes module
+    /// swaps, and waits while the connector is paused.
+    async fn attend(&mut self, mut since: Instant) {
+        loop {
+            if let Some(request) = self.control.take_swap() {
+                self.swap(request, since).await;
+                continue;
+            }
+            if !self.control.paused_wait().await {
+                return;
+            }
+            // A swap asked during a pause pauses nothing more.
+            since = Instant::now();
+        }
+    }
+
+    /// Opens the new instance; if it opens, closes the old one and goes on
+    /// with the new from the committed offsets (or those the new sink
+    /// stored itself). If it does not, the old one goes on.
+    async fn swap(&mut self, request: SwapRequest, since: Instant) {
+        let timer = SwapTimer::from(since);
+        let SwapRequest {
+            replacement,
+            config_json,
+            done,
+        } = request;
+        let Replacement::Sink(mut new) = replacement else {
+            return timer.answer(done, Err("a source module cannot replace a sink".into()));
+        };
+        let stored = match new.open(&config_json).await {
+            Ok(stored) => stored,
+            Err(e) => {
+                tracing::warn!(error = %e, "the new module did not open; the old one goes on");
+                return timer.answer(done, Err(e.to_string()));
+            }
+        };
+        for a in &mut self.assignments {
+            if let Some(o) = stored
+                .iter()
+                .find(|o| o.topic == a.topic && o.partition == a.partition)
+            {
+                let end = self
+                    .broker
+                    .end_offset(&a.topic, a.partition)
+                    .unwrap_or(a.next);
+                a.next = o.next_offset.min(end);
+            }
+        }
+        let mut old = std::mem::replace(&mut self.instance, new);
+        if let Err(e) = old.close().await {
+            tracing::warn!(error = %e, "the old module failed to close after the swap");
+        }
+        tracing::info!("module swapped");
+        timer.answer(done, Ok(()));
     }
 
     /// True when every assigned topic is sealed and read to its end.

@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use sluice_batch::Batch;
 
-use super::{PumpStats, StopSignal, when_space};
+use super::{
+    InstanceControl, PumpStats, Replacement, StopSignal, SwapRequest, SwapTimer, when_space,
+};
 use crate::broker::{Broker, SourceCheckpoint};
 use crate::plugin::{Polled, SourceInstance};
 use crate::supervisor::RestartPolicy;
@@ -51,6 +53,8 @@ pub struct SourcePump<B> {
     pub stats: Arc<PumpStats>,
     /// When to stop.
     pub stop: StopSignal,
+    /// Pauses and module swaps.
+    pub control: Arc<InstanceControl>,
 }
 
 /// How often a held source checks the backlog again.
@@ -80,9 +84,13 @@ impl<B: Broker> SourcePump<B> {
         let mut idle = Duration::from_millis(1);
         let mut warned = None;
         let end = loop {
+            if self.control.wants_attention() {
+                self.attend(Instant::now()).await;
+            }
             if self.stop.is_stopped() || !self.hold_while_backlogged(&mut warned).await? {
                 break SourceEnd::Stopped;
             }
+            let took = Instant::now();
             let filled = self.fill().await?;
             if filled.records > 0 {
                 let batch = if filled.parts.len() == 1 {
@@ -110,8 +118,11 @@ impl<B: Broker> SourcePump<B> {
                     // source polls it again when it next starts.
                     break SourceEnd::Stopped;
                 }
-                self.stats
-                    .add(u64::from(filled.records), filled.value_bytes);
+                self.stats.add(
+                    u64::from(filled.records),
+                    filled.value_bytes,
+                    took.elapsed(),
+                );
                 if let Some(p) = &filled.position {
                     retrying!(
                         self.config.retry,
@@ -132,6 +143,48 @@ impl<B: Broker> SourcePump<B> {
         };
         self.instance.close().await?;
         Ok(end)
+    }
+
+    /// Between batches (everything polled is appended and committed): takes
+    /// module swaps, and waits while the connector is paused.
+    async fn attend(&mut self, mut since: Instant) {
+        loop {
+            if let Some(request) = self.control.take_swap() {
+                self.swap(request, since).await;
+                continue;
+            }
+            if !self.control.paused_wait().await {
+                return;
+            }
+            // A swap asked during a pause pauses nothing more.
+            since = Instant::now();
+        }
+    }
+
+    /// Opens the new instance at the position stored with the last batch;
+    /// if it opens, closes the old one and goes on with the new. If it does
+    /// not, the old one goes on as if nothing happened.
+    async fn swap(&mut self, request: SwapRequest, since: Instant) {
+        let timer = SwapTimer::from(since);
+        let SwapRequest {
+            replacement,
+            config_json,
+            done,
+        } = request;
+        let Replacement::Source(mut new) = replacement else {
+            return timer.answer(done, Err("a sink module cannot replace a source".into()));
+        };
+        let resume = self.broker.source_position(&self.producer);
+        if let Err(e) = new.open(&config_json, resume.as_deref()).await {
+            tracing::warn!(error = %e, "the new module did not open; the old one goes on");
+            return timer.answer(done, Err(e.to_string()));
+        }
+        let mut old = std::mem::replace(&mut self.instance, new);
+        if let Err(e) = old.close().await {
+            tracing::warn!(error = %e, "the old module failed to close after the swap");
+        }
+        tracing::info!("module swapped");
+        timer.answer(done, Ok(()));
     }
 
     /// Waits while the slowest consumer group of the partition is
@@ -169,6 +222,9 @@ impl<B: Broker> SourcePump<B> {
             }
             if self.stop.is_stopped() {
                 return Ok(false);
+            }
+            if self.control.wants_attention() {
+                self.attend(Instant::now()).await;
             }
             self.stop.sleep(HOLD_CHECK).await;
         }

@@ -62,6 +62,18 @@ impl LogConfig {
         }
     }
 
+    /// The settings of a manifest with no `[broker]` or `[topics]`.
+    pub fn defaults() -> Self {
+        let b = crate::manifest::BrokerConfig::default();
+        LogConfig {
+            fsync: b.fsync,
+            fsync_interval: Duration::from_millis(b.fsync_interval_ms.max(1)),
+            segment_bytes: b.segment_bytes,
+            default_policy: b.default_policy(),
+            policies: BTreeMap::new(),
+        }
+    }
+
     fn policy(&self, topic: &str) -> TopicPolicy {
         self.policies
             .get(topic)
@@ -480,6 +492,41 @@ impl EmbeddedLog {
     /// Durable state for one connector's plugin.
     pub fn connector_state(&self, connector: &str) -> Result<ConnectorState, BrokerError> {
         ConnectorState::open(&self.inner.dir.join("state"), connector)
+    }
+
+    /// Forgets a deleted connector: its group's committed offsets and
+    /// subscription, and its plugin's durable state. Source positions stay
+    /// in the log's frames, keyed by the connector's name: a connector
+    /// created again under the same name resumes where the old one was.
+    pub fn forget_connector(&self, connector: &str) -> Result<(), BrokerError> {
+        self.inner
+            .subscribed
+            .lock()
+            .expect("subscriptions lock")
+            .remove(connector);
+        self.inner
+            .groups
+            .lock()
+            .expect("groups lock")
+            .remove(connector);
+        for path in [
+            self.inner
+                .dir
+                .join("groups")
+                .join(format!("{connector}.json")),
+            self.inner
+                .dir
+                .join("state")
+                .join(format!("{connector}.json")),
+        ] {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io("removing", &path)(e));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// Syncs every partition with unsynced appends.

@@ -1,0 +1,388 @@
+//! The HTTP admin API: JSON over HTTP, like Kafka Connect's REST API and
+//! what `pulsar-admin sources|sinks` wraps. Its OpenAPI document is served
+//! at `/openapi.json`.
+//!
+//! Errors come back as `{"status": <code>, "error": "<one sentence>"}` with
+//! the same status code: 400 a bad request (a manifest error names the
+//! file, line, field and fix), 401 no or a wrong token, 404 no such
+//! connector or plugin, 409 not allowed in the connector's state, 422 a
+//! module swap that did not happen (the old module runs on), 500 the host.
+//!
+//! With a token in force every route but `/healthz` and `/readyz` needs
+//! `Authorization: Bearer <token>`; a request without it is refused before
+//! it reaches the daemon, so it changes nothing.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use utoipa::OpenApi;
+
+use super::AdminError;
+use super::daemon::{
+    ConnectorInfo, ConnectorStatus, ConnectorSummary, CreateRequest, Daemon, Offsets, PluginInfo,
+    ResetRequest, SwapOutcome, Validation,
+};
+
+/// The API's OpenAPI document.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(
+        title = "Sluice admin API",
+        description = "Create, inspect, steer and delete connectors of a running `sluice serve`."
+    ),
+    paths(
+        healthz,
+        readyz,
+        metrics,
+        list_plugins,
+        get_plugin,
+        validate_config,
+        list_connectors,
+        create_connectors,
+        get_connector,
+        delete_connector,
+        put_config,
+        put_module,
+        connector_status,
+        pause,
+        resume,
+        stop,
+        start,
+        restart,
+        get_offsets,
+        reset_offsets
+    )
+)]
+pub struct ApiDoc;
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        let code = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::json!({ "status": self.status(), "error": self.to_string() });
+        (code, Json(body)).into_response()
+    }
+}
+
+type Shared = Arc<Daemon>;
+type ApiResult<T> = Result<Json<T>, AdminError>;
+
+/// What a call that changes a state answers.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Done {
+    /// The connector.
+    pub name: String,
+    /// What was done.
+    pub done: String,
+}
+
+fn done(name: &str, what: &str) -> Json<Done> {
+    Json(Done {
+        name: name.to_owned(),
+        done: what.to_owned(),
+    })
+}
+
+/// The router, with the token check in front when `token` is set.
+pub fn router(daemon: Shared, token: Option<String>) -> Router {
+    let token = Arc::new(token);
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+        .route("/v1/plugins", get(list_plugins))
+        .route("/v1/plugins/{name}", get(get_plugin))
+        .route("/v1/plugins/{name}/validate", post(validate_config))
+        .route(
+            "/v1/connectors",
+            get(list_connectors).post(create_connectors),
+        )
+        .route(
+            "/v1/connectors/{name}",
+            get(get_connector).delete(delete_connector),
+        )
+        .route("/v1/connectors/{name}/config", put(put_config))
+        .route("/v1/connectors/{name}/module", put(put_module))
+        .route("/v1/connectors/{name}/status", get(connector_status))
+        .route("/v1/connectors/{name}/pause", post(pause))
+        .route("/v1/connectors/{name}/resume", post(resume))
+        .route("/v1/connectors/{name}/stop", post(stop))
+        .route("/v1/connectors/{name}/start", post(start))
+        .route("/v1/connectors/{name}/restart", post(restart))
+        .route("/v1/connectors/{name}/offsets", get(get_offsets))
+        .route("/v1/connectors/{name}/offsets/reset", post(reset_offsets))
+        .layer(axum::middleware::from_fn_with_state(token, require_token))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(daemon)
+}
+
+async fn require_token(
+    State(token): State<Arc<Option<String>>>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(right) = token.as_ref() {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !presented.is_some_and(|p| super::access::token_matches(p, right)) {
+            let body = serde_json::json!({
+                "status": 401,
+                "error": "a bearer token is required: send `Authorization: Bearer <token>` \
+                          (the token is in the daemon's data directory, file admin.token)"
+            });
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                Json(body),
+            )
+                .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "alive")))]
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Every stored connector has been brought back and the API takes changes.
+#[utoipa::path(get, path = "/readyz", responses(
+    (status = 200, description = "ready"), (status = 503, description = "starting or stopping")))]
+async fn readyz(State(d): State<Shared>) -> (StatusCode, &'static str) {
+    if d.is_ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+/// Prometheus text format.
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+async fn metrics(State(d): State<Shared>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        d.render_metrics(),
+    )
+}
+
+/// The built-in plugins with their specs.
+#[utoipa::path(get, path = "/v1/plugins", responses((status = 200, body = [PluginInfo])))]
+async fn list_plugins(State(d): State<Shared>) -> ApiResult<Vec<PluginInfo>> {
+    Ok(Json(d.plugins().await?))
+}
+
+/// One plugin: a built-in name, or a `.wasm` path on the daemon's machine.
+#[utoipa::path(get, path = "/v1/plugins/{name}", params(("name" = String, Path, description = "plugin")),
+    responses((status = 200, body = PluginInfo), (status = 404)))]
+async fn get_plugin(State(d): State<Shared>, Path(name): Path<String>) -> ApiResult<PluginInfo> {
+    Ok(Json(d.plugin(&name).await?))
+}
+
+/// Checks a config document against a plugin's schema.
+#[utoipa::path(post, path = "/v1/plugins/{name}/validate", params(("name" = String, Path, description = "plugin")),
+    request_body(content = Object, description = "the config document"),
+    responses((status = 200, body = Validation)))]
+async fn validate_config(
+    State(d): State<Shared>,
+    Path(name): Path<String>,
+    Json(config): Json<serde_json::Value>,
+) -> ApiResult<Validation> {
+    Ok(Json(d.validate(&name, &config).await?))
+}
+
+/// Every connector.
+#[utoipa::path(get, path = "/v1/connectors", responses((status = 200, body = [ConnectorSummary])))]
+async fn list_connectors(State(d): State<Shared>) -> ApiResult<Vec<ConnectorSummary>> {
+    Ok(Json(d.list()))
+}
+
+/// Creates connectors from a manifest's text or one JSON connector, and
+/// starts them.
+#[utoipa::path(post, path = "/v1/connectors", request_body = CreateRequest,
+    responses((status = 201, body = [String], description = "the names created"), (status = 400), (status = 409)))]
+async fn create_connectors(
+    State(d): State<Shared>,
+    Json(request): Json<CreateRequest>,
+) -> Result<(StatusCode, Json<Vec<String>>), AdminError> {
+    Ok((StatusCode::CREATED, Json(d.create(request).await?)))
+}
+
+/// A connector's definition.
+#[utoipa::path(get, path = "/v1/connectors/{name}", params(("name" = String, Path, description = "connector")),
+    responses((status = 200, body = ConnectorInfo), (status = 404)))]
+async fn get_connector(
+    State(d): State<Shared>,
+    Path(name): Path<String>,
+) -> ApiResult<ConnectorInfo> {
+    Ok(Json(d.get(&name).await?))
+}
+
+/// Stops and deletes a connector, with its offsets and state.
+#[utoipa::path(delete, path = "/v1/connectors/{name}", params(("name" = String, Path, description = "connector")),
+    responses((status = 200, body = Done), (status = 404)))]
+async fn delete_connector(State(d): State<Shared>, Path(name): Path<String>) -> ApiResult<Done> {
+    d.delete(&name).await?;
+    Ok(done(&name, "deleted"))
+}
+
+/// Replaces a connector's config and restarts it with it.
+#[utoipa::path(put, path = "/v1/connectors/{name}/config", params(("name" = String, Path, description = "connector")),
+    request_body(content = Object, description = "the new [connector.config] as JSON"),
+    responses((status = 200, body = ConnectorInfo), (status = 400), (status = 404)))]
+async fn put_config(
+    State(d): State<Shared>,
+    Path(name): Path<String>,
+    Json(config): Json<serde_json::Value>,
+) -> ApiResult<ConnectorInfo> {
+    Ok(Json(d.update_config(&name, config).await?))
+}
+
+/// The new module of a connector.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct ModuleRequest {
+    /// A built-in plugin name or a `.wasm` path on the daemon's machine.
+    pub plugin: String,
+}
+
+/// Swaps a connector's module while it runs (no loss, no duplicates); if
+/// the new module fails to open, the old one runs on and this says why.
+#[utoipa::path(put, path = "/v1/connectors/{name}/module", params(("name" = String, Path, description = "connector")),
+    request_body = ModuleRequest,
+    responses((status = 200, body = SwapOutcome), (status = 400), (status = 422, description = "the swap failed; the old module runs on")))]
+async fn put_module(
+    State(d): State<Shared>,
+    Path(name): Path<String>,
+    Json(request): Json<ModuleRequest>,
+) -> ApiResult<SwapOutcome> {
+    Ok(Json(d.update_module(&name, &request.plugin).await?))
+}
+
+/// A connector's status and that of each instance.
+#[utoipa::path(get, path = "/v1/connectors/{name}/status", params(("name" = String, Path, description = "connector")),
+    responses((status = 200, body = ConnectorStatus), (status = 404)))]
+async fn connector_status(
+    State(d): State<Shared>,
+    Path(name): Path<String>,
+) -> ApiResult<ConnectorStatus> {
+    Ok(Json(d.status(&name)?))
+}
+
+/// Pauses a connector at its next batch boundary (instances stay open).
+#[utoipa::path(post, path = "/v1/connectors/{name}/pause", params(("name" = String, Path, description = "connector")),
+    responses((status = 200, body = Done), (status = 404), (status = 409)))]
+async fn pause(State(d): State<Shared>, Path(name): Path<String>) -> ApiResult<Done> {
+    d.pause(&name).await?;
+    Ok(done(&name, "paused"))
+}
+
+/// Resumes a paused connector.
+#[utoipa::path(post, path = "/v1/connectors/{name}/resume", params(("name" = String, Path, description = "connector")),
+    responses((status = 200, body = Done), (status = 404), (status = 409)))]
+async fn resume(State(d): State<Shared>, Path(name): Path<String>) -> ApiResult<Done> {
+    d.resume(&name).await?;
+    Ok(done(&name, "resumed"))
+}
+
+/// Stops a connector: its instances flush, commit and close.
+#[utoipa::path(post, path = "/v1/connectors/{name}/stop", params(("name" = String, Path, description = "connector")),
+    responses((status = 200, body = Done), (status = 404)))]
+async fn stop(State(d): State<Shared>, Path(name): Path<String>) -> ApiResult<Done> {
+    d.stop(&name).await?;
+    Ok(done(&name, "stopped"))
+}
+
+/// Starts a stopped connector from its committed position.
+#[utoipa::path(post, path = "/v1/connectors/{name}/start", params(("name" = String, Path, description = "connector")),
+    responses((status = 200, body = Done), (status = 404), (status = 409)))]
+async fn start(State(d): State<Shared>, Path(name): Path<String>) -> ApiResult<Done> {
+    d.start(&name).await?;
+    Ok(done(&name, "started"))
+}
+
+/// Which instance to restart.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct RestartQuery {
+    /// One instance's index; all instances if absent.
+    pub instance: Option<u32>,
+}
+
+/// Restarts every instance of a connector, or one.
+#[utoipa::path(post, path = "/v1/connectors/{name}/restart", params(("name" = String, Path, description = "connector"), RestartQuery),
+    responses((status = 200, body = Done), (status = 404), (status = 409)))]
+async fn restart(
+    State(d): State<Shared>,
+    Path(name): Path<String>,
+    Query(q): Query<RestartQuery>,
+) -> ApiResult<Done> {
+    d.restart(&name, q.instance).await?;
+    Ok(done(&name, "restarted"))
+}
+
+/// A sink's committed offsets, or a source's stored positions.
+#[utoipa::path(get, path = "/v1/connectors/{name}/offsets", params(("name" = String, Path, description = "connector")),
+    responses((status = 200, body = Offsets), (status = 404)))]
+async fn get_offsets(State(d): State<Shared>, Path(name): Path<String>) -> ApiResult<Offsets> {
+    Ok(Json(d.offsets(&name).await?))
+}
+
+/// Resets a stopped sink's offsets to earliest, latest or a value.
+#[utoipa::path(post, path = "/v1/connectors/{name}/offsets/reset", params(("name" = String, Path, description = "connector")),
+    request_body = ResetRequest,
+    responses((status = 200, body = Offsets), (status = 400), (status = 409, description = "the connector is not stopped")))]
+async fn reset_offsets(
+    State(d): State<Shared>,
+    Path(name): Path<String>,
+    Json(request): Json<ResetRequest>,
+) -> ApiResult<Offsets> {
+    Ok(Json(d.reset_offsets(&name, request).await?))
+}
+
+/// Serves the API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    daemon: Shared,
+    token: Option<String>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(daemon, token))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_openapi_document_names_every_route() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let paths = doc["paths"].as_object().unwrap();
+        for p in [
+            "/v1/connectors",
+            "/v1/connectors/{name}/module",
+            "/v1/connectors/{name}/offsets/reset",
+            "/v1/plugins/{name}/validate",
+            "/metrics",
+        ] {
+            assert!(
+                paths.contains_key(p),
+                "{p} missing from the OpenAPI document"
+            );
+        }
+    }
+}
