@@ -398,6 +398,9 @@ impl RunningPipeline {
     }
 }
 
+/// What `--watch` compares: a file's modification time and length.
+type Stamp = Option<(Option<std::time::SystemTime>, u64)>;
+
 /// How often `--watch` looks at the plugin files.
 const WATCH_EVERY: Duration = Duration::from_millis(200);
 
@@ -411,7 +414,7 @@ async fn watch_modules(connectors: &[RunningConnector], plugins: &PluginHost) {
             .ok()
             .map(|m| (m.modified().ok(), m.len()))
     };
-    let mut files: Vec<Option<(std::path::PathBuf, Option<(Option<std::time::SystemTime>, u64)>)>> =
+    let mut files: Vec<Option<(std::path::PathBuf, Stamp)>> =
         connectors
             .iter()
             .map(|c| {
@@ -426,7 +429,7 @@ async fn watch_modules(connectors: &[RunningConnector], plugins: &PluginHost) {
                 }
             })
             .collect();
-    let mut changing: Vec<Option<(Option<std::time::SystemTime>, u64)>> = vec![None; files.len()];
+    let mut changing: Vec<Stamp> = vec![None; files.len()];
     loop {
         tokio::time::sleep(WATCH_EVERY).await;
         for (i, c) in connectors.iter().enumerate() {
