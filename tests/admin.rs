@@ -576,3 +576,159 @@ files = [{{ host = "out", guest = "/out", mode = "read-write" }}]
     let delivered = [plain, marked].concat();
     common::assert_exactly_once(delivered.clone(), produced - lag);
 }
+
+#[test]
+fn parallel_instances_share_partitions_and_all_swap() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("files")).unwrap();
+    // A start manifest: the log's settings, and connectors created at start.
+    let start = dir.path().join("start.toml");
+    std::fs::write(
+        &start,
+        r#"
+[broker]
+partitions = 2
+
+[[connector]]
+name = "gen"
+kind = "source"
+plugin = "datagen"
+topic = "events"
+parallelism = 2
+[connector.config]
+count = 0
+rate = 20000
+payload_bytes = 32
+
+[[connector]]
+name = "files"
+kind = "sink"
+plugin = "file-sink"
+topic = "events"
+parallelism = 2
+flush_interval_ms = 100
+[connector.config]
+path = "/out"
+[connector.grants]
+files = [{ host = "files", guest = "/out", mode = "read-write" }]
+"#,
+    )
+    .unwrap();
+    let d = Daemon::start(dir.path(), &["--manifest", start.to_str().unwrap()]);
+    wait_until(
+        "both instances take records",
+        Duration::from_secs(60),
+        || {
+            let s = d.status("files");
+            let i = s["instances"].as_array().unwrap();
+            i.len() == 2 && i.iter().all(|i| n(&i["records"]) > 5_000)
+        },
+    );
+    let v2 = common::wasm("tag-sink");
+    let swapped = d.json(
+        "connectors",
+        &["update", "files", "--plugin", v2.to_str().unwrap()],
+    );
+    assert_eq!(swapped["live"], true);
+    wait_until("both new instances write", Duration::from_secs(30), || {
+        (0..2).all(|i| {
+            std::fs::metadata(dir.path().join(format!("files/tagged-{i}.txt")))
+                .is_ok_and(|m| m.len() > 0)
+        })
+    });
+    // Each generator instance counts from 0 into its own partition.
+    d.ok(&["stop", "gen"]);
+    let o = d.json("connectors", &["offsets", "files"]);
+    let ends: Vec<u64> = o["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| n(&p["end"]))
+        .collect();
+    assert_eq!(ends.len(), 2);
+    wait_until("files catches up", Duration::from_secs(60), || {
+        d.status("files")["lag"] == 0
+    });
+    let (plain, marked) = marked_seqs(&dir.path().join("files"));
+    let mut all = [plain, marked].concat();
+    all.sort_unstable();
+    let mut want: Vec<u64> = ends.iter().flat_map(|&e| 0..e).collect();
+    want.sort_unstable();
+    assert!(all == want, "each instance's records, each exactly once");
+}
+
+#[test]
+fn create_from_json_update_the_config_and_bad_input_is_located() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &[]);
+    std::fs::create_dir_all(dir.path().join("jout")).unwrap();
+
+    // A bad field: exit 2, the file, the line and the field are named.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        common::gen_source(0, 0, 32).replace("rate = 0", "rate = \"fast\""),
+    )
+    .unwrap();
+    let out = d.cli("connectors", &["create", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml:9:8:"),
+        "the line of `rate` in the file: {err}"
+    );
+    assert!(err.contains("connector[0].config.rate"), "{err}");
+    assert_eq!(d.json("connectors", &["list"]), serde_json::json!([]));
+
+    // One connector as JSON.
+    let source = dir.path().join("gen.toml");
+    std::fs::write(&source, common::gen_source(0, 5000, 32)).unwrap();
+    d.ok(&["create", source.to_str().unwrap()]);
+    let json = dir.path().join("sink.json");
+    std::fs::write(
+        &json,
+        serde_json::json!({
+            "name": "j", "kind": "sink", "plugin": "file-sink", "topic": "events",
+            "flush_interval_ms": 100,
+            "config": { "path": "/out" },
+            "grants": { "files": [{ "host": "jout", "guest": "/out", "mode": "read-write" }] }
+        })
+        .to_string(),
+    )
+    .unwrap();
+    d.ok(&["create", json.to_str().unwrap()]);
+    let again = d.cli("connectors", &["create", json.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(4), "the name is taken");
+    wait_until("j takes records", Duration::from_secs(30), || {
+        n(&d.status("j")["records_in"]) > 2_000
+    });
+
+    // A new config: checked against the schema, then the sink restarts with it.
+    let cfg = dir.path().join("cfg.json");
+    std::fs::write(&cfg, r#"{ "path": "/out", "max_file_bytes": -1 }"#).unwrap();
+    let out = d.cli(
+        "connectors",
+        &["update", "j", "--config", cfg.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    std::fs::write(&cfg, r#"{ "path": "/out", "max_file_bytes": 4096 }"#).unwrap();
+    d.ok(&["update", "j", "--config", cfg.to_str().unwrap()]);
+    let info = d.json("connectors", &["get", "j"]);
+    assert_eq!(info["config"]["max_file_bytes"], 4096);
+    assert_eq!(d.status("j")["state"], "running");
+    wait_until(
+        "j takes records with its new config",
+        Duration::from_secs(30),
+        || n(&d.status("j")["records_in"]) > 2_000,
+    );
+    let total = drain(&d, &["j"]);
+    let files = common::output_files(&dir.path().join("jout"));
+    assert!(files.len() > 2, "small files after the new config");
+    common::assert_exactly_once(common::seqs(&dir.path().join("jout")), total);
+
+    // Deleting forgets it; its name can be used again.
+    d.ok(&["delete", "j"]);
+    assert_eq!(d.cli("connectors", &["status", "j"]).status.code(), Some(3));
+    assert!(!d.data.join("groups/j.json").exists());
+    assert!(!d.data.join("connectors/j.json").exists());
+}

@@ -466,8 +466,16 @@ impl Daemon {
             })
     }
 
+    /// Checks a stored definition. Its errors name the file it came from,
+    /// marked as the stored text: its lines are those of the definition,
+    /// which `sluice connectors get` prints.
     async fn check(&self, def: &Definition) -> Result<CheckedConnector, AdminError> {
-        let manifest = Manifest::parse(&def.path, &def.toml).map_err(invalid)?;
+        let file = def
+            .path
+            .file_name()
+            .map_or_else(String::new, |f| f.to_string_lossy().into_owned());
+        let label = def.path.with_file_name(format!("{file} (as stored)"));
+        let manifest = Manifest::parse(&label, &def.toml).map_err(invalid)?;
         let mut checked = pipeline::check(&manifest, &self.plugins)
             .await
             .map_err(invalid)?;
@@ -637,7 +645,10 @@ impl Daemon {
             }
         };
         // The whole text first, so that errors point into the file as given.
-        Manifest::parse(&path, &toml).map_err(invalid)?;
+        let manifest = Manifest::parse(&path, &toml).map_err(invalid)?;
+        pipeline::check(&manifest, &self.plugins)
+            .await
+            .map_err(invalid)?;
         let defs = split(&toml, &path)?;
         let mut names = Vec::new();
         for def in &defs {
