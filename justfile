@@ -26,3 +26,8 @@ demo:
 # Throughput of the quickstart pipeline, with this machine's figures beside it.
 bench:
     ./benches/quickstart.sh
+
+# The daemon on examples/daemon/data, with the example's connectors (Ctrl-C stops it cleanly).
+serve:
+    mkdir -p examples/daemon/out
+    cargo run --release -- serve --data-dir examples/daemon/data --manifest examples/daemon/connectors.toml

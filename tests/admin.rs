@@ -475,6 +475,20 @@ fn the_daemon_stops_cleanly_on_sigterm_and_serves_its_openapi_document() {
             .iter()
             .any(|p| p["name"] == "file-sink")
     );
+    let inspect = d.json("plugins", &["inspect", "file-sink"]);
+    assert_eq!(inspect["kind"], "sink");
+    assert!(inspect["config_schema"]["properties"]["path"].is_object());
+    let cfg = dir.path().join("cfg.toml");
+    std::fs::write(&cfg, "count = 10\nrate = 5\n").unwrap();
+    assert!(
+        d.cli("plugins", &["validate", "datagen", cfg.to_str().unwrap()])
+            .status
+            .success()
+    );
+    std::fs::write(&cfg, "count = -1\n").unwrap();
+    let bad = d.cli("plugins", &["validate", "datagen", cfg.to_str().unwrap()]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stdout).contains("count"));
     let out = d.cli("connectors", &["status", "nope"]);
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no connector named \"nope\""));
