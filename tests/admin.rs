@@ -151,12 +151,15 @@ files = [{{ host = "{s}", guest = "/out", mode = "read-write" }}]
 fn marked_seqs(dir: &Path) -> (Vec<u64>, Vec<u64>) {
     let (mut plain, mut marked) = (Vec::new(), Vec::new());
     for f in common::output_files(dir) {
-        for line in std::fs::read_to_string(&f).unwrap().lines() {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for line in text.lines() {
             let (list, line) = match line.strip_prefix("v2 ") {
                 Some(rest) => (&mut marked, rest),
                 None => (&mut plain, line),
             };
-            let rest = line.strip_prefix("{\"seq\":").unwrap();
+            let rest = line
+                .strip_prefix("{\"seq\":")
+                .unwrap_or_else(|| panic!("not a datagen line in {}: {line:?}", f.display()));
             list.push(rest[..rest.find([',', '}']).unwrap()].parse().unwrap());
         }
     }
@@ -745,4 +748,45 @@ fn create_from_json_update_the_config_and_bad_input_is_located() {
     assert_eq!(d.cli("connectors", &["status", "j"]).status.code(), Some(3));
     assert!(!d.data.join("groups/j.json").exists());
     assert!(!d.data.join("connectors/j.json").exists());
+}
+
+#[test]
+fn a_swap_skips_an_idle_instance_and_a_paused_sink_takes_nothing_more_when_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &[]);
+    // Two instances on a one-partition topic: instance 1 has nothing to
+    // read and ends; a swap goes on without it.
+    let manifest = connectors(dir.path(), 20_000, &["files"]);
+    let text = std::fs::read_to_string(&manifest)
+        .unwrap()
+        .replace("name = \"files\"", "name = \"files\"\nparallelism = 2");
+    std::fs::write(&manifest, text).unwrap();
+    d.ok(&["create", manifest.to_str().unwrap()]);
+    wait_until("instance 1 ends idle", Duration::from_secs(60), || {
+        let s = d.status("files");
+        s["instances"][1]["state"] == "finished" && n(&s["records_in"]) > 5_000
+    });
+    let v2 = common::wasm("tag-sink");
+    let swapped = d.json(
+        "connectors",
+        &["update", "files", "--plugin", v2.to_str().unwrap()],
+    );
+    assert_eq!(swapped["live"], true, "{swapped}");
+
+    // Paused: flushed, committed, and idle; stopping it takes nothing more.
+    d.ok(&["pause", "files"]);
+    wait_until("the instance pauses", Duration::from_secs(10), || {
+        d.status("files")["instances"][0]["state"] == "paused"
+    });
+    let held = n(&d.status("files")["records_in"]);
+    std::thread::sleep(Duration::from_millis(300));
+    d.ok(&["stop", "files"]);
+    let status = d.status("files");
+    assert_eq!(status["state"], "stopped");
+    assert_eq!(n(&status["records_in"]), held, "a paused sink took records");
+    assert_eq!(status["instances"][0]["state"], "stopped");
+    d.ok(&["start", "files"]);
+    let total = drain(&d, &["files"]);
+    let (plain, marked) = marked_seqs(&dir.path().join("files"));
+    common::assert_exactly_once([plain, marked].concat(), total);
 }

@@ -72,18 +72,46 @@ fn path_part(name: &str) -> String {
         .collect()
 }
 
+/// The exit code for input the CLI itself cannot read (as for a request
+/// the daemon refuses as invalid).
+const EXIT_INVALID: u8 = 2;
+
 /// Runs one `connectors` verb.
 pub async fn connectors(target: Target, command: ConnectorsCommand) -> anyhow::Result<ExitCode> {
+    match connectors_inner(target, command).await {
+        Err(e) if e.downcast_ref::<LocalInput>().is_some() => {
+            eprintln!("error: {e:#}");
+            Ok(ExitCode::from(EXIT_INVALID))
+        }
+        other => other,
+    }
+}
+
+/// A local file the CLI could not read or parse.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct LocalInput(String);
+
+fn local<T, E: std::fmt::Display>(
+    r: Result<T, E>,
+    what: impl FnOnce() -> String,
+) -> anyhow::Result<T> {
+    r.map_err(|e| LocalInput(format!("{}: {e}", what())).into())
+}
+
+async fn connectors_inner(target: Target, command: ConnectorsCommand) -> anyhow::Result<ExitCode> {
     let client = client(&target)?;
     let c = |name: &str, rest: &str| format!("/v1/connectors/{}{rest}", path_part(name));
     let outcome = match &command {
         ConnectorsCommand::Create { file } => {
-            let text = std::fs::read_to_string(file)
-                .with_context(|| format!("reading {}", file.display()))?;
+            let text = local(std::fs::read_to_string(file), || {
+                format!("reading {}", file.display())
+            })?;
             let path = std::path::absolute(file)?.display().to_string();
             let body = if file.extension().is_some_and(|e| e == "json") {
-                let connector: Value = serde_json::from_str(&text)
-                    .with_context(|| format!("{} is not valid JSON", file.display()))?;
+                let connector: Value = local(serde_json::from_str(&text), || {
+                    format!("{} is not valid JSON", file.display())
+                })?;
                 json!({ "connector": connector, "path": path })
             } else {
                 json!({ "toml": text, "path": path })
@@ -353,6 +381,16 @@ fn print_offsets(o: &Value) {
 
 /// Runs one `plugins` verb.
 pub async fn plugins(target: Target, command: PluginsCommand) -> anyhow::Result<ExitCode> {
+    match plugins_inner(target, command).await {
+        Err(e) if e.downcast_ref::<LocalInput>().is_some() => {
+            eprintln!("error: {e:#}");
+            Ok(ExitCode::from(EXIT_INVALID))
+        }
+        other => other,
+    }
+}
+
+async fn plugins_inner(target: Target, command: PluginsCommand) -> anyhow::Result<ExitCode> {
     let client = client(&target)?;
     let outcome = match &command {
         PluginsCommand::List => client.call(Method::GET, "/v1/plugins", None).await,
@@ -376,9 +414,11 @@ pub async fn plugins(target: Target, command: PluginsCommand) -> anyhow::Result<
             return Ok(exit_for(&e));
         }
     };
+    let invalid = matches!(command, PluginsCommand::Validate { .. })
+        && !value["valid"].as_bool().unwrap_or(false);
     if target.json {
         println!("{}", serde_json::to_string_pretty(&value)?);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(ExitCode::from(if invalid { EXIT_INVALID } else { 0 }));
     }
     match command {
         PluginsCommand::List => {
@@ -408,7 +448,7 @@ pub async fn plugins(target: Target, command: PluginsCommand) -> anyhow::Result<
                 for e in value["errors"].as_array().into_iter().flatten() {
                     println!("{}", text(e));
                 }
-                return Ok(ExitCode::from(2));
+                return Ok(ExitCode::from(EXIT_INVALID));
             }
         }
     }

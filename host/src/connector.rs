@@ -248,6 +248,20 @@ impl ConnectorReport {
         }
     }
 
+    /// Instance `index` is being restarted by request: if it had failed for
+    /// good and no other instance has, the connector is no longer failed.
+    fn forgive(&self, index: usize) {
+        let others_failed = self
+            .instances
+            .iter()
+            .enumerate()
+            .any(|(i, r)| i != index && r.control.state().0 == InstanceState::Failed);
+        let mut worst = self.worst.lock().expect("report lock");
+        if !others_failed && matches!(*worst, ConnectorOutcome::Failed(_)) {
+            *worst = ConnectorOutcome::Running;
+        }
+    }
+
     fn instance_started(&self) {
         if self.running.fetch_add(1, Ordering::AcqRel) == 0 {
             *self.ended.lock().expect("report lock") = None;
@@ -420,7 +434,6 @@ pub struct RunningConnector {
     host: HostParts,
     state: Arc<dyn StateStore>,
     layout: Vec<(String, u32)>,
-    options: StartOptions,
 }
 
 impl std::fmt::Debug for RunningConnector {
@@ -490,6 +503,8 @@ impl RunningConnector {
             lag: AtomicU64::new(0),
             last_swap: Mutex::new(None),
         });
+        // Its lag is true from the start, not 0 until first measured.
+        report.measure_lag(&*host.broker);
         let running = RunningConnector {
             current: Arc::new(RwLock::new(connector)),
             report,
@@ -498,10 +513,9 @@ impl RunningConnector {
             host,
             state,
             layout,
-            options,
         };
         for index in 0..parallelism as usize {
-            let task = running.spawn(index);
+            let task = running.spawn(index, options.ignore_stored_offsets);
             running.tasks.lock().expect("tasks lock").push(Some(task));
         }
         Ok(running)
@@ -522,7 +536,9 @@ impl RunningConnector {
         *self.paused.borrow()
     }
 
-    fn spawn(&self, index: usize) -> JoinHandle<()> {
+    /// Starts instance `index`; a sink set aside its own stored offsets
+    /// (once) if `ignore_stored`.
+    fn spawn(&self, index: usize, ignore_stored: bool) -> JoinHandle<()> {
         let c = self.current();
         let name = c.config.name.get_ref().clone();
         let parallelism = *c.config.parallelism.get_ref();
@@ -550,7 +566,6 @@ impl RunningConnector {
         let (first_topic, first_partitions) = self.layout[0].clone();
         let kind = c.config.kind;
         let seals = self.host.seals.clone();
-        let ignore_stored = self.options.ignore_stored_offsets;
         report.instance_started();
         control.set_state(InstanceState::Starting);
         tokio::spawn(
@@ -631,7 +646,8 @@ impl RunningConnector {
         self.paused.send_replace(false);
     }
 
-    /// Stops one instance (flush, commit, close) and starts it again.
+    /// Stops one instance (flush, commit, close) and starts it again; an
+    /// instance that had failed for good gets a new start.
     pub async fn restart_instance(&self, index: usize) -> anyhow::Result<()> {
         if index >= self.report.instances.len() {
             anyhow::bail!("the connector has no instance {index}");
@@ -643,19 +659,19 @@ impl RunningConnector {
             let _ = t.await;
         }
         control.stop.reset();
-        self.report.instances[index]
-            .restarts
-            .fetch_add(1, Ordering::Relaxed);
-        let task = self.spawn(index);
+        self.report.forgive(index);
+        let task = self.spawn(index, false);
         self.tasks.lock().expect("tasks lock")[index] = Some(task);
         Ok(())
     }
 
-    /// Swaps the module of every instance for `new`'s (same config, grants
-    /// and parallelism), one instance at a time; see the module docs. On
-    /// success returns the longest pause. On failure the connector runs its
-    /// old module, and the error says why.
-    pub async fn swap(&self, new: Arc<CheckedConnector>) -> anyhow::Result<Duration> {
+    /// Swaps the module of every running instance for `new`'s (same
+    /// config, grants and parallelism), one instance at a time; see the
+    /// module docs. Instances that have ended (finished, stopped, failed)
+    /// take the new module when they next start. On success returns the
+    /// longest pause and how many instances swapped live. On failure the
+    /// connector runs its old module, and the error says why.
+    pub async fn swap(&self, new: Arc<CheckedConnector>) -> anyhow::Result<(Duration, usize)> {
         let old = self.current();
         let record = |ok: bool, error: Option<String>, pause: Option<Duration>| SwapRecord {
             at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
@@ -669,7 +685,8 @@ impl RunningConnector {
         let mut swapped = Vec::new();
         for index in 0..self.report.instances.len() {
             match self.swap_instance(index, &new).await {
-                Ok(pause) => {
+                Ok(None) => {}
+                Ok(Some(pause)) => {
                     longest = longest.max(pause);
                     swapped.push(index);
                 }
@@ -682,10 +699,12 @@ impl RunningConnector {
                     for &back in &swapped {
                         if let Err(again) = self.swap_instance(back, &old).await {
                             tracing::error!(
-                                connector = %self.report.name, instance = back, error = %again,
-                                "swapping back to the old module failed; the instance restarts"
+                                connector = %self.report.name, instance = back, error = %format!("{again:#}"),
+                                "swapping back to the old module failed; restarting the instance with it"
                             );
-                            self.report.instances[back].control.stop.stop();
+                            if let Err(e) = self.restart_instance(back).await {
+                                tracing::error!(connector = %self.report.name, instance = back, error = %e, "restart failed");
+                            }
                         }
                     }
                     let text = self.host.redactor.redact(&format!("{e:#}")).into_owned();
@@ -697,28 +716,31 @@ impl RunningConnector {
         }
         *self.current.write().expect("connector lock") = new.clone();
         *self.report.last_swap.lock().expect("report lock") =
-            Some(record(true, None, Some(longest)));
+            Some(record(true, None, (!swapped.is_empty()).then_some(longest)));
         tracing::info!(
             connector = %self.report.name,
             module = new.plugin.name(),
+            instances = swapped.len(),
             pause_ms = longest.as_secs_f64() * 1000.0,
             "module swapped in every instance"
         );
-        Ok(longest)
+        Ok((longest, swapped.len()))
     }
 
+    /// Swaps one instance; `None` if it is not running (it starts with the
+    /// connector's current module when it next does).
     async fn swap_instance(
         &self,
         index: usize,
         to: &Arc<CheckedConnector>,
-    ) -> anyhow::Result<Duration> {
+    ) -> anyhow::Result<Option<Duration>> {
         let control = &self.report.instances[index].control;
         let (state, _) = control.state();
         if matches!(
             state,
             InstanceState::Failed | InstanceState::Finished | InstanceState::Stopped
         ) {
-            anyhow::bail!("instance {index} is {state:?}, not running; start it first");
+            return Ok(None);
         }
         let setup = InstanceSetup {
             connector: self.report.name.as_str().into(),
@@ -742,19 +764,28 @@ impl RunningConnector {
             config_json: to.config_json.clone(),
             done,
         });
-        match tokio::time::timeout(SWAP_TIMEOUT, answer).await {
-            Ok(Ok(Ok(pause))) => Ok(pause),
-            Ok(Ok(Err(why))) => Err(anyhow::anyhow!("the new module's open failed: {why}")),
-            Ok(Err(_)) => Err(anyhow::anyhow!(
+        // The pump takes the request at its next batch boundary; once it
+        // has, it answers after the new instance's `open` (which its `cpu`
+        // grant bounds). If the caller is gone by then, the pump keeps the
+        // old instance.
+        let began = Instant::now();
+        while control.swap_pending() {
+            if began.elapsed() >= SWAP_TIMEOUT {
+                if control.take_swap().is_some() {
+                    anyhow::bail!(
+                        "instance {index} did not reach a batch boundary within {SWAP_TIMEOUT:?}"
+                    );
+                }
+                break; // taken just now
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        match answer.await {
+            Ok(Ok(pause)) => Ok(Some(pause)),
+            Ok(Err(why)) => Err(anyhow::anyhow!("the new module's open failed: {why}")),
+            Err(_) => Err(anyhow::anyhow!(
                 "instance {index} ended before it could swap"
             )),
-            Err(_) => {
-                // Withdraw it, so that it is not taken later.
-                drop(control.take_swap());
-                Err(anyhow::anyhow!(
-                    "instance {index} did not reach a batch boundary within {SWAP_TIMEOUT:?}"
-                ))
-            }
         }
     }
 }

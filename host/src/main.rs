@@ -4,8 +4,8 @@
 //! (or the daemon cannot be reached), 2 the manifest or a connector's config
 //! is invalid (or the command line is), 3 no such connector or plugin, 4 not
 //! allowed in the connector's state, 5 a module swap failed (the old module
-//! runs on), 6 the daemon refused the token, 130 stopped by Ctrl-C or
-//! SIGTERM.
+//! runs on), 6 the daemon refused the token, 130 `run` stopped by Ctrl-C or
+//! SIGTERM (`serve` exits 0 after a clean stop).
 
 // This file is the CLI's own output; everything else logs through tracing.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -468,9 +468,9 @@ async fn run(
     })
 }
 
-/// Waits for Ctrl-C or SIGTERM.
-async fn terminated() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+/// Waits for Ctrl-C or SIGTERM on `term` (registered early, so that a
+/// signal that comes first is not lost).
+async fn terminated(mut term: Option<tokio::signal::unix::Signal>) {
     let sigterm = async {
         match term.as_mut() {
             Some(t) => {
@@ -493,6 +493,9 @@ async fn serve(
     plugins: Arc<PluginHost>,
 ) -> anyhow::Result<ExitCode> {
     use sluice::admin::{access, api, daemon};
+    // Before anything slow: a SIGTERM while connectors load still stops
+    // the daemon cleanly once they have.
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     let data_dir = data_dir.unwrap_or_else(access::default_data_dir);
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
@@ -536,7 +539,7 @@ async fn serve(
         })
     };
     api::serve(listener, daemon.clone(), token, async {
-        terminated().await;
+        terminated(term).await;
         tracing::info!("stopping: every connector flushes, commits and closes");
     })
     .await

@@ -368,6 +368,7 @@ impl RunningPipeline {
                 c.wait().await;
             }
         };
+        tokio::pin!(waiting);
         let watching = async {
             if watch {
                 watch_modules(connectors, &self.plugins).await;
@@ -376,15 +377,14 @@ impl RunningPipeline {
             }
         };
         tokio::select! {
-            () = waiting => {}
+            () = &mut waiting => {}
             () = watching => {}
             () = self.stop.stopped() => {
                 for c in connectors {
                     c.stop();
                 }
-                for c in connectors {
-                    c.wait().await;
-                }
+                // The same wait: it holds the instance it was waiting on.
+                waiting.await;
             }
         }
         self.lag_task.abort();
@@ -456,7 +456,7 @@ async fn watch_modules(connectors: &[RunningConnector], plugins: &PluginHost) {
             }
             .await;
             match swapped {
-                Ok(pause) => tracing::info!(
+                Ok((pause, _)) => tracing::info!(
                     connector = %name, file = %path.display(),
                     pause_ms = pause.as_secs_f64() * 1000.0,
                     "the plugin file changed; module swapped"

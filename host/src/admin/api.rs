@@ -14,6 +14,7 @@
 
 use std::sync::Arc;
 
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
@@ -71,6 +72,25 @@ impl IntoResponse for AdminError {
 
 type Shared = Arc<Daemon>;
 type ApiResult<T> = Result<Json<T>, AdminError>;
+
+/// Runs an operation that changes a connector in its own task: a client
+/// that hangs up mid-swap (or mid-stop) does not cut it off halfway.
+async fn detached<T, F>(op: F) -> Result<T, AdminError>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<T, AdminError>> + Send + 'static,
+{
+    tokio::spawn(op)
+        .await
+        .map_err(|e| AdminError::Internal(format!("the operation failed in the host: {e}")))?
+}
+
+/// A JSON body, or a 400 that says what is wrong with it.
+fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, AdminError> {
+    b.map(|Json(t)| t).map_err(|e| {
+        AdminError::Invalid(format!("the request body is not right: {}", e.body_text()))
+    })
+}
 
 /// What a call that changes a state answers.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
@@ -199,8 +219,9 @@ async fn get_plugin(State(d): State<Shared>, Path(name): Path<String>) -> ApiRes
 async fn validate_config(
     State(d): State<Shared>,
     Path(name): Path<String>,
-    Json(config): Json<serde_json::Value>,
+    config: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> ApiResult<Validation> {
+    let config = body(config)?;
     Ok(Json(d.validate(&name, &config).await?))
 }
 
@@ -216,9 +237,11 @@ async fn list_connectors(State(d): State<Shared>) -> ApiResult<Vec<ConnectorSumm
     responses((status = 201, body = [String], description = "the names created"), (status = 400), (status = 409)))]
 async fn create_connectors(
     State(d): State<Shared>,
-    Json(request): Json<CreateRequest>,
+    request: Result<Json<CreateRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Vec<String>>), AdminError> {
-    Ok((StatusCode::CREATED, Json(d.create(request).await?)))
+    let request = body(request)?;
+    let names = detached(async move { d.create(request).await }).await?;
+    Ok((StatusCode::CREATED, Json(names)))
 }
 
 /// A connector's definition.
@@ -235,7 +258,8 @@ async fn get_connector(
 #[utoipa::path(delete, path = "/v1/connectors/{name}", params(("name" = String, Path, description = "connector")),
     responses((status = 200, body = Done), (status = 404)))]
 async fn delete_connector(State(d): State<Shared>, Path(name): Path<String>) -> ApiResult<Done> {
-    d.delete(&name).await?;
+    let n = name.clone();
+    detached(async move { d.delete(&n).await }).await?;
     Ok(done(&name, "deleted"))
 }
 
@@ -246,9 +270,12 @@ async fn delete_connector(State(d): State<Shared>, Path(name): Path<String>) -> 
 async fn put_config(
     State(d): State<Shared>,
     Path(name): Path<String>,
-    Json(config): Json<serde_json::Value>,
+    config: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> ApiResult<ConnectorInfo> {
-    Ok(Json(d.update_config(&name, config).await?))
+    let config = body(config)?;
+    Ok(Json(
+        detached(async move { d.update_config(&name, config).await }).await?,
+    ))
 }
 
 /// The new module of a connector.
@@ -266,9 +293,12 @@ pub struct ModuleRequest {
 async fn put_module(
     State(d): State<Shared>,
     Path(name): Path<String>,
-    Json(request): Json<ModuleRequest>,
+    request: Result<Json<ModuleRequest>, JsonRejection>,
 ) -> ApiResult<SwapOutcome> {
-    Ok(Json(d.update_module(&name, &request.plugin).await?))
+    let request = body(request)?;
+    Ok(Json(
+        detached(async move { d.update_module(&name, &request.plugin).await }).await?,
+    ))
 }
 
 /// A connector's status and that of each instance.
@@ -285,7 +315,8 @@ async fn connector_status(
 #[utoipa::path(post, path = "/v1/connectors/{name}/pause", params(("name" = String, Path, description = "connector")),
     responses((status = 200, body = Done), (status = 404), (status = 409)))]
 async fn pause(State(d): State<Shared>, Path(name): Path<String>) -> ApiResult<Done> {
-    d.pause(&name).await?;
+    let n = name.clone();
+    detached(async move { d.pause(&n).await }).await?;
     Ok(done(&name, "paused"))
 }
 
@@ -293,7 +324,8 @@ async fn pause(State(d): State<Shared>, Path(name): Path<String>) -> ApiResult<D
 #[utoipa::path(post, path = "/v1/connectors/{name}/resume", params(("name" = String, Path, description = "connector")),
     responses((status = 200, body = Done), (status = 404), (status = 409)))]
 async fn resume(State(d): State<Shared>, Path(name): Path<String>) -> ApiResult<Done> {
-    d.resume(&name).await?;
+    let n = name.clone();
+    detached(async move { d.resume(&n).await }).await?;
     Ok(done(&name, "resumed"))
 }
 
@@ -301,7 +333,8 @@ async fn resume(State(d): State<Shared>, Path(name): Path<String>) -> ApiResult<
 #[utoipa::path(post, path = "/v1/connectors/{name}/stop", params(("name" = String, Path, description = "connector")),
     responses((status = 200, body = Done), (status = 404)))]
 async fn stop(State(d): State<Shared>, Path(name): Path<String>) -> ApiResult<Done> {
-    d.stop(&name).await?;
+    let n = name.clone();
+    detached(async move { d.stop(&n).await }).await?;
     Ok(done(&name, "stopped"))
 }
 
@@ -309,7 +342,8 @@ async fn stop(State(d): State<Shared>, Path(name): Path<String>) -> ApiResult<Do
 #[utoipa::path(post, path = "/v1/connectors/{name}/start", params(("name" = String, Path, description = "connector")),
     responses((status = 200, body = Done), (status = 404), (status = 409)))]
 async fn start(State(d): State<Shared>, Path(name): Path<String>) -> ApiResult<Done> {
-    d.start(&name).await?;
+    let n = name.clone();
+    detached(async move { d.start(&n).await }).await?;
     Ok(done(&name, "started"))
 }
 
@@ -326,9 +360,11 @@ pub struct RestartQuery {
 async fn restart(
     State(d): State<Shared>,
     Path(name): Path<String>,
-    Query(q): Query<RestartQuery>,
+    q: Result<Query<RestartQuery>, QueryRejection>,
 ) -> ApiResult<Done> {
-    d.restart(&name, q.instance).await?;
+    let Query(q) = q.map_err(|e| AdminError::Invalid(e.body_text()))?;
+    let n = name.clone();
+    detached(async move { d.restart(&n, q.instance).await }).await?;
     Ok(done(&name, "restarted"))
 }
 
@@ -346,9 +382,12 @@ async fn get_offsets(State(d): State<Shared>, Path(name): Path<String>) -> ApiRe
 async fn reset_offsets(
     State(d): State<Shared>,
     Path(name): Path<String>,
-    Json(request): Json<ResetRequest>,
+    request: Result<Json<ResetRequest>, JsonRejection>,
 ) -> ApiResult<Offsets> {
-    Ok(Json(d.reset_offsets(&name, request).await?))
+    let request = body(request)?;
+    Ok(Json(
+        detached(async move { d.reset_offsets(&name, request).await }).await?,
+    ))
 }
 
 /// Serves the API on `listener` until `shutdown` resolves.

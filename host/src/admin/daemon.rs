@@ -124,6 +124,9 @@ struct Managed {
     def: Definition,
     checked: Arc<CheckedConnector>,
     running: Option<RunningConnector>,
+    /// Set by `delete`: an operation that waited for the lock meanwhile
+    /// finds the connector gone.
+    deleted: bool,
 }
 
 struct Entry {
@@ -453,6 +456,22 @@ impl Daemon {
         &self.broker
     }
 
+    /// Locks a connector for an operation; `NotFound` if it was deleted
+    /// while the operation waited.
+    async fn lock<'e>(
+        &self,
+        entry: &'e Entry,
+    ) -> Result<tokio::sync::MutexGuard<'e, Managed>, AdminError> {
+        let m = entry.managed.lock().await;
+        if m.deleted {
+            return Err(AdminError::NotFound(format!(
+                "connector {:?} was deleted",
+                entry.name
+            )));
+        }
+        Ok(m)
+    }
+
     fn entry(&self, name: &str) -> Result<Arc<Entry>, AdminError> {
         self.entries
             .lock()
@@ -524,21 +543,6 @@ impl Daemon {
     async fn add(&self, def: Definition, persist: bool) -> Result<String, AdminError> {
         let checked = Arc::new(self.check(&def).await?);
         let name = checked.config.name.get_ref().clone();
-        if self
-            .entries
-            .lock()
-            .expect("entries lock")
-            .contains_key(&name)
-        {
-            return Err(AdminError::Conflict(format!(
-                "a connector named {name:?} exists; delete it first or choose another name"
-            )));
-        }
-        // Subscribed for the daemon's whole run, even while stopped.
-        topic_layout(&*self.broker, &checked.config)?;
-        if persist {
-            self.store(&name, &def)?;
-        }
         let entry = Arc::new(Entry {
             name: name.clone(),
             kind: checked.config.kind,
@@ -552,15 +556,34 @@ impl Daemon {
                 carried: Totals::default(),
             }),
             managed: tokio::sync::Mutex::new(Managed {
-                def,
-                checked,
+                def: def.clone(),
+                checked: checked.clone(),
                 running: None,
+                deleted: false,
             }),
         });
-        self.entries
-            .lock()
-            .expect("entries lock")
-            .insert(name.clone(), entry.clone());
+        // The name is taken here, atomically, before anything is stored.
+        {
+            let mut entries = self.entries.lock().expect("entries lock");
+            if entries.contains_key(&name) {
+                return Err(AdminError::Conflict(format!(
+                    "a connector named {name:?} exists; delete it first or choose another name"
+                )));
+            }
+            entries.insert(name.clone(), entry.clone());
+        }
+        let prepared = (|| {
+            // Subscribed for the daemon's whole run, even while stopped.
+            topic_layout(&*self.broker, &checked.config)?;
+            if persist {
+                self.store(&name, &def)?;
+            }
+            Ok::<(), AdminError>(())
+        })();
+        if let Err(e) = prepared {
+            self.entries.lock().expect("entries lock").remove(&name);
+            return Err(e);
+        }
         let mut m = entry.managed.lock().await;
         if m.def.state != DesiredState::Stopped {
             let paused = m.def.state == DesiredState::Paused;
@@ -582,10 +605,6 @@ impl Daemon {
         };
         let running =
             RunningConnector::start(m.checked.clone(), self.host_parts(&m.checked), options)?;
-        if m.def.offsets_reset {
-            m.def.offsets_reset = false;
-            self.store(&entry.name, &m.def)?;
-        }
         let mut shown = entry.shown.lock().expect("shown lock");
         if let Some(old) = shown.report.take() {
             shown.carried = shown.carried.plus(Totals::of(&old));
@@ -596,10 +615,19 @@ impl Daemon {
         Ok(())
     }
 
-    async fn stop_running(&self, m: &mut Managed) {
+    /// Stops the connector's instances (flush, commit, close). A run that
+    /// started after an offsets reset has now committed from there, so the
+    /// reset is done with; until then it holds across daemon restarts.
+    async fn stop_running(&self, name: &str, m: &mut Managed) {
         if let Some(r) = m.running.take() {
             r.stop_and_wait().await;
             self.broker.sync_all().ok();
+            if m.def.offsets_reset {
+                m.def.offsets_reset = false;
+                if let Err(e) = self.store(name, &m.def) {
+                    tracing::error!(connector = %name, error = %e, "storing the definition");
+                }
+            }
         }
     }
 
@@ -700,7 +728,7 @@ impl Daemon {
     /// A connector's definition.
     pub async fn get(&self, name: &str) -> Result<ConnectorInfo, AdminError> {
         let entry = self.entry(name)?;
-        let m = entry.managed.lock().await;
+        let m = self.lock(&entry).await?;
         let c = &m.checked.config;
         Ok(ConnectorInfo {
             name: entry.name.clone(),
@@ -785,7 +813,7 @@ impl Daemon {
     ) -> Result<ConnectorInfo, AdminError> {
         let entry = self.entry(name)?;
         {
-            let mut m = entry.managed.lock().await;
+            let mut m = self.lock(&entry).await?;
             let table = json_to_toml_table(&config)?;
             let toml = edit_connector(&m.def.toml, |t| {
                 t.insert("config", toml_edit::Item::Table(table.clone()));
@@ -796,7 +824,7 @@ impl Daemon {
             };
             let checked = Arc::new(self.check(&def).await?);
             let was_running = m.running.is_some();
-            self.stop_running(&mut m).await;
+            self.stop_running(name, &mut m).await;
             m.def.toml = def.toml;
             m.checked = checked;
             self.store(name, &m.def)?;
@@ -812,7 +840,7 @@ impl Daemon {
     /// changes only if the swap succeeds.
     pub async fn update_module(&self, name: &str, plugin: &str) -> Result<SwapOutcome, AdminError> {
         let entry = self.entry(name)?;
-        let mut m = entry.managed.lock().await;
+        let mut m = self.lock(&entry).await?;
         let toml = edit_connector(&m.def.toml, |t| {
             t.insert("plugin", toml_edit::value(plugin));
         })?;
@@ -822,14 +850,14 @@ impl Daemon {
         };
         let checked = Arc::new(self.check(&def).await?);
         let (live, pause) = match &m.running {
-            Some(r) if r.report().outcome() == ConnectorOutcome::Running => {
-                let pause = r
+            Some(r) => {
+                let (pause, swapped) = r
                     .swap(checked.clone())
                     .await
                     .map_err(|e| AdminError::SwapFailed(format!("{e:#}")))?;
-                (true, Some(pause))
+                (swapped > 0, (swapped > 0).then_some(pause))
             }
-            _ => (false, None),
+            None => (false, None),
         };
         m.def.toml = def.toml;
         m.checked = checked.clone();
@@ -839,8 +867,7 @@ impl Daemon {
             shown.plugin = checked.plugin.name().to_owned();
             shown.version = checked.spec.version.clone();
         }
-        if !live && m.running.is_some() {
-            // Ended (finished or failed): the next start uses the new module.
+        if !live {
             tracing::info!(connector = %name, "module changed; used at the next start");
         }
         Ok(SwapOutcome {
@@ -854,7 +881,7 @@ impl Daemon {
     /// Pauses a running connector.
     pub async fn pause(&self, name: &str) -> Result<(), AdminError> {
         let entry = self.entry(name)?;
-        let mut m = entry.managed.lock().await;
+        let mut m = self.lock(&entry).await?;
         if m.def.state == DesiredState::Stopped {
             return Err(AdminError::Conflict(format!(
                 "connector {name:?} is stopped; start it first"
@@ -870,7 +897,7 @@ impl Daemon {
     /// Resumes a paused connector.
     pub async fn resume(&self, name: &str) -> Result<(), AdminError> {
         let entry = self.entry(name)?;
-        let mut m = entry.managed.lock().await;
+        let mut m = self.lock(&entry).await?;
         if m.def.state == DesiredState::Stopped {
             return Err(AdminError::Conflict(format!(
                 "connector {name:?} is stopped; use `start`"
@@ -886,16 +913,16 @@ impl Daemon {
     /// Stops a connector: every instance flushes, commits and closes.
     pub async fn stop(&self, name: &str) -> Result<(), AdminError> {
         let entry = self.entry(name)?;
-        let mut m = entry.managed.lock().await;
+        let mut m = self.lock(&entry).await?;
         self.set_desired(&entry, &mut m, DesiredState::Stopped)?;
-        self.stop_running(&mut m).await;
+        self.stop_running(name, &mut m).await;
         Ok(())
     }
 
     /// Starts a stopped (or ended) connector.
     pub async fn start(&self, name: &str) -> Result<(), AdminError> {
         let entry = self.entry(name)?;
-        let mut m = entry.managed.lock().await;
+        let mut m = self.lock(&entry).await?;
         if m.running
             .as_ref()
             .is_some_and(|r| r.report().outcome() == ConnectorOutcome::Running)
@@ -904,7 +931,7 @@ impl Daemon {
                 "connector {name:?} is already running"
             )));
         }
-        self.stop_running(&mut m).await;
+        self.stop_running(name, &mut m).await;
         self.set_desired(&entry, &mut m, DesiredState::Running)?;
         self.start_running(&entry, &mut m, false)
     }
@@ -912,14 +939,14 @@ impl Daemon {
     /// Restarts every instance, or one.
     pub async fn restart(&self, name: &str, instance: Option<u32>) -> Result<(), AdminError> {
         let entry = self.entry(name)?;
-        let mut m = entry.managed.lock().await;
+        let mut m = self.lock(&entry).await?;
         if m.def.state == DesiredState::Stopped {
             return Err(AdminError::Conflict(format!(
                 "connector {name:?} is stopped; use `start`"
             )));
         }
         match (instance, m.running.as_ref()) {
-            (Some(i), Some(r)) if r.report().outcome() == ConnectorOutcome::Running => {
+            (Some(i), Some(r)) => {
                 if i as usize >= r.report().instances.len() {
                     return Err(AdminError::NotFound(format!(
                         "connector {name:?} has {} instances (0 to {})",
@@ -930,7 +957,7 @@ impl Daemon {
                 r.restart_instance(i as usize).await?;
             }
             _ => {
-                self.stop_running(&mut m).await;
+                self.stop_running(name, &mut m).await;
                 let paused = m.def.state == DesiredState::Paused;
                 self.start_running(&entry, &mut m, paused)?;
             }
@@ -942,8 +969,8 @@ impl Daemon {
     /// and its plugin state.
     pub async fn delete(&self, name: &str) -> Result<(), AdminError> {
         let entry = self.entry(name)?;
-        let mut m = entry.managed.lock().await;
-        self.stop_running(&mut m).await;
+        let mut m = self.lock(&entry).await?;
+        self.stop_running(name, &mut m).await;
         let path = self
             .data_dir
             .join("connectors")
@@ -953,6 +980,7 @@ impl Daemon {
         self.broker
             .forget_connector(name)
             .map_err(|e| AdminError::Internal(e.to_string()))?;
+        m.deleted = true;
         self.entries.lock().expect("entries lock").remove(name);
         tracing::info!(connector = %name, "connector deleted");
         Ok(())
@@ -961,7 +989,7 @@ impl Daemon {
     /// A sink's committed offsets, or a source's stored positions.
     pub async fn offsets(&self, name: &str) -> Result<Offsets, AdminError> {
         let entry = self.entry(name)?;
-        let m = entry.managed.lock().await;
+        let m = self.lock(&entry).await?;
         let c = &m.checked.config;
         let mut offsets = Offsets {
             name: name.to_owned(),
@@ -1008,7 +1036,7 @@ impl Daemon {
     ) -> Result<Offsets, AdminError> {
         let entry = self.entry(name)?;
         {
-            let mut m = entry.managed.lock().await;
+            let mut m = self.lock(&entry).await?;
             if m.def.state != DesiredState::Stopped || m.running.is_some() {
                 return Err(AdminError::Conflict(format!(
                     "connector {name:?} is not stopped; offsets change only while it is stopped: \
@@ -1198,8 +1226,10 @@ impl Daemon {
         }
         for e in &entries {
             let mut m = e.managed.lock().await;
-            if let Some(r) = m.running.take() {
-                r.wait().await;
+            if m.running.is_some() {
+                // Stopped above; this waits, and marks a reset as done.
+                // The definition keeps the state asked for.
+                self.stop_running(&e.name, &mut m).await;
             }
         }
         if let Err(e) = self.broker.sync_all() {

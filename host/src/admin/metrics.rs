@@ -3,13 +3,16 @@
 //! recorder: nothing global, nothing listening on its own).
 //!
 //! Counters are cumulative over the daemon's run (a connector's stop and
-//! start do not reset them). Batch latency is recorded by the pumps as it
+//! start do not reset them). A deleted connector's series leave the
+//! exposition two minutes later. (One created again under the same name
+//! before then shows its old counters until its new ones pass them.) Batch latency is recorded by the pumps as it
 //! happens; the rest is read from the connectors' reports at each scrape.
 
 use std::sync::Arc;
 
 use metrics::{Key, Label, Metadata, Recorder as _, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
+use metrics_util::MetricKindMask;
 
 use super::daemon::Totals;
 use crate::connector::StatsFactory;
@@ -24,6 +27,10 @@ const ERRORS: &str = "sluice_connector_errors_total";
 const LAG: &str = "sluice_connector_lag_records";
 const UP: &str = "sluice_connector_up";
 const BATCH: &str = "sluice_connector_batch_seconds";
+
+/// A deleted connector's counters and gauges leave the exposition after
+/// this long without a scrape setting them.
+const FORGET_AFTER: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Latency buckets, in seconds: 100 µs to 10 s.
 const BUCKETS: &[f64] = &[
@@ -66,9 +73,15 @@ impl Default for Metrics {
 impl Metrics {
     /// An empty set of metrics with their descriptions.
     pub fn new() -> Self {
+        // Every scrape sets the counters and gauges of every connector, so
+        // those not set for a while belong to deleted connectors.
         let recorder = PrometheusBuilder::new()
             .set_buckets(BUCKETS)
             .expect("the buckets are not empty")
+            .idle_timeout(
+                MetricKindMask::COUNTER | MetricKindMask::GAUGE,
+                Some(FORGET_AFTER),
+            )
             .build_recorder();
         let describe = |name: &'static str, unit: Option<Unit>, help: &'static str| {
             recorder.describe_counter(name.into(), unit, help.into());

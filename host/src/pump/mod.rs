@@ -238,6 +238,11 @@ impl InstanceControl {
         self.swap_wanted.notify_one();
     }
 
+    /// True while a swap asked for has not been taken.
+    pub(crate) fn swap_pending(&self) -> bool {
+        self.swap.lock().expect("swap lock").is_some()
+    }
+
     /// A swap asked for and not yet taken, if any.
     pub(crate) fn take_swap(&self) -> Option<SwapRequest> {
         self.swap.lock().expect("swap lock").take()

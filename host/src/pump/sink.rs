@@ -128,6 +128,9 @@ impl<B: Broker> SinkPump<B> {
                     last_flush = Instant::now();
                 }
                 self.attend(since).await;
+                if self.stop.is_stopped() {
+                    break;
+                }
             }
             let seen = self.broker.data_version(&wake_topic);
             let mut progressed = false;
@@ -256,6 +259,17 @@ impl<B: Broker> SinkPump<B> {
                 return timer.answer(done, Err(e.to_string()));
             }
         };
+        if done.is_closed() {
+            // Whoever asked has given up (and may have swapped other
+            // instances back): keep the old one.
+            tracing::warn!(
+                "the swap was withdrawn while the new module opened; the old one goes on"
+            );
+            if let Err(e) = new.close().await {
+                tracing::warn!(error = %e, "closing the withdrawn module failed");
+            }
+            return;
+        }
         for a in &mut self.assignments {
             if let Some(o) = stored
                 .iter()

@@ -179,6 +179,17 @@ impl<B: Broker> SourcePump<B> {
             tracing::warn!(error = %e, "the new module did not open; the old one goes on");
             return timer.answer(done, Err(e.to_string()));
         }
+        if done.is_closed() {
+            // Whoever asked has given up (and may have swapped other
+            // instances back): keep the old one.
+            tracing::warn!(
+                "the swap was withdrawn while the new module opened; the old one goes on"
+            );
+            if let Err(e) = new.close().await {
+                tracing::warn!(error = %e, "closing the withdrawn module failed");
+            }
+            return;
+        }
         let mut old = std::mem::replace(&mut self.instance, new);
         if let Err(e) = old.close().await {
             tracing::warn!(error = %e, "the old module failed to close after the swap");
