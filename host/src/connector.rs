@@ -707,10 +707,11 @@ impl RunningConnector {
                             }
                         }
                     }
+                    // What a plugin said may hold the connector's secrets.
                     let text = self.host.redactor.redact(&format!("{e:#}")).into_owned();
                     *self.report.last_swap.lock().expect("report lock") =
-                        Some(record(false, Some(text), None));
-                    return Err(e);
+                        Some(record(false, Some(text.clone()), None));
+                    return Err(anyhow::anyhow!(text));
                 }
             }
         }
