@@ -146,14 +146,14 @@ files = [{{ host = "{s}", guest = "/out", mode = "read-write" }}]
     path
 }
 
-/// Every `seq` in the lines under `dir`, a `v2 ` mark stripped; and how
-/// many lines had the mark.
+/// Every `seq` in the lines under `dir`: those without a mark, and those
+/// marked `v2 ` or `v3 ` by a newer module.
 fn marked_seqs(dir: &Path) -> (Vec<u64>, Vec<u64>) {
     let (mut plain, mut marked) = (Vec::new(), Vec::new());
     for f in common::output_files(dir) {
         let text = std::fs::read_to_string(&f).unwrap();
         for line in text.lines() {
-            let (list, line) = match line.strip_prefix("v2 ") {
+            let (list, line) = match line.strip_prefix("v2 ").or(line.strip_prefix("v3 ")) {
                 Some(rest) => (&mut marked, rest),
                 None => (&mut plain, line),
             };
@@ -641,6 +641,29 @@ files = [{ host = "files", guest = "/out", mode = "read-write" }]
             i.len() == 2 && i.iter().all(|i| n(&i["records"]) > 5_000)
         },
     );
+    // A version that opens in instance 0 and not in instance 1: instance
+    // 0 is swapped, instance 1 fails, and instance 0 is swapped back.
+    let half = common::wasm("breaks-on-instance-1");
+    let out = d.cli(
+        "connectors",
+        &["update", "files", "--plugin", half.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(5));
+    let status = d.status("files");
+    assert_eq!(status["plugin"], "file-sink");
+    let error = status["last_swap"]["error"].as_str().unwrap();
+    assert!(error.contains("swapping instance 1"), "{error}");
+    let at = n(&status["records_in"]);
+    wait_until("both instances go on", Duration::from_secs(30), || {
+        let s = d.status("files");
+        n(&s["records_in"]) > at + 10_000
+            && s["instances"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|i| i["state"] == "running")
+    });
+
     let v2 = common::wasm("tag-sink");
     let swapped = d.json(
         "connectors",

@@ -241,7 +241,8 @@ impl<B: Broker> SinkPump<B> {
 
     /// Opens the new instance; if it opens, closes the old one and goes on
     /// with the new from the committed offsets (or those the new sink
-    /// stored itself). If it does not, the old one goes on.
+    /// stored itself, where they are further on). If it does not, the old
+    /// one goes on.
     async fn swap(&mut self, request: SwapRequest, since: Instant) {
         let timer = SwapTimer::from(since);
         let SwapRequest {
@@ -275,11 +276,15 @@ impl<B: Broker> SinkPump<B> {
                 .iter()
                 .find(|o| o.topic == a.topic && o.partition == a.partition)
             {
+                // Everything before `a.next` was just delivered (by the
+                // old module) and committed. A new module that stored an
+                // older offset itself last ran before that (a swap back to
+                // an earlier module): it must not be handed those again.
                 let end = self
                     .broker
                     .end_offset(&a.topic, a.partition)
                     .unwrap_or(a.next);
-                a.next = o.next_offset.min(end);
+                a.next = o.next_offset.clamp(a.next, end.max(a.next));
             }
         }
         let mut old = std::mem::replace(&mut self.instance, new);
