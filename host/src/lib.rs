@@ -12,11 +12,11 @@
 //! - [`grants`]: manifest grants turned into a deny-by-default WASI context.
 //! - [`secrets`]: secrets resolved on the host, substituted into configs,
 //!   and masked in everything the host prints.
-//! - [`supervisor`]: restarts failed instances with backoff.
+//! - [`supervisor`]: the lifecycle of connectors: instances restarted with
+//!   backoff, stop, pause, restart one, and swapping a module while records
+//!   flow ([`supervisor::RunningConnector`]).
 //! - [`broker`]: the [`broker::Broker`] trait and the embedded durable log.
 //! - [`pump`]: the source and sink loops (batching, commits, backpressure).
-//! - [`connector`]: one running connector: its instances, pause, restart,
-//!   and swapping its module while records flow.
 //! - [`pipeline`]: validating a manifest and running its connectors.
 //! - [`admin`]: the daemon (`sluice serve`): connectors kept across
 //!   restarts, the HTTP admin API, metrics, and the CLI's client.
@@ -25,7 +25,6 @@
 
 pub mod admin;
 pub mod broker;
-pub mod connector;
 pub mod grants;
 pub mod manifest;
 pub mod pipeline;

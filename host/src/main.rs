@@ -22,7 +22,7 @@ use sluice::manifest::Manifest;
 use sluice::pipeline::{self, ConnectorOutcome, ConnectorReport};
 use sluice::plugin::{CompileCache, PluginHost, PluginRef, builtin_names};
 
-mod admin_verbs;
+mod cli;
 
 /// Sluice runs connector plugins compiled to WebAssembly components, moving
 /// record batches between them through a durable broker.
@@ -303,8 +303,8 @@ async fn run_cli(cli: Cli) -> anyhow::Result<ExitCode> {
             manifest,
             token,
         } => serve(data_dir, listen, manifest, token, plugins).await,
-        Command::Connectors { target, command } => admin_verbs::connectors(target, command).await,
-        Command::Plugins { target, command } => admin_verbs::plugins(target, command).await,
+        Command::Connectors { target, command } => cli::admin::connectors(target, command).await,
+        Command::Plugins { target, command } => cli::admin::plugins(target, command).await,
         Command::Validate { manifest } => validate(&manifest, &plugins).await,
         Command::Plugin { command } => match command {
             PluginCommand::List => plugin_list(&plugins).await,
@@ -402,21 +402,9 @@ async fn run(
     let interrupted = Arc::new(std::sync::atomic::AtomicBool::new(false));
     {
         let interrupted = interrupted.clone();
+        let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::spawn(async move {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            let sigterm = async {
-                match term.as_mut() {
-                    Some(t) => {
-                        t.recv().await;
-                    }
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                () = sigterm => {}
-            }
+            terminated(term).await;
             interrupted.store(true, std::sync::atomic::Ordering::SeqCst);
             tracing::info!(
                 "stopping: finishing the current batches, flushing and committing (Ctrl-C again to quit at once)"

@@ -17,16 +17,16 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::broker::embedded::{EmbeddedLog, LogConfig};
-pub use crate::connector::{ConnectorOutcome, ConnectorReport};
-use crate::connector::{
-    HostParts, RunningConnector, Seals, StartOptions, plain_stats, topic_layout,
-};
 use crate::grants::GrantSet;
 use crate::manifest::{ConnectorConfig, ConnectorKind, Manifest, ManifestError};
 use crate::plugin::{Plugin, PluginHost, PluginKind, PluginRef, Spec};
 use crate::pump::StopSignal;
 use crate::secrets::{Redactor, Secrets};
 use crate::supervisor::RestartPolicy;
+pub use crate::supervisor::{ConnectorOutcome, ConnectorReport};
+use crate::supervisor::{
+    HostParts, RunningConnector, Seals, StartOptions, plain_stats, topic_layout,
+};
 
 /// A connector whose plugin is loaded and whose config its schema accepts.
 /// Its `Debug` leaves out the config document, which may hold secrets.
@@ -257,8 +257,8 @@ pub struct RunningPipeline {
     connectors: Vec<RunningConnector>,
     reports: Vec<Arc<ConnectorReport>>,
     broker: Arc<EmbeddedLog>,
+    /// Kept for the instances' lifetime: its epoch ticker enforces `cpu`.
     plugins: Arc<PluginHost>,
-    redactor: Redactor,
     lag_task: tokio::task::JoinHandle<()>,
 }
 
@@ -318,7 +318,6 @@ pub async fn start(
         reports,
         broker,
         plugins,
-        redactor,
         lag_task,
     })
 }
@@ -340,21 +339,6 @@ impl RunningPipeline {
     /// Live reports, one per connector, in manifest order.
     pub fn reports(&self) -> &[Arc<ConnectorReport>] {
         &self.reports
-    }
-
-    /// The running connectors, in manifest order.
-    pub fn connectors(&self) -> &[RunningConnector] {
-        &self.connectors
-    }
-
-    /// The plugin host the pipeline runs on.
-    pub fn plugins(&self) -> &Arc<PluginHost> {
-        &self.plugins
-    }
-
-    /// Masks the pipeline's secrets.
-    pub fn redactor(&self) -> &Redactor {
-        &self.redactor
     }
 
     /// Waits for every instance to end (or for the stop signal, which it

@@ -26,15 +26,15 @@ use super::AdminError;
 use super::metrics::Metrics;
 use crate::broker::Broker;
 use crate::broker::embedded::{EmbeddedLog, LogConfig};
-use crate::connector::{
-    ConnectorOutcome, ConnectorReport, HostParts, RunningConnector, Seals, StartOptions,
-    SwapRecord, topic_layout,
-};
 use crate::manifest::{ConnectorKind, Manifest};
 use crate::pipeline::{self, CheckedConnector};
 use crate::plugin::{PluginHost, PluginRef, builtin_names};
 use crate::pump::InstanceState;
 use crate::secrets::Redactor;
+use crate::supervisor::{
+    ConnectorOutcome, ConnectorReport, HostParts, RunningConnector, Seals, StartOptions,
+    SwapRecord, topic_layout,
+};
 
 /// The state an operator asked a connector to be in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -836,7 +836,7 @@ impl Daemon {
         self.get(name).await
     }
 
-    /// Swaps a connector's module (see [`crate::connector`]); the definition
+    /// Swaps a connector's module (see [`crate::supervisor`]); the definition
     /// changes only if the swap succeeds.
     pub async fn update_module(&self, name: &str, plugin: &str) -> Result<SwapOutcome, AdminError> {
         let entry = self.entry(name)?;
@@ -880,22 +880,15 @@ impl Daemon {
 
     /// Pauses a running connector.
     pub async fn pause(&self, name: &str) -> Result<(), AdminError> {
-        let entry = self.entry(name)?;
-        let mut m = self.lock(&entry).await?;
-        if m.def.state == DesiredState::Stopped {
-            return Err(AdminError::Conflict(format!(
-                "connector {name:?} is stopped; start it first"
-            )));
-        }
-        self.set_desired(&entry, &mut m, DesiredState::Paused)?;
-        if let Some(r) = &m.running {
-            r.pause();
-        }
-        Ok(())
+        self.set_paused(name, true).await
     }
 
     /// Resumes a paused connector.
     pub async fn resume(&self, name: &str) -> Result<(), AdminError> {
+        self.set_paused(name, false).await
+    }
+
+    async fn set_paused(&self, name: &str, paused: bool) -> Result<(), AdminError> {
         let entry = self.entry(name)?;
         let mut m = self.lock(&entry).await?;
         if m.def.state == DesiredState::Stopped {
@@ -903,9 +896,14 @@ impl Daemon {
                 "connector {name:?} is stopped; use `start`"
             )));
         }
-        self.set_desired(&entry, &mut m, DesiredState::Running)?;
+        let state = if paused {
+            DesiredState::Paused
+        } else {
+            DesiredState::Running
+        };
+        self.set_desired(&entry, &mut m, state)?;
         if let Some(r) = &m.running {
-            r.resume();
+            r.set_paused(paused);
         }
         Ok(())
     }

@@ -15,9 +15,9 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
 use metrics_util::MetricKindMask;
 
 use super::daemon::Totals;
-use crate::connector::StatsFactory;
 use crate::manifest::ConnectorKind;
 use crate::pump::PumpStats;
+use crate::supervisor::StatsFactory;
 
 const RECORDS: &str = "sluice_connector_records_total";
 const BYTES: &str = "sluice_connector_bytes_total";

@@ -7,7 +7,7 @@
 //! up simply reads further behind. Both check their [`StopSignal`] at batch
 //! boundaries, so a stop never splits a batch from its commit.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -197,6 +197,9 @@ pub struct InstanceControl {
     /// True while the connector is paused.
     paused: watch::Receiver<bool>,
     swap: Mutex<Option<SwapRequest>>,
+    /// Mirrors `swap.is_some()`, so that the check between batches takes
+    /// no lock.
+    swap_pending: AtomicBool,
     swap_wanted: Notify,
     state: Mutex<(InstanceState, SystemTime)>,
     /// Its counters.
@@ -210,6 +213,7 @@ impl InstanceControl {
             stop: StopSignal::new(),
             paused,
             swap: Mutex::new(None),
+            swap_pending: AtomicBool::new(false),
             swap_wanted: Notify::new(),
             state: Mutex::new((InstanceState::Starting, SystemTime::now())),
             stats,
@@ -232,31 +236,53 @@ impl InstanceControl {
     /// Asks the pump to swap at its next batch boundary. A request not yet
     /// taken is answered as replaced.
     pub fn request_swap(&self, request: SwapRequest) {
-        if let Some(old) = self.swap.lock().expect("swap lock").replace(request) {
+        let mut slot = self.swap.lock().expect("swap lock");
+        if let Some(old) = slot.replace(request) {
             let _ = old.done.send(Err("replaced by a newer swap".to_owned()));
         }
+        self.swap_pending.store(true, Ordering::Release);
+        drop(slot);
         self.swap_wanted.notify_one();
     }
 
     /// True while a swap asked for has not been taken.
     pub(crate) fn swap_pending(&self) -> bool {
-        self.swap.lock().expect("swap lock").is_some()
+        self.swap_pending.load(Ordering::Acquire)
     }
 
     /// A swap asked for and not yet taken, if any.
     pub(crate) fn take_swap(&self) -> Option<SwapRequest> {
-        self.swap.lock().expect("swap lock").take()
+        let mut slot = self.swap.lock().expect("swap lock");
+        self.swap_pending.store(false, Ordering::Release);
+        slot.take()
     }
 
-    /// True when the pump has something to do between batches.
+    /// True when the pump has something to do between batches. Checked
+    /// once per batch, so it takes no lock.
     pub(crate) fn wants_attention(&self) -> bool {
-        *self.paused.borrow() || self.swap.lock().expect("swap lock").is_some()
+        self.swap_pending() || *self.paused.borrow()
+    }
+
+    /// Between batches: the next swap to make, waiting while the connector
+    /// is paused; `None` once neither is asked (or when stopped). `since`
+    /// is when the pump stopped taking batches, for the swap's pause; a
+    /// pause moves it on (a swap asked during a pause pauses nothing more).
+    pub(crate) async fn next_swap(&self, since: &mut Instant) -> Option<SwapRequest> {
+        loop {
+            if let Some(request) = self.take_swap() {
+                return Some(request);
+            }
+            if !self.paused_wait().await {
+                return None;
+            }
+            *since = Instant::now();
+        }
     }
 
     /// While the connector is paused (and nothing else is asked), waits
     /// for a change and returns true; otherwise says the instance runs and
-    /// returns false. The pump takes swaps between calls.
-    pub(crate) async fn paused_wait(&self) -> bool {
+    /// returns false.
+    async fn paused_wait(&self) -> bool {
         let mut paused = self.paused.clone();
         if !*paused.borrow_and_update() || self.stop.is_stopped() {
             self.set_state(InstanceState::Running);
@@ -301,6 +327,32 @@ impl SwapTimer {
     ) {
         let _ = done.send(outcome.map(|()| self.began.elapsed()));
     }
+}
+
+/// The end of a swap whose new instance has opened: unless whoever asked
+/// has given up meanwhile (and may have swapped other instances back), the
+/// new instance takes `current`'s place and the old one is closed. Returns
+/// whether it switched; if not, the new instance is closed and `current`
+/// goes on.
+pub(crate) async fn switch<I>(
+    current: &mut I,
+    mut new: I,
+    done: &oneshot::Sender<Result<Duration, String>>,
+    mut close: impl AsyncFnMut(&mut I) -> Result<(), crate::plugin::PluginError>,
+) -> bool {
+    if done.is_closed() {
+        tracing::warn!("the swap was withdrawn while the new module opened; the old one goes on");
+        if let Err(e) = close(&mut new).await {
+            tracing::warn!(error = %e, "closing the withdrawn module failed");
+        }
+        return false;
+    }
+    let mut old = std::mem::replace(current, new);
+    if let Err(e) = close(&mut old).await {
+        tracing::warn!(error = %e, "the old module failed to close after the swap");
+    }
+    tracing::info!("module swapped");
+    true
 }
 
 /// Says when every source writing a topic has reached its end, so sinks

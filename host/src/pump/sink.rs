@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use sluice_batch::{Batch, BatchWriter};
 
 use super::{
-    InstanceControl, PumpStats, Replacement, StopSignal, SwapRequest, SwapTimer, TopicSeal,
+    InstanceControl, PumpStats, Replacement, StopSignal, SwapRequest, SwapTimer, TopicSeal, switch,
     when_space,
 };
 use crate::broker::{Broker, SourceCheckpoint};
@@ -226,16 +226,8 @@ impl<B: Broker> SinkPump<B> {
     /// Between batches, with everything flushed and committed: takes module
     /// swaps, and waits while the connector is paused.
     async fn attend(&mut self, mut since: Instant) {
-        loop {
-            if let Some(request) = self.control.take_swap() {
-                self.swap(request, since).await;
-                continue;
-            }
-            if !self.control.paused_wait().await {
-                return;
-            }
-            // A swap asked during a pause pauses nothing more.
-            since = Instant::now();
+        while let Some(request) = self.control.next_swap(&mut since).await {
+            self.swap(request, since).await;
         }
     }
 
@@ -260,15 +252,14 @@ impl<B: Broker> SinkPump<B> {
                 return timer.answer(done, Err(e.to_string()));
             }
         };
-        if done.is_closed() {
-            // Whoever asked has given up (and may have swapped other
-            // instances back): keep the old one.
-            tracing::warn!(
-                "the swap was withdrawn while the new module opened; the old one goes on"
-            );
-            if let Err(e) = new.close().await {
-                tracing::warn!(error = %e, "closing the withdrawn module failed");
-            }
+        if !switch(
+            &mut self.instance,
+            new,
+            &done,
+            async |i: &mut SinkInstance| i.close().await,
+        )
+        .await
+        {
             return;
         }
         for a in &mut self.assignments {
@@ -287,11 +278,6 @@ impl<B: Broker> SinkPump<B> {
                 a.next = o.next_offset.clamp(a.next, end.max(a.next));
             }
         }
-        let mut old = std::mem::replace(&mut self.instance, new);
-        if let Err(e) = old.close().await {
-            tracing::warn!(error = %e, "the old module failed to close after the swap");
-        }
-        tracing::info!("module swapped");
         timer.answer(done, Ok(()));
     }
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use sluice_batch::Batch;
 
 use super::{
-    InstanceControl, PumpStats, Replacement, StopSignal, SwapRequest, SwapTimer, when_space,
+    InstanceControl, PumpStats, Replacement, StopSignal, SwapRequest, SwapTimer, switch, when_space,
 };
 use crate::broker::{Broker, SourceCheckpoint};
 use crate::plugin::{Polled, SourceInstance};
@@ -148,16 +148,8 @@ impl<B: Broker> SourcePump<B> {
     /// Between batches (everything polled is appended and committed): takes
     /// module swaps, and waits while the connector is paused.
     async fn attend(&mut self, mut since: Instant) {
-        loop {
-            if let Some(request) = self.control.take_swap() {
-                self.swap(request, since).await;
-                continue;
-            }
-            if !self.control.paused_wait().await {
-                return;
-            }
-            // A swap asked during a pause pauses nothing more.
-            since = Instant::now();
+        while let Some(request) = self.control.next_swap(&mut since).await {
+            self.swap(request, since).await;
         }
     }
 
@@ -179,23 +171,16 @@ impl<B: Broker> SourcePump<B> {
             tracing::warn!(error = %e, "the new module did not open; the old one goes on");
             return timer.answer(done, Err(e.to_string()));
         }
-        if done.is_closed() {
-            // Whoever asked has given up (and may have swapped other
-            // instances back): keep the old one.
-            tracing::warn!(
-                "the swap was withdrawn while the new module opened; the old one goes on"
-            );
-            if let Err(e) = new.close().await {
-                tracing::warn!(error = %e, "closing the withdrawn module failed");
-            }
-            return;
+        if switch(
+            &mut self.instance,
+            new,
+            &done,
+            async |i: &mut SourceInstance| i.close().await,
+        )
+        .await
+        {
+            timer.answer(done, Ok(()));
         }
-        let mut old = std::mem::replace(&mut self.instance, new);
-        if let Err(e) = old.close().await {
-            tracing::warn!(error = %e, "the old module failed to close after the swap");
-        }
-        tracing::info!("module swapped");
-        timer.answer(done, Ok(()));
     }
 
     /// Waits while the slowest consumer group of the partition is

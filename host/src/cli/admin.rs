@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use sluice::admin::access;
 use sluice::admin::client::{AdminClient, CallError};
 
-use super::{ConnectorsCommand, PluginsCommand, Target, thousands};
+use crate::{ConnectorsCommand, PluginsCommand, Target, thousands};
 
 /// The exit code for a refused call.
 fn exit_for(e: &CallError) -> ExitCode {

@@ -27,6 +27,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+use super::{Failure, InstanceEnd, Life, LifeEnd, Watcher};
 use crate::broker::Broker;
 use crate::broker::embedded::EmbeddedLog;
 use crate::manifest::{ConnectorConfig, ConnectorKind};
@@ -38,7 +39,6 @@ use crate::pump::{
     SinkPumpConfig, SourceEnd, SourcePump, SourcePumpConfig, SwapRequest, TopicSeal, TopicSealer,
 };
 use crate::secrets::Redactor;
-use crate::supervisor::{self, Failure, InstanceEnd, Life, LifeEnd, Watcher};
 
 /// How a connector ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,8 +101,6 @@ pub struct ConnectorReport {
     pub kind: ConnectorKind,
     /// When it started.
     pub started: Instant,
-    /// When it started, on the wall clock.
-    pub started_at: SystemTime,
     /// Its instances.
     pub instances: Vec<InstanceReport>,
     /// When its last instance ended, once it has.
@@ -489,7 +487,6 @@ impl RunningConnector {
             name,
             kind: c.kind,
             started: Instant::now(),
-            started_at: SystemTime::now(),
             instances,
             ended: Mutex::new(None),
             worst: Mutex::new(ConnectorOutcome::Running),
@@ -583,7 +580,7 @@ impl RunningConnector {
                             topic: first_topic,
                             shared,
                         };
-                        supervisor::supervise(life, policy, &stop, &watcher, &redactor).await
+                        super::supervise(life, policy, &stop, &watcher, &redactor).await
                     }
                     ConnectorKind::Sink => {
                         let life = SinkLife {
@@ -591,7 +588,7 @@ impl RunningConnector {
                             seals,
                             ignore_stored,
                         };
-                        supervisor::supervise(life, policy, &stop, &watcher, &redactor).await
+                        super::supervise(life, policy, &stop, &watcher, &redactor).await
                     }
                 };
                 if !matches!(end, InstanceEnd::Stopped)
@@ -636,14 +633,9 @@ impl RunningConnector {
     }
 
     /// Pauses every instance at its next batch boundary (a sink flushes and
-    /// commits first). Paused instances stay open.
-    pub fn pause(&self) {
-        self.paused.send_replace(true);
-    }
-
-    /// Resumes a paused connector.
-    pub fn resume(&self) {
-        self.paused.send_replace(false);
+    /// commits first; paused instances stay open), or resumes them.
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.send_replace(paused);
     }
 
     /// Stops one instance (flush, commit, close) and starts it again; an

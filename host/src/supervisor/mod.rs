@@ -1,6 +1,9 @@
-//! The supervisor: keeps each instance running, restarting it with
-//! exponential backoff when it fails, and gives up after a set number of
-//! failures in a row. (A `retriable` plugin error is first retried in
+//! The supervisor: the lifecycle of connectors and their instances. It
+//! keeps each instance running, restarting it with exponential backoff
+//! when it fails, and gives up after a set number of failures in a row.
+//! [`RunningConnector`] (in `connector.rs`) is one running connector: its
+//! instances under [`supervise`], stop, pause, restart one instance, and
+//! the live module swap. (A `retriable` plugin error is first retried in
 //! place by the pump, with the same policy; see `pump::Retry`.)
 //!
 //! An instance's *life* runs from creating its `Store` and calling `open`
@@ -18,6 +21,13 @@
 //! A plugin that refuses its config (`invalid-config`), and an instance
 //! whose grants cannot be given (a granted directory that cannot be opened),
 //! are not restarted: the same config and grants would fail again.
+
+mod connector;
+
+pub use self::connector::{
+    ConnectorOutcome, ConnectorReport, HostParts, InstanceReport, RunningConnector, Seals,
+    StartOptions, StatsFactory, SwapRecord, plain_stats, topic_layout,
+};
 
 use std::fmt;
 use std::future::Future;
