@@ -9,37 +9,38 @@ mod common;
 
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use common::wait_until;
 
 use serde_json::Value;
 
 /// A `sluice serve` on a port of its choosing, killed on drop.
 struct Daemon {
-    child: Child,
+    host: common::Host,
     data: PathBuf,
-    log: PathBuf,
 }
 
 impl Daemon {
     fn start(dir: &Path, extra: &[&str]) -> Daemon {
-        let data = dir.join("data");
         static STARTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let start = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let log = dir.join(format!("serve-{start}.log"));
+        let data = dir.join("data");
         let _ = std::fs::remove_file(data.join("daemon.json"));
-        let mut cmd = common::sluice();
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&data)
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
-        let child = cmd.spawn().unwrap();
-        let d = Daemon { child, data, log };
+        let mut args = vec![
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let host = common::Host::start(dir, &format!("serve-{start}"), &args);
         wait_until("the daemon answers", Duration::from_secs(60), || {
-            d.data.join("daemon.json").exists()
+            data.join("daemon.json").exists()
         });
-        d
+        Daemon { host, data }
     }
 
     /// `sluice <verb> --data-dir <data> <args…>`.
@@ -82,36 +83,19 @@ impl Daemon {
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.host.log()
     }
 
     fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.host.kill();
     }
 
     fn terminate(&mut self) -> Option<i32> {
-        let pid = self.child.id().to_string();
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap();
-        self.child.wait().unwrap().code()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let began = Instant::now();
-    while !done() {
-        assert!(began.elapsed() < limit, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(100));
+        self.host.terminate();
+        self.host
+            .wait_for_exit(Duration::from_secs(60))
+            .status
+            .code()
     }
 }
 
@@ -357,6 +341,15 @@ fn a_killed_daemon_brings_every_connector_back_in_its_state_without_a_gap() {
     ]
     .map(|(a, b)| (a.to_owned(), b.to_owned()));
     assert_eq!(states, want);
+    // Not allowed in these states: exit 4.
+    assert_eq!(
+        d.cli("connectors", &["pause", "idle"]).status.code(),
+        Some(4)
+    );
+    assert_eq!(
+        d.cli("connectors", &["start", "files"]).status.code(),
+        Some(4)
+    );
     wait_until("records flow again", Duration::from_secs(30), || {
         n(&d.status("files")["records_in"]) > 10_000
     });
@@ -380,6 +373,10 @@ fn offsets_reset_to_earliest_delivers_the_topic_again_and_only_while_stopped() {
     });
     let total = drain(&d, &["files"]);
 
+    // A source's position cannot be reset: exit 2.
+    let out = d.cli("connectors", &["offsets", "gen", "--reset", "earliest"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is a source"));
     // Not while it runs (KIP-875): exit 4, nothing changes.
     let out = d.cli("connectors", &["offsets", "files", "--reset", "earliest"]);
     assert_eq!(out.status.code(), Some(4));
@@ -492,6 +489,11 @@ fn the_daemon_stops_cleanly_on_sigterm_and_serves_its_openapi_document() {
     let bad = d.cli("plugins", &["validate", "datagen", cfg.to_str().unwrap()]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stdout).contains("count"));
+    // A body that is not JSON: 400; a file the CLI cannot read: exit 2.
+    assert_eq!(http(&url, "POST", "/v1/connectors", None, "{not json"), 400);
+    let missing = dir.path().join("missing.toml");
+    let out = d.cli("connectors", &["create", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
     let out = d.cli("connectors", &["status", "nope"]);
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no connector named \"nope\""));
@@ -526,66 +528,48 @@ files = [{{ host = "out", guest = "/out", mode = "read-write" }}]
             common::gen_source(0, 20_000, 32)
         ),
     );
-    let log = dir.path().join("run.log");
-    let child = common::sluice()
-        .args([
+    let mut host = common::Host::start(
+        dir.path(),
+        "run",
+        &[
             "run",
             "--watch",
             "--no-progress",
             manifest.to_str().unwrap(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+        ],
+    );
     let out_dir = dir.path().join("out");
     wait_until("records arrive", Duration::from_secs(60), || {
         common::output_files(&out_dir)
             .iter()
             .any(|f| std::fs::metadata(f).is_ok_and(|m| m.len() > 0))
     });
-    // A rebuild: the new module lands over the old file.
+    // A broken build first: it does not load, and the old module runs on.
     let tmp = dir.path().join("my-sink.wasm.new");
+    std::fs::write(&tmp, b"not a component").unwrap();
+    std::fs::rename(&tmp, &plugin).unwrap();
+    host.wait_for_log("was not swapped in", Duration::from_secs(30));
+    // A rebuild: the new module lands over the old file.
     std::fs::copy(common::wasm("tag-sink"), &tmp).unwrap();
     std::fs::rename(&tmp, &plugin).unwrap();
-    wait_until("the module is swapped", Duration::from_secs(30), || {
-        std::fs::read_to_string(&log)
-            .unwrap()
-            .contains("module swapped in every instance")
-    });
+    host.wait_for_log("module swapped in every instance", Duration::from_secs(30));
     wait_until("the new module writes", Duration::from_secs(30), || {
         std::fs::metadata(out_dir.join("tagged-0.txt")).is_ok_and(|m| m.len() > 0)
     });
     std::thread::sleep(Duration::from_millis(500));
-    let pid = child.id().to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(130),
-        "{}",
-        std::fs::read_to_string(&log).unwrap()
-    );
-    let summary = String::from_utf8_lossy(&out.stdout).into_owned();
-    let gen_line = summary.lines().find(|l| l.starts_with("gen")).unwrap();
-    let produced: u64 = gen_line
-        .split_whitespace()
-        .nth(2)
-        .unwrap()
-        .replace(',', "")
-        .parse()
-        .unwrap();
-    let files_line = summary.lines().find(|l| l.starts_with("files")).unwrap();
-    let lag: u64 = files_line
-        .split_whitespace()
-        .nth(8)
-        .unwrap()
-        .replace(',', "")
-        .parse()
-        .unwrap();
+    host.terminate();
+    let out = host.wait_for_exit(Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(130), "{}", host.log());
+    let field = |name: &str, nth: usize| -> u64 {
+        common::summary_line(&out, name)
+            .split_whitespace()
+            .nth(nth)
+            .unwrap()
+            .replace(',', "")
+            .parse()
+            .unwrap()
+    };
+    let (produced, lag) = (field("gen", 2), field("files", 8));
     let (plain, marked) = marked_seqs(&out_dir);
     let last_plain = *plain.iter().max().unwrap();
     assert!(marked.iter().all(|&s| s > last_plain));
@@ -766,6 +750,8 @@ fn create_from_json_update_the_config_and_bad_input_is_located() {
     assert!(files.len() > 2, "small files after the new config");
     common::assert_exactly_once(common::seqs(&dir.path().join("jout")), total);
 
+    let out = d.cli("connectors", &["restart", "j", "--instance", "5"]);
+    assert_eq!(out.status.code(), Some(3), "no instance 5");
     // Deleting forgets it; its name can be used again.
     d.ok(&["delete", "j"]);
     assert_eq!(d.cli("connectors", &["status", "j"]).status.code(), Some(3));

@@ -8,7 +8,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -37,86 +37,6 @@ fn du(dir: &Path) -> u64 {
             }
         })
         .sum()
-}
-
-/// A `sluice run` started by a test; killed if the test ends first.
-struct Host {
-    child: Child,
-    dir: PathBuf,
-    /// Its stderr.
-    log: PathBuf,
-}
-
-impl Host {
-    /// Starts `sluice run` with its stdout and stderr going to files in `dir`.
-    fn spawn(dir: &Path, manifest: &Path) -> Host {
-        let log = dir.join("host.log");
-        let child = sluice()
-            .args(["run", "--no-progress", manifest.to_str().unwrap()])
-            .stdout(std::fs::File::create(dir.join("host.out")).unwrap())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Host {
-            child,
-            dir: dir.to_path_buf(),
-            log,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap()
-    }
-
-    /// Waits until its log contains `text`, or panics after `limit`.
-    fn wait_for_log(&self, text: &str, limit: Duration) {
-        let start = Instant::now();
-        while !self.log().contains(text) {
-            assert!(
-                start.elapsed() < limit,
-                "no {text:?} in the host's log after {limit:?}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Asks it to stop, as an operator would (SIGTERM).
-    fn terminate(&self) {
-        let term = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(term.success());
-    }
-
-    /// Waits for it to exit by itself, or panics after `limit`.
-    fn wait_for_exit(&mut self, limit: Duration) -> Output {
-        let start = Instant::now();
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(
-                start.elapsed() < limit,
-                "the host did not finish within {limit:?}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        Output {
-            status,
-            stdout: std::fs::read(self.dir.join("host.out")).unwrap(),
-            stderr: std::fs::read(&self.log).unwrap(),
-        }
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn stall_manifest(count: u64, rate: u64, stall_after: u64, stall_ms: u64) -> String {
@@ -166,7 +86,7 @@ fn a_stalled_sink_holds_the_source_back_in_bounded_memory_and_then_everything_ar
     // As fast as datagen goes, unbounded by anything but the backlog; the
     // sink stalls for 30 s in its first write.
     let manifest = write_manifest(dir.path(), &stall_manifest(RECORDS, 0, 1, 30_000));
-    let mut host = Host::spawn(dir.path(), &manifest);
+    let mut host = Host::run(dir.path(), &manifest);
     host.wait_for_log("stalling for 30000 ms", Duration::from_secs(60));
     let stalled = Instant::now();
     host.wait_for_log("source waits", Duration::from_secs(20));
@@ -176,7 +96,7 @@ fn a_stalled_sink_holds_the_source_back_in_bounded_memory_and_then_everything_ar
     // Sampled for 22 of the stall's 30 s: well inside it however late the
     // test noticed its start.
     while stalled.elapsed() < Duration::from_secs(22) {
-        max_rss = max_rss.max(rss(host.child.id()).unwrap());
+        max_rss = max_rss.max(rss(host.pid()).unwrap());
         let size = du(&topic);
         max_log = max_log.max(size);
         sizes.push(size);
@@ -231,7 +151,7 @@ fn the_summary_shows_the_lag_of_a_sink_stopped_while_behind() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("out")).unwrap();
     let manifest = write_manifest(dir.path(), &stall_manifest(0, 20_000, 1, 3_000));
-    let mut host = Host::spawn(dir.path(), &manifest);
+    let mut host = Host::run(dir.path(), &manifest);
     host.wait_for_log("stalling for 3000 ms", Duration::from_secs(60));
     std::thread::sleep(Duration::from_secs(1));
     host.terminate();
@@ -304,7 +224,7 @@ fn fill_the_disk(dir: &Path, records: u64) -> Option<FullDisk> {
     let ballast = data.join("ballast");
     std::fs::write(&ballast, vec![0u8; 7 << 19]).unwrap();
     let manifest = write_manifest(dir, &datagen_to_files(records, 0));
-    let host = Host::spawn(dir, &manifest);
+    let host = Host::run(dir, &manifest);
     host.wait_for_log("the disk is full", Duration::from_secs(60));
     Some(FullDisk {
         host,
@@ -331,7 +251,7 @@ fn a_full_disk_pauses_the_pipeline_once_and_it_resumes_without_loss_when_space_r
     };
     // Paused: the process waits, and says so once however long it waits.
     std::thread::sleep(Duration::from_secs(3));
-    assert!(host.child.try_wait().unwrap().is_none(), "{}", host.log());
+    assert!(host.is_running(), "{}", host.log());
     let text = host.log();
     assert_eq!(text.matches("the disk is full").count(), 1, "{text}");
     assert!(text.contains("nothing is dropped"), "{text}");
@@ -491,7 +411,7 @@ path = "/nowhere"
             plugin = wasm("reject-every-nth")
         ),
     );
-    let mut host = Host::spawn(dir.path(), &manifest);
+    let mut host = Host::run(dir.path(), &manifest);
     let out = host.wait_for_exit(Duration::from_secs(60));
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let gen_line = summary_line(&out, "gen");

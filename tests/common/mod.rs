@@ -4,7 +4,8 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::print_stderr)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
 
 /// The `sluice` binary cargo built for these tests.
 pub fn sluice() -> Command {
@@ -170,4 +171,115 @@ pub fn assert_exactly_once(mut seqs: Vec<u64>, n: u64) {
     assert_eq!(seqs.len() as u64, n, "expected {n} distinct seq values");
     assert_eq!(seqs.first().copied(), if n > 0 { Some(0) } else { None });
     assert_eq!(seqs.last().copied(), n.checked_sub(1));
+}
+
+/// A `sluice` process running in the background, its stdout and stderr
+/// going to files; killed when dropped.
+pub struct Host {
+    child: Child,
+    out: PathBuf,
+    log: PathBuf,
+}
+
+impl Host {
+    /// Starts `sluice <args…>`, writing `<name>.out` and `<name>.log`
+    /// (stderr) in `dir`.
+    pub fn start(dir: &Path, name: &str, args: &[&str]) -> Host {
+        let (out, log) = (
+            dir.join(format!("{name}.out")),
+            dir.join(format!("{name}.log")),
+        );
+        let child = sluice()
+            .args(args)
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Host { child, out, log }
+    }
+
+    /// Starts `sluice run --no-progress <manifest>`.
+    pub fn run(dir: &Path, manifest: &Path) -> Host {
+        Host::start(
+            dir,
+            "host",
+            &["run", "--no-progress", manifest.to_str().unwrap()],
+        )
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// True while it has not exited.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// What it has written to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until its log contains `text`, or panics after `limit`.
+    pub fn wait_for_log(&self, text: &str, limit: Duration) {
+        wait_until(&format!("{text:?} is in the log"), limit, || {
+            self.log().contains(text)
+        });
+    }
+
+    /// Asks it to stop, as an operator would (SIGTERM).
+    pub fn terminate(&self) {
+        let term = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(term.success());
+    }
+
+    /// Kills it (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for it to exit, or panics after `limit`.
+    pub fn wait_for_exit(&mut self, limit: Duration) -> Output {
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "it did not finish within {limit:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        Output {
+            status,
+            stdout: std::fs::read(&self.out).unwrap(),
+            stderr: std::fs::read(&self.log).unwrap(),
+        }
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Waits until `done`, looking every 50 ms, or panics after `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let began = Instant::now();
+    while !done() {
+        assert!(
+            began.elapsed() < limit,
+            "timed out after {limit:?} waiting until {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

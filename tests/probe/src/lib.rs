@@ -142,6 +142,22 @@ macro_rules! probe {
     };
 }
 
+/// The config of a sink fixture that stands in for a newer `file-sink` in
+/// module swap tests: it takes `file-sink`'s fields (a swap keeps the
+/// connector's config).
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileSinkConfig {
+    /// Directory to write into (the guest side of a `files` grant).
+    pub path: String,
+    /// Accepted for compatibility with `file-sink`; unused.
+    #[serde(default)]
+    pub max_file_bytes: Option<u64>,
+    /// Accepted for compatibility with `file-sink`; unused.
+    #[serde(default)]
+    pub format: Option<String>,
+}
+
 /// A file of lines that a sink fixture writes each record's value into
 /// (one file per instance, in a granted directory).
 #[derive(Debug)]
@@ -153,6 +169,36 @@ impl LineFile {
         std::fs::File::create(path)
             .map(|f| LineFile(std::io::BufWriter::new(f)))
             .map_err(|e| Error::fatal(format!("{path}: {e}")))
+    }
+
+    /// Opens `path` to add lines after those it holds (a restarted
+    /// instance adds to what it wrote before); failing that is `fatal`.
+    pub fn append(path: &str) -> Result<LineFile, Error> {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map(|f| LineFile(std::io::BufWriter::new(f)))
+            .map_err(|e| Error::fatal(format!("{path}: {e}")))
+    }
+
+    /// Writes `mark`, `value` and a newline; failing that is `retriable`.
+    pub fn marked_line(&mut self, mark: &[u8], value: &[u8]) -> Result<(), Error> {
+        use std::io::Write;
+        self.0
+            .write_all(mark)
+            .map_err(|e| Error::retriable(e.to_string()))?;
+        self.line(value)
+    }
+
+    /// Flushes and syncs the file's data to disk; failing that is
+    /// `retriable`.
+    pub fn sync(&mut self) -> Result<(), Error> {
+        self.flush()?;
+        self.0
+            .get_ref()
+            .sync_data()
+            .map_err(|e| Error::retriable(e.to_string()))
     }
 
     /// Writes `value` and a newline; failing that is `retriable`.
