@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Plugins compiled into the `sluice` binary, by crate name.
-const BUILTIN: &[&str] = &["datagen", "file-sink", "file-source", "print"];
+const BUILTIN: &[&str] = &["blackhole", "datagen", "file-sink", "file-source", "print"];
 
 const TARGET: &str = "wasm32-wasip2";
 

@@ -336,6 +336,12 @@ impl RunningPipeline {
         self.stop.clone()
     }
 
+    /// The running connectors, in manifest order (to pause, restart or swap
+    /// one while the pipeline runs).
+    pub fn connectors(&self) -> &[RunningConnector] {
+        &self.connectors
+    }
+
     /// Live reports, one per connector, in manifest order.
     pub fn reports(&self) -> &[Arc<ConnectorReport>] {
         &self.reports

@@ -2,10 +2,16 @@
 //!
 //! Each record's value is one JSON object, `{"seq":N,"pad":"…"}`, where `seq`
 //! counts from 0 in each instance and `pad` fills the value out to
-//! `payload_bytes` with letters drawn from `seed`. The position is the next
-//! `seq`, so a restarted instance continues exactly where the broker stopped.
+//! `payload_bytes` with letters drawn from `seed` (a window, at a random
+//! start, into a run of letters made once at `open`: one random draw per
+//! record rather than one per byte). The position is the next `seq`, so a
+//! restarted instance continues exactly where the broker stopped.
+//!
+//! With `stamp = true` each record also carries a `sent-us` header, the wall
+//! clock when it was made (µs since the Unix epoch, `u64` little-endian),
+//! from which the `blackhole` sink measures end-to-end latency.
 
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use sluice_sdk::{BatchWriter, Context, Error, Poll, Source, position};
 
@@ -26,7 +32,17 @@ pub struct Config {
     /// Seed for the padding letters, so runs are reproducible.
     #[serde(default)]
     pub seed: u64,
+    /// Adds a `sent-us` header with the time each record was made, for
+    /// measuring end-to-end latency.
+    #[serde(default)]
+    pub stamp: bool,
 }
+
+/// The header `stamp` adds.
+pub const SENT_HEADER: &str = "sent-us";
+
+/// How far the padding window's start moves between records.
+const PAD_SPREAD: usize = 256;
 
 fn default_payload_bytes() -> u32 {
     100
@@ -40,6 +56,9 @@ pub struct Datagen {
     rate: u64,
     payload_bytes: usize,
     rng: u64,
+    /// Letters to cut each record's padding from.
+    pad: Vec<u8>,
+    stamp: bool,
     /// Start of rate accounting and how many records were due by then.
     started: Instant,
     emitted_since_start: u64,
@@ -55,13 +74,20 @@ impl Source for Datagen {
             ctx.index,
             ctx.count
         );
+        // xorshift needs a non-zero state.
+        let mut rng = config.seed ^ 0x9E37_79B9_7F4A_7C15;
+        let payload_bytes = config.payload_bytes as usize;
+        let pad = (0..payload_bytes + PAD_SPREAD)
+            .map(|_| b'a' + (xorshift(&mut rng) % 26) as u8)
+            .collect();
         Ok(Datagen {
             next,
             count: config.count,
             rate: config.rate,
-            payload_bytes: config.payload_bytes as usize,
-            // xorshift needs a non-zero state.
-            rng: config.seed ^ 0x9E37_79B9_7F4A_7C15,
+            payload_bytes,
+            rng,
+            pad,
+            stamp: config.stamp,
             started: Instant::now(),
             emitted_since_start: 0,
         })
@@ -76,11 +102,23 @@ impl Source for Datagen {
             let due = (self.started.elapsed().as_secs_f64() * self.rate as f64) as u64;
             budget = budget.min(due.saturating_sub(self.emitted_since_start));
         }
+        let sent = self.stamp.then(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64)
+                .to_le_bytes()
+        });
         for _ in 0..budget {
             let seq = self.next;
             let size = self.payload_bytes;
-            let rng = &mut self.rng;
-            out.push_value_with(|v| write_value(v, seq, size, rng));
+            let start = (xorshift(&mut self.rng) as usize) % PAD_SPREAD;
+            let pad = &self.pad[start..];
+            match &sent {
+                None => out.push_value_with(|v| write_value(v, seq, size, pad)),
+                Some(sent) => out.push_parts(None, None, &[(SENT_HEADER, sent)], |v| {
+                    write_value(v, seq, size, pad)
+                }),
+            }
             self.next += 1;
         }
         self.emitted_since_start += budget;
@@ -89,26 +127,44 @@ impl Source for Datagen {
     }
 }
 
-/// Writes `{"seq":N,"pad":"…"}` padded to `size` bytes.
-fn write_value(v: &mut Vec<u8>, seq: u64, size: usize, rng: &mut u64) {
+fn xorshift(rng: &mut u64) -> u64 {
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    *rng
+}
+
+/// Writes `{"seq":N,"pad":"…"}` padded to `size` bytes with letters from
+/// `pad` (at least `size` of them).
+fn write_value(v: &mut Vec<u8>, seq: u64, size: usize, pad: &[u8]) {
     let start = v.len();
     v.extend_from_slice(b"{\"seq\":");
-    v.extend_from_slice(seq.to_string().as_bytes());
+    write_decimal(v, seq);
     const PAD_OPEN: &[u8] = b",\"pad\":\"";
     // The padding field needs 10 bytes around its letters: `,"pad":"` and `"}`.
     let used = v.len() - start;
     if size >= used + PAD_OPEN.len() + 2 {
         v.extend_from_slice(PAD_OPEN);
         let letters = size - used - PAD_OPEN.len() - 2;
-        for _ in 0..letters {
-            *rng ^= *rng << 13;
-            *rng ^= *rng >> 7;
-            *rng ^= *rng << 17;
-            v.push(b'a' + (*rng % 26) as u8);
-        }
+        v.extend_from_slice(&pad[..letters]);
         v.push(b'"');
     }
     v.push(b'}');
+}
+
+/// Appends `n` in decimal without allocating.
+fn write_decimal(v: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    v.extend_from_slice(&digits[i..]);
 }
 
 sluice_sdk::export_source!(Datagen);
@@ -125,6 +181,7 @@ mod tests {
             rate: 0,
             payload_bytes,
             seed: 7,
+            stamp: false,
         };
         let ctx = Context {
             connector: "gen".into(),
@@ -172,5 +229,46 @@ mod tests {
             .collect();
         // payload_bytes smaller than the JSON needs: the bare object.
         assert_eq!(values, [&b"{\"seq\":8}"[..], b"{\"seq\":9}"]);
+    }
+
+    #[test]
+    fn decimals_without_allocating() {
+        for n in [0, 7, 10, 12345, u64::MAX] {
+            let mut v = Vec::new();
+            write_decimal(&mut v, n);
+            assert_eq!(v, n.to_string().as_bytes());
+        }
+    }
+
+    #[test]
+    fn stamp_adds_the_time_a_record_was_made() {
+        let ctx = Context {
+            connector: "gen".into(),
+            index: 0,
+            count: 1,
+        };
+        let config = Config {
+            count: 3,
+            rate: 0,
+            payload_bytes: 50,
+            seed: 1,
+            stamp: true,
+        };
+        let before = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as u64;
+        let mut g = Datagen::open(config, &ctx, None).unwrap();
+        let mut out = BatchWriter::new();
+        g.poll(&mut out, 3).unwrap();
+        let bytes = out.finish();
+        for r in Batch::parse(&bytes).unwrap().iter() {
+            assert_eq!(r.value.len(), 50);
+            let headers: Vec<_> = r.headers().collect();
+            assert_eq!(headers.len(), 1);
+            assert_eq!(headers[0].0, SENT_HEADER);
+            let sent = u64::from_le_bytes(headers[0].1.try_into().unwrap());
+            assert!(sent >= before, "{sent} < {before}");
+        }
     }
 }

@@ -1,0 +1,197 @@
+//! The real product end to end: the `sluice` binary runs `datagen` →
+//! embedded log → `blackhole`, and `blackhole`'s report says what arrived
+//! and when. Also the disk's own limit, which `fsync = "always"` is held
+//! against, and the time from `sluice run` to the first record.
+
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, bail};
+use blackhole::Report as SinkReport;
+
+/// Records per source batch in every run (and in the disk baseline).
+pub const BATCH_RECORDS: u32 = 1000;
+/// Fixed size of a record in a batch besides its value (see
+/// docs/batch-format.md).
+const RECORD_OVERHEAD: u64 = 22;
+
+/// The `sluice` binary beside this one.
+pub fn sluice_binary() -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    let bin = me.with_file_name("sluice");
+    if !bin.exists() {
+        bail!(
+            "{} is missing; build it first with `cargo build --release -p sluice` (`just bench` does)",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// One end-to-end run.
+#[derive(Debug, Clone)]
+pub struct Run {
+    /// Value size.
+    pub payload: u32,
+    /// Records to generate.
+    pub count: u64,
+    /// Records per second, 0 for as fast as possible.
+    pub rate: u64,
+    /// `"interval"` or `"always"`.
+    pub fsync: &'static str,
+    /// Stamp records for latency.
+    pub stamp: bool,
+}
+
+impl Run {
+    fn manifest(&self) -> String {
+        format!(
+            r#"[broker]
+kind = "embedded"
+data_dir = "data"
+fsync = "{fsync}"
+
+[[connector]]
+name = "gen"
+kind = "source"
+plugin = "datagen"
+topic = "bench"
+
+[connector.batch]
+max_records = {batch}
+max_bytes = 16777216
+
+[connector.config]
+count = {count}
+rate = {rate}
+payload_bytes = {payload}
+stamp = {stamp}
+
+[[connector]]
+name = "hole"
+kind = "sink"
+plugin = "blackhole"
+topic = "bench"
+
+[connector.config]
+report_dir = "/report"
+
+[connector.grants]
+files = [{{ host = "report", guest = "/report", mode = "read-write" }}]
+"#,
+            fsync = self.fsync,
+            batch = BATCH_RECORDS,
+            count = self.count,
+            rate = self.rate,
+            payload = self.payload,
+            stamp = self.stamp,
+        )
+    }
+}
+
+/// What a run measured.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The sink's own report.
+    pub sink: SinkReport,
+    /// Wall clock (µs since the Unix epoch) just before `sluice` was started.
+    pub spawned_us: u64,
+}
+
+impl Outcome {
+    /// From the first record's arrival at the sink to the last one's.
+    pub fn span(&self) -> Duration {
+        let (Some(first), Some(last)) = (self.sink.first_us, self.sink.last_us) else {
+            return Duration::ZERO;
+        };
+        Duration::from_micros(last.saturating_sub(first))
+    }
+
+    /// From `sluice run` to the first record at the sink.
+    pub fn to_first_record(&self) -> Duration {
+        Duration::from_micros(
+            self.sink
+                .first_us
+                .unwrap_or(0)
+                .saturating_sub(self.spawned_us),
+        )
+    }
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Runs `run` to its end in a fresh folder under `work`, with the compile
+/// cache in `cache`, and reads the sink's report.
+pub fn run(bin: &Path, work: &Path, cache: &Path, run: &Run) -> anyhow::Result<Outcome> {
+    let dir = tempfile::tempdir_in(work)?;
+    std::fs::create_dir(dir.path().join("report"))?;
+    let manifest = dir.path().join("sluice.toml");
+    std::fs::write(&manifest, run.manifest())?;
+    let spawned_us = now_us();
+    let out = Command::new(bin)
+        .args(["--cache-dir"])
+        .arg(cache)
+        .args(["run", "--no-progress"])
+        .arg(&manifest)
+        .env("SLUICE_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .with_context(|| format!("running {}", bin.display()))?;
+    if !out.status.success() {
+        bail!(
+            "sluice run exited with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let report = dir.path().join("report").join("hole-0.json");
+    let sink: SinkReport = serde_json::from_slice(
+        &std::fs::read(&report).with_context(|| format!("reading {}", report.display()))?,
+    )?;
+    if sink.records != run.count {
+        bail!(
+            "the sink saw {} records of the {} generated",
+            sink.records,
+            run.count
+        );
+    }
+    Ok(Outcome { sink, spawned_us })
+}
+
+/// Bytes the log appends per batch of `payload`-byte records.
+pub fn batch_bytes(payload: u32) -> u64 {
+    u64::from(BATCH_RECORDS) * (u64::from(payload) + RECORD_OVERHEAD) + 5
+}
+
+/// The disk's group-commit limit: batches of `bytes` appended to a plain
+/// file in `dir`, each followed by `fdatasync` (as the log does under
+/// `always`), for about `budget`. Returns batches per second.
+pub fn fsyncs_per_second(dir: &Path, bytes: u64, budget: Duration) -> anyhow::Result<f64> {
+    let path = dir.join("fsync-baseline.bin");
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&path)?;
+    let buf = vec![0x5a; bytes as usize];
+    let started = Instant::now();
+    let mut batches = 0u64;
+    while started.elapsed() < budget {
+        file.write_all(&buf)?;
+        file.sync_data()?;
+        batches += 1;
+    }
+    let rate = batches as f64 / started.elapsed().as_secs_f64();
+    drop(file);
+    std::fs::remove_file(&path)?;
+    Ok(rate)
+}

@@ -1,0 +1,357 @@
+//! `just bench`: every figure of issue #6 in one run on this machine, each
+//! printed beside its target and the machine's own limits. A measurement,
+//! never a test: nothing here passes or fails on a timing.
+//!
+//! Writes `results.md` (the tables for BENCHMARKS.md), `results.json` and
+//! `throughput.png` (records/s against batch and record size) into `--out`.
+
+mod boundary;
+mod density;
+mod end_to_end;
+mod machine;
+mod plot;
+mod report;
+mod swap;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use sluice::plugin::{CompileCache, PluginHost};
+
+use crate::end_to_end::Run;
+use crate::plot::Point;
+use crate::report::{Figure, Report, Target, quantile, rates, say};
+
+#[derive(Debug, Parser)]
+#[command(about = "Sluice's benchmarks: figures beside their targets")]
+struct Args {
+    /// Sections to run (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Section>,
+    /// Seconds each boundary case runs (after a fifth as long warming up).
+    #[arg(long, default_value_t = 1.0)]
+    seconds: f64,
+    /// Where results, the plot and the bench's data go.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Section {
+    Boundary,
+    EndToEnd,
+    Startup,
+    Density,
+    Swap,
+}
+
+const PAYLOADS: [u32; 2] = [100, 1024];
+const BATCHES: [u32; 3] = [1, 64, 1024];
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let wants = |s| args.only.is_empty() || args.only.contains(&s);
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let work = tempfile::tempdir_in(&args.out)?;
+    let machine = machine::Machine::describe(work.path());
+    say(format!("machine: {}", machine.summary()));
+    let memcpy = machine::memcpy_gbps(Duration::from_millis(500));
+    say(format!(
+        "limits:  one core copies memory at {memcpy:.1} GB/s; a batch crosses the boundary as two copies"
+    ));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let plugins = Arc::new(PluginHost::new(CompileCache::new(Some(
+        work.path().join("cache"),
+    )))?);
+    let mut report = Report::default();
+    let mut points = Vec::new();
+    let budget = Duration::from_secs_f64(args.seconds);
+
+    if wants(Section::Boundary) {
+        say("\nboundary: datagen -> host -> blackhole in memory, one thread, no broker");
+        for payload in PAYLOADS {
+            for batch in BATCHES {
+                let case = boundary::Case { payload, batch };
+                let wasm = runtime.block_on(boundary::wasm(&plugins, case, budget))?;
+                let native = boundary::native(case, budget)?;
+                let (w, w_mb) = rates(wasm.records, wasm.value_bytes, wasm.elapsed);
+                let (n, n_mb) = rates(native.records, native.value_bytes, native.elapsed);
+                points.push(Point {
+                    wasm: true,
+                    payload,
+                    batch,
+                    rate: w,
+                });
+                points.push(Point {
+                    wasm: false,
+                    payload,
+                    batch,
+                    rate: n,
+                });
+                let headline = payload == 100 && batch == 1024;
+                report.add(Figure {
+                    section: "boundary",
+                    name: format!("wasm   {payload} B, batch {batch}"),
+                    value: w,
+                    unit: "rec/s",
+                    aside: Some(format!("{w_mb:.0} MB/s")),
+                    target: headline.then(|| Target::at_least(20e6)).flatten(),
+                });
+                report.add(Figure {
+                    section: "boundary",
+                    name: format!("native {payload} B, batch {batch}"),
+                    value: n,
+                    unit: "rec/s",
+                    aside: Some(format!("{n_mb:.0} MB/s")),
+                    target: None,
+                });
+                report.add(Figure {
+                    section: "boundary",
+                    name: format!("wasm/native {payload} B, batch {batch}"),
+                    value: w / n,
+                    unit: "x",
+                    aside: None,
+                    target: (batch >= 64).then(|| Target::at_least(0.8)).flatten(),
+                });
+            }
+        }
+    }
+
+    if wants(Section::EndToEnd) || wants(Section::Startup) {
+        let bin = end_to_end::sluice_binary()?;
+        let cache = work.path().join("cache");
+        if wants(Section::EndToEnd) {
+            end_to_end_section(&mut report, &bin, work.path(), &cache)?;
+        }
+        if wants(Section::Startup) {
+            startup_section(&mut report, &bin, work.path())?;
+        }
+    }
+
+    if wants(Section::Density) {
+        say("\ndensity: idle blackhole instances held in one host (instantiate + open each)");
+        for count in [1, 100, 1000] {
+            let d = runtime.block_on(density::start_idle(&plugins, count))?;
+            let per = d.instantiate.as_secs_f64() * 1e6 / count as f64;
+            let open = d.open.as_secs_f64() * 1e6 / count as f64;
+            report.add(Figure {
+                section: "density",
+                name: format!("{count} instances: instantiate, each"),
+                value: per,
+                unit: "µs",
+                aside: Some(format!("open {open:.1} µs")),
+                target: Target::at_most(100.0),
+            });
+            report.add(Figure {
+                section: "density",
+                name: format!("{count} instances: resident memory"),
+                value: d.rss_mib,
+                unit: "MiB",
+                aside: Some(format!("{:.0} KiB each", d.rss_mib * 1024.0 / count as f64)),
+                target: (count == 1000).then(|| Target::at_most(1024.0)).flatten(),
+            });
+        }
+    }
+
+    if wants(Section::Swap) {
+        say("\nswap: 100 live swaps of the sink's module at 100,000 records/s of 100 B");
+        let dir = tempfile::tempdir_in(work.path())?;
+        let mut pauses: Vec<f64> = runtime
+            .block_on(swap::pauses(plugins.clone(), dir.path(), 100, 100_000, 100))?
+            .iter()
+            .map(|p| p.as_secs_f64() * 1e3)
+            .collect();
+        pauses.sort_by(f64::total_cmp);
+        report.add(Figure {
+            section: "swap",
+            name: "pause p50".into(),
+            value: quantile(&pauses, 0.5),
+            unit: "ms",
+            aside: None,
+            target: None,
+        });
+        report.add(Figure {
+            section: "swap",
+            name: "pause p99".into(),
+            value: quantile(&pauses, 0.99),
+            unit: "ms",
+            aside: Some(format!("max {:.2} ms", quantile(&pauses, 1.0))),
+            target: Target::at_most(5.0),
+        });
+    }
+
+    let summary = machine.summary();
+    std::fs::write(args.out.join("results.md"), report.markdown(&summary))?;
+    std::fs::write(
+        args.out.join("results.json"),
+        serde_json::to_vec_pretty(&serde_json::json!({
+            "machine": summary,
+            "memcpy_gbps": memcpy,
+            "figures": report.figures,
+        }))?,
+    )?;
+    let png = args.out.join("throughput.png");
+    match plot::throughput(&points, &png) {
+        Ok(true) => say(format!("\nplot:    {}", png.display())),
+        Ok(false) => {}
+        Err(e) => say(format!("\nplot:    not drawn: {e:#}")),
+    }
+    say(format!(
+        "results: {}",
+        args.out.join("results.md").display()
+    ));
+    Ok(())
+}
+
+fn end_to_end_section(
+    report: &mut Report,
+    bin: &std::path::Path,
+    work: &std::path::Path,
+    cache: &std::path::Path,
+) -> anyhow::Result<()> {
+    say("\nend to end: sluice run, datagen -> embedded log -> blackhole");
+    for fsync in ["interval", "always"] {
+        for payload in PAYLOADS {
+            let bytes = end_to_end::batch_bytes(payload);
+            let disk_limit = (fsync == "always")
+                .then(|| end_to_end::fsyncs_per_second(work, bytes, Duration::from_secs(2)))
+                .transpose()?
+                .map(|batches| batches * f64::from(end_to_end::BATCH_RECORDS));
+            if let Some(limit) = disk_limit {
+                report.add(Figure {
+                    section: "end to end",
+                    name: format!("disk: {} KiB appends + fdatasync", bytes / 1024),
+                    value: limit,
+                    unit: "rec/s",
+                    aside: Some(format!(
+                        "{:.0} syncs/s",
+                        limit / f64::from(end_to_end::BATCH_RECORDS)
+                    )),
+                    target: None,
+                });
+            }
+            // About two seconds of work at the rate last measured here.
+            let count = match (fsync, payload) {
+                ("interval", 100) => 4_000_000,
+                ("interval", _) => 1_000_000,
+                (_, 100) => 1_000_000,
+                _ => 300_000,
+            };
+            let outcome = end_to_end::run(
+                bin,
+                work,
+                cache,
+                &Run {
+                    payload,
+                    count,
+                    rate: 0,
+                    fsync,
+                    stamp: false,
+                },
+            )?;
+            let (r, mb) = rates(
+                outcome.sink.records,
+                outcome.sink.value_bytes,
+                outcome.span(),
+            );
+            let target = match (fsync, disk_limit) {
+                ("interval", _) if payload == 100 => Target::at_least(5e6),
+                (_, Some(limit)) => Target::at_least(0.8 * limit),
+                _ => None,
+            };
+            report.add(Figure {
+                section: "end to end",
+                name: format!("fsync {fsync}, {payload} B"),
+                value: r,
+                unit: "rec/s",
+                aside: Some(format!("{mb:.0} MB/s")),
+                target,
+            });
+            let rate = 100_000;
+            let latency = end_to_end::run(
+                bin,
+                work,
+                cache,
+                &Run {
+                    payload,
+                    count: 2 * rate,
+                    rate,
+                    fsync,
+                    stamp: true,
+                },
+            )?;
+            let l = latency
+                .sink
+                .latency
+                .context("blackhole measured no latency")?;
+            report.add(Figure {
+                section: "end to end",
+                name: format!("fsync {fsync}, {payload} B at 100k rec/s: latency p50"),
+                value: l.p50_us as f64 / 1e3,
+                unit: "ms",
+                aside: None,
+                target: None,
+            });
+            report.add(Figure {
+                section: "end to end",
+                name: format!("fsync {fsync}, {payload} B at 100k rec/s: latency p99"),
+                value: l.p99_us as f64 / 1e3,
+                unit: "ms",
+                aside: Some(format!("max {:.1} ms", l.max_us as f64 / 1e3)),
+                target: None,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn startup_section(
+    report: &mut Report,
+    bin: &std::path::Path,
+    work: &std::path::Path,
+) -> anyhow::Result<()> {
+    say("\nstartup: from `sluice run` to the first record at the sink");
+    let small = Run {
+        payload: 100,
+        count: 1000,
+        rate: 0,
+        fsync: "interval",
+        stamp: false,
+    };
+    let mut cold = Vec::new();
+    let mut warm = Vec::new();
+    for _ in 0..3 {
+        let cache = tempfile::tempdir_in(work)?;
+        let first = end_to_end::run(bin, work, cache.path(), &small)?;
+        cold.push(first.to_first_record().as_secs_f64() * 1e3);
+        for _ in 0..3 {
+            let again = end_to_end::run(bin, work, cache.path(), &small)?;
+            warm.push(again.to_first_record().as_secs_f64() * 1e3);
+        }
+    }
+    cold.sort_by(f64::total_cmp);
+    warm.sort_by(f64::total_cmp);
+    report.add(Figure {
+        section: "startup",
+        name: "to first record, compile cache warm (median)".into(),
+        value: quantile(&warm, 0.5),
+        unit: "ms",
+        aside: Some(format!("{} runs", warm.len())),
+        target: Target::at_most(100.0),
+    });
+    report.add(Figure {
+        section: "startup",
+        name: "to first record, no cache (median)".into(),
+        value: quantile(&cold, 0.5),
+        unit: "ms",
+        aside: Some(format!("{} runs", cold.len())),
+        target: None,
+    });
+    Ok(())
+}
