@@ -339,6 +339,8 @@ fn len_u32(len: usize) -> u32 {
 pub struct Batch<'a> {
     buf: &'a [u8],
     count: u32,
+    /// Summed while checking, so that asking costs nothing.
+    value_bytes: u64,
 }
 
 impl<'a> Batch<'a> {
@@ -346,9 +348,10 @@ impl<'a> Batch<'a> {
     pub fn parse(buf: &'a [u8]) -> Result<Self, BatchError> {
         let count = check_header(buf)?;
         let mut pos = HEADER_LEN;
+        let mut value_bytes = 0;
         for record in 0..count {
             let body = record_body(buf, pos, record)?;
-            check_body(body, record)?;
+            value_bytes += u64::from(check_body(body, record)?);
             pos += 4 + body.len();
         }
         if pos != buf.len() {
@@ -356,7 +359,11 @@ impl<'a> Batch<'a> {
                 extra: buf.len() - pos,
             });
         }
-        Ok(Batch { buf, count })
+        Ok(Batch {
+            buf,
+            count,
+            value_bytes,
+        })
     }
 
     /// An empty batch's encoding.
@@ -390,7 +397,7 @@ impl<'a> Batch<'a> {
 
     /// Total size of all record values, in bytes.
     pub fn value_bytes(&self) -> u64 {
-        self.iter().map(|r| r.value.len() as u64).sum()
+        self.value_bytes
     }
 
     /// Byte offset of record `index` within the encoding (the end of the
@@ -465,7 +472,8 @@ fn record_body(buf: &[u8], pos: usize, record: u32) -> Result<&[u8], BatchError>
     buf.get(pos + 4..pos + 4 + len).ok_or(truncated)
 }
 
-fn check_body(body: &[u8], record: u32) -> Result<(), BatchError> {
+/// Checks one record's body; returns the length of its value.
+fn check_body(body: &[u8], record: u32) -> Result<u32, BatchError> {
     let truncated = BatchError::Truncated { record };
     let mut cur = Cursor { buf: body, pos: 0 };
     cur.take(8).ok_or(truncated.clone())?;
@@ -488,7 +496,7 @@ fn check_body(body: &[u8], record: u32) -> Result<(), BatchError> {
     if cur.pos != body.len() {
         return Err(truncated);
     }
-    Ok(())
+    Ok(value_len)
 }
 
 fn read_u32(buf: &[u8], pos: usize) -> u32 {

@@ -34,6 +34,15 @@ struct Args {
     /// Seconds each boundary case runs (after a fifth as long warming up).
     #[arg(long, default_value_t = 1.0)]
     seconds: f64,
+    /// Boundary: only this record size (for profiling one case).
+    #[arg(long)]
+    payload: Option<u32>,
+    /// Boundary: only this batch size (for profiling one case).
+    #[arg(long)]
+    batch: Option<u32>,
+    /// Boundary: skip the native baseline (for profiling the wasm side).
+    #[arg(long)]
+    wasm_only: bool,
     /// Where results, the plot and the bench's data go.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
@@ -75,11 +84,18 @@ fn main() -> anyhow::Result<()> {
 
     if wants(Section::Boundary) {
         say("\nboundary: datagen -> host -> blackhole in memory, one thread, no broker");
-        for payload in PAYLOADS {
-            for batch in BATCHES {
+        for payload in PAYLOADS.into_iter().filter(|p| args.payload.is_none_or(|x| x == *p)) {
+            for batch in BATCHES.into_iter().filter(|b| args.batch.is_none_or(|x| x == *b)) {
                 let case = boundary::Case { payload, batch };
                 let wasm = runtime.block_on(boundary::wasm(&plugins, case, budget))?;
-                let native = boundary::native(case, budget)?;
+                let native = if args.wasm_only {
+                    boundary::Moved {
+                        elapsed: Duration::from_secs(1),
+                        ..Default::default()
+                    }
+                } else {
+                    boundary::native(case, budget)?
+                };
                 let (w, w_mb) = rates(wasm.records, wasm.value_bytes, wasm.elapsed);
                 let (n, n_mb) = rates(native.records, native.value_bytes, native.elapsed);
                 points.push(Point {

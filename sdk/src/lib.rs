@@ -364,10 +364,17 @@ pub mod __private {
         Ok(())
     }
 
+    thread_local! {
+        /// Size of the last batch polled: the next one starts with room
+        /// for as much, rather than growing to it copy by copy.
+        static LAST_POLL_BYTES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
     pub fn source_poll<S: Source>(slot: &RefCell<Option<S>>, max: u32) -> Result<Polled, Error> {
         with(slot, |s| {
-            let mut out = BatchWriter::new();
+            let mut out = BatchWriter::with_capacity(LAST_POLL_BYTES.get());
             let poll = s.poll(&mut out, max as usize)?;
+            LAST_POLL_BYTES.set(out.encoded_len());
             Ok(Polled {
                 batch: out.finish(),
                 position: poll.position,

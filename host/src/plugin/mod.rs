@@ -205,6 +205,12 @@ impl PluginHost {
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.wasm_component_model(true);
+        // `SLUICE_PERFMAP=1` names plugin functions for `perf` (in
+        // /tmp/perf-<pid>.map): how `just bench`'s profiles see into a
+        // plugin. Off by default: it writes a file per process.
+        if std::env::var_os("SLUICE_PERFMAP").is_some_and(|v| v == "1") {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("{e:#}"))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)

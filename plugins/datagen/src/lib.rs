@@ -56,6 +56,8 @@ pub struct Datagen {
     rate: u64,
     payload_bytes: usize,
     rng: u64,
+    /// `next` in decimal, counted up in place (no division per record).
+    seq_text: Decimal,
     /// Letters to cut each record's padding from.
     pad: Vec<u8>,
     stamp: bool,
@@ -86,6 +88,7 @@ impl Source for Datagen {
             rate: config.rate,
             payload_bytes,
             rng,
+            seq_text: Decimal::new(next),
             pad,
             stamp: config.stamp,
             started: Instant::now(),
@@ -109,7 +112,7 @@ impl Source for Datagen {
                 .to_le_bytes()
         });
         for _ in 0..budget {
-            let seq = self.next;
+            let seq = self.seq_text.as_bytes();
             let size = self.payload_bytes;
             let start = (xorshift(&mut self.rng) as usize) % PAD_SPREAD;
             let pad = &self.pad[start..];
@@ -120,6 +123,7 @@ impl Source for Datagen {
                 }),
             }
             self.next += 1;
+            self.seq_text.increment();
         }
         self.emitted_since_start += budget;
         let done = self.count > 0 && self.next >= self.count;
@@ -136,10 +140,11 @@ fn xorshift(rng: &mut u64) -> u64 {
 
 /// Writes `{"seq":N,"pad":"…"}` padded to `size` bytes with letters from
 /// `pad` (at least `size` of them).
-fn write_value(v: &mut Vec<u8>, seq: u64, size: usize, pad: &[u8]) {
+fn write_value(v: &mut Vec<u8>, seq: &[u8], size: usize, pad: &[u8]) {
+    v.reserve(size.max(32));
     let start = v.len();
     v.extend_from_slice(b"{\"seq\":");
-    write_decimal(v, seq);
+    v.extend_from_slice(seq);
     const PAD_OPEN: &[u8] = b",\"pad\":\"";
     // The padding field needs 10 bytes around its letters: `,"pad":"` and `"}`.
     let used = v.len() - start;
@@ -152,19 +157,45 @@ fn write_value(v: &mut Vec<u8>, seq: u64, size: usize, pad: &[u8]) {
     v.push(b'}');
 }
 
-/// Appends `n` in decimal without allocating.
-fn write_decimal(v: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
+/// A number in decimal that counts up by one without dividing: a `u64`
+/// needs at most 20 digits.
+#[derive(Debug)]
+struct Decimal {
+    digits: [u8; 20],
+    start: usize,
+}
+
+impl Decimal {
+    fn new(mut n: u64) -> Self {
+        let mut digits = [b'0'; 20];
+        let mut start = digits.len();
+        loop {
+            start -= 1;
+            digits[start] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
         }
+        Decimal { digits, start }
     }
-    v.extend_from_slice(&digits[i..]);
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.digits[self.start..]
+    }
+
+    fn increment(&mut self) {
+        for i in (0..self.digits.len()).rev() {
+            if self.digits[i] != b'9' {
+                self.digits[i] += 1;
+                self.start = self.start.min(i);
+                return;
+            }
+            self.digits[i] = b'0';
+        }
+        // Past u64::MAX: wraps to 0 as the counter itself would.
+        self.start = self.digits.len() - 1;
+    }
 }
 
 sluice_sdk::export_source!(Datagen);
@@ -232,11 +263,13 @@ mod tests {
     }
 
     #[test]
-    fn decimals_without_allocating() {
-        for n in [0, 7, 10, 12345, u64::MAX] {
-            let mut v = Vec::new();
-            write_decimal(&mut v, n);
-            assert_eq!(v, n.to_string().as_bytes());
+    fn decimals_count_up_in_place() {
+        for start in [0, 7, 9, 99, 12345, 999_999, u64::MAX - 3] {
+            let mut d = Decimal::new(start);
+            for n in start..start.saturating_add(3) {
+                assert_eq!(d.as_bytes(), n.to_string().as_bytes());
+                d.increment();
+            }
         }
     }
 
