@@ -84,8 +84,14 @@ fn main() -> anyhow::Result<()> {
 
     if wants(Section::Boundary) {
         say("\nboundary: datagen -> host -> blackhole in memory, one thread, no broker");
-        for payload in PAYLOADS.into_iter().filter(|p| args.payload.is_none_or(|x| x == *p)) {
-            for batch in BATCHES.into_iter().filter(|b| args.batch.is_none_or(|x| x == *b)) {
+        for payload in PAYLOADS
+            .into_iter()
+            .filter(|p| args.payload.is_none_or(|x| x == *p))
+        {
+            for batch in BATCHES
+                .into_iter()
+                .filter(|b| args.batch.is_none_or(|x| x == *b))
+            {
                 let case = boundary::Case { payload, batch };
                 let wasm = runtime.block_on(boundary::wasm(&plugins, case, budget))?;
                 let native = if args.wasm_only {

@@ -200,6 +200,9 @@ impl<B: Broker> SinkPump<B> {
                 last_flush = Instant::now();
             }
             if progressed {
+                // As the source pump does: give the worker to the tasks this
+                // one woke (see source.rs).
+                tokio::task::yield_now().await;
                 continue;
             }
             if self.drained()? {

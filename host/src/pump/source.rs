@@ -132,6 +132,12 @@ impl<B: Broker> SourcePump<B> {
                     );
                 }
                 idle = Duration::from_millis(1);
+                // Plugin calls and appends never wait on the runtime, so
+                // without this a busy source would keep its worker until it
+                // next idles, and the sink it woke (parked in that worker's
+                // LIFO slot, which no other worker steals) would wait too:
+                // tens of milliseconds of latency under `fsync = "always"`.
+                tokio::task::yield_now().await;
             } else if !filled.end_of_stream {
                 // Nothing to send: back off a little, up to MAX_IDLE.
                 self.stop.sleep(idle).await;

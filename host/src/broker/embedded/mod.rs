@@ -890,7 +890,11 @@ impl Broker for EmbeddedLog {
             let skip = offset.saturating_sub(body.base_offset) as usize;
             let first_offset = body.base_offset + skip as u64;
             let records = body.records - skip as u32;
-            let value_bytes = batch.iter().skip(skip).map(|r| r.value.len() as u64).sum();
+            let value_bytes = if skip == 0 {
+                batch.value_bytes()
+            } else {
+                batch.iter().skip(skip).map(|r| r.value.len() as u64).sum()
+            };
             let bytes = if skip > 0 {
                 batch.skip(skip)
             } else {
