@@ -257,10 +257,15 @@ impl InstanceControl {
         slot.take()
     }
 
+    /// True while the connector is paused.
+    pub(crate) fn is_paused(&self) -> bool {
+        *self.paused.borrow()
+    }
+
     /// True when the pump has something to do between batches. Checked
     /// once per batch, so it takes no lock.
     pub(crate) fn wants_attention(&self) -> bool {
-        self.swap_pending() || *self.paused.borrow()
+        self.swap_pending() || self.is_paused()
     }
 
     /// Between batches: the next swap to make, waiting while the connector

@@ -119,13 +119,20 @@ impl<B: Broker> SinkPump<B> {
         let wake_topic = self.assignments[0].topic.clone();
         loop {
             if self.control.wants_attention() {
-                // A batch boundary: drain (flush, commit) before a swap or
-                // a pause.
+                // A batch boundary. A pause drains fully (flush, then
+                // commit). A swap needs only what the old instance wrote
+                // made durable (flush): the new one goes on from the offsets
+                // in hand, committed at the next interval as ever, which
+                // keeps the commit's fsyncs out of the swap's pause.
                 let since = Instant::now();
                 if pending {
-                    self.flush_and_commit().await?;
-                    pending = false;
-                    last_flush = Instant::now();
+                    if self.control.is_paused() {
+                        self.flush_and_commit().await?;
+                        pending = false;
+                        last_flush = Instant::now();
+                    } else {
+                        self.flush().await?;
+                    }
                 }
                 self.attend(since).await;
                 if self.stop.is_stopped() {
@@ -271,7 +278,7 @@ impl<B: Broker> SinkPump<B> {
                 .find(|o| o.topic == a.topic && o.partition == a.partition)
             {
                 // Everything before `a.next` was just delivered (by the
-                // old module) and committed. A new module that stored an
+                // old module) and flushed. A new module that stored an
                 // older offset itself last ran before that (a swap back to
                 // an earlier module): it must not be handed those again.
                 let end = self
@@ -295,13 +302,19 @@ impl<B: Broker> SinkPump<B> {
         Ok(true)
     }
 
-    async fn flush_and_commit(&mut self) -> anyhow::Result<()> {
+    /// Makes what the instance was given durable (its `flush`).
+    async fn flush(&mut self) -> anyhow::Result<()> {
         retrying!(
             self.config.retry,
             &self.stop,
             "flush",
             self.instance.flush()
         );
+        Ok(())
+    }
+
+    async fn flush_and_commit(&mut self) -> anyhow::Result<()> {
+        self.flush().await?;
         // What was dead-lettered must be on disk before the offsets that
         // skip it are.
         for p in std::mem::take(&mut self.dead_letter.unsynced) {
