@@ -7,7 +7,7 @@ build:
 # Build only the plugins and fixtures, as the host build does.
 build-plugins:
     CARGO_TARGET_DIR=target/plugins cargo build --profile plugin --target wasm32-wasip2 \
-        -p datagen -p file-sink -p file-source -p print -p wrong-contract-version
+        -p blackhole -p datagen -p file-sink -p file-source -p print -p wrong-contract-version
 
 # The whole test suite (the README's command).
 test:
@@ -23,9 +23,12 @@ demo:
     rm -rf examples/quickstart/data examples/quickstart/out
     cargo run --release -- run examples/quickstart/sluice.toml
 
-# Throughput of the quickstart pipeline, with this machine's figures beside it.
-bench:
-    ./benches/quickstart.sh
+# Every benchmark (boundary vs native, end to end, startup, density, swap pause), each figure
+# beside its target and this machine's limits; a few minutes. Writes target/bench/ (results.md,
+# results.json, throughput.png). Arguments go to the bench, e.g. `just bench --only boundary`.
+bench *ARGS:
+    cargo build --release -p sluice -p sluice-bench
+    ./target/release/sluice-bench {{ARGS}}
 
 # The daemon on examples/daemon/data, with the example's connectors (Ctrl-C stops it cleanly).
 serve:

@@ -38,6 +38,21 @@ pub struct Moved {
     pub elapsed: Duration,
 }
 
+impl Moved {
+    fn rate(&self) -> f64 {
+        self.records as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// The run of median rate (a run of nothing when there is none).
+    pub fn median(mut runs: Vec<Moved>) -> Moved {
+        runs.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
+        runs.get(runs.len() / 2).copied().unwrap_or(Moved {
+            elapsed: Duration::from_secs(1),
+            ..Moved::default()
+        })
+    }
+}
+
 fn datagen_config(payload: u32) -> String {
     format!(r#"{{"count":0,"rate":0,"payload_bytes":{payload},"seed":1}}"#)
 }
