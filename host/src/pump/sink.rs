@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use sluice_batch::{Batch, BatchWriter};
 
 use super::{
-    InstanceControl, PumpStats, Replacement, StopSignal, SwapRequest, SwapTimer, TopicSeal, switch,
-    when_space,
+    InstanceControl, PumpStats, Replacement, StopSignal, SwapRequest, SwapTimer, TopicSeal, Turns,
+    switch, when_space,
 };
 use crate::broker::{Broker, SourceCheckpoint};
 use crate::plugin::SinkInstance;
@@ -117,6 +117,7 @@ impl<B: Broker> SinkPump<B> {
         // Sinks wake on appends to their first topic; others are polled
         // every IDLE_WAIT.
         let wake_topic = self.assignments[0].topic.clone();
+        let mut turns = Turns::default();
         loop {
             if self.control.wants_attention() {
                 // A batch boundary. A pause drains fully (flush, then
@@ -207,9 +208,7 @@ impl<B: Broker> SinkPump<B> {
                 last_flush = Instant::now();
             }
             if progressed {
-                // As the source pump does: give the worker to the tasks this
-                // one woke (see source.rs).
-                tokio::task::yield_now().await;
+                turns.after_batch().await;
                 continue;
             }
             if self.drained()? {

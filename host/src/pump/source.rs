@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use sluice_batch::Batch;
 
 use super::{
-    InstanceControl, PumpStats, Replacement, StopSignal, SwapRequest, SwapTimer, switch, when_space,
+    InstanceControl, PumpStats, Replacement, StopSignal, SwapRequest, SwapTimer, Turns, switch,
+    when_space,
 };
 use crate::broker::{Broker, SourceCheckpoint};
 use crate::plugin::{Polled, SourceInstance};
@@ -82,6 +83,7 @@ impl<B: Broker> SourcePump<B> {
     /// Runs until the source ends, the stop signal comes, or something fails.
     pub async fn run(mut self) -> anyhow::Result<SourceEnd> {
         let mut idle = Duration::from_millis(1);
+        let mut turns = Turns::default();
         let mut warned = None;
         let end = loop {
             if self.control.wants_attention() {
@@ -132,12 +134,7 @@ impl<B: Broker> SourcePump<B> {
                     );
                 }
                 idle = Duration::from_millis(1);
-                // Plugin calls and appends never wait on the runtime, so
-                // without this a busy source would keep its worker until it
-                // next idles, and the sink it woke (parked in that worker's
-                // LIFO slot, which no other worker steals) would wait too:
-                // tens of milliseconds of latency under `fsync = "always"`.
-                tokio::task::yield_now().await;
+                turns.after_batch().await;
             } else if !filled.end_of_stream {
                 // Nothing to send: back off a little, up to MAX_IDLE.
                 self.stop.sleep(idle).await;

@@ -19,7 +19,6 @@ pub mod state;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -284,8 +283,9 @@ impl Partition {
         }
         let base = self.next_offset;
         let (producer, position) = checkpoint.map_or(("", &[][..]), |c| (c.producer, c.position));
-        let frame = segment::encode(base, records, producer, position, batch);
-        if let Err(e) = self.writer.write_all(&frame) {
+        let head = segment::encode_head(base, records, producer, position, batch);
+        let frame_len = head.len() + batch.len();
+        if let Err(e) = segment::write_frame(&mut self.writer, &head, batch) {
             // Leave no partial frame behind: a full disk must not tear the log.
             self.cut_back();
             return Err(io("cannot append to", self.active_path())(e));
@@ -305,9 +305,9 @@ impl Partition {
             base_offset: base,
             records,
             file_pos: self.active_len,
-            len: frame.len() as u32,
+            len: frame_len as u32,
         });
-        self.active_len += frame.len() as u64;
+        self.active_len += frame_len as u64;
         self.next_offset += u64::from(records);
         Ok(base)
     }

@@ -16,7 +16,7 @@
 //! frame as the batch it follows: one write makes both durable.
 
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::{BufReader, IoSlice, Read, Write};
 use std::path::Path;
 
 use super::super::BrokerError;
@@ -41,8 +41,10 @@ pub struct FrameMeta {
     pub len: u32,
 }
 
-/// Encodes one frame.
-pub fn encode(
+/// Encodes one frame's head: everything before the batch, with the
+/// checksum over the whole body (head and batch). The batch itself is not
+/// copied: [`write_frame`] writes the two together.
+pub fn encode_head(
     base_offset: u64,
     records: u32,
     producer: &str,
@@ -50,7 +52,7 @@ pub fn encode(
     batch: &[u8],
 ) -> Vec<u8> {
     let body_len = BODY_FIXED + producer.len() + position.len() + batch.len();
-    let mut f = Vec::with_capacity(FRAME_HEADER + body_len);
+    let mut f = Vec::with_capacity(FRAME_HEADER + BODY_FIXED + producer.len() + position.len());
     f.extend_from_slice(&MAGIC);
     f.extend_from_slice(&[0; 4]); // checksum, filled in below
     f.extend_from_slice(&(body_len as u32).to_le_bytes());
@@ -60,10 +62,25 @@ pub fn encode(
     f.extend_from_slice(producer.as_bytes());
     f.extend_from_slice(&(position.len() as u32).to_le_bytes());
     f.extend_from_slice(position);
-    f.extend_from_slice(batch);
-    let crc = crc32c::crc32c(&f[FRAME_HEADER..]);
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&f[FRAME_HEADER..]), batch);
     f[4..8].copy_from_slice(&crc.to_le_bytes());
     f
+}
+
+/// Writes a frame (its head, then its batch) with vectored writes, so the
+/// batch goes to the file without being copied into a frame first.
+pub fn write_frame(w: &mut impl Write, head: &[u8], batch: &[u8]) -> std::io::Result<()> {
+    let mut slices = [IoSlice::new(head), IoSlice::new(batch)];
+    let mut left = &mut slices[..];
+    while !left.is_empty() {
+        match w.write_vectored(left) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut left, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// A decoded frame body.
