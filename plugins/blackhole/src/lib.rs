@@ -107,11 +107,11 @@ impl Sink for Blackhole {
         self.report.value_bytes += batch.value_bytes();
         for record in batch.iter() {
             for (name, value) in record.headers() {
-                if name == SENT_HEADER {
-                    if let Ok(sent) = <[u8; 8]>::try_from(value) {
-                        self.histogram
-                            .record(now.saturating_sub(u64::from_le_bytes(sent)));
-                    }
+                if name == SENT_HEADER
+                    && let Ok(sent) = <[u8; 8]>::try_from(value)
+                {
+                    self.histogram
+                        .record(now.saturating_sub(u64::from_le_bytes(sent)));
                 }
             }
         }
