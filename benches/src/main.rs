@@ -47,6 +47,10 @@ struct Args {
     /// Boundary: skip the native baseline (for profiling the wasm side).
     #[arg(long)]
     wasm_only: bool,
+    /// Also write the figures into BENCHMARKS.md and the plot into
+    /// docs/benchmarks/.
+    #[arg(long)]
+    publish: bool,
     /// Where results, the plot and the bench's data go.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
@@ -234,6 +238,41 @@ fn main() -> anyhow::Result<()> {
         "results: {}",
         args.out.join("results.md").display()
     ));
+    if args.publish {
+        publish(&report.markdown(&summary), memcpy, &png)?;
+    }
+    Ok(())
+}
+
+/// Where BENCHMARKS.md keeps the figures of the latest published run.
+const FIGURES_BEGIN: &str = "<!-- figures: written by `just bench --publish` -->";
+const FIGURES_END: &str = "<!-- end of figures -->";
+
+/// Puts this run's figures into BENCHMARKS.md (between its markers) and its
+/// plot into docs/benchmarks/, so that both always come from one run.
+fn publish(figures: &str, memcpy: f64, png: &std::path::Path) -> anyhow::Result<()> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("benches/ sits in the workspace")?;
+    let doc = root.join("BENCHMARKS.md");
+    let text = std::fs::read_to_string(&doc).with_context(|| format!("reading {}", doc.display()))?;
+    let (Some(begin), Some(end)) = (text.find(FIGURES_BEGIN), text.find(FIGURES_END)) else {
+        anyhow::bail!(
+            "{} has no figures block: put the lines `{FIGURES_BEGIN}` and `{FIGURES_END}` where the figures go",
+            doc.display()
+        );
+    };
+    let block = format!(
+        "{FIGURES_BEGIN}\n{figures}\nOne core copied memory at {memcpy:.1} GB/s during this run.\n\n"
+    );
+    let updated = format!("{}{block}{}", &text[..begin], &text[end..]);
+    std::fs::write(&doc, updated)?;
+    let plots = root.join("docs").join("benchmarks");
+    std::fs::create_dir_all(&plots)?;
+    if png.exists() {
+        std::fs::copy(png, plots.join("throughput.png"))?;
+    }
+    say(format!("published: {} and {}", doc.display(), plots.join("throughput.png").display()));
     Ok(())
 }
 
