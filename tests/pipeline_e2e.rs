@@ -231,3 +231,44 @@ fn a_committed_offset_past_the_end_of_the_log_resumes_at_the_end_with_a_warning(
     );
     assert_exactly_once(seqs(&dir.path().join("out")), 1_000);
 }
+
+#[test]
+fn blackhole_reports_what_reached_it_and_names_its_folder_when_not_granted() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("report")).unwrap();
+    let source = format!("{}stamp = true\n", gen_source(5_000, 0, 100));
+    let sink = r#"
+[[connector]]
+name = "hole"
+kind = "sink"
+plugin = "blackhole"
+topic = "events"
+[connector.config]
+report_dir = "/report"
+"#;
+    let grant = "[connector.grants]\nfiles = [{ host = \"report\", guest = \"/report\", mode = \"read-write\" }]\n";
+    let manifest = write_manifest(dir.path(), &format!("{source}{sink}{grant}"));
+    let out = run(&["run", "--no-progress", manifest.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("report/hole-0.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["records"], 5_000);
+    assert_eq!(report["value_bytes"], 500_000);
+    assert_eq!(
+        report["latency"]["count"], 5_000,
+        "every record was stamped"
+    );
+    assert!(report["first_us"].as_u64() <= report["last_us"].as_u64());
+
+    // The same sink without the grant: refused at open, naming the folder.
+    let other = tempfile::tempdir().unwrap();
+    let manifest = write_manifest(other.path(), &format!("{source}{sink}"));
+    let out = run(&["run", "--no-progress", manifest.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("/report") && err.contains("granted"),
+        "the error names the folder and the grant: {err}"
+    );
+}

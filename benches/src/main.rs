@@ -255,7 +255,8 @@ fn publish(figures: &str, memcpy: f64, png: &std::path::Path) -> anyhow::Result<
         .parent()
         .context("benches/ sits in the workspace")?;
     let doc = root.join("BENCHMARKS.md");
-    let text = std::fs::read_to_string(&doc).with_context(|| format!("reading {}", doc.display()))?;
+    let text =
+        std::fs::read_to_string(&doc).with_context(|| format!("reading {}", doc.display()))?;
     let (Some(begin), Some(end)) = (text.find(FIGURES_BEGIN), text.find(FIGURES_END)) else {
         anyhow::bail!(
             "{} has no figures block: put the lines `{FIGURES_BEGIN}` and `{FIGURES_END}` where the figures go",
@@ -272,7 +273,11 @@ fn publish(figures: &str, memcpy: f64, png: &std::path::Path) -> anyhow::Result<
     if png.exists() {
         std::fs::copy(png, plots.join("throughput.png"))?;
     }
-    say(format!("published: {} and {}", doc.display(), plots.join("throughput.png").display()));
+    say(format!(
+        "published: {} and {}",
+        doc.display(),
+        plots.join("throughput.png").display()
+    ));
     Ok(())
 }
 

@@ -85,8 +85,12 @@ impl Sink for Blackhole {
             histogram: Histogram::default(),
             last_written: None,
         };
-        // Fail at open, not at the first flush, when the folder is not granted.
-        sink.write_report()?;
+        // Fail at open, not at the first flush, when the folder is not
+        // granted: a config to fix, not a fault to retry.
+        sink.write_report().map_err(|e| match e {
+            Error::Retriable(m) => Error::InvalidConfig(m),
+            other => other,
+        })?;
         Ok(sink)
     }
 
