@@ -289,18 +289,28 @@ impl BatchWriter {
         write_value: impl FnOnce(&mut Vec<u8>),
     ) {
         let start = self.buf.len();
-        self.buf.extend_from_slice(&0u32.to_le_bytes()); // record length, patched below
-        self.buf
-            .extend_from_slice(&timestamp.unwrap_or(NO_TIMESTAMP).to_le_bytes());
+        // The fields before the value go in as one fixed-size write (one
+        // capacity check, no copy loop): record length, timestamp, key
+        // length and, without a key, the value length. Both lengths are
+        // patched below.
+        let timestamp = timestamp.unwrap_or(NO_TIMESTAMP).to_le_bytes();
         match key {
-            None => self.buf.extend_from_slice(&NULL_KEY.to_le_bytes()),
+            None => {
+                let mut fixed = [0u8; 20];
+                fixed[4..12].copy_from_slice(&timestamp);
+                fixed[12..16].copy_from_slice(&NULL_KEY.to_le_bytes());
+                self.buf.extend_from_slice(&fixed);
+            }
             Some(k) => {
-                self.buf.extend_from_slice(&len_u32(k.len()).to_le_bytes());
+                let mut fixed = [0u8; 16];
+                fixed[4..12].copy_from_slice(&timestamp);
+                fixed[12..16].copy_from_slice(&len_u32(k.len()).to_le_bytes());
+                self.buf.extend_from_slice(&fixed);
                 self.buf.extend_from_slice(k);
+                self.buf.extend_from_slice(&[0; 4]);
             }
         }
-        let value_len_at = self.buf.len();
-        self.buf.extend_from_slice(&0u32.to_le_bytes());
+        let value_len_at = self.buf.len() - 4;
         write_value(&mut self.buf);
         let value_len = len_u32(self.buf.len() - value_len_at - 4);
         self.buf[value_len_at..value_len_at + 4].copy_from_slice(&value_len.to_le_bytes());
