@@ -648,6 +648,17 @@ mod tests {
     }
 
     #[test]
+    fn value_bytes_are_summed_while_checking() {
+        let bytes = sample();
+        let batch = Batch::parse(&bytes).unwrap();
+        let walked: u64 = batch.iter().map(|r| r.value.len() as u64).sum();
+        assert_eq!(batch.value_bytes(), walked);
+        assert_eq!(walked, 3 + 3 + 5, "keys and headers do not count");
+        let empty = Batch::empty();
+        assert_eq!(Batch::parse(&empty).unwrap().value_bytes(), 0);
+    }
+
+    #[test]
     fn skip_and_concat_copy_records_verbatim() {
         let bytes = sample();
         let batch = Batch::parse(&bytes).unwrap();

@@ -44,10 +44,19 @@ pub struct Run {
     pub fsync: &'static str,
     /// Stamp records for latency.
     pub stamp: bool,
+    /// Have the sink write its report (what [`run`] reads).
+    pub report: bool,
 }
 
 impl Run {
-    fn manifest(&self) -> String {
+    /// The run's manifest: `gen` → topic `bench` → `hole`.
+    pub fn manifest(&self) -> String {
+        let report = if self.report {
+            "\n[connector.config]\nreport_dir = \"/report\"\n\n[connector.grants]\n\
+             files = [{ host = \"report\", guest = \"/report\", mode = \"read-write\" }]\n"
+        } else {
+            ""
+        };
         format!(
             r#"[broker]
 kind = "embedded"
@@ -75,19 +84,14 @@ name = "hole"
 kind = "sink"
 plugin = "blackhole"
 topic = "bench"
-
-[connector.config]
-report_dir = "/report"
-
-[connector.grants]
-files = [{{ host = "report", guest = "/report", mode = "read-write" }}]
-"#,
+{report}"#,
             fsync = self.fsync,
             batch = BATCH_RECORDS,
             count = self.count,
             rate = self.rate,
             payload = self.payload,
             stamp = self.stamp,
+            report = report,
         )
     }
 }

@@ -127,30 +127,34 @@ fn main() -> anyhow::Result<()> {
                     rate: n,
                 });
                 let headline = payload == 100 && batch == 1024;
-                report.add(Figure {
-                    section: "boundary",
-                    name: format!("wasm   {payload} B, batch {batch}"),
-                    value: w,
-                    unit: "rec/s",
-                    aside: Some(format!("{w_mb:.0} MB/s")),
-                    target: headline.then(|| Target::at_least(20e6)).flatten(),
-                });
-                report.add(Figure {
-                    section: "boundary",
-                    name: format!("native {payload} B, batch {batch}"),
-                    value: n,
-                    unit: "rec/s",
-                    aside: Some(format!("{n_mb:.0} MB/s")),
-                    target: None,
-                });
-                report.add(Figure {
-                    section: "boundary",
-                    name: format!("wasm/native {payload} B, batch {batch}"),
-                    value: w / n,
-                    unit: "x",
-                    aside: None,
-                    target: Target::at_least(0.8),
-                });
+                report.add(
+                    Figure::new(
+                        "boundary",
+                        format!("wasm   {payload} B, batch {batch}"),
+                        w,
+                        "rec/s",
+                    )
+                    .aside(format!("{w_mb:.0} MB/s"))
+                    .target(headline.then(|| Target::at_least(20e6)).flatten()),
+                );
+                report.add(
+                    Figure::new(
+                        "boundary",
+                        format!("native {payload} B, batch {batch}"),
+                        n,
+                        "rec/s",
+                    )
+                    .aside(format!("{n_mb:.0} MB/s")),
+                );
+                report.add(
+                    Figure::new(
+                        "boundary",
+                        format!("wasm/native {payload} B, batch {batch}"),
+                        w / n,
+                        "x",
+                    )
+                    .target(Target::at_least(0.8)),
+                );
             }
         }
     }
@@ -172,22 +176,26 @@ fn main() -> anyhow::Result<()> {
             let d = runtime.block_on(density::start_idle(&plugins, count))?;
             let per = d.instantiate.as_secs_f64() * 1e6 / count as f64;
             let open = d.open.as_secs_f64() * 1e6 / count as f64;
-            report.add(Figure {
-                section: "density",
-                name: format!("{count} instances: instantiate, each"),
-                value: per,
-                unit: "µs",
-                aside: Some(format!("open {open:.1} µs")),
-                target: Target::at_most(100.0),
-            });
-            report.add(Figure {
-                section: "density",
-                name: format!("{count} instances: resident memory"),
-                value: d.rss_mib,
-                unit: "MiB",
-                aside: Some(format!("{:.0} KiB each", d.rss_mib * 1024.0 / count as f64)),
-                target: (count == 1000).then(|| Target::at_most(1024.0)).flatten(),
-            });
+            report.add(
+                Figure::new(
+                    "density",
+                    format!("{count} instances: instantiate, each"),
+                    per,
+                    "µs",
+                )
+                .aside(format!("open {open:.1} µs"))
+                .target(Target::at_most(100.0)),
+            );
+            report.add(
+                Figure::new(
+                    "density",
+                    format!("{count} instances: resident memory"),
+                    d.rss_mib,
+                    "MiB",
+                )
+                .aside(format!("{:.0} KiB each", d.rss_mib * 1024.0 / count as f64))
+                .target((count == 1000).then(|| Target::at_most(1024.0)).flatten()),
+            );
         }
     }
 
@@ -200,22 +208,17 @@ fn main() -> anyhow::Result<()> {
             .map(|p| p.as_secs_f64() * 1e3)
             .collect();
         pauses.sort_by(f64::total_cmp);
-        report.add(Figure {
-            section: "swap",
-            name: "pause p50".into(),
-            value: quantile(&pauses, 0.5),
-            unit: "ms",
-            aside: None,
-            target: None,
-        });
-        report.add(Figure {
-            section: "swap",
-            name: "pause p99".into(),
-            value: quantile(&pauses, 0.99),
-            unit: "ms",
-            aside: Some(format!("max {:.2} ms", quantile(&pauses, 1.0))),
-            target: Target::at_most(5.0),
-        });
+        report.add(Figure::new(
+            "swap",
+            "pause p50",
+            quantile(&pauses, 0.5),
+            "ms",
+        ));
+        report.add(
+            Figure::new("swap", "pause p99", quantile(&pauses, 0.99), "ms")
+                .aside(format!("max {:.2} ms", quantile(&pauses, 1.0)))
+                .target(Target::at_most(5.0)),
+        );
     }
 
     let summary = machine.summary();
@@ -297,17 +300,16 @@ fn end_to_end_section(
                 .transpose()?
                 .map(|batches| batches * f64::from(end_to_end::BATCH_RECORDS));
             if let Some(limit) = disk_limit {
-                report.add(Figure {
-                    section: "end to end",
-                    name: format!("disk: {} KiB appends + fdatasync", bytes / 1024),
-                    value: limit,
-                    unit: "rec/s",
-                    aside: Some(format!(
-                        "{:.0} syncs/s",
-                        limit / f64::from(end_to_end::BATCH_RECORDS)
-                    )),
-                    target: None,
-                });
+                let syncs = limit / f64::from(end_to_end::BATCH_RECORDS);
+                report.add(
+                    Figure::new(
+                        "end to end",
+                        format!("disk: {} KiB appends + fdatasync", bytes / 1024),
+                        limit,
+                        "rec/s",
+                    )
+                    .aside(format!("{syncs:.0} syncs/s")),
+                );
             }
             // About two seconds of work at the rate last measured here.
             let count = match (fsync, payload) {
@@ -328,6 +330,7 @@ fn end_to_end_section(
                         rate: 0,
                         fsync,
                         stamp: false,
+                        report: true,
                     },
                 )?;
                 throughput.push(rates(
@@ -343,14 +346,16 @@ fn end_to_end_section(
                 (_, Some(limit)) => Target::at_least(0.8 * limit),
                 _ => None,
             };
-            report.add(Figure {
-                section: "end to end",
-                name: format!("fsync {fsync}, {payload} B"),
-                value: r,
-                unit: "rec/s",
-                aside: Some(format!("{mb:.0} MB/s")),
-                target,
-            });
+            report.add(
+                Figure::new(
+                    "end to end",
+                    format!("fsync {fsync}, {payload} B"),
+                    r,
+                    "rec/s",
+                )
+                .aside(format!("{mb:.0} MB/s"))
+                .target(target),
+            );
             let rate = 100_000;
             let latency = end_to_end::run(
                 bin,
@@ -362,28 +367,28 @@ fn end_to_end_section(
                     rate,
                     fsync,
                     stamp: true,
+                    report: true,
                 },
             )?;
             let l = latency
                 .sink
                 .latency
                 .context("blackhole measured no latency")?;
-            report.add(Figure {
-                section: "end to end",
-                name: format!("fsync {fsync}, {payload} B at 100k rec/s: latency p50"),
-                value: l.p50_us as f64 / 1e3,
-                unit: "ms",
-                aside: None,
-                target: None,
-            });
-            report.add(Figure {
-                section: "end to end",
-                name: format!("fsync {fsync}, {payload} B at 100k rec/s: latency p99"),
-                value: l.p99_us as f64 / 1e3,
-                unit: "ms",
-                aside: Some(format!("max {:.1} ms", l.max_us as f64 / 1e3)),
-                target: None,
-            });
+            report.add(Figure::new(
+                "end to end",
+                format!("fsync {fsync}, {payload} B at 100k rec/s: latency p50"),
+                l.p50_us as f64 / 1e3,
+                "ms",
+            ));
+            report.add(
+                Figure::new(
+                    "end to end",
+                    format!("fsync {fsync}, {payload} B at 100k rec/s: latency p99"),
+                    l.p99_us as f64 / 1e3,
+                    "ms",
+                )
+                .aside(format!("max {:.1} ms", l.max_us as f64 / 1e3)),
+            );
         }
     }
     Ok(())
@@ -401,6 +406,7 @@ fn startup_section(
         rate: 0,
         fsync: "interval",
         stamp: false,
+        report: true,
     };
     let mut cold = Vec::new();
     let mut warm = Vec::new();
@@ -415,21 +421,24 @@ fn startup_section(
     }
     cold.sort_by(f64::total_cmp);
     warm.sort_by(f64::total_cmp);
-    report.add(Figure {
-        section: "startup",
-        name: "to first record, compile cache warm (median)".into(),
-        value: quantile(&warm, 0.5),
-        unit: "ms",
-        aside: Some(format!("{} runs", warm.len())),
-        target: Target::at_most(100.0),
-    });
-    report.add(Figure {
-        section: "startup",
-        name: "to first record, no cache (median)".into(),
-        value: quantile(&cold, 0.5),
-        unit: "ms",
-        aside: Some(format!("{} runs", cold.len())),
-        target: None,
-    });
+    report.add(
+        Figure::new(
+            "startup",
+            "to first record, compile cache warm (median)",
+            quantile(&warm, 0.5),
+            "ms",
+        )
+        .aside(format!("{} runs", warm.len()))
+        .target(Target::at_most(100.0)),
+    );
+    report.add(
+        Figure::new(
+            "startup",
+            "to first record, no cache (median)",
+            quantile(&cold, 0.5),
+            "ms",
+        )
+        .aside(format!("{} runs", cold.len())),
+    );
     Ok(())
 }

@@ -64,6 +64,46 @@ pub struct Figure {
 }
 
 impl Figure {
+    /// A figure of `section` with nothing beside it and no target.
+    pub fn new(
+        section: &'static str,
+        name: impl Into<String>,
+        value: f64,
+        unit: &'static str,
+    ) -> Self {
+        Figure {
+            section,
+            name: name.into(),
+            value,
+            unit,
+            aside: None,
+            target: None,
+        }
+    }
+
+    /// With a secondary figure printed beside it.
+    pub fn aside(mut self, aside: impl Into<String>) -> Self {
+        self.aside = Some(aside.into());
+        self
+    }
+
+    /// Held against `target`, if there is one.
+    pub fn target(mut self, target: Option<Target>) -> Self {
+        self.target = target;
+        self
+    }
+
+    /// The cells of its row: name, value, beside, target, verdict.
+    fn cells(&self) -> [String; 5] {
+        [
+            self.name.clone(),
+            human(self.value, self.unit),
+            self.aside.clone().unwrap_or_default(),
+            self.target_text(),
+            self.verdict().to_owned(),
+        ]
+    }
+
     /// Met, missed, or no target.
     pub fn verdict(&self) -> &'static str {
         match &self.target {
@@ -124,14 +164,8 @@ pub struct Report {
 impl Report {
     /// Records `figure` and prints it as one aligned line.
     pub fn add(&mut self, figure: Figure) {
-        let line = format!(
-            "  {:<42} {:>16} {:>12}   {:<18} {}",
-            figure.name,
-            human(figure.value, figure.unit),
-            figure.aside.as_deref().unwrap_or(""),
-            figure.target_text(),
-            figure.verdict()
-        );
+        let [name, value, aside, target, verdict] = figure.cells();
+        let line = format!("  {name:<42} {value:>16} {aside:>12}   {target:<18} {verdict}");
         say(line.trim_end());
         self.figures.push(figure);
     }
@@ -149,15 +183,7 @@ impl Report {
                     "\n### {section}\n\n| figure | value | beside | target | |\n| --- | ---: | ---: | --- | --- |"
                 );
             }
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | {} | {} |",
-                f.name,
-                human(f.value, f.unit),
-                f.aside.as_deref().unwrap_or(""),
-                f.target_text(),
-                f.verdict()
-            );
+            let _ = writeln!(out, "| {} |", f.cells().join(" | "));
         }
         out
     }
@@ -195,14 +221,7 @@ mod tests {
 
     #[test]
     fn verdicts_follow_the_goal() {
-        let f = |value, target| Figure {
-            section: "t",
-            name: "n".into(),
-            value,
-            unit: "ms",
-            aside: None,
-            target,
-        };
+        let f = |value, target| Figure::new("t", "n", value, "ms").target(target);
         assert_eq!(f(4.0, Target::at_most(5.0)).verdict(), "met");
         assert_eq!(f(6.0, Target::at_most(5.0)).verdict(), "MISSED");
         assert_eq!(f(6.0, Target::at_least(5.0)).verdict(), "met");

@@ -11,6 +11,8 @@ use sluice::manifest::Manifest;
 use sluice::pipeline;
 use sluice::plugin::{PluginHost, PluginRef};
 
+use crate::end_to_end::Run;
+
 /// Pauses of `swaps` swaps of the `blackhole` sink's module, with `rate`
 /// records per second of `payload` bytes flowing, in a pipeline under `dir`.
 pub async fn pauses(
@@ -21,31 +23,16 @@ pub async fn pauses(
     payload: u32,
 ) -> anyhow::Result<Vec<Duration>> {
     let path = dir.join("sluice.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"[broker]
-kind = "embedded"
-data_dir = "data"
-
-[[connector]]
-name = "gen"
-kind = "source"
-plugin = "datagen"
-topic = "bench"
-
-[connector.config]
-rate = {rate}
-payload_bytes = {payload}
-
-[[connector]]
-name = "hole"
-kind = "sink"
-plugin = "blackhole"
-topic = "bench"
-"#
-        ),
-    )?;
+    let run = Run {
+        payload,
+        count: 0,
+        rate,
+        fsync: "interval",
+        stamp: false,
+        // A report written at each new instance's open would sit in the pause.
+        report: false,
+    };
+    std::fs::write(&path, run.manifest())?;
     let manifest = Manifest::load(&path)?;
     let connectors = pipeline::check(&manifest, &plugins).await?;
     let running = pipeline::start(&manifest, plugins.clone(), connectors).await?;
