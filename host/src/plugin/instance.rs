@@ -313,6 +313,20 @@ impl SourceInstance {
         r.map_err(|e| plugin_error(&self.plugin, "commit", e, &self.redactor))
     }
 
+    /// Calls `spec` and discards the answer: the instance's first call,
+    /// which touches its memory for the first time, so that the first call
+    /// that matters (a swap's `open`, inside the swap's pause) does not pay
+    /// for that.
+    pub async fn warm(&mut self) -> Result<(), PluginError> {
+        sandbox::arm(&mut self.store);
+        let fut = self
+            .api
+            .sluice_connector_source_api()
+            .call_spec(&mut self.store);
+        guarded(&self.plugin, "spec", &self.limits, &self.stderr, fut).await?;
+        Ok(())
+    }
+
     /// Calls `close`.
     pub async fn close(&mut self) -> Result<(), PluginError> {
         sandbox::arm(&mut self.store);
@@ -456,6 +470,20 @@ impl SinkInstance {
             .call_flush(&mut self.store);
         let r = guarded(&self.plugin, "flush", &self.limits, &self.stderr, fut).await?;
         r.map_err(|e| plugin_error(&self.plugin, "flush", e, &self.redactor))
+    }
+
+    /// Calls `spec` and discards the answer: the instance's first call,
+    /// which touches its memory for the first time, so that the first call
+    /// that matters (a swap's `open`, inside the swap's pause) does not pay
+    /// for that.
+    pub async fn warm(&mut self) -> Result<(), PluginError> {
+        sandbox::arm(&mut self.store);
+        let fut = self
+            .api
+            .sluice_connector_sink_api()
+            .call_spec(&mut self.store);
+        guarded(&self.plugin, "spec", &self.limits, &self.stderr, fut).await?;
+        Ok(())
     }
 
     /// Calls `close`.

@@ -337,27 +337,29 @@ impl SwapTimer {
 /// The end of a swap whose new instance has opened: unless whoever asked
 /// has given up meanwhile (and may have swapped other instances back), the
 /// new instance takes `current`'s place and the old one is closed. Returns
-/// whether it switched; if not, the new instance is closed and `current`
-/// goes on.
+/// the old instance, closed, if it switched: the caller drops it after
+/// answering, since dropping a store unmaps its memory and that need not
+/// be in the pause. If it did not switch, the new instance is closed and
+/// `current` goes on.
 pub(crate) async fn switch<I>(
     current: &mut I,
     mut new: I,
     done: &oneshot::Sender<Result<Duration, String>>,
     mut close: impl AsyncFnMut(&mut I) -> Result<(), crate::plugin::PluginError>,
-) -> bool {
+) -> Option<I> {
     if done.is_closed() {
         tracing::warn!("the swap was withdrawn while the new module opened; the old one goes on");
         if let Err(e) = close(&mut new).await {
             tracing::warn!(error = %e, "closing the withdrawn module failed");
         }
-        return false;
+        return None;
     }
     let mut old = std::mem::replace(current, new);
     if let Err(e) = close(&mut old).await {
         tracing::warn!(error = %e, "the old module failed to close after the swap");
     }
     tracing::info!("module swapped");
-    true
+    Some(old)
 }
 
 /// Says when every source writing a topic has reached its end, so sinks

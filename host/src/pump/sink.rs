@@ -261,16 +261,16 @@ impl<B: Broker> SinkPump<B> {
                 return timer.answer(done, Err(e.to_string()));
             }
         };
-        if !switch(
+        let Some(old) = switch(
             &mut self.instance,
             new,
             &done,
             async |i: &mut SinkInstance| i.close().await,
         )
         .await
-        {
+        else {
             return;
-        }
+        };
         for a in &mut self.assignments {
             if let Some(o) = stored
                 .iter()
@@ -288,6 +288,7 @@ impl<B: Broker> SinkPump<B> {
             }
         }
         timer.answer(done, Ok(()));
+        drop(old);
     }
 
     /// True when every assigned topic is sealed and read to its end.

@@ -174,7 +174,7 @@ impl<B: Broker> SourcePump<B> {
             tracing::warn!(error = %e, "the new module did not open; the old one goes on");
             return timer.answer(done, Err(e.to_string()));
         }
-        if switch(
+        if let Some(old) = switch(
             &mut self.instance,
             new,
             &done,
@@ -183,6 +183,7 @@ impl<B: Broker> SourcePump<B> {
         .await
         {
             timer.answer(done, Ok(()));
+            drop(old);
         }
     }
 

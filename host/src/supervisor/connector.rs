@@ -743,12 +743,18 @@ impl RunningConnector {
             state: Some(self.state.clone()),
             redactor: self.host.redactor.clone(),
         };
+        // Instantiated and warmed (its first call made) while the old
+        // instance runs: only `open` and the switch are in the pause.
         let replacement = match self.report.kind {
             ConnectorKind::Source => {
-                Replacement::Source(self.host.plugins.source(&to.plugin, &setup).await?)
+                let mut new = self.host.plugins.source(&to.plugin, &setup).await?;
+                new.warm().await?;
+                Replacement::Source(new)
             }
             ConnectorKind::Sink => {
-                Replacement::Sink(self.host.plugins.sink(&to.plugin, &setup).await?)
+                let mut new = self.host.plugins.sink(&to.plugin, &setup).await?;
+                new.warm().await?;
+                Replacement::Sink(new)
             }
         };
         let (done, answer) = oneshot::channel();
