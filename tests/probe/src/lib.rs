@@ -12,11 +12,12 @@
 //! The tests route that record to a file sink and read it, so each outcome
 //! travels the same way a real record does.
 //!
-//! [`LineFile`] is what the sink fixtures write the records they take into.
+//! [`LineFile`] is what the sink fixtures write the records they take into,
+//! and [`MarkedSink`] the sink the swap fixtures share.
 
 use std::fmt::Display;
 
-use sluice_sdk::{BatchWriter, Error, Poll};
+use sluice_sdk::{Batch, BatchWriter, Context, Error, Origin, Poll, Rejects, Sink};
 
 /// What a probe found.
 #[derive(Debug, Clone)]
@@ -214,5 +215,58 @@ impl LineFile {
     pub fn flush(&mut self) -> Result<(), Error> {
         use std::io::Write;
         self.0.flush().map_err(|e| Error::retriable(e.to_string()))
+    }
+}
+
+/// What sets one "newer `file-sink`" fixture of the swap tests apart from
+/// another: the mark before each line, and which file an instance writes
+/// (or that it refuses to open). The rest is [`MarkedSink`].
+pub trait Marked: 'static {
+    /// Written before each record's value, e.g. `b"v2 "`.
+    const MARK: &'static [u8];
+
+    /// The file instance `ctx.index` appends its lines to, under
+    /// `config.path`; an error fails its `open`.
+    fn file(config: &FileSinkConfig, ctx: &Context) -> Result<String, Error>;
+}
+
+/// A sink fixture writing each record's value as a line `<MARK><value>`
+/// into the file `M::file` names, made durable on flush and close. It
+/// stores no offsets of its own: the host resumes it from its group's
+/// committed offsets.
+#[derive(Debug)]
+pub struct MarkedSink<M> {
+    file: LineFile,
+    marked: std::marker::PhantomData<M>,
+}
+
+impl<M: Marked> Sink for MarkedSink<M> {
+    type Config = FileSinkConfig;
+
+    fn open(config: FileSinkConfig, ctx: &Context) -> Result<Self, Error> {
+        Ok(MarkedSink {
+            file: LineFile::append(&M::file(&config, ctx)?)?,
+            marked: std::marker::PhantomData,
+        })
+    }
+
+    fn write(
+        &mut self,
+        _origin: &Origin,
+        batch: Batch<'_>,
+        _rejects: &mut Rejects,
+    ) -> Result<(), Error> {
+        for record in batch.iter() {
+            self.file.marked_line(M::MARK, record.value)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), Error> {
+        self.file.sync()
+    }
+
+    fn close(&mut self) -> Result<(), Error> {
+        self.flush()
     }
 }
