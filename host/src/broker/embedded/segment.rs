@@ -282,3 +282,67 @@ pub fn truncate(path: &Path, len: u64) -> std::io::Result<()> {
     f.set_len(len)?;
     f.sync_all()
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Takes at most `per_call` bytes of the first slice each call, and
+    /// is interrupted once first, as a slow or signalled file might be.
+    struct Trickle {
+        out: Vec<u8>,
+        per_call: usize,
+        interrupted: bool,
+    }
+
+    impl Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if !self.interrupted {
+                self.interrupted = true;
+                return Err(std::io::ErrorKind::Interrupted.into());
+            }
+            let n = buf.len().min(self.per_call);
+            self.out.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_frame_written_in_pieces_reads_back_whole() {
+        let batch = b"\x01\x00\x00\x00\x00";
+        let head = encode_head(7, 0, "gen/0", b"pos", batch);
+        let mut w = Trickle {
+            out: Vec::new(),
+            per_call: 3,
+            interrupted: false,
+        };
+        write_frame(&mut w, &head, batch).unwrap();
+        assert_eq!(w.out.len(), head.len() + batch.len());
+        let body = verify(&w.out, Path::new("seg"), 0).unwrap();
+        assert_eq!(body.base_offset, 7);
+        assert_eq!(body.producer, "gen/0");
+        assert_eq!(body.position, b"pos");
+        assert_eq!(body.batch, batch);
+    }
+
+    #[test]
+    fn a_writer_that_takes_nothing_is_an_error_not_a_loop() {
+        struct Full;
+        impl Write for Full {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                Ok(0)
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let head = encode_head(0, 0, "", b"", b"x");
+        let e = write_frame(&mut Full, &head, b"x").unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::WriteZero);
+    }
+}
