@@ -27,8 +27,8 @@ demo:
 # beside its target and this machine's limits; a few minutes. Writes target/bench/ (results.md,
 # results.json, throughput.png). Arguments go to the bench, e.g. `just bench --only boundary`.
 bench *ARGS:
-    cargo build --release -p sluice -p sluice-bench
-    ./target/release/sluice-bench {{ARGS}}
+    cargo build --release -p sluice
+    cargo run --release -p sluice-bench -- {{ARGS}}
 
 # The daemon on examples/daemon/data, with the example's connectors (Ctrl-C stops it cleanly).
 serve:

@@ -11,12 +11,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
 use blackhole::Report as SinkReport;
+use sluice_batch::BatchWriter;
 
 /// Records per source batch in every run (and in the disk baseline).
 pub const BATCH_RECORDS: u32 = 1000;
-/// Fixed size of a record in a batch besides its value (see
-/// docs/batch-format.md).
-const RECORD_OVERHEAD: u64 = 22;
 
 /// The `sluice` binary beside this one.
 pub fn sluice_binary() -> anyhow::Result<PathBuf> {
@@ -171,9 +169,15 @@ pub fn run(bin: &Path, work: &Path, cache: &Path, run: &Run) -> anyhow::Result<O
     Ok(Outcome { sink, spawned_us })
 }
 
-/// Bytes the log appends per batch of `payload`-byte records.
+/// Bytes of one batch of [`BATCH_RECORDS`] unstamped `payload`-byte records,
+/// as the log appends them.
 pub fn batch_bytes(payload: u32) -> u64 {
-    u64::from(BATCH_RECORDS) * (u64::from(payload) + RECORD_OVERHEAD) + 5
+    let value = vec![b'x'; payload as usize];
+    let mut batch = BatchWriter::new();
+    for _ in 0..BATCH_RECORDS {
+        batch.push_value(&value);
+    }
+    batch.encoded_len() as u64
 }
 
 /// The disk's group-commit limit: batches of `bytes` appended to a plain

@@ -135,7 +135,7 @@ fn main() -> anyhow::Result<()> {
                         "rec/s",
                     )
                     .aside(format!("{w_mb:.0} MB/s"))
-                    .target(headline.then(|| Target::at_least(20e6)).flatten()),
+                    .target(headline.then(|| Target::at_least(20e6))),
                 );
                 report.add(
                     Figure::new(
@@ -194,7 +194,7 @@ fn main() -> anyhow::Result<()> {
                     "MiB",
                 )
                 .aside(format!("{:.0} KiB each", d.rss_mib * 1024.0 / count as f64))
-                .target((count == 1000).then(|| Target::at_most(1024.0)).flatten()),
+                .target((count == 1000).then(|| Target::at_most(1024.0))),
             );
         }
     }
@@ -342,8 +342,8 @@ fn end_to_end_section(
             throughput.sort_by(|a, b| a.0.total_cmp(&b.0));
             let (r, mb) = throughput[throughput.len() / 2];
             let target = match (fsync, disk_limit) {
-                ("interval", _) if payload == 100 => Target::at_least(5e6),
-                (_, Some(limit)) => Target::at_least(0.8 * limit),
+                ("interval", _) if payload == 100 => Some(Target::at_least(5e6)),
+                (_, Some(limit)) => Some(Target::at_least(0.8 * limit)),
                 _ => None,
             };
             report.add(

@@ -23,19 +23,19 @@ pub struct Target {
 
 impl Target {
     /// At least `value`.
-    pub fn at_least(value: f64) -> Option<Target> {
-        Some(Target {
+    pub fn at_least(value: f64) -> Target {
+        Target {
             goal: Goal::AtLeast,
             value,
-        })
+        }
     }
 
     /// At most `value`.
-    pub fn at_most(value: f64) -> Option<Target> {
-        Some(Target {
+    pub fn at_most(value: f64) -> Target {
+        Target {
             goal: Goal::AtMost,
             value,
-        })
+        }
     }
 
     fn met(&self, v: f64) -> bool {
@@ -88,8 +88,8 @@ impl Figure {
     }
 
     /// Held against `target`, if there is one.
-    pub fn target(mut self, target: Option<Target>) -> Self {
-        self.target = target;
+    pub fn target(mut self, target: impl Into<Option<Target>>) -> Self {
+        self.target = target.into();
         self
     }
 
@@ -221,10 +221,10 @@ mod tests {
 
     #[test]
     fn verdicts_follow_the_goal() {
-        let f = |value, target| Figure::new("t", "n", value, "ms").target(target);
-        assert_eq!(f(4.0, Target::at_most(5.0)).verdict(), "met");
-        assert_eq!(f(6.0, Target::at_most(5.0)).verdict(), "MISSED");
-        assert_eq!(f(6.0, Target::at_least(5.0)).verdict(), "met");
+        let f = |value, target: Option<Target>| Figure::new("t", "n", value, "ms").target(target);
+        assert_eq!(f(4.0, Some(Target::at_most(5.0))).verdict(), "met");
+        assert_eq!(f(6.0, Some(Target::at_most(5.0))).verdict(), "MISSED");
+        assert_eq!(f(6.0, Some(Target::at_least(5.0))).verdict(), "met");
         assert_eq!(f(6.0, None).verdict(), "");
     }
 }
