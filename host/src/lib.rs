@@ -16,16 +16,30 @@
 //!   backoff, stop, pause, restart one, and swapping a module while records
 //!   flow ([`supervisor::RunningConnector`]).
 //! - [`broker`]: the [`broker::Broker`] trait and the embedded durable log.
+//! - [`lifecycle`]: what pumps and supervisor share: the stop signal and
+//!   the restart backoff policy.
 //! - [`pump`]: the source and sink loops (batching, commits, backpressure).
-//! - [`pipeline`]: validating a manifest and running its connectors.
+//! - [`check`]: a manifest's connectors checked against their plugins,
+//!   once, into the typed values the rest of the host runs.
+//! - [`pipeline`]: running a manifest's connectors (`sluice run`).
 //! - [`admin`]: the daemon (`sluice serve`): connectors kept across
 //!   restarts, the HTTP admin API, metrics, and the CLI's client.
 //!
-//! The `sluice` binary (`src/main.rs`) is a thin CLI over these.
+//! Imports point down: `manifest` imports nothing of the host; `secrets`,
+//! `grants` and `lifecycle` read it; `plugin` builds on those and `broker` on
+//! `plugin` (its state store); `check` and `pump` sit above them, then
+//! `supervisor`, `pipeline` and `admin`, in that order. A piece two modules
+//! share lives in a module below both (`tests/layout.rs` checks that no two
+//! sibling modules import each other).
+//!
+//! The `sluice` binary (`src/main.rs`, one module per verb in `src/cli/`) is
+//! a thin CLI over these.
 
 pub mod admin;
 pub mod broker;
+pub mod check;
 pub mod grants;
+pub mod lifecycle;
 pub mod manifest;
 pub mod pipeline;
 pub mod plugin;

@@ -9,40 +9,14 @@
 //! through a [`Redactor`] that replaces every secret value with `***`.
 
 use std::borrow::Cow;
-use std::collections::BTreeSet;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::manifest::{ConnectorConfig, Manifest, SecretSource};
+use crate::manifest::{ConnectorConfig, Manifest, SECRET_REF_PREFIX, SecretSource};
 
 /// What the redactor writes instead of a secret.
 pub const MASK: &str = "***";
-
-const PREFIX: &str = "${secret:";
-
-/// The names of the secrets a config refers to, as `${secret:NAME}`.
-pub fn references(config: &toml::Table) -> BTreeSet<String> {
-    fn walk(v: &toml::Value, out: &mut BTreeSet<String>) {
-        match v {
-            toml::Value::String(s) => {
-                let mut rest = s.as_str();
-                while let Some(at) = rest.find(PREFIX) {
-                    let after = &rest[at + PREFIX.len()..];
-                    let Some(end) = after.find('}') else { break };
-                    out.insert(after[..end].to_owned());
-                    rest = &after[end + 1..];
-                }
-            }
-            toml::Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
-            toml::Value::Table(t) => t.values().for_each(|v| walk(v, out)),
-            _ => {}
-        }
-    }
-    let mut out = BTreeSet::new();
-    config.values().for_each(|v| walk(v, &mut out));
-    out
-}
 
 /// A secret that cannot be read. Names where it was looked for, never a
 /// value.
@@ -133,9 +107,9 @@ impl Secrets {
     /// value. The manifest check made sure every name is granted.
     pub fn substitute(&self, config: &mut serde_json::Value) {
         match config {
-            serde_json::Value::String(s) if s.contains(PREFIX) => {
+            serde_json::Value::String(s) if s.contains(SECRET_REF_PREFIX) => {
                 for (name, value) in &self.0 {
-                    let pattern = format!("{PREFIX}{name}}}");
+                    let pattern = format!("{SECRET_REF_PREFIX}{name}}}");
                     if s.contains(&pattern) {
                         *s = s.replace(&pattern, value);
                     }
@@ -238,15 +212,6 @@ impl Redactor {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-
-    #[test]
-    fn references_are_found_in_nested_strings() {
-        let t: toml::Table =
-            toml::from_str("a = \"x${secret:one}y${secret:two}\"\n[b]\nc = [\"${secret:three}\"]")
-                .unwrap();
-        let r: Vec<String> = references(&t).into_iter().collect();
-        assert_eq!(r, ["one", "three", "two"]);
-    }
 
     #[test]
     fn substitution_and_redaction() {

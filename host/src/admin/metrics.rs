@@ -14,10 +14,9 @@ use metrics::{Key, Label, Metadata, Recorder as _, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
 use metrics_util::MetricKindMask;
 
-use super::daemon::Totals;
 use crate::manifest::ConnectorKind;
 use crate::pump::PumpStats;
-use crate::supervisor::StatsFactory;
+use crate::supervisor::{ConnectorReport, StatsFactory};
 
 const RECORDS: &str = "sluice_connector_records_total";
 const BYTES: &str = "sluice_connector_bytes_total";
@@ -37,6 +36,41 @@ const BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     10.0,
 ];
+
+/// Counters summed over a connector's runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Totals {
+    /// Records moved.
+    pub records: u64,
+    /// Value bytes moved.
+    pub bytes: u64,
+    /// Records dead-lettered.
+    pub refused: u64,
+    /// Instance restarts after failures.
+    pub restarts: u64,
+}
+
+impl Totals {
+    /// The counters of one run.
+    pub(crate) fn of(r: &ConnectorReport) -> Totals {
+        Totals {
+            records: r.records(),
+            bytes: r.bytes(),
+            refused: r.refused(),
+            restarts: u64::from(r.restarts()),
+        }
+    }
+
+    /// Both runs' counters summed.
+    pub(crate) fn plus(self, o: Totals) -> Totals {
+        Totals {
+            records: self.records + o.records,
+            bytes: self.bytes + o.bytes,
+            refused: self.refused + o.refused,
+            restarts: self.restarts + o.restarts,
+        }
+    }
+}
 
 /// One connector, as a scrape sees it.
 #[derive(Debug, Clone)]

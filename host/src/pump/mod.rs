@@ -14,7 +14,11 @@ use std::time::{Duration, Instant, SystemTime};
 use metrics::Histogram;
 use tokio::sync::{Notify, oneshot, watch};
 
+use crate::lifecycle::RestartPolicy;
 use crate::plugin::{SinkInstance, SourceInstance};
+
+/// Re-exported: pumps are what it stops.
+pub use crate::lifecycle::StopSignal;
 
 pub use self::sink::{Assignment, DeadLetter, SinkPump, SinkPumpConfig, dlq_headers};
 pub use self::source::{SourceEnd, SourcePump, SourcePumpConfig};
@@ -90,56 +94,6 @@ impl PumpStats {
         match self.last_record_ms.load(Ordering::Relaxed) {
             0 => None,
             ms => Some(SystemTime::UNIX_EPOCH + Duration::from_millis(ms)),
-        }
-    }
-}
-
-/// Asks pumps to stop at their next batch boundary. Cheap to clone.
-#[derive(Debug, Clone)]
-pub struct StopSignal {
-    tx: watch::Sender<bool>,
-}
-
-impl Default for StopSignal {
-    fn default() -> Self {
-        StopSignal {
-            tx: watch::channel(false).0,
-        }
-    }
-}
-
-impl StopSignal {
-    /// A signal not yet given.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Gives the signal.
-    pub fn stop(&self) {
-        self.tx.send_replace(true);
-    }
-
-    /// Takes the signal back, so that what it stopped can start again.
-    pub fn reset(&self) {
-        self.tx.send_replace(false);
-    }
-
-    /// True once given.
-    pub fn is_stopped(&self) -> bool {
-        *self.tx.borrow()
-    }
-
-    /// Waits until given.
-    pub async fn stopped(&self) {
-        let mut rx = self.tx.subscribe();
-        let _ = rx.wait_for(|s| *s).await;
-    }
-
-    /// Sleeps for `d`, or less if the signal comes first.
-    pub async fn sleep(&self, d: Duration) {
-        tokio::select! {
-            () = tokio::time::sleep(d) => {}
-            () = self.stopped() => {}
         }
     }
 }
@@ -490,13 +444,13 @@ where
 /// the instance fails (its supervisor takes over).
 #[derive(Debug)]
 pub(crate) struct Retry {
-    policy: crate::supervisor::RestartPolicy,
+    policy: RestartPolicy,
     done: u32,
     delay: Duration,
 }
 
 impl Retry {
-    pub(crate) fn new(policy: crate::supervisor::RestartPolicy) -> Self {
+    pub(crate) fn new(policy: RestartPolicy) -> Self {
         Retry {
             policy,
             done: 0,
@@ -533,7 +487,6 @@ impl Retry {
 mod tests {
     use super::*;
     use crate::plugin::PluginError;
-    use crate::supervisor::RestartPolicy;
 
     fn error(retriable: bool) -> PluginError {
         let (plugin, call, message) = ("p".to_owned(), "write", "m".to_owned());

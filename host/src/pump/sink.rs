@@ -15,9 +15,9 @@ use super::{
     switch, when_space,
 };
 use crate::broker::{Broker, SourceCheckpoint};
+use crate::lifecycle::RestartPolicy;
 use crate::plugin::SinkInstance;
 use crate::plugin::instance::Refused;
-use crate::supervisor::RestartPolicy;
 
 /// Settings of a sink pump.
 #[derive(Debug, Clone)]

@@ -10,8 +10,8 @@ use super::{
     when_space,
 };
 use crate::broker::{Broker, SourceCheckpoint};
+use crate::lifecycle::RestartPolicy;
 use crate::plugin::{Polled, SourceInstance};
-use crate::supervisor::RestartPolicy;
 
 /// Batching settings of a source pump.
 #[derive(Debug, Clone)]

@@ -1,0 +1,241 @@
+//! Checking a manifest's connectors against their plugins, once: each
+//! plugin loaded and of the right kind, its secrets resolved, its config
+//! accepted by the plugin's own JSON Schema, its grants and restart policy
+//! read. What comes out is a [`CheckedConnector`], the typed value that
+//! everything downstream runs: `sluice validate` prints it, the
+//! [`crate::pipeline`] and the daemon start it, and the
+//! [`crate::supervisor`] runs and swaps it.
+//!
+//! It lives below both `pipeline` and `supervisor` because both need it.
+
+use std::fmt::Write as _;
+
+use anyhow::Context as _;
+
+use crate::grants::GrantSet;
+use crate::lifecycle::RestartPolicy;
+use crate::manifest::{ConnectorConfig, ConnectorKind, Manifest, ManifestError};
+use crate::plugin::{Plugin, PluginHost, PluginKind, PluginRef, Spec};
+use crate::secrets::{Redactor, Secrets};
+
+/// A connector whose plugin is loaded and whose config its schema accepts.
+/// Its `Debug` leaves out the config document, which may hold secrets.
+#[derive(Clone)]
+pub struct CheckedConnector {
+    /// As written in the manifest.
+    pub config: ConnectorConfig,
+    /// The loaded plugin.
+    pub plugin: Plugin,
+    /// Where it was loaded from.
+    pub plugin_ref: PluginRef,
+    /// What the plugin says of itself.
+    pub spec: Spec,
+    /// The config as the JSON document the plugin receives.
+    pub config_json: String,
+    /// What it may reach.
+    pub grants: GrantSet,
+    /// Its resolved secrets (already substituted into `config_json`).
+    pub secrets: Secrets,
+    /// How its failed instances are restarted.
+    pub restart: RestartPolicy,
+}
+
+impl std::fmt::Debug for CheckedConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckedConnector")
+            .field("name", self.config.name.get_ref())
+            .field("plugin", &self.plugin)
+            .field("grants", &self.grants)
+            .field("secrets", &self.secrets)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CheckedConnector {
+    /// The same connector with another module: loaded, of the same kind,
+    /// and accepting the same config.
+    pub async fn with_module(
+        &self,
+        plugins: &PluginHost,
+        reference: &PluginRef,
+    ) -> anyhow::Result<CheckedConnector> {
+        let plugin = plugins.load(reference)?;
+        plugin.expect_kind(match self.config.kind {
+            ConnectorKind::Source => PluginKind::Source,
+            ConnectorKind::Sink => PluginKind::Sink,
+        })?;
+        let spec = plugins.spec(&plugin).await?;
+        let validator = jsonschema::validator_for(&spec.config_schema).map_err(|e| {
+            anyhow::anyhow!(
+                "plugin {} publishes a config schema that is not valid JSON Schema: {e}",
+                plugin.name()
+            )
+        })?;
+        let config: serde_json::Value = serde_json::from_str(&self.config_json)?;
+        let problems: Vec<String> = validator
+            .iter_errors(&config)
+            .map(|e| e.to_string())
+            .collect();
+        if !problems.is_empty() {
+            anyhow::bail!(
+                "module {} does not accept the connector's config: {}",
+                plugin.name(),
+                Redactor::new(self.secrets.values()).redact(&problems.join("; "))
+            );
+        }
+        Ok(CheckedConnector {
+            plugin,
+            plugin_ref: reference.clone(),
+            spec,
+            ..self.clone()
+        })
+    }
+}
+
+/// Every problem found in a manifest's connectors, not only the first.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n\n"))]
+pub struct ValidationErrors(pub Vec<anyhow::Error>);
+
+/// Loads each connector's plugin, checks its kind, and checks its config
+/// against the plugin's own JSON Schema.
+pub async fn check(
+    manifest: &Manifest,
+    plugins: &PluginHost,
+) -> Result<Vec<CheckedConnector>, ValidationErrors> {
+    let mut checked = Vec::new();
+    let mut errors = Vec::new();
+    for (index, c) in manifest.connectors.iter().enumerate() {
+        let c = c.get_ref();
+        match check_one(manifest, plugins, index, c).await {
+            Ok(ok) => checked.push(ok),
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(checked)
+    } else {
+        Err(ValidationErrors(errors))
+    }
+}
+
+async fn check_one(
+    manifest: &Manifest,
+    plugins: &PluginHost,
+    index: usize,
+    c: &ConnectorConfig,
+) -> anyhow::Result<CheckedConnector> {
+    let name = c.name.get_ref();
+    let at_plugin = |e: &dyn std::fmt::Display| {
+        ManifestError::at(
+            &manifest.path,
+            &manifest.source,
+            Some(c.plugin.span()),
+            e.to_string(),
+        )
+        .field(format!("connector[{index}].plugin"))
+    };
+    let reference = PluginRef::resolve(c.plugin.get_ref(), &manifest.base_dir)
+        .map_err(|e| at_plugin(&e).help("`sluice plugin list` shows the built-in plugins"))?;
+    let plugin = plugins.load(&reference).map_err(|e| at_plugin(&e))?;
+    let needed = match c.kind {
+        ConnectorKind::Source => PluginKind::Source,
+        ConnectorKind::Sink => PluginKind::Sink,
+    };
+    plugin.expect_kind(needed).map_err(|e| {
+        at_plugin(&e).help(format!(
+            "use a {needed} plugin here, or change `kind` to match the plugin"
+        ))
+    })?;
+    let spec = plugins.spec(&plugin).await.with_context(|| {
+        format!(
+            "reading the spec of plugin {} for connector {name:?}",
+            plugin.name()
+        )
+    })?;
+    let secrets = Secrets::resolve(manifest, c).map_err(|e| {
+        let span = c.grants.secrets.values().next().map_or(c.name.span(), |s| s.span());
+        ManifestError::at(&manifest.path, &manifest.source, Some(span), e.to_string())
+            .field(format!("connector[{index}].grants.secrets"))
+            .help("set the variable or create the file before running; the manifest names only where a secret comes from")
+    })?;
+    let redactor = Redactor::new(secrets.values());
+    let mut config =
+        serde_json::to_value(&c.config).context("turning [connector.config] into JSON")?;
+    secrets.substitute(&mut config);
+    let validator = jsonschema::validator_for(&spec.config_schema).map_err(|e| {
+        anyhow::anyhow!(
+            "plugin {} publishes a config schema that is not valid JSON Schema: {e}",
+            plugin.name()
+        )
+    })?;
+    let mut problems = Vec::new();
+    for error in validator.iter_errors(&config) {
+        let pointer = error.instance_path().as_str().to_owned();
+        let field = pointer.trim_start_matches('/').replace('/', ".");
+        let span = manifest
+            .config_span(index, &pointer)
+            .or(Some(c.plugin.span()));
+        let mut e = ManifestError::at(
+            &manifest.path,
+            &manifest.source,
+            span,
+            format!(
+                "connector {name:?}: {error} (checked against the config schema of plugin {})",
+                plugin.name()
+            ),
+        )
+        .field(if field.is_empty() {
+            format!("connector[{index}].config")
+        } else {
+            format!("connector[{index}].config.{field}")
+        });
+        e = e.help(schema_help(&spec.config_schema, &pointer, plugin.name()));
+        problems.push(redactor.redact(&e.to_string()).into_owned());
+    }
+    if !problems.is_empty() {
+        anyhow::bail!("{}", problems.join("\n\n"));
+    }
+    Ok(CheckedConnector {
+        config: c.clone(),
+        grants: GrantSet::from_manifest(manifest, c),
+        plugin,
+        plugin_ref: reference,
+        spec,
+        config_json: config.to_string(),
+        secrets,
+        restart: RestartPolicy::from_config(c),
+    })
+}
+
+/// What the schema says of the field at `pointer`, for the fix line.
+fn schema_help(schema: &serde_json::Value, pointer: &str, plugin: &str) -> String {
+    let mut node = schema;
+    for part in pointer.split('/').filter(|p| !p.is_empty()) {
+        match node.get("properties").and_then(|p| p.get(part)) {
+            Some(n) => node = n,
+            None => break,
+        }
+    }
+    let mut help = String::new();
+    if !pointer.is_empty() {
+        if let Some(ty) = node.get("type") {
+            let _ = write!(help, "expects {ty}");
+        }
+        if let Some(d) = node.get("description").and_then(|d| d.as_str()) {
+            let d = d.trim_end_matches('.');
+            let _ = write!(help, "{}{d}", if help.is_empty() { "" } else { ": " });
+        }
+    } else if let Some(props) = schema.get("properties").and_then(|p| p.as_object()) {
+        let names: Vec<&str> = props.keys().map(String::as_str).collect();
+        let _ = write!(help, "its fields are: {}", names.join(", "));
+    }
+    if !help.is_empty() {
+        help.push_str("; ");
+    }
+    let _ = write!(
+        help,
+        "`sluice plugin inspect {plugin}` shows the whole schema"
+    );
+    help
+}

@@ -1,0 +1,315 @@
+//! Loading a manifest, and checking once what its types alone cannot: each
+//! value that is a small language of its own (sizes, durations, net rules,
+//! secret names and references) is parsed here, and a bad one is reported
+//! where it is written, with the fix.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::error::from_toml;
+use super::net::NetRule;
+use super::secret_ref::secret_references;
+use super::units::{parse_bytes, parse_duration};
+use super::{ConnectorConfig, ConnectorKind, Manifest, ManifestError, TopicSettings};
+
+impl Manifest {
+    /// Reads and checks the manifest at `path`.
+    pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
+        let source = std::fs::read_to_string(path).map_err(|e| {
+            ManifestError::at(path, "", None, format!("cannot read the manifest: {e}")).help(
+                "check the path; `sluice run examples/quickstart/sluice.toml` runs the quickstart",
+            )
+        })?;
+        Self::parse(path, &source)
+    }
+
+    /// Parses and checks `source`, read from `path`.
+    pub fn parse(path: &Path, source: &str) -> Result<Manifest, ManifestError> {
+        let mut manifest: Manifest =
+            toml::from_str(source).map_err(|e| from_toml(path, source, &e))?;
+        manifest.path = path.to_path_buf();
+        manifest.base_dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("."));
+        manifest.source = source.to_owned();
+        manifest.check()?;
+        Ok(manifest)
+    }
+
+    fn error(&self, span: std::ops::Range<usize>, message: impl Into<String>) -> ManifestError {
+        let span = (span.end > 0 || span.start > 0).then_some(span);
+        ManifestError::at(&self.path, &self.source, span, message)
+    }
+
+    /// Checks what the types alone cannot.
+    fn check(&self) -> Result<(), ManifestError> {
+        if self.broker.partitions == 0 {
+            return Err(
+                ManifestError::at(&self.path, &self.source, None, "partitions is 0")
+                    .field("broker.partitions")
+                    .help("a topic needs at least one partition: `partitions = 1`"),
+            );
+        }
+        self.check_topic_settings("broker", &self.broker.topic_settings())?;
+        for (name, t) in &self.topics {
+            self.check_topic_settings(&format!("topics.{name}"), t)?;
+        }
+        if self.connectors.is_empty() {
+            return Err(
+                ManifestError::at(&self.path, &self.source, None, "no connector")
+                    .help("add a [[connector]] table with name, kind, plugin and topic"),
+            );
+        }
+        let mut names = BTreeSet::new();
+        for (i, c) in self.connectors.iter().enumerate() {
+            let c = c.get_ref();
+            let name = c.name.get_ref();
+            let valid = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-'));
+            if !valid {
+                return Err(self
+                    .error(
+                        c.name.span(),
+                        format!("connector name {name:?} is not allowed"),
+                    )
+                    .field(format!("connector[{i}].name"))
+                    .help("use letters, digits, `.`, `_` and `-`, e.g. `name = \"orders-sink\"`"));
+            }
+            if !names.insert(name.clone()) {
+                return Err(self
+                    .error(
+                        c.name.span(),
+                        format!("a second connector is named {name:?}"),
+                    )
+                    .field(format!("connector[{i}].name"))
+                    .help("connector names must be unique; rename one of them"));
+            }
+            if *c.parallelism.get_ref() == 0 {
+                return Err(self
+                    .error(c.parallelism.span(), "parallelism is 0")
+                    .field(format!("connector[{i}].parallelism"))
+                    .help("run at least one instance: `parallelism = 1`"));
+            }
+            match c.kind {
+                ConnectorKind::Source => {
+                    if c.topic.is_none() || c.topics.is_some() {
+                        let span = c.topics.as_ref().map_or(c.name.span(), Spanned::span);
+                        return Err(self
+                            .error(span, format!("source {name:?} needs exactly one `topic`"))
+                            .field(format!("connector[{i}].topic"))
+                            .help("a source writes to one topic: `topic = \"events\"`"));
+                    }
+                }
+                ConnectorKind::Sink => {
+                    if c.topic_names().is_empty() {
+                        return Err(self
+                            .error(c.name.span(), format!("sink {name:?} reads no topic"))
+                            .field(format!("connector[{i}].topics"))
+                            .help("name what it reads: `topic = \"events\"` or `topics = [\"a\", \"b\"]`"));
+                    }
+                }
+            }
+            if let Some(t) = &c.dead_letter_topic {
+                if c.kind == ConnectorKind::Source {
+                    return Err(self
+                        .error(t.span(), "a source has no dead-letter topic")
+                        .field(format!("connector[{i}].dead_letter_topic"))
+                        .help("remove it; only a sink refuses records"));
+                }
+                if c.topic_names().contains(t.get_ref()) {
+                    return Err(self
+                        .error(t.span(), "a sink cannot dead-letter into a topic it reads")
+                        .field(format!("connector[{i}].dead_letter_topic"))
+                        .help(format!(
+                            "use another topic, e.g. `dead_letter_topic = \"{name}.dlq\"`"
+                        )));
+                }
+            }
+            for t in c
+                .topic_names()
+                .into_iter()
+                .chain(c.dead_letter_topic.as_ref().map(|t| t.get_ref().clone()))
+            {
+                let ok = !t.is_empty()
+                    && t.chars()
+                        .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-'));
+                if !ok {
+                    let span = c
+                        .topic
+                        .as_ref()
+                        .map(Spanned::span)
+                        .or(c.topics.as_ref().map(Spanned::span))
+                        .unwrap_or(c.name.span());
+                    return Err(self
+                        .error(span, format!("topic name {t:?} is not allowed"))
+                        .field(format!("connector[{i}].topic"))
+                        .help("use letters, digits, `.`, `_` and `-`"));
+                }
+            }
+            if c.batch.max_records == 0 || c.batch.max_bytes == 0 {
+                return Err(self
+                    .error(c.name.span(), "a batch limit is 0")
+                    .field(format!("connector[{i}].batch"))
+                    .help("max_records and max_bytes must be at least 1"));
+            }
+            if let Some(m) = &c.grants.memory {
+                parse_bytes(m.get_ref()).map_err(|why| {
+                    self.error(m.span(), why)
+                        .field(format!("connector[{i}].grants.memory"))
+                        .help("write a size such as `memory = \"64 MiB\"` (B, KiB, MiB, GiB)")
+                })?;
+            }
+            if let Some(cpu) = &c.grants.cpu {
+                let d = parse_duration(cpu.get_ref()).map_err(|why| {
+                    self.error(cpu.span(), why)
+                        .field(format!("connector[{i}].grants.cpu"))
+                        .help("write a duration such as `cpu = \"2s\"` or `cpu = \"500ms\"`")
+                })?;
+                if d < Duration::from_millis(10) {
+                    return Err(self
+                        .error(
+                            cpu.span(),
+                            "a cpu grant under 10ms is shorter than the host's clock tick",
+                        )
+                        .field(format!("connector[{i}].grants.cpu"))
+                        .help("grant at least `cpu = \"10ms\"`"));
+                }
+            }
+            self.check_net_env_secrets(i, c)?;
+            for (field, value) in [("initial", &c.restart.initial), ("max", &c.restart.max)] {
+                if let Some(v) = value {
+                    parse_duration(v.get_ref()).map_err(|why| {
+                        self.error(v.span(), why)
+                            .field(format!("connector[{i}].restart.{field}"))
+                            .help(format!("write a duration such as `{field} = \"1s\"`"))
+                    })?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the `net`, `env` and `secrets` grants of connector `i`, and
+    /// that every `${secret:NAME}` in its config names a granted secret.
+    fn check_net_env_secrets(&self, i: usize, c: &ConnectorConfig) -> Result<(), ManifestError> {
+        for (j, rule) in c.grants.net.iter().enumerate() {
+            NetRule::parse(rule.get_ref()).map_err(|why| {
+                self.error(rule.span(), why)
+                    .field(format!("connector[{i}].grants.net[{j}]"))
+                    .help(
+                        "write `host:port`, `ip:port` or `cidr:port`, with a port or a range, \
+                         e.g. `\"db.internal:5432\"`, `\"10.0.0.0/8:9092-9094\"` or `\"[::1]:6379\"`",
+                    )
+            })?;
+        }
+        for (j, name) in c.grants.env.iter().enumerate() {
+            let n = name.get_ref();
+            if n.is_empty() || n.contains('=') || n.contains('\0') {
+                return Err(self
+                    .error(
+                        name.span(),
+                        format!("{n:?} is not an environment variable name"),
+                    )
+                    .field(format!("connector[{i}].grants.env[{j}]"))
+                    .help("list variable names only, e.g. `env = [\"TZ\"]`"));
+            }
+        }
+        for (name, source) in &c.grants.secrets {
+            let field = format!("connector[{i}].grants.secrets.{name}");
+            let valid = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '-' | '.'));
+            if !valid {
+                return Err(self
+                    .error(
+                        source.span(),
+                        format!("secret name {name:?} is not allowed"),
+                    )
+                    .field(field)
+                    .help("use letters, digits, `_`, `-` and `.`"));
+            }
+            let s = source.get_ref();
+            if s.env.is_some() == s.file.is_some() {
+                return Err(self
+                    .error(source.span(), format!("secret {name:?} needs exactly one of `env` and `file`"))
+                    .field(field)
+                    .help(format!(
+                        "write `{name} = {{ env = \"VARIABLE\" }}` or `{name} = {{ file = \"path\" }}`"
+                    )));
+            }
+        }
+        for reference in secret_references(&c.config) {
+            if !c.grants.secrets.contains_key(&reference) {
+                let span = self.config_span_of_text(i, &format!("${{secret:{reference}}}"));
+                return Err(self
+                    .error(span.unwrap_or(c.name.span()), format!("the config uses secret {reference:?}, which is not granted"))
+                    .field(format!("connector[{i}].config"))
+                    .help(format!(
+                        "declare it: `[connector.grants.secrets]` `{reference} = {{ env = \"VARIABLE\" }}`"
+                    )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Where `text` first appears in the manifest, at or after connector
+    /// `i`'s table.
+    fn config_span_of_text(&self, i: usize, text: &str) -> Option<std::ops::Range<usize>> {
+        let from = self.connectors.get(i)?.span().start;
+        let at = self.source.get(from..)?.find(text)? + from;
+        Some(at..at + text.len())
+    }
+
+    /// Checks the retention and backlog settings of `[broker]` (`table`
+    /// `"broker"`) or of `[topics.<name>]`.
+    fn check_topic_settings(&self, table: &str, t: &TopicSettings) -> Result<(), ManifestError> {
+        if let Some(p) = &t.partitions
+            && *p.get_ref() == 0
+        {
+            return Err(self
+                .error(p.span(), "partitions is 0")
+                .field(format!("{table}.partitions"))
+                .help("a topic needs at least one partition: `partitions = 1`"));
+        }
+        let sizes = [
+            ("retention_bytes", &t.retention_bytes, Some("unlimited")),
+            ("max_backlog", &t.max_backlog, None),
+        ];
+        for (field, value, word) in sizes {
+            let Some(v) = value else { continue };
+            if word.is_some_and(|w| v.get_ref() == w) {
+                continue;
+            }
+            let n = parse_bytes(v.get_ref()).map_err(|why| {
+                let or = word.map_or(String::new(), |w| format!(", or `\"{w}\"`"));
+                self.error(v.span(), why)
+                    .field(format!("{table}.{field}"))
+                    .help(format!("write a size such as `{field} = \"1 GiB\"`{or}"))
+            })?;
+            if n == 0 {
+                return Err(self
+                    .error(v.span(), format!("{field} is 0"))
+                    .field(format!("{table}.{field}"))
+                    .help(format!("write a size such as `{field} = \"1 GiB\"`")));
+            }
+        }
+        if let Some(v) = &t.retention_age
+            && v.get_ref() != "forever"
+        {
+            parse_duration(v.get_ref()).map_err(|why| {
+                self.error(v.span(), why)
+                    .field(format!("{table}.retention_age"))
+                    .help("write a duration such as `retention_age = \"7d\"`, or `\"forever\"`")
+            })?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,188 @@
+//! The manifest: one TOML file that says which broker to use and which
+//! connectors to run.
+//!
+//! Every struct here rejects unknown fields, every field's doc comment shows
+//! its TOML, and every default lives in one `default_*` function. A manifest
+//! that does not parse, or parses into something that cannot run, is reported
+//! as a [`ManifestError`] with the file, line and column, the field, and what
+//! to write instead.
+//!
+//! Relative paths in a manifest (the data directory, plugin files, granted
+//! directories) are relative to the manifest's own folder, so a manifest runs
+//! the same from wherever `sluice` is started.
+//!
+//! - `schema`: the structs serde reads the TOML into, their defaults, and
+//!   what the rest of the host asks of them (a topic's policy, a path
+//!   resolved beside the manifest).
+//! - `check`: loading, and what the types alone cannot check, once.
+//! - `error`: [`ManifestError`], located at file, line and column.
+//! - `units`: sizes and durations as a manifest writes them.
+//! - `net`: a `net` grant's entry ([`NetRule`]), parsed once here.
+//! - `secret_ref`: the `${secret:NAME}` references in a config.
+//!
+//! Nothing here imports the rest of the host: the manifest is the bottom
+//! layer that `grants`, `secrets` and everything else read.
+
+mod check;
+mod error;
+mod net;
+mod schema;
+mod secret_ref;
+mod units;
+
+pub use self::error::{Located, ManifestError};
+pub use self::net::NetRule;
+pub use self::schema::*;
+pub use self::secret_ref::{SECRET_REF_PREFIX, secret_references};
+pub use self::units::{format_bytes, format_size, parse_bytes, parse_duration};
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::path::Path;
+    use std::time::Duration;
+
+    use super::*;
+
+    const GOOD: &str = r#"
+[broker]
+data_dir = "d"
+
+[[connector]]
+name = "gen"
+kind = "source"
+plugin = "datagen"
+topic = "events"
+[connector.config]
+count = 10
+
+[[connector]]
+name = "out"
+kind = "sink"
+plugin = "file-sink"
+topics = ["events"]
+"#;
+
+    fn parse(text: &str) -> Result<Manifest, ManifestError> {
+        Manifest::parse(Path::new("dir/m.toml"), text)
+    }
+
+    #[test]
+    fn defaults_fill_in_and_paths_resolve_beside_the_manifest() {
+        let m = parse(GOOD).unwrap();
+        assert_eq!(m.broker.fsync, FsyncPolicy::Interval);
+        assert_eq!(m.data_dir(), Path::new("dir/d"));
+        let sink = m.connectors[1].get_ref();
+        assert_eq!(*sink.parallelism.get_ref(), 1);
+        assert_eq!(sink.topic_names(), ["events"]);
+        assert_eq!(sink.batch.max_records, 1000);
+    }
+
+    #[test]
+    fn unknown_field_names_line_column_and_fix() {
+        let bad = GOOD.replace("topic = \"events\"", "topic = \"events\"\npartitons = 4");
+        let e = parse(&bad).unwrap_err();
+        assert_eq!((e.line, e.column), (Some(10), Some(1)));
+        let text = e.to_string();
+        assert!(text.starts_with("dir/m.toml:10:1: "), "{text}");
+        assert!(text.contains("unknown field `partitons`"), "{text}");
+        assert!(
+            text.contains("help: remove it, or correct the spelling"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn wrong_type_names_the_field() {
+        let bad = GOOD.replace("name = \"out\"", "name = 7");
+        let e = parse(&bad).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("name"));
+        assert_eq!(e.line, Some(14));
+        assert!(e.to_string().contains("invalid type"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_are_located() {
+        let bad = GOOD.replace("name = \"out\"", "name = \"gen\"");
+        let e = parse(&bad).unwrap_err();
+        assert_eq!(e.line, Some(14));
+        assert!(
+            e.to_string().contains("second connector is named \"gen\""),
+            "{e}"
+        );
+
+        let bad = GOOD.replace("topics = [\"events\"]", "");
+        let e = parse(&bad).unwrap_err();
+        assert!(e.to_string().contains("reads no topic"), "{e}");
+    }
+
+    #[test]
+    fn topic_settings_default_override_and_are_checked() {
+        let m = parse(&format!(
+            "{GOOD}\n[topics.events]\npartitions = 3\nmax_backlog = \"16 MiB\"\n\
+             retention_age = \"forever\"\n"
+        ))
+        .unwrap();
+        let (defaults, named) = m.topic_policies();
+        assert_eq!(
+            defaults,
+            TopicPolicy {
+                partitions: 1,
+                retention_bytes: None,
+                retention_age: Some(DEFAULT_RETENTION_AGE),
+                max_backlog: DEFAULT_MAX_BACKLOG,
+            }
+        );
+        assert_eq!(
+            named["events"],
+            TopicPolicy {
+                partitions: 3,
+                retention_bytes: None,
+                retention_age: None,
+                max_backlog: 16 << 20,
+            }
+        );
+        let bad = GOOD.replace(
+            "data_dir = \"d\"",
+            "data_dir = \"d\"\nretention_bytes = \"lots\"",
+        );
+        let e = parse(&bad).unwrap_err();
+        assert_eq!(e.line, Some(4));
+        let text = e.to_string();
+        assert!(text.contains("broker.retention_bytes"), "{text}");
+        assert!(text.contains("\"unlimited\""), "{text}");
+        let e = parse(&format!(
+            "{GOOD}\n[topics.events]\nretention_age = \"a week\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("topics.events.retention_age"), "{e}");
+        let e = parse(&format!("{GOOD}\n[topics.events]\nmax_backlog = \"0\"\n")).unwrap_err();
+        assert!(e.to_string().contains("max_backlog is 0"), "{e}");
+    }
+
+    #[test]
+    fn config_fields_are_found_for_schema_errors() {
+        let m = parse(GOOD).unwrap();
+        let span = m.config_span(0, "/count").unwrap();
+        assert_eq!(&m.source[span], "10");
+    }
+
+    #[test]
+    fn sizes_format_for_people_and_as_written() {
+        assert_eq!(format_bytes(512), "512 B");
+        assert_eq!(format_bytes(33_619_968), "32.1 MiB");
+        assert_eq!(format_size(64 << 20), "64 MiB");
+        assert_eq!(format_size(1000), "1000 B");
+        assert_eq!(parse_bytes(&format_size(3 << 30)), Ok(3 << 30));
+    }
+
+    #[test]
+    fn sizes_and_durations_parse() {
+        assert_eq!(parse_bytes("64 MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_bytes("12").unwrap(), 12);
+        assert!(parse_bytes("lots").is_err());
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
+        assert!(parse_duration("2 fortnights").is_err());
+    }
+}

@@ -1,0 +1,714 @@
+// Long: the whole schema in one file, one struct per TOML table with its TOML
+// in each field's doc, and every default in one place (STYLE.md, habit 5).
+//! The manifest's schema: one struct per TOML table, each field's doc
+//! comment showing its TOML, every default in one place (the `default_*`
+//! functions and `DEFAULT_*` constants below), and the resolved values the
+//! rest of the host asks for.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::units::{parse_bytes, parse_duration};
+
+/// A parsed, checked manifest.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Where records rest between sources and sinks.
+    ///
+    /// ```toml
+    /// [broker]
+    /// kind = "embedded"
+    /// ```
+    #[serde(default)]
+    pub broker: BrokerConfig,
+
+    /// The connectors, one `[[connector]]` table each.
+    ///
+    /// ```toml
+    /// [[connector]]
+    /// name = "gen"
+    /// kind = "source"
+    /// plugin = "datagen"
+    /// topic = "events"
+    /// ```
+    #[serde(default, rename = "connector")]
+    pub connectors: Vec<Spanned<ConnectorConfig>>,
+
+    /// Settings of single topics, overriding `[broker]`'s defaults.
+    ///
+    /// ```toml
+    /// [topics.events]
+    /// partitions = 4
+    /// retention_age = "1d"
+    /// max_backlog = "256 MiB"
+    /// ```
+    #[serde(default)]
+    pub topics: BTreeMap<String, TopicSettings>,
+
+    /// The folder the manifest was read from; relative paths start here.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+
+    /// The manifest's path as given, for messages.
+    #[serde(skip)]
+    pub path: PathBuf,
+
+    /// The manifest's text, for locating fields in later messages.
+    #[serde(skip)]
+    pub source: String,
+}
+
+/// `[broker]`: which broker and how it keeps data.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// The broker. Only `"embedded"` (a durable log on local disk) so far.
+    ///
+    /// ```toml
+    /// kind = "embedded"
+    /// ```
+    #[serde(default)]
+    pub kind: BrokerKind,
+
+    /// Folder of the embedded log, its offsets and connector state.
+    /// Default `"data"`, beside the manifest.
+    ///
+    /// ```toml
+    /// data_dir = "data"
+    /// ```
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+
+    /// When the log is synced to disk: `"always"` (after every batch),
+    /// `"interval"` (every `fsync_interval_ms`) or `"never"` (left to the
+    /// OS). Default `"interval"`.
+    ///
+    /// ```toml
+    /// fsync = "interval"
+    /// ```
+    #[serde(default)]
+    pub fsync: FsyncPolicy,
+
+    /// Milliseconds between syncs under `fsync = "interval"`. Default 1000.
+    ///
+    /// ```toml
+    /// fsync_interval_ms = 1000
+    /// ```
+    #[serde(default = "default_fsync_interval_ms")]
+    pub fsync_interval_ms: u64,
+
+    /// Partitions of a topic when it is first created. Default 1.
+    ///
+    /// ```toml
+    /// partitions = 1
+    /// ```
+    #[serde(default = "default_partitions")]
+    pub partitions: u32,
+
+    /// Size at which a log segment file is closed and a new one started.
+    /// Default 64 MiB.
+    ///
+    /// ```toml
+    /// segment_bytes = 67108864
+    /// ```
+    #[serde(default = "default_segment_bytes")]
+    pub segment_bytes: u64,
+
+    /// Default `retention_bytes` of topics (see [`TopicSettings`]).
+    ///
+    /// ```toml
+    /// retention_bytes = "unlimited"
+    /// ```
+    #[serde(default)]
+    pub retention_bytes: Option<Spanned<String>>,
+
+    /// Default `retention_age` of topics (see [`TopicSettings`]).
+    ///
+    /// ```toml
+    /// retention_age = "7d"
+    /// ```
+    #[serde(default)]
+    pub retention_age: Option<Spanned<String>>,
+
+    /// Default `max_backlog` of topics (see [`TopicSettings`]).
+    ///
+    /// ```toml
+    /// max_backlog = "1 GiB"
+    /// ```
+    #[serde(default)]
+    pub max_backlog: Option<Spanned<String>>,
+}
+
+/// How much of a topic is kept, and how far its sinks may fall behind.
+/// In `[broker]` for every topic, or in `[topics.<name>]` for one.
+///
+/// Retention removes only records that every consumer group of the topic
+/// has committed, oldest segment first: it frees disk, it never takes a
+/// record from a sink that has not delivered it. Records no group has
+/// committed are bounded by `max_backlog` instead: when a group falls that
+/// far behind, the sources writing the partition wait for it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicSettings {
+    /// Partitions of the topic when it is first created (`[topics.<name>]`
+    /// only; `[broker] partitions` is the default).
+    ///
+    /// ```toml
+    /// partitions = 4
+    /// ```
+    #[serde(default)]
+    pub partitions: Option<Spanned<u32>>,
+
+    /// Most bytes of committed records a partition keeps, e.g. `"10 GiB"`,
+    /// or `"unlimited"` (the default).
+    ///
+    /// ```toml
+    /// retention_bytes = "10 GiB"
+    /// ```
+    #[serde(default)]
+    pub retention_bytes: Option<Spanned<String>>,
+
+    /// How long committed records are kept, e.g. `"7d"` (the default),
+    /// `"12h"`, or `"forever"`.
+    ///
+    /// ```toml
+    /// retention_age = "7d"
+    /// ```
+    #[serde(default)]
+    pub retention_age: Option<Spanned<String>>,
+
+    /// Most bytes a consumer group may be behind in a partition before the
+    /// sources writing it wait, e.g. `"1 GiB"` (the default).
+    ///
+    /// ```toml
+    /// max_backlog = "1 GiB"
+    /// ```
+    #[serde(default)]
+    pub max_backlog: Option<Spanned<String>>,
+}
+
+/// [`TopicSettings`] resolved: what the log enforces for one topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicPolicy {
+    /// Partitions when created.
+    pub partitions: u32,
+    /// Most bytes of committed records kept per partition.
+    pub retention_bytes: Option<u64>,
+    /// Longest time committed records are kept.
+    pub retention_age: Option<Duration>,
+    /// Most bytes a group may be behind before sources wait.
+    pub max_backlog: u64,
+}
+
+/// Default `retention_age`.
+pub const DEFAULT_RETENTION_AGE: Duration = Duration::from_secs(7 * 86_400);
+/// Default `max_backlog`.
+pub const DEFAULT_MAX_BACKLOG: u64 = 1 << 30;
+
+impl TopicSettings {
+    /// These settings over `defaults`. Values were checked when the
+    /// manifest was loaded.
+    fn resolve(&self, defaults: TopicPolicy) -> TopicPolicy {
+        let bytes = |v: &Spanned<String>| {
+            let v = v.get_ref();
+            (v != "unlimited").then(|| parse_bytes(v).unwrap_or(u64::MAX))
+        };
+        let age = |v: &Spanned<String>| {
+            let v = v.get_ref();
+            (v != "forever").then(|| parse_duration(v).unwrap_or(Duration::MAX))
+        };
+        TopicPolicy {
+            partitions: self
+                .partitions
+                .as_ref()
+                .map_or(defaults.partitions, |p| *p.get_ref()),
+            retention_bytes: self
+                .retention_bytes
+                .as_ref()
+                .map_or(defaults.retention_bytes, bytes),
+            retention_age: self
+                .retention_age
+                .as_ref()
+                .map_or(defaults.retention_age, age),
+            max_backlog: self.max_backlog.as_ref().map_or(defaults.max_backlog, |v| {
+                parse_bytes(v.get_ref()).unwrap_or(u64::MAX)
+            }),
+        }
+    }
+}
+
+impl BrokerConfig {
+    /// The topic defaults of `[broker]`, as a [`TopicSettings`].
+    pub(super) fn topic_settings(&self) -> TopicSettings {
+        TopicSettings {
+            partitions: None,
+            retention_bytes: self.retention_bytes.clone(),
+            retention_age: self.retention_age.clone(),
+            max_backlog: self.max_backlog.clone(),
+        }
+    }
+
+    /// The policy of topics that `[topics.<name>]` does not mention.
+    pub fn default_policy(&self) -> TopicPolicy {
+        self.topic_settings().resolve(TopicPolicy {
+            partitions: self.partitions,
+            retention_bytes: None,
+            retention_age: Some(DEFAULT_RETENTION_AGE),
+            max_backlog: DEFAULT_MAX_BACKLOG,
+        })
+    }
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            kind: BrokerKind::default(),
+            data_dir: default_data_dir(),
+            fsync: FsyncPolicy::default(),
+            fsync_interval_ms: default_fsync_interval_ms(),
+            partitions: default_partitions(),
+            segment_bytes: default_segment_bytes(),
+            retention_bytes: None,
+            retention_age: None,
+            max_backlog: None,
+        }
+    }
+}
+
+/// Which broker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BrokerKind {
+    /// A durable log on local disk, in this process.
+    #[default]
+    Embedded,
+}
+
+/// When the embedded log syncs to disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FsyncPolicy {
+    /// After every appended batch, before it is acknowledged.
+    Always,
+    /// Every `fsync_interval_ms`, in the background.
+    #[default]
+    Interval,
+    /// Never explicitly; the operating system writes back when it likes.
+    Never,
+}
+
+/// `[[connector]]`: one configured use of a plugin.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectorConfig {
+    /// Unique name: letters, digits, `.`, `_` and `-`.
+    ///
+    /// ```toml
+    /// name = "gen"
+    /// ```
+    pub name: Spanned<String>,
+
+    /// `"source"` (feeds a topic) or `"sink"` (is fed from topics).
+    ///
+    /// ```toml
+    /// kind = "source"
+    /// ```
+    pub kind: ConnectorKind,
+
+    /// A built-in plugin's name (`sluice plugin list`), or the path of a
+    /// `.wasm` component.
+    ///
+    /// ```toml
+    /// plugin = "datagen"            # built in
+    /// plugin = "plugins/my.wasm"    # a file, relative to the manifest
+    /// ```
+    pub plugin: Spanned<String>,
+
+    /// The topic a source writes to.
+    ///
+    /// ```toml
+    /// topic = "events"
+    /// ```
+    #[serde(default)]
+    pub topic: Option<Spanned<String>>,
+
+    /// The topics a sink reads (a sink may also use `topic` for one).
+    ///
+    /// ```toml
+    /// topics = ["events", "audit"]
+    /// ```
+    #[serde(default)]
+    pub topics: Option<Spanned<Vec<String>>>,
+
+    /// How many instances to run. Default 1.
+    ///
+    /// ```toml
+    /// parallelism = 1
+    /// ```
+    #[serde(default = "default_parallelism")]
+    pub parallelism: Spanned<u32>,
+
+    /// How the host groups records into batches.
+    ///
+    /// ```toml
+    /// [connector.batch]
+    /// max_records = 1000
+    /// ```
+    #[serde(default)]
+    pub batch: BatchConfig,
+
+    /// Sinks: the topic that records the sink refuses on their merits go
+    /// to, each with the error, the connector and its origin topic,
+    /// partition and offset in headers. Default `"<name>.dlq"`.
+    ///
+    /// ```toml
+    /// dead_letter_topic = "orders-sink.dlq"
+    /// ```
+    #[serde(default)]
+    pub dead_letter_topic: Option<Spanned<String>>,
+
+    /// Sinks: longest time between flushes, in milliseconds. Offsets are
+    /// committed only after a flush. Default 1000.
+    ///
+    /// ```toml
+    /// flush_interval_ms = 1000
+    /// ```
+    #[serde(default = "default_flush_interval_ms")]
+    pub flush_interval_ms: u64,
+
+    /// The plugin's own config, passed to it as JSON and checked against
+    /// the schema the plugin publishes.
+    ///
+    /// ```toml
+    /// [connector.config]
+    /// count = 1000000
+    /// ```
+    #[serde(default)]
+    pub config: toml::Table,
+
+    /// What the plugin may reach. Nothing unless granted here.
+    ///
+    /// ```toml
+    /// [connector.grants]
+    /// files = [{ host = "out", guest = "/out", mode = "read-write" }]
+    /// ```
+    #[serde(default)]
+    pub grants: GrantsConfig,
+
+    /// How a failed instance is restarted.
+    ///
+    /// ```toml
+    /// [connector.restart]
+    /// initial = "1s"
+    /// max = "1m"
+    /// attempts = 10
+    /// ```
+    #[serde(default)]
+    pub restart: RestartConfig,
+}
+
+impl ConnectorConfig {
+    /// A sink's dead-letter topic.
+    pub fn dead_letter_topic(&self) -> String {
+        self.dead_letter_topic.as_ref().map_or_else(
+            || format!("{}.dlq", self.name.get_ref()),
+            |t| t.get_ref().clone(),
+        )
+    }
+
+    /// The topics this connector reads (sink) or writes (source).
+    pub fn topic_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.topic.iter().map(|t| t.get_ref().clone()).collect();
+        if let Some(list) = &self.topics {
+            names.extend(list.get_ref().iter().cloned());
+        }
+        names
+    }
+}
+
+/// What a connector does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConnectorKind {
+    /// Brings records in and writes them to a topic.
+    Source,
+    /// Reads records from topics and takes them out.
+    Sink,
+}
+
+impl fmt::Display for ConnectorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ConnectorKind::Source => "source",
+            ConnectorKind::Sink => "sink",
+        })
+    }
+}
+
+/// `[connector.batch]`: batching by records, bytes and time.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Most records in one batch. Default 1000.
+    ///
+    /// ```toml
+    /// max_records = 1000
+    /// ```
+    #[serde(default = "default_max_records")]
+    pub max_records: u32,
+
+    /// Most bytes in one batch (encoded). Default 1 MiB.
+    ///
+    /// ```toml
+    /// max_bytes = 1048576
+    /// ```
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: u64,
+
+    /// Sources: how long to wait for a batch to fill before sending it
+    /// anyway, in milliseconds. Default 5.
+    ///
+    /// ```toml
+    /// linger_ms = 5
+    /// ```
+    #[serde(default = "default_linger_ms")]
+    pub linger_ms: u64,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_records: default_max_records(),
+            max_bytes: default_max_bytes(),
+            linger_ms: default_linger_ms(),
+        }
+    }
+}
+
+/// `[connector.grants]`: capabilities, none unless listed.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantsConfig {
+    /// Host directories the plugin may open, and where it sees them.
+    ///
+    /// ```toml
+    /// files = [{ host = "out", guest = "/out", mode = "read-write" }]
+    /// ```
+    #[serde(default)]
+    pub files: Vec<FileGrant>,
+
+    /// May the plugin write to the host's standard output (the `print`
+    /// sink needs this). Default false.
+    ///
+    /// ```toml
+    /// stdout = true
+    /// ```
+    #[serde(default)]
+    pub stdout: bool,
+
+    /// Most linear memory one instance may use, e.g. `"64 MiB"`.
+    /// Default `"256 MiB"`.
+    ///
+    /// ```toml
+    /// memory = "64 MiB"
+    /// ```
+    #[serde(default)]
+    pub memory: Option<Spanned<String>>,
+
+    /// Longest one plugin call may run, e.g. `"2s"` or `"500ms"`, whether
+    /// it computes or waits in a host call (a sleep, a socket). Default
+    /// `"10s"`; at least `"10ms"`, the host's clock tick.
+    ///
+    /// ```toml
+    /// cpu = "2s"
+    /// ```
+    #[serde(default)]
+    pub cpu: Option<Spanned<String>>,
+
+    /// Peers the plugin may connect to, send to and receive from (TCP and
+    /// UDP): `host:port`, `ip:port`, `cidr:port`, each with one port or a
+    /// range `low-high`. A name is resolved by the host when the plugin
+    /// connects, and the address the plugin uses must be one the name
+    /// resolves to then. No grant lets a plugin listen or bind a port.
+    ///
+    /// ```toml
+    /// net = ["db.internal:5432", "10.0.0.0/8:9092-9094", "[::1]:6379"]
+    /// ```
+    #[serde(default)]
+    pub net: Vec<Spanned<String>>,
+
+    /// May the plugin look names up itself (`wasi:sockets/ip-name-lookup`).
+    /// Default false: a plugin given a name in `net` without `dns` must be
+    /// configured with the address.
+    ///
+    /// ```toml
+    /// dns = true
+    /// ```
+    #[serde(default)]
+    pub dns: bool,
+
+    /// Host environment variables the plugin sees, by name. It sees no
+    /// other; a listed variable the host does not have is left out.
+    ///
+    /// ```toml
+    /// env = ["TZ", "PGAPPNAME"]
+    /// ```
+    #[serde(default)]
+    pub env: Vec<Spanned<String>>,
+
+    /// Named secrets, resolved by the host from an environment variable or
+    /// a file (relative to the manifest; one trailing newline is dropped),
+    /// and handed to the plugin where its config says `${secret:NAME}`. The
+    /// host never prints a secret's value: it is replaced by `***` in
+    /// everything the plugin logs and in every error.
+    ///
+    /// ```toml
+    /// [connector.grants.secrets]
+    /// password = { env = "PG_PASSWORD" }
+    /// api_key = { file = "secrets/api-key" }
+    /// ```
+    #[serde(default)]
+    pub secrets: BTreeMap<String, Spanned<SecretSource>>,
+}
+
+/// Where the host reads a secret.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretSource {
+    /// From this host environment variable.
+    #[serde(default)]
+    pub env: Option<String>,
+    /// From this file, relative to the manifest.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+}
+
+/// `[connector.restart]`: how the supervisor restarts a failed instance.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestartConfig {
+    /// Wait before the first restart. Default `"1s"`; each next wait
+    /// doubles.
+    ///
+    /// ```toml
+    /// initial = "1s"
+    /// ```
+    #[serde(default)]
+    pub initial: Option<Spanned<String>>,
+
+    /// Longest wait between restarts. Default `"1m"`. An instance that
+    /// stays up this long has recovered: its count of failures starts over.
+    ///
+    /// ```toml
+    /// max = "1m"
+    /// ```
+    #[serde(default)]
+    pub max: Option<Spanned<String>>,
+
+    /// Restarts in a row: an instance that fails again after this many is
+    /// given up, and the connector is `failed`. Default 10; 0 means a
+    /// failure is final.
+    ///
+    /// ```toml
+    /// attempts = 10
+    /// ```
+    #[serde(default)]
+    pub attempts: Option<u32>,
+}
+
+/// One entry of `files`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileGrant {
+    /// The directory on the host, relative to the manifest.
+    pub host: PathBuf,
+    /// Where the plugin sees it, e.g. `/out`.
+    pub guest: String,
+    /// `"read-only"` (default) or `"read-write"`.
+    #[serde(default)]
+    pub mode: FileMode,
+}
+
+/// Access to a granted directory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FileMode {
+    /// Read files and list directories.
+    #[default]
+    ReadOnly,
+    /// Also create, write, rename and remove.
+    ReadWrite,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+fn default_fsync_interval_ms() -> u64 {
+    1000
+}
+fn default_partitions() -> u32 {
+    1
+}
+fn default_segment_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_parallelism() -> Spanned<u32> {
+    Spanned::new(0..0, 1)
+}
+fn default_flush_interval_ms() -> u64 {
+    1000
+}
+fn default_max_records() -> u32 {
+    1000
+}
+fn default_max_bytes() -> u64 {
+    1024 * 1024
+}
+fn default_linger_ms() -> u64 {
+    5
+}
+
+/// Default `memory` grant.
+pub const DEFAULT_MEMORY_BYTES: u64 = 256 * 1024 * 1024;
+/// Default `cpu` grant.
+pub const DEFAULT_CPU: Duration = Duration::from_secs(10);
+/// Default first restart delay.
+pub const DEFAULT_RESTART_INITIAL: Duration = Duration::from_secs(1);
+/// Default longest restart delay.
+pub const DEFAULT_RESTART_MAX: Duration = Duration::from_secs(60);
+/// Default restarts in a row before a connector is `failed`.
+pub const DEFAULT_RESTART_ATTEMPTS: u32 = 10;
+
+impl Manifest {
+    /// The policy of every topic `[topics.<name>]` names, and the default
+    /// for the others.
+    pub fn topic_policies(&self) -> (TopicPolicy, BTreeMap<String, TopicPolicy>) {
+        let defaults = self.broker.default_policy();
+        let named = self
+            .topics
+            .iter()
+            .map(|(name, t)| (name.clone(), t.resolve(defaults)))
+            .collect();
+        (defaults, named)
+    }
+
+    /// The data directory, resolved against the manifest's folder.
+    pub fn data_dir(&self) -> PathBuf {
+        self.resolve(&self.broker.data_dir)
+    }
+
+    /// Resolves a path written in the manifest.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+}

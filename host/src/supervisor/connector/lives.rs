@@ -1,0 +1,237 @@
+//! One life of an instance, as [`crate::supervisor::supervise`] runs it
+//! again after each failure: a source opens at the position stored with its
+//! last batch, a sink at the offsets it stored itself or its group's; each
+//! then runs its pump. And [`HostParts`], what every instance shares with
+//! the rest of the host.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use super::seals::Seals;
+use crate::broker::Broker;
+use crate::broker::embedded::EmbeddedLog;
+use crate::check::CheckedConnector;
+use crate::manifest::ConnectorKind;
+use crate::plugin::instance::SinkOffset;
+use crate::plugin::{InstanceSetup, PluginHost};
+use crate::pump::{
+    Assignment, DeadLetter, InstanceControl, InstanceState, PumpStats, SinkPump, SinkPumpConfig,
+    SourceEnd, SourcePump, SourcePumpConfig,
+};
+use crate::secrets::Redactor;
+use crate::supervisor::{Life, LifeEnd};
+
+/// Makes the counters of one instance of a connector (named, of a kind).
+pub type StatsFactory = Arc<dyn Fn(&str, ConnectorKind) -> PumpStats + Send + Sync>;
+
+/// What a connector's instances share with the rest of the host.
+#[derive(Clone)]
+pub struct HostParts {
+    /// Loads and instantiates plugins.
+    pub plugins: Arc<PluginHost>,
+    /// The broker.
+    pub broker: Arc<EmbeddedLog>,
+    /// Masks secrets in what the host says.
+    pub redactor: Redactor,
+    /// The seals of a bounded run (empty in the daemon).
+    pub seals: Arc<Seals>,
+    /// Makes a connector's per-instance counters (the daemon's record batch
+    /// latency into its metrics).
+    pub stats: StatsFactory,
+}
+
+impl std::fmt::Debug for HostParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostParts")
+            .field("broker", &self.broker)
+            .field("seals", &self.seals)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counters that record their batch latency nowhere (`sluice run`).
+pub fn plain_stats() -> StatsFactory {
+    Arc::new(|_, _| PumpStats::default())
+}
+
+/// What every life of one instance shares.
+pub(super) struct Shared {
+    pub(super) current: Arc<RwLock<Arc<CheckedConnector>>>,
+    pub(super) host: HostParts,
+    pub(super) setup: InstanceSetup,
+    pub(super) control: Arc<InstanceControl>,
+}
+
+impl Shared {
+    fn connector(&self) -> Arc<CheckedConnector> {
+        self.current.read().expect("connector lock").clone()
+    }
+}
+
+/// A source instance: each life opens at the position stored with the
+/// last batch it appended, and runs the pump.
+pub(super) struct SourceLife {
+    pub(super) shared: Shared,
+    pub(super) topic: String,
+    pub(super) partition: u32,
+    pub(super) producer: String,
+}
+
+impl Life for SourceLife {
+    async fn run(&mut self) -> anyhow::Result<LifeEnd> {
+        let s = &self.shared;
+        let c = s.connector();
+        let index = s.setup.index;
+        let mut instance = s.host.plugins.source(&c.plugin, &s.setup).await?;
+        let resume = s.host.broker.source_position(&self.producer);
+        instance
+            .open(&c.config_json, resume.as_deref())
+            .await
+            .with_context(|| {
+                format!(
+                    "opening source {:?} instance {index}",
+                    c.config.name.get_ref()
+                )
+            })?;
+        s.control.set_state(InstanceState::Running);
+        let pump = SourcePump {
+            instance,
+            broker: s.host.broker.clone(),
+            topic: self.topic.clone(),
+            partition: self.partition,
+            producer: self.producer.clone(),
+            config: SourcePumpConfig {
+                max_records: c.config.batch.max_records,
+                max_bytes: c.config.batch.max_bytes,
+                linger: Duration::from_millis(c.config.batch.linger_ms),
+                retry: c.restart,
+            },
+            stats: s.control.stats.clone(),
+            stop: s.control.stop.clone(),
+            control: s.control.clone(),
+        };
+        Ok(match pump.run().await? {
+            SourceEnd::EndOfStream => {
+                tracing::info!("source reached its end");
+                LifeEnd::Finished
+            }
+            SourceEnd::Stopped => LifeEnd::Stopped,
+        })
+    }
+}
+
+/// A sink instance: each life opens, resumes from the offsets the sink
+/// stored itself or else its group's committed offsets, and runs the pump.
+pub(super) struct SinkLife {
+    pub(super) shared: Shared,
+    pub(super) seals: Arc<Seals>,
+    /// Set after an offsets reset: the group's offsets win, once.
+    pub(super) ignore_stored: bool,
+}
+
+impl Life for SinkLife {
+    async fn run(&mut self) -> anyhow::Result<LifeEnd> {
+        let s = &self.shared;
+        let c = s.connector();
+        let name = c.config.name.get_ref();
+        let index = s.setup.index;
+        let mut instance = s.host.plugins.sink(&c.plugin, &s.setup).await?;
+        let mut stored = instance
+            .open(&c.config_json)
+            .await
+            .with_context(|| format!("opening sink {name:?} instance {index}"))?;
+        if std::mem::take(&mut self.ignore_stored) && !stored.is_empty() {
+            tracing::info!(
+                "the sink's own stored offsets are set aside once: its offsets were reset"
+            );
+            stored.clear();
+        }
+        let broker = &s.host.broker;
+        let dead_letter = c.config.dead_letter_topic();
+        let dead_letter = DeadLetter {
+            partitions: broker
+                .ensure_topic(&dead_letter)
+                .with_context(|| format!("creating dead-letter topic {dead_letter:?}"))?,
+            topic: dead_letter,
+            connector: s.setup.connector.clone(),
+            unsynced: Default::default(),
+            stats: s.control.stats.clone(),
+        };
+        let assignments = self.assignments(&c, &stored)?;
+        if assignments.is_empty() {
+            tracing::info!("no partition left for this instance; it stays idle");
+            return Ok(LifeEnd::Finished);
+        }
+        s.control.set_state(InstanceState::Running);
+        let pump = SinkPump {
+            instance,
+            broker: broker.clone(),
+            group: name.clone(),
+            assignments,
+            config: SinkPumpConfig {
+                max_bytes: c.config.batch.max_bytes,
+                flush_interval: Duration::from_millis(c.config.flush_interval_ms),
+                retry: c.restart,
+            },
+            stats: s.control.stats.clone(),
+            stop: s.control.stop.clone(),
+            control: s.control.clone(),
+            connector: s.setup.connector.clone(),
+            dead_letter,
+        };
+        pump.run().await?;
+        Ok(if s.control.stop.is_stopped() {
+            LifeEnd::Stopped
+        } else {
+            tracing::info!("sink drained its topics");
+            LifeEnd::Finished
+        })
+    }
+}
+
+impl SinkLife {
+    /// The partitions this instance reads (`p % parallelism == index`), each
+    /// from the offset the sink stored itself, else the group's committed
+    /// offset, else the start.
+    fn assignments(
+        &self,
+        c: &CheckedConnector,
+        stored: &[SinkOffset],
+    ) -> anyhow::Result<Vec<Assignment>> {
+        let s = &self.shared;
+        let broker = &s.host.broker;
+        let name = c.config.name.get_ref();
+        let parallelism = s.setup.count;
+        let mut assignments = Vec::new();
+        for topic in c.config.topic_names() {
+            let partitions = broker
+                .ensure_topic(&topic)
+                .with_context(|| format!("creating topic {topic:?}"))?;
+            for partition in (0..partitions).filter(|p| p % parallelism == s.setup.index) {
+                let wanted = stored
+                    .iter()
+                    .find(|o| o.topic == topic && o.partition == partition)
+                    .map(|o| o.next_offset)
+                    .or_else(|| broker.committed_offset(name, &topic, partition))
+                    .unwrap_or(0);
+                let end = broker.end_offset(&topic, partition)?;
+                if wanted > end {
+                    tracing::warn!(
+                        topic = %topic, partition, committed = wanted, end,
+                        "the committed offset is past the end of the log (it lost data it had \
+                         acknowledged, e.g. to a power loss under fsync = \"never\"); resuming at the end"
+                    );
+                }
+                assignments.push(Assignment {
+                    topic: topic.clone(),
+                    partition,
+                    next: wanted.min(end),
+                    seal: self.seals.seal(&topic),
+                });
+            }
+        }
+        Ok(assignments)
+    }
+}
