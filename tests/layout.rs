@@ -538,7 +538,6 @@ fn states_why_long(text: &str) -> bool {
 }
 
 #[test]
-#[ignore = "main.rs is long until the CLI is split into one module per verb"]
 fn files_are_short_or_say_why() {
     let mut long = Vec::new();
     for file in rust_files(&src_dir()) {

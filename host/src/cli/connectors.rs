@@ -1,105 +1,117 @@
-//! The CLI's admin verbs (`sluice connectors …`, `sluice plugins …`): calls
-//! to a daemon's admin API, printed as tables for people or as JSON for
-//! scripts (`--json`), with exit codes scripts can rely on (see `main.rs`).
+//! `sluice connectors`: create, inspect, steer and delete a daemon's
+//! connectors through its admin API.
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
+use clap::Subcommand;
 use reqwest::Method;
 use serde_json::{Value, json};
-use sluice::admin::access;
-use sluice::admin::client::{AdminClient, CallError};
 
-use crate::{ConnectorsCommand, PluginsCommand, Target, thousands};
+use super::remote::{
+    Target, absolute_plugin, client, exit_for, local, path_part, read_document, text,
+    with_local_input,
+};
 
-/// The exit code for a refused call.
-fn exit_for(e: &CallError) -> ExitCode {
-    ExitCode::from(match e {
-        CallError::Unreachable { .. } => 1,
-        CallError::Refused { status, .. } => match status {
-            400 => 2,
-            404 => 3,
-            409 => 4,
-            422 => 5,
-            401 | 403 => 6,
-            _ => 1,
-        },
-    })
+/// The arguments of `sluice connectors`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    target: Target,
+    #[command(subcommand)]
+    command: ConnectorsCommand,
 }
 
-fn client(target: &Target) -> anyhow::Result<AdminClient> {
-    let data_dir = target
-        .data_dir
-        .clone()
-        .unwrap_or_else(access::default_data_dir);
-    AdminClient::locate(target.url.clone(), target.token.clone(), &data_dir)
+#[derive(Debug, Subcommand)]
+enum ConnectorsCommand {
+    /// Create the connectors of a manifest (TOML) or of one JSON connector
+    /// object, and start them.
+    Create {
+        /// A `.toml` manifest with [[connector]] tables, or a `.json` file.
+        file: PathBuf,
+    },
+    /// Change a connector: its config (restarts it), or its module (a live
+    /// swap while records flow).
+    Update {
+        /// The connector.
+        name: String,
+        /// A JSON or TOML file holding the new [connector.config].
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The new module: a built-in name or a `.wasm` path.
+        #[arg(long, value_name = "PLUGIN")]
+        plugin: Option<String>,
+    },
+    /// Every connector, with its state.
+    List,
+    /// A connector's definition.
+    Get {
+        /// The connector.
+        name: String,
+    },
+    /// A connector's status and its instances'.
+    Status {
+        /// The connector.
+        name: String,
+    },
+    /// Pause at the next batch boundary (instances stay open).
+    Pause {
+        /// The connector.
+        name: String,
+    },
+    /// Resume a paused connector.
+    Resume {
+        /// The connector.
+        name: String,
+    },
+    /// Stop: flush, commit, close every instance.
+    Stop {
+        /// The connector.
+        name: String,
+    },
+    /// Start a stopped connector from its committed position.
+    Start {
+        /// The connector.
+        name: String,
+    },
+    /// Restart every instance, or one.
+    Restart {
+        /// The connector.
+        name: String,
+        /// Only this instance.
+        #[arg(long)]
+        instance: Option<u32>,
+    },
+    /// Stop and delete a connector, its offsets and its state.
+    Delete {
+        /// The connector.
+        name: String,
+    },
+    /// Show a connector's offsets, or reset a stopped sink's.
+    Offsets {
+        /// The connector.
+        name: String,
+        /// Reset to `earliest`, `latest` or an offset (the sink must be
+        /// stopped).
+        #[arg(long, value_name = "TO")]
+        reset: Option<String>,
+        /// Only this topic.
+        #[arg(long)]
+        topic: Option<String>,
+        /// Only this partition.
+        #[arg(long)]
+        partition: Option<u32>,
+    },
+    /// The daemon's metrics, in Prometheus text format.
+    Metrics,
 }
-
-/// Reads a JSON or TOML file as JSON.
-fn read_document(path: &Path) -> anyhow::Result<Value> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    if path.extension().is_some_and(|e| e == "json") {
-        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
-    } else {
-        let table: toml::Table = toml::from_str(&text)
-            .with_context(|| format!("{} is not valid TOML", path.display()))?;
-        Ok(serde_json::to_value(table)?)
-    }
-}
-
-/// A plugin argument that names an existing file is sent as an absolute
-/// path, so that the daemon finds it whatever its working directory.
-fn absolute_plugin(plugin: &str) -> String {
-    let p = Path::new(plugin);
-    if p.exists() {
-        std::path::absolute(p).map_or_else(|_| plugin.to_owned(), |a| a.display().to_string())
-    } else {
-        plugin.to_owned()
-    }
-}
-
-fn path_part(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c.to_string()
-            } else {
-                format!("%{:02X}", c as u32)
-            }
-        })
-        .collect()
-}
-
-/// The exit code for input the CLI itself cannot read (as for a request
-/// the daemon refuses as invalid).
-const EXIT_INVALID: u8 = 2;
 
 /// Runs one `connectors` verb.
-pub async fn connectors(target: Target, command: ConnectorsCommand) -> anyhow::Result<ExitCode> {
-    match connectors_inner(target, command).await {
-        Err(e) if e.downcast_ref::<LocalInput>().is_some() => {
-            eprintln!("error: {e:#}");
-            Ok(ExitCode::from(EXIT_INVALID))
-        }
-        other => other,
-    }
+pub async fn exec(args: Args) -> anyhow::Result<ExitCode> {
+    with_local_input(call(args.target, args.command)).await
 }
 
-/// A local file the CLI could not read or parse.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct LocalInput(String);
-
-fn local<T, E: std::fmt::Display>(
-    r: Result<T, E>,
-    what: impl FnOnce() -> String,
-) -> anyhow::Result<T> {
-    r.map_err(|e| LocalInput(format!("{}: {e}", what())).into())
-}
-
-async fn connectors_inner(target: Target, command: ConnectorsCommand) -> anyhow::Result<ExitCode> {
+async fn call(target: Target, command: ConnectorsCommand) -> anyhow::Result<ExitCode> {
     let client = client(&target)?;
     let c = |name: &str, rest: &str| format!("/v1/connectors/{}{rest}", path_part(name));
     let outcome = match &command {
@@ -258,15 +270,6 @@ async fn connectors_inner(target: Target, command: ConnectorsCommand) -> anyhow:
     Ok(ExitCode::SUCCESS)
 }
 
-fn text(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        Value::Number(n) => n.as_u64().map_or_else(|| n.to_string(), thousands),
-        other => other.to_string(),
-    }
-}
-
 fn print_list(value: &Value) {
     println!(
         "{:<20} {:<6} {:<24} {:<9} {:>12} {:>10}",
@@ -377,80 +380,4 @@ fn print_offsets(o: &Value) {
             text(&p["position_hex"])
         );
     }
-}
-
-/// Runs one `plugins` verb.
-pub async fn plugins(target: Target, command: PluginsCommand) -> anyhow::Result<ExitCode> {
-    match plugins_inner(target, command).await {
-        Err(e) if e.downcast_ref::<LocalInput>().is_some() => {
-            eprintln!("error: {e:#}");
-            Ok(ExitCode::from(EXIT_INVALID))
-        }
-        other => other,
-    }
-}
-
-async fn plugins_inner(target: Target, command: PluginsCommand) -> anyhow::Result<ExitCode> {
-    let client = client(&target)?;
-    let outcome = match &command {
-        PluginsCommand::List => client.call(Method::GET, "/v1/plugins", None).await,
-        PluginsCommand::Inspect { plugin } => {
-            let path = format!("/v1/plugins/{}", path_part(&absolute_plugin(plugin)));
-            client.call(Method::GET, &path, None).await
-        }
-        PluginsCommand::Validate { plugin, config } => {
-            let body = read_document(config)?;
-            let path = format!(
-                "/v1/plugins/{}/validate",
-                path_part(&absolute_plugin(plugin))
-            );
-            client.call(Method::POST, &path, Some(&body)).await
-        }
-    };
-    let value = match outcome {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return Ok(exit_for(&e));
-        }
-    };
-    let invalid = matches!(command, PluginsCommand::Validate { .. })
-        && !value["valid"].as_bool().unwrap_or(false);
-    if target.json {
-        println!("{}", serde_json::to_string_pretty(&value)?);
-        return Ok(ExitCode::from(if invalid { EXIT_INVALID } else { 0 }));
-    }
-    match command {
-        PluginsCommand::List => {
-            println!("{:<14} {:<9} {:<8} description", "name", "kind", "version");
-            for p in value.as_array().into_iter().flatten() {
-                println!(
-                    "{:<14} {:<9} {:<8} {}",
-                    text(&p["name"]),
-                    text(&p["kind"]),
-                    text(&p["version"]),
-                    text(&p["description"])
-                );
-            }
-        }
-        PluginsCommand::Inspect { .. } => {
-            println!("name:        {}", text(&value["name"]));
-            println!("kind:        {}", text(&value["kind"]));
-            println!("version:     {}", text(&value["version"]));
-            println!("description: {}", text(&value["description"]));
-            println!("config schema:");
-            println!("{}", serde_json::to_string_pretty(&value["config_schema"])?);
-        }
-        PluginsCommand::Validate { .. } => {
-            if value["valid"].as_bool().unwrap_or(false) {
-                println!("valid");
-            } else {
-                for e in value["errors"].as_array().into_iter().flatten() {
-                    println!("{}", text(e));
-                }
-                return Ok(ExitCode::from(EXIT_INVALID));
-            }
-        }
-    }
-    Ok(ExitCode::SUCCESS)
 }
