@@ -32,7 +32,12 @@ mod units;
 
 pub use self::error::{Located, ManifestError};
 pub use self::net::NetRule;
-pub use self::schema::*;
+pub use self::schema::{
+    BatchConfig, BrokerConfig, BrokerKind, ConnectorConfig, ConnectorKind, DEFAULT_CPU,
+    DEFAULT_MAX_BACKLOG, DEFAULT_MEMORY_BYTES, DEFAULT_RESTART_ATTEMPTS, DEFAULT_RESTART_INITIAL,
+    DEFAULT_RESTART_MAX, DEFAULT_RETENTION_AGE, FileGrant, FileMode, FsyncPolicy, GrantsConfig,
+    Manifest, RestartConfig, SecretSource, TopicPolicy, TopicSettings,
+};
 pub use self::secret_ref::{SECRET_REF_PREFIX, secret_references};
 pub use self::units::{format_bytes, format_size, parse_bytes, parse_duration};
 
