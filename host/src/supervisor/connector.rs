@@ -29,11 +29,12 @@ use tracing::Instrument;
 
 use super::{Failure, InstanceEnd, Life, LifeEnd, Watcher};
 use crate::broker::Broker;
+use crate::broker::StateStore;
 use crate::broker::embedded::EmbeddedLog;
 use crate::manifest::{ConnectorConfig, ConnectorKind};
 use crate::pipeline::CheckedConnector;
 use crate::plugin::instance::SinkOffset;
-use crate::plugin::{InstanceSetup, PluginHost, StateStore};
+use crate::plugin::{InstanceSetup, PluginHost};
 use crate::pump::{
     Assignment, DeadLetter, InstanceControl, InstanceState, PumpStats, Replacement, SinkPump,
     SinkPumpConfig, SourceEnd, SourcePump, SourcePumpConfig, SwapRequest, TopicSeal, TopicSealer,
@@ -469,7 +470,7 @@ impl RunningConnector {
         let parallelism = *c.parallelism.get_ref();
         let state: Arc<dyn StateStore> = Arc::new(
             host.broker
-                .connector_state(&name)
+                .connector_state(&name, connector.grants.state)
                 .with_context(|| format!("opening the state of connector {name:?}"))?,
         );
         let (paused, paused_rx) = watch::channel(options.paused);

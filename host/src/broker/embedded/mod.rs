@@ -3,7 +3,7 @@
 //! ```text
 //! <data_dir>/topics/<topic>/<partition>/<base offset, 20 digits>.log   segments
 //! <data_dir>/groups/<group>.json                                       committed offsets
-//! <data_dir>/state/<connector>.json                                    plugin state
+//! <data_dir>/state/<connector>.state                                   plugin state
 //! ```
 //!
 //! Appends go to the last segment of a partition as one checksummed frame
@@ -14,6 +14,7 @@
 //!
 //! A partition's index of frames lives in memory (about 24 bytes a batch).
 
+mod plugin_state;
 pub mod segment;
 pub mod state;
 
@@ -28,10 +29,10 @@ use sluice_batch::Batch;
 use tokio::sync::watch;
 
 use self::segment::FrameMeta;
-use super::{Backlog, Broker, BrokerError, SourceCheckpoint, StoredBatch};
+use super::{Backlog, Broker, BrokerError, SourceCheckpoint, StateQuota, StoredBatch};
 use crate::manifest::{FsyncPolicy, Manifest, TopicPolicy};
 
-pub use self::state::ConnectorState;
+pub use self::plugin_state::ConnectorState;
 
 /// Settings of an [`EmbeddedLog`].
 #[derive(Debug, Clone)]
@@ -489,9 +490,13 @@ impl EmbeddedLog {
         &self.inner.dir
     }
 
-    /// Durable state for one connector's plugin.
-    pub fn connector_state(&self, connector: &str) -> Result<ConnectorState, BrokerError> {
-        ConnectorState::open(&self.inner.dir.join("state"), connector)
+    /// Durable state for one connector's plugin, bounded by `quota`.
+    pub fn connector_state(
+        &self,
+        connector: &str,
+        quota: StateQuota,
+    ) -> Result<ConnectorState, BrokerError> {
+        ConnectorState::open(&self.inner.dir.join("state"), connector, quota)
     }
 
     /// Forgets a deleted connector: its group's committed offsets and
@@ -514,6 +519,11 @@ impl EmbeddedLog {
                 .dir
                 .join("groups")
                 .join(format!("{connector}.json")),
+            self.inner
+                .dir
+                .join("state")
+                .join(format!("{connector}.state")),
+            // Where an older Sluice kept it.
             self.inner
                 .dir
                 .join("state")

@@ -2,9 +2,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
-use common::*;
+use crate::common::*;
 
 const GOOD: &str = r#"[broker]
 data_dir = "data"
