@@ -4,10 +4,11 @@
 build:
     cargo build --release
 
-# Build only the plugins and fixtures, as the host build does.
+# Build only the built-in plugins, as the host build does (the tests' fixtures are built by
+# the sluice-test-artifacts crate, for the tests only).
 build-plugins:
     CARGO_TARGET_DIR=target/plugins cargo build --profile plugin --target wasm32-wasip2 \
-        -p blackhole -p datagen -p file-sink -p file-source -p print -p wrong-contract-version
+        -p blackhole -p datagen -p file-sink -p file-source -p print
 
 # The whole test suite (the README's command).
 test:

@@ -10,22 +10,21 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::cli::StdoutStream;
 use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
 
 /// Re-exported: the parsed entries of a `net` grant.
 pub use crate::manifest::NetRule;
+
+use crate::broker::StateQuota;
 use crate::manifest::{
     ConnectorConfig, DEFAULT_CPU, DEFAULT_MEMORY_BYTES, FileMode, Manifest, SecretSource,
     format_size, parse_bytes, parse_duration,
 };
-use crate::secrets::Redactor;
 
 /// What one connector may reach, resolved against the manifest's folder.
 /// Its `Debug` shows the names of environment variables, not their values.
@@ -50,6 +49,8 @@ pub struct GrantSet {
     pub env_missing: Vec<String>,
     /// Secret names and where they come from (never their values).
     pub secrets: Vec<(String, SecretSource)>,
+    /// How much plugin state the connector may keep.
+    pub state: StateQuota,
     /// `memory` or `cpu` was left to its default.
     pub default_memory: bool,
     /// See `default_memory`.
@@ -67,6 +68,7 @@ impl fmt::Debug for GrantSet {
             .field("dns", &self.dns)
             .field("env", &self.env.iter().map(|(n, _)| n).collect::<Vec<_>>())
             .field("secrets", &self.secrets)
+            .field("state", &self.state)
             .finish_non_exhaustive()
     }
 }
@@ -84,11 +86,95 @@ pub enum GrantError {
     },
 }
 
+/// The socket uses the `net` check refused for one instance: each refusal
+/// is logged (at most one line a second, counting the rest) naming the
+/// address and the grant that would allow it, and the last one is kept so
+/// that an `open` failing after a refusal can say which grant it needs.
+#[derive(Debug, Clone, Default)]
+pub struct Refusals(Arc<Mutex<RefusalLog>>);
+
+#[derive(Debug, Default)]
+struct RefusalLog {
+    last: Option<Refusal>,
+    logged_at: Option<Instant>,
+    unlogged: u64,
+}
+
+/// One socket use the grants refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The address.
+    pub addr: SocketAddr,
+    /// What the plugin tried: `connect`, `send`, `listen`, …
+    pub attempt: &'static str,
+}
+
+impl Refusal {
+    /// The grant that would allow it, as the manifest writes it, or why
+    /// none can.
+    pub fn fix(&self) -> String {
+        match self.attempt {
+            "listen" | "accept" | "bind" => {
+                "a plugin may not serve: no grant allows binding, listening or accepting".into()
+            }
+            _ => format!("grant it with net = [\"{}\"]", self.addr),
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "refused to {} {}, which no `net` grant allows ({})",
+            self.attempt,
+            self.addr,
+            self.fix()
+        )
+    }
+}
+
+/// How often a refusal is logged, at most.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(1);
+
+impl Refusals {
+    fn record(&self, refusal: Refusal) {
+        let mut log = self.0.lock().expect("refusals lock");
+        let now = Instant::now();
+        if log
+            .logged_at
+            .is_none_or(|at| now.duration_since(at) >= REFUSAL_LOG_EVERY)
+        {
+            let unlogged = std::mem::take(&mut log.unlogged);
+            tracing::warn!(
+                addr = %refusal.addr,
+                attempt = refusal.attempt,
+                refused_since_last_line = unlogged,
+                "{refusal}"
+            );
+            log.logged_at = Some(now);
+        } else {
+            log.unlogged += 1;
+        }
+        log.last = Some(refusal);
+    }
+
+    /// The last refusal, taken (so a later failure is not blamed on it).
+    pub fn take_last(&self) -> Option<Refusal> {
+        self.0.lock().expect("refusals lock").last.take()
+    }
+}
+
 /// Decides one socket use against the `net` rules. The rules are an
 /// allow-list of remote peers: a plugin may connect to them, send to them
 /// and receive from them. It may not serve: binding a chosen address or
 /// port, listening and accepting are refused whatever the rules say.
-async fn check_socket(rules: Arc<Vec<NetRule>>, addr: SocketAddr, use_: SocketAddrUse) -> bool {
+async fn check_socket(
+    rules: Arc<Vec<NetRule>>,
+    refusals: Refusals,
+    addr: SocketAddr,
+    use_: SocketAddrUse,
+) -> bool {
     let allowed = match use_ {
         // The implicit bind before a connect or a send: any local address,
         // an ephemeral port. The remote address is checked next.
@@ -107,8 +193,17 @@ async fn check_socket(rules: Arc<Vec<NetRule>>, addr: SocketAddr, use_: SocketAd
             ok
         }
     };
+    // A datagram from an ungranted peer is dropped silently: the plugin did
+    // not ask for it.
     if !allowed && !matches!(use_, SocketAddrUse::UdpReceive) {
-        tracing::warn!(%addr, r#use = ?use_, "refused a socket use that no `net` grant allows");
+        let attempt = match use_ {
+            SocketAddrUse::TcpBind | SocketAddrUse::UdpBind => "bind",
+            SocketAddrUse::TcpListen => "listen",
+            SocketAddrUse::TcpAccept => "accept",
+            SocketAddrUse::TcpConnect => "connect to",
+            _ => "send to",
+        };
+        refusals.record(Refusal { addr, attempt });
     }
     allowed
 }
@@ -168,6 +263,7 @@ impl GrantSet {
                 .iter()
                 .map(|(n, s)| (n.clone(), s.get_ref().clone()))
                 .collect(),
+            state: StateQuota::default(),
             default_memory: memory.is_none(),
             default_cpu: cpu.is_none(),
         }
@@ -178,8 +274,9 @@ impl GrantSet {
     /// it writes to standard output, if granted, is redacted too.
     pub fn wasi_ctx(
         &self,
-        stderr: PluginStderr,
-        redactor: &Redactor,
+        stdout: impl StdoutStream + 'static,
+        stderr: impl StdoutStream + 'static,
+        refusals: Refusals,
     ) -> Result<WasiCtx, GrantError> {
         let mut b = WasiCtxBuilder::new();
         for (host, guest, mode) in &self.files {
@@ -202,20 +299,20 @@ impl GrantSet {
                 })?;
         }
         if self.stdout {
-            b.stdout(PluginStdout::new(redactor.clone()));
+            b.stdout(stdout);
         }
         b.stderr(stderr);
         for (name, value) in &self.env {
             b.env(name, value);
         }
-        if !self.net.is_empty() {
-            let rules = Arc::new(self.net.clone());
-            b.allow_tcp(true);
-            b.allow_udp(true);
-            b.socket_addr_check(move |addr, use_| {
-                Box::pin(check_socket(rules.clone(), addr, use_))
-            });
-        }
+        // The check runs even with no `net` grant at all, so that every
+        // refused use is logged and can be named when `open` fails.
+        let rules = Arc::new(self.net.clone());
+        b.allow_tcp(true);
+        b.allow_udp(true);
+        b.socket_addr_check(move |addr, use_| {
+            Box::pin(check_socket(rules.clone(), refusals.clone(), addr, use_))
+        });
         b.allow_ip_name_lookup(self.dns);
         Ok(b.build())
     }
@@ -289,239 +386,49 @@ fn list_or_none(items: &[String]) -> String {
     }
 }
 
-/// Splits a plugin's output stream into lines and masks secrets in each,
-/// never cutting a secret in two.
-#[derive(Debug, Default)]
-struct Lines {
-    partial: Vec<u8>,
-}
-
-/// Longest line kept; a longer one is passed on in pieces.
-const MAX_LINE: usize = 4096;
-
-impl Lines {
-    /// Takes `bytes` and hands each complete line (without its newline),
-    /// redacted, to `emit`, with `true`; or a piece of an overlong line,
-    /// with `false`.
-    fn push(&mut self, bytes: &[u8], redactor: &Redactor, mut emit: impl FnMut(&str, bool)) {
-        self.partial.extend_from_slice(bytes);
-        loop {
-            let (end, skip) = match self.partial.iter().position(|&b| b == b'\n') {
-                Some(at) => (at, 1),
-                None if self.partial.len() >= MAX_LINE => {
-                    match redactor.safe_cut(&self.partial, MAX_LINE) {
-                        0 => return,
-                        cut => (cut, 0),
-                    }
-                }
-                None => return,
-            };
-            let line: Vec<u8> = self.partial.drain(..end + skip).take(end).collect();
-            emit(&redactor.redact(&String::from_utf8_lossy(&line)), skip == 1);
-        }
-    }
-
-    /// Hands on what is left.
-    fn finish(&mut self, redactor: &Redactor, mut emit: impl FnMut(&str, bool)) {
-        if !self.partial.is_empty() {
-            let rest = std::mem::take(&mut self.partial);
-            emit(&redactor.redact(&String::from_utf8_lossy(&rest)), false);
-        }
-    }
-}
-
-/// A plugin's standard error: each line goes to the host's log as a
-/// warning, tagged with the connector and instance, with secrets masked.
-/// The last line is kept for the error report if the plugin then traps (a
-/// Rust plugin's panic message arrives this way).
-#[derive(Clone)]
-pub struct PluginStderr {
-    connector: Arc<str>,
-    instance: u32,
-    redactor: Redactor,
-    lines: Arc<Mutex<Lines>>,
-    last: Arc<Mutex<Option<String>>>,
-}
-
-impl fmt::Debug for PluginStderr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PluginStderr")
-            .field("connector", &self.connector)
-            .field("instance", &self.instance)
-            .finish_non_exhaustive()
-    }
-}
-
-impl PluginStderr {
-    /// The standard error of instance `instance` of `connector`.
-    pub fn new(connector: Arc<str>, instance: u32, redactor: Redactor) -> Self {
-        PluginStderr {
-            connector,
-            instance,
-            redactor,
-            lines: Arc::default(),
-            last: Arc::default(),
-        }
-    }
-
-    /// The last line written, redacted.
-    pub fn last_line(&self) -> Option<String> {
-        self.last.lock().expect("stderr lock").clone()
-    }
-
-    fn emit(&self, text: &str) {
-        let text = text.trim_end();
-        if text.is_empty() {
-            return;
-        }
-        tracing::warn!(connector = %self.connector, instance = self.instance, "plugin stderr: {text}");
-        *self.last.lock().expect("stderr lock") = Some(text.to_owned());
-    }
-}
-
-impl IsTerminal for PluginStderr {
-    fn is_terminal(&self) -> bool {
-        false
-    }
-}
-
-impl StdoutStream for PluginStderr {
-    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
-        Box::new(self.clone())
-    }
-}
-
-impl tokio::io::AsyncWrite for PluginStderr {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let mut lines = self.lines.lock().expect("stderr lock");
-        lines.push(buf, &self.redactor, |l, _| self.emit(l));
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let mut lines = self.lines.lock().expect("stderr lock");
-        lines.finish(&self.redactor, |l, _| self.emit(l));
-        Poll::Ready(Ok(()))
-    }
-}
-
-/// A plugin's standard output, when granted: the host's standard output,
-/// with secrets masked line by line (straight through when the manifest
-/// has no secrets).
-#[derive(Clone)]
-pub struct PluginStdout {
-    redactor: Redactor,
-    lines: Arc<Mutex<Lines>>,
-}
-
-impl fmt::Debug for PluginStdout {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PluginStdout").finish_non_exhaustive()
-    }
-}
-
-impl PluginStdout {
-    /// Standard output masking what `redactor` knows.
-    pub fn new(redactor: Redactor) -> Self {
-        PluginStdout {
-            redactor,
-            lines: Arc::default(),
-        }
-    }
-}
-
-impl IsTerminal for PluginStdout {
-    fn is_terminal(&self) -> bool {
-        std::io::IsTerminal::is_terminal(&std::io::stdout())
-    }
-}
-
-impl StdoutStream for PluginStdout {
-    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
-        Box::new(self.clone())
-    }
-}
-
-impl tokio::io::AsyncWrite for PluginStdout {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        use std::io::Write;
-        let out = std::io::stdout();
-        let mut out = out.lock();
-        if self.redactor.is_empty() {
-            return Poll::Ready(out.write_all(buf).map(|()| buf.len()));
-        }
-        let mut result = Ok(());
-        let mut lines = self.lines.lock().expect("stdout lock");
-        lines.push(buf, &self.redactor, |l, whole| {
-            if result.is_ok() {
-                result = if whole {
-                    writeln!(out, "{l}")
-                } else {
-                    write!(out, "{l}")
-                };
-            }
-        });
-        Poll::Ready(result.map(|()| buf.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        use std::io::Write;
-        Poll::Ready(std::io::stdout().flush())
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
-        let mut lines = self.lines.lock().expect("stdout lock");
-        lines.finish(&self.redactor, |l, _| {
-            let _ = write!(out, "{l}");
-        });
-        Poll::Ready(out.flush())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    #[test]
-    fn lines_never_cut_a_secret_in_two() {
-        let r = Redactor::new(["SECRET"]);
-        let mut lines = Lines::default();
-        let mut got = Vec::new();
-        let mut long = "x".repeat(MAX_LINE - 3);
-        long.push_str("SECRET tail\n");
-        for chunk in long.as_bytes().chunks(7) {
-            lines.push(chunk, &r, |l, _| got.push(l.to_owned()));
-        }
-        let joined = got.concat();
-        assert!(!joined.contains("SECRET"), "{joined}");
-        assert!(joined.ends_with("*** tail"), "{joined}");
-    }
-
     #[tokio::test]
     async fn a_net_grant_lets_a_plugin_reach_peers_but_never_serve() {
         let rules = Arc::new(vec![NetRule::parse("0.0.0.0/0:1-65535").unwrap()]);
-        let check = |addr: &str, u| check_socket(rules.clone(), addr.parse().unwrap(), u);
+        let refusals = Refusals::default();
+        let check =
+            |addr: &str, u| check_socket(rules.clone(), refusals.clone(), addr.parse().unwrap(), u);
         assert!(check("0.0.0.0:0", SocketAddrUse::TcpBind).await);
         assert!(check("10.0.0.1:80", SocketAddrUse::TcpConnect).await);
         assert!(check("10.0.0.1:53", SocketAddrUse::UdpSend).await);
+        assert_eq!(refusals.take_last(), None);
         assert!(!check("0.0.0.0:8080", SocketAddrUse::TcpBind).await);
         assert!(!check("127.0.0.1:0", SocketAddrUse::UdpBind).await);
         assert!(!check("0.0.0.0:8080", SocketAddrUse::TcpListen).await);
         assert!(!check("10.0.0.1:40000", SocketAddrUse::TcpAccept).await);
+        let last = refusals.take_last().unwrap();
+        assert_eq!(last.attempt, "accept");
+        assert!(last.to_string().contains("may not serve"), "{last}");
+    }
+
+    #[tokio::test]
+    async fn a_refusal_names_the_grant_that_would_allow_it() {
+        let refusals = Refusals::default();
+        let addr: SocketAddr = "127.0.0.1:5432".parse().unwrap();
+        assert!(
+            !check_socket(
+                Arc::default(),
+                refusals.clone(),
+                addr,
+                SocketAddrUse::TcpConnect
+            )
+            .await
+        );
+        let last = refusals.take_last().unwrap();
+        assert_eq!(
+            last.to_string(),
+            "refused to connect to 127.0.0.1:5432, which no `net` grant allows \
+             (grant it with net = [\"127.0.0.1:5432\"])"
+        );
+        assert_eq!(refusals.take_last(), None, "taken once");
     }
 }

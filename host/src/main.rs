@@ -39,6 +39,28 @@ struct Cli {
     /// Compile plugins every time instead of caching them.
     #[arg(long, global = true)]
     no_cache: bool,
+
+    /// How log lines are written to standard error: `text` (coloured only
+    /// on a terminal, and never when NO_COLOR is set) or `json` (one object
+    /// a line, for log shippers).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t = LogFormat::Text,
+        env = "SLUICE_LOG_FORMAT",
+        value_name = "FORMAT"
+    )]
+    log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// For people.
+    Text,
+    /// One JSON object a line.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -62,7 +84,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    if !matches!(cli.command, Command::Run(_) | Command::Serve(_)) {
+        die_quietly_on_a_closed_pipe();
+    }
+    init_tracing(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("sluice-worker")
@@ -83,14 +108,39 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+/// A verb whose output goes to a pipe that closes early (`sluice connectors
+/// list | head`) ends as `ls | head` does, killed by SIGPIPE, instead of
+/// panicking on the failed write. Rust ignores SIGPIPE by default; this puts
+/// back the default action. Not for `run` and `serve`, which must get to
+/// their clean stop (flush, commit) whatever happens to their output.
+fn die_quietly_on_a_closed_pipe() {
+    // SAFETY: called first thing in `main`, before any other thread exists;
+    // setting a signal's disposition to its default is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match format {
+        LogFormat::Text => {
+            // Colour codes in a file or a pipe are noise for whoever reads it.
+            let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            logs.with_ansi(colour).init();
+        }
+        LogFormat::Json => logs
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 async fn run_cli(cli: Cli) -> anyhow::Result<ExitCode> {

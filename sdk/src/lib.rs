@@ -44,8 +44,70 @@
 //! # fn main() {}
 //! ```
 //!
-//! Sinks receive a checked [`Batch`] and report records they refuse on their
-//! merits through [`Rejects`]; the host sends those to the connector's
+//! The config struct takes `#[sluice_sdk::config]`, which derives
+//! `Deserialize` and `JsonSchema` through the [`serde`] and [`schemars`] this
+//! SDK re-exports: a plugin needs neither crate of its own. (Deriving them
+//! yourself works too, with `schemars` 1.x: a config deriving `schemars`
+//! 0.8's `JsonSchema` does not satisfy the bound.)
+//!
+//! A sink receives a checked [`Batch`] and reads each record through a
+//! [`RecordRef`]: `key` (`None` for a record without one), `value`, `headers`
+//! (name and value pairs, in order) and `timestamp` (milliseconds since the
+//! Unix epoch, if the source set one). The host calls `write` with each
+//! batch it reads, then `flush` at the connector's flush interval (and before
+//! a pause, a stop or a module swap), and commits the batches' offsets only
+//! after `flush` returns `Ok`: make everything written so far durable there.
+//! A complete sink:
+//!
+//! ```
+//! use sluice_sdk::{Batch, Context, Error, Origin, Rejects, Sink};
+//!
+//! /// Counts records whose key starts with `prefix`.
+//! #[sluice_sdk::config]
+//! struct Config {
+//!     prefix: String,
+//! }
+//!
+//! struct Count { prefix: Vec<u8>, seen: u64, durable: u64 }
+//!
+//! impl Sink for Count {
+//!     type Config = Config;
+//!
+//!     fn open(c: Config, _ctx: &Context) -> Result<Self, Error> {
+//!         Ok(Count { prefix: c.prefix.into_bytes(), seen: 0, durable: 0 })
+//!     }
+//!
+//!     fn write(&mut self, _origin: &Origin, batch: Batch<'_>, rejects: &mut Rejects) -> Result<(), Error> {
+//!         for (i, record) in batch.iter().enumerate() {
+//!             match record.key {
+//!                 Some(key) if key.starts_with(&self.prefix) => self.seen += 1,
+//!                 Some(_) => {}
+//!                 // Refused on its merits: goes to the dead-letter topic.
+//!                 None => rejects.reject(i, "a record without a key"),
+//!             }
+//!             for (name, value) in record.headers() {
+//!                 sluice_sdk::log::log_with(
+//!                     sluice_sdk::log::Level::Trace,
+//!                     "header",
+//!                     &[("name", name), ("bytes", &value.len().to_string())],
+//!                 );
+//!             }
+//!         }
+//!         Ok(())
+//!     }
+//!
+//!     fn flush(&mut self) -> Result<(), Error> {
+//!         self.durable = self.seen; // a real sink syncs its writes here
+//!         Ok(())
+//!     }
+//! }
+//!
+//! sluice_sdk::export_sink!(Count);
+//! # fn main() {}
+//! ```
+//!
+//! A record a sink refuses on its merits goes through [`Rejects`]; the host
+//! sends those to the connector's
 //! dead-letter topic (`<connector>.dlq`), each with your reason and its
 //! origin in headers. Transforms read a batch and write another. Errors are
 //! an [`Error`]: invalid config (the host fails the connector at once, with
@@ -70,7 +132,16 @@ use std::fmt;
 use serde::de::DeserializeOwned;
 
 pub use sluice_batch::{Batch, BatchError, BatchWriter, Record, RecordRef, record_ref};
-pub use sluice_sdk_macro::{export_sink, export_source, export_transform};
+pub use sluice_sdk_macro::{config, export_sink, export_source, export_transform};
+
+/// The `schemars` (1.x) this SDK describes configs with; [`config`] derives
+/// through it. A config deriving another version's `JsonSchema` does not
+/// satisfy [`Source::Config`]'s bound.
+pub use schemars;
+/// The `serde` this SDK parses configs with; [`config`] derives through it.
+pub use serde;
+/// The `serde_json` this SDK uses, for plugins that handle JSON values.
+pub use serde_json;
 
 pub mod log;
 pub mod position;

@@ -120,6 +120,68 @@ impl BrokerError {
     }
 }
 
+/// How much plugin state a connector may keep: its `state` grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateQuota {
+    /// Bytes of keys and values together.
+    pub bytes: u64,
+    /// Number of keys.
+    pub keys: u32,
+}
+
+impl Default for StateQuota {
+    /// 16 MiB in at most 10,000 keys: room for cursors and small caches,
+    /// and a bound on what one connector can make the host hold.
+    fn default() -> Self {
+        StateQuota {
+            bytes: 16 << 20,
+            keys: 10_000,
+        }
+    }
+}
+
+/// Why a plugin's state put was refused. Either way, nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The put would take the state past the connector's `state` grant.
+    #[error(
+        "the state of connector {connector:?} would hold {} in {keys} keys, past its state grant of {} and {} keys",
+        crate::manifest::format_bytes(*bytes),
+        crate::manifest::format_size(quota.bytes),
+        quota.keys
+    )]
+    QuotaExceeded {
+        /// The connector.
+        connector: String,
+        /// Bytes it would hold.
+        bytes: u64,
+        /// Keys it would hold.
+        keys: usize,
+        /// Its grant.
+        quota: StateQuota,
+    },
+    /// The store cannot take the write now (a full disk, an I/O error).
+    #[error("cannot store the state of connector {connector:?}: {source}")]
+    Unavailable {
+        /// The connector.
+        connector: String,
+        /// Why.
+        #[source]
+        source: BrokerError,
+    },
+}
+
+/// A connector's durable key/value state, behind the plugin's
+/// `state-get`/`state-put` imports. Both calls may block on disk (or, for
+/// a distributed broker, on the network): the sandbox calls them off the
+/// async workers.
+pub trait StateStore: Send + Sync {
+    /// Reads a key.
+    fn get(&self, key: &str) -> Option<Vec<u8>>;
+    /// Writes a key durably, within the connector's quota.
+    fn put(&self, key: &str, value: &[u8]) -> Result<(), StateError>;
+}
+
 /// What pumps need from a broker.
 pub trait Broker: Send + Sync + 'static {
     /// Creates the topic if it does not exist; returns its partition count.

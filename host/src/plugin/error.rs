@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use super::{CONTRACT_VERSION, PluginKind};
-use crate::grants::GrantError;
+use crate::grants::{GrantError, Refusal};
 
 /// Why a plugin cannot be loaded, or what it did wrong.
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +135,17 @@ pub enum PluginError {
     /// A grant cannot be given.
     #[error(transparent)]
     Grant(#[from] GrantError),
+    /// `open` failed after the sandbox refused the instance something no
+    /// grant allows: a fresh instance would be refused the same way.
+    #[error("plugin {plugin} could not open: the host {refusal}. It failed with: {cause}")]
+    Denied {
+        /// The plugin.
+        plugin: String,
+        /// What was refused, and the grant that would allow it.
+        refusal: Refusal,
+        /// How `open` failed.
+        cause: Box<PluginError>,
+    },
 }
 
 impl PluginError {
@@ -150,6 +161,7 @@ impl PluginError {
         match self {
             PluginError::InvalidConfig { .. } => Some("the plugin refused its config"),
             PluginError::Grant(_) => Some("a grant cannot be given"),
+            PluginError::Denied { .. } => Some("it needs a grant it does not have"),
             _ => None,
         }
     }

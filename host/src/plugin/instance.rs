@@ -9,9 +9,10 @@ use sluice_batch::Batch;
 use wasmtime::Store;
 
 use super::bindings::{self, types};
+use super::output::PluginStderr;
 use super::sandbox::{self, CpuLimitExceeded, MemoryLimitExceeded};
 use super::{EPOCH_TICK, HostState, InstanceSetup, Plugin, PluginError, PluginPre};
-use crate::grants::{GrantSet, PluginStderr};
+use crate::grants::GrantSet;
 use crate::secrets::Redactor;
 
 /// A plugin's description of itself.
@@ -109,6 +110,20 @@ fn trap_with(
         plugin: plugin.to_owned(),
         call,
         reason,
+    }
+}
+
+/// An `open` that failed after the `net` check refused the instance
+/// something fails for good, naming the grant it needs, instead of being
+/// restarted into the same refusal until its attempts run out.
+fn blame_refusal(store: &Store<HostState>, plugin: &str, e: PluginError) -> PluginError {
+    match store.data().refusals.take_last() {
+        Some(refusal) => PluginError::Denied {
+            plugin: plugin.to_owned(),
+            refusal,
+            cause: Box::new(e),
+        },
+        None => e,
     }
 }
 
@@ -265,8 +280,10 @@ impl SourceInstance {
             &self.context,
             resume_from.as_ref(),
         );
-        let r = guarded(&self.plugin, "open", &self.limits, &self.stderr, fut).await?;
-        r.map_err(|e| plugin_error(&self.plugin, "open", e, &self.redactor))
+        let r = guarded(&self.plugin, "open", &self.limits, &self.stderr, fut)
+            .await
+            .and_then(|r| r.map_err(|e| plugin_error(&self.plugin, "open", e, &self.redactor)));
+        r.map_err(|e| blame_refusal(&self.store, &self.plugin, e))
     }
 
     /// Calls `poll` and checks the batch it returns.
@@ -405,8 +422,10 @@ impl SinkInstance {
             self.api
                 .sluice_connector_sink_api()
                 .call_open(&mut self.store, config, &self.context);
-        let r = guarded(&self.plugin, "open", &self.limits, &self.stderr, fut).await?;
-        let offsets = r.map_err(|e| plugin_error(&self.plugin, "open", e, &self.redactor))?;
+        let offsets = guarded(&self.plugin, "open", &self.limits, &self.stderr, fut)
+            .await
+            .and_then(|r| r.map_err(|e| plugin_error(&self.plugin, "open", e, &self.redactor)))
+            .map_err(|e| blame_refusal(&self.store, &self.plugin, e))?;
         Ok(offsets
             .into_iter()
             .map(|o| SinkOffset {

@@ -17,6 +17,7 @@ pub mod bindings;
 pub mod cache;
 mod error;
 pub mod instance;
+pub mod output;
 pub mod sandbox;
 
 use std::fmt;
@@ -31,10 +32,11 @@ pub use self::cache::CompileCache;
 pub use self::error::PluginError;
 pub use self::instance::{Polled, SinkInstance, SourceInstance, Spec};
 use self::sandbox::EpochTicker;
-pub use self::sandbox::{HostState, InstanceSetup, StateStore};
+pub use self::sandbox::{HostState, InstanceSetup};
 
-/// The contract version this host speaks (`sluice:connector@…`).
-pub const CONTRACT_VERSION: &str = "0.1.0";
+/// The contract version this host speaks (`sluice:connector@…`), read from
+/// `wit/connector.wit` by the build script.
+pub const CONTRACT_VERSION: &str = env!("SLUICE_CONTRACT_VERSION");
 
 /// How often the engine's epoch advances; the unit of the `cpu` grant.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);

@@ -8,8 +8,8 @@
 //! traps the call with [`CpuLimitExceeded`] once it has run past the `cpu`
 //! grant. A call blocked in a host function (a sleep, a socket) is ended by
 //! the timeout in `instance.rs`. The store's data, [`HostState`], also
-//! implements the `host` imports: logging into tracing (with secrets
-//! masked) and connector-scoped state.
+//! implements the `host` imports: logging into tracing (masked, one line,
+//! rate limited: see `logs.rs`) and connector-scoped state.
 
 use std::fmt;
 use std::sync::Arc;
@@ -21,8 +21,10 @@ use wasmtime::{Engine, ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{host, types};
+use super::output::{PluginLog, PluginStderr, PluginStdout};
 use super::{EPOCH_TICK, PluginError};
-use crate::grants::PluginStderr;
+use crate::broker::{StateError, StateStore};
+use crate::grants::Refusals;
 use crate::manifest::format_bytes;
 use crate::secrets::Redactor;
 
@@ -31,11 +33,11 @@ pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
     limits: MemoryLimit,
-    connector: Arc<str>,
-    instance: u32,
     state: Option<Arc<dyn StateStore>>,
-    redactor: Redactor,
+    log: PluginLog,
     pub(crate) stderr: PluginStderr,
+    /// What the `net` check refused this instance.
+    pub(crate) refusals: Refusals,
     /// When the current call began, and its `cpu` grant.
     pub(crate) call_started: Instant,
     cpu: Duration,
@@ -115,8 +117,7 @@ impl ResourceLimiter for MemoryLimit {
 impl fmt::Debug for HostState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HostState")
-            .field("connector", &self.connector)
-            .field("instance", &self.instance)
+            .field("log", &self.log)
             .finish_non_exhaustive()
     }
 }
@@ -130,47 +131,48 @@ impl WasiView for HostState {
     }
 }
 
-/// Connector-scoped durable state behind the `state-get`/`state-put`
-/// imports.
-pub trait StateStore: Send + Sync {
-    /// Reads a key.
-    fn get(&self, key: &str) -> Option<Vec<u8>>;
-    /// Writes a key durably.
-    fn put(&self, key: &str, value: &[u8]);
-}
-
 impl host::Host for HostState {
     fn log(&mut self, level: host::Level, message: String, fields: Vec<(String, String)>) {
-        let connector = &*self.connector;
-        let instance = self.instance;
-        let message = self.redactor.redact(&message);
-        let fields = if fields.is_empty() {
-            String::new()
-        } else {
-            let joined = fields
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(" ");
-            self.redactor.redact(&joined).into_owned()
+        let level = match level {
+            host::Level::Trace => tracing::Level::TRACE,
+            host::Level::Debug => tracing::Level::DEBUG,
+            host::Level::Info => tracing::Level::INFO,
+            host::Level::Warn => tracing::Level::WARN,
+            host::Level::Error => tracing::Level::ERROR,
         };
-        match level {
-            host::Level::Trace => tracing::trace!(connector, instance, fields, "{message}"),
-            host::Level::Debug => tracing::debug!(connector, instance, fields, "{message}"),
-            host::Level::Info => tracing::info!(connector, instance, fields, "{message}"),
-            host::Level::Warn => tracing::warn!(connector, instance, fields, "{message}"),
-            host::Level::Error => tracing::error!(connector, instance, fields, "{message}"),
-        }
+        self.log.write(level, &message, &fields);
     }
 
     fn state_get(&mut self, key: String) -> Option<Vec<u8>> {
-        self.state.as_ref().and_then(|s| s.get(&key))
+        let store = self.state.as_ref()?;
+        off_the_workers(|| store.get(&key))
     }
 
-    fn state_put(&mut self, key: String, value: Vec<u8>) {
-        if let Some(s) = &self.state {
-            s.put(&key, &value);
-        }
+    fn state_put(&mut self, key: String, value: Vec<u8>) -> Result<(), host::StateError> {
+        let Some(store) = &self.state else {
+            return Err(host::StateError::Unavailable(
+                "this instance has no state (it was made only to read its spec)".into(),
+            ));
+        };
+        off_the_workers(|| store.put(&key, &value)).map_err(|e| {
+            let reason = self.log.redactor().redact(&e.to_string()).into_owned();
+            match e {
+                StateError::QuotaExceeded { .. } => host::StateError::QuotaExceeded(reason),
+                StateError::Unavailable { .. } => host::StateError::Unavailable(reason),
+            }
+        })
+    }
+}
+
+/// Runs `f`, which may block on disk, without stalling the other tasks of
+/// the async worker it runs on: on a multi-threaded runtime the worker hands
+/// its other tasks to another thread first. The time still counts against
+/// the calling instance's `cpu` grant (its clock runs on).
+fn off_the_workers<R>(f: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 
@@ -263,19 +265,24 @@ impl Drop for EpochTicker {
 /// Creates an instance's store: its WASI context from its grants, its
 /// memory limit, and the epoch callback that yields and enforces `cpu`.
 pub(crate) fn new(engine: &Engine, setup: &InstanceSetup) -> Result<Store<HostState>, PluginError> {
-    let stderr = PluginStderr::new(setup.connector.clone(), setup.index, setup.redactor.clone());
+    let log = PluginLog::new(setup.connector.clone(), setup.index, setup.redactor.clone());
+    let stderr = PluginStderr::new(log.clone());
+    let refusals = Refusals::default();
     let state = HostState {
-        wasi: setup.grants.wasi_ctx(stderr.clone(), &setup.redactor)?,
+        wasi: setup.grants.wasi_ctx(
+            PluginStdout::new(setup.redactor.clone()),
+            stderr.clone(),
+            refusals.clone(),
+        )?,
         table: ResourceTable::new(),
         limits: MemoryLimit {
             limit: usize::try_from(setup.grants.memory_bytes).unwrap_or(usize::MAX),
             total: 0,
         },
-        connector: setup.connector.clone(),
-        instance: setup.index,
         state: setup.state.clone(),
-        redactor: setup.redactor.clone(),
+        log,
         stderr,
+        refusals,
         call_started: Instant::now(),
         cpu: setup.grants.cpu,
     };

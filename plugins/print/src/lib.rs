@@ -5,8 +5,10 @@ use std::io::{Stdout, Write};
 
 use sluice_sdk::{Batch, Context, Error, Origin, Rejects, Sink};
 
-/// Config of the `print` sink.
-#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+/// Config of the `print` sink. (`#[sluice_sdk::config]` derives through the
+/// SDK's own `serde` and `schemars`: this crate depends on neither.)
+#[sluice_sdk::config]
+#[derive(Debug)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Written before every value, e.g. `"events> "`.

@@ -19,6 +19,31 @@ use syn::{Path, parse_macro_input};
 /// The contract, embedded when this macro crate is built.
 const WIT: &str = include_str!("../../../wit/connector.wit");
 
+/// Makes a struct a plugin config: derives `Deserialize` and `JsonSchema`
+/// through the `serde` and `schemars` that `sluice_sdk` re-exports, so a
+/// plugin needs neither crate among its own dependencies (and cannot pick a
+/// `schemars` the SDK does not speak). `#[serde(...)]` and `#[schemars(...)]`
+/// attributes on the struct and its fields work as usual.
+#[proc_macro_attribute]
+pub fn config(attr: TokenStream, item: TokenStream) -> TokenStream {
+    if !attr.is_empty() {
+        return syn::Error::new(
+            proc_macro2::Span::call_site(),
+            "#[sluice_sdk::config] takes no arguments",
+        )
+        .to_compile_error()
+        .into();
+    }
+    let item = TokenStream2::from(item);
+    quote! {
+        #[derive(::sluice_sdk::serde::Deserialize, ::sluice_sdk::schemars::JsonSchema)]
+        #[serde(crate = "::sluice_sdk::serde")]
+        #[schemars(crate = "::sluice_sdk::schemars")]
+        #item
+    }
+    .into()
+}
+
 /// Exports a type implementing `sluice_sdk::Source` as a source component.
 #[proc_macro]
 pub fn export_source(input: TokenStream) -> TokenStream {
@@ -42,6 +67,10 @@ pub fn export_transform(input: TokenStream) -> TokenStream {
 
 fn expand(world: &str, glue: TokenStream2) -> TokenStream2 {
     let world = format!("sluice:connector/{world}");
+    let host = format!(
+        "sluice:connector/host@{}",
+        sluice_plugin_build::contract_version(WIT)
+    );
     // Only a component has exports: built natively (for a plugin's unit
     // tests, or a native baseline in a benchmark) the plugin is a library.
     quote! {
@@ -56,7 +85,7 @@ fn expand(world: &str, glue: TokenStream2) -> TokenStream2 {
                 world: #world,
                 runtime_path: "::sluice_sdk::__private::wit_bindgen::rt",
                 with: {
-                    "sluice:connector/host@0.1.0": ::sluice_sdk::__private::host,
+                    #host: ::sluice_sdk::__private::host,
                 },
             });
 

@@ -3,7 +3,7 @@
 //! ```text
 //! <data_dir>/topics/<topic>/<partition>/<base offset, 20 digits>.log   segments
 //! <data_dir>/groups/<group>.json                                       committed offsets
-//! <data_dir>/state/<connector>.json                                    plugin state
+//! <data_dir>/state/<connector>.state                                   plugin state
 //! ```
 //!
 //! Appends go to the last segment of a partition as one checksummed frame
@@ -18,9 +18,11 @@
 //! - [`segment`]: the frame format on disk.
 //! - `retention`: what retention removes, and the housekeeping thread.
 //! - `space`: what the log does when the disk is full.
-//! - [`state`]: committed offsets, source positions, plugin state.
+//! - [`state`]: committed offsets and source positions.
+//! - `plugin_state`: each connector's plugin state, a put at a time.
 
 mod partition;
+mod plugin_state;
 mod retention;
 pub mod segment;
 mod space;
@@ -39,10 +41,10 @@ use tokio::sync::watch;
 use self::partition::Partition;
 use self::retention::{lowest_committed_by, start_housekeeper};
 use self::space::{Full, space};
-use super::{Backlog, Broker, BrokerError, SourceCheckpoint, StoredBatch};
+use super::{Backlog, Broker, BrokerError, SourceCheckpoint, StateQuota, StoredBatch};
 use crate::manifest::{FsyncPolicy, Manifest, TopicPolicy};
 
-pub use self::state::ConnectorState;
+pub use self::plugin_state::ConnectorState;
 
 /// Settings of an [`EmbeddedLog`].
 #[derive(Debug, Clone)]
@@ -179,9 +181,13 @@ impl EmbeddedLog {
         &self.inner.dir
     }
 
-    /// Durable state for one connector's plugin.
-    pub fn connector_state(&self, connector: &str) -> Result<ConnectorState, BrokerError> {
-        ConnectorState::open(&self.inner.dir.join("state"), connector)
+    /// Durable state for one connector's plugin, bounded by `quota`.
+    pub fn connector_state(
+        &self,
+        connector: &str,
+        quota: StateQuota,
+    ) -> Result<ConnectorState, BrokerError> {
+        ConnectorState::open(&self.inner.dir.join("state"), connector, quota)
     }
 
     /// Forgets a deleted connector: its group's committed offsets and
@@ -204,6 +210,11 @@ impl EmbeddedLog {
                 .dir
                 .join("groups")
                 .join(format!("{connector}.json")),
+            self.inner
+                .dir
+                .join("state")
+                .join(format!("{connector}.state")),
+            // Where an older Sluice kept it.
             self.inner
                 .dir
                 .join("state")

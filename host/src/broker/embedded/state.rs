@@ -1,15 +1,13 @@
-//! Small durable files beside the log: committed consumer-group offsets,
-//! each connector's plugin state, and the source positions of frames that
-//! retention removed. Both are JSON, rewritten whole through a
-//! temporary file, synced, and renamed into place, so a crash leaves either
-//! the old file or the new one.
+//! Small durable files beside the log: committed consumer-group offsets
+//! and the source positions of frames that retention removed. Both are
+//! JSON, rewritten whole through a temporary file, synced, and renamed into
+//! place, so a crash leaves either the old file or the new one. (Plugin
+//! state is in `plugin_state.rs`: it is written a put at a time.)
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::path::Path;
 
 use super::super::BrokerError;
-use crate::plugin::StateStore;
 
 /// Writes `bytes` to `path` atomically and durably.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BrokerError> {
@@ -102,52 +100,4 @@ pub fn store_group(
 ) -> Result<(), BrokerError> {
     let json = serde_json::to_vec_pretty(offsets).expect("a map of numbers serializes");
     write_atomic(&dir.join(format!("{group}.json")), &json)
-}
-
-/// One connector's durable key/value state.
-#[derive(Debug)]
-pub struct ConnectorState {
-    path: PathBuf,
-    values: Mutex<BTreeMap<String, Vec<u8>>>,
-}
-
-impl ConnectorState {
-    /// Opens `<dir>/<connector>.json`.
-    pub fn open(dir: &Path, connector: &str) -> Result<Self, BrokerError> {
-        let path = dir.join(format!("{connector}.json"));
-        let values = match std::fs::read_to_string(&path) {
-            Ok(text) => serde_json::from_str(&text).map_err(|e| BrokerError::Corrupt {
-                path: path.clone(),
-                byte: 0,
-                why: format!("connector state is not valid JSON: {e}"),
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(source) => {
-                return Err(BrokerError::Io {
-                    what: "cannot read",
-                    path,
-                    source,
-                });
-            }
-        };
-        Ok(ConnectorState {
-            path,
-            values: Mutex::new(values),
-        })
-    }
-}
-
-impl StateStore for ConnectorState {
-    fn get(&self, key: &str) -> Option<Vec<u8>> {
-        self.values.lock().expect("state lock").get(key).cloned()
-    }
-
-    fn put(&self, key: &str, value: &[u8]) {
-        let mut values = self.values.lock().expect("state lock");
-        values.insert(key.to_owned(), value.to_vec());
-        let json = serde_json::to_vec(&*values).expect("a map of byte lists serializes");
-        if let Err(e) = write_atomic(&self.path, &json) {
-            tracing::error!(error = %e, "cannot store connector state");
-        }
-    }
 }

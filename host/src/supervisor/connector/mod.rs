@@ -44,9 +44,10 @@ use self::lives::{Shared, SinkLife, SourceLife};
 use self::report::InstanceWatcher;
 use self::seals::written_topic;
 use crate::broker::Broker;
+use crate::broker::StateStore;
 use crate::check::CheckedConnector;
 use crate::manifest::ConnectorKind;
-use crate::plugin::{InstanceSetup, StateStore};
+use crate::plugin::InstanceSetup;
 use crate::pump::{InstanceControl, InstanceState, Replacement, SwapRequest};
 use crate::supervisor::InstanceEnd;
 
@@ -106,7 +107,7 @@ impl RunningConnector {
         let parallelism = *c.parallelism.get_ref();
         let state: Arc<dyn StateStore> = Arc::new(
             host.broker
-                .connector_state(&name)
+                .connector_state(&name, connector.grants.state)
                 .with_context(|| format!("opening the state of connector {name:?}"))?,
         );
         let (paused, paused_rx) = watch::channel(options.paused);

@@ -8,15 +8,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// Records the healthy pair moves, at a rate that keeps it running while
 /// the fixture misbehaves.
@@ -305,6 +303,48 @@ fn connect_without_any_net_grant_is_denied() {
 }
 
 #[test]
+fn a_refused_connection_is_logged_naming_the_address_and_the_grant() {
+    let (_l, port) = listener();
+    let dir = tempfile::tempdir().unwrap();
+    let m = manifest(
+        dir.path(),
+        "connect-ungranted-port",
+        &format!("[connector.config]\naddr = \"127.0.0.1:{port}\"\n"),
+    );
+    let out = run_with(&m, &[]);
+    assert_eq!(out.status.code(), Some(0));
+    let log = stderr(&out);
+    let line = log
+        .lines()
+        .find(|l| l.contains("refused to connect to"))
+        .unwrap_or_else(|| panic!("no refusal in the log:\n{log}"));
+    assert!(line.contains("connector=fixture"), "{line}");
+    assert!(
+        line.contains(&format!(
+            "refused to connect to 127.0.0.1:{port}, which no `net` grant allows (grant it with net = [\"127.0.0.1:{port}\"])"
+        )),
+        "{line}"
+    );
+}
+
+#[test]
+fn an_open_that_fails_after_a_refused_connection_fails_at_once_naming_the_grant() {
+    let (_l, port) = listener();
+    let extra = format!("[connector.config]\naddr = \"127.0.0.1:{port}\"\n");
+    let (_dir, out, line) = run_failing("connect-in-open", &extra);
+    assert!(
+        line.contains(&format!("grant it with net = [\"127.0.0.1:{port}\"]")),
+        "{line}"
+    );
+    let log = stderr(&out);
+    assert!(
+        log.contains("it needs a grant it does not have; not restarting the instance"),
+        "{log}"
+    );
+    assert!(!log.contains("restarting in"), "restarted: {log}");
+}
+
+#[test]
 fn connect_granted_port_works() {
     let (l, port) = listener();
     let extra = format!(
@@ -482,6 +522,24 @@ fn memory_within_the_grant_works() {
     assert_eq!(out.status.code(), Some(0));
     assert_healthy(dir.path(), &out);
     assert_eq!(probe_lines(dir.path()), ["{\"allocated_mib\":16}"]);
+}
+
+// ---- plugin state ----
+
+/// 400 values of 64 KiB: 25 MiB, past the default grant of 16 MiB.
+const STATE_HOG: &str = "[connector.config]\nputs = 400\nvalue_bytes = 65536";
+
+#[test]
+fn plugin_state_is_bounded_by_the_default_state_grant() {
+    let outcome = run_probe("state-hog", STATE_HOG, |_| {});
+    assert_denied(&outcome, "Other");
+    let error = outcome["error"].as_str().unwrap();
+    // 16 MiB holds 255 values of 64 KiB and their keys, not 256.
+    assert!(error.contains("after 255 puts"), "{error}");
+    assert!(
+        error.contains("past its state grant of 16 MiB and 10000 keys"),
+        "{error}"
+    );
 }
 
 // ---- containment and restart ----

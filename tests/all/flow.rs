@@ -5,13 +5,11 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// The resident set size of a process, in bytes.
 fn rss(pid: u32) -> Option<u64> {

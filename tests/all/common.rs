@@ -21,9 +21,13 @@ fn cache_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("sluice-test-cache")
 }
 
-/// A fixture or plugin component built by host/build.rs, by crate name.
+/// A fixture's component (built by `sluice-test-artifacts`) or a built-in
+/// plugin's (built by host/build.rs), by crate name.
 pub fn wasm(krate: &str) -> PathBuf {
-    PathBuf::from(env!("SLUICE_PLUGIN_WASM_DIR")).join(format!("{}.wasm", krate.replace('-', "_")))
+    sluice_test_artifacts::fixture(krate).unwrap_or_else(|| {
+        PathBuf::from(env!("SLUICE_PLUGIN_WASM_DIR"))
+            .join(format!("{}.wasm", krate.replace('-', "_")))
+    })
 }
 
 /// Writes `manifest` as `sluice.toml` in `dir` and returns its path.

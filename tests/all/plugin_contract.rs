@@ -3,9 +3,8 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
-use common::*;
+use crate::common::*;
+use sluice::plugin::CONTRACT_VERSION;
 
 fn source_manifest(plugin: &str, config: &str) -> String {
     format!(
@@ -56,11 +55,15 @@ fn a_plugin_exporting_the_wrong_interface_is_refused_naming_what_is_missing() {
     let (code, err) = validate_in(dir.path(), &source_manifest("file-sink", "path = \"/x\""));
     assert_eq!(code, Some(2));
     assert!(
-        err.contains("does not export sluice:connector/source-api@0.1.0"),
+        err.contains(&format!(
+            "does not export sluice:connector/source-api@{CONTRACT_VERSION}"
+        )),
         "names the missing interface: {err}"
     );
     assert!(
-        err.contains("it exports sluice:connector/sink-api@0.1.0"),
+        err.contains(&format!(
+            "it exports sluice:connector/sink-api@{CONTRACT_VERSION}"
+        )),
         "{err}"
     );
     assert!(
@@ -80,7 +83,9 @@ fn a_plugin_built_against_another_contract_version_is_refused_naming_it() {
         "{err}"
     );
     assert!(
-        err.contains("this host speaks sluice:connector@0.1.0"),
+        err.contains(&format!(
+            "this host speaks sluice:connector@{CONTRACT_VERSION}"
+        )),
         "{err}"
     );
 }

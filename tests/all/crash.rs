@@ -6,13 +6,11 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
-mod common;
-
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// A small xorshift generator: the storm needs reproducible, not good,
 /// randomness.

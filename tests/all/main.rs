@@ -1,0 +1,20 @@
+//! Sluice's integration tests: one test binary, one module per area (the
+//! shape of cargo's `tests/testsuite` and wasmtime's `tests/all`), so a new
+//! test file is a `mod` line here and the binary links once.
+//!
+//! Every test drives the real `sluice` binary as a user would, with the
+//! plugins and the misbehaving fixtures (`tests/fixtures/`) built for
+//! `wasm32-wasip2` by the `sluice-test-artifacts` crate.
+
+mod common;
+
+mod admin;
+mod cli;
+mod crash;
+mod flow;
+mod layout;
+mod manifest_errors;
+mod pipeline_e2e;
+mod plugin_contract;
+mod plugin_log;
+mod sandbox;
