@@ -65,16 +65,11 @@ impl CheckedConnector {
             ConnectorKind::Sink => PluginKind::Sink,
         })?;
         let spec = plugins.spec(&plugin).await?;
-        let validator = jsonschema::validator_for(&spec.config_schema).map_err(|e| {
-            anyhow::anyhow!(
-                "plugin {} publishes a config schema that is not valid JSON Schema: {e}",
-                plugin.name()
-            )
-        })?;
         let config: serde_json::Value = serde_json::from_str(&self.config_json)?;
-        let problems: Vec<String> = validator
-            .iter_errors(&config)
-            .map(|e| e.to_string())
+        let problems: Vec<String> = spec
+            .check_config(&config)?
+            .iter()
+            .map(ToString::to_string)
             .collect();
         if !problems.is_empty() {
             anyhow::bail!(
@@ -136,7 +131,7 @@ async fn check_one(
         .field(format!("connector[{index}].plugin"))
     };
     let reference = PluginRef::resolve(c.plugin.get_ref(), &manifest.base_dir)
-        .map_err(|e| at_plugin(&e).help("`sluice plugin list` shows the built-in plugins"))?;
+        .map_err(|e| at_plugin(&e).help("`sluice plugins list` shows the built-in plugins"))?;
     let plugin = plugins.load(&reference).map_err(|e| at_plugin(&e))?;
     let needed = match c.kind {
         ConnectorKind::Source => PluginKind::Source,
@@ -163,18 +158,12 @@ async fn check_one(
     let mut config =
         serde_json::to_value(&c.config).context("turning [connector.config] into JSON")?;
     secrets.substitute(&mut config);
-    let validator = jsonschema::validator_for(&spec.config_schema).map_err(|e| {
-        anyhow::anyhow!(
-            "plugin {} publishes a config schema that is not valid JSON Schema: {e}",
-            plugin.name()
-        )
-    })?;
     let mut problems = Vec::new();
-    for error in validator.iter_errors(&config) {
-        let pointer = error.instance_path().as_str().to_owned();
-        let field = pointer.trim_start_matches('/').replace('/', ".");
+    for problem in spec.check_config(&config)? {
+        let (pointer, field) = (&problem.pointer, problem.field());
+        let error = &problem.message;
         let span = manifest
-            .config_span(index, &pointer)
+            .config_span(index, pointer)
             .or(Some(c.plugin.span()));
         let mut e = ManifestError::at(
             &manifest.path,
@@ -190,7 +179,7 @@ async fn check_one(
         } else {
             format!("connector[{index}].config.{field}")
         });
-        e = e.help(schema_help(&spec.config_schema, &pointer, plugin.name()));
+        e = e.help(schema_help(&spec.config_schema, pointer, plugin.name()));
         problems.push(redactor.redact(&e.to_string()).into_owned());
     }
     if !problems.is_empty() {
@@ -235,7 +224,7 @@ fn schema_help(schema: &serde_json::Value, pointer: &str, plugin: &str) -> Strin
     }
     let _ = write!(
         help,
-        "`sluice plugin inspect {plugin}` shows the whole schema"
+        "`sluice plugins inspect {plugin}` shows the whole schema"
     );
     help
 }

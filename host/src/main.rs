@@ -73,13 +73,13 @@ enum Command {
     Serve(cli::serve::Args),
     /// Create, inspect, steer and delete a daemon's connectors.
     Connectors(cli::connectors::Args),
-    /// The plugins a daemon offers.
+    /// The plugins there are, their specs, and a config checked against
+    /// one: a daemon's when one is found, else this binary's.
+    #[command(alias = "plugin")]
     Plugins(cli::plugins::Args),
     /// Check a manifest and every connector's config against its plugin's
     /// schema, without running anything.
     Validate(cli::validate::Args),
-    /// Work with plugins.
-    Plugin(cli::plugin::Args),
 }
 
 fn main() -> ExitCode {
@@ -154,8 +154,7 @@ async fn run_cli(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => cli::run::exec(args, plugins).await,
         Command::Serve(args) => cli::serve::exec(args, plugins).await,
         Command::Connectors(args) => cli::connectors::exec(args).await,
-        Command::Plugins(args) => cli::plugins::exec(args).await,
+        Command::Plugins(args) => cli::plugins::exec(args, &plugins).await,
         Command::Validate(args) => cli::validate::exec(args, &plugins).await,
-        Command::Plugin(args) => cli::plugin::exec(args, &plugins).await,
     }
 }

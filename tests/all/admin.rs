@@ -735,6 +735,12 @@ fn create_from_json_update_the_config_and_bad_input_is_located() {
         &["update", "j", "--config", cfg.to_str().unwrap()],
     );
     assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cfg.json: max_file_bytes: -1 is less than the minimum"),
+        "the error names the file the config came from: {err}"
+    );
+    assert!(!err.contains("as stored"), "{err}");
     std::fs::write(&cfg, r#"{ "path": "/out", "max_file_bytes": 4096 }"#).unwrap();
     d.ok(&["update", "j", "--config", cfg.to_str().unwrap()]);
     let info = d.json("connectors", &["get", "j"]);
@@ -752,11 +758,82 @@ fn create_from_json_update_the_config_and_bad_input_is_located() {
 
     let out = d.cli("connectors", &["restart", "j", "--instance", "5"]);
     assert_eq!(out.status.code(), Some(3), "no instance 5");
+    for verb in ["pause", "resume", "stop", "start", "restart"] {
+        d.ok(&[verb, "j"]);
+    }
     // Deleting forgets it; its name can be used again.
     d.ok(&["delete", "j"]);
     assert_eq!(d.cli("connectors", &["status", "j"]).status.code(), Some(3));
     assert!(!d.data.join("groups/j.json").exists());
     assert!(!d.data.join("connectors/j.json").exists());
+
+    // Every change asked for is in the log: what, which connector, who,
+    // and the answer (a refused one too).
+    let log = d.log();
+    let audited = |op: &str, status: &str| {
+        log.lines().any(|l| {
+            l.contains("admin request")
+                && l.contains(&format!("op=\"{op}\""))
+                && l.contains("caller=\"127.0.0.1:")
+                && l.contains(&format!("status={status}"))
+        })
+    };
+    assert!(audited("create", "400"), "the refused create: {log}");
+    for op in [
+        "create",
+        "update config",
+        "pause",
+        "resume",
+        "stop",
+        "start",
+        "restart",
+        "delete",
+    ] {
+        assert!(audited(op, "20"), "{op} is not in the audit trail:\n{log}");
+    }
+    assert!(audited("restart", "404"), "the refused restart: {log}");
+    assert!(
+        log.contains(r#"keys=["max_file_bytes"]"#),
+        "the config change names the keys it changed: {log}"
+    );
+}
+
+#[test]
+fn the_list_shows_an_instance_that_is_restarting_and_the_status_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &[]);
+    let m = dir.path().join("trap.toml");
+    std::fs::write(
+        &m,
+        format!(
+            r#"
+[[connector]]
+name = "trap"
+kind = "source"
+plugin = {plugin:?}
+topic = "t"
+[connector.config]
+count = 1000000
+times = 1000
+[connector.restart]
+initial = "30s"
+"#,
+            plugin = common::wasm("trap-on-third-batch")
+        ),
+    )
+    .unwrap();
+    d.ok(&["create", m.to_str().unwrap()]);
+    wait_until(
+        "the list says the connector is restarting",
+        Duration::from_secs(30),
+        || d.json("connectors", &["list"])[0]["state"] == "restarting",
+    );
+    let status = d.status("trap");
+    assert_eq!(status["state"], "restarting", "{status}");
+    let why = status["last_error"]["message"].as_str().unwrap();
+    assert!(why.contains("stopped in `poll`: trapped"), "{why}");
+    let table = String::from_utf8_lossy(&d.cli("connectors", &["list"]).stdout).into_owned();
+    assert!(table.contains("restarting"), "{table}");
 }
 
 #[test]

@@ -65,3 +65,61 @@ fn json_logs_are_one_object_a_line() {
     }
     assert!(lines > 0);
 }
+
+#[test]
+fn plugins_answers_without_a_daemon() {
+    let out = run(&["plugins", "list"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("datagen ") && l.contains("source")),
+        "{table}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, "count = 10\npayload_bytes = 64\n").unwrap();
+    let out = run(&["plugins", "validate", "datagen", good.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "valid");
+
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, r#"{"payload_bytes": "big"}"#).unwrap();
+    let out = run(&[
+        "plugins",
+        "validate",
+        "datagen",
+        bad.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["valid"], false);
+    assert!(
+        answer["errors"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("payload_bytes: \"big\" is not of type"),
+        "{answer}"
+    );
+
+    let out = run(&["plugins", "inspect", "no-such-plugin"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+}
+
+#[test]
+fn an_admin_verb_with_no_daemon_says_how_to_name_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&[
+        "connectors",
+        "list",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("no daemon found"), "{err}");
+    assert!(err.contains("--data-dir or SLUICE_DATA_DIR"), "{err}");
+}

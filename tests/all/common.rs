@@ -14,6 +14,12 @@ pub fn sluice() -> Command {
     // debug-built engine is the slow part of every test.
     cmd.env("SLUICE_CACHE_DIR", cache_dir());
     cmd.env("SLUICE_LOG", "info");
+    // No daemon unless a test starts one and names it: a daemon of the
+    // machine's own must not answer a test's `plugins` verb.
+    cmd.env(
+        "SLUICE_DATA_DIR",
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("no-daemon"),
+    );
     cmd
 }
 

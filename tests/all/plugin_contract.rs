@@ -1,4 +1,4 @@
-//! The plugin contract as an operator meets it: `sluice plugin inspect`,
+//! The plugin contract as an operator meets it: `sluice plugins inspect`,
 //! `sluice validate`, and refusals of plugins that do not fit.
 
 #![allow(clippy::unwrap_used)]
@@ -22,7 +22,7 @@ topic = "t"
 
 #[test]
 fn inspect_prints_name_version_description_and_config_schema() {
-    let out = run(&["plugin", "inspect", "datagen"]);
+    let out = run(&["plugins", "inspect", "datagen"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("name:        datagen"), "{text}");
@@ -38,6 +38,7 @@ fn inspect_prints_name_version_description_and_config_schema() {
         assert!(text.contains(field), "schema lists {field}: {text}");
     }
 
+    // `plugin` is the old spelling of the same verb.
     let out = run(&["plugin", "inspect", "--json", "file-sink"]);
     assert!(out.status.success());
     let spec: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

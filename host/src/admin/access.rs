@@ -59,7 +59,8 @@ pub fn read_daemon_info(data_dir: &Path) -> anyhow::Result<DaemonInfo> {
     let path = data_dir.join(DAEMON_FILE);
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!(
-            "no daemon found: cannot read {} (start one with `sluice serve`, or pass --url)",
+            "no daemon found: cannot read {} (start one with `sluice serve`; or name its data \
+             directory with --data-dir or SLUICE_DATA_DIR, or its address with --url or SLUICE_URL)",
             path.display()
         )
     })?;

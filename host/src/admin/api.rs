@@ -11,12 +11,19 @@
 //! With a token in force every route but `/healthz` and `/readyz` needs
 //! `Authorization: Bearer <token>`; a request without it is refused before
 //! it reaches the daemon, so it changes nothing.
+//!
+//! Every request that asks for a change (create, update, pause, resume,
+//! stop, start, restart, offsets reset, delete), refused or not, leaves one
+//! `admin request` line in the log: the operation, the connector, the
+//! caller's address and the answer's status. The daemon's own lines then
+//! say what changed (the module swapped, the offsets reset to).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -138,7 +145,66 @@ pub fn router(daemon: Shared, token: Option<String>) -> Router {
         .layer(axum::middleware::from_fn_with_state(token, require_token))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .layer(axum::middleware::from_fn(audit))
         .with_state(daemon)
+}
+
+/// The audit trail: one line for each request that asks for a change, after
+/// it is answered (a 401 included), naming the caller.
+async fn audit(request: Request, next: Next) -> Response {
+    let Some(op) = operation(request.method(), request.uri().path()) else {
+        return next.run(request).await;
+    };
+    let caller = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let connector = connector_in(request.uri().path()).unwrap_or_default();
+    let query = request.uri().query().unwrap_or_default().to_owned();
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    if response.status().is_success() {
+        tracing::info!(op, connector, caller, query, status, "admin request");
+    } else {
+        tracing::warn!(
+            op,
+            connector,
+            caller,
+            query,
+            status,
+            "admin request refused"
+        );
+    }
+    response
+}
+
+/// The change a request asks for, named as the CLI verb that sends it;
+/// `None` for a request that only reads (a validation included).
+fn operation(method: &Method, path: &str) -> Option<&'static str> {
+    let rest = path.strip_prefix("/v1/connectors")?;
+    let tail = rest
+        .strip_prefix('/')
+        .map(|r| r.split_once('/').map_or("", |(_, t)| t));
+    Some(match (method, tail) {
+        (&Method::POST, None) => "create",
+        (&Method::DELETE, Some("")) => "delete",
+        (&Method::PUT, Some("config")) => "update config",
+        (&Method::PUT, Some("module")) => "update module",
+        (&Method::POST, Some("pause")) => "pause",
+        (&Method::POST, Some("resume")) => "resume",
+        (&Method::POST, Some("stop")) => "stop",
+        (&Method::POST, Some("start")) => "start",
+        (&Method::POST, Some("restart")) => "restart",
+        (&Method::POST, Some("offsets/reset")) => "offsets reset",
+        _ => return None,
+    })
+}
+
+/// The connector a `/v1/connectors/{name}/…` path names.
+fn connector_in(path: &str) -> Option<String> {
+    let name = path.strip_prefix("/v1/connectors/")?.split('/').next()?;
+    Some(name.to_owned())
 }
 
 async fn require_token(
@@ -263,18 +329,27 @@ async fn delete_connector(State(d): State<Shared>, Path(name): Path<String>) -> 
     Ok(done(&name, "deleted"))
 }
 
+/// Where a new config came from.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct ConfigSource {
+    /// The file it was read from, named in errors (the CLI sends it).
+    pub file: Option<String>,
+}
+
 /// Replaces a connector's config and restarts it with it.
-#[utoipa::path(put, path = "/v1/connectors/{name}/config", params(("name" = String, Path, description = "connector")),
+#[utoipa::path(put, path = "/v1/connectors/{name}/config", params(("name" = String, Path, description = "connector"), ConfigSource),
     request_body(content = Object, description = "the new [connector.config] as JSON"),
     responses((status = 200, body = ConnectorInfo), (status = 400), (status = 404)))]
 async fn put_config(
     State(d): State<Shared>,
     Path(name): Path<String>,
+    q: Result<Query<ConfigSource>, QueryRejection>,
     config: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> ApiResult<ConnectorInfo> {
+    let Query(q) = q.map_err(|e| AdminError::Invalid(e.body_text()))?;
     let config = body(config)?;
     Ok(Json(
-        detached(async move { d.update_config(&name, config).await }).await?,
+        detached(async move { d.update_config(&name, config, q.file.as_deref()).await }).await?,
     ))
 }
 
@@ -397,7 +472,8 @@ pub async fn serve(
     token: Option<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(daemon, token))
+    let app = router(daemon, token).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -406,6 +482,46 @@ pub async fn serve(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn every_changing_route_is_an_audited_operation() {
+        let cases = [
+            (Method::POST, "/v1/connectors", Some("create")),
+            (Method::DELETE, "/v1/connectors/files", Some("delete")),
+            (
+                Method::PUT,
+                "/v1/connectors/files/config",
+                Some("update config"),
+            ),
+            (
+                Method::PUT,
+                "/v1/connectors/files/module",
+                Some("update module"),
+            ),
+            (Method::POST, "/v1/connectors/files/pause", Some("pause")),
+            (
+                Method::POST,
+                "/v1/connectors/files/restart",
+                Some("restart"),
+            ),
+            (
+                Method::POST,
+                "/v1/connectors/files/offsets/reset",
+                Some("offsets reset"),
+            ),
+            (Method::GET, "/v1/connectors/files/status", None),
+            (Method::GET, "/v1/connectors", None),
+            (Method::POST, "/v1/plugins/datagen/validate", None),
+        ];
+        for (method, path, op) in cases {
+            assert_eq!(operation(&method, path), op, "{method} {path}");
+        }
+        assert_eq!(
+            connector_in("/v1/connectors/files/pause").as_deref(),
+            Some("files")
+        );
+        assert_eq!(connector_in("/v1/connectors"), None);
+    }
 
     #[test]
     fn the_openapi_document_names_every_route() {

@@ -139,8 +139,9 @@ async fn call(target: Target, command: ConnectorsCommand) -> anyhow::Result<Exit
         } => match (config, plugin) {
             (Some(file), None) => {
                 let body = read_document(file)?;
+                let named = format!("/config?file={}", path_part(&file.display().to_string()));
                 client
-                    .call(Method::PUT, &c(name, "/config"), Some(&body))
+                    .call(Method::PUT, &c(name, &named), Some(&body))
                     .await
             }
             (None, Some(plugin)) => {

@@ -4,7 +4,6 @@
 //! verbs share (talking to a daemon) is in [`remote`].
 
 pub mod connectors;
-pub mod plugin;
 pub mod plugins;
 pub mod remote;
 pub mod run;

@@ -321,7 +321,7 @@ pub struct ConnectorConfig {
     /// ```
     pub kind: ConnectorKind,
 
-    /// A built-in plugin's name (`sluice plugin list`), or the path of a
+    /// A built-in plugin's name (`sluice plugins list`), or the path of a
     /// `.wasm` component.
     ///
     /// ```toml

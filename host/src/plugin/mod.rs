@@ -12,6 +12,8 @@
 //! - [`sandbox`]: one instance's `Store`: WASI from its grants, its memory
 //!   limit, the epoch that enforces its cpu grant, the host imports.
 //! - [`instance`]: a running source, sink or transform and its calls.
+//! - `schema`: a config checked against a plugin's schema
+//!   ([`Spec::check_config`]).
 
 pub mod bindings;
 pub mod cache;
@@ -19,6 +21,7 @@ mod error;
 pub mod instance;
 pub mod output;
 pub mod sandbox;
+mod schema;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -33,6 +36,7 @@ pub use self::error::PluginError;
 pub use self::instance::{Polled, SinkInstance, SourceInstance, Spec};
 use self::sandbox::EpochTicker;
 pub use self::sandbox::{HostState, InstanceSetup};
+pub use self::schema::{ConfigProblem, SchemaError};
 
 /// The contract version this host speaks (`sluice:connector@…`), read from
 /// `wit/connector.wit` by the build script.

@@ -72,15 +72,41 @@ impl Daemon {
     }
 
     /// Replaces a connector's `[connector.config]` and restarts it (if it
-    /// runs) with the new config, as Kafka Connect does.
+    /// runs) with the new config, as Kafka Connect does. `source` names
+    /// where the config came from (a file), for its errors.
     pub async fn update_config(
         &self,
         name: &str,
         config: serde_json::Value,
+        source: Option<&str>,
     ) -> Result<ConnectorInfo, AdminError> {
         let entry = self.entry(name)?;
         {
             let mut m = self.lock(&entry).await?;
+            // The new config alone against the plugin's schema first, so
+            // that a mistake is reported against where it came from, not
+            // against the stored definition it would go into.
+            let mut substituted = config.clone();
+            m.checked.secrets.substitute(&mut substituted);
+            let problems = m
+                .checked
+                .spec
+                .check_config(&substituted)
+                .map_err(internal)?;
+            if !problems.is_empty() {
+                let from = source.unwrap_or("the new config");
+                let plugin = &m.checked.spec.name;
+                let said: Vec<String> = problems
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "{from}: {p} (checked against the config schema of plugin {plugin})"
+                        )
+                    })
+                    .collect();
+                let redactor = crate::secrets::Redactor::new(m.checked.secrets.values());
+                return Err(invalid(redactor.redact(&said.join("\n"))));
+            }
             let table = json_to_toml_table(&config)?;
             let toml = edit_connector(&m.def.toml, |t| {
                 t.insert("config", toml_edit::Item::Table(table.clone()));
@@ -90,6 +116,11 @@ impl Daemon {
                 ..m.def.clone()
             };
             let checked = Arc::new(self.check(&def).await?);
+            // Which keys changed, never their values: a value may be
+            // sensitive without being a declared secret.
+            let old = serde_json::to_value(&m.checked.config.config).unwrap_or_default();
+            let changed = changed_keys(&old, &config);
+            tracing::info!(connector = %name, keys = ?changed, "config replaced; restarting with it");
             let was_running = m.running.is_some();
             self.stop_running(name, &mut m).await;
             m.def.toml = def.toml;
@@ -220,8 +251,10 @@ impl Daemon {
                     )));
                 }
                 r.restart_instance(i as usize).await?;
+                tracing::info!(connector = %name, instance = i, "instance restarted");
             }
             _ => {
+                tracing::info!(connector = %name, "restarting every instance");
                 self.stop_running(name, &mut m).await;
                 let paused = m.def.state == DesiredState::Paused;
                 self.start_running(&entry, &mut m, paused)?;
@@ -315,4 +348,21 @@ impl Daemon {
         }
         self.offsets(name).await
     }
+}
+
+/// The top-level keys whose values differ between two configs (added,
+/// removed or changed), sorted.
+fn changed_keys(old: &serde_json::Value, new: &serde_json::Value) -> Vec<String> {
+    let empty = serde_json::Map::new();
+    let old = old.as_object().unwrap_or(&empty);
+    let new = new.as_object().unwrap_or(&empty);
+    let mut keys: Vec<String> = old
+        .keys()
+        .chain(new.keys())
+        .filter(|k| old.get(*k) != new.get(*k))
+        .cloned()
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
 }

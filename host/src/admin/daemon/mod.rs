@@ -328,8 +328,12 @@ impl Daemon {
         m: &mut Managed,
         state: DesiredState,
     ) -> Result<(), AdminError> {
+        let from = m.def.state;
         m.def.state = state;
         self.store(&entry.name, &m.def)?;
+        if from != state {
+            tracing::info!(connector = %entry.name, ?from, to = ?state, "connector's state changed");
+        }
         let mut shown = entry.shown.lock().expect("shown lock");
         shown.desired = state;
         shown.since = SystemTime::now();

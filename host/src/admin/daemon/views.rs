@@ -14,7 +14,7 @@ use crate::admin::AdminError;
 use crate::admin::metrics::{Row, Totals};
 use crate::broker::Broker;
 use crate::manifest::ConnectorKind;
-use crate::plugin::{PluginRef, builtin_names};
+use crate::plugin::{PluginRef, Spec, builtin_names};
 use crate::pump::InstanceState;
 use crate::supervisor::{ConnectorOutcome, SwapRecord};
 
@@ -115,7 +115,10 @@ pub struct ConnectorStatus {
     pub plugin: String,
     /// The module's version.
     pub plugin_version: String,
-    /// `running`, `paused`, `stopped`, `finished` or `failed`.
+    /// `running`, `paused`, `stopped`, `finished` or `failed`; while it
+    /// runs, the worst state of an instance that is not running instead
+    /// (`starting`, `restarting`, `failed`), with `(N of M instances)` when
+    /// not all are in it. `last_error` says why.
     pub state: String,
     /// Since when (RFC 3339).
     pub since: String,
@@ -248,6 +251,50 @@ fn instance_state(s: InstanceState) -> &'static str {
     }
 }
 
+/// What `list` and `status` show: the connector's state, or, while it runs,
+/// the worst state of its instances when one is not running (as Kafka
+/// Connect shows a FAILED task): `restarting`, or `failed (1 of 3
+/// instances)` when not all are in it. The reason is the status's
+/// `last_error`.
+fn shown_state(shown: &Shown) -> String {
+    let state = state_of(shown);
+    if !matches!(state.as_str(), "running" | "paused") {
+        return state;
+    }
+    let Some(report) = shown.report.as_ref() else {
+        return state;
+    };
+    let rank = |s: InstanceState| match s {
+        InstanceState::Failed => 3,
+        InstanceState::Restarting => 2,
+        InstanceState::Starting => 1,
+        _ => 0,
+    };
+    let states: Vec<InstanceState> = report
+        .instances
+        .iter()
+        .map(|i| i.control.state().0)
+        .collect();
+    let Some(worst) = states.iter().copied().max_by_key(|s| rank(*s)) else {
+        return state;
+    };
+    if rank(worst) == 0 {
+        return state;
+    }
+    let count = states.iter().filter(|s| **s == worst).count();
+    if count == states.len() {
+        instance_state(worst).to_owned()
+    } else {
+        format!(
+            "{} ({count} of {} instances)",
+            instance_state(worst),
+            states.len()
+        )
+    }
+}
+
+/// The connector's own state, whatever its instances': `running`,
+/// `paused`, `stopped`, `finished` or `failed` (`up` in the metrics).
 fn state_of(shown: &Shown) -> String {
     if shown.desired == DesiredState::Stopped {
         return "stopped".into();
@@ -280,7 +327,7 @@ impl Daemon {
                     name: e.name.clone(),
                     kind: e.kind.to_string(),
                     plugin: format!("{} {}", shown.plugin, shown.version),
-                    state: state_of(&shown),
+                    state: shown_state(&shown),
                     records: shown.report.as_ref().map_or(0, |r| r.records()),
                     lag: shown.report.as_ref().and_then(|r| r.lag()),
                 }
@@ -351,7 +398,7 @@ impl Daemon {
             kind: entry.kind.to_string(),
             plugin: shown.plugin.clone(),
             plugin_version: shown.version.clone(),
-            state: state_of(&shown),
+            state: shown_state(&shown),
             since: rfc3339(since),
             restarts: report.map_or(0, |r| r.restarts()),
             last_error: last_error.map(error_info),
@@ -445,22 +492,17 @@ impl Daemon {
         config: &serde_json::Value,
     ) -> Result<Validation, AdminError> {
         let info = self.plugin(plugin).await?;
-        let validator = jsonschema::validator_for(&info.config_schema)
-            .map_err(|e| AdminError::Internal(format!("the plugin's schema is not valid: {e}")))?;
-        let errors: Vec<String> = validator
-            .iter_errors(config)
-            .map(|e| {
-                let field = e
-                    .instance_path()
-                    .as_str()
-                    .trim_start_matches('/')
-                    .replace('/', ".");
-                if field.is_empty() {
-                    e.to_string()
-                } else {
-                    format!("{field}: {e}")
-                }
-            })
+        let spec = Spec {
+            name: info.name,
+            version: info.version,
+            description: info.description,
+            config_schema: info.config_schema,
+        };
+        let errors: Vec<String> = spec
+            .check_config(config)
+            .map_err(|e| AdminError::Internal(e.to_string()))?
+            .iter()
+            .map(ToString::to_string)
             .collect();
         Ok(Validation {
             valid: errors.is_empty(),
