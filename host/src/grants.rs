@@ -241,6 +241,15 @@ impl GrantSet {
             .cpu
             .as_ref()
             .and_then(|c| parse_duration(c.get_ref()).ok());
+        let default_state = StateQuota::default();
+        let state = StateQuota {
+            bytes: g
+                .state
+                .as_ref()
+                .and_then(|s| parse_bytes(s.get_ref()).ok())
+                .unwrap_or(default_state.bytes),
+            keys: g.state_keys.unwrap_or(default_state.keys),
+        };
         GrantSet {
             files: g
                 .files
@@ -263,7 +272,7 @@ impl GrantSet {
                 .iter()
                 .map(|(n, s)| (n.clone(), s.get_ref().clone()))
                 .collect(),
-            state: StateQuota::default(),
+            state,
             default_memory: memory.is_none(),
             default_cpu: cpu.is_none(),
         }
@@ -373,6 +382,15 @@ impl GrantSet {
         rows.push((
             "cpu",
             format!("{:?} per call{}", self.cpu, default(self.default_cpu)),
+        ));
+        rows.push((
+            "state",
+            format!(
+                "{} in {} keys{}",
+                format_size(self.state.bytes),
+                self.state.keys,
+                default(self.state == StateQuota::default())
+            ),
         ));
         rows
     }

@@ -74,6 +74,18 @@ fn a_missing_file_and_an_unknown_plugin_are_explained() {
 }
 
 #[test]
+fn a_state_grant_that_does_not_parse_is_refused_with_the_fix() {
+    let (code, err) = validate(&format!("{GOOD}[connector.grants]\nstate = \"roomy\"\n"));
+    assert_eq!(code, Some(2));
+    assert!(err.contains("sluice.toml:10:9"), "{err}");
+    assert!(err.contains("connector[0].grants.state"), "{err}");
+    assert!(
+        err.contains("state = \"64 MiB\""),
+        "the fix shows a size: {err}"
+    );
+}
+
+#[test]
 fn a_memory_or_cpu_grant_that_does_not_parse_is_refused_with_the_fix() {
     let (code, err) = validate(&format!("{GOOD}[connector.grants]\nmemory = \"lots\"\n"));
     assert_eq!(code, Some(2));

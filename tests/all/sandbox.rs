@@ -542,6 +542,24 @@ fn plugin_state_is_bounded_by_the_default_state_grant() {
     );
 }
 
+#[test]
+fn a_state_grant_gives_more_room_and_bounds_the_keys() {
+    let roomy = format!("{STATE_HOG}\n[connector.grants]\nstate = \"32 MiB\"\n");
+    let outcome = run_probe("state-hog", &roomy, |_| {});
+    assert_eq!(outcome["outcome"], "allowed", "{outcome}");
+    assert_eq!(outcome["detail"], "stored 400 puts");
+
+    let few_keys = format!("{STATE_HOG}\n[connector.grants]\nstate_keys = 100\n");
+    let outcome = run_probe("state-hog", &few_keys, |_| {});
+    assert_denied(&outcome, "Other");
+    let error = outcome["error"].as_str().unwrap();
+    assert!(error.contains("after 100 puts"), "{error}");
+    assert!(
+        error.contains("in 101 keys, past its state grant of 16 MiB and 100 keys"),
+        "{error}"
+    );
+}
+
 // ---- containment and restart ----
 
 #[test]

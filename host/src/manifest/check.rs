@@ -166,6 +166,13 @@ impl Manifest {
                         .help("write a size such as `memory = \"64 MiB\"` (B, KiB, MiB, GiB)")
                 })?;
             }
+            if let Some(state) = &c.grants.state {
+                parse_bytes(state.get_ref()).map_err(|why| {
+                    self.error(state.span(), why)
+                        .field(format!("connector[{i}].grants.state"))
+                        .help("write a size such as `state = \"64 MiB\"` (B, KiB, MiB, GiB)")
+                })?;
+            }
             if let Some(cpu) = &c.grants.cpu {
                 let d = parse_duration(cpu.get_ref()).map_err(|why| {
                     self.error(cpu.span(), why)

@@ -531,6 +531,24 @@ pub struct GrantsConfig {
     #[serde(default)]
     pub cpu: Option<Spanned<String>>,
 
+    /// Most plugin state (`state-put`) the connector may keep, keys and
+    /// values together, e.g. `"1 MiB"`. Default `"16 MiB"`. A put past it
+    /// is refused (the plugin gets `quota-exceeded`) and changes nothing.
+    ///
+    /// ```toml
+    /// state = "64 MiB"
+    /// ```
+    #[serde(default)]
+    pub state: Option<Spanned<String>>,
+
+    /// Most keys of plugin state the connector may keep. Default 10000.
+    ///
+    /// ```toml
+    /// state_keys = 100
+    /// ```
+    #[serde(default)]
+    pub state_keys: Option<u32>,
+
     /// Peers the plugin may connect to, send to and receive from (TCP and
     /// UDP): `host:port`, `ip:port`, `cidr:port`, each with one port or a
     /// range `low-high`. A name is resolved by the host when the plugin
