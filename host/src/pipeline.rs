@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use crate::broker::embedded::{EmbeddedLog, LogConfig};
+use crate::broker::{self, Broker, HostBroker};
 /// Re-exported: checking is the first half of running a manifest.
 pub use crate::check::{CheckedConnector, ValidationErrors, check};
 use crate::lifecycle::StopSignal;
@@ -34,7 +34,7 @@ pub struct RunningPipeline {
     stop: StopSignal,
     connectors: Vec<RunningConnector>,
     reports: Vec<Arc<ConnectorReport>>,
-    broker: Arc<EmbeddedLog>,
+    broker: Arc<HostBroker>,
     /// Kept for the instances' lifetime: its epoch ticker enforces `cpu`.
     plugins: Arc<PluginHost>,
     lag_task: tokio::task::JoinHandle<()>,
@@ -48,8 +48,8 @@ pub async fn start(
 ) -> anyhow::Result<RunningPipeline> {
     let data_dir = manifest.data_dir();
     let broker = Arc::new(
-        EmbeddedLog::open(&data_dir, LogConfig::from_manifest(manifest))
-            .with_context(|| format!("opening the embedded broker in {}", data_dir.display()))?,
+        broker::open(&data_dir, Some(manifest))
+            .with_context(|| format!("opening the broker in {}", data_dir.display()))?,
     );
     // Every secret of the manifest is masked in every connector's output.
     let redactor = Redactor::new(connectors.iter().flat_map(|c| c.secrets.values()));

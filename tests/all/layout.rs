@@ -570,3 +570,29 @@ fn the_long_marker_needs_a_reason() {
         "\n".repeat(10)
     )));
 }
+
+/// **The broker is a seam.** Above `broker/`, the host holds a
+/// `broker::HostBroker` and calls the `Broker` trait; no file outside
+/// `host/src/broker/` names a kind of broker, so a second kind is a new
+/// folder under `broker/` and nothing else.
+#[test]
+fn nothing_above_the_broker_names_a_kind_of_broker() {
+    let src = src_dir();
+    let mut named = Vec::new();
+    for file in rust_files(&src) {
+        if file.starts_with(src.join("broker")) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).expect("a source file is readable");
+        for (i, line) in text.lines().enumerate() {
+            if line.contains("EmbeddedLog") || line.contains("broker::embedded") {
+                named.push(format!("{}:{}: {}", relative(&file), i + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        named.is_empty(),
+        "outside broker/, name `broker::HostBroker` and the `Broker` trait:\n{}",
+        named.join("\n")
+    );
+}

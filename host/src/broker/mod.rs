@@ -1,13 +1,22 @@
 //! Where records rest between sources and sinks.
 //!
-//! [`Broker`] is what the pumps need from one: append a batch (with the
-//! source position it brings the source to), read batches from an offset,
-//! wait for new data, and keep consumer-group offsets and source positions
-//! durably. [`embedded::EmbeddedLog`] is the default, a durable log on local
-//! disk in this process; distributed brokers (NATS JetStream, later Kafka)
-//! implement the same trait.
+//! [`Broker`] is what the rest of the host needs from one: append a batch
+//! (with the source position it brings the source to), read batches from an
+//! offset, wait for new data, keep consumer-group offsets and source
+//! positions durably, keep each connector's plugin state ([`StateStore`],
+//! bounded by a [`StateQuota`]), forget a deleted connector, and sync.
+//! [`embedded::EmbeddedLog`] is the default, a durable log on local disk in
+//! this process; distributed brokers (NATS JetStream, later Kafka) implement
+//! the same trait.
+//!
+//! Nothing above this module names a kind of broker: the host opens the
+//! manifest's broker with [`open`] and holds a [`HostBroker`]. Today that is
+//! the embedded log; a second kind makes it an enum over the kinds, here.
 
 pub mod embedded;
+
+use std::path::Path;
+use std::sync::Arc;
 
 use std::future::Future;
 use std::time::Duration;
@@ -182,7 +191,33 @@ pub trait StateStore: Send + Sync {
     fn put(&self, key: &str, value: &[u8]) -> Result<(), StateError>;
 }
 
-/// What pumps need from a broker.
+/// The broker a host runs on, whichever kind its manifest chose.
+pub type HostBroker = embedded::EmbeddedLog;
+
+/// Opens the broker in `data_dir` with the `[broker]` and `[topics]`
+/// settings of `manifest` (the defaults without one), recovering what it
+/// holds. Blocks on disk: call it before serving.
+pub fn open(
+    data_dir: &Path,
+    manifest: Option<&crate::manifest::Manifest>,
+) -> Result<HostBroker, BrokerError> {
+    let config = manifest.map_or_else(
+        embedded::LogConfig::defaults,
+        embedded::LogConfig::from_manifest,
+    );
+    embedded::EmbeddedLog::open(data_dir, config)
+}
+
+/// What the host needs from a broker.
+///
+/// Which calls may block: the `async` ones wait on the broker without
+/// holding a worker (an append under `fsync = "always"` syncs, a read may
+/// read the disk); of the plain ones, [`Broker::ensure_topic`],
+/// [`Broker::subscribe`], [`Broker::sync`], [`Broker::sync_all`],
+/// [`Broker::connector_state`] and [`Broker::forget_connector`] may block on
+/// disk (or, for a distributed broker, the network) and are called at a
+/// connector's start or stop, or at a sink's commit, never per record; the
+/// rest answer from memory.
 pub trait Broker: Send + Sync + 'static {
     /// Creates the topic if it does not exist; returns its partition count.
     fn ensure_topic(&self, topic: &str) -> Result<u32, BrokerError>;
@@ -252,6 +287,24 @@ pub trait Broker: Send + Sync + 'static {
 
     /// The offset of the oldest record kept (retention removes older ones).
     fn start_offset(&self, topic: &str, partition: u32) -> Result<u64, BrokerError>;
+
+    /// The durable plugin state of `connector`, bounded by `quota`. May
+    /// block on disk.
+    fn connector_state(
+        &self,
+        connector: &str,
+        quota: StateQuota,
+    ) -> Result<Arc<dyn StateStore>, BrokerError>;
+
+    /// Forgets a deleted connector: its group's committed offsets and
+    /// subscription, and its plugin state. Source positions stay: a
+    /// connector created again under the same name resumes where the old
+    /// one was. May block on disk.
+    fn forget_connector(&self, connector: &str) -> Result<(), BrokerError>;
+
+    /// Makes everything appended so far durable, whatever the fsync policy
+    /// (at a clean stop). May block on disk.
+    fn sync_all(&self) -> Result<(), BrokerError>;
 
     /// Durably commits `group`'s next offsets.
     fn commit_offsets(

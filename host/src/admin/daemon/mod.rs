@@ -41,7 +41,7 @@ use anyhow::Context as _;
 use self::store::{load_definitions, split};
 use super::AdminError;
 use super::metrics::{Metrics, Totals};
-use crate::broker::embedded::{EmbeddedLog, LogConfig};
+use crate::broker::{self, Broker, HostBroker};
 use crate::check::{self, CheckedConnector};
 use crate::manifest::{ConnectorKind, Manifest};
 use crate::plugin::PluginHost;
@@ -101,7 +101,7 @@ impl std::fmt::Debug for Entry {
 pub struct Daemon {
     data_dir: PathBuf,
     plugins: Arc<PluginHost>,
-    broker: Arc<EmbeddedLog>,
+    broker: Arc<HostBroker>,
     metrics: Arc<Metrics>,
     entries: Mutex<BTreeMap<String, Arc<Entry>>>,
     ready: AtomicBool,
@@ -115,14 +115,10 @@ impl Daemon {
         let data_dir = config.data_dir.clone();
         std::fs::create_dir_all(data_dir.join("connectors"))
             .with_context(|| format!("creating {}", data_dir.join("connectors").display()))?;
-        let log_config = config
-            .manifest
-            .as_ref()
-            .map_or_else(LogConfig::defaults, LogConfig::from_manifest);
-        let broker =
-            Arc::new(EmbeddedLog::open(&data_dir, log_config).with_context(|| {
-                format!("opening the embedded broker in {}", data_dir.display())
-            })?);
+        let broker = Arc::new(
+            broker::open(&data_dir, config.manifest.as_ref())
+                .with_context(|| format!("opening the broker in {}", data_dir.display()))?,
+        );
         let daemon = Daemon {
             data_dir,
             plugins,
@@ -170,7 +166,7 @@ impl Daemon {
     }
 
     /// The broker.
-    pub fn broker(&self) -> &Arc<EmbeddedLog> {
+    pub fn broker(&self) -> &Arc<HostBroker> {
         &self.broker
     }
 

@@ -41,7 +41,7 @@ use tokio::sync::watch;
 use self::partition::Partition;
 use self::retention::{lowest_committed_by, start_housekeeper};
 use self::space::{Full, space};
-use super::{Backlog, Broker, BrokerError, SourceCheckpoint, StateQuota, StoredBatch};
+use super::{Backlog, Broker, BrokerError, SourceCheckpoint, StateQuota, StateStore, StoredBatch};
 use crate::manifest::{FsyncPolicy, Manifest, TopicPolicy};
 
 pub use self::plugin_state::ConnectorState;
@@ -181,60 +181,6 @@ impl EmbeddedLog {
         &self.inner.dir
     }
 
-    /// Durable state for one connector's plugin, bounded by `quota`.
-    pub fn connector_state(
-        &self,
-        connector: &str,
-        quota: StateQuota,
-    ) -> Result<ConnectorState, BrokerError> {
-        ConnectorState::open(&self.inner.dir.join("state"), connector, quota)
-    }
-
-    /// Forgets a deleted connector: its group's committed offsets and
-    /// subscription, and its plugin's durable state. Source positions stay
-    /// in the log's frames, keyed by the connector's name: a connector
-    /// created again under the same name resumes where the old one was.
-    pub fn forget_connector(&self, connector: &str) -> Result<(), BrokerError> {
-        self.inner
-            .subscribed
-            .lock()
-            .expect("subscriptions lock")
-            .remove(connector);
-        self.inner
-            .groups
-            .lock()
-            .expect("groups lock")
-            .remove(connector);
-        for path in [
-            self.inner
-                .dir
-                .join("groups")
-                .join(format!("{connector}.json")),
-            self.inner
-                .dir
-                .join("state")
-                .join(format!("{connector}.state")),
-            // Where an older Sluice kept it.
-            self.inner
-                .dir
-                .join("state")
-                .join(format!("{connector}.json")),
-        ] {
-            match std::fs::remove_file(&path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(io("removing", &path)(e));
-                }
-                _ => {}
-            }
-        }
-        Ok(())
-    }
-
-    /// Syncs every partition with unsynced appends.
-    pub fn sync_all(&self) -> Result<(), BrokerError> {
-        sync_all(&self.inner)
-    }
-
     fn topic(&self, name: &str) -> Result<Arc<Topic>, BrokerError> {
         self.inner
             .topics
@@ -320,6 +266,61 @@ impl Drop for Inner {
 }
 
 impl Broker for EmbeddedLog {
+    /// Durable state for one connector's plugin, bounded by `quota`.
+    fn connector_state(
+        &self,
+        connector: &str,
+        quota: StateQuota,
+    ) -> Result<Arc<dyn StateStore>, BrokerError> {
+        let state = ConnectorState::open(&self.inner.dir.join("state"), connector, quota)?;
+        Ok(Arc::new(state))
+    }
+
+    /// Forgets a deleted connector: its group's committed offsets and
+    /// subscription, and its plugin's durable state. Source positions stay
+    /// in the log's frames, keyed by the connector's name: a connector
+    /// created again under the same name resumes where the old one was.
+    fn forget_connector(&self, connector: &str) -> Result<(), BrokerError> {
+        self.inner
+            .subscribed
+            .lock()
+            .expect("subscriptions lock")
+            .remove(connector);
+        self.inner
+            .groups
+            .lock()
+            .expect("groups lock")
+            .remove(connector);
+        for path in [
+            self.inner
+                .dir
+                .join("groups")
+                .join(format!("{connector}.json")),
+            self.inner
+                .dir
+                .join("state")
+                .join(format!("{connector}.state")),
+            // Where an older Sluice kept it.
+            self.inner
+                .dir
+                .join("state")
+                .join(format!("{connector}.json")),
+        ] {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io("removing", &path)(e));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Syncs every partition with unsynced appends.
+    fn sync_all(&self) -> Result<(), BrokerError> {
+        sync_all(&self.inner)
+    }
+
     fn ensure_topic(&self, topic: &str) -> Result<u32, BrokerError> {
         if let Ok(t) = self.topic(topic) {
             return Ok(t.partitions.len() as u32);

@@ -11,7 +11,7 @@ use anyhow::Context as _;
 
 use super::seals::Seals;
 use crate::broker::Broker;
-use crate::broker::embedded::EmbeddedLog;
+use crate::broker::HostBroker;
 use crate::check::CheckedConnector;
 use crate::manifest::ConnectorKind;
 use crate::plugin::instance::SinkOffset;
@@ -32,7 +32,7 @@ pub struct HostParts {
     /// Loads and instantiates plugins.
     pub plugins: Arc<PluginHost>,
     /// The broker.
-    pub broker: Arc<EmbeddedLog>,
+    pub broker: Arc<HostBroker>,
     /// Masks secrets in what the host says.
     pub redactor: Redactor,
     /// The seals of a bounded run (empty in the daemon).

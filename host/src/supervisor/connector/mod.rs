@@ -105,11 +105,10 @@ impl RunningConnector {
         let c = &connector.config;
         let name = c.name.get_ref().clone();
         let parallelism = *c.parallelism.get_ref();
-        let state: Arc<dyn StateStore> = Arc::new(
-            host.broker
-                .connector_state(&name, connector.grants.state)
-                .with_context(|| format!("opening the state of connector {name:?}"))?,
-        );
+        let state = host
+            .broker
+            .connector_state(&name, connector.grants.state)
+            .with_context(|| format!("opening the state of connector {name:?}"))?;
         let (paused, paused_rx) = watch::channel(options.paused);
         let instances = (0..parallelism)
             .map(|_| InstanceReport {
