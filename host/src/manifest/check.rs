@@ -159,19 +159,16 @@ impl Manifest {
                     .field(format!("connector[{i}].batch"))
                     .help("max_records and max_bytes must be at least 1"));
             }
-            if let Some(m) = &c.grants.memory {
-                parse_bytes(m.get_ref()).map_err(|why| {
-                    self.error(m.span(), why)
-                        .field(format!("connector[{i}].grants.memory"))
-                        .help("write a size such as `memory = \"64 MiB\"` (B, KiB, MiB, GiB)")
-                })?;
-            }
-            if let Some(state) = &c.grants.state {
-                parse_bytes(state.get_ref()).map_err(|why| {
-                    self.error(state.span(), why)
-                        .field(format!("connector[{i}].grants.state"))
-                        .help("write a size such as `state = \"64 MiB\"` (B, KiB, MiB, GiB)")
-                })?;
+            for (grant, size) in [("memory", &c.grants.memory), ("state", &c.grants.state)] {
+                if let Some(size) = size {
+                    parse_bytes(size.get_ref()).map_err(|why| {
+                        self.error(size.span(), why)
+                            .field(format!("connector[{i}].grants.{grant}"))
+                            .help(format!(
+                                "write a size such as `{grant} = \"64 MiB\"` (B, KiB, MiB, GiB)"
+                            ))
+                    })?;
+                }
             }
             if let Some(cpu) = &c.grants.cpu {
                 let d = parse_duration(cpu.get_ref()).map_err(|why| {
