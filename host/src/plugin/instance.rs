@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice_batch::Batch;
-use wasmtime::Store;
+use wasmtime::{Engine, Store};
 
 use super::bindings::{self, types};
 use super::output::PluginStderr;
@@ -50,7 +50,7 @@ impl From<&GrantSet> for CallLimits {
 /// from a silent socket, by dropping it (wasmtime unwinds the guest). An
 /// instance whose call was ended is not called again: its supervisor
 /// replaces it.
-pub(crate) async fn guarded<T>(
+async fn guarded<T>(
     plugin: &str,
     call: &'static str,
     limits: &CallLimits,
@@ -178,38 +178,31 @@ pub(crate) async fn spec(
     plugin: &Plugin,
     limits: &CallLimits,
 ) -> Result<Spec, PluginError> {
-    let name = plugin.name();
-    let fail = |call, e: wasmtime::Error| trap_with(name, call, &e, limits, None);
     sandbox::arm(store);
     let spec = match &plugin.pre {
         PluginPre::Source(pre) => {
-            let api = pre
-                .instantiate_async(&mut *store)
-                .await
-                .map_err(|e| fail("instantiate", e))?;
-            api.sluice_connector_source_api()
-                .call_spec(&mut *store)
-                .await
+            spec_of::<bindings::source::Source>(store, pre, plugin, limits).await
         }
-        PluginPre::Sink(pre) => {
-            let api = pre
-                .instantiate_async(&mut *store)
-                .await
-                .map_err(|e| fail("instantiate", e))?;
-            api.sluice_connector_sink_api().call_spec(&mut *store).await
-        }
+        PluginPre::Sink(pre) => spec_of::<bindings::sink::Sink>(store, pre, plugin, limits).await,
         PluginPre::Transform(pre) => {
-            let api = pre
-                .instantiate_async(&mut *store)
-                .await
-                .map_err(|e| fail("instantiate", e))?;
-            api.sluice_connector_transform_api()
-                .call_spec(&mut *store)
-                .await
+            spec_of::<bindings::transform::Transform>(store, pre, plugin, limits).await
         }
-    }
-    .map_err(|e| fail("spec", e))?;
-    to_spec(name, spec)
+    }?;
+    to_spec(plugin.name(), spec)
+}
+
+/// [`spec`] for one kind.
+async fn spec_of<A: Exports>(
+    store: &mut Store<HostState>,
+    pre: &A::Pre,
+    plugin: &Plugin,
+    limits: &CallLimits,
+) -> Result<types::PluginSpec, PluginError> {
+    let fail = |call, e: wasmtime::Error| trap_with(plugin.name(), call, &e, limits, None);
+    let api = A::instantiate(pre, &mut *store)
+        .await
+        .map_err(|e| fail("instantiate", e))?;
+    api.spec(store).await.map_err(|e| fail("spec", e))
 }
 
 /// What one poll produced, checked.
@@ -247,11 +240,24 @@ pub type SourceInstance = Instance<bindings::source::Source>;
 /// A running sink instance.
 pub type SinkInstance = Instance<bindings::sink::Sink>;
 
-/// What the calls every kind shares need of one world's generated bindings.
-/// Implemented for the `source`, `sink` and `transform` worlds.
+/// What the host's shared code (instantiating, `spec`, `close`) needs of
+/// one world's generated bindings. Implemented for the `source`, `sink` and
+/// `transform` worlds by the `exports!` macro below.
 pub trait Exports: Sized {
     /// The kind of plugin that exports these.
     const KIND: PluginKind;
+
+    /// The world's pre-instantiated form (`SourcePre`, …).
+    type Pre;
+
+    /// The plugin's pre-instantiated form, if it is of this kind.
+    fn pre(plugin: &Plugin) -> Option<&Self::Pre>;
+
+    /// Starts instantiating `pre` in `store`.
+    fn instantiate(
+        pre: &Self::Pre,
+        store: &mut Store<HostState>,
+    ) -> impl Future<Output = wasmtime::Result<Self>> + Send;
 
     /// Starts a call of `spec`.
     fn spec(
@@ -266,59 +272,63 @@ pub trait Exports: Sized {
     ) -> impl Future<Output = wasmtime::Result<Result<(), types::Error>>> + Send;
 }
 
-impl Exports for bindings::source::Source {
-    const KIND: PluginKind = PluginKind::Source;
+/// Implements [`Exports`] for one world: its bindings module, the type it
+/// exports and its `…Pre`, its `PluginPre` variant and `PluginKind`,
+/// and the accessor of its interface. The three impls differ only in these
+/// names.
+macro_rules! exports {
+    ($world:ident, $api:ident, $pre:ident, $kind:ident, $interface:ident) => {
+        impl Exports for bindings::$world::$api {
+            const KIND: PluginKind = PluginKind::$kind;
 
-    fn spec(
-        &self,
-        store: &mut Store<HostState>,
-    ) -> impl Future<Output = wasmtime::Result<types::PluginSpec>> + Send {
-        self.sluice_connector_source_api().call_spec(store)
-    }
+            type Pre = bindings::$world::$pre<HostState>;
 
-    fn close(
-        &self,
-        store: &mut Store<HostState>,
-    ) -> impl Future<Output = wasmtime::Result<Result<(), types::Error>>> + Send {
-        self.sluice_connector_source_api().call_close(store)
-    }
+            fn pre(plugin: &Plugin) -> Option<&Self::Pre> {
+                match &plugin.pre {
+                    PluginPre::$kind(pre) => Some(pre),
+                    _ => None,
+                }
+            }
+
+            fn instantiate(
+                pre: &Self::Pre,
+                store: &mut Store<HostState>,
+            ) -> impl Future<Output = wasmtime::Result<Self>> + Send {
+                pre.instantiate_async(store)
+            }
+
+            fn spec(
+                &self,
+                store: &mut Store<HostState>,
+            ) -> impl Future<Output = wasmtime::Result<types::PluginSpec>> + Send {
+                self.$interface().call_spec(store)
+            }
+
+            fn close(
+                &self,
+                store: &mut Store<HostState>,
+            ) -> impl Future<Output = wasmtime::Result<Result<(), types::Error>>> + Send {
+                self.$interface().call_close(store)
+            }
+        }
+    };
 }
 
-impl Exports for bindings::sink::Sink {
-    const KIND: PluginKind = PluginKind::Sink;
-
-    fn spec(
-        &self,
-        store: &mut Store<HostState>,
-    ) -> impl Future<Output = wasmtime::Result<types::PluginSpec>> + Send {
-        self.sluice_connector_sink_api().call_spec(store)
-    }
-
-    fn close(
-        &self,
-        store: &mut Store<HostState>,
-    ) -> impl Future<Output = wasmtime::Result<Result<(), types::Error>>> + Send {
-        self.sluice_connector_sink_api().call_close(store)
-    }
-}
-
-impl Exports for bindings::transform::Transform {
-    const KIND: PluginKind = PluginKind::Transform;
-
-    fn spec(
-        &self,
-        store: &mut Store<HostState>,
-    ) -> impl Future<Output = wasmtime::Result<types::PluginSpec>> + Send {
-        self.sluice_connector_transform_api().call_spec(store)
-    }
-
-    fn close(
-        &self,
-        store: &mut Store<HostState>,
-    ) -> impl Future<Output = wasmtime::Result<Result<(), types::Error>>> + Send {
-        self.sluice_connector_transform_api().call_close(store)
-    }
-}
+exports!(
+    source,
+    Source,
+    SourcePre,
+    Source,
+    sluice_connector_source_api
+);
+exports!(sink, Sink, SinkPre, Sink, sluice_connector_sink_api);
+exports!(
+    transform,
+    Transform,
+    TransformPre,
+    Transform,
+    sluice_connector_transform_api
+);
 
 impl<A: Exports> std::fmt::Debug for Instance<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -335,22 +345,30 @@ impl<A: Exports> std::fmt::Debug for Instance<A> {
 }
 
 impl<A: Exports> Instance<A> {
-    pub(crate) fn new(
-        store: Store<HostState>,
-        api: A,
-        plugin: &str,
+    /// Instantiates `plugin`, which must be of `A`'s kind, in a store of
+    /// its own. The component's start functions run under the `cpu` grant
+    /// too.
+    pub(crate) async fn instantiate(
+        engine: &Engine,
+        plugin: &Plugin,
         setup: &InstanceSetup,
-    ) -> Self {
+    ) -> Result<Self, PluginError> {
+        plugin.expect_kind(A::KIND)?;
+        let pre = A::pre(plugin).expect("kind checked above");
+        let mut store = sandbox::new(engine, setup)?;
         let stderr = store.data().stderr.clone();
-        Instance {
+        let limits = CallLimits::from(&setup.grants);
+        let fut = A::instantiate(pre, &mut store);
+        let api = guarded(plugin.name(), "instantiate", &limits, &stderr, fut).await?;
+        Ok(Instance {
             store,
             api,
-            plugin: plugin.into(),
-            limits: CallLimits::from(&setup.grants),
+            plugin: plugin.name().into(),
+            limits,
             context: setup.context(),
             stderr,
             redactor: setup.redactor.clone(),
-        }
+        })
     }
 
     /// Makes the call `name`, which `start` starts from the bindings (given

@@ -346,17 +346,7 @@ impl PluginHost {
         plugin: &Plugin,
         setup: &InstanceSetup,
     ) -> Result<SourceInstance, PluginError> {
-        plugin.expect_kind(PluginKind::Source)?;
-        let PluginPre::Source(pre) = &plugin.pre else {
-            unreachable!("kind checked above")
-        };
-        let mut store = sandbox::new(&self.engine, setup)?;
-        // The component's start functions run under the `cpu` grant too.
-        let stderr = store.data().stderr.clone();
-        let limits = instance::CallLimits::from(&setup.grants);
-        let fut = pre.instantiate_async(&mut store);
-        let api = instance::guarded(plugin.name(), "instantiate", &limits, &stderr, fut).await?;
-        Ok(SourceInstance::new(store, api, plugin.name(), setup))
+        SourceInstance::instantiate(&self.engine, plugin, setup).await
     }
 
     /// Instantiates a sink.
@@ -365,16 +355,6 @@ impl PluginHost {
         plugin: &Plugin,
         setup: &InstanceSetup,
     ) -> Result<SinkInstance, PluginError> {
-        plugin.expect_kind(PluginKind::Sink)?;
-        let PluginPre::Sink(pre) = &plugin.pre else {
-            unreachable!("kind checked above")
-        };
-        let mut store = sandbox::new(&self.engine, setup)?;
-        // The component's start functions run under the `cpu` grant too.
-        let stderr = store.data().stderr.clone();
-        let limits = instance::CallLimits::from(&setup.grants);
-        let fut = pre.instantiate_async(&mut store);
-        let api = instance::guarded(plugin.name(), "instantiate", &limits, &stderr, fut).await?;
-        Ok(SinkInstance::new(store, api, plugin.name(), setup))
+        SinkInstance::instantiate(&self.engine, plugin, setup).await
     }
 }
