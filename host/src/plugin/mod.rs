@@ -11,11 +11,14 @@
 //! - [`cache`]: compiled components on disk.
 //! - [`sandbox`]: one instance's `Store`: WASI from its grants, its memory
 //!   limit, the epoch that enforces its cpu grant, the host imports.
+//! - [`Exports`]: what the shared instance code needs of each world's
+//!   bindings, one line per kind.
 //! - [`instance`]: a running source, sink or transform and its calls.
 
 pub mod bindings;
 pub mod cache;
 mod error;
+mod exports;
 pub mod instance;
 pub mod output;
 pub mod sandbox;
@@ -30,7 +33,8 @@ use wasmtime::{Config, Engine};
 use self::bindings::host;
 pub use self::cache::CompileCache;
 pub use self::error::PluginError;
-pub use self::instance::{Polled, SinkInstance, SourceInstance, Spec};
+pub use self::exports::Exports;
+pub use self::instance::{Instance, Polled, SinkInstance, SourceInstance, Spec};
 use self::sandbox::EpochTicker;
 pub use self::sandbox::{HostState, InstanceSetup};
 
