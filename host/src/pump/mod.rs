@@ -355,25 +355,6 @@ impl TopicSealer {
     }
 }
 
-/// Makes a plugin call, retrying it in place while it fails with a
-/// `retriable` error (see [`Retry`]); any other error, or one that
-/// persists, returns from the enclosing function. Defined before the
-/// `sink` and `source` modules so that they see it.
-///
-/// `retrying!(policy, &stop, "poll", self.instance.poll(want))`
-macro_rules! retrying {
-    ($policy:expr, $stop:expr, $call:literal, $attempt:expr) => {{
-        let mut retry = $crate::pump::Retry::new($policy);
-        loop {
-            match $attempt.await {
-                Ok(v) => break v,
-                Err(e) if retry.again(&e, $call, $stop).await => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }};
-}
-
 pub mod sink;
 pub mod source;
 
@@ -455,6 +436,28 @@ impl Retry {
             policy,
             done: 0,
             delay: policy.initial,
+        }
+    }
+
+    /// Settles one try of a plugin call: its value; `None`, having waited,
+    /// when it failed with a `retriable` error and is to be made again; or
+    /// the error that stands. The caller makes the call in a loop:
+    /// `let v = loop { if let Some(v) = retry.settle(call().await, …)? { break v } }`.
+    ///
+    /// A loop at each call rather than a function taking the call as an
+    /// async closure: a closure that borrows what the call hands on (the
+    /// batch, the position) makes the pump's future fail the `Send` check
+    /// its supervisor needs (rust-lang/rust#149407).
+    pub(crate) async fn settle<T>(
+        &mut self,
+        tried: Result<T, crate::plugin::PluginError>,
+        call: &str,
+        stop: &StopSignal,
+    ) -> Result<Option<T>, crate::plugin::PluginError> {
+        match tried {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if self.again(&e, call, stop).await => Ok(None),
+            Err(e) => Err(e),
         }
     }
 

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use sluice_batch::{Batch, BatchWriter};
 
 use super::{
-    InstanceControl, PumpStats, Replacement, StopSignal, SwapRequest, SwapTimer, TopicSeal, Turns,
-    switch, when_space,
+    InstanceControl, PumpStats, Replacement, Retry, StopSignal, SwapRequest, SwapTimer, TopicSeal,
+    Turns, switch, when_space,
 };
 use crate::broker::{Broker, SourceCheckpoint};
 use crate::lifecycle::RestartPolicy;
@@ -165,13 +165,16 @@ impl<B: Broker> SinkPump<B> {
                 for b in batches {
                     let took = Instant::now();
                     let next = b.next_offset();
-                    let refused = retrying!(
-                        self.config.retry,
-                        &self.stop,
-                        "write",
-                        self.instance
+                    let mut retry = Retry::new(self.config.retry);
+                    let refused = loop {
+                        let tried = self
+                            .instance
                             .write(&topic, partition, b.first_offset, &b.bytes, b.records)
-                    );
+                            .await;
+                        if let Some(refused) = retry.settle(tried, "write", &self.stop).await? {
+                            break refused;
+                        }
+                    };
                     if !refused.is_empty() {
                         let appended = self
                             .dead_letter
@@ -304,13 +307,13 @@ impl<B: Broker> SinkPump<B> {
 
     /// Makes what the instance was given durable (its `flush`).
     async fn flush(&mut self) -> anyhow::Result<()> {
-        retrying!(
-            self.config.retry,
-            &self.stop,
-            "flush",
-            self.instance.flush()
-        );
-        Ok(())
+        let mut retry = Retry::new(self.config.retry);
+        loop {
+            let tried = self.instance.flush().await;
+            if let Some(()) = retry.settle(tried, "flush", &self.stop).await? {
+                return Ok(());
+            }
+        }
     }
 
     async fn flush_and_commit(&mut self) -> anyhow::Result<()> {

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use sluice_batch::Batch;
 
 use super::{
-    InstanceControl, PumpStats, Replacement, StopSignal, SwapRequest, SwapTimer, Turns, switch,
-    when_space,
+    InstanceControl, PumpStats, Replacement, Retry, StopSignal, SwapRequest, SwapTimer, Turns,
+    switch, when_space,
 };
 use crate::broker::{Broker, SourceCheckpoint};
 use crate::lifecycle::RestartPolicy;
@@ -126,12 +126,13 @@ impl<B: Broker> SourcePump<B> {
                     took.elapsed(),
                 );
                 if let Some(p) = &filled.position {
-                    retrying!(
-                        self.config.retry,
-                        &self.stop,
-                        "commit",
-                        self.instance.commit(p)
-                    );
+                    let mut retry = Retry::new(self.config.retry);
+                    loop {
+                        let tried = self.instance.commit(p).await;
+                        if let Some(()) = retry.settle(tried, "commit", &self.stop).await? {
+                            break;
+                        }
+                    }
                 }
                 idle = Duration::from_millis(1);
                 turns.after_batch().await;
@@ -249,18 +250,19 @@ impl<B: Broker> SourcePump<B> {
         let mut bytes = 0u64;
         loop {
             let want = self.config.max_records - filled.records;
+            let mut retry = Retry::new(self.config.retry);
             let Polled {
                 batch,
                 records: n,
                 value_bytes,
                 position,
                 end_of_stream,
-            } = retrying!(
-                self.config.retry,
-                &self.stop,
-                "poll",
-                self.instance.poll(want)
-            );
+            } = loop {
+                let tried = self.instance.poll(want).await;
+                if let Some(polled) = retry.settle(tried, "poll", &self.stop).await? {
+                    break polled;
+                }
+            };
             if position.is_some() {
                 filled.position = position;
             }
