@@ -1,17 +1,24 @@
 //! Running instances: one `Store` each, every call under a CPU deadline, and
 //! every answer checked against the contract before the host trusts it.
+//!
+//! Every kind is one generic [`Instance`] ([`SourceInstance`] and
+//! [`SinkInstance`] name two of them): it is instantiated one way, and every
+//! call goes through its one `call` wrapper (start the clock, run under the
+//! deadline, map the plugin's own error); a kind adds only its own calls and
+//! their contract checks.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice_batch::Batch;
-use wasmtime::Store;
+use wasmtime::{Engine, Store};
 
 use super::bindings::{self, types};
+use super::exports::Exports;
 use super::output::PluginStderr;
 use super::sandbox::{self, CpuLimitExceeded, MemoryLimitExceeded};
-use super::{EPOCH_TICK, HostState, InstanceSetup, Plugin, PluginError, PluginPre};
+use super::{EPOCH_TICK, HostState, InstanceSetup, Plugin, PluginError, PluginKind, PluginPre};
 use crate::grants::GrantSet;
 use crate::secrets::Redactor;
 
@@ -50,7 +57,7 @@ impl From<&GrantSet> for CallLimits {
 /// from a silent socket, by dropping it (wasmtime unwinds the guest). An
 /// instance whose call was ended is not called again: its supervisor
 /// replaces it.
-pub(crate) async fn guarded<T>(
+async fn guarded<T>(
     plugin: &str,
     call: &'static str,
     limits: &CallLimits,
@@ -178,38 +185,31 @@ pub(crate) async fn spec(
     plugin: &Plugin,
     limits: &CallLimits,
 ) -> Result<Spec, PluginError> {
-    let name = plugin.name();
-    let fail = |call, e: wasmtime::Error| trap_with(name, call, &e, limits, None);
     sandbox::arm(store);
     let spec = match &plugin.pre {
         PluginPre::Source(pre) => {
-            let api = pre
-                .instantiate_async(&mut *store)
-                .await
-                .map_err(|e| fail("instantiate", e))?;
-            api.sluice_connector_source_api()
-                .call_spec(&mut *store)
-                .await
+            spec_of::<bindings::source::Source>(store, pre, plugin, limits).await
         }
-        PluginPre::Sink(pre) => {
-            let api = pre
-                .instantiate_async(&mut *store)
-                .await
-                .map_err(|e| fail("instantiate", e))?;
-            api.sluice_connector_sink_api().call_spec(&mut *store).await
-        }
+        PluginPre::Sink(pre) => spec_of::<bindings::sink::Sink>(store, pre, plugin, limits).await,
         PluginPre::Transform(pre) => {
-            let api = pre
-                .instantiate_async(&mut *store)
-                .await
-                .map_err(|e| fail("instantiate", e))?;
-            api.sluice_connector_transform_api()
-                .call_spec(&mut *store)
-                .await
+            spec_of::<bindings::transform::Transform>(store, pre, plugin, limits).await
         }
-    }
-    .map_err(|e| fail("spec", e))?;
-    to_spec(name, spec)
+    }?;
+    to_spec(plugin.name(), spec)
+}
+
+/// [`spec`] for one kind.
+async fn spec_of<A: Exports>(
+    store: &mut Store<HostState>,
+    pre: &A::Pre,
+    plugin: &Plugin,
+    limits: &CallLimits,
+) -> Result<types::PluginSpec, PluginError> {
+    let fail = |call, e: wasmtime::Error| trap_with(plugin.name(), call, &e, limits, None);
+    let api = A::instantiate(pre, &mut *store)
+        .await
+        .map_err(|e| fail("instantiate", e))?;
+    api.spec(store).await.map_err(|e| fail("spec", e))
 }
 
 /// What one poll produced, checked.
@@ -227,10 +227,13 @@ pub struct Polled {
     pub end_of_stream: bool,
 }
 
-/// A running source instance.
-pub struct SourceInstance {
+/// A running instance of one kind of plugin: its own `Store`, and what
+/// every call needs (the limits it runs under, its stderr for a trap's
+/// last words, the redactor for its messages). [`SourceInstance`] and
+/// [`SinkInstance`] name the kinds; the calls they share are here.
+pub struct Instance<A> {
     store: Store<HostState>,
-    api: bindings::source::Source,
+    api: A,
     plugin: Arc<str>,
     limits: CallLimits,
     context: types::InstanceContext,
@@ -238,63 +241,124 @@ pub struct SourceInstance {
     redactor: Redactor,
 }
 
-impl std::fmt::Debug for SourceInstance {
+/// A running source instance.
+pub type SourceInstance = Instance<bindings::source::Source>;
+
+/// A running sink instance.
+pub type SinkInstance = Instance<bindings::sink::Sink>;
+
+impl<A: Exports> std::fmt::Debug for Instance<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SourceInstance")
+        let name = match A::KIND {
+            PluginKind::Source => "SourceInstance",
+            PluginKind::Sink => "SinkInstance",
+            PluginKind::Transform => "TransformInstance",
+        };
+        f.debug_struct(name)
             .field("plugin", &self.plugin)
             .field("instance", &self.context.index)
             .finish_non_exhaustive()
     }
 }
 
-impl SourceInstance {
-    pub(crate) fn new(
-        store: Store<HostState>,
-        api: bindings::source::Source,
-        plugin: &str,
+impl<A: Exports> Instance<A> {
+    /// Instantiates `plugin`, which must be of `A`'s kind, in a store of
+    /// its own. The component's start functions run under the `cpu` grant
+    /// too.
+    pub(crate) async fn instantiate(
+        engine: &Engine,
+        plugin: &Plugin,
         setup: &InstanceSetup,
-    ) -> Self {
+    ) -> Result<Self, PluginError> {
+        plugin.expect_kind(A::KIND)?;
+        let pre = A::pre(plugin).expect("kind checked above");
+        let mut store = sandbox::new(engine, setup)?;
         let stderr = store.data().stderr.clone();
-        SourceInstance {
+        let limits = CallLimits::from(&setup.grants);
+        let fut = A::instantiate(pre, &mut store);
+        let api = guarded(plugin.name(), "instantiate", &limits, &stderr, fut).await?;
+        Ok(Instance {
             store,
             api,
-            plugin: plugin.into(),
-            limits: CallLimits::from(&setup.grants),
+            plugin: plugin.name().into(),
+            limits,
             context: setup.context(),
             stderr,
             redactor: setup.redactor.clone(),
-        }
+        })
     }
 
+    /// Makes the call `name`, which `start` starts from the bindings (given
+    /// the instance's exports, its store and its context): starts the
+    /// call's clock, runs it under [`guarded`], and maps the plugin's own
+    /// error. The one way every call is made.
+    async fn call<'a, T, F>(
+        &'a mut self,
+        name: &'static str,
+        start: impl FnOnce(&'a A, &'a mut Store<HostState>, &'a types::InstanceContext) -> F,
+    ) -> Result<T, PluginError>
+    where
+        F: Future<Output = wasmtime::Result<Result<T, types::Error>>>,
+    {
+        let Instance {
+            store,
+            api,
+            plugin,
+            limits,
+            context,
+            stderr,
+            redactor,
+        } = self;
+        sandbox::arm(store);
+        let r = guarded(plugin, name, limits, stderr, start(api, store, context)).await?;
+        r.map_err(|e| plugin_error(plugin, name, e, redactor))
+    }
+
+    /// Calls `spec` and discards the answer: the instance's first call,
+    /// which touches its memory for the first time, so that the first call
+    /// that matters (a swap's `open`, inside the swap's pause) does not pay
+    /// for that.
+    pub async fn warm(&mut self) -> Result<(), PluginError> {
+        self.call("spec", |api, store, _| async move {
+            api.spec(store).await.map(|_| Ok(()))
+        })
+        .await
+    }
+
+    /// Calls `close`.
+    pub async fn close(&mut self) -> Result<(), PluginError> {
+        self.call("close", |api, store, _| api.close(store)).await
+    }
+}
+
+impl SourceInstance {
     /// Calls `open` with the config document and the resume position.
     pub async fn open(
         &mut self,
         config: &str,
         resume_from: Option<&[u8]>,
     ) -> Result<(), PluginError> {
-        sandbox::arm(&mut self.store);
         let resume_from = resume_from.map(<[u8]>::to_vec);
-        let fut = self.api.sluice_connector_source_api().call_open(
-            &mut self.store,
-            config,
-            &self.context,
-            resume_from.as_ref(),
-        );
-        let r = guarded(&self.plugin, "open", &self.limits, &self.stderr, fut)
-            .await
-            .and_then(|r| r.map_err(|e| plugin_error(&self.plugin, "open", e, &self.redactor)));
-        r.map_err(|e| blame_refusal(&self.store, &self.plugin, e))
+        self.call("open", |api, store, context| {
+            api.sluice_connector_source_api().call_open(
+                store,
+                config,
+                context,
+                resume_from.as_ref(),
+            )
+        })
+        .await
+        .map_err(|e| blame_refusal(&self.store, &self.plugin, e))
     }
 
     /// Calls `poll` and checks the batch it returns.
     pub async fn poll(&mut self, max_records: u32) -> Result<Polled, PluginError> {
-        sandbox::arm(&mut self.store);
-        let fut = self
-            .api
-            .sluice_connector_source_api()
-            .call_poll(&mut self.store, max_records);
-        let r = guarded(&self.plugin, "poll", &self.limits, &self.stderr, fut).await?;
-        let p = r.map_err(|e| plugin_error(&self.plugin, "poll", e, &self.redactor))?;
+        let p = self
+            .call("poll", |api, store, _| {
+                api.sluice_connector_source_api()
+                    .call_poll(store, max_records)
+            })
+            .await?;
         let contract = |what: String| PluginError::Contract {
             plugin: self.plugin.to_string(),
             call: "poll",
@@ -320,39 +384,12 @@ impl SourceInstance {
 
     /// Tells the source everything up to `position` is in the broker.
     pub async fn commit(&mut self, position: &[u8]) -> Result<(), PluginError> {
-        sandbox::arm(&mut self.store);
         let position = position.to_vec();
-        let fut = self
-            .api
-            .sluice_connector_source_api()
-            .call_commit(&mut self.store, &position);
-        let r = guarded(&self.plugin, "commit", &self.limits, &self.stderr, fut).await?;
-        r.map_err(|e| plugin_error(&self.plugin, "commit", e, &self.redactor))
-    }
-
-    /// Calls `spec` and discards the answer: the instance's first call,
-    /// which touches its memory for the first time, so that the first call
-    /// that matters (a swap's `open`, inside the swap's pause) does not pay
-    /// for that.
-    pub async fn warm(&mut self) -> Result<(), PluginError> {
-        sandbox::arm(&mut self.store);
-        let fut = self
-            .api
-            .sluice_connector_source_api()
-            .call_spec(&mut self.store);
-        guarded(&self.plugin, "spec", &self.limits, &self.stderr, fut).await?;
-        Ok(())
-    }
-
-    /// Calls `close`.
-    pub async fn close(&mut self) -> Result<(), PluginError> {
-        sandbox::arm(&mut self.store);
-        let fut = self
-            .api
-            .sluice_connector_source_api()
-            .call_close(&mut self.store);
-        let r = guarded(&self.plugin, "close", &self.limits, &self.stderr, fut).await?;
-        r.map_err(|e| plugin_error(&self.plugin, "close", e, &self.redactor))
+        self.call("commit", |api, store, _| {
+            api.sluice_connector_source_api()
+                .call_commit(store, &position)
+        })
+        .await
     }
 }
 
@@ -376,55 +413,15 @@ pub struct SinkOffset {
     pub next_offset: u64,
 }
 
-/// A running sink instance.
-pub struct SinkInstance {
-    store: Store<HostState>,
-    api: bindings::sink::Sink,
-    plugin: Arc<str>,
-    limits: CallLimits,
-    context: types::InstanceContext,
-    stderr: PluginStderr,
-    redactor: Redactor,
-}
-
-impl std::fmt::Debug for SinkInstance {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SinkInstance")
-            .field("plugin", &self.plugin)
-            .field("instance", &self.context.index)
-            .finish_non_exhaustive()
-    }
-}
-
 impl SinkInstance {
-    pub(crate) fn new(
-        store: Store<HostState>,
-        api: bindings::sink::Sink,
-        plugin: &str,
-        setup: &InstanceSetup,
-    ) -> Self {
-        let stderr = store.data().stderr.clone();
-        SinkInstance {
-            store,
-            api,
-            plugin: plugin.into(),
-            limits: CallLimits::from(&setup.grants),
-            context: setup.context(),
-            stderr,
-            redactor: setup.redactor.clone(),
-        }
-    }
-
     /// Calls `open`; returns the offsets the sink stored itself.
     pub async fn open(&mut self, config: &str) -> Result<Vec<SinkOffset>, PluginError> {
-        sandbox::arm(&mut self.store);
-        let fut =
-            self.api
-                .sluice_connector_sink_api()
-                .call_open(&mut self.store, config, &self.context);
-        let offsets = guarded(&self.plugin, "open", &self.limits, &self.stderr, fut)
+        let offsets = self
+            .call("open", |api, store, context| {
+                api.sluice_connector_sink_api()
+                    .call_open(store, config, context)
+            })
             .await
-            .and_then(|r| r.map_err(|e| plugin_error(&self.plugin, "open", e, &self.redactor)))
             .map_err(|e| blame_refusal(&self.store, &self.plugin, e))?;
         Ok(offsets
             .into_iter()
@@ -453,13 +450,12 @@ impl SinkInstance {
             partition,
             first_offset,
         };
-        sandbox::arm(&mut self.store);
-        let fut = self
-            .api
-            .sluice_connector_sink_api()
-            .call_write(&mut self.store, &origin, batch);
-        let r = guarded(&self.plugin, "write", &self.limits, &self.stderr, fut).await?;
-        let failures = r.map_err(|e| plugin_error(&self.plugin, "write", e, &self.redactor))?;
+        let failures = self
+            .call("write", |api, store, _| {
+                api.sluice_connector_sink_api()
+                    .call_write(store, &origin, batch)
+            })
+            .await?;
         let refused = failures
             .into_iter()
             .map(|f| {
@@ -482,37 +478,9 @@ impl SinkInstance {
 
     /// Calls `flush`.
     pub async fn flush(&mut self) -> Result<(), PluginError> {
-        sandbox::arm(&mut self.store);
-        let fut = self
-            .api
-            .sluice_connector_sink_api()
-            .call_flush(&mut self.store);
-        let r = guarded(&self.plugin, "flush", &self.limits, &self.stderr, fut).await?;
-        r.map_err(|e| plugin_error(&self.plugin, "flush", e, &self.redactor))
-    }
-
-    /// Calls `spec` and discards the answer: the instance's first call,
-    /// which touches its memory for the first time, so that the first call
-    /// that matters (a swap's `open`, inside the swap's pause) does not pay
-    /// for that.
-    pub async fn warm(&mut self) -> Result<(), PluginError> {
-        sandbox::arm(&mut self.store);
-        let fut = self
-            .api
-            .sluice_connector_sink_api()
-            .call_spec(&mut self.store);
-        guarded(&self.plugin, "spec", &self.limits, &self.stderr, fut).await?;
-        Ok(())
-    }
-
-    /// Calls `close`.
-    pub async fn close(&mut self) -> Result<(), PluginError> {
-        sandbox::arm(&mut self.store);
-        let fut = self
-            .api
-            .sluice_connector_sink_api()
-            .call_close(&mut self.store);
-        let r = guarded(&self.plugin, "close", &self.limits, &self.stderr, fut).await?;
-        r.map_err(|e| plugin_error(&self.plugin, "close", e, &self.redactor))
+        self.call("flush", |api, store, _| {
+            api.sluice_connector_sink_api().call_flush(store)
+        })
+        .await
     }
 }

@@ -11,6 +11,8 @@
 //! - [`cache`]: compiled components on disk.
 //! - [`sandbox`]: one instance's `Store`: WASI from its grants, its memory
 //!   limit, the epoch that enforces its cpu grant, the host imports.
+//! - [`Exports`]: what the shared instance code needs of each world's
+//!   bindings, one line per kind.
 //! - [`instance`]: a running source, sink or transform and its calls.
 //! - `schema`: a config checked against a plugin's schema
 //!   ([`Spec::check_config`]).
@@ -18,6 +20,7 @@
 pub mod bindings;
 pub mod cache;
 mod error;
+mod exports;
 pub mod instance;
 pub mod output;
 pub mod sandbox;
@@ -33,7 +36,8 @@ use wasmtime::{Config, Engine};
 use self::bindings::host;
 pub use self::cache::CompileCache;
 pub use self::error::PluginError;
-pub use self::instance::{Polled, SinkInstance, SourceInstance, Spec};
+pub use self::exports::Exports;
+pub use self::instance::{Instance, Polled, SinkInstance, SourceInstance, Spec};
 use self::sandbox::EpochTicker;
 pub use self::sandbox::{HostState, InstanceSetup};
 pub use self::schema::{ConfigProblem, SchemaError};
@@ -350,17 +354,7 @@ impl PluginHost {
         plugin: &Plugin,
         setup: &InstanceSetup,
     ) -> Result<SourceInstance, PluginError> {
-        plugin.expect_kind(PluginKind::Source)?;
-        let PluginPre::Source(pre) = &plugin.pre else {
-            unreachable!("kind checked above")
-        };
-        let mut store = sandbox::new(&self.engine, setup)?;
-        // The component's start functions run under the `cpu` grant too.
-        let stderr = store.data().stderr.clone();
-        let limits = instance::CallLimits::from(&setup.grants);
-        let fut = pre.instantiate_async(&mut store);
-        let api = instance::guarded(plugin.name(), "instantiate", &limits, &stderr, fut).await?;
-        Ok(SourceInstance::new(store, api, plugin.name(), setup))
+        SourceInstance::instantiate(&self.engine, plugin, setup).await
     }
 
     /// Instantiates a sink.
@@ -369,16 +363,6 @@ impl PluginHost {
         plugin: &Plugin,
         setup: &InstanceSetup,
     ) -> Result<SinkInstance, PluginError> {
-        plugin.expect_kind(PluginKind::Sink)?;
-        let PluginPre::Sink(pre) = &plugin.pre else {
-            unreachable!("kind checked above")
-        };
-        let mut store = sandbox::new(&self.engine, setup)?;
-        // The component's start functions run under the `cpu` grant too.
-        let stderr = store.data().stderr.clone();
-        let limits = instance::CallLimits::from(&setup.grants);
-        let fut = pre.instantiate_async(&mut store);
-        let api = instance::guarded(plugin.name(), "instantiate", &limits, &stderr, fut).await?;
-        Ok(SinkInstance::new(store, api, plugin.name(), setup))
+        SinkInstance::instantiate(&self.engine, plugin, setup).await
     }
 }

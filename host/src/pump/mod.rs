@@ -5,23 +5,24 @@
 //! Each pump holds at most one batch (sources) or one read of `max_bytes`
 //! (sinks) in memory: the broker is the buffer, and a pump that cannot keep
 //! up simply reads further behind. Both check their [`StopSignal`] at batch
-//! boundaries, so a stop never splits a batch from its commit.
+//! boundaries, so a stop never splits a batch from its commit. Between
+//! batches both take module swaps by the one step in `swap.rs`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use metrics::Histogram;
-use tokio::sync::{Notify, oneshot, watch};
+use tokio::sync::{Notify, watch};
 
 use crate::lifecycle::RestartPolicy;
-use crate::plugin::{SinkInstance, SourceInstance};
 
 /// Re-exported: pumps are what it stops.
 pub use crate::lifecycle::StopSignal;
 
 pub use self::sink::{Assignment, DeadLetter, SinkPump, SinkPumpConfig, dlq_headers};
 pub use self::source::{SourceEnd, SourcePump, SourcePumpConfig};
+pub use self::swap::{Replacement, SwapRequest};
 
 /// Counters of one instance.
 #[derive(Debug)]
@@ -117,28 +118,6 @@ pub enum InstanceState {
     Stopped,
     /// Failed, and not restarted.
     Failed,
-}
-
-/// A module swap asked of one instance: the new instance (instantiated, not
-/// yet opened) and where to say how it went.
-#[derive(Debug)]
-pub struct SwapRequest {
-    /// The new instance.
-    pub replacement: Replacement,
-    /// The config document its `open` gets.
-    pub config_json: String,
-    /// The pause the swap took, or why the new instance did not open (the
-    /// old one then runs on).
-    pub done: oneshot::Sender<Result<Duration, String>>,
-}
-
-/// The new instance of a swap.
-#[derive(Debug)]
-pub enum Replacement {
-    /// For a source instance.
-    Source(SourceInstance),
-    /// For a sink instance.
-    Sink(SinkInstance),
 }
 
 /// How the host steers one instance between batches, besides stopping it:
@@ -268,54 +247,6 @@ impl InstanceControl {
     }
 }
 
-/// Times a swap's pause and answers its request.
-pub(crate) struct SwapTimer {
-    began: Instant,
-}
-
-impl SwapTimer {
-    /// A pause that began at `began` (when the pump began to drain).
-    pub(crate) fn from(began: Instant) -> Self {
-        SwapTimer { began }
-    }
-
-    pub(crate) fn answer(
-        self,
-        done: oneshot::Sender<Result<Duration, String>>,
-        outcome: Result<(), String>,
-    ) {
-        let _ = done.send(outcome.map(|()| self.began.elapsed()));
-    }
-}
-
-/// The end of a swap whose new instance has opened: unless whoever asked
-/// has given up meanwhile (and may have swapped other instances back), the
-/// new instance takes `current`'s place and the old one is closed. Returns
-/// the old instance, closed, if it switched: the caller drops it after
-/// answering, since dropping a store unmaps its memory and that need not
-/// be in the pause. If it did not switch, the new instance is closed and
-/// `current` goes on.
-pub(crate) async fn switch<I>(
-    current: &mut I,
-    mut new: I,
-    done: &oneshot::Sender<Result<Duration, String>>,
-    mut close: impl AsyncFnMut(&mut I) -> Result<(), crate::plugin::PluginError>,
-) -> Option<I> {
-    if done.is_closed() {
-        tracing::warn!("the swap was withdrawn while the new module opened; the old one goes on");
-        if let Err(e) = close(&mut new).await {
-            tracing::warn!(error = %e, "closing the withdrawn module failed");
-        }
-        return None;
-    }
-    let mut old = std::mem::replace(current, new);
-    if let Err(e) = close(&mut old).await {
-        tracing::warn!(error = %e, "the old module failed to close after the swap");
-    }
-    tracing::info!("module swapped");
-    Some(old)
-}
-
 /// Says when every source writing a topic has reached its end, so sinks
 /// of a bounded pipeline know when they have drained it.
 #[derive(Debug, Clone)]
@@ -355,27 +286,9 @@ impl TopicSealer {
     }
 }
 
-/// Makes a plugin call, retrying it in place while it fails with a
-/// `retriable` error (see [`Retry`]); any other error, or one that
-/// persists, returns from the enclosing function. Defined before the
-/// `sink` and `source` modules so that they see it.
-///
-/// `retrying!(policy, &stop, "poll", self.instance.poll(want))`
-macro_rules! retrying {
-    ($policy:expr, $stop:expr, $call:literal, $attempt:expr) => {{
-        let mut retry = $crate::pump::Retry::new($policy);
-        loop {
-            match $attempt.await {
-                Ok(v) => break v,
-                Err(e) if retry.again(&e, $call, $stop).await => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }};
-}
-
 pub mod sink;
 pub mod source;
+mod swap;
 
 /// How often a write refused for want of space is tried again.
 const DISK_FULL_RETRY: Duration = Duration::from_millis(250);
@@ -455,6 +368,28 @@ impl Retry {
             policy,
             done: 0,
             delay: policy.initial,
+        }
+    }
+
+    /// Settles one try of a plugin call: its value; `None`, having waited,
+    /// when it failed with a `retriable` error and is to be made again; or
+    /// the error that stands. The caller makes the call in a loop:
+    /// `let v = loop { if let Some(v) = retry.settle(call().await, …)? { break v } }`.
+    ///
+    /// A loop at each call rather than a function taking the call as an
+    /// async closure: a closure that borrows what the call hands on (the
+    /// batch, the position) makes the pump's future fail the `Send` check
+    /// its supervisor needs (rust-lang/rust#149407).
+    pub(crate) async fn settle<T>(
+        &mut self,
+        tried: Result<T, crate::plugin::PluginError>,
+        call: &str,
+        stop: &StopSignal,
+    ) -> Result<Option<T>, crate::plugin::PluginError> {
+        match tried {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if self.again(&e, call, stop).await => Ok(None),
+            Err(e) => Err(e),
         }
     }
 

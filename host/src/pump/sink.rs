@@ -10,10 +10,8 @@ use std::time::{Duration, Instant};
 
 use sluice_batch::{Batch, BatchWriter};
 
-use super::{
-    InstanceControl, PumpStats, Replacement, StopSignal, SwapRequest, SwapTimer, TopicSeal, Turns,
-    switch, when_space,
-};
+use super::swap::Swap;
+use super::{InstanceControl, PumpStats, Retry, StopSignal, TopicSeal, Turns, when_space};
 use crate::broker::{Broker, SourceCheckpoint};
 use crate::lifecycle::RestartPolicy;
 use crate::plugin::SinkInstance;
@@ -165,13 +163,16 @@ impl<B: Broker> SinkPump<B> {
                 for b in batches {
                     let took = Instant::now();
                     let next = b.next_offset();
-                    let refused = retrying!(
-                        self.config.retry,
-                        &self.stop,
-                        "write",
-                        self.instance
+                    let mut retry = Retry::new(self.config.retry);
+                    let refused = loop {
+                        let tried = self
+                            .instance
                             .write(&topic, partition, b.first_offset, &b.bytes, b.records)
-                    );
+                            .await;
+                        if let Some(refused) = retry.settle(tried, "write", &self.stop).await? {
+                            break refused;
+                        }
+                    };
                     if !refused.is_empty() {
                         let appended = self
                             .dead_letter
@@ -232,63 +233,33 @@ impl<B: Broker> SinkPump<B> {
         Ok(())
     }
 
-    /// Between batches, with everything flushed and committed: takes module
-    /// swaps, and waits while the connector is paused.
+    /// Between batches, with what the old instance wrote flushed: takes
+    /// module swaps, and waits while the connector is paused. A new
+    /// instance that opens goes on from the offsets in hand (or those it
+    /// stored itself, where they are further on); if it does not open, the
+    /// old one goes on.
     async fn attend(&mut self, mut since: Instant) {
-        while let Some(request) = self.control.next_swap(&mut since).await {
-            self.swap(request, since).await;
+        while let Some(mut swap) = Swap::<SinkInstance>::next(&self.control, &mut since).await {
+            let opened = swap.new.open(&swap.config_json).await;
+            let (broker, assignments) = (&self.broker, &mut self.assignments);
+            swap.finish(&mut self.instance, opened, |stored| {
+                for a in assignments {
+                    if let Some(o) = stored
+                        .iter()
+                        .find(|o| o.topic == a.topic && o.partition == a.partition)
+                    {
+                        // Everything before `a.next` was just delivered (by
+                        // the old module) and flushed. A new module that
+                        // stored an older offset itself last ran before that
+                        // (a swap back to an earlier module): it must not be
+                        // handed those again.
+                        let end = broker.end_offset(&a.topic, a.partition).unwrap_or(a.next);
+                        a.next = o.next_offset.clamp(a.next, end.max(a.next));
+                    }
+                }
+            })
+            .await;
         }
-    }
-
-    /// Opens the new instance; if it opens, closes the old one and goes on
-    /// with the new from the committed offsets (or those the new sink
-    /// stored itself, where they are further on). If it does not, the old
-    /// one goes on.
-    async fn swap(&mut self, request: SwapRequest, since: Instant) {
-        let timer = SwapTimer::from(since);
-        let SwapRequest {
-            replacement,
-            config_json,
-            done,
-        } = request;
-        let Replacement::Sink(mut new) = replacement else {
-            return timer.answer(done, Err("a source module cannot replace a sink".into()));
-        };
-        let stored = match new.open(&config_json).await {
-            Ok(stored) => stored,
-            Err(e) => {
-                tracing::warn!(error = %e, "the new module did not open; the old one goes on");
-                return timer.answer(done, Err(e.to_string()));
-            }
-        };
-        let Some(old) = switch(
-            &mut self.instance,
-            new,
-            &done,
-            async |i: &mut SinkInstance| i.close().await,
-        )
-        .await
-        else {
-            return;
-        };
-        for a in &mut self.assignments {
-            if let Some(o) = stored
-                .iter()
-                .find(|o| o.topic == a.topic && o.partition == a.partition)
-            {
-                // Everything before `a.next` was just delivered (by the
-                // old module) and flushed. A new module that stored an
-                // older offset itself last ran before that (a swap back to
-                // an earlier module): it must not be handed those again.
-                let end = self
-                    .broker
-                    .end_offset(&a.topic, a.partition)
-                    .unwrap_or(a.next);
-                a.next = o.next_offset.clamp(a.next, end.max(a.next));
-            }
-        }
-        timer.answer(done, Ok(()));
-        drop(old);
     }
 
     /// True when every assigned topic is sealed and read to its end.
@@ -304,13 +275,13 @@ impl<B: Broker> SinkPump<B> {
 
     /// Makes what the instance was given durable (its `flush`).
     async fn flush(&mut self) -> anyhow::Result<()> {
-        retrying!(
-            self.config.retry,
-            &self.stop,
-            "flush",
-            self.instance.flush()
-        );
-        Ok(())
+        let mut retry = Retry::new(self.config.retry);
+        loop {
+            let tried = self.instance.flush().await;
+            if let Some(()) = retry.settle(tried, "flush", &self.stop).await? {
+                return Ok(());
+            }
+        }
     }
 
     async fn flush_and_commit(&mut self) -> anyhow::Result<()> {

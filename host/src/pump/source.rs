@@ -5,10 +5,8 @@ use std::time::{Duration, Instant};
 
 use sluice_batch::Batch;
 
-use super::{
-    InstanceControl, PumpStats, Replacement, StopSignal, SwapRequest, SwapTimer, Turns, switch,
-    when_space,
-};
+use super::swap::Swap;
+use super::{InstanceControl, PumpStats, Retry, StopSignal, Turns, when_space};
 use crate::broker::{Broker, SourceCheckpoint};
 use crate::lifecycle::RestartPolicy;
 use crate::plugin::{Polled, SourceInstance};
@@ -126,12 +124,13 @@ impl<B: Broker> SourcePump<B> {
                     took.elapsed(),
                 );
                 if let Some(p) = &filled.position {
-                    retrying!(
-                        self.config.retry,
-                        &self.stop,
-                        "commit",
-                        self.instance.commit(p)
-                    );
+                    let mut retry = Retry::new(self.config.retry);
+                    loop {
+                        let tried = self.instance.commit(p).await;
+                        if let Some(()) = retry.settle(tried, "commit", &self.stop).await? {
+                            break;
+                        }
+                    }
                 }
                 idle = Duration::from_millis(1);
                 turns.after_batch().await;
@@ -149,41 +148,14 @@ impl<B: Broker> SourcePump<B> {
     }
 
     /// Between batches (everything polled is appended and committed): takes
-    /// module swaps, and waits while the connector is paused.
+    /// module swaps, and waits while the connector is paused. A new
+    /// instance opens at the position stored with the last batch; if it
+    /// does not open, the old one goes on as if nothing happened.
     async fn attend(&mut self, mut since: Instant) {
-        while let Some(request) = self.control.next_swap(&mut since).await {
-            self.swap(request, since).await;
-        }
-    }
-
-    /// Opens the new instance at the position stored with the last batch;
-    /// if it opens, closes the old one and goes on with the new. If it does
-    /// not, the old one goes on as if nothing happened.
-    async fn swap(&mut self, request: SwapRequest, since: Instant) {
-        let timer = SwapTimer::from(since);
-        let SwapRequest {
-            replacement,
-            config_json,
-            done,
-        } = request;
-        let Replacement::Source(mut new) = replacement else {
-            return timer.answer(done, Err("a sink module cannot replace a source".into()));
-        };
-        let resume = self.broker.source_position(&self.producer);
-        if let Err(e) = new.open(&config_json, resume.as_deref()).await {
-            tracing::warn!(error = %e, "the new module did not open; the old one goes on");
-            return timer.answer(done, Err(e.to_string()));
-        }
-        if let Some(old) = switch(
-            &mut self.instance,
-            new,
-            &done,
-            async |i: &mut SourceInstance| i.close().await,
-        )
-        .await
-        {
-            timer.answer(done, Ok(()));
-            drop(old);
+        while let Some(mut swap) = Swap::<SourceInstance>::next(&self.control, &mut since).await {
+            let resume = self.broker.source_position(&self.producer);
+            let opened = swap.new.open(&swap.config_json, resume.as_deref()).await;
+            swap.finish(&mut self.instance, opened, |()| {}).await;
         }
     }
 
@@ -249,18 +221,19 @@ impl<B: Broker> SourcePump<B> {
         let mut bytes = 0u64;
         loop {
             let want = self.config.max_records - filled.records;
+            let mut retry = Retry::new(self.config.retry);
             let Polled {
                 batch,
                 records: n,
                 value_bytes,
                 position,
                 end_of_stream,
-            } = retrying!(
-                self.config.retry,
-                &self.stop,
-                "poll",
-                self.instance.poll(want)
-            );
+            } = loop {
+                let tried = self.instance.poll(want).await;
+                if let Some(polled) = retry.settle(tried, "poll", &self.stop).await? {
+                    break polled;
+                }
+            };
             if position.is_some() {
                 filled.position = position;
             }
