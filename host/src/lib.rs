@@ -23,7 +23,8 @@
 //!   once, into the typed values the rest of the host runs.
 //! - [`pipeline`]: running a manifest's connectors (`sluice run`).
 //! - [`admin`]: the daemon (`sluice serve`): connectors kept across
-//!   restarts, the HTTP admin API, metrics, and the CLI's client.
+//!   restarts, the HTTP admin API, metrics, and where the daemon says it
+//!   listens (the CLI's client of the API is the binary's own, `src/cli/`).
 //!
 //! Imports point down: `manifest` imports nothing of the host; `secrets`,
 //! `grants` and `lifecycle` read it; `plugin` builds on those and `broker` on

@@ -8,11 +8,9 @@
 //!   OpenAPI document, `/metrics`, `/healthz` and `/readyz`.
 //! - [`metrics`]: the Prometheus exposition.
 //! - [`access`]: where the daemon says it listens, and its bearer token.
-//! - [`client`]: what the CLI's admin verbs use to talk to the daemon.
 
 pub mod access;
 pub mod api;
-pub mod client;
 pub mod daemon;
 pub mod metrics;
 

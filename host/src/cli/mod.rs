@@ -3,6 +3,7 @@
 //! (`Args`) and its `exec`. What several verbs share is here; what the admin
 //! verbs share (talking to a daemon) is in [`remote`].
 
+pub mod client;
 pub mod connectors;
 pub mod plugins;
 pub mod remote;

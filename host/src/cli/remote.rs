@@ -6,10 +6,10 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use super::client::{AdminClient, CallError};
 use anyhow::Context as _;
 use serde_json::Value;
 use sluice::admin::access;
-use sluice::admin::client::{AdminClient, CallError};
 
 use super::{EXIT_INVALID, thousands};
 

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use reqwest::Method;
 
-use super::access;
+use sluice::admin::access;
 
 /// Where the daemon is and how to get in.
 #[derive(Debug, Clone)]
