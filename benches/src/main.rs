@@ -8,6 +8,7 @@
 mod boundary;
 mod density;
 mod end_to_end;
+mod files;
 mod machine;
 mod plot;
 mod report;
@@ -63,6 +64,7 @@ enum Section {
     Startup,
     Density,
     Swap,
+    Files,
 }
 
 const PAYLOADS: [u32; 2] = [100, 1024];
@@ -168,6 +170,11 @@ fn main() -> anyhow::Result<()> {
         if wants(Section::Startup) {
             startup_section(&mut report, &bin, work.path())?;
         }
+    }
+
+    if wants(Section::Files) {
+        let bin = end_to_end::sluice_binary()?;
+        files_section(&mut report, &bin, work.path(), &work.path().join("cache"))?;
     }
 
     if wants(Section::Density) {
@@ -391,6 +398,60 @@ fn end_to_end_section(
             );
         }
     }
+    Ok(())
+}
+
+/// The file connectors, each beside a plain native reader or writer of the
+/// same lines on the same disk, measured in the same run.
+fn files_section(
+    report: &mut Report,
+    bin: &std::path::Path,
+    work: &std::path::Path,
+    cache: &std::path::Path,
+) -> anyhow::Result<()> {
+    say("\nfiles: file-source -> log -> blackhole, datagen -> log -> file-sink, 100 B lines");
+    let payload = 100;
+    let input = work.join("file-input");
+    files::write_input(&input, payload as usize)?;
+
+    let (lines, bytes, elapsed) = files::read_natively(&input)?;
+    let (native, native_mb) = rates(lines, bytes, elapsed);
+    report.add(
+        Figure::new("files", "native: BufReader lines", native, "rec/s")
+            .aside(format!("{native_mb:.0} MB/s")),
+    );
+    let sink = files::source_run(bin, work, cache, &input)?;
+    let span = std::time::Duration::from_micros(
+        sink.last_us
+            .unwrap_or(0)
+            .saturating_sub(sink.first_us.unwrap_or(0)),
+    );
+    let (r, mb) = rates(sink.records, sink.value_bytes, span);
+    report.add(
+        Figure::new("files", "file-source -> log -> blackhole", r, "rec/s")
+            .aside(format!("{mb:.0} MB/s"))
+            .target(Target::at_least(0.8 * native)),
+    );
+    std::fs::remove_dir_all(&input)?;
+
+    let count = 2_000_000;
+    let elapsed = files::write_natively(work, count, payload as usize)?;
+    let (native, native_mb) = rates(count, count * payload, elapsed);
+    report.add(
+        Figure::new(
+            "files",
+            "native: BufWriter lines + one sync",
+            native,
+            "rec/s",
+        )
+        .aside(format!("{native_mb:.0} MB/s")),
+    );
+    let r = files::sink_run(bin, work, cache, count, payload as u32)?;
+    report.add(
+        Figure::new("files", "datagen -> log -> file-sink", r, "rec/s")
+            .aside(format!("{:.0} MB/s", r * payload as f64 / 1e6))
+            .target(Target::at_least(0.8 * native)),
+    );
     Ok(())
 }
 
