@@ -345,15 +345,19 @@ impl Daemon {
         }
     }
 
-    fn snapshot(&self) -> Vec<(String, ConnectorKind, Shown)> {
-        let entries: Vec<Arc<Entry>> = self
-            .entries
+    /// Every connector's entry, taken out of the lock.
+    fn all_entries(&self) -> Vec<Arc<Entry>> {
+        self.entries
             .lock()
             .expect("entries lock")
             .values()
             .cloned()
-            .collect();
-        entries
+            .collect()
+    }
+
+    /// Every connector's name, kind and what is shown of it, now.
+    fn snapshot(&self) -> Vec<(String, ConnectorKind, Shown)> {
+        self.all_entries()
             .iter()
             .map(|e| {
                 (
@@ -370,13 +374,7 @@ impl Daemon {
     /// them back.
     pub async fn shutdown(&self) {
         self.ready.store(false, Ordering::SeqCst);
-        let entries: Vec<Arc<Entry>> = self
-            .entries
-            .lock()
-            .expect("entries lock")
-            .values()
-            .cloned()
-            .collect();
+        let entries = self.all_entries();
         for e in &entries {
             let m = e.managed.lock().await;
             if let Some(r) = &m.running {

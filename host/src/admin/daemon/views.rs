@@ -3,13 +3,12 @@
 //! that build them. A read never waits for an operation on a connector,
 //! except a definition's and offsets', which are what the operation changes.
 
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
 use super::store::DesiredState;
-use super::{Daemon, Entry, Shown, internal};
+use super::{Daemon, Shown, internal};
 use crate::admin::AdminError;
 use crate::admin::metrics::{Row, Totals};
 use crate::broker::Broker;
@@ -312,25 +311,15 @@ fn state_of(shown: &Shown) -> String {
 impl Daemon {
     /// Every connector, one line each.
     pub fn list(&self) -> Vec<ConnectorSummary> {
-        let entries: Vec<Arc<Entry>> = self
-            .entries
-            .lock()
-            .expect("entries lock")
-            .values()
-            .cloned()
-            .collect();
-        entries
-            .iter()
-            .map(|e| {
-                let shown = e.shown.lock().expect("shown lock").clone();
-                ConnectorSummary {
-                    name: e.name.clone(),
-                    kind: e.kind.to_string(),
-                    plugin: format!("{} {}", shown.plugin, shown.version),
-                    state: shown_state(&shown),
-                    records: shown.report.as_ref().map_or(0, |r| r.records()),
-                    lag: shown.report.as_ref().and_then(|r| r.lag()),
-                }
+        self.snapshot()
+            .into_iter()
+            .map(|(name, kind, shown)| ConnectorSummary {
+                name,
+                kind: kind.to_string(),
+                plugin: format!("{} {}", shown.plugin, shown.version),
+                state: shown_state(&shown),
+                records: shown.report.as_ref().map_or(0, |r| r.records()),
+                lag: shown.report.as_ref().and_then(|r| r.lag()),
             })
             .collect()
     }
