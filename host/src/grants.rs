@@ -105,19 +105,62 @@ struct RefusalLog {
 pub struct Refusal {
     /// The address.
     pub addr: SocketAddr,
-    /// What the plugin tried: `connect`, `send`, `listen`, …
-    pub attempt: &'static str,
+    /// What the plugin tried.
+    pub attempt: Attempt,
+}
+
+/// What a plugin tried to do with a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// Connect to a peer (TCP).
+    Connect,
+    /// Send to a peer (UDP).
+    Send,
+    /// Bind a chosen address or port.
+    Bind,
+    /// Listen for connections.
+    Listen,
+    /// Accept a connection.
+    Accept,
+}
+
+impl Attempt {
+    fn of(use_: SocketAddrUse) -> Self {
+        match use_ {
+            SocketAddrUse::TcpBind | SocketAddrUse::UdpBind => Attempt::Bind,
+            SocketAddrUse::TcpListen => Attempt::Listen,
+            SocketAddrUse::TcpAccept => Attempt::Accept,
+            SocketAddrUse::TcpConnect => Attempt::Connect,
+            SocketAddrUse::UdpSend | SocketAddrUse::UdpReceive => Attempt::Send,
+        }
+    }
+
+    /// True for what only a server does, which no grant allows.
+    fn serves(self) -> bool {
+        matches!(self, Attempt::Bind | Attempt::Listen | Attempt::Accept)
+    }
+}
+
+impl fmt::Display for Attempt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Attempt::Connect => "connect to",
+            Attempt::Send => "send to",
+            Attempt::Bind => "bind",
+            Attempt::Listen => "listen",
+            Attempt::Accept => "accept",
+        })
+    }
 }
 
 impl Refusal {
     /// The grant that would allow it, as the manifest writes it, or why
     /// none can.
     pub fn fix(&self) -> String {
-        match self.attempt {
-            "listen" | "accept" | "bind" => {
-                "a plugin may not serve: no grant allows binding, listening or accepting".into()
-            }
-            _ => format!("grant it with net = [\"{}\"]", self.addr),
+        if self.attempt.serves() {
+            "a plugin may not serve: no grant allows binding, listening or accepting".into()
+        } else {
+            format!("grant it with net = [\"{}\"]", self.addr)
         }
     }
 }
@@ -148,7 +191,7 @@ impl Refusals {
             let unlogged = std::mem::take(&mut log.unlogged);
             tracing::warn!(
                 addr = %refusal.addr,
-                attempt = refusal.attempt,
+                attempt = %refusal.attempt,
                 refused_since_last_line = unlogged,
                 "{refusal}"
             );
@@ -196,14 +239,10 @@ async fn check_socket(
     // A datagram from an ungranted peer is dropped silently: the plugin did
     // not ask for it.
     if !allowed && !matches!(use_, SocketAddrUse::UdpReceive) {
-        let attempt = match use_ {
-            SocketAddrUse::TcpBind | SocketAddrUse::UdpBind => "bind",
-            SocketAddrUse::TcpListen => "listen",
-            SocketAddrUse::TcpAccept => "accept",
-            SocketAddrUse::TcpConnect => "connect to",
-            _ => "send to",
-        };
-        refusals.record(Refusal { addr, attempt });
+        refusals.record(Refusal {
+            addr,
+            attempt: Attempt::of(use_),
+        });
     }
     allowed
 }
@@ -424,7 +463,7 @@ mod tests {
         assert!(!check("0.0.0.0:8080", SocketAddrUse::TcpListen).await);
         assert!(!check("10.0.0.1:40000", SocketAddrUse::TcpAccept).await);
         let last = refusals.take_last().unwrap();
-        assert_eq!(last.attempt, "accept");
+        assert_eq!(last.attempt, Attempt::Accept);
         assert!(last.to_string().contains("may not serve"), "{last}");
     }
 

@@ -318,6 +318,29 @@ mod tests {
     }
 
     #[test]
+    fn a_put_the_disk_refuses_is_unavailable_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = ConnectorState::open(dir.path(), "c", ROOMY).unwrap();
+        s.put("k", b"old").unwrap();
+        let path = dir.path().join("c.state");
+        let len = std::fs::metadata(&path).unwrap().len();
+        // A handle that cannot write stands for a disk that refuses.
+        s.inner.lock().unwrap().file = File::open(&path).unwrap();
+        let err = s.put("k", b"new").unwrap_err();
+        assert!(matches!(err, StateError::Unavailable { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("cannot store the state of connector \"c\""),
+            "{err}"
+        );
+        assert_eq!(s.get("k").unwrap(), b"old");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
+        drop(s);
+        let s = ConnectorState::open(dir.path(), "c", ROOMY).unwrap();
+        assert_eq!(s.get("k").unwrap(), b"old");
+    }
+
+    #[test]
     fn dead_records_are_compacted_away() {
         let dir = tempfile::tempdir().unwrap();
         let s = ConnectorState::open(dir.path(), "c", ROOMY).unwrap();
