@@ -207,6 +207,12 @@ impl PluginLog {
     /// Writes one line: `message` and key/value `fields`, masked, cut,
     /// escaped and rate limited.
     pub fn write(&self, level: Level, message: &str, fields: &[(String, String)]) {
+        // A line no subscriber would show is neither cleaned nor counted
+        // against the budget: debug lines that are filtered out must not
+        // crowd out the warnings that are not.
+        if level > tracing::level_filters::LevelFilter::current() {
+            return;
+        }
         let voice = &self.0;
         let Some(dropped) = voice.budget.admit() else {
             return;
