@@ -193,7 +193,7 @@ async fn check_one(
         spec,
         config_json: config.to_string(),
         secrets,
-        restart: RestartPolicy::from_config(c),
+        restart: c.limits.restart,
     })
 }
 

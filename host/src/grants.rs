@@ -22,8 +22,8 @@ pub use crate::manifest::NetRule;
 
 use crate::broker::StateQuota;
 use crate::manifest::{
-    ConnectorConfig, DEFAULT_CPU, DEFAULT_MEMORY_BYTES, FileMode, Manifest, SecretSource,
-    format_size, parse_bytes, parse_duration,
+    ConnectorConfig, DEFAULT_CPU, DEFAULT_MEMORY_BYTES, DEFAULT_STATE_BYTES, DEFAULT_STATE_KEYS,
+    FileMode, Manifest, SecretSource, format_size,
 };
 
 /// What one connector may reach, resolved against the manifest's folder.
@@ -259,8 +259,8 @@ impl GrantSet {
         }
     }
 
-    /// The grants of `connector`, as written in `manifest`. The manifest was
-    /// checked when loaded, so sizes, durations and rules parse.
+    /// The grants of `connector`, as written in `manifest` and parsed by its
+    /// check (sizes, durations and net rules are already typed).
     pub fn from_manifest(manifest: &Manifest, connector: &ConnectorConfig) -> Self {
         let g = &connector.grants;
         let mut env = Vec::new();
@@ -272,22 +272,10 @@ impl GrantSet {
                 Err(_) => env_missing.push(name.clone()),
             }
         }
-        let memory = g
-            .memory
-            .as_ref()
-            .and_then(|m| parse_bytes(m.get_ref()).ok());
-        let cpu = g
-            .cpu
-            .as_ref()
-            .and_then(|c| parse_duration(c.get_ref()).ok());
-        let default_state = StateQuota::default();
+        let limits = &connector.limits;
         let state = StateQuota {
-            bytes: g
-                .state
-                .as_ref()
-                .and_then(|s| parse_bytes(s.get_ref()).ok())
-                .unwrap_or(default_state.bytes),
-            keys: g.state_keys.unwrap_or(default_state.keys),
+            bytes: limits.state.unwrap_or(DEFAULT_STATE_BYTES),
+            keys: limits.state_keys.unwrap_or(DEFAULT_STATE_KEYS),
         };
         GrantSet {
             files: g
@@ -296,13 +284,9 @@ impl GrantSet {
                 .map(|f| (manifest.resolve(&f.host), f.guest.clone(), f.mode))
                 .collect(),
             stdout: g.stdout,
-            memory_bytes: memory.unwrap_or(DEFAULT_MEMORY_BYTES),
-            cpu: cpu.unwrap_or(DEFAULT_CPU),
-            net: g
-                .net
-                .iter()
-                .filter_map(|r| NetRule::parse(r.get_ref()).ok())
-                .collect(),
+            memory_bytes: limits.memory.unwrap_or(DEFAULT_MEMORY_BYTES),
+            cpu: limits.cpu.unwrap_or(DEFAULT_CPU),
+            net: limits.net.clone(),
             dns: g.dns,
             env,
             env_missing,
@@ -312,8 +296,8 @@ impl GrantSet {
                 .map(|(n, s)| (n.clone(), s.get_ref().clone()))
                 .collect(),
             state,
-            default_memory: memory.is_none(),
-            default_cpu: cpu.is_none(),
+            default_memory: limits.memory.is_none(),
+            default_cpu: limits.cpu.is_none(),
         }
     }
 

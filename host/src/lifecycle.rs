@@ -11,10 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::manifest::{
-    ConnectorConfig, DEFAULT_RESTART_ATTEMPTS, DEFAULT_RESTART_INITIAL, DEFAULT_RESTART_MAX,
-    parse_duration,
-};
+pub use crate::manifest::RestartPolicy;
 
 /// Asks pumps to stop at their next batch boundary. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -62,44 +59,6 @@ impl StopSignal {
         tokio::select! {
             () = tokio::time::sleep(d) => {}
             () = self.stopped() => {}
-        }
-    }
-}
-
-/// How a connector's failed instances are restarted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RestartPolicy {
-    /// Wait before the first restart; each next wait doubles.
-    pub initial: Duration,
-    /// Longest wait. An instance up this long has recovered, and its count
-    /// of failures starts over.
-    pub max: Duration,
-    /// Restarts in a row before giving up.
-    pub attempts: u32,
-}
-
-impl Default for RestartPolicy {
-    fn default() -> Self {
-        RestartPolicy {
-            initial: DEFAULT_RESTART_INITIAL,
-            max: DEFAULT_RESTART_MAX,
-            attempts: DEFAULT_RESTART_ATTEMPTS,
-        }
-    }
-}
-
-impl RestartPolicy {
-    /// The policy in a connector's `[connector.restart]` (already checked).
-    pub fn from_config(c: &ConnectorConfig) -> Self {
-        let d = RestartPolicy::default();
-        let parse = |v: &Option<toml::Spanned<String>>| {
-            v.as_ref().and_then(|v| parse_duration(v.get_ref()).ok())
-        };
-        let initial = parse(&c.restart.initial).unwrap_or(d.initial);
-        RestartPolicy {
-            initial,
-            max: parse(&c.restart.max).unwrap_or(d.max).max(initial),
-            attempts: c.restart.attempts.unwrap_or(d.attempts),
         }
     }
 }

@@ -139,12 +139,11 @@ pub struct StateQuota {
 }
 
 impl Default for StateQuota {
-    /// 16 MiB in at most 10,000 keys: room for cursors and small caches,
-    /// and a bound on what one connector can make the host hold.
+    /// The manifest's default `state` and `state_keys` grants.
     fn default() -> Self {
         StateQuota {
-            bytes: 16 << 20,
-            keys: 10_000,
+            bytes: crate::manifest::DEFAULT_STATE_BYTES,
+            keys: crate::manifest::DEFAULT_STATE_KEYS,
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Loading a manifest, and checking once what its types alone cannot: each
 //! value that is a small language of its own (sizes, durations, net rules,
-//! secret names and references) is parsed here, and a bad one is reported
-//! where it is written, with the fix.
+//! secret names and references) is parsed here, a bad one is reported where
+//! it is written, with the fix, and a good one is kept typed (the manifest's
+//! topic policies, each connector's [`Limits`]).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use toml::Spanned;
 
 use super::error::from_toml;
 use super::net::NetRule;
+use super::resolved::{Limits, RestartPolicy, TopicPolicy};
 use super::secret_ref::secret_references;
 use super::units::{parse_bytes, parse_duration};
 use super::{ConnectorConfig, ConnectorKind, Manifest, ManifestError, TopicSettings};
@@ -46,8 +48,9 @@ impl Manifest {
         ManifestError::at(&self.path, &self.source, span, message)
     }
 
-    /// Checks what the types alone cannot.
-    fn check(&self) -> Result<(), ManifestError> {
+    /// Checks what the types alone cannot, and keeps what it parsed: the
+    /// topic policies and each connector's [`Limits`].
+    fn check(&mut self) -> Result<(), ManifestError> {
         if self.broker.partitions == 0 {
             return Err(
                 ManifestError::at(&self.path, &self.source, None, "partitions is 0")
@@ -55,10 +58,37 @@ impl Manifest {
                     .help("a topic needs at least one partition: `partitions = 1`"),
             );
         }
-        self.check_topic_settings("broker", &self.broker.topic_settings())?;
-        for (name, t) in &self.topics {
-            self.check_topic_settings(&format!("topics.{name}"), t)?;
+        if self.broker.fsync_interval_ms == 0 {
+            return Err(ManifestError::at(
+                &self.path,
+                &self.source,
+                None,
+                "fsync_interval_ms is 0",
+            )
+            .field("broker.fsync_interval_ms")
+            .help("sync at most every millisecond, or say `fsync = \"always\"`"));
         }
+        let defaults = TopicPolicy {
+            partitions: self.broker.partitions,
+            ..TopicPolicy::default()
+        };
+        let defaults = self.topic_policy("broker", &self.broker.topic_settings(), defaults)?;
+        let mut policies = std::collections::BTreeMap::new();
+        for (name, t) in &self.topics {
+            let policy = self.topic_policy(&format!("topics.{name}"), t, defaults)?;
+            policies.insert(name.clone(), policy);
+        }
+        (self.topic_defaults, self.topic_policies) = (defaults, policies);
+        let limits = self.check_connectors()?;
+        for (c, limits) in self.connectors.iter_mut().zip(limits) {
+            c.get_mut().limits = limits;
+        }
+        Ok(())
+    }
+
+    /// Checks every connector, and returns the limits parsed from each.
+    fn check_connectors(&self) -> Result<Vec<Limits>, ManifestError> {
+        let mut all = Vec::with_capacity(self.connectors.len());
         if self.connectors.is_empty() {
             return Err(
                 ManifestError::at(&self.path, &self.source, None, "no connector")
@@ -159,52 +189,77 @@ impl Manifest {
                     .field(format!("connector[{i}].batch"))
                     .help("max_records and max_bytes must be at least 1"));
             }
-            for (grant, size) in [("memory", &c.grants.memory), ("state", &c.grants.state)] {
-                if let Some(size) = size {
-                    parse_bytes(size.get_ref()).map_err(|why| {
-                        self.error(size.span(), why)
-                            .field(format!("connector[{i}].grants.{grant}"))
-                            .help(format!(
-                                "write a size such as `{grant} = \"64 MiB\"` (B, KiB, MiB, GiB)"
-                            ))
+            let size = |grant: &str, size: &Option<Spanned<String>>| {
+                let Some(size) = size else { return Ok(None) };
+                parse_bytes(size.get_ref()).map(Some).map_err(|why| {
+                    self.error(size.span(), why)
+                        .field(format!("connector[{i}].grants.{grant}"))
+                        .help(format!(
+                            "write a size such as `{grant} = \"64 MiB\"` (B, KiB, MiB, GiB)"
+                        ))
+                })
+            };
+            let memory = size("memory", &c.grants.memory)?;
+            let state = size("state", &c.grants.state)?;
+            let cpu = match &c.grants.cpu {
+                None => None,
+                Some(cpu) => {
+                    let d = parse_duration(cpu.get_ref()).map_err(|why| {
+                        self.error(cpu.span(), why)
+                            .field(format!("connector[{i}].grants.cpu"))
+                            .help("write a duration such as `cpu = \"2s\"` or `cpu = \"500ms\"`")
                     })?;
+                    if d < Duration::from_millis(10) {
+                        return Err(self
+                            .error(
+                                cpu.span(),
+                                "a cpu grant under 10ms is shorter than the host's clock tick",
+                            )
+                            .field(format!("connector[{i}].grants.cpu"))
+                            .help("grant at least `cpu = \"10ms\"`"));
+                    }
+                    Some(d)
                 }
-            }
-            if let Some(cpu) = &c.grants.cpu {
-                let d = parse_duration(cpu.get_ref()).map_err(|why| {
-                    self.error(cpu.span(), why)
-                        .field(format!("connector[{i}].grants.cpu"))
-                        .help("write a duration such as `cpu = \"2s\"` or `cpu = \"500ms\"`")
-                })?;
-                if d < Duration::from_millis(10) {
-                    return Err(self
-                        .error(
-                            cpu.span(),
-                            "a cpu grant under 10ms is shorter than the host's clock tick",
-                        )
-                        .field(format!("connector[{i}].grants.cpu"))
-                        .help("grant at least `cpu = \"10ms\"`"));
-                }
-            }
-            self.check_net_env_secrets(i, c)?;
-            for (field, value) in [("initial", &c.restart.initial), ("max", &c.restart.max)] {
-                if let Some(v) = value {
-                    parse_duration(v.get_ref()).map_err(|why| {
-                        self.error(v.span(), why)
-                            .field(format!("connector[{i}].restart.{field}"))
-                            .help(format!("write a duration such as `{field} = \"1s\"`"))
-                    })?;
-                }
-            }
+            };
+            let net = self.check_net_env_secrets(i, c)?;
+            let wait = |field: &str, value: &Option<Spanned<String>>, default: Duration| {
+                let Some(v) = value else { return Ok(default) };
+                parse_duration(v.get_ref()).map_err(|why| {
+                    self.error(v.span(), why)
+                        .field(format!("connector[{i}].restart.{field}"))
+                        .help(format!("write a duration such as `{field} = \"1s\"`"))
+                })
+            };
+            let d = RestartPolicy::default();
+            let initial = wait("initial", &c.restart.initial, d.initial)?;
+            let restart = RestartPolicy {
+                initial,
+                max: wait("max", &c.restart.max, d.max)?.max(initial),
+                attempts: c.restart.attempts.unwrap_or(d.attempts),
+            };
+            all.push(Limits {
+                memory,
+                cpu,
+                state,
+                state_keys: c.grants.state_keys,
+                net,
+                restart,
+            });
         }
-        Ok(())
+        Ok(all)
     }
 
     /// Checks the `net`, `env` and `secrets` grants of connector `i`, and
     /// that every `${secret:NAME}` in its config names a granted secret.
-    fn check_net_env_secrets(&self, i: usize, c: &ConnectorConfig) -> Result<(), ManifestError> {
+    /// Returns the parsed `net` rules.
+    fn check_net_env_secrets(
+        &self,
+        i: usize,
+        c: &ConnectorConfig,
+    ) -> Result<Vec<NetRule>, ManifestError> {
+        let mut rules = Vec::with_capacity(c.grants.net.len());
         for (j, rule) in c.grants.net.iter().enumerate() {
-            NetRule::parse(rule.get_ref()).map_err(|why| {
+            let parsed = NetRule::parse(rule.get_ref()).map_err(|why| {
                 self.error(rule.span(), why)
                     .field(format!("connector[{i}].grants.net[{j}]"))
                     .help(
@@ -212,6 +267,7 @@ impl Manifest {
                          e.g. `\"db.internal:5432\"`, `\"10.0.0.0/8:9092-9094\"` or `\"[::1]:6379\"`",
                     )
             })?;
+            rules.push(parsed);
         }
         for (j, name) in c.grants.env.iter().enumerate() {
             let n = name.get_ref();
@@ -261,7 +317,7 @@ impl Manifest {
                     )));
             }
         }
-        Ok(())
+        Ok(rules)
     }
 
     /// Where `text` first appears in the manifest, at or after connector
@@ -272,48 +328,64 @@ impl Manifest {
         Some(at..at + text.len())
     }
 
-    /// Checks the retention and backlog settings of `[broker]` (`table`
-    /// `"broker"`) or of `[topics.<name>]`.
-    fn check_topic_settings(&self, table: &str, t: &TopicSettings) -> Result<(), ManifestError> {
-        if let Some(p) = &t.partitions
-            && *p.get_ref() == 0
-        {
-            return Err(self
-                .error(p.span(), "partitions is 0")
-                .field(format!("{table}.partitions"))
-                .help("a topic needs at least one partition: `partitions = 1`"));
-        }
-        let sizes = [
-            ("retention_bytes", &t.retention_bytes, Some("unlimited")),
-            ("max_backlog", &t.max_backlog, None),
-        ];
-        for (field, value, word) in sizes {
-            let Some(v) = value else { continue };
-            if word.is_some_and(|w| v.get_ref() == w) {
-                continue;
+    /// Checks the partitions, retention and backlog settings of `[broker]`
+    /// (`table` `"broker"`) or of `[topics.<name>]`, and returns them over
+    /// `defaults`.
+    fn topic_policy(
+        &self,
+        table: &str,
+        t: &TopicSettings,
+        defaults: TopicPolicy,
+    ) -> Result<TopicPolicy, ManifestError> {
+        let mut policy = defaults;
+        if let Some(p) = &t.partitions {
+            if *p.get_ref() == 0 {
+                return Err(self
+                    .error(p.span(), "partitions is 0")
+                    .field(format!("{table}.partitions"))
+                    .help("a topic needs at least one partition: `partitions = 1`"));
             }
+            policy.partitions = *p.get_ref();
+        }
+        // A size, or `word` (meaning no limit) where one is allowed.
+        let size = |field: &str, v: &Spanned<String>, word: Option<&str>| {
+            if word.is_some_and(|w| v.get_ref() == w) {
+                return Ok(None);
+            }
+            let or = word.map_or(String::new(), |w| format!(", or `\"{w}\"`"));
+            let help = format!("write a size such as `{field} = \"1 GiB\"`{or}");
             let n = parse_bytes(v.get_ref()).map_err(|why| {
-                let or = word.map_or(String::new(), |w| format!(", or `\"{w}\"`"));
                 self.error(v.span(), why)
                     .field(format!("{table}.{field}"))
-                    .help(format!("write a size such as `{field} = \"1 GiB\"`{or}"))
+                    .help(help.clone())
             })?;
             if n == 0 {
                 return Err(self
                     .error(v.span(), format!("{field} is 0"))
                     .field(format!("{table}.{field}"))
-                    .help(format!("write a size such as `{field} = \"1 GiB\"`")));
+                    .help(help));
             }
+            Ok(Some(n))
+        };
+        if let Some(v) = &t.retention_bytes {
+            policy.retention_bytes = size("retention_bytes", v, Some("unlimited"))?;
         }
-        if let Some(v) = &t.retention_age
-            && v.get_ref() != "forever"
+        if let Some(v) = &t.max_backlog
+            && let Some(n) = size("max_backlog", v, None)?
         {
-            parse_duration(v.get_ref()).map_err(|why| {
-                self.error(v.span(), why)
-                    .field(format!("{table}.retention_age"))
-                    .help("write a duration such as `retention_age = \"7d\"`, or `\"forever\"`")
-            })?;
+            policy.max_backlog = n;
         }
-        Ok(())
+        if let Some(v) = &t.retention_age {
+            policy.retention_age = if v.get_ref() == "forever" {
+                None
+            } else {
+                Some(parse_duration(v.get_ref()).map_err(|why| {
+                    self.error(v.span(), why)
+                        .field(format!("{table}.retention_age"))
+                        .help("write a duration such as `retention_age = \"7d\"`, or `\"forever\"`")
+                })?)
+            };
+        }
+        Ok(policy)
     }
 }

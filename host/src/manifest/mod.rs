@@ -15,6 +15,8 @@
 //!   what the rest of the host asks of them (a topic's policy, a path
 //!   resolved beside the manifest).
 //! - `check`: loading, and what the types alone cannot check, once.
+//! - `resolved`: what the check makes of sizes, durations and net rules
+//!   ([`Limits`], [`RestartPolicy`], [`TopicPolicy`]), and every default.
 //! - `error`: [`ManifestError`], located at file, line and column.
 //! - `units`: sizes and durations as a manifest writes them.
 //! - `net`: a `net` grant's entry ([`NetRule`]), parsed once here.
@@ -26,20 +28,26 @@
 mod check;
 mod error;
 mod net;
+mod resolved;
 mod schema;
 mod secret_ref;
 mod units;
 
 pub use self::error::{Located, ManifestError};
 pub use self::net::NetRule;
+pub use self::resolved::{
+    DEFAULT_CPU, DEFAULT_MAX_BACKLOG, DEFAULT_MEMORY_BYTES, DEFAULT_RESTART_ATTEMPTS,
+    DEFAULT_RESTART_INITIAL, DEFAULT_RESTART_MAX, DEFAULT_RETENTION_AGE, DEFAULT_STATE_BYTES,
+    DEFAULT_STATE_KEYS, Limits, RestartPolicy, TopicPolicy,
+};
 pub use self::schema::{
-    BatchConfig, BrokerConfig, BrokerKind, ConnectorConfig, ConnectorKind, DEFAULT_CPU,
-    DEFAULT_MAX_BACKLOG, DEFAULT_MEMORY_BYTES, DEFAULT_RESTART_ATTEMPTS, DEFAULT_RESTART_INITIAL,
-    DEFAULT_RESTART_MAX, DEFAULT_RETENTION_AGE, FileGrant, FileMode, FsyncPolicy, GrantsConfig,
-    Manifest, RestartConfig, SecretSource, TopicPolicy, TopicSettings,
+    BatchConfig, BrokerConfig, BrokerKind, ConnectorConfig, ConnectorKind, FileGrant, FileMode,
+    FsyncPolicy, GrantsConfig, Manifest, RestartConfig, SecretSource, TopicSettings,
 };
 pub use self::secret_ref::{SECRET_REF_PREFIX, secret_references};
-pub use self::units::{format_bytes, format_size, parse_bytes, parse_duration};
+pub use self::units::{format_bytes, format_size};
+#[cfg(test)]
+use self::units::{parse_bytes, parse_duration};
 
 #[cfg(test)]
 mod tests {
@@ -163,6 +171,42 @@ topics = ["events"]
         assert!(e.to_string().contains("topics.events.retention_age"), "{e}");
         let e = parse(&format!("{GOOD}\n[topics.events]\nmax_backlog = \"0\"\n")).unwrap_err();
         assert!(e.to_string().contains("max_backlog is 0"), "{e}");
+    }
+
+    #[test]
+    fn the_check_parses_grants_and_restart_once_into_typed_limits() {
+        let m = parse(&GOOD.replace(
+            "[connector.config]\ncount = 10",
+            "[connector.config]\ncount = 10\n[connector.grants]\nmemory = \"64 MiB\"\n\
+             cpu = \"500ms\"\nstate = \"1 MiB\"\nnet = [\"10.0.0.0/8:9092-9094\"]\n\
+             [connector.restart]\ninitial = \"5s\"\nmax = \"1s\"",
+        ))
+        .unwrap();
+        let limits = &m.connectors[0].get_ref().limits;
+        assert_eq!(limits.memory, Some(64 << 20));
+        assert_eq!(limits.cpu, Some(Duration::from_millis(500)));
+        assert_eq!((limits.state, limits.state_keys), (Some(1 << 20), None));
+        assert_eq!(
+            limits.net,
+            [NetRule::parse("10.0.0.0/8:9092-9094").unwrap()]
+        );
+        // `max` is never below `initial`.
+        assert_eq!(
+            limits.restart,
+            RestartPolicy {
+                initial: Duration::from_secs(5),
+                max: Duration::from_secs(5),
+                attempts: DEFAULT_RESTART_ATTEMPTS
+            }
+        );
+        // Nothing written: nothing granted past the defaults.
+        assert_eq!(m.connectors[1].get_ref().limits, Limits::default());
+        let e = parse(&GOOD.replace(
+            "data_dir = \"d\"",
+            "data_dir = \"d\"\nfsync_interval_ms = 0",
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("fsync_interval_ms is 0"), "{e}");
     }
 
     #[test]

@@ -1,19 +1,20 @@
 // Long: the whole schema in one file, one struct per TOML table with its TOML
-// in each field's doc, and every default in one place (STYLE.md, habit 5).
+// in each field's doc (STYLE.md, habit 5).
 //! The manifest's schema: one struct per TOML table, each field's doc
-//! comment showing its TOML, every default in one place (the `default_*`
-//! functions and `DEFAULT_*` constants below), and the resolved values the
-//! rest of the host asks for.
+//! comment showing its TOML, the `default_*` functions serde fills plain
+//! fields with, and the values the rest of the host asks for. Values that
+//! are small languages of their own (sizes, durations, net rules) stay text
+//! here; `check` parses them once into `resolved`'s types, where their
+//! defaults live.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::units::{parse_bytes, parse_duration};
+use super::resolved::{Limits, TopicPolicy};
 
 /// A parsed, checked manifest.
 #[derive(Debug, Clone, Deserialize)]
@@ -62,6 +63,14 @@ pub struct Manifest {
     /// The manifest's text, for locating fields in later messages.
     #[serde(skip)]
     pub source: String,
+
+    /// `[broker]`'s topic settings, resolved by the check.
+    #[serde(skip)]
+    pub(super) topic_defaults: TopicPolicy,
+
+    /// Each `[topics.<name>]` over `topic_defaults`, resolved by the check.
+    #[serde(skip)]
+    pub(super) topic_policies: BTreeMap<String, TopicPolicy>,
 }
 
 /// `[broker]`: which broker and how it keeps data.
@@ -193,56 +202,6 @@ pub struct TopicSettings {
     pub max_backlog: Option<Spanned<String>>,
 }
 
-/// [`TopicSettings`] resolved: what the log enforces for one topic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TopicPolicy {
-    /// Partitions when created.
-    pub partitions: u32,
-    /// Most bytes of committed records kept per partition.
-    pub retention_bytes: Option<u64>,
-    /// Longest time committed records are kept.
-    pub retention_age: Option<Duration>,
-    /// Most bytes a group may be behind before sources wait.
-    pub max_backlog: u64,
-}
-
-/// Default `retention_age`.
-pub const DEFAULT_RETENTION_AGE: Duration = Duration::from_secs(7 * 86_400);
-/// Default `max_backlog`.
-pub const DEFAULT_MAX_BACKLOG: u64 = 1 << 30;
-
-impl TopicSettings {
-    /// These settings over `defaults`. Values were checked when the
-    /// manifest was loaded.
-    fn resolve(&self, defaults: TopicPolicy) -> TopicPolicy {
-        let bytes = |v: &Spanned<String>| {
-            let v = v.get_ref();
-            (v != "unlimited").then(|| parse_bytes(v).unwrap_or(u64::MAX))
-        };
-        let age = |v: &Spanned<String>| {
-            let v = v.get_ref();
-            (v != "forever").then(|| parse_duration(v).unwrap_or(Duration::MAX))
-        };
-        TopicPolicy {
-            partitions: self
-                .partitions
-                .as_ref()
-                .map_or(defaults.partitions, |p| *p.get_ref()),
-            retention_bytes: self
-                .retention_bytes
-                .as_ref()
-                .map_or(defaults.retention_bytes, bytes),
-            retention_age: self
-                .retention_age
-                .as_ref()
-                .map_or(defaults.retention_age, age),
-            max_backlog: self.max_backlog.as_ref().map_or(defaults.max_backlog, |v| {
-                parse_bytes(v.get_ref()).unwrap_or(u64::MAX)
-            }),
-        }
-    }
-}
-
 impl BrokerConfig {
     /// The topic defaults of `[broker]`, as a [`TopicSettings`].
     pub(super) fn topic_settings(&self) -> TopicSettings {
@@ -252,16 +211,6 @@ impl BrokerConfig {
             retention_age: self.retention_age.clone(),
             max_backlog: self.max_backlog.clone(),
         }
-    }
-
-    /// The policy of topics that `[topics.<name>]` does not mention.
-    pub fn default_policy(&self) -> TopicPolicy {
-        self.topic_settings().resolve(TopicPolicy {
-            partitions: self.partitions,
-            retention_bytes: None,
-            retention_age: Some(DEFAULT_RETENTION_AGE),
-            max_backlog: DEFAULT_MAX_BACKLOG,
-        })
     }
 }
 
@@ -411,6 +360,11 @@ pub struct ConnectorConfig {
     /// ```
     #[serde(default)]
     pub restart: RestartConfig,
+
+    /// The sizes, durations and net rules of `grants` and `restart`,
+    /// parsed by the check. Never read from TOML.
+    #[serde(skip)]
+    pub limits: Limits,
 }
 
 impl ConnectorConfig {
@@ -692,28 +646,11 @@ fn default_linger_ms() -> u64 {
     5
 }
 
-/// Default `memory` grant.
-pub const DEFAULT_MEMORY_BYTES: u64 = 256 * 1024 * 1024;
-/// Default `cpu` grant.
-pub const DEFAULT_CPU: Duration = Duration::from_secs(10);
-/// Default first restart delay.
-pub const DEFAULT_RESTART_INITIAL: Duration = Duration::from_secs(1);
-/// Default longest restart delay.
-pub const DEFAULT_RESTART_MAX: Duration = Duration::from_secs(60);
-/// Default restarts in a row before a connector is `failed`.
-pub const DEFAULT_RESTART_ATTEMPTS: u32 = 10;
-
 impl Manifest {
     /// The policy of every topic `[topics.<name>]` names, and the default
     /// for the others.
     pub fn topic_policies(&self) -> (TopicPolicy, BTreeMap<String, TopicPolicy>) {
-        let defaults = self.broker.default_policy();
-        let named = self
-            .topics
-            .iter()
-            .map(|(name, t)| (name.clone(), t.resolve(defaults)))
-            .collect();
-        (defaults, named)
+        (self.topic_defaults, self.topic_policies.clone())
     }
 
     /// The data directory, resolved against the manifest's folder.

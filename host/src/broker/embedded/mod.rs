@@ -67,7 +67,7 @@ impl LogConfig {
         let (default_policy, policies) = m.topic_policies();
         LogConfig {
             fsync: m.broker.fsync,
-            fsync_interval: Duration::from_millis(m.broker.fsync_interval_ms.max(1)),
+            fsync_interval: Duration::from_millis(m.broker.fsync_interval_ms),
             segment_bytes: m.broker.segment_bytes,
             default_policy,
             policies,
@@ -79,9 +79,12 @@ impl LogConfig {
         let b = crate::manifest::BrokerConfig::default();
         LogConfig {
             fsync: b.fsync,
-            fsync_interval: Duration::from_millis(b.fsync_interval_ms.max(1)),
+            fsync_interval: Duration::from_millis(b.fsync_interval_ms),
             segment_bytes: b.segment_bytes,
-            default_policy: b.default_policy(),
+            default_policy: TopicPolicy {
+                partitions: b.partitions,
+                ..TopicPolicy::default()
+            },
             policies: BTreeMap::new(),
         }
     }

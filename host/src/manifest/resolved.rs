@@ -1,0 +1,97 @@
+//! What the manifest check makes of the values that are small languages of
+//! their own: sizes, durations, net rules, retention words. They are parsed
+//! once, in `check`, with the defaults filled in; everything downstream reads
+//! these typed values and never the strings they came from (Spin's manifest
+//! `normalize`, ripgrep's low-level args becoming high-level args).
+
+use std::time::Duration;
+
+use super::net::NetRule;
+
+/// Default `memory` grant.
+pub const DEFAULT_MEMORY_BYTES: u64 = 256 * 1024 * 1024;
+/// Default `cpu` grant.
+pub const DEFAULT_CPU: Duration = Duration::from_secs(10);
+/// Default `state` grant: room for cursors and small caches, and a bound on
+/// what one connector can make the host hold.
+pub const DEFAULT_STATE_BYTES: u64 = 16 << 20;
+/// Default `state_keys` grant.
+pub const DEFAULT_STATE_KEYS: u32 = 10_000;
+/// Default first restart delay.
+pub const DEFAULT_RESTART_INITIAL: Duration = Duration::from_secs(1);
+/// Default longest restart delay.
+pub const DEFAULT_RESTART_MAX: Duration = Duration::from_secs(60);
+/// Default restarts in a row before a connector is `failed`.
+pub const DEFAULT_RESTART_ATTEMPTS: u32 = 10;
+/// Default `retention_age`.
+pub const DEFAULT_RETENTION_AGE: Duration = Duration::from_secs(7 * 86_400);
+/// Default `max_backlog`.
+pub const DEFAULT_MAX_BACKLOG: u64 = 1 << 30;
+
+/// A connector's `[connector.grants]` sizes, durations and net rules, and
+/// its `[connector.restart]`, as the check parsed them. A limit that is
+/// `None` was not written: the default applies, and `sluice validate` says
+/// so.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// `memory`, in bytes.
+    pub memory: Option<u64>,
+    /// `cpu`, per call.
+    pub cpu: Option<Duration>,
+    /// `state`, in bytes.
+    pub state: Option<u64>,
+    /// `state_keys`.
+    pub state_keys: Option<u32>,
+    /// `net`, one rule per entry, in order.
+    pub net: Vec<NetRule>,
+    /// `[connector.restart]`.
+    pub restart: RestartPolicy,
+}
+
+/// How a connector's failed instances are restarted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartPolicy {
+    /// Wait before the first restart; each next wait doubles.
+    pub initial: Duration,
+    /// Longest wait. An instance up this long has recovered, and its count
+    /// of failures starts over. Never less than `initial`.
+    pub max: Duration,
+    /// Restarts in a row before giving up.
+    pub attempts: u32,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            initial: DEFAULT_RESTART_INITIAL,
+            max: DEFAULT_RESTART_MAX,
+            attempts: DEFAULT_RESTART_ATTEMPTS,
+        }
+    }
+}
+
+/// What the log enforces for one topic: `[broker]`'s defaults with the
+/// topic's `[topics.<name>]` over them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicPolicy {
+    /// Partitions when created.
+    pub partitions: u32,
+    /// Most bytes of committed records kept per partition.
+    pub retention_bytes: Option<u64>,
+    /// Longest time committed records are kept.
+    pub retention_age: Option<Duration>,
+    /// Most bytes a group may be behind before sources wait.
+    pub max_backlog: u64,
+}
+
+impl Default for TopicPolicy {
+    /// The policy of a manifest that sets nothing.
+    fn default() -> Self {
+        TopicPolicy {
+            partitions: 1,
+            retention_bytes: None,
+            retention_age: Some(DEFAULT_RETENTION_AGE),
+            max_backlog: DEFAULT_MAX_BACKLOG,
+        }
+    }
+}
