@@ -106,24 +106,15 @@ fn n(v: &Value) -> u64 {
 /// A generator (endless, at `rate` a second) and file sinks named
 /// `sinks`, each writing under `<dir>/<name>/`.
 fn connectors(dir: &Path, rate: u64, sinks: &[&str]) -> PathBuf {
-    let mut text = common::gen_source(0, rate, 32);
+    let mut text = common::gen_source(0, rate, 32).to_string();
     for s in sinks {
         std::fs::create_dir_all(dir.join(s)).unwrap();
-        text.push_str(&format!(
-            r#"
-[[connector]]
-name = "{s}"
-kind = "sink"
-plugin = "file-sink"
-topic = "events"
-flush_interval_ms = 100
-[connector.config]
-path = "/out"
-max_file_bytes = 1000000
-[connector.grants]
-files = [{{ host = "{s}", guest = "/out", mode = "read-write" }}]
-"#
-        ));
+        let sink = common::sink(s, "file-sink", "events")
+            .set("flush_interval_ms", 100)
+            .config("path", "/out")
+            .config("max_file_bytes", 1_000_000)
+            .files(s, "/out", "read-write");
+        text.push_str(&sink.to_string());
     }
     let path = dir.join("connectors.toml");
     std::fs::write(&path, text).unwrap();
@@ -507,27 +498,15 @@ fn run_watch_swaps_a_rebuilt_sink_plugin_without_loss() {
     let plugin = dir.path().join("my-sink.wasm");
     std::fs::copy(common::wasm("file-sink"), &plugin).unwrap();
     std::fs::create_dir_all(dir.path().join("out")).unwrap();
-    let manifest = common::write_manifest(
-        dir.path(),
-        &format!(
-            r#"
-[broker]
-data_dir = "data"
-{}
-[[connector]]
-name = "files"
-kind = "sink"
-plugin = "my-sink.wasm"
-topic = "events"
-flush_interval_ms = 100
-[connector.config]
-path = "/out"
-[connector.grants]
-files = [{{ host = "out", guest = "/out", mode = "read-write" }}]
-"#,
-            common::gen_source(0, 20_000, 32)
-        ),
-    );
+    let manifest = common::manifest()
+        .connector(common::gen_source(0, 20_000, 32))
+        .connector(
+            common::sink("files", "my-sink.wasm", "events")
+                .set("flush_interval_ms", 100)
+                .config("path", "/out")
+                .files("out", "/out", "read-write"),
+        )
+        .write(dir.path());
     let mut host = common::Host::start(
         dir.path(),
         "run",
@@ -583,38 +562,17 @@ fn parallel_instances_share_partitions_and_all_swap() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("files")).unwrap();
     // A start manifest: the log's settings, and connectors created at start.
-    let start = dir.path().join("start.toml");
-    std::fs::write(
-        &start,
-        r#"
-[broker]
-partitions = 2
-
-[[connector]]
-name = "gen"
-kind = "source"
-plugin = "datagen"
-topic = "events"
-parallelism = 2
-[connector.config]
-count = 0
-rate = 20000
-payload_bytes = 32
-
-[[connector]]
-name = "files"
-kind = "sink"
-plugin = "file-sink"
-topic = "events"
-parallelism = 2
-flush_interval_ms = 100
-[connector.config]
-path = "/out"
-[connector.grants]
-files = [{ host = "files", guest = "/out", mode = "read-write" }]
-"#,
-    )
-    .unwrap();
+    let start = common::manifest()
+        .broker("partitions", 2)
+        .connector(common::gen_source(0, 20_000, 32).set("parallelism", 2))
+        .connector(
+            common::sink("files", "file-sink", "events")
+                .set("parallelism", 2)
+                .set("flush_interval_ms", 100)
+                .config("path", "/out")
+                .files("files", "/out", "read-write"),
+        )
+        .write_to(&dir.path().join("start.toml"));
     let d = Daemon::start(dir.path(), &["--manifest", start.to_str().unwrap()]);
     wait_until(
         "both instances take records",
@@ -689,11 +647,9 @@ fn create_from_json_update_the_config_and_bad_input_is_located() {
 
     // A bad field: exit 2, the file, the line and the field are named.
     let bad = dir.path().join("bad.toml");
-    std::fs::write(
-        &bad,
-        common::gen_source(0, 0, 32).replace("rate = 0", "rate = \"fast\""),
-    )
-    .unwrap();
+    let text = "[[connector]]\nname = \"gen\"\nkind = \"source\"\nplugin = \"datagen\"\n\
+                topic = \"events\"\n\n[connector.config]\ncount = 0\nrate = \"fast\"\n";
+    std::fs::write(&bad, text).unwrap();
     let out = d.cli("connectors", &["create", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -706,7 +662,7 @@ fn create_from_json_update_the_config_and_bad_input_is_located() {
 
     // One connector as JSON.
     let source = dir.path().join("gen.toml");
-    std::fs::write(&source, common::gen_source(0, 5000, 32)).unwrap();
+    std::fs::write(&source, common::gen_source(0, 5000, 32).to_string()).unwrap();
     d.ok(&["create", source.to_str().unwrap()]);
     let json = dir.path().join("sink.json");
     std::fs::write(
@@ -803,25 +759,11 @@ fn the_list_shows_an_instance_that_is_restarting_and_the_status_says_why() {
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start(dir.path(), &[]);
     let m = dir.path().join("trap.toml");
-    std::fs::write(
-        &m,
-        format!(
-            r#"
-[[connector]]
-name = "trap"
-kind = "source"
-plugin = {plugin:?}
-topic = "t"
-[connector.config]
-count = 1000000
-times = 1000
-[connector.restart]
-initial = "30s"
-"#,
-            plugin = common::wasm("trap-on-third-batch")
-        ),
-    )
-    .unwrap();
+    let trap = common::source("trap", common::wasm("trap-on-third-batch"), "t")
+        .config("count", 1_000_000)
+        .config("times", 1000)
+        .restart("initial", "30s");
+    std::fs::write(&m, trap.to_string()).unwrap();
     d.ok(&["create", m.to_str().unwrap()]);
     wait_until(
         "the list says the connector is restarting",

@@ -34,7 +34,7 @@ fn a_verb_whose_output_pipe_closes_early_ends_quietly() {
 #[test]
 fn logs_to_a_file_carry_no_colour_codes() {
     let dir = tempfile::tempdir().unwrap();
-    let m = write_manifest(dir.path(), &datagen_to_files(1000, 0));
+    let m = datagen_to_files(1000, 0).write(dir.path());
     let out = run(&["run", "--no-progress", m.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0));
     let log = stderr(&out);
@@ -45,7 +45,7 @@ fn logs_to_a_file_carry_no_colour_codes() {
 #[test]
 fn json_logs_are_one_object_a_line() {
     let dir = tempfile::tempdir().unwrap();
-    let m = write_manifest(dir.path(), &datagen_to_files(1000, 0));
+    let m = datagen_to_files(1000, 0).write(dir.path());
     let out = run(&[
         "run",
         "--no-progress",

@@ -100,46 +100,224 @@ pub fn validate_in(dir: &Path, manifest: &str) -> (Option<i32>, String) {
     (out.status.code(), stderr(&out))
 }
 
-/// A `[[connector]]` table: a `datagen` source named `gen` writing `count`
-/// records (0: endless) into `events`, at `rate` a second (0: as fast as it
-/// goes), each value `payload_bytes` long.
-pub fn gen_source(count: u64, rate: u64, payload_bytes: u32) -> String {
-    format!(
-        r#"
-[[connector]]
-name = "gen"
-kind = "source"
-plugin = "datagen"
-topic = "events"
-[connector.config]
-count = {count}
-rate = {rate}
-payload_bytes = {payload_bytes}
-"#
-    )
+/// A manifest built in code: `[broker] data_dir = "data"`, then what the
+/// test adds. Written as TOML by [`ManifestBuilder::write`].
+///
+/// ```ignore
+/// manifest()
+///     .connector(gen_source(100, 0, 64))
+///     .connector(sink("out", "file-sink", "events").config("path", "/out").files("out", "/out", "read-write"))
+///     .write(dir)
+/// ```
+#[derive(Debug, Clone)]
+pub struct ManifestBuilder {
+    broker: toml::Table,
+    topics: toml::Table,
+    connectors: Vec<Connector>,
+}
+
+/// A manifest whose log lives in `data/` beside it.
+pub fn manifest() -> ManifestBuilder {
+    let mut broker = toml::Table::new();
+    broker.insert("data_dir".into(), "data".into());
+    ManifestBuilder {
+        broker,
+        topics: toml::Table::new(),
+        connectors: Vec::new(),
+    }
+}
+
+impl ManifestBuilder {
+    /// Sets `key` in `[broker]`.
+    pub fn broker(mut self, key: &str, value: impl Into<toml::Value>) -> Self {
+        self.broker.insert(key.into(), value.into());
+        self
+    }
+
+    /// Sets `key` in `[topics.<topic>]`.
+    pub fn topic(mut self, topic: &str, key: &str, value: impl Into<toml::Value>) -> Self {
+        table(&mut self.topics, topic).insert(key.into(), value.into());
+        self
+    }
+
+    /// Adds a `[[connector]]`.
+    pub fn connector(mut self, c: Connector) -> Self {
+        self.connectors.push(c);
+        self
+    }
+
+    /// Changes the connector named `name`.
+    pub fn with(mut self, name: &str, change: impl FnOnce(Connector) -> Connector) -> Self {
+        let i = self
+            .connectors
+            .iter()
+            .position(|c| c.0["name"].as_str() == Some(name))
+            .unwrap_or_else(|| panic!("no connector {name:?}"));
+        let c = self.connectors.remove(i);
+        self.connectors.insert(i, change(c));
+        self
+    }
+
+    /// Writes it as `sluice.toml` in `dir` and returns the path.
+    pub fn write(&self, dir: &Path) -> PathBuf {
+        write_manifest(dir, &self.to_string())
+    }
+
+    /// Writes it at `path` and returns the path.
+    pub fn write_to(&self, path: &Path) -> PathBuf {
+        std::fs::write(path, self.to_string()).unwrap();
+        path.to_path_buf()
+    }
+}
+
+impl std::fmt::Display for ManifestBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut doc = toml::Table::new();
+        doc.insert("broker".into(), self.broker.clone().into());
+        if !self.topics.is_empty() {
+            doc.insert("topics".into(), self.topics.clone().into());
+        }
+        let connectors = self.connectors.iter().map(|c| c.0.clone().into());
+        doc.insert("connector".into(), toml::Value::Array(connectors.collect()));
+        f.write_str(&toml::to_string(&doc).map_err(|_| std::fmt::Error)?)
+    }
+}
+
+/// One `[[connector]]` table of a [`ManifestBuilder`].
+#[derive(Debug, Clone)]
+pub struct Connector(toml::Table);
+
+/// A source named `name` running `plugin` (a built-in's name or a
+/// component's path) into `topic`.
+pub fn source(name: &str, plugin: impl AsRef<std::ffi::OsStr>, topic: &str) -> Connector {
+    connector(name, "source", plugin).set("topic", topic)
+}
+
+/// A sink named `name` running `plugin`, reading `topic`.
+pub fn sink(name: &str, plugin: impl AsRef<std::ffi::OsStr>, topic: &str) -> Connector {
+    connector(name, "sink", plugin).set("topic", topic)
+}
+
+fn connector(name: &str, kind: &str, plugin: impl AsRef<std::ffi::OsStr>) -> Connector {
+    let mut t = toml::Table::new();
+    t.insert("name".into(), name.into());
+    t.insert("kind".into(), kind.into());
+    let plugin = plugin.as_ref().to_str().unwrap();
+    t.insert("plugin".into(), plugin.into());
+    Connector(t)
+}
+
+impl Connector {
+    /// Sets `key` of the connector's table (`topics`, `parallelism`,
+    /// `flush_interval_ms`, …).
+    pub fn set(mut self, key: &str, value: impl Into<toml::Value>) -> Self {
+        self.0.insert(key.into(), value.into());
+        self
+    }
+
+    /// Removes `key` of the connector's table.
+    pub fn unset(mut self, key: &str) -> Self {
+        self.0.remove(key);
+        self
+    }
+
+    /// Sets `key` in `[connector.config]`.
+    pub fn config(self, key: &str, value: impl Into<toml::Value>) -> Self {
+        self.sub("config", key, value)
+    }
+
+    /// Sets `key` in `[connector.grants]`.
+    pub fn grant(self, key: &str, value: impl Into<toml::Value>) -> Self {
+        self.sub("grants", key, value)
+    }
+
+    /// Sets `key` in `[connector.restart]`.
+    pub fn restart(self, key: &str, value: impl Into<toml::Value>) -> Self {
+        self.sub("restart", key, value)
+    }
+
+    /// Sets `key` in `[connector.batch]`.
+    pub fn batch(self, key: &str, value: impl Into<toml::Value>) -> Self {
+        self.sub("batch", key, value)
+    }
+
+    /// Grants the host directory `host` (beside the manifest) at `guest`,
+    /// `mode` `"read-only"` or `"read-write"`.
+    pub fn files(mut self, host: &str, guest: &str, mode: &str) -> Self {
+        let mut grant = toml::Table::new();
+        grant.insert("host".into(), host.into());
+        grant.insert("guest".into(), guest.into());
+        grant.insert("mode".into(), mode.into());
+        let grants = table(&mut self.0, "grants");
+        let files = grants
+            .entry("files")
+            .or_insert_with(|| toml::Value::Array(Vec::new()));
+        files.as_array_mut().unwrap().push(grant.into());
+        self
+    }
+
+    /// Grants the secret `name`, read `from` (`"env"` or `"file"`) `where_`.
+    pub fn secret(mut self, name: &str, from: &str, where_: &str) -> Self {
+        let mut source = toml::Table::new();
+        source.insert(from.into(), where_.into());
+        let grants = table(&mut self.0, "grants");
+        table(grants, "secrets").insert(name.into(), source.into());
+        self
+    }
+
+    fn sub(mut self, sub: &str, key: &str, value: impl Into<toml::Value>) -> Self {
+        table(&mut self.0, sub).insert(key.into(), value.into());
+        self
+    }
+}
+
+impl std::fmt::Display for Connector {
+    /// The connector alone, as one `[[connector]]` table: what the daemon's
+    /// `connectors create` takes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut doc = toml::Table::new();
+        doc.insert(
+            "connector".into(),
+            toml::Value::Array(vec![self.0.clone().into()]),
+        );
+        f.write_str(&toml::to_string(&doc).map_err(|_| std::fmt::Error)?)
+    }
+}
+
+/// The table at `key` of `parent`, made if missing.
+fn table<'a>(parent: &'a mut toml::Table, key: &str) -> &'a mut toml::Table {
+    parent
+        .entry(key)
+        .or_insert_with(|| toml::Table::new().into())
+        .as_table_mut()
+        .unwrap()
+}
+
+/// A `datagen` source named `gen` writing `count` records (0: endless)
+/// into `events`, at `rate` a second (0: as fast as it goes), each value
+/// `payload_bytes` long.
+pub fn gen_source(count: u64, rate: u64, payload_bytes: u32) -> Connector {
+    source("gen", "datagen", "events")
+        .config("count", count as i64)
+        .config("rate", rate as i64)
+        .config("payload_bytes", i64::from(payload_bytes))
+}
+
+/// A `file-sink` named `files` reading `events` into `out/`, flushing
+/// every 200 ms, starting a new file past 200,000 bytes.
+pub fn files_sink() -> Connector {
+    sink("files", "file-sink", "events")
+        .set("flush_interval_ms", 200)
+        .config("path", "/out")
+        .config("max_file_bytes", 200_000)
+        .files("out", "/out", "read-write")
 }
 
 /// A datagen → file-sink manifest writing under `out/`.
-pub fn datagen_to_files(count: u64, rate: u64) -> String {
-    format!(
-        r#"
-[broker]
-data_dir = "data"
-{gen}
-[[connector]]
-name = "files"
-kind = "sink"
-plugin = "file-sink"
-topic = "events"
-flush_interval_ms = 200
-[connector.config]
-path = "/out"
-max_file_bytes = 200000
-[connector.grants]
-files = [{{ host = "out", guest = "/out", mode = "read-write" }}]
-"#,
-        gen = gen_source(count, rate, 64)
-    )
+pub fn datagen_to_files(count: u64, rate: u64) -> ManifestBuilder {
+    manifest()
+        .connector(gen_source(count, rate, 64))
+        .connector(files_sink())
 }
 
 /// The output files under `dir` in name order, leaving out dot-files (the

@@ -84,7 +84,7 @@ fn a_datagen_to_file_sink_pipeline_killed_twenty_times_delivers_every_seq_once()
     let dir = tempfile::tempdir().unwrap();
     // 200,000 records/s: the million takes five seconds of running, so the
     // kills land while records flow.
-    let manifest = write_manifest(dir.path(), &datagen_to_files(RECORDS, 200_000));
+    let manifest = datagen_to_files(RECORDS, 200_000).write(dir.path());
     storm(dir.path(), &manifest, 20, 100..700);
     assert_exactly_once(seqs(&dir.path().join("out")), RECORDS);
 }
@@ -99,36 +99,21 @@ fn a_file_source_to_file_sink_pipeline_killed_twenty_times_delivers_every_line_o
         &dir.path().join("in"),
         &[("a.txt", 0..RECORDS / 2), ("b.txt", RECORDS / 2..RECORDS)],
     );
-    let manifest = write_manifest(
-        dir.path(),
-        r#"
-[broker]
-data_dir = "data"
-
-[[connector]]
-name = "lines"
-kind = "source"
-plugin = "file-source"
-topic = "lines"
-[connector.config]
-path = "/in"
-rate = 200000
-[connector.grants]
-files = [{ host = "in", guest = "/in" }]
-
-[[connector]]
-name = "files"
-kind = "sink"
-plugin = "file-sink"
-topic = "lines"
-flush_interval_ms = 50
-[connector.config]
-path = "/out"
-max_file_bytes = 1000000
-[connector.grants]
-files = [{ host = "out", guest = "/out", mode = "read-write" }]
-"#,
-    );
+    let manifest = manifest()
+        .connector(
+            source("lines", "file-source", "lines")
+                .config("path", "/in")
+                .config("rate", 200_000)
+                .files("in", "/in", "read-only"),
+        )
+        .connector(
+            sink("files", "file-sink", "lines")
+                .set("flush_interval_ms", 50)
+                .config("path", "/out")
+                .config("max_file_bytes", 1_000_000)
+                .files("out", "/out", "read-write"),
+        )
+        .write(dir.path());
     storm(dir.path(), &manifest, 20, 100..700);
     assert_exactly_once(seqs(&dir.path().join("out")), RECORDS);
 }
@@ -136,29 +121,15 @@ files = [{ host = "out", guest = "/out", mode = "read-write" }]
 /// Runs a source-only manifest (bounded `datagen` into `events`) in `dir`,
 /// then returns the path of the topic's last segment.
 fn produce_only(dir: &Path, count: u64) -> std::path::PathBuf {
-    let manifest = dir.join("produce.toml");
-    std::fs::write(
-        &manifest,
-        format!(
-            r#"
-[broker]
-data_dir = "data"
-segment_bytes = 200000
-
-[[connector]]
-name = "gen"
-kind = "source"
-plugin = "datagen"
-topic = "events"
-[connector.batch]
-max_records = 100
-[connector.config]
-count = {count}
-payload_bytes = 64
-"#
-        ),
-    )
-    .unwrap();
+    let manifest = manifest()
+        .broker("segment_bytes", 200_000)
+        .connector(
+            source("gen", "datagen", "events")
+                .batch("max_records", 100)
+                .config("count", count as i64)
+                .config("payload_bytes", 64),
+        )
+        .write(dir);
     assert!(run(&["run", manifest.to_str().unwrap()]).status.success());
     let partition = dir.join("data/topics/events/0");
     let mut segments: Vec<_> = std::fs::read_dir(&partition)
@@ -183,7 +154,7 @@ fn a_torn_tail_is_cut_to_the_last_whole_batch_and_the_source_continues_from_ther
     drop(file);
     // The source resumes after the last whole batch, so what was cut is
     // produced again; the sink sees every seq once.
-    let manifest = write_manifest(dir.path(), &datagen_to_files(20_000, 0));
+    let manifest = datagen_to_files(20_000, 0).write(dir.path());
     let out = run(&["run", manifest.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0));
     assert!(
@@ -203,7 +174,7 @@ fn a_flipped_byte_mid_segment_is_refused_naming_file_and_offset_and_nothing_reac
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0xff;
     std::fs::write(&first, bytes).unwrap();
-    let manifest = write_manifest(dir.path(), &datagen_to_files(20_000, 0));
+    let manifest = datagen_to_files(20_000, 0).write(dir.path());
     let out = run(&["run", manifest.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
@@ -231,49 +202,31 @@ fn a_flipped_byte_mid_segment_is_refused_naming_file_and_offset_and_nothing_reac
 
 /// A `datagen` → `reject-every-nth` pipeline, with a `file-sink` (JSON)
 /// reading the dead-letter topic into `dlq/`.
-fn poison_manifest(dir: &Path, produced: u64, sink_config: &str) -> std::path::PathBuf {
-    write_manifest(
-        dir,
-        &format!(
-            r#"
-[broker]
-data_dir = "data"
-{gen}
-[[connector]]
-name = "picky"
-kind = "sink"
-plugin = {plugin:?}
-topic = "events"
-[connector.restart]
-initial = "20ms"
-[connector.config]
-path = "/out"
-{sink_config}
-[connector.grants]
-files = [{{ host = "accepted", guest = "/out", mode = "read-write" }}]
-
-[[connector]]
-name = "dlq-reader"
-kind = "sink"
-plugin = "file-sink"
-topic = "picky.dlq"
-[connector.config]
-path = "/out"
-format = "json"
-[connector.grants]
-files = [{{ host = "dlq", guest = "/out", mode = "read-write" }}]
-"#,
-            gen = gen_source(produced, 0, 32),
-            plugin = wasm("reject-every-nth")
-        ),
-    )
+fn poison_manifest(dir: &Path, produced: u64, sink_config: &[(&str, i64)]) -> std::path::PathBuf {
+    let picky = sink_config.iter().fold(
+        sink("picky", wasm("reject-every-nth"), "events")
+            .restart("initial", "20ms")
+            .config("path", "/out")
+            .files("accepted", "/out", "read-write"),
+        |picky, (key, value)| picky.config(key, *value),
+    );
+    manifest()
+        .connector(gen_source(produced, 0, 32))
+        .connector(picky)
+        .connector(
+            sink("dlq-reader", "file-sink", "picky.dlq")
+                .config("path", "/out")
+                .config("format", "json")
+                .files("dlq", "/out", "read-write"),
+        )
+        .write(dir)
 }
 
 #[test]
 fn poison_records_go_to_the_dead_letter_topic_each_with_its_error_and_origin() {
     const PRODUCED: u64 = 100_000;
     let dir = tempfile::tempdir().unwrap();
-    let manifest = poison_manifest(dir.path(), PRODUCED, "every = 1000");
+    let manifest = poison_manifest(dir.path(), PRODUCED, &[("every", 1000)]);
     let out = run(&["run", "--no-progress", manifest.to_str().unwrap()]);
     assert_eq!(
         out.status.code(),
@@ -344,7 +297,11 @@ fn poison_records_go_to_the_dead_letter_topic_each_with_its_error_and_origin() {
 fn retriable_errors_are_retried_in_place_and_never_dead_lettered() {
     const PRODUCED: u64 = 10_000;
     let dir = tempfile::tempdir().unwrap();
-    let manifest = poison_manifest(dir.path(), PRODUCED, "every = 1000000\nfail_first = 3");
+    let manifest = poison_manifest(
+        dir.path(),
+        PRODUCED,
+        &[("every", 1_000_000), ("fail_first", 3)],
+    );
     let out = run(&["run", "--no-progress", manifest.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0));
     let err = stderr(&out);

@@ -37,33 +37,19 @@ fn du(dir: &Path) -> u64 {
         .sum()
 }
 
-fn stall_manifest(count: u64, rate: u64, stall_after: u64, stall_ms: u64) -> String {
-    format!(
-        r#"
-[broker]
-data_dir = "data"
-
-[topics.events]
-max_backlog = "16 MiB"
-{gen}
-[[connector]]
-name = "slow"
-kind = "sink"
-plugin = {plugin:?}
-topic = "events"
-flush_interval_ms = 200
-[connector.config]
-path = "/out"
-stall_after = {stall_after}
-stall_ms = {stall_ms}
-[connector.grants]
-files = [{{ host = "out", guest = "/out", mode = "read-write" }}]
-cpu = "{cpu}s"
-"#,
-        gen = gen_source(count, rate, 64),
-        plugin = wasm("stall-sink"),
-        cpu = stall_ms / 1000 + 15,
-    )
+fn stall_manifest(count: u64, rate: u64, stall_after: u64, stall_ms: u64) -> ManifestBuilder {
+    manifest()
+        .topic("events", "max_backlog", "16 MiB")
+        .connector(gen_source(count, rate, 64))
+        .connector(
+            sink("slow", wasm("stall-sink"), "events")
+                .set("flush_interval_ms", 200)
+                .config("path", "/out")
+                .config("stall_after", stall_after as i64)
+                .config("stall_ms", stall_ms as i64)
+                .files("out", "/out", "read-write")
+                .grant("cpu", format!("{}s", stall_ms / 1000 + 15)),
+        )
 }
 
 /// The bound this test states for the host's resident memory while its
@@ -83,7 +69,7 @@ fn a_stalled_sink_holds_the_source_back_in_bounded_memory_and_then_everything_ar
     std::fs::create_dir_all(dir.path().join("out")).unwrap();
     // As fast as datagen goes, unbounded by anything but the backlog; the
     // sink stalls for 30 s in its first write.
-    let manifest = write_manifest(dir.path(), &stall_manifest(RECORDS, 0, 1, 30_000));
+    let manifest = stall_manifest(RECORDS, 0, 1, 30_000).write(dir.path());
     let mut host = Host::run(dir.path(), &manifest);
     host.wait_for_log("stalling for 30000 ms", Duration::from_secs(60));
     let stalled = Instant::now();
@@ -148,7 +134,7 @@ fn a_stalled_sink_holds_the_source_back_in_bounded_memory_and_then_everything_ar
 fn the_summary_shows_the_lag_of_a_sink_stopped_while_behind() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("out")).unwrap();
-    let manifest = write_manifest(dir.path(), &stall_manifest(0, 20_000, 1, 3_000));
+    let manifest = stall_manifest(0, 20_000, 1, 3_000).write(dir.path());
     let mut host = Host::run(dir.path(), &manifest);
     host.wait_for_log("stalling for 3000 ms", Duration::from_secs(60));
     std::thread::sleep(Duration::from_secs(1));
@@ -221,7 +207,7 @@ fn fill_the_disk(dir: &Path, records: u64) -> Option<FullDisk> {
     let tmpfs = Tmpfs::mount(&data, "4m")?;
     let ballast = data.join("ballast");
     std::fs::write(&ballast, vec![0u8; 7 << 19]).unwrap();
-    let manifest = write_manifest(dir, &datagen_to_files(records, 0));
+    let manifest = datagen_to_files(records, 0).write(dir);
     let host = Host::run(dir, &manifest);
     host.wait_for_log("the disk is full", Duration::from_secs(60));
     Some(FullDisk {
@@ -298,34 +284,19 @@ fn stopping_while_the_disk_is_full_commits_nothing_unwritten_and_loses_nothing()
 
 /// A `datagen` → two `file-sink`s (`a` into `out-a/`, `b` into `out-b/`)
 /// manifest, with small segments and a 200 KiB retention.
-fn retention_manifest(count: u64, rate: u64, with_b: bool) -> String {
+fn retention_manifest(count: u64, rate: u64, with_b: bool) -> ManifestBuilder {
     let sink = |name: &str| {
-        format!(
-            r#"
-[[connector]]
-name = "{name}"
-kind = "sink"
-plugin = "file-sink"
-topic = "events"
-flush_interval_ms = 100
-[connector.config]
-path = "/out"
-[connector.grants]
-files = [{{ host = "out-{name}", guest = "/out", mode = "read-write" }}]
-"#
-        )
+        sink(name, "file-sink", "events")
+            .set("flush_interval_ms", 100)
+            .config("path", "/out")
+            .files(&format!("out-{name}"), "/out", "read-write")
     };
-    format!(
-        r#"
-[broker]
-data_dir = "data"
-segment_bytes = 100000
-retention_bytes = "200 KiB"
-{gen}{a}{b}"#,
-        gen = gen_source(count, rate, 64),
-        a = sink("a"),
-        b = if with_b { sink("b") } else { String::new() },
-    )
+    let m = manifest()
+        .broker("segment_bytes", 100_000)
+        .broker("retention_bytes", "200 KiB")
+        .connector(gen_source(count, rate, 64))
+        .connector(sink("a"));
+    if with_b { m.connector(sink("b")) } else { m }
 }
 
 #[test]
@@ -334,9 +305,8 @@ fn retention_keeps_what_the_pipelines_sinks_need_and_a_returning_sink_is_told_wh
     for out in ["out-a", "out-b"] {
         std::fs::create_dir_all(dir.path().join(out)).unwrap();
     }
-    let path = dir.path().join("sluice.toml");
-    let run_with = |manifest: String| {
-        std::fs::write(&path, manifest).unwrap();
+    let run_with = |manifest: ManifestBuilder| {
+        let path = manifest.write(dir.path());
         let out = run(&["run", "--no-progress", path.to_str().unwrap()]);
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
         out
@@ -387,28 +357,15 @@ fn a_sink_that_failed_for_good_does_not_hold_its_source_back() {
     // The sink cannot open (its folder is not granted) and may not be
     // restarted: it fails at once, with 1 MiB of backlog allowed. The source
     // must still write its 100,000 records (about 7 MiB) and end.
-    let manifest = write_manifest(
-        dir.path(),
-        &format!(
-            r#"
-[broker]
-data_dir = "data"
-max_backlog = "1 MiB"
-{gen}
-[[connector]]
-name = "broken"
-kind = "sink"
-plugin = {plugin:?}
-topic = "events"
-[connector.restart]
-attempts = 0
-[connector.config]
-path = "/nowhere"
-"#,
-            gen = gen_source(100_000, 0, 64),
-            plugin = wasm("reject-every-nth")
-        ),
-    );
+    let manifest = manifest()
+        .broker("max_backlog", "1 MiB")
+        .connector(gen_source(100_000, 0, 64))
+        .connector(
+            sink("broken", wasm("reject-every-nth"), "events")
+                .restart("attempts", 0)
+                .config("path", "/nowhere"),
+        )
+        .write(dir.path());
     let mut host = Host::run(dir.path(), &manifest);
     let out = host.wait_for_exit(Duration::from_secs(60));
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));

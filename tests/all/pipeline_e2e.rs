@@ -11,7 +11,7 @@ use crate::common::*;
 #[test]
 fn bounded_pipeline_delivers_every_record_once_and_a_second_run_adds_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let manifest = write_manifest(dir.path(), &datagen_to_files(20_000, 0));
+    let manifest = datagen_to_files(20_000, 0).write(dir.path());
     let out = run(&["run", manifest.to_str().unwrap()]);
     assert!(out.status.success());
     let summary = String::from_utf8_lossy(&out.stdout);
@@ -38,7 +38,7 @@ fn bounded_pipeline_delivers_every_record_once_and_a_second_run_adds_nothing() {
 fn a_pipeline_stopped_part_way_continues_from_its_committed_offsets() {
     let dir = tempfile::tempdir().unwrap();
     // Unbounded at 20,000 records/s, stopped with Ctrl-C (SIGINT)…
-    let manifest = write_manifest(dir.path(), &datagen_to_files(0, 20_000));
+    let manifest = datagen_to_files(0, 20_000).write(dir.path());
     let child = sluice()
         .args(["run", "--no-progress", manifest.to_str().unwrap()])
         .stdout(Stdio::piped())
@@ -76,7 +76,7 @@ fn a_pipeline_stopped_part_way_continues_from_its_committed_offsets() {
     assert_exactly_once(stopped, n);
 
     // …then run again, bounded: it continues where it stopped, no gap, no repeat.
-    let manifest = write_manifest(dir.path(), &datagen_to_files(60_000, 0));
+    let manifest = datagen_to_files(60_000, 0).write(dir.path());
     let out = run(&["run", manifest.to_str().unwrap()]);
     assert!(out.status.success());
     assert_exactly_once(seqs(&out_dir), 60_000);
@@ -89,69 +89,46 @@ fn file_source_reads_every_line_of_a_granted_directory() {
         &dir.path().join("in"),
         &[("a.txt", 0..3000), ("b.txt", 3000..5000)],
     );
-    let manifest = write_manifest(
-        dir.path(),
-        r#"
-[[connector]]
-name = "lines"
-kind = "source"
-plugin = "file-source"
-topic = "lines"
-[connector.config]
-path = "/in"
-[connector.grants]
-files = [{ host = "in", guest = "/in" }]
-
-[[connector]]
-name = "files"
-kind = "sink"
-plugin = "file-sink"
-topic = "lines"
-[connector.config]
-path = "/out"
-[connector.grants]
-files = [{ host = "out", guest = "/out", mode = "read-write" }]
-"#,
-    );
+    let manifest = manifest()
+        .connector(
+            source("lines", "file-source", "lines")
+                .config("path", "/in")
+                .files("in", "/in", "read-only"),
+        )
+        .connector(
+            sink("files", "file-sink", "lines")
+                .config("path", "/out")
+                .files("out", "/out", "read-write"),
+        )
+        .write(dir.path());
     let out = run(&["run", manifest.to_str().unwrap()]);
     assert!(out.status.success());
     assert_exactly_once(seqs(&dir.path().join("out")), 5000);
 }
 
-/// Runs five datagen records into the `print` sink, whose table ends with
-/// `grants` (TOML).
-fn run_print_pipeline(dir: &std::path::Path, grants: &str) -> std::process::Output {
-    let manifest = write_manifest(
-        dir,
-        &format!(
-            "{}{grants}",
-            r#"
-[[connector]]
-name = "gen"
-kind = "source"
-plugin = "datagen"
-topic = "t"
-[connector.config]
-count = 5
-payload_bytes = 1
-
-[[connector]]
-name = "show"
-kind = "sink"
-plugin = "print"
-topic = "t"
-[connector.config]
-prefix = "t> "
-"#
-        ),
-    );
+/// Runs five datagen records into the `print` sink, with the `stdout`
+/// grant or without.
+fn run_print_pipeline(dir: &std::path::Path, stdout: bool) -> std::process::Output {
+    let show = sink("show", "print", "t").config("prefix", "t> ");
+    let manifest = manifest()
+        .connector(
+            source("gen", "datagen", "t")
+                .config("count", 5)
+                .config("payload_bytes", 1),
+        )
+        .connector(if stdout {
+            show.grant("stdout", true)
+        } else {
+            show
+        })
+        .write(dir);
     run(&["run", manifest.to_str().unwrap()])
 }
 
 #[test]
 fn print_sink_writes_values_to_stdout_when_granted() {
     let dir = tempfile::tempdir().unwrap();
-    let out = run_print_pipeline(dir.path(), "[connector.grants]\nstdout = true\n");
+    let out = run_print_pipeline(dir.path(), true);
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
     for i in 0..5 {
@@ -165,7 +142,7 @@ fn print_sink_writes_values_to_stdout_when_granted() {
 #[test]
 fn print_sink_without_the_stdout_grant_writes_nothing_to_stdout() {
     let dir = tempfile::tempdir().unwrap();
-    let out = run_print_pipeline(dir.path(), "");
+    let out = run_print_pipeline(dir.path(), false);
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!stdout.contains("t> "), "no grant, no stdout: {stdout}");
@@ -178,20 +155,13 @@ fn print_sink_without_the_stdout_grant_writes_nothing_to_stdout() {
 #[test]
 fn a_read_only_grant_of_a_missing_directory_stops_the_run_naming_it() {
     let dir = tempfile::tempdir().unwrap();
-    let manifest = write_manifest(
-        dir.path(),
-        r#"
-[[connector]]
-name = "lines"
-kind = "source"
-plugin = "file-source"
-topic = "lines"
-[connector.config]
-path = "/in"
-[connector.grants]
-files = [{ host = "missing", guest = "/in" }]
-"#,
-    );
+    let manifest = manifest()
+        .connector(
+            source("lines", "file-source", "lines")
+                .config("path", "/in")
+                .files("missing", "/in", "read-only"),
+        )
+        .write(dir.path());
     let out = run(&["run", manifest.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
@@ -206,7 +176,7 @@ files = [{ host = "missing", guest = "/in" }]
 #[test]
 fn a_committed_offset_past_the_end_of_the_log_resumes_at_the_end_with_a_warning() {
     let dir = tempfile::tempdir().unwrap();
-    let manifest = write_manifest(dir.path(), &datagen_to_files(1_000, 0));
+    let manifest = datagen_to_files(1_000, 0).write(dir.path());
     assert!(run(&["run", manifest.to_str().unwrap()]).status.success());
     // As if the log lost acknowledged data (a power loss under fsync =
     // "never"): the group's offset and the offset the file-sink stored
@@ -234,19 +204,13 @@ fn a_committed_offset_past_the_end_of_the_log_resumes_at_the_end_with_a_warning(
 fn blackhole_reports_what_reached_it_and_names_its_folder_when_not_granted() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("report")).unwrap();
-    let source = format!("{}stamp = true\n", gen_source(5_000, 0, 100));
-    let sink = r#"
-[[connector]]
-name = "hole"
-kind = "sink"
-plugin = "blackhole"
-topic = "events"
-[connector.config]
-report_dir = "/report"
-"#;
-    let grant = "[connector.grants]\nfiles = [{ host = \"report\", guest = \"/report\", mode = \"read-write\" }]\n";
-    let manifest = write_manifest(dir.path(), &format!("{source}{sink}{grant}"));
-    let out = run(&["run", "--no-progress", manifest.to_str().unwrap()]);
+    let source = gen_source(5_000, 0, 100).config("stamp", true);
+    let hole = sink("hole", "blackhole", "events").config("report_dir", "/report");
+    let granted = manifest()
+        .connector(source.clone())
+        .connector(hole.clone().files("report", "/report", "read-write"))
+        .write(dir.path());
+    let out = run(&["run", "--no-progress", granted.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("report/hole-0.json")).unwrap())
@@ -261,8 +225,11 @@ report_dir = "/report"
 
     // The same sink without the grant: refused at open, naming the folder.
     let other = tempfile::tempdir().unwrap();
-    let manifest = write_manifest(other.path(), &format!("{source}{sink}"));
-    let out = run(&["run", "--no-progress", manifest.to_str().unwrap()]);
+    let ungranted = manifest()
+        .connector(source)
+        .connector(hole)
+        .write(other.path());
+    let out = run(&["run", "--no-progress", ungranted.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(

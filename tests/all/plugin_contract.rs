@@ -6,18 +6,11 @@
 use crate::common::*;
 use sluice::plugin::CONTRACT_VERSION;
 
-fn source_manifest(plugin: &str, config: &str) -> String {
-    format!(
-        r#"
-[[connector]]
-name = "src"
-kind = "source"
-plugin = "{plugin}"
-topic = "t"
-[connector.config]
-{config}
-"#
-    )
+fn source_manifest(plugin: &str, config: &[(&str, toml::Value)]) -> String {
+    let src = config.iter().fold(source("src", plugin, "t"), |c, (k, v)| {
+        c.config(k, v.clone())
+    });
+    manifest().connector(src).to_string()
 }
 
 #[test]
@@ -53,7 +46,10 @@ fn inspect_prints_name_version_description_and_config_schema() {
 #[test]
 fn a_plugin_exporting_the_wrong_interface_is_refused_naming_what_is_missing() {
     let dir = tempfile::tempdir().unwrap();
-    let (code, err) = validate_in(dir.path(), &source_manifest("file-sink", "path = \"/x\""));
+    let (code, err) = validate_in(
+        dir.path(),
+        &source_manifest("file-sink", &[("path", "/x".into())]),
+    );
     assert_eq!(code, Some(2));
     assert!(
         err.contains(&format!(
@@ -77,7 +73,7 @@ fn a_plugin_exporting_the_wrong_interface_is_refused_naming_what_is_missing() {
 fn a_plugin_built_against_another_contract_version_is_refused_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = wasm("wrong-contract-version");
-    let (code, err) = validate_in(dir.path(), &source_manifest(path.to_str().unwrap(), ""));
+    let (code, err) = validate_in(dir.path(), &source_manifest(path.to_str().unwrap(), &[]));
     assert_eq!(code, Some(2));
     assert!(
         err.contains("built against sluice:connector@0.0.9"),
@@ -95,7 +91,7 @@ fn a_plugin_built_against_another_contract_version_is_refused_naming_it() {
 fn a_file_that_is_not_a_component_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("junk.wasm"), b"not wasm at all").unwrap();
-    let (code, err) = validate_in(dir.path(), &source_manifest("junk.wasm", ""));
+    let (code, err) = validate_in(dir.path(), &source_manifest("junk.wasm", &[]));
     assert_eq!(code, Some(2));
     assert!(
         err.contains("is not a valid WebAssembly component"),
@@ -106,13 +102,19 @@ fn a_file_that_is_not_a_component_is_refused() {
 #[test]
 fn validate_rejects_a_config_its_plugin_schema_refuses() {
     let dir = tempfile::tempdir().unwrap();
-    let (code, err) = validate_in(
-        dir.path(),
-        &source_manifest("datagen", "count = 10\npayload_bytes = \"big\""),
+    let m = source_manifest(
+        "datagen",
+        &[("count", 10.into()), ("payload_bytes", "big".into())],
     );
+    let (code, err) = validate_in(dir.path(), &m);
     assert_eq!(code, Some(2));
+    let line = m
+        .lines()
+        .position(|l| l.starts_with("payload_bytes"))
+        .unwrap()
+        + 1;
     assert!(
-        err.contains("sluice.toml:9:17"),
+        err.contains(&format!("sluice.toml:{line}:17")),
         "file:line:column of the value: {err}"
     );
     assert!(err.contains("connector[0].config.payload_bytes"), "{err}");
@@ -122,7 +124,10 @@ fn validate_rejects_a_config_its_plugin_schema_refuses() {
         "help from the schema: {err}"
     );
 
-    let (code, err) = validate_in(dir.path(), &source_manifest("datagen", "colour = \"red\""));
+    let (code, err) = validate_in(
+        dir.path(),
+        &source_manifest("datagen", &[("colour", "red".into())]),
+    );
     assert_eq!(code, Some(2));
     assert!(err.contains("colour"), "{err}");
 }
@@ -144,18 +149,9 @@ fn validate_accepts_the_quickstart() {
 fn a_plugin_that_refuses_its_config_at_open_stops_the_run_with_its_words() {
     let dir = tempfile::tempdir().unwrap();
     // Valid by schema, but the directory is not granted: the plugin says so.
-    let manifest = write_manifest(
-        dir.path(),
-        r#"
-[[connector]]
-name = "files"
-kind = "sink"
-plugin = "file-sink"
-topic = "t"
-[connector.config]
-path = "/out"
-"#,
-    );
+    let manifest = manifest()
+        .connector(sink("files", "file-sink", "t").config("path", "/out"))
+        .write(dir.path());
     let out = run(&["run", manifest.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);

@@ -8,27 +8,15 @@ use std::process::Output;
 
 use crate::common::*;
 
-/// Runs `log-flood` alone with `config` (a TOML inline table's body) and
-/// `env` for the host; returns the output once it ends.
-fn run_flood(config: &str, env: &[(&str, &str)]) -> Output {
+/// Runs `log-flood` alone with `config` and `env` for the host; returns
+/// the output once it ends.
+fn run_flood(config: &[(&str, toml::Value)], env: &[(&str, &str)]) -> Output {
     let dir = tempfile::tempdir().unwrap();
-    let m = write_manifest(
-        dir.path(),
-        &format!(
-            r#"
-[broker]
-data_dir = "data"
-
-[[connector]]
-name = "fixture"
-kind = "source"
-plugin = {plugin:?}
-topic = "probe"
-config = {{ {config} }}
-"#,
-            plugin = wasm("log-flood")
-        ),
+    let fixture = config.iter().fold(
+        source("fixture", wasm("log-flood"), "probe"),
+        |c, (k, v)| c.config(k, v.clone()),
     );
+    let m = manifest().connector(fixture).write(dir.path());
     let out = run_env(&["run", "--no-progress", m.to_str().unwrap()], env);
     assert_eq!(out.status.code(), Some(0), "the fixture ends cleanly");
     out
@@ -36,7 +24,7 @@ config = {{ {config} }}
 
 #[test]
 fn a_plugin_cannot_forge_a_host_log_line() {
-    let out = run_flood(r#"mode = "forge""#, &[]);
+    let out = run_flood(&[("mode", "forge".into())], &[]);
     let log = stderr(&out);
     for line in log.lines() {
         assert!(
@@ -64,14 +52,17 @@ fn a_plugin_cannot_forge_a_host_log_line() {
 
 #[test]
 fn a_plugin_line_names_its_connector_once_with_its_fields_as_fields() {
-    let out = run_flood(r#"mode = "forge""#, &[]);
+    let out = run_flood(&[("mode", "forge".into())], &[]);
     let log = stderr(&out);
     let message = log.lines().find(|l| l.contains("forge-message")).unwrap();
     assert_eq!(message.matches("fixture").count(), 1, "{message}");
     assert!(!message.contains("fields="), "{message}");
     assert!(message.contains(" rows=3"), "{message}");
 
-    let out = run_flood(r#"mode = "forge""#, &[("SLUICE_LOG_FORMAT", "json")]);
+    let out = run_flood(
+        &[("mode", "forge".into())],
+        &[("SLUICE_LOG_FORMAT", "json")],
+    );
     let log = stderr(&out);
     let message = log.lines().find(|l| l.contains("forge-message")).unwrap();
     let event: serde_json::Value = serde_json::from_str(message).unwrap();
@@ -88,8 +79,11 @@ fn a_plugin_line_names_its_connector_once_with_its_fields_as_fields() {
 
 #[test]
 fn a_log_flood_is_cut_to_the_rate_limit_and_says_how_much_it_dropped() {
-    let lines = 20_000;
-    let out = run_flood(&format!(r#"mode = "flood", lines = {lines}"#), &[]);
+    let lines: usize = 20_000;
+    let out = run_flood(
+        &[("mode", "flood".into()), ("lines", (lines as i64).into())],
+        &[],
+    );
     let log = stderr(&out);
     let kept = log.lines().filter(|l| l.contains("flood line")).count();
     assert!(
@@ -123,7 +117,7 @@ fn a_log_flood_is_cut_to_the_rate_limit_and_says_how_much_it_dropped() {
 #[test]
 fn one_huge_log_call_is_cut_to_one_short_line() {
     let bytes = 8 << 20;
-    let out = run_flood(&format!(r#"mode = "huge", bytes = {bytes}"#), &[]);
+    let out = run_flood(&[("mode", "huge".into()), ("bytes", bytes.into())], &[]);
     let log = stderr(&out);
     let longest = log.lines().map(str::len).max().unwrap();
     assert!(

@@ -25,36 +25,28 @@ const HEALTHY_RATE: u64 = 10_000;
 const TICK: Duration = Duration::from_millis(10);
 
 /// A manifest with the healthy pair (`gen` → `files`, from
-/// [`datagen_to_files`]), the fixture as source `fixture`
-/// writing topic `probe` (with its config, grants and restart tables as
-/// given), and a file sink of `probe` into `probe-out/`.
-fn manifest(dir: &Path, fixture: &str, extra: &str) -> PathBuf {
-    let plugin = wasm(fixture);
-    write_manifest(
-        dir,
-        &format!(
-            r#"{healthy}
-[[connector]]
-name = "probe-files"
-kind = "sink"
-plugin = "file-sink"
-topic = "probe"
-flush_interval_ms = 100
-[connector.config]
-path = "/out"
-[connector.grants]
-files = [{{ host = "probe-out", guest = "/out", mode = "read-write" }}]
+/// [`datagen_to_files`]), a file sink of `probe` into `probe-out/`, and the
+/// fixture as source `fixture` writing topic `probe`, its table as `extra`
+/// makes it.
+fn fixture_manifest(
+    dir: &Path,
+    fixture: &str,
+    extra: impl FnOnce(Connector) -> Connector,
+) -> PathBuf {
+    datagen_to_files(HEALTHY, HEALTHY_RATE)
+        .connector(
+            sink("probe-files", "file-sink", "probe")
+                .set("flush_interval_ms", 100)
+                .config("path", "/out")
+                .files("probe-out", "/out", "read-write"),
+        )
+        .connector(extra(source("fixture", wasm(fixture), "probe")))
+        .write(dir)
+}
 
-[[connector]]
-name = "fixture"
-kind = "source"
-plugin = {plugin:?}
-topic = "probe"
-{extra}
-"#,
-            healthy = datagen_to_files(HEALTHY, HEALTHY_RATE)
-        ),
-    )
+/// Nothing added to the fixture's table.
+fn nothing(c: Connector) -> Connector {
+    c
 }
 
 /// Runs the manifest to its end, with `env` set for the host.
@@ -78,9 +70,12 @@ fn assert_healthy(dir: &Path, out: &Output) {
 /// Runs a fixture that must fail for good (the run exits 1) while the
 /// healthy pair delivers everything; returns the folder, the output and
 /// the fixture's summary line.
-fn run_failing(fixture: &str, extra: &str) -> (tempfile::TempDir, Output, String) {
+fn run_failing(
+    fixture: &str,
+    extra: impl FnOnce(Connector) -> Connector,
+) -> (tempfile::TempDir, Output, String) {
     let dir = tempfile::tempdir().unwrap();
-    let m = manifest(dir.path(), fixture, extra);
+    let m = fixture_manifest(dir.path(), fixture, extra);
     let out = run_with(&m, &[]);
     assert_eq!(out.status.code(), Some(1), "the fixture's connector failed");
     assert_healthy(dir.path(), &out);
@@ -113,19 +108,23 @@ fn probe(dir: &Path) -> serde_json::Value {
 
 /// Runs a probe fixture and returns its outcome, after checking the
 /// healthy pair and a clean exit.
-fn run_probe(fixture: &str, extra: &str, setup: impl FnOnce(&Path)) -> serde_json::Value {
+fn run_probe(
+    fixture: &str,
+    extra: impl FnOnce(Connector) -> Connector,
+    setup: impl FnOnce(&Path),
+) -> serde_json::Value {
     run_probe_env(fixture, extra, &[], setup)
 }
 
 fn run_probe_env(
     fixture: &str,
-    extra: &str,
+    extra: impl FnOnce(Connector) -> Connector,
     env: &[(&str, &str)],
     setup: impl FnOnce(&Path),
 ) -> serde_json::Value {
     let dir = tempfile::tempdir().unwrap();
     setup(dir.path());
-    let m = manifest(dir.path(), fixture, extra);
+    let m = fixture_manifest(dir.path(), fixture, extra);
     let out = run_with(&m, env);
     assert_eq!(out.status.code(), Some(0), "every connector finished");
     assert_healthy(dir.path(), &out);
@@ -139,9 +138,11 @@ fn assert_denied(outcome: &serde_json::Value, kind: &str) {
     assert_eq!(outcome["kind"], kind, "{outcome}");
 }
 
-/// A folder `data/` with a readable file, granted read-only as `/data`.
-const DATA_GRANT: &str = r#"[connector.grants]
-files = [{ host = "granted", guest = "/data", mode = "read-only" }]"#;
+/// The folder `granted/` (see [`granted_dir`]), granted read-only as
+/// `/data`.
+fn data_grant(c: Connector) -> Connector {
+    c.files("granted", "/data", "read-only")
+}
 
 fn granted_dir(dir: &Path) -> PathBuf {
     let granted = dir.join("granted");
@@ -154,7 +155,7 @@ fn granted_dir(dir: &Path) -> PathBuf {
 
 #[test]
 fn read_etc_passwd_without_a_grant_finds_nothing() {
-    let outcome = run_probe("read-etc-passwd", "", |_| {});
+    let outcome = run_probe("read-etc-passwd", nothing, |_| {});
     // With no directory granted, no path exists for the plugin at all.
     assert_denied(&outcome, "NotFound");
 }
@@ -163,8 +164,7 @@ fn read_etc_passwd_without_a_grant_finds_nothing() {
 fn read_etc_passwd_works_when_etc_is_granted() {
     let outcome = run_probe(
         "read-etc-passwd",
-        r#"[connector.grants]
-files = [{ host = "/etc", guest = "/etc", mode = "read-only" }]"#,
+        |c| c.files("/etc", "/etc", "read-only"),
         |_| {},
     );
     assert_eq!(outcome["outcome"], "allowed", "{outcome}");
@@ -172,7 +172,7 @@ files = [{ host = "/etc", guest = "/etc", mode = "read-only" }]"#,
 
 #[test]
 fn escape_dotdot_is_denied() {
-    let outcome = run_probe("escape-dotdot", DATA_GRANT, |d| {
+    let outcome = run_probe("escape-dotdot", data_grant, |d| {
         granted_dir(d);
     });
     assert_denied(&outcome, "PermissionDenied");
@@ -180,7 +180,7 @@ fn escape_dotdot_is_denied() {
 
 #[test]
 fn escape_absolute_symlink_is_denied() {
-    let outcome = run_probe("escape-absolute-symlink", DATA_GRANT, |d| {
+    let outcome = run_probe("escape-absolute-symlink", data_grant, |d| {
         let granted = granted_dir(d);
         std::os::unix::fs::symlink("/etc/passwd", granted.join("absolute-link")).unwrap();
     });
@@ -189,7 +189,7 @@ fn escape_absolute_symlink_is_denied() {
 
 #[test]
 fn escape_relative_symlink_is_denied() {
-    let outcome = run_probe("escape-relative-symlink", DATA_GRANT, |d| {
+    let outcome = run_probe("escape-relative-symlink", data_grant, |d| {
         let granted = granted_dir(d);
         std::os::unix::fs::symlink(
             "../../../../../../../../etc/passwd",
@@ -204,10 +204,9 @@ fn escape_relative_symlink_is_denied() {
 fn a_symlink_inside_the_grant_is_followed() {
     // The escapes above are refused for leaving the grant, not for being
     // symlinks.
-    let outcome = run_probe_with_config(
+    let outcome = run_probe(
         "escape-relative-symlink",
-        DATA_GRANT,
-        r#"path = "/data/relative-link""#,
+        |c| data_grant(c).config("path", "/data/relative-link"),
         |d| {
             let granted = granted_dir(d);
             std::os::unix::fs::symlink("inside.txt", granted.join("relative-link")).unwrap();
@@ -217,24 +216,11 @@ fn a_symlink_inside_the_grant_is_followed() {
     assert_eq!(outcome["detail"], "read 7 bytes");
 }
 
-fn run_probe_with_config(
-    fixture: &str,
-    grants: &str,
-    config: &str,
-    setup: impl FnOnce(&Path),
-) -> serde_json::Value {
-    run_probe(
-        fixture,
-        &format!("{grants}\n[connector.config]\n{config}\n"),
-        setup,
-    )
-}
-
 #[test]
 fn write_read_only_is_denied_and_creates_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let granted = granted_dir(dir.path());
-    let m = manifest(dir.path(), "write-read-only", DATA_GRANT);
+    let m = fixture_manifest(dir.path(), "write-read-only", data_grant);
     let out = run_with(&m, &[]);
     assert_healthy(dir.path(), &out);
     assert_denied(&probe(dir.path()), "PermissionDenied");
@@ -245,12 +231,9 @@ fn write_read_only_is_denied_and_creates_nothing() {
 fn write_read_write_works() {
     let dir = tempfile::tempdir().unwrap();
     let granted = granted_dir(dir.path());
-    let m = manifest(
-        dir.path(),
-        "write-read-only",
-        r#"[connector.grants]
-files = [{ host = "granted", guest = "/data", mode = "read-write" }]"#,
-    );
+    let m = fixture_manifest(dir.path(), "write-read-only", |c| {
+        c.files("granted", "/data", "read-write")
+    });
     let out = run_with(&m, &[]);
     assert_healthy(dir.path(), &out);
     assert_eq!(probe(dir.path())["outcome"], "allowed");
@@ -284,11 +267,12 @@ fn received(l: &TcpListener) -> Option<String> {
 fn connect_ungranted_port_is_denied_and_nothing_connects() {
     let (l, port) = listener();
     // A grant for another port must not open this one.
-    let extra = format!(
-        "[connector.config]\naddr = \"127.0.0.1:{port}\"\n[connector.grants]\nnet = [\"127.0.0.1:{}\"]\n",
-        port.wrapping_add(1).max(1)
-    );
-    let outcome = run_probe("connect-ungranted-port", &extra, |_| {});
+    let other = port.wrapping_add(1).max(1);
+    let extra = |c: Connector| {
+        c.config("addr", format!("127.0.0.1:{port}"))
+            .grant("net", vec![format!("127.0.0.1:{other}")])
+    };
+    let outcome = run_probe("connect-ungranted-port", extra, |_| {});
     assert_denied(&outcome, "PermissionDenied");
     assert_eq!(received(&l), None, "no connection reached the listener");
 }
@@ -296,8 +280,8 @@ fn connect_ungranted_port_is_denied_and_nothing_connects() {
 #[test]
 fn connect_without_any_net_grant_is_denied() {
     let (l, port) = listener();
-    let extra = format!("[connector.config]\naddr = \"127.0.0.1:{port}\"\n");
-    let outcome = run_probe("connect-ungranted-port", &extra, |_| {});
+    let extra = |c: Connector| c.config("addr", format!("127.0.0.1:{port}"));
+    let outcome = run_probe("connect-ungranted-port", extra, |_| {});
     assert_denied(&outcome, "PermissionDenied");
     assert_eq!(received(&l), None);
 }
@@ -306,11 +290,9 @@ fn connect_without_any_net_grant_is_denied() {
 fn a_refused_connection_is_logged_naming_the_address_and_the_grant() {
     let (_l, port) = listener();
     let dir = tempfile::tempdir().unwrap();
-    let m = manifest(
-        dir.path(),
-        "connect-ungranted-port",
-        &format!("[connector.config]\naddr = \"127.0.0.1:{port}\"\n"),
-    );
+    let m = fixture_manifest(dir.path(), "connect-ungranted-port", |c| {
+        c.config("addr", format!("127.0.0.1:{port}"))
+    });
     let out = run_with(&m, &[]);
     assert_eq!(out.status.code(), Some(0));
     let log = stderr(&out);
@@ -330,8 +312,8 @@ fn a_refused_connection_is_logged_naming_the_address_and_the_grant() {
 #[test]
 fn an_open_that_fails_after_a_refused_connection_fails_at_once_naming_the_grant() {
     let (_l, port) = listener();
-    let extra = format!("[connector.config]\naddr = \"127.0.0.1:{port}\"\n");
-    let (_dir, out, line) = run_failing("connect-in-open", &extra);
+    let extra = |c: Connector| c.config("addr", format!("127.0.0.1:{port}"));
+    let (_dir, out, line) = run_failing("connect-in-open", extra);
     assert!(
         line.contains(&format!("grant it with net = [\"127.0.0.1:{port}\"]")),
         "{line}"
@@ -347,10 +329,11 @@ fn an_open_that_fails_after_a_refused_connection_fails_at_once_naming_the_grant(
 #[test]
 fn connect_granted_port_works() {
     let (l, port) = listener();
-    let extra = format!(
-        "[connector.config]\naddr = \"127.0.0.1:{port}\"\n[connector.grants]\nnet = [\"127.0.0.1:{port}\"]\n"
-    );
-    let outcome = run_probe("connect-granted-port", &extra, |_| {});
+    let extra = |c: Connector| {
+        c.config("addr", format!("127.0.0.1:{port}"))
+            .grant("net", vec![format!("127.0.0.1:{port}")])
+    };
+    let outcome = run_probe("connect-granted-port", extra, |_| {});
     assert_eq!(outcome["outcome"], "allowed", "{outcome}");
     assert_eq!(received(&l).as_deref(), Some("hello"));
 }
@@ -362,10 +345,11 @@ fn connect_granted_by_name_and_cidr_works() {
     for rule in ["localhost:{port}", "127.0.0.0/8:{port}"] {
         let (l, port) = listener();
         let rule = rule.replace("{port}", &port.to_string());
-        let extra = format!(
-            "[connector.config]\naddr = \"127.0.0.1:{port}\"\n[connector.grants]\nnet = [\"{rule}\"]\n"
-        );
-        let outcome = run_probe("connect-granted-port", &extra, |_| {});
+        let extra = |c: Connector| {
+            c.config("addr", format!("127.0.0.1:{port}"))
+                .grant("net", vec![rule.clone()])
+        };
+        let outcome = run_probe("connect-granted-port", extra, |_| {});
         assert_eq!(outcome["outcome"], "allowed", "{rule}: {outcome}");
         assert_eq!(received(&l).as_deref(), Some("hello"), "{rule}");
     }
@@ -373,7 +357,7 @@ fn connect_granted_by_name_and_cidr_works() {
 
 #[test]
 fn lookup_without_dns_is_denied() {
-    let outcome = run_probe("lookup-without-dns", "", |_| {});
+    let outcome = run_probe("lookup-without-dns", nothing, |_| {});
     assert_eq!(outcome["outcome"], "denied", "{outcome}");
     // wasi:sockets answers `permanent-resolver-failure`; wasi-libc makes
     // that EAI_FAIL, which Rust reports as an uncategorized error.
@@ -388,11 +372,7 @@ fn lookup_without_dns_is_denied() {
 
 #[test]
 fn lookup_with_dns_works() {
-    let outcome = run_probe(
-        "lookup-without-dns",
-        "[connector.grants]\ndns = true\n",
-        |_| {},
-    );
+    let outcome = run_probe("lookup-without-dns", |c| c.grant("dns", true), |_| {});
     assert_eq!(outcome["outcome"], "allowed", "{outcome}");
     let addrs = outcome["detail"].as_str().unwrap();
     assert!(
@@ -407,7 +387,7 @@ fn lookup_with_dns_works() {
 fn read_ungranted_env_sees_nothing() {
     let outcome = run_probe_env(
         "read-ungranted-env",
-        "[connector.config]\nname = \"SLUICE_TEST_VISIBLE\"\n",
+        |c| c.config("name", "SLUICE_TEST_VISIBLE"),
         &[("SLUICE_TEST_VISIBLE", "host-only")],
         |_| {},
     );
@@ -418,7 +398,10 @@ fn read_ungranted_env_sees_nothing() {
 fn a_granted_env_variable_is_visible() {
     let outcome = run_probe_env(
         "read-ungranted-env",
-        "[connector.config]\nname = \"SLUICE_TEST_VISIBLE\"\n[connector.grants]\nenv = [\"SLUICE_TEST_VISIBLE\"]\n",
+        |c| {
+            c.config("name", "SLUICE_TEST_VISIBLE")
+                .grant("env", vec!["SLUICE_TEST_VISIBLE"])
+        },
         &[("SLUICE_TEST_VISIBLE", "passed-through")],
         |_| {},
     );
@@ -446,19 +429,12 @@ fn interrupted_after(text: &str, marker: &str) -> Duration {
 }
 
 fn loop_forever(mode: &str) -> (Output, String) {
-    let (_dir, out, line) = run_failing(
-        "loop-forever",
-        &format!(
-            r#"[connector.config]
-mode = "{mode}"
-[connector.grants]
-cpu = "300ms"
-[connector.restart]
-initial = "100ms"
-attempts = 1
-"#
-        ),
-    );
+    let (_dir, out, line) = run_failing("loop-forever", |c| {
+        c.config("mode", mode)
+            .grant("cpu", "300ms")
+            .restart("initial", "100ms")
+            .restart("attempts", 1)
+    });
     assert!(line.contains("restarted once"), "{line}");
     (out, line)
 }
@@ -499,10 +475,9 @@ fn loop_forever_sleeping_in_a_host_call_is_interrupted_too() {
 
 #[test]
 fn memory_bomb_hits_the_memory_limit() {
-    let (dir, _, line) = run_failing(
-        "memory-bomb",
-        "[connector.grants]\nmemory = \"32 MiB\"\n[connector.restart]\nattempts = 0\n",
-    );
+    let (dir, _, line) = run_failing("memory-bomb", |c| {
+        c.grant("memory", "32 MiB").restart("attempts", 0)
+    });
     assert!(
         line.contains("to 32.1 MiB (33619968 bytes), past its memory grant of 32.0 MiB"),
         "{line}"
@@ -513,11 +488,9 @@ fn memory_bomb_hits_the_memory_limit() {
 #[test]
 fn memory_within_the_grant_works() {
     let dir = tempfile::tempdir().unwrap();
-    let m = manifest(
-        dir.path(),
-        "memory-bomb",
-        "[connector.config]\nmib = 16\n[connector.grants]\nmemory = \"32 MiB\"\n",
-    );
+    let m = fixture_manifest(dir.path(), "memory-bomb", |c| {
+        c.config("mib", 16).grant("memory", "32 MiB")
+    });
     let out = run_with(&m, &[]);
     assert_eq!(out.status.code(), Some(0));
     assert_healthy(dir.path(), &out);
@@ -527,11 +500,13 @@ fn memory_within_the_grant_works() {
 // ---- plugin state ----
 
 /// 400 values of 64 KiB: 25 MiB, past the default grant of 16 MiB.
-const STATE_HOG: &str = "[connector.config]\nputs = 400\nvalue_bytes = 65536";
+fn state_hog(c: Connector) -> Connector {
+    c.config("puts", 400).config("value_bytes", 65536)
+}
 
 #[test]
 fn plugin_state_is_bounded_by_the_default_state_grant() {
-    let outcome = run_probe("state-hog", STATE_HOG, |_| {});
+    let outcome = run_probe("state-hog", state_hog, |_| {});
     assert_denied(&outcome, "Other");
     let error = outcome["error"].as_str().unwrap();
     // 16 MiB holds 255 values of 64 KiB and their keys, not 256.
@@ -544,13 +519,13 @@ fn plugin_state_is_bounded_by_the_default_state_grant() {
 
 #[test]
 fn a_state_grant_gives_more_room_and_bounds_the_keys() {
-    let roomy = format!("{STATE_HOG}\n[connector.grants]\nstate = \"32 MiB\"\n");
-    let outcome = run_probe("state-hog", &roomy, |_| {});
+    let roomy = |c| state_hog(c).grant("state", "32 MiB");
+    let outcome = run_probe("state-hog", roomy, |_| {});
     assert_eq!(outcome["outcome"], "allowed", "{outcome}");
     assert_eq!(outcome["detail"], "stored 400 puts");
 
-    let few_keys = format!("{STATE_HOG}\n[connector.grants]\nstate_keys = 100\n");
-    let outcome = run_probe("state-hog", &few_keys, |_| {});
+    let few_keys = |c| state_hog(c).grant("state_keys", 100);
+    let outcome = run_probe("state-hog", few_keys, |_| {});
     assert_denied(&outcome, "Other");
     let error = outcome["error"].as_str().unwrap();
     assert!(error.contains("after 100 puts"), "{error}");
@@ -565,19 +540,14 @@ fn a_state_grant_gives_more_room_and_bounds_the_keys() {
 #[test]
 fn trap_on_third_batch_is_restarted_with_backoff_and_delivers_every_record() {
     let dir = tempfile::tempdir().unwrap();
-    let m = manifest(
-        dir.path(),
-        "trap-on-third-batch",
-        r#"[connector.config]
-count = 1000
-batch = 100
-times = 3
-[connector.restart]
-initial = "100ms"
-max = "1s"
-attempts = 5
-"#,
-    );
+    let m = fixture_manifest(dir.path(), "trap-on-third-batch", |c| {
+        c.config("count", 1000)
+            .config("batch", 100)
+            .config("times", 3)
+            .restart("initial", "100ms")
+            .restart("max", "1s")
+            .restart("attempts", 5)
+    });
     let out = run_with(&m, &[]);
     assert_eq!(out.status.code(), Some(0), "it recovered");
     assert_healthy(dir.path(), &out);
@@ -606,20 +576,13 @@ const SECRET_B: &str = "battery-staple-4711";
 
 fn secret_manifest(dir: &Path) -> PathBuf {
     std::fs::write(dir.join("key.txt"), format!("{SECRET_B}\n")).unwrap();
-    manifest(
-        dir,
-        "log-the-secret",
-        r#"[connector.config]
-password = "${secret:a}/${secret:b}"
-[connector.grants]
-stdout = true
-[connector.grants.secrets]
-a = { env = "SLUICE_TEST_SECRET" }
-b = { file = "key.txt" }
-[connector.restart]
-initial = "50ms"
-"#,
-    )
+    fixture_manifest(dir, "log-the-secret", |c| {
+        c.config("password", "${secret:a}/${secret:b}")
+            .grant("stdout", true)
+            .secret("a", "env", "SLUICE_TEST_SECRET")
+            .secret("b", "file", "key.txt")
+            .restart("initial", "50ms")
+    })
 }
 
 fn files_under(dir: &Path) -> Vec<PathBuf> {
@@ -721,11 +684,9 @@ fn a_plugin_with_no_grants_computes_logs_and_exchanges_batches() {
     // shows that the same empty table denies files, sockets, names and
     // variables.
     let dir = tempfile::tempdir().unwrap();
-    let m = manifest(
-        dir.path(),
-        "trap-on-third-batch",
-        "[connector.config]\ncount = 500\ntimes = 0\n",
-    );
+    let m = fixture_manifest(dir.path(), "trap-on-third-batch", |c| {
+        c.config("count", 500).config("times", 0)
+    });
     let out = run_with(&m, &[]);
     assert_eq!(out.status.code(), Some(0));
     assert_healthy(dir.path(), &out);
@@ -736,19 +697,14 @@ fn a_plugin_with_no_grants_computes_logs_and_exchanges_batches() {
 #[test]
 fn validate_prints_each_connectors_grants_as_one_table() {
     let dir = tempfile::tempdir().unwrap();
-    let m = manifest(
-        dir.path(),
-        "connect-granted-port",
-        r#"[connector.config]
-addr = "127.0.0.1:9"
-[connector.grants]
-net = ["127.0.0.1:9", "10.0.0.0/8:9092-9094"]
-dns = true
-env = ["SLUICE_TEST_VISIBLE"]
-memory = "64 MiB"
-cpu = "2s"
-"#,
-    );
+    let m = fixture_manifest(dir.path(), "connect-granted-port", |c| {
+        c.config("addr", "127.0.0.1:9")
+            .grant("net", vec!["127.0.0.1:9", "10.0.0.0/8:9092-9094"])
+            .grant("dns", true)
+            .grant("env", vec!["SLUICE_TEST_VISIBLE"])
+            .grant("memory", "64 MiB")
+            .grant("cpu", "2s")
+    });
     let out = sluice()
         .args(["validate", m.to_str().unwrap()])
         .env("SLUICE_TEST_VISIBLE", "x")
@@ -796,10 +752,11 @@ cpu = "2s"
 
 #[test]
 fn a_plugin_that_breaks_the_contract_is_named_with_what_it_broke() {
-    let (dir, _, line) = run_failing(
-        "break-the-contract",
-        "[connector.batch]\nmax_records = 10\n[connector.restart]\ninitial = \"50ms\"\nattempts = 1\n",
-    );
+    let (dir, _, line) = run_failing("break-the-contract", |c| {
+        c.batch("max_records", 10)
+            .restart("initial", "50ms")
+            .restart("attempts", 1)
+    });
     assert!(
         line.contains("break_the_contract.wasm"),
         "names the plugin: {line}"
