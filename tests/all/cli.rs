@@ -110,6 +110,26 @@ fn plugins_answers_without_a_daemon() {
 }
 
 #[test]
+fn plugins_asks_a_daemon_it_finds_unless_told_local() {
+    // A data directory naming a daemon that is not there: `plugins` asks
+    // it (and says it cannot reach it); `--local` answers from the binary.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("daemon.json"),
+        r#"{"url": "http://127.0.0.1:1", "pid": 1}"#,
+    )
+    .unwrap();
+    let data_dir = dir.path().to_str().unwrap();
+    let env = [("SLUICE_DATA_DIR", data_dir)];
+    let out = run_env(&["plugins", "list"], &env);
+    assert_eq!(out.status.code(), Some(1), "it asked the daemon");
+    assert!(stderr(&out).contains("127.0.0.1:1"), "{}", stderr(&out));
+    let out = run_env(&["plugins", "list", "--local"], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("datagen "));
+}
+
+#[test]
 fn an_admin_verb_with_no_daemon_says_how_to_name_one() {
     let dir = tempfile::tempdir().unwrap();
     let out = run(&[

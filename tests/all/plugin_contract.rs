@@ -46,10 +46,8 @@ fn inspect_prints_name_version_description_and_config_schema() {
 #[test]
 fn a_plugin_exporting_the_wrong_interface_is_refused_naming_what_is_missing() {
     let dir = tempfile::tempdir().unwrap();
-    let (code, err) = validate_in(
-        dir.path(),
-        &source_manifest("file-sink", &[("path", "/x".into())]),
-    );
+    let m = source_manifest("file-sink", &[("path", "/x".into())]);
+    let (code, err) = validate_in(dir.path(), &m);
     assert_eq!(code, Some(2));
     assert!(
         err.contains(&format!(
@@ -63,8 +61,9 @@ fn a_plugin_exporting_the_wrong_interface_is_refused_naming_what_is_missing() {
         )),
         "{err}"
     );
+    let line = m.lines().position(|l| l.starts_with("plugin =")).unwrap() + 1;
     assert!(
-        err.contains("sluice.toml:5:10"),
+        err.contains(&format!("sluice.toml:{line}:10")),
         "points at the plugin line: {err}"
     );
 }

@@ -38,6 +38,7 @@ pub use self::cache::CompileCache;
 pub use self::error::PluginError;
 pub use self::exports::Exports;
 pub use self::instance::{Instance, Polled, SinkInstance, SourceInstance, Spec};
+pub use self::output::LogBudget;
 use self::sandbox::EpochTicker;
 pub use self::sandbox::{HostState, InstanceSetup};
 pub use self::schema::{ConfigProblem, SchemaError};

@@ -21,7 +21,7 @@ use wasmtime::{Engine, ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{host, types};
-use super::output::{PluginLog, PluginStderr, PluginStdout};
+use super::output::{LogBudget, PluginLog, PluginStderr, PluginStdout};
 use super::{EPOCH_TICK, PluginError};
 use crate::broker::{StateError, StateStore};
 use crate::grants::Refusals;
@@ -191,6 +191,9 @@ pub struct InstanceSetup {
     pub state: Option<Arc<dyn StateStore>>,
     /// Masks secrets in what the instance logs and in its errors.
     pub redactor: Redactor,
+    /// The rate limit of the connector's log lines, shared by its
+    /// instances.
+    pub log_budget: LogBudget,
 }
 
 impl fmt::Debug for InstanceSetup {
@@ -213,6 +216,7 @@ impl InstanceSetup {
             grants: crate::grants::GrantSet::none(),
             state: None,
             redactor: Redactor::default(),
+            log_budget: LogBudget::default(),
         }
     }
 
@@ -265,7 +269,12 @@ impl Drop for EpochTicker {
 /// Creates an instance's store: its WASI context from its grants, its
 /// memory limit, and the epoch callback that yields and enforces `cpu`.
 pub(crate) fn new(engine: &Engine, setup: &InstanceSetup) -> Result<Store<HostState>, PluginError> {
-    let log = PluginLog::new(setup.connector.clone(), setup.index, setup.redactor.clone());
+    let log = PluginLog::new(
+        setup.connector.clone(),
+        setup.index,
+        setup.redactor.clone(),
+        setup.log_budget.clone(),
+    );
     let stderr = PluginStderr::new(log.clone());
     let refusals = Refusals::default();
     let state = HostState {

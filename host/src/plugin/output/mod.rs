@@ -9,8 +9,9 @@
 //!   host's or another connector's, nor send escape sequences to a terminal;
 //! - **cut** at [`MAX_LINE`] bytes (message and fields each), never in the
 //!   middle of a secret, and then masked by the connector's `Redactor`;
-//! - **rate limited** per instance by a [`LogBudget`] (a token bucket of
-//!   [`BURST`] lines refilled at [`LINES_PER_SECOND`]); lines past it are
+//! - **rate limited** per connector by a [`LogBudget`] (a token bucket of
+//!   [`BURST`] lines refilled at [`LINES_PER_SECOND`], shared by all its
+//!   instances, so parallelism does not multiply it); lines past it are
 //!   counted, and the next line let through is preceded by one warning that
 //!   says how many were dropped.
 //!
@@ -91,10 +92,11 @@ fn clean(text: &str, redactor: &Redactor) -> String {
     one_line(&text).into_owned()
 }
 
-/// The rate limit of one instance's log lines: a token bucket.
-#[derive(Debug)]
+/// The rate limit of one connector's log lines: a token bucket. Cheap to
+/// clone; clones share the bucket, one per connector.
+#[derive(Debug, Clone)]
 pub struct LogBudget {
-    bucket: Mutex<Bucket>,
+    bucket: Arc<Mutex<Bucket>>,
 }
 
 #[derive(Debug)]
@@ -107,11 +109,11 @@ struct Bucket {
 impl Default for LogBudget {
     fn default() -> Self {
         LogBudget {
-            bucket: Mutex::new(Bucket {
+            bucket: Arc::new(Mutex::new(Bucket {
                 tokens: BURST,
                 refilled: Instant::now(),
                 dropped: 0,
-            }),
+            })),
         }
     }
 }
@@ -153,14 +155,10 @@ struct Voice {
 
 impl Drop for Voice {
     fn drop(&mut self) {
-        let dropped = std::mem::take(
-            &mut self
-                .budget
-                .bucket
-                .get_mut()
-                .expect("log budget lock")
-                .dropped,
-        );
+        // The connector's other instances may report it later too; what
+        // is taken here is reported once.
+        let dropped =
+            std::mem::take(&mut self.budget.bucket.lock().expect("log budget lock").dropped);
         if dropped > 0 {
             self.in_span(|| report_dropped(dropped));
         }
@@ -189,13 +187,14 @@ impl Voice {
 }
 
 impl PluginLog {
-    /// The log of instance `instance` of `connector`.
-    pub fn new(connector: Arc<str>, instance: u32, redactor: Redactor) -> Self {
+    /// The log of instance `instance` of `connector`, within the
+    /// connector's `budget`.
+    pub fn new(connector: Arc<str>, instance: u32, redactor: Redactor, budget: LogBudget) -> Self {
         PluginLog(Arc::new(Voice {
             connector,
             instance,
             redactor,
-            budget: LogBudget::default(),
+            budget,
         }))
     }
 

@@ -47,7 +47,7 @@ use crate::broker::Broker;
 use crate::broker::StateStore;
 use crate::check::CheckedConnector;
 use crate::manifest::ConnectorKind;
-use crate::plugin::InstanceSetup;
+use crate::plugin::{InstanceSetup, LogBudget};
 use crate::pump::{InstanceControl, InstanceState, Replacement, SwapRequest};
 use crate::supervisor::InstanceEnd;
 
@@ -69,6 +69,9 @@ pub struct RunningConnector {
     paused: watch::Sender<bool>,
     host: HostParts,
     state: Arc<dyn StateStore>,
+    /// The rate limit of what its instances log, shared by all of them
+    /// and by their replacements across swaps and restarts.
+    log_budget: LogBudget,
     layout: Vec<(String, u32)>,
 }
 
@@ -146,6 +149,7 @@ impl RunningConnector {
             paused,
             host,
             state,
+            log_budget: LogBudget::default(),
             layout,
         };
         for index in 0..parallelism as usize {
@@ -187,6 +191,7 @@ impl RunningConnector {
                 grants: c.grants.clone(),
                 state: Some(self.state.clone()),
                 redactor: self.host.redactor.clone(),
+                log_budget: self.log_budget.clone(),
             },
             control: control.clone(),
         };
@@ -379,6 +384,7 @@ impl RunningConnector {
             grants: to.grants.clone(),
             state: Some(self.state.clone()),
             redactor: self.host.redactor.clone(),
+            log_budget: self.log_budget.clone(),
         };
         // Instantiated and warmed (its first call made) while the old
         // instance runs: only `open` and the switch are in the pause.
