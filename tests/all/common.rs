@@ -419,11 +419,20 @@ impl Host {
 
     /// Asks it to stop, as an operator would (SIGTERM).
     pub fn terminate(&self) {
-        let term = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+        self.signal("TERM");
+    }
+
+    /// Presses Ctrl-C on it (SIGINT).
+    pub fn interrupt(&self) {
+        self.signal("INT");
+    }
+
+    fn signal(&self, name: &str) {
+        let sent = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
             .unwrap();
-        assert!(term.success());
+        assert!(sent.success());
     }
 
     /// Kills it (SIGKILL) and reaps it.
@@ -444,7 +453,7 @@ impl Host {
                 "it did not finish within {limit:?}:\n{}",
                 self.log()
             );
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(5));
         };
         Output {
             status,

@@ -18,3 +18,4 @@ mod pipeline_e2e;
 mod plugin_contract;
 mod plugin_log;
 mod sandbox;
+mod waiting;

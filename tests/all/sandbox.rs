@@ -461,19 +461,6 @@ fn loop_forever_spinning_is_interrupted_within_its_cpu_grant_plus_a_tick() {
 }
 
 #[test]
-fn loop_forever_sleeping_in_a_host_call_is_interrupted_too() {
-    let (out, line) = loop_forever("sleep");
-    let err = stderr(&out);
-    let elapsed = interrupted_after(&err, "was still in its call after ");
-    assert!(elapsed >= Duration::from_millis(300), "{elapsed:?}");
-    assert!(
-        elapsed <= Duration::from_millis(300) + TICK + SLACK,
-        "{elapsed:?}"
-    );
-    assert!(line.contains("past its cpu grant of 300ms"), "{line}");
-}
-
-#[test]
 fn memory_bomb_hits_the_memory_limit() {
     let (dir, _, line) = run_failing("memory-bomb", |c| {
         c.grant("memory", "32 MiB").restart("attempts", 0)

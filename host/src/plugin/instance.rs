@@ -18,7 +18,7 @@ use super::bindings::{self, types};
 use super::exports::Exports;
 use super::output::PluginStderr;
 use super::sandbox::{self, CpuLimitExceeded, MemoryLimitExceeded};
-use super::{EPOCH_TICK, HostState, InstanceSetup, Plugin, PluginError, PluginKind, PluginPre};
+use super::{HostState, InstanceSetup, Interrupt, Plugin, PluginError, PluginKind, PluginPre};
 use crate::grants::GrantSet;
 use crate::secrets::Redactor;
 
@@ -51,12 +51,12 @@ impl From<&GrantSet> for CallLimits {
     }
 }
 
-/// Runs one call under the `cpu` grant. Computing in WebAssembly is ended
-/// by the epoch callback (see `sandbox.rs`); this timeout, a tick later,
-/// ends a call blocked in a host function, such as a long sleep or a read
-/// from a silent socket, by dropping it (wasmtime unwinds the guest). An
-/// instance whose call was ended is not called again: its supervisor
-/// replaces it.
+/// Runs one call under the `cpu` grant. Computing is ended by the epoch
+/// callback (see `sandbox.rs`), which does not count the time the call
+/// spends waiting (for a socket, a timer: see `waits.rs`): a call may wait
+/// as long as it likes, and the pump interrupts the wait when it must stop,
+/// pause or swap. An instance whose call trapped is not called again: its
+/// supervisor replaces it.
 async fn guarded<T>(
     plugin: &str,
     call: &'static str,
@@ -64,15 +64,12 @@ async fn guarded<T>(
     stderr: &PluginStderr,
     fut: impl Future<Output = wasmtime::Result<T>>,
 ) -> Result<T, PluginError> {
-    let started = Instant::now();
-    match tokio::time::timeout(limits.cpu + EPOCH_TICK, fut).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(trap_with(plugin, call, &e, limits, stderr.last_line())),
-        Err(_) => Err(blocked(plugin, call, started, limits)),
-    }
+    fut.await
+        .map_err(|e| trap_with(plugin, call, &e, limits, stderr.last_line()))
 }
 
-/// A call still blocked in a host function after its `cpu` grant.
+/// A `spec` call (on an instance made only to read it) still under way
+/// after its `cpu` grant: reading a spec never needs to wait.
 pub(crate) fn blocked(
     plugin: &str,
     call: &'static str,
@@ -213,7 +210,7 @@ async fn spec_of<A: Exports>(
 }
 
 /// What one poll produced, checked.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Polled {
     /// The encoded batch (already checked to parse).
     pub batch: Vec<u8>,
@@ -328,6 +325,11 @@ impl<A: Exports> Instance<A> {
     /// Calls `close`.
     pub async fn close(&mut self) -> Result<(), PluginError> {
         self.call("close", |api, store, _| api.close(store)).await
+    }
+
+    /// The switch that ends the waits of the call under way.
+    pub fn interrupter(&self) -> Interrupt {
+        self.store.data().interrupt.clone()
     }
 }
 

@@ -25,6 +25,7 @@ pub mod instance;
 pub mod output;
 pub mod sandbox;
 mod schema;
+mod waits;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -42,6 +43,7 @@ pub use self::output::LogBudget;
 use self::sandbox::EpochTicker;
 pub use self::sandbox::{HostState, InstanceSetup};
 pub use self::schema::{ConfigProblem, SchemaError};
+pub use self::waits::Interrupt;
 
 /// The contract version this host speaks (`sluice:connector@…`), read from
 /// `wit/connector.wit` by the build script.
@@ -226,6 +228,8 @@ impl PluginHost {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| anyhow::anyhow!("adding WASI to the linker: {e:#}"))?;
+        waits::add_to_linker(&mut linker)
+            .map_err(|e| anyhow::anyhow!("adding the host's wasi:io to the linker: {e:#}"))?;
         host::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
             &mut linker,
             |s| s,

@@ -22,6 +22,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{host, types};
 use super::output::{LogBudget, PluginLog, PluginStderr, PluginStdout};
+use super::waits::{Interrupt, Waits};
 use super::{EPOCH_TICK, PluginError};
 use crate::broker::{StateError, StateStore};
 use crate::grants::Refusals;
@@ -41,6 +42,18 @@ pub struct HostState {
     /// When the current call began, and its `cpu` grant.
     pub(crate) call_started: Instant,
     cpu: Duration,
+    /// Ends the current call's waits (see `waits.rs`).
+    pub(crate) interrupt: Interrupt,
+    /// How long the current call has waited, which its `cpu` grant does not
+    /// count.
+    waited: Duration,
+}
+
+impl HostState {
+    /// What `wasi:io` sees of the instance.
+    pub(crate) fn waits(&mut self) -> Waits<'_> {
+        Waits::new(&mut self.table, &self.interrupt, &mut self.waited)
+    }
 }
 
 /// A call ran past the connector's `cpu` grant. The epoch callback raises
@@ -294,12 +307,15 @@ pub(crate) fn new(engine: &Engine, setup: &InstanceSetup) -> Result<Store<HostSt
         refusals,
         call_started: Instant::now(),
         cpu: setup.grants.cpu,
+        interrupt: Interrupt::default(),
+        waited: Duration::ZERO,
     };
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limits);
     store.epoch_deadline_callback(|ctx| {
         let data = ctx.data();
-        let elapsed = data.call_started.elapsed();
+        // Waiting is not computing: a call's waits do not count.
+        let elapsed = data.call_started.elapsed().saturating_sub(data.waited);
         if elapsed >= data.cpu {
             return Err(CpuLimitExceeded {
                 elapsed,
@@ -316,6 +332,9 @@ pub(crate) fn new(engine: &Engine, setup: &InstanceSetup) -> Result<Store<HostSt
 
 /// Starts the clock of a call: the next tick runs the callback.
 pub(crate) fn arm(store: &mut Store<HostState>) {
-    store.data_mut().call_started = Instant::now();
+    let data = store.data_mut();
+    data.call_started = Instant::now();
+    data.waited = Duration::ZERO;
+    data.interrupt.lower();
     store.set_epoch_deadline(1);
 }

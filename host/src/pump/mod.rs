@@ -8,6 +8,7 @@
 //! boundaries, so a stop never splits a batch from its commit. Between
 //! batches both take module swaps by the one step in `swap.rs`.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -16,6 +17,7 @@ use metrics::Histogram;
 use tokio::sync::{Notify, watch};
 
 use crate::lifecycle::RestartPolicy;
+use crate::plugin::Interrupt;
 
 /// Re-exported: pumps are what it stops.
 pub use crate::lifecycle::StopSignal;
@@ -118,6 +120,28 @@ pub enum InstanceState {
     Stopped,
     /// Failed, and not restarted.
     Failed,
+}
+
+/// Awaits a plugin `call`, and raises the instance's `interrupt` if the
+/// pump is asked to stop, pause or swap while the call is under way: a
+/// plugin blocked waiting (a read from a quiet socket, a sleep) then
+/// returns within a tick instead of holding the pump. The call is never
+/// dropped: it returns, and the plugin stays whole.
+pub(crate) async fn interruptible<T>(
+    call: impl Future<Output = T>,
+    stop: &StopSignal,
+    control: &InstanceControl,
+    interrupt: &Interrupt,
+) -> T {
+    tokio::pin!(call);
+    tokio::select! {
+        biased;
+        out = &mut call => return out,
+        () = stop.stopped() => {}
+        () = control.wanted() => {}
+    }
+    interrupt.raise();
+    call.await
 }
 
 /// How the host steers one instance between batches, besides stopping it:

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use sluice_batch::Batch;
 
 use super::swap::Swap;
-use super::{InstanceControl, PumpStats, Retry, StopSignal, Turns, when_space};
+use super::{InstanceControl, PumpStats, Retry, StopSignal, Turns, interruptible, when_space};
 use crate::broker::{Broker, SourceCheckpoint};
 use crate::lifecycle::RestartPolicy;
 use crate::plugin::{Polled, SourceInstance};
@@ -229,7 +229,21 @@ impl<B: Broker> SourcePump<B> {
                 position,
                 end_of_stream,
             } = loop {
-                let tried = self.instance.poll(want).await;
+                let interrupt = self.instance.interrupter();
+                let poll = self.instance.poll(want);
+                let tried = interruptible(poll, &self.stop, &self.control, &interrupt).await;
+                if interrupt.is_raised() {
+                    // Its wait was ended for a stop, pause or swap: what it
+                    // gathered stands; a failure it met in that wait (a read
+                    // that timed out) is not its fault.
+                    match tried {
+                        Ok(polled) => break polled,
+                        Err(e) => {
+                            tracing::debug!("poll interrupted: {e:#}");
+                            break Polled::default();
+                        }
+                    }
+                }
                 if let Some(polled) = retry.settle(tried, "poll", &self.stop).await? {
                     break polled;
                 }

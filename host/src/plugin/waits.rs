@@ -1,0 +1,332 @@
+//! Waiting is not computing.
+//!
+//! Every way a WASI plugin waits (for a socket, a timer, a stream) ends in
+//! one of a few `wasi:io` calls: `poll`, `pollable.block`, and the streams'
+//! `blocking-*` methods. The host links its own versions of `wasi:io/poll`
+//! and `wasi:io/streams` over wasmtime-wasi's (which they call), to do two
+//! things around each wait:
+//!
+//! - **time it**: the time a call spends waiting is added to
+//!   [`Waits::waited`], and the `cpu` grant is checked against the call's
+//!   time less its waits (see `sandbox.rs`). A source may block in `poll`
+//!   for as long as its data takes to come.
+//! - **interrupt it**: when the pump must stop, pause or swap while a call
+//!   waits, it raises the instance's [`Interrupt`]. A wait under way (or
+//!   begun later in the same call) then ends at once, a `poll` answering
+//!   that everything is ready, and reading an input stream fails with a
+//!   `timed out` error the plugin sees as any other failed read (Rust's
+//!   `std::io::ErrorKind::TimedOut`). The plugin returns from its call, and
+//!   the pump goes on to stop, pause or swap. The next call starts with the
+//!   interrupt lowered.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use wasmtime::Result;
+use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
+use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, DynPollable, StreamError, StreamResult};
+use wasmtime_wasi_io::bindings::wasi::io::{error, poll, streams};
+
+use super::HostState;
+
+/// Asks an instance's current call to stop waiting. Cheap to clone; the
+/// clones share one switch.
+#[derive(Debug, Clone, Default)]
+pub struct Interrupt(Arc<Switch>);
+
+#[derive(Debug, Default)]
+struct Switch {
+    raised: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl Interrupt {
+    /// Ends the waits of the call under way, and any it begins later.
+    pub fn raise(&self) {
+        self.0.raised.store(true, Ordering::Release);
+        self.0.notify.notify_waiters();
+    }
+
+    /// True once raised, until the next call starts.
+    pub fn is_raised(&self) -> bool {
+        self.0.raised.load(Ordering::Acquire)
+    }
+
+    /// Lowers it: a new call starts.
+    pub(crate) fn lower(&self) {
+        self.0.raised.store(false, Ordering::Release);
+    }
+
+    /// Resolves once raised.
+    async fn raised(&self) {
+        loop {
+            let notified = self.0.notify.notified();
+            if self.is_raised() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// The error an interrupted read gives the plugin.
+    fn read_error() -> StreamError {
+        StreamError::LastOperationFailed(
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the host interrupted the wait: the connector is stopping, pausing or swapping",
+            )
+            .into(),
+        )
+    }
+}
+
+/// What `wasi:io` sees of an instance: its resource table, its interrupt,
+/// and the time its current call has spent waiting.
+pub(crate) struct Waits<'a> {
+    table: &'a mut ResourceTable,
+    interrupt: &'a Interrupt,
+    waited: &'a mut Duration,
+}
+
+impl<'a> Waits<'a> {
+    pub(crate) fn new(
+        table: &'a mut ResourceTable,
+        interrupt: &'a Interrupt,
+        waited: &'a mut Duration,
+    ) -> Self {
+        Waits {
+            table,
+            interrupt,
+            waited,
+        }
+    }
+
+    /// Runs `wait` on the table, timed, and ended early (with `interrupted`)
+    /// if the interrupt is raised.
+    async fn wait<T>(
+        &mut self,
+        interrupted: impl FnOnce() -> T,
+        wait: impl AsyncFnOnce(&mut ResourceTable) -> T,
+    ) -> T {
+        if self.interrupt.is_raised() {
+            return interrupted();
+        }
+        let started = Instant::now();
+        let interrupt = self.interrupt.clone();
+        let out = tokio::select! {
+            out = wait(self.table) => out,
+            () = interrupt.raised() => interrupted(),
+        };
+        *self.waited += started.elapsed();
+        out
+    }
+}
+
+struct WasiIoWaits;
+
+impl HasData for WasiIoWaits {
+    type Data<'a> = Waits<'a>;
+}
+
+/// Links the host's `wasi:io/poll` and `wasi:io/streams` over those
+/// `wasmtime_wasi::p2::add_to_linker_async` added.
+pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
+    linker.allow_shadowing(true);
+    error::add_to_linker::<HostState, WasiIoWaits>(linker, HostState::waits)?;
+    poll::add_to_linker::<HostState, WasiIoWaits>(linker, HostState::waits)?;
+    streams::add_to_linker::<HostState, WasiIoWaits>(linker, HostState::waits)?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+impl poll::Host for Waits<'_> {
+    async fn poll(&mut self, pollables: Vec<Resource<DynPollable>>) -> Result<Vec<u32>> {
+        // Interrupted, everything is ready: the plugin looks, and finds its
+        // reads failing and its timers early.
+        let n = u32::try_from(pollables.len())?;
+        self.wait(
+            || Ok((0..n).collect()),
+            async move |t: &mut ResourceTable| poll::Host::poll(t, pollables).await,
+        )
+        .await
+    }
+}
+
+impl poll::HostPollable for Waits<'_> {
+    async fn block(&mut self, pollable: Resource<DynPollable>) -> Result<()> {
+        self.wait(
+            || Ok(()),
+            async |t: &mut ResourceTable| poll::HostPollable::block(t, pollable).await,
+        )
+        .await
+    }
+
+    async fn ready(&mut self, pollable: Resource<DynPollable>) -> Result<bool> {
+        if self.interrupt.is_raised() {
+            return Ok(true);
+        }
+        poll::HostPollable::ready(self.table, pollable).await
+    }
+
+    fn drop(&mut self, pollable: Resource<DynPollable>) -> Result<()> {
+        poll::HostPollable::drop(self.table, pollable)
+    }
+}
+
+impl error::Host for Waits<'_> {}
+
+impl error::HostError for Waits<'_> {
+    fn drop(&mut self, err: Resource<streams::Error>) -> Result<()> {
+        error::HostError::drop(self.table, err)
+    }
+
+    fn to_debug_string(&mut self, err: Resource<streams::Error>) -> Result<String> {
+        error::HostError::to_debug_string(self.table, err)
+    }
+}
+
+impl streams::Host for Waits<'_> {
+    fn convert_stream_error(&mut self, err: StreamError) -> Result<streams::StreamError> {
+        streams::Host::convert_stream_error(self.table, err)
+    }
+}
+
+impl streams::HostInputStream for Waits<'_> {
+    async fn drop(&mut self, stream: Resource<DynInputStream>) -> Result<()> {
+        streams::HostInputStream::drop(self.table, stream).await
+    }
+
+    fn read(&mut self, stream: Resource<DynInputStream>, len: u64) -> StreamResult<Vec<u8>> {
+        if self.interrupt.is_raised() {
+            return Err(Interrupt::read_error());
+        }
+        streams::HostInputStream::read(self.table, stream, len)
+    }
+
+    async fn blocking_read(
+        &mut self,
+        stream: Resource<DynInputStream>,
+        len: u64,
+    ) -> StreamResult<Vec<u8>> {
+        self.wait(
+            || Err(Interrupt::read_error()),
+            async |t: &mut ResourceTable| {
+                streams::HostInputStream::blocking_read(t, stream, len).await
+            },
+        )
+        .await
+    }
+
+    fn skip(&mut self, stream: Resource<DynInputStream>, len: u64) -> StreamResult<u64> {
+        if self.interrupt.is_raised() {
+            return Err(Interrupt::read_error());
+        }
+        streams::HostInputStream::skip(self.table, stream, len)
+    }
+
+    async fn blocking_skip(
+        &mut self,
+        stream: Resource<DynInputStream>,
+        len: u64,
+    ) -> StreamResult<u64> {
+        self.wait(
+            || Err(Interrupt::read_error()),
+            async |t: &mut ResourceTable| {
+                streams::HostInputStream::blocking_skip(t, stream, len).await
+            },
+        )
+        .await
+    }
+
+    fn subscribe(&mut self, stream: Resource<DynInputStream>) -> Result<Resource<DynPollable>> {
+        streams::HostInputStream::subscribe(self.table, stream)
+    }
+}
+
+impl streams::HostOutputStream for Waits<'_> {
+    async fn drop(&mut self, stream: Resource<DynOutputStream>) -> Result<()> {
+        streams::HostOutputStream::drop(self.table, stream).await
+    }
+
+    fn check_write(&mut self, stream: Resource<DynOutputStream>) -> StreamResult<u64> {
+        streams::HostOutputStream::check_write(self.table, stream)
+    }
+
+    fn write(&mut self, stream: Resource<DynOutputStream>, bytes: Vec<u8>) -> StreamResult<()> {
+        streams::HostOutputStream::write(self.table, stream, bytes)
+    }
+
+    fn subscribe(&mut self, stream: Resource<DynOutputStream>) -> Result<Resource<DynPollable>> {
+        streams::HostOutputStream::subscribe(self.table, stream)
+    }
+
+    // A blocking write is timed as a wait but not interrupted: ending it
+    // half done would lose what it was writing.
+    async fn blocking_write_and_flush(
+        &mut self,
+        stream: Resource<DynOutputStream>,
+        bytes: Vec<u8>,
+    ) -> StreamResult<()> {
+        let started = Instant::now();
+        let out =
+            streams::HostOutputStream::blocking_write_and_flush(self.table, stream, bytes).await;
+        *self.waited += started.elapsed();
+        out
+    }
+
+    async fn blocking_write_zeroes_and_flush(
+        &mut self,
+        stream: Resource<DynOutputStream>,
+        len: u64,
+    ) -> StreamResult<()> {
+        let started = Instant::now();
+        let out =
+            streams::HostOutputStream::blocking_write_zeroes_and_flush(self.table, stream, len)
+                .await;
+        *self.waited += started.elapsed();
+        out
+    }
+
+    fn write_zeroes(&mut self, stream: Resource<DynOutputStream>, len: u64) -> StreamResult<()> {
+        streams::HostOutputStream::write_zeroes(self.table, stream, len)
+    }
+
+    fn flush(&mut self, stream: Resource<DynOutputStream>) -> StreamResult<()> {
+        streams::HostOutputStream::flush(self.table, stream)
+    }
+
+    async fn blocking_flush(&mut self, stream: Resource<DynOutputStream>) -> StreamResult<()> {
+        let started = Instant::now();
+        let out = streams::HostOutputStream::blocking_flush(self.table, stream).await;
+        *self.waited += started.elapsed();
+        out
+    }
+
+    fn splice(
+        &mut self,
+        dest: Resource<DynOutputStream>,
+        src: Resource<DynInputStream>,
+        len: u64,
+    ) -> StreamResult<u64> {
+        if self.interrupt.is_raised() {
+            return Err(Interrupt::read_error());
+        }
+        streams::HostOutputStream::splice(self.table, dest, src, len)
+    }
+
+    async fn blocking_splice(
+        &mut self,
+        dest: Resource<DynOutputStream>,
+        src: Resource<DynInputStream>,
+        len: u64,
+    ) -> StreamResult<u64> {
+        if self.interrupt.is_raised() {
+            return Err(Interrupt::read_error());
+        }
+        let started = Instant::now();
+        let out = streams::HostOutputStream::blocking_splice(self.table, dest, src, len).await;
+        *self.waited += started.elapsed();
+        out
+    }
+}
