@@ -818,3 +818,72 @@ fn a_swap_skips_an_idle_instance_and_a_paused_sink_takes_nothing_more_when_stopp
     let (plain, marked) = marked_seqs(&dir.path().join("files"));
     common::assert_exactly_once([plain, marked].concat(), total);
 }
+
+#[test]
+fn a_source_blocked_in_a_read_pauses_resumes_and_swaps_at_once() {
+    let peer = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = peer.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &[]);
+    // `block-on-read` with the default cpu grant (10 s): before waits were
+    // interruptible, each of these waited for the grant to run out.
+    let reader = common::source("reader", common::wasm("block-on-read"), "lines")
+        .config("addr", addr.as_str())
+        .grant("net", vec![addr.as_str()]);
+    let m = dir.path().join("reader.toml");
+    std::fs::write(&m, reader.to_string()).unwrap();
+    d.ok(&["create", m.to_str().unwrap()]);
+    let (mut first, _) = peer.accept().unwrap();
+    let waiting = |n: usize| {
+        wait_until(
+            "the reader waits for a line",
+            Duration::from_secs(30),
+            || d.log().matches("block-on-read: waiting for a line").count() >= n,
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    waiting(1);
+
+    // Pause: the instance is paused within moments of the request.
+    let asked = std::time::SystemTime::now();
+    d.ok(&["pause", "reader"]);
+    wait_until("the instance pauses", Duration::from_secs(5), || {
+        d.status("reader")["instances"][0]["state"] == "paused"
+    });
+    let since = d.status("reader")["instances"][0]["since"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let paused_at = humantime::parse_rfc3339(&since).unwrap();
+    let took = paused_at.duration_since(asked).unwrap_or_default();
+    eprintln!("pause request to paused: {took:?} (including the CLI's start)");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+
+    // Resume: it reads on, on the same connection; a line sent now arrives.
+    d.ok(&["resume", "reader"]);
+    waiting(2);
+    first.write_all(b"one\n").unwrap();
+    wait_until("the line is read", Duration::from_secs(10), || {
+        n(&d.status("reader")["records_out"]) == 1
+    });
+
+    // A live swap to the same module while it waits: done in moments, not
+    // after its cpu grant.
+    waiting(3);
+    let began = std::time::Instant::now();
+    let module = common::wasm("block-on-read");
+    let swapped = d.json(
+        "connectors",
+        &["update", "reader", "--plugin", module.to_str().unwrap()],
+    );
+    let took = began.elapsed();
+    eprintln!("swap of a waiting source: {took:?} (the CLI round trip)");
+    assert_eq!(swapped["live"], true, "{swapped}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    let (mut second, _) = peer.accept().unwrap();
+    second.write_all(b"two\n").unwrap();
+    wait_until("the new module reads", Duration::from_secs(10), || {
+        n(&d.status("reader")["records_out"]) == 2
+    });
+    assert!(!d.log().contains("restarting in"), "{}", d.log());
+}

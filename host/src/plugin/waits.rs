@@ -13,11 +13,12 @@
 //! - **interrupt it**: when the pump must stop, pause or swap while a call
 //!   waits, it raises the instance's [`Interrupt`]. A wait under way (or
 //!   begun later in the same call) then ends at once, a `poll` answering
-//!   that everything is ready, and reading an input stream fails with a
-//!   `timed out` error the plugin sees as any other failed read (Rust's
-//!   `std::io::ErrorKind::TimedOut`). The plugin returns from its call, and
-//!   the pump goes on to stop, pause or swap. The next call starts with the
-//!   interrupt lowered.
+//!   that everything is ready; a read of an input stream that has nothing
+//!   to give (a quiet socket) fails with a `timed out` error the plugin
+//!   sees as any other failed read (Rust's `std::io::ErrorKind::TimedOut`),
+//!   while a read of data already there (a file, a socket's buffer) still
+//!   gets it. The plugin returns from its call, and the pump goes on to
+//!   stop, pause or swap. The next call starts with the interrupt lowered.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -198,10 +199,11 @@ impl streams::HostInputStream for Waits<'_> {
     }
 
     fn read(&mut self, stream: Resource<DynInputStream>, len: u64) -> StreamResult<Vec<u8>> {
-        if self.interrupt.is_raised() {
+        let bytes = streams::HostInputStream::read(self.table, stream, len)?;
+        if bytes.is_empty() && len > 0 && self.interrupt.is_raised() {
             return Err(Interrupt::read_error());
         }
-        streams::HostInputStream::read(self.table, stream, len)
+        Ok(bytes)
     }
 
     async fn blocking_read(
@@ -209,6 +211,11 @@ impl streams::HostInputStream for Waits<'_> {
         stream: Resource<DynInputStream>,
         len: u64,
     ) -> StreamResult<Vec<u8>> {
+        if self.interrupt.is_raised() {
+            return streams::HostInputStream::read(self, stream, len);
+        }
+        // Ended while it waits for data, nothing has been read: what comes
+        // later stays in the stream.
         self.wait(
             || Err(Interrupt::read_error()),
             async |t: &mut ResourceTable| {
@@ -219,10 +226,11 @@ impl streams::HostInputStream for Waits<'_> {
     }
 
     fn skip(&mut self, stream: Resource<DynInputStream>, len: u64) -> StreamResult<u64> {
-        if self.interrupt.is_raised() {
+        let skipped = streams::HostInputStream::skip(self.table, stream, len)?;
+        if skipped == 0 && len > 0 && self.interrupt.is_raised() {
             return Err(Interrupt::read_error());
         }
-        streams::HostInputStream::skip(self.table, stream, len)
+        Ok(skipped)
     }
 
     async fn blocking_skip(
@@ -230,6 +238,9 @@ impl streams::HostInputStream for Waits<'_> {
         stream: Resource<DynInputStream>,
         len: u64,
     ) -> StreamResult<u64> {
+        if self.interrupt.is_raised() {
+            return streams::HostInputStream::skip(self, stream, len);
+        }
         self.wait(
             || Err(Interrupt::read_error()),
             async |t: &mut ResourceTable| {
@@ -309,9 +320,6 @@ impl streams::HostOutputStream for Waits<'_> {
         src: Resource<DynInputStream>,
         len: u64,
     ) -> StreamResult<u64> {
-        if self.interrupt.is_raised() {
-            return Err(Interrupt::read_error());
-        }
         streams::HostOutputStream::splice(self.table, dest, src, len)
     }
 
@@ -322,7 +330,7 @@ impl streams::HostOutputStream for Waits<'_> {
         len: u64,
     ) -> StreamResult<u64> {
         if self.interrupt.is_raised() {
-            return Err(Interrupt::read_error());
+            return streams::HostOutputStream::splice(self.table, dest, src, len);
         }
         let started = Instant::now();
         let out = streams::HostOutputStream::blocking_splice(self.table, dest, src, len).await;
