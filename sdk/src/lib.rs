@@ -280,6 +280,16 @@ pub trait Source: Sized + 'static {
 
     /// Writes at most `max_records` records into `out` and says where the
     /// source now is. Returning no record is fine; the host asks again later.
+    ///
+    /// `poll` may block waiting for data, as long as the data takes (a
+    /// blocking `std::net` read is the natural way to write a network
+    /// source): waiting does not count against the connector's `cpu` grant,
+    /// which bounds computing only. When the host must stop, pause or swap
+    /// the instance meanwhile, it interrupts the wait: a read with nothing
+    /// to give fails with `std::io::ErrorKind::TimedOut` (and a sleep ends
+    /// early). Return then, with the records gathered so far or with the
+    /// error (the host does not count it as a failure); keep the connection,
+    /// it is still good. See `wit/README.md`, "Waiting".
     fn poll(&mut self, out: &mut BatchWriter, max_records: usize) -> Result<Poll, Error>;
 
     /// Everything up to `position` is durably in the broker.

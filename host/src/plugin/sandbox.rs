@@ -5,9 +5,9 @@
 //! past the `memory` grant, and an epoch callback that runs at every tick of
 //! the [`EpochTicker`]: it yields to the async runtime (so a plugin that
 //! computes for a long time never starves other connectors of a thread) and
-//! traps the call with [`CpuLimitExceeded`] once it has run past the `cpu`
-//! grant. A call blocked in a host function (a sleep, a socket) is ended by
-//! the timeout in `instance.rs`. The store's data, [`HostState`], also
+//! traps the call with [`CpuLimitExceeded`] once it has computed past the
+//! `cpu` grant: the call's time less the time it spent waiting (for a
+//! socket, a timer), which `waits.rs` measures and can interrupt. The store's data, [`HostState`], also
 //! implements the `host` imports: logging into tracing (masked, one line,
 //! rate limited: see `logs.rs`) and connector-scoped state.
 
