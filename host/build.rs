@@ -7,7 +7,14 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 /// Plugins compiled into the `sluice` binary, by crate name.
-const BUILTIN: &[&str] = &["blackhole", "datagen", "file-sink", "file-source", "print"];
+const BUILTIN: &[&str] = &[
+    "blackhole",
+    "datagen",
+    "file-sink",
+    "file-source",
+    "print",
+    "socket-source",
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));

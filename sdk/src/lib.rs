@@ -129,6 +129,14 @@
 use std::cell::RefCell;
 use std::fmt;
 
+/// True once the host has interrupted the current call's waits, to stop,
+/// pause or swap the instance: a read that failed now failed for that (the
+/// connection is still good), and the call should return. See
+/// [`Source::poll`].
+pub fn interrupted() -> bool {
+    __private::host::interrupted()
+}
+
 use serde::de::DeserializeOwned;
 
 pub use sluice_batch::{Batch, BatchError, BatchWriter, Record, RecordRef, record_ref};
@@ -286,10 +294,11 @@ pub trait Source: Sized + 'static {
     /// source): waiting does not count against the connector's `cpu` grant,
     /// which bounds computing only. When the host must stop, pause or swap
     /// the instance meanwhile, it interrupts the wait: a read with nothing
-    /// to give fails with `std::io::ErrorKind::TimedOut` (and a sleep ends
-    /// early). Return then, with the records gathered so far or with the
-    /// error (the host does not count it as a failure); keep the connection,
-    /// it is still good. See `wit/README.md`, "Waiting".
+    /// to give fails (and a sleep ends
+    /// early), and [`interrupted`] says true. Return then, with the records
+    /// gathered so far or with the error (the host does not count it as a
+    /// failure); keep the connection, it is still good. See
+    /// `wit/README.md`, "Waiting".
     fn poll(&mut self, out: &mut BatchWriter, max_records: usize) -> Result<Poll, Error>;
 
     /// Everything up to `position` is durably in the broker.

@@ -14,6 +14,7 @@ mod crash;
 mod flow;
 mod layout;
 mod manifest_errors;
+mod network;
 mod pipeline_e2e;
 mod plugin_contract;
 mod plugin_log;

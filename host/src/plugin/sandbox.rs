@@ -145,6 +145,10 @@ impl WasiView for HostState {
 }
 
 impl host::Host for HostState {
+    fn interrupted(&mut self) -> bool {
+        self.interrupt.is_raised()
+    }
+
     fn log(&mut self, level: host::Level, message: String, fields: Vec<(String, String)>) {
         let level = match level {
             host::Level::Trace => tracing::Level::TRACE,

@@ -14,11 +14,12 @@
 //!   waits, it raises the instance's [`Interrupt`]. A wait under way (or
 //!   begun later in the same call) then ends at once, a `poll` answering
 //!   that everything is ready; a read of an input stream that has nothing
-//!   to give (a quiet socket) fails with a `timed out` error the plugin
-//!   sees as any other failed read (Rust's `std::io::ErrorKind::TimedOut`),
-//!   while a read of data already there (a file, a socket's buffer) still
-//!   gets it. The plugin returns from its call, and the pump goes on to
-//!   stop, pause or swap. The next call starts with the interrupt lowered.
+//!   to give (a quiet socket) fails (wasi-libc makes it `EIO`), while a
+//!   read of data already there (a file, a socket's buffer) still gets it;
+//!   the contract's `interrupted` says true, so the plugin can tell this
+//!   from a broken connection. The plugin returns from its call, and the
+//!   pump goes on to stop, pause or swap. The next call starts with the
+//!   interrupt lowered.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

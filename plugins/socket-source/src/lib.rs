@@ -1,0 +1,267 @@
+//! `socket-source`: reads records from a TCP peer, as Flink's socket source
+//! does, in client mode: it connects to `addr` (which the connector must be
+//! granted in `net`) and turns what the peer sends into records.
+//!
+//! - **Framing**: `"lines"` (the default), one record a line without its
+//!   line ending (`\n` or `\r\n`); or `"length-prefixed"`, each record a
+//!   4-byte big-endian length and that many bytes. A frame longer than
+//!   `max_record_bytes` fails the connector (its config or its peer is
+//!   wrong).
+//! - **Waiting**: `poll` blocks in the read until the peer sends, which
+//!   costs nothing and does not count against the `cpu` grant; the host
+//!   interrupts the wait to stop, pause or swap. A batch is the frames one
+//!   read completed (up to the batch size); a frame cut by the end of a
+//!   read waits for the rest in the source's buffer.
+//! - **A peer that goes away** (refuses, closes, resets) pauses the flow:
+//!   the source says so once, tries again after `reconnect_initial_ms`,
+//!   doubling up to `reconnect_max_ms`, and says once when it is back.
+//!   A socket is not a replayable log: what the peer sent before it went
+//!   away and the source had read is in the topic, and what it sends after
+//!   the source reconnects is read; nothing in between is the source's to
+//!   keep.
+//! - **Position**: none; a restarted source reads what the peer sends next.
+
+use std::io::Read as _;
+use std::net::TcpStream;
+use std::time::Duration;
+
+use sluice_sdk::{BatchWriter, Context, Error, Poll, Source};
+
+/// Config of the `socket-source`.
+#[sluice_sdk::config]
+#[derive(Debug)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The peer, `host:port`, e.g. `"127.0.0.1:9999"`; grant it in `net`.
+    pub addr: String,
+    /// How records are framed on the wire.
+    #[serde(default)]
+    pub framing: Framing,
+    /// Longest record accepted, in bytes. Default 1 MiB.
+    #[serde(default = "default_max_record_bytes")]
+    pub max_record_bytes: u32,
+    /// First wait before connecting again, in milliseconds. Default 100.
+    #[serde(default = "default_reconnect_initial_ms")]
+    pub reconnect_initial_ms: u64,
+    /// Longest wait between tries, in milliseconds. Default 5000.
+    #[serde(default = "default_reconnect_max_ms")]
+    pub reconnect_max_ms: u64,
+}
+
+/// How records are framed.
+#[sluice_sdk::config]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Framing {
+    /// One record a line, without its line ending.
+    #[default]
+    Lines,
+    /// A 4-byte big-endian length, then the record.
+    LengthPrefixed,
+}
+
+fn default_max_record_bytes() -> u32 {
+    1 << 20
+}
+fn default_reconnect_initial_ms() -> u64 {
+    100
+}
+fn default_reconnect_max_ms() -> u64 {
+    5000
+}
+
+/// The source's state.
+#[derive(Debug)]
+pub struct SocketSource {
+    config: Config,
+    peer: Option<TcpStream>,
+    /// Bytes read and not yet framed: `buf[start..]`. A frame cut by the
+    /// end of a read (or by an interrupted wait) waits here for the rest.
+    buf: Vec<u8>,
+    start: usize,
+    /// The wait before the next try while the peer is away.
+    backoff: Duration,
+    /// Why the peer is away, once said.
+    away: Option<String>,
+}
+
+/// Bytes asked for by one read.
+const READ_BYTES: usize = 64 * 1024;
+
+impl SocketSource {
+    /// Connects if not connected. `Ok(false)`: the peer is away (said once)
+    /// and the wait before the next try has passed.
+    fn connect(&mut self) -> Result<bool, Error> {
+        if self.peer.is_some() {
+            return Ok(true);
+        }
+        match TcpStream::connect(&self.config.addr) {
+            Ok(stream) => {
+                if let Some(why) = self.away.take() {
+                    sluice_sdk::info!(
+                        "socket-source: {} is back (it was away: {why})",
+                        self.config.addr
+                    );
+                }
+                self.backoff = Duration::from_millis(self.config.reconnect_initial_ms);
+                self.peer = Some(stream);
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                Err(Error::fatal(format!(
+                    "connecting to {}: {e} (is it granted in net?)",
+                    self.config.addr
+                )))
+            }
+            Err(e) => {
+                self.went_away(&format!("cannot connect: {e}"));
+                Ok(false)
+            }
+        }
+    }
+
+    /// The peer went away: say so once, drop the connection and what was
+    /// left of a frame, and wait before the next try.
+    fn went_away(&mut self, why: &str) {
+        if self.away.is_none() {
+            sluice_sdk::warn!(
+                "socket-source: {} went away ({why}); trying again, at most every {:?}",
+                self.config.addr,
+                Duration::from_millis(self.config.reconnect_max_ms)
+            );
+            self.away = Some(why.to_owned());
+        }
+        self.peer = None;
+        self.buf.clear();
+        self.start = 0;
+        std::thread::sleep(self.backoff);
+        self.backoff = (self.backoff * 2).min(Duration::from_millis(self.config.reconnect_max_ms));
+    }
+
+    /// The next whole frame in the buffer, consumed: its value's range in
+    /// `buf`. `Err` for a frame past `max_record_bytes`.
+    fn next_frame(&mut self) -> Result<Option<std::ops::Range<usize>>, Error> {
+        let max = self.config.max_record_bytes as usize;
+        let rest = &self.buf[self.start..];
+        let (value, used) = match self.config.framing {
+            Framing::Lines => match rest.iter().position(|&b| b == b'\n') {
+                Some(at) => {
+                    let end = if at > 0 && rest[at - 1] == b'\r' {
+                        at - 1
+                    } else {
+                        at
+                    };
+                    (0..end, at + 1)
+                }
+                None if rest.len() > max + 1 => return Err(too_long(max)),
+                None => return Ok(None),
+            },
+            Framing::LengthPrefixed => {
+                let Some(len) = rest.get(..4) else {
+                    return Ok(None);
+                };
+                let len = u32::from_be_bytes(len.try_into().expect("4 bytes")) as usize;
+                if len > max {
+                    return Err(too_long(max));
+                }
+                if rest.len() < 4 + len {
+                    return Ok(None);
+                }
+                (4..4 + len, 4 + len)
+            }
+        };
+        if value.len() > max {
+            return Err(too_long(max));
+        }
+        let at = self.start;
+        self.start += used;
+        Ok(Some(at + value.start..at + value.end))
+    }
+
+    /// Reads what the peer has sent, waiting until it sends something.
+    /// `Ok(0)`: it closed the connection.
+    fn read_more(&mut self) -> std::io::Result<usize> {
+        if self.start > 0 && self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        } else if self.start > READ_BYTES {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        let filled = self.buf.len();
+        self.buf.resize(filled + READ_BYTES, 0);
+        let peer = self.peer.as_mut().expect("connected");
+        let got = peer.read(&mut self.buf[filled..]);
+        self.buf.truncate(filled + *got.as_ref().unwrap_or(&0));
+        got
+    }
+}
+
+fn too_long(max: usize) -> Error {
+    Error::fatal(format!(
+        "the peer sent a record longer than max_record_bytes ({max}); raise it, or check the framing"
+    ))
+}
+
+impl Source for SocketSource {
+    type Config = Config;
+
+    fn open(config: Config, _ctx: &Context, _resume: Option<&[u8]>) -> Result<Self, Error> {
+        if config.reconnect_initial_ms == 0 || config.reconnect_max_ms < config.reconnect_initial_ms
+        {
+            return Err(Error::invalid_config(
+                "reconnect_initial_ms must be at least 1 and at most reconnect_max_ms",
+            ));
+        }
+        let backoff = Duration::from_millis(config.reconnect_initial_ms);
+        let mut source = SocketSource {
+            config,
+            peer: None,
+            buf: Vec::new(),
+            start: 0,
+            backoff,
+            away: None,
+        };
+        source.connect()?;
+        Ok(source)
+    }
+
+    fn poll(&mut self, out: &mut BatchWriter, max_records: usize) -> Result<Poll, Error> {
+        if !self.connect()? {
+            return Ok(Poll::default());
+        }
+        let mut n = 0;
+        // Frames already read first; then one read, waiting if need be,
+        // and the frames it completed.
+        let mut read = false;
+        while n < max_records {
+            if let Some(value) = self.next_frame()? {
+                out.push_value(&self.buf[value]);
+                n += 1;
+                continue;
+            }
+            if read && n > 0 {
+                break;
+            }
+            read = true;
+            match self.read_more() {
+                Ok(0) => {
+                    self.went_away("it closed the connection");
+                    break;
+                }
+                Ok(_) => {}
+                // Interrupted by the host (to stop, pause or swap): return
+                // what was framed; the connection is still good, and a cut
+                // frame waits in the buffer.
+                Err(_) if sluice_sdk::interrupted() => break,
+                Err(e) => {
+                    self.went_away(&e.to_string());
+                    break;
+                }
+            }
+        }
+        Ok(Poll::default())
+    }
+}
+
+sluice_sdk::export_source!(SocketSource);
