@@ -10,6 +10,7 @@ mod density;
 mod end_to_end;
 mod files;
 mod machine;
+mod network;
 mod plot;
 mod report;
 mod swap;
@@ -65,6 +66,7 @@ enum Section {
     Density,
     Swap,
     Files,
+    Network,
 }
 
 const PAYLOADS: [u32; 2] = [100, 1024];
@@ -175,6 +177,11 @@ fn main() -> anyhow::Result<()> {
     if wants(Section::Files) {
         let bin = end_to_end::sluice_binary()?;
         files_section(&mut report, &bin, work.path(), &work.path().join("cache"))?;
+    }
+
+    if wants(Section::Network) {
+        let bin = end_to_end::sluice_binary()?;
+        network_section(&mut report, &bin, work.path(), &work.path().join("cache"))?;
     }
 
     if wants(Section::Density) {
@@ -451,6 +458,54 @@ fn files_section(
         Figure::new("files", "datagen -> log -> file-sink", r, "rec/s")
             .aside(format!("{:.0} MB/s", r * payload as f64 / 1e6))
             .target(Target::at_least(0.8 * native)),
+    );
+    Ok(())
+}
+
+/// The network connectors, each beside a plain native client of the same
+/// peer, measured in the same run; and what idle ones cost.
+fn network_section(
+    report: &mut Report,
+    bin: &std::path::Path,
+    work: &std::path::Path,
+    cache: &std::path::Path,
+) -> anyhow::Result<()> {
+    say(
+        "\nnetwork: socket-source -> log -> blackhole, 100 B lines over TCP on 127.0.0.1; idle sources",
+    );
+    let payload = 100;
+    let (native, native_mb) = network::read_natively(network::LINES, payload)?;
+    report.add(
+        Figure::new(
+            "network",
+            "native: BufReader lines from a socket",
+            native,
+            "rec/s",
+        )
+        .aside(format!("{native_mb:.0} MB/s")),
+    );
+    let sink = network::source_run(bin, work, cache, network::LINES, payload)?;
+    let span = std::time::Duration::from_micros(
+        sink.last_us
+            .unwrap_or(0)
+            .saturating_sub(sink.first_us.unwrap_or(0)),
+    );
+    let (r, mb) = rates(sink.records, sink.value_bytes, span);
+    report.add(
+        Figure::new("network", "socket-source -> log -> blackhole", r, "rec/s")
+            .aside(format!("{mb:.0} MB/s"))
+            .target(Target::at_least(0.8 * native)),
+    );
+    let instances = 100;
+    let cpu = network::idle_cpu(bin, work, cache, instances, 5)?;
+    report.add(
+        Figure::new(
+            "network",
+            format!("{instances} idle socket-source instances: host CPU"),
+            cpu,
+            "% of a core",
+        )
+        .target(Target::at_most(1.0)),
     );
     Ok(())
 }
