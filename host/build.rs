@@ -13,6 +13,7 @@ const BUILTIN: &[&str] = &[
     "file-sink",
     "file-source",
     "print",
+    "socket-sink",
     "socket-source",
 ];
 

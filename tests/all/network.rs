@@ -123,3 +123,135 @@ fn socket_source_rides_out_its_peer_going_away_and_coming_back() {
     );
     assert_eq!(log.matches("is back").count(), 1, "{log}");
 }
+
+/// A receiver on `l`: takes connections one after another and keeps every
+/// line it reads, until `lines` have come in all (duplicates counted).
+fn receive(l: TcpListener, lines: usize) -> std::thread::JoinHandle<Vec<u64>> {
+    std::thread::spawn(move || {
+        let mut got = Vec::new();
+        while got.len() < lines {
+            let (s, _) = l.accept().unwrap();
+            for line in std::io::BufRead::lines(std::io::BufReader::new(s)) {
+                let Ok(line) = line else { break };
+                got.push(parse_seq(&line));
+                if got.len() >= lines {
+                    break;
+                }
+            }
+        }
+        got
+    })
+}
+
+/// N of a `{"seq":N,…}` line.
+fn parse_seq(line: &str) -> u64 {
+    let rest = line.strip_prefix("{\"seq\":").unwrap();
+    rest[..rest.find([',', '}']).unwrap()].parse().unwrap()
+}
+
+/// `datagen` (`count` records at `rate` a second) → `socket-sink` to
+/// 127.0.0.1:`port`.
+fn gen_to_socket(dir: &Path, port: u16, count: u64, rate: u64) -> PathBuf {
+    let addr = format!("127.0.0.1:{port}");
+    manifest()
+        .connector(gen_source(count, rate, 16))
+        .connector(
+            sink("sock", "socket-sink", "events")
+                .set("flush_interval_ms", 50)
+                .config("addr", addr.as_str())
+                .config("reconnect_initial_ms", 20)
+                .config("reconnect_max_ms", 200)
+                .grant("net", vec![addr.as_str()]),
+        )
+        .write(dir)
+}
+
+#[test]
+fn socket_sink_sends_every_record_to_its_peer_in_order() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let receiver = receive(l, 5000);
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&[
+        "run",
+        "--no-progress",
+        gen_to_socket(dir.path(), port, 5000, 0).to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(receiver.join().unwrap(), (0..5000).collect::<Vec<_>>());
+}
+
+#[test]
+fn socket_sink_rides_out_its_peer_going_away_and_delivers_at_least_once() {
+    const RECORDS: u64 = 20_000;
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    // 10,000 records a second for two seconds; the first receiver takes
+    // 3,000 lines and dies, and a new one comes a moment later.
+    let mut host = Host::run(
+        dir.path(),
+        &gen_to_socket(dir.path(), port, RECORDS, 10_000),
+    );
+    let first = receive(l, 3000).join().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let l = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    // The rest, and the window sent again: read until the last record.
+    let second = std::thread::spawn(move || {
+        let (s, _) = l.accept().unwrap();
+        let mut got = Vec::new();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(s)) {
+            let n = parse_seq(&line.unwrap());
+            got.push(n);
+            if n == RECORDS - 1 {
+                break;
+            }
+        }
+        got
+    });
+    let second = second.join().unwrap();
+    let out = host.wait_for_exit(Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(0), "{}", host.log());
+    let mut all: Vec<u64> = first.iter().chain(&second).copied().collect();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(
+        all,
+        (0..RECORDS).collect::<Vec<_>>(),
+        "every record at least once"
+    );
+    let log = host.log();
+    assert_eq!(log.matches("went away").count(), 1, "{log}");
+    assert_eq!(log.matches("is back").count(), 1, "{log}");
+}
+
+#[test]
+fn ctrl_c_while_socket_sink_waits_for_its_peer_exits_at_once_and_keeps_the_records() {
+    // A port nobody listens on: the sink's first write waits for the peer.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let m = gen_to_socket(dir.path(), port, 1000, 0);
+    let mut host = Host::run(dir.path(), &m);
+    host.wait_for_log("went away", Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(300));
+    let pressed = std::time::Instant::now();
+    host.interrupt();
+    let out = host.wait_for_exit(Duration::from_secs(30));
+    let took = pressed.elapsed();
+    eprintln!("Ctrl-C to exit: {took:?}");
+    assert_eq!(out.status.code(), Some(130), "{}", host.log());
+    assert!(took < Duration::from_millis(500), "{took:?}");
+    // Nothing was committed: the next run, with the peer there, sends all.
+    let l = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let receiver = receive(l, 1000);
+    let out = run(&["run", "--no-progress", m.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let mut got = receiver.join().unwrap();
+    got.sort_unstable();
+    got.dedup();
+    assert_eq!(got, (0..1000).collect::<Vec<_>>());
+}

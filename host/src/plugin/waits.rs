@@ -17,7 +17,8 @@
 //!   to give (a quiet socket) fails (wasi-libc makes it `EIO`), while a
 //!   read of data already there (a file, a socket's buffer) still gets it;
 //!   the contract's `interrupted` says true, so the plugin can tell this
-//!   from a broken connection. The plugin returns from its call, and the
+//!   from a broken connection. Likewise a write to a stream with no room
+//!   (a peer that does not read) fails instead of waiting. The plugin returns from its call, and the
 //!   pump goes on to stop, pause or swap. The next call starts with the
 //!   interrupt lowered.
 
@@ -80,6 +81,11 @@ impl Interrupt {
             )
             .into(),
         )
+    }
+
+    /// The error an interrupted wait for room to write gives the plugin.
+    fn write_error() -> StreamError {
+        Self::read_error()
     }
 }
 
@@ -262,7 +268,13 @@ impl streams::HostOutputStream for Waits<'_> {
     }
 
     fn check_write(&mut self, stream: Resource<DynOutputStream>) -> StreamResult<u64> {
-        streams::HostOutputStream::check_write(self.table, stream)
+        // A stream with no room (a peer that does not read) would have the
+        // plugin wait for room: interrupted, that wait fails instead.
+        let room = streams::HostOutputStream::check_write(self.table, stream)?;
+        if room == 0 && self.interrupt.is_raised() {
+            return Err(Interrupt::write_error());
+        }
+        Ok(room)
     }
 
     fn write(&mut self, stream: Resource<DynOutputStream>, bytes: Vec<u8>) -> StreamResult<()> {

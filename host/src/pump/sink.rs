@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use sluice_batch::{Batch, BatchWriter};
 
 use super::swap::Swap;
-use super::{InstanceControl, PumpStats, Retry, StopSignal, TopicSeal, Turns, when_space};
+use super::{
+    InstanceControl, PumpStats, Retry, StopSignal, TopicSeal, Turns, interruptible, when_space,
+};
 use crate::broker::{Broker, SourceCheckpoint};
 use crate::lifecycle::RestartPolicy;
 use crate::plugin::SinkInstance;
@@ -118,22 +120,7 @@ impl<B: Broker> SinkPump<B> {
         let mut turns = Turns::default();
         loop {
             if self.control.wants_attention() {
-                // A batch boundary. A pause drains fully (flush, then
-                // commit). A swap needs only what the old instance wrote
-                // made durable (flush): the new one goes on from the offsets
-                // in hand, committed at the next interval as ever, which
-                // keeps the commit's fsyncs out of the swap's pause.
-                let since = Instant::now();
-                if pending {
-                    if self.control.is_paused() {
-                        self.flush_and_commit().await?;
-                        pending = false;
-                        last_flush = Instant::now();
-                    } else {
-                        self.flush().await?;
-                    }
-                }
-                self.attend(since).await;
+                self.attend_now(&mut pending, &mut last_flush).await?;
                 if self.stop.is_stopped() {
                     break;
                 }
@@ -165,14 +152,37 @@ impl<B: Broker> SinkPump<B> {
                     let next = b.next_offset();
                     let mut retry = Retry::new(self.config.retry);
                     let refused = loop {
-                        let tried = self
-                            .instance
-                            .write(&topic, partition, b.first_offset, &b.bytes, b.records)
-                            .await;
+                        let interrupt = self.instance.interrupter();
+                        let write = self.instance.write(
+                            &topic,
+                            partition,
+                            b.first_offset,
+                            &b.bytes,
+                            b.records,
+                        );
+                        let tried =
+                            interruptible(write, &self.stop, &self.control, &interrupt).await;
+                        if interrupt.is_raised() && tried.is_err() {
+                            // Its wait (a peer away, a full socket) was ended
+                            // for a stop, pause or swap: the batch is not
+                            // written. Stopping, it is left for the next
+                            // start (its offset is not committed); else it
+                            // is written again once the pump has attended.
+                            tracing::debug!(connector = %self.connector, "write interrupted");
+                            if self.stop.is_stopped() {
+                                break None;
+                            }
+                            self.attend_now(&mut pending, &mut last_flush).await?;
+                            if self.stop.is_stopped() {
+                                break None;
+                            }
+                            continue;
+                        }
                         if let Some(refused) = retry.settle(tried, "write", &self.stop).await? {
-                            break refused;
+                            break Some(refused);
                         }
                     };
+                    let Some(refused) = refused else { break };
                     if !refused.is_empty() {
                         let appended = self
                             .dead_letter
@@ -230,6 +240,30 @@ impl<B: Broker> SinkPump<B> {
             self.flush_and_commit().await?;
         }
         self.instance.close().await?;
+        Ok(())
+    }
+
+    /// A batch boundary where the pump is asked for attention. A pause
+    /// drains fully (flush, then commit). A swap needs only what the old
+    /// instance wrote made durable (flush): the new one goes on from the
+    /// offsets in hand, committed at the next interval as ever, which keeps
+    /// the commit's fsyncs out of the swap's pause.
+    async fn attend_now(
+        &mut self,
+        pending: &mut bool,
+        last_flush: &mut Instant,
+    ) -> anyhow::Result<()> {
+        let since = Instant::now();
+        if *pending {
+            if self.control.is_paused() {
+                self.flush_and_commit().await?;
+                *pending = false;
+                *last_flush = Instant::now();
+            } else {
+                self.flush().await?;
+            }
+        }
+        self.attend(since).await;
         Ok(())
     }
 
