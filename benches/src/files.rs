@@ -82,7 +82,7 @@ pub fn write_natively(dir: &Path, count: u64, payload: usize) -> anyhow::Result<
 
 /// Runs `manifest` in `dir` with `sluice run` to its end; returns its
 /// standard output (the summary).
-fn sluice_run(bin: &Path, cache: &Path, dir: &Path, manifest: &str) -> anyhow::Result<String> {
+pub fn sluice_run(bin: &Path, cache: &Path, dir: &Path, manifest: &str) -> anyhow::Result<String> {
     let path = dir.join("sluice.toml");
     std::fs::write(&path, manifest)?;
     let out = Command::new(bin)

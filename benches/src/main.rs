@@ -471,7 +471,7 @@ fn network_section(
     cache: &std::path::Path,
 ) -> anyhow::Result<()> {
     say(
-        "\nnetwork: socket-source -> log -> blackhole, 100 B lines over TCP on 127.0.0.1; idle sources",
+        "\nnetwork: socket-source -> log -> blackhole, datagen -> log -> socket-sink, 100 B lines over TCP on 127.0.0.1; idle sources",
     );
     let payload = 100;
     let (native, native_mb) = network::read_natively(network::LINES, payload)?;
@@ -494,6 +494,22 @@ fn network_section(
     report.add(
         Figure::new("network", "socket-source -> log -> blackhole", r, "rec/s")
             .aside(format!("{mb:.0} MB/s"))
+            .target(Target::at_least(0.8 * native)),
+    );
+    let native = network::write_natively(network::LINES, payload)?;
+    report.add(
+        Figure::new(
+            "network",
+            "native: BufWriter lines to a socket",
+            native,
+            "rec/s",
+        )
+        .aside(format!("{:.0} MB/s", native * payload as f64 / 1e6)),
+    );
+    let r = network::sink_run(bin, work, cache, network::LINES, payload as u32)?;
+    report.add(
+        Figure::new("network", "datagen -> log -> socket-sink", r, "rec/s")
+            .aside(format!("{:.0} MB/s", r * payload as f64 / 1e6))
             .target(Target::at_least(0.8 * native)),
     );
     let instances = 100;

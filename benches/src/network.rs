@@ -244,3 +244,97 @@ net = ["127.0.0.1:{port}"]
     stop(child)?;
     Ok(used.as_secs_f64() / seconds as f64 * 100.0)
 }
+
+/// A receiver on a port of 127.0.0.1: reads lines from one connection
+/// until `count` have come; says how many and over what span (first line
+/// to last).
+fn receiver(count: u64) -> anyhow::Result<(u16, std::thread::JoinHandle<(u64, Duration)>)> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    let port = l.local_addr()?.port();
+    let receiving = std::thread::spawn(move || {
+        let Ok((s, _)) = l.accept() else {
+            return (0, Duration::ZERO);
+        };
+        let mut r = BufReader::with_capacity(64 * 1024, s);
+        let (mut n, mut line, mut first) = (0u64, Vec::new(), None);
+        while n < count {
+            line.clear();
+            match r.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    first.get_or_insert_with(Instant::now);
+                    n += 1;
+                }
+            }
+        }
+        (n, first.map_or(Duration::ZERO, |f| f.elapsed()))
+    });
+    Ok((port, receiving))
+}
+
+/// A plain `BufWriter` writing `count` lines of `payload` bytes to a
+/// receiver: records/s at the receiver.
+pub fn write_natively(count: u64, payload: usize) -> anyhow::Result<f64> {
+    let (port, receiving) = receiver(count)?;
+    let mut w =
+        std::io::BufWriter::with_capacity(64 * 1024, TcpStream::connect(("127.0.0.1", port))?);
+    let line = format!("{}\n", "x".repeat(payload));
+    for _ in 0..count {
+        w.write_all(line.as_bytes())?;
+    }
+    w.flush()?;
+    let (n, span) = receiving
+        .join()
+        .map_err(|_| anyhow::anyhow!("the receiver panicked"))?;
+    if n != count {
+        bail!("the receiver got {n} of {count} lines");
+    }
+    Ok(n as f64 / span.as_secs_f64())
+}
+
+/// `datagen` (`count` records of `payload` bytes) → log → `socket-sink` to
+/// a receiver: records/s at the receiver.
+pub fn sink_run(
+    bin: &Path,
+    work: &Path,
+    cache: &Path,
+    count: u64,
+    payload: u32,
+) -> anyhow::Result<f64> {
+    let dir = tempfile::tempdir_in(work)?;
+    let (port, receiving) = receiver(count)?;
+    let manifest = format!(
+        r#"[broker]
+data_dir = "data"
+
+[[connector]]
+name = "gen"
+kind = "source"
+plugin = "datagen"
+topic = "bench"
+[connector.batch]
+max_records = 1000
+[connector.config]
+count = {count}
+payload_bytes = {payload}
+
+[[connector]]
+name = "sock"
+kind = "sink"
+plugin = "socket-sink"
+topic = "bench"
+[connector.config]
+addr = "127.0.0.1:{port}"
+[connector.grants]
+net = ["127.0.0.1:{port}"]
+"#
+    );
+    crate::files::sluice_run(bin, cache, dir.path(), &manifest)?;
+    let (n, span) = receiving
+        .join()
+        .map_err(|_| anyhow::anyhow!("the receiver panicked"))?;
+    if n != count {
+        bail!("the receiver got {n} of {count} lines");
+    }
+    Ok(n as f64 / span.as_secs_f64())
+}
