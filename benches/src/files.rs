@@ -168,7 +168,29 @@ pub fn sink_run(
     payload: u32,
 ) -> anyhow::Result<f64> {
     let dir = tempfile::tempdir_in(work)?;
-    let manifest = format!(
+    let manifest = datagen_into(
+        count,
+        payload,
+        r#"[[connector]]
+name = "files"
+kind = "sink"
+plugin = "file-sink"
+topic = "bench"
+[connector.config]
+path = "/out"
+max_file_bytes = 1073741824
+[connector.grants]
+files = [{ host = "out", guest = "/out", mode = "read-write" }]
+"#,
+    );
+    let summary = sluice_run(bin, cache, dir.path(), &manifest)?;
+    summary_rate(&summary, "files")
+}
+
+/// A manifest of `datagen` writing `count` records of `payload` bytes into
+/// topic `bench`, followed by `sink` (a `[[connector]]` table reading it).
+pub fn datagen_into(count: u64, payload: u32, sink: &str) -> String {
+    format!(
         r#"[broker]
 data_dir = "data"
 
@@ -183,20 +205,8 @@ max_records = 1000
 count = {count}
 payload_bytes = {payload}
 
-[[connector]]
-name = "files"
-kind = "sink"
-plugin = "file-sink"
-topic = "bench"
-[connector.config]
-path = "/out"
-max_file_bytes = 1073741824
-[connector.grants]
-files = [{{ host = "out", guest = "/out", mode = "read-write" }}]
-"#
-    );
-    let summary = sluice_run(bin, cache, dir.path(), &manifest)?;
-    summary_rate(&summary, "files")
+{sink}"#
+    )
 }
 
 /// The records/s column of `connector`'s row in a `sluice run` summary:

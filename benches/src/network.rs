@@ -303,22 +303,11 @@ pub fn sink_run(
 ) -> anyhow::Result<f64> {
     let dir = tempfile::tempdir_in(work)?;
     let (port, receiving) = receiver(count)?;
-    let manifest = format!(
-        r#"[broker]
-data_dir = "data"
-
-[[connector]]
-name = "gen"
-kind = "source"
-plugin = "datagen"
-topic = "bench"
-[connector.batch]
-max_records = 1000
-[connector.config]
-count = {count}
-payload_bytes = {payload}
-
-[[connector]]
+    let manifest = crate::files::datagen_into(
+        count,
+        payload,
+        &format!(
+            r#"[[connector]]
 name = "sock"
 kind = "sink"
 plugin = "socket-sink"
@@ -328,6 +317,7 @@ addr = "127.0.0.1:{port}"
 [connector.grants]
 net = ["127.0.0.1:{port}"]
 "#
+        ),
     );
     crate::files::sluice_run(bin, cache, dir.path(), &manifest)?;
     let (n, span) = receiving

@@ -22,9 +22,9 @@
 use std::collections::VecDeque;
 use std::io::Write as _;
 use std::net::TcpStream;
-use std::time::Duration;
 
 use sluice_sdk::{Batch, Context, Error, Origin, Rejects, Sink};
+use sluice_socket::{Framing, Peer};
 
 /// Config of the `socket-sink`.
 #[sluice_sdk::config]
@@ -41,131 +41,76 @@ pub struct Config {
     #[serde(default = "default_resend_bytes")]
     pub resend_bytes: u64,
     /// First wait before connecting again, in milliseconds. Default 100.
-    #[serde(default = "default_reconnect_initial_ms")]
+    #[serde(default = "sluice_socket::default_reconnect_initial_ms")]
     pub reconnect_initial_ms: u64,
     /// Longest wait between tries, in milliseconds. Default 5000.
-    #[serde(default = "default_reconnect_max_ms")]
+    #[serde(default = "sluice_socket::default_reconnect_max_ms")]
     pub reconnect_max_ms: u64,
-}
-
-/// How records are framed.
-#[sluice_sdk::config]
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum Framing {
-    /// Each value and a newline.
-    #[default]
-    Lines,
-    /// A 4-byte big-endian length, then the value.
-    LengthPrefixed,
 }
 
 fn default_resend_bytes() -> u64 {
     16 << 20
-}
-fn default_reconnect_initial_ms() -> u64 {
-    100
-}
-fn default_reconnect_max_ms() -> u64 {
-    5000
 }
 
 /// The sink's state.
 #[derive(Debug)]
 pub struct SocketSink {
     config: Config,
-    peer: Option<TcpStream>,
+    peer: Peer,
+    stream: Option<TcpStream>,
     /// The frames of recent batches, newest last, and their size.
     sent: VecDeque<Vec<u8>>,
     sent_bytes: u64,
-    /// Why the peer is away, once said.
-    away: Option<String>,
     /// The next connection gets the whole window first: the last one was
     /// dropped with what it had sent unknown (or a frame cut).
     resend: bool,
 }
 
 impl SocketSink {
-    /// Sends `frames` (already in the resend window), connecting first if
-    /// need be, and waiting out a peer that is away. A peer that comes back
-    /// gets the whole window. `Err` only when the host interrupts the wait
-    /// or the grant is missing.
-    fn send(&mut self, frames_start: usize) -> Result<(), Error> {
-        let mut backoff = Duration::from_millis(self.config.reconnect_initial_ms);
-        let mut from = frames_start;
+    /// Sends the frames of the window from `from` on, connecting first if
+    /// need be and waiting out a peer that is away; a new connection after
+    /// a dropped one gets the whole window. `Err` when the host interrupts
+    /// the wait (the batch is written again later) or the grant is missing.
+    fn send(&mut self, mut from: usize) -> Result<(), Error> {
+        let interrupted = || Error::retriable("interrupted while waiting for the peer");
         loop {
-            if self.peer.is_none() {
-                match TcpStream::connect(&self.config.addr) {
-                    Ok(stream) => {
-                        if let Some(why) = self.away.take() {
-                            sluice_sdk::info!(
-                                "socket-sink: {} is back (it was away: {why}); sending the last {} bytes again",
-                                self.config.addr,
-                                self.sent_bytes
-                            );
-                        }
-                        if std::mem::take(&mut self.resend) {
-                            // Everything kept, again: the peer that died may
-                            // not have read it.
-                            from = 0;
-                        }
-                        self.peer = Some(stream);
+            if self.stream.is_none() {
+                self.stream = self.peer.connect()?;
+                if self.stream.is_none() {
+                    self.peer.wait();
+                    if sluice_sdk::interrupted() {
+                        return Err(interrupted());
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                        return Err(Error::fatal(format!(
-                            "connecting to {}: {e} (is it granted in net?)",
-                            self.config.addr
-                        )));
-                    }
-                    Err(e) => {
-                        self.went_away(&format!("cannot connect: {e}"));
-                        if sluice_sdk::interrupted() {
-                            return Err(Error::retriable("interrupted while the peer is away"));
-                        }
-                        std::thread::sleep(backoff);
-                        backoff =
-                            (backoff * 2).min(Duration::from_millis(self.config.reconnect_max_ms));
-                        if sluice_sdk::interrupted() {
-                            return Err(Error::retriable("interrupted while the peer is away"));
-                        }
-                        continue;
-                    }
+                    continue;
+                }
+                if std::mem::take(&mut self.resend) {
+                    // Everything kept, again: the peer that died may not
+                    // have read it.
+                    sluice_sdk::debug!(
+                        "socket-sink: sending the last {} bytes again",
+                        self.sent_bytes
+                    );
+                    from = 0;
                 }
             }
-            let peer = self.peer.as_mut().expect("connected");
-            let mut failed = None;
-            for frame in self.sent.range(from..) {
-                if let Err(e) = peer.write_all(frame) {
-                    failed = Some(e);
-                    break;
-                }
-            }
+            let stream = self.stream.as_mut().expect("connected");
+            let failed = self
+                .sent
+                .range(from..)
+                .find_map(|frame| stream.write_all(frame).err());
             match failed {
                 None => return Ok(()),
-                Some(_) if sluice_sdk::interrupted() => {
-                    // A frame may be cut: this connection cannot go on. The
-                    // batch is written again later, on a new one.
-                    self.peer = None;
+                Some(e) => {
+                    // A frame may be cut: this connection cannot go on.
+                    self.stream = None;
                     self.resend = true;
-                    return Err(Error::retriable("interrupted in the middle of a send"));
+                    if sluice_sdk::interrupted() {
+                        return Err(interrupted());
+                    }
+                    self.peer.went_away(&e.to_string());
                 }
-                Some(e) => self.went_away(&e.to_string()),
             }
         }
-    }
-
-    /// The peer went away: say so once and drop the connection.
-    fn went_away(&mut self, why: &str) {
-        if self.away.is_none() {
-            sluice_sdk::warn!(
-                "socket-sink: {} went away ({why}); waiting for it, trying at most every {:?}",
-                self.config.addr,
-                Duration::from_millis(self.config.reconnect_max_ms)
-            );
-            self.away = Some(why.to_owned());
-        }
-        self.peer = None;
-        self.resend = true;
     }
 }
 
@@ -173,29 +118,20 @@ impl Sink for SocketSink {
     type Config = Config;
 
     fn open(config: Config, _ctx: &Context) -> Result<Self, Error> {
-        if config.reconnect_initial_ms == 0 || config.reconnect_max_ms < config.reconnect_initial_ms
-        {
-            return Err(Error::invalid_config(
-                "reconnect_initial_ms must be at least 1 and at most reconnect_max_ms",
-            ));
-        }
-        let peer = match TcpStream::connect(&config.addr) {
-            Ok(s) => Some(s),
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                return Err(Error::fatal(format!(
-                    "connecting to {}: {e} (is it granted in net?)",
-                    config.addr
-                )));
-            }
-            // Away at the start: the first write waits for it.
-            Err(_) => None,
-        };
+        let mut peer = Peer::new(
+            "socket-sink",
+            &config.addr,
+            config.reconnect_initial_ms,
+            config.reconnect_max_ms,
+        )?;
+        // Away at the start: said once, and the first write waits for it.
+        let stream = peer.connect()?;
         Ok(SocketSink {
             config,
             peer,
+            stream,
             sent: VecDeque::new(),
             sent_bytes: 0,
-            away: None,
             resend: false,
         })
     }
@@ -236,16 +172,12 @@ impl Sink for SocketSink {
             let old = self.sent.pop_front().expect("not empty");
             self.sent_bytes -= old.len() as u64;
         }
-        let start = self.sent.len() - 1;
-        self.send(start)
+        self.send(self.sent.len() - 1)
     }
 
     fn flush(&mut self) -> Result<(), Error> {
-        if let Some(peer) = &mut self.peer
-            && let Err(e) = peer.flush()
-        {
-            self.went_away(&e.to_string());
-        }
+        // A TCP stream buffers nothing of its own to flush; what the peer
+        // has read is unknown, hence the resend window.
         Ok(())
     }
 }

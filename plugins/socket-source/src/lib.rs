@@ -23,9 +23,9 @@
 
 use std::io::Read as _;
 use std::net::TcpStream;
-use std::time::Duration;
 
 use sluice_sdk::{BatchWriter, Context, Error, Poll, Source};
+use sluice_socket::{Framing, Peer};
 
 /// Config of the `socket-source`.
 #[sluice_sdk::config]
@@ -41,48 +41,27 @@ pub struct Config {
     #[serde(default = "default_max_record_bytes")]
     pub max_record_bytes: u32,
     /// First wait before connecting again, in milliseconds. Default 100.
-    #[serde(default = "default_reconnect_initial_ms")]
+    #[serde(default = "sluice_socket::default_reconnect_initial_ms")]
     pub reconnect_initial_ms: u64,
     /// Longest wait between tries, in milliseconds. Default 5000.
-    #[serde(default = "default_reconnect_max_ms")]
+    #[serde(default = "sluice_socket::default_reconnect_max_ms")]
     pub reconnect_max_ms: u64,
-}
-
-/// How records are framed.
-#[sluice_sdk::config]
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum Framing {
-    /// One record a line, without its line ending.
-    #[default]
-    Lines,
-    /// A 4-byte big-endian length, then the record.
-    LengthPrefixed,
 }
 
 fn default_max_record_bytes() -> u32 {
     1 << 20
-}
-fn default_reconnect_initial_ms() -> u64 {
-    100
-}
-fn default_reconnect_max_ms() -> u64 {
-    5000
 }
 
 /// The source's state.
 #[derive(Debug)]
 pub struct SocketSource {
     config: Config,
-    peer: Option<TcpStream>,
+    peer: Peer,
+    stream: Option<TcpStream>,
     /// Bytes read and not yet framed: `buf[start..]`. A frame cut by the
     /// end of a read (or by an interrupted wait) waits here for the rest.
     buf: Vec<u8>,
     start: usize,
-    /// The wait before the next try while the peer is away.
-    backoff: Duration,
-    /// Why the peer is away, once said.
-    away: Option<String>,
 }
 
 /// Bytes asked for by one read.
@@ -92,50 +71,23 @@ impl SocketSource {
     /// Connects if not connected. `Ok(false)`: the peer is away (said once)
     /// and the wait before the next try has passed.
     fn connect(&mut self) -> Result<bool, Error> {
-        if self.peer.is_some() {
-            return Ok(true);
-        }
-        match TcpStream::connect(&self.config.addr) {
-            Ok(stream) => {
-                if let Some(why) = self.away.take() {
-                    sluice_sdk::info!(
-                        "socket-source: {} is back (it was away: {why})",
-                        self.config.addr
-                    );
-                }
-                self.backoff = Duration::from_millis(self.config.reconnect_initial_ms);
-                self.peer = Some(stream);
-                Ok(true)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                Err(Error::fatal(format!(
-                    "connecting to {}: {e} (is it granted in net?)",
-                    self.config.addr
-                )))
-            }
-            Err(e) => {
-                self.went_away(&format!("cannot connect: {e}"));
-                Ok(false)
+        if self.stream.is_none() {
+            self.stream = self.peer.connect()?;
+            if self.stream.is_none() {
+                self.peer.wait();
             }
         }
+        Ok(self.stream.is_some())
     }
 
     /// The peer went away: say so once, drop the connection and what was
     /// left of a frame, and wait before the next try.
     fn went_away(&mut self, why: &str) {
-        if self.away.is_none() {
-            sluice_sdk::warn!(
-                "socket-source: {} went away ({why}); trying again, at most every {:?}",
-                self.config.addr,
-                Duration::from_millis(self.config.reconnect_max_ms)
-            );
-            self.away = Some(why.to_owned());
-        }
-        self.peer = None;
+        self.peer.went_away(why);
+        self.stream = None;
         self.buf.clear();
         self.start = 0;
-        std::thread::sleep(self.backoff);
-        self.backoff = (self.backoff * 2).min(Duration::from_millis(self.config.reconnect_max_ms));
+        self.peer.wait();
     }
 
     /// The next whole frame in the buffer, consumed: its value's range in
@@ -190,8 +142,8 @@ impl SocketSource {
         }
         let filled = self.buf.len();
         self.buf.resize(filled + READ_BYTES, 0);
-        let peer = self.peer.as_mut().expect("connected");
-        let got = peer.read(&mut self.buf[filled..]);
+        let stream = self.stream.as_mut().expect("connected");
+        let got = stream.read(&mut self.buf[filled..]);
         self.buf.truncate(filled + *got.as_ref().unwrap_or(&0));
         got
     }
@@ -207,20 +159,18 @@ impl Source for SocketSource {
     type Config = Config;
 
     fn open(config: Config, _ctx: &Context, _resume: Option<&[u8]>) -> Result<Self, Error> {
-        if config.reconnect_initial_ms == 0 || config.reconnect_max_ms < config.reconnect_initial_ms
-        {
-            return Err(Error::invalid_config(
-                "reconnect_initial_ms must be at least 1 and at most reconnect_max_ms",
-            ));
-        }
-        let backoff = Duration::from_millis(config.reconnect_initial_ms);
+        let peer = Peer::new(
+            "socket-source",
+            &config.addr,
+            config.reconnect_initial_ms,
+            config.reconnect_max_ms,
+        )?;
         let mut source = SocketSource {
             config,
-            peer: None,
+            peer,
+            stream: None,
             buf: Vec::new(),
             start: 0,
-            backoff,
-            away: None,
         };
         source.connect()?;
         Ok(source)
