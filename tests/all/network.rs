@@ -255,3 +255,35 @@ fn ctrl_c_while_socket_sink_waits_for_its_peer_exits_at_once_and_keeps_the_recor
     got.dedup();
     assert_eq!(got, (0..1000).collect::<Vec<_>>());
 }
+
+#[test]
+fn socket_connectors_without_a_net_grant_fail_at_once_naming_it() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    for (kind, plugin) in [("source", "socket-source"), ("sink", "socket-sink")] {
+        let dir = tempfile::tempdir().unwrap();
+        let c = if kind == "source" {
+            source("sock", plugin, "events")
+        } else {
+            sink("sock", plugin, "events")
+        };
+        let mut m = manifest().connector(c.config("addr", addr.as_str()));
+        if kind == "sink" {
+            m = m.connector(gen_source(10, 0, 16));
+        }
+        let m = m.write(dir.path());
+        let out = run(&["run", "--no-progress", m.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1), "{plugin}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains(&format!("grant it with net = [\"{addr}\"]")),
+            "{plugin}: {err}"
+        );
+        assert!(
+            !err.contains("restarting in"),
+            "{plugin} failed at once: {err}"
+        );
+    }
+    l.set_nonblocking(true).unwrap();
+    assert!(l.accept().is_err(), "nothing reached the peer");
+}
