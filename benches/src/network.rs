@@ -58,6 +58,27 @@ pub fn read_natively(count: u64, payload: usize) -> anyhow::Result<(f64, f64)> {
     Ok((n as f64 / secs, bytes as f64 / secs / 1e6))
 }
 
+/// A manifest whose `socket-source` `name` reads 127.0.0.1:`port` (granted)
+/// into `topic`, with `extra` in its table.
+fn socket_source(name: &str, topic: &str, port: u16, extra: &str) -> String {
+    format!(
+        r#"[broker]
+data_dir = "data"
+
+[[connector]]
+name = "{name}"
+kind = "source"
+plugin = "socket-source"
+topic = "{topic}"
+{extra}
+[connector.config]
+addr = "127.0.0.1:{port}"
+[connector.grants]
+net = ["127.0.0.1:{port}"]
+"#
+    )
+}
+
 /// Starts `sluice run` on `manifest` in `dir`, its log in `dir/sluice.log`
 /// (see [`log_tail`]).
 fn start(bin: &Path, cache: &Path, dir: &Path, manifest: &str) -> anyhow::Result<Child> {
@@ -105,22 +126,12 @@ pub fn source_run(
     let dir = tempfile::tempdir_in(work)?;
     std::fs::create_dir(dir.path().join("report"))?;
     let (port, sending) = sender(lines(count, payload))?;
-    let manifest = format!(
-        r#"[broker]
-data_dir = "data"
-
-[[connector]]
-name = "sock"
-kind = "source"
-plugin = "socket-source"
-topic = "bench"
-[connector.batch]
-max_records = 1000
-[connector.config]
-addr = "127.0.0.1:{port}"
-[connector.grants]
-net = ["127.0.0.1:{port}"]
-
+    let manifest = socket_source(
+        "sock",
+        "bench",
+        port,
+        "[connector.batch]\nmax_records = 1000",
+    ) + r#"
 [[connector]]
 name = "hole"
 kind = "sink"
@@ -130,9 +141,8 @@ flush_interval_ms = 100
 [connector.config]
 report_dir = "/report"
 [connector.grants]
-files = [{{ host = "report", guest = "/report", mode = "read-write" }}]
-"#
-    );
+files = [{ host = "report", guest = "/report", mode = "read-write" }]
+"#;
     let child = start(bin, cache, dir.path(), &manifest)?;
     // The sink has everything once its group has committed the last
     // offset; its report is whole once it has closed.
@@ -198,22 +208,7 @@ pub fn idle_cpu(
     let dir = tempfile::tempdir_in(work)?;
     let l = TcpListener::bind("127.0.0.1:0")?;
     let port = l.local_addr()?.port();
-    let manifest = format!(
-        r#"[broker]
-data_dir = "data"
-
-[[connector]]
-name = "idle"
-kind = "source"
-plugin = "socket-source"
-topic = "idle"
-parallelism = {instances}
-[connector.config]
-addr = "127.0.0.1:{port}"
-[connector.grants]
-net = ["127.0.0.1:{port}"]
-"#
-    );
+    let manifest = socket_source("idle", "idle", port, &format!("parallelism = {instances}"));
     let child = start(bin, cache, dir.path(), &manifest)?;
     // Every instance connects; the peer holds the connections and is quiet.
     let mut held = Vec::new();
@@ -272,6 +267,21 @@ fn receiver(count: u64) -> anyhow::Result<(u16, std::thread::JoinHandle<(u64, Du
     Ok((port, receiving))
 }
 
+/// What a [`receiver`] took: records/s from its first line to its last,
+/// if it took all `count`.
+fn received(
+    receiving: std::thread::JoinHandle<(u64, Duration)>,
+    count: u64,
+) -> anyhow::Result<f64> {
+    let (n, span) = receiving
+        .join()
+        .map_err(|_| anyhow::anyhow!("the receiver panicked"))?;
+    if n != count {
+        bail!("the receiver got {n} of {count} lines");
+    }
+    Ok(n as f64 / span.as_secs_f64())
+}
+
 /// A plain `BufWriter` writing `count` lines of `payload` bytes to a
 /// receiver: records/s at the receiver.
 pub fn write_natively(count: u64, payload: usize) -> anyhow::Result<f64> {
@@ -283,13 +293,7 @@ pub fn write_natively(count: u64, payload: usize) -> anyhow::Result<f64> {
         w.write_all(line.as_bytes())?;
     }
     w.flush()?;
-    let (n, span) = receiving
-        .join()
-        .map_err(|_| anyhow::anyhow!("the receiver panicked"))?;
-    if n != count {
-        bail!("the receiver got {n} of {count} lines");
-    }
-    Ok(n as f64 / span.as_secs_f64())
+    received(receiving, count)
 }
 
 /// `datagen` (`count` records of `payload` bytes) → log → `socket-sink` to
@@ -320,11 +324,5 @@ net = ["127.0.0.1:{port}"]
         ),
     );
     crate::files::sluice_run(bin, cache, dir.path(), &manifest)?;
-    let (n, span) = receiving
-        .join()
-        .map_err(|_| anyhow::anyhow!("the receiver panicked"))?;
-    if n != count {
-        bail!("the receiver got {n} of {count} lines");
-    }
-    Ok(n as f64 / span.as_secs_f64())
+    received(receiving, count)
 }
