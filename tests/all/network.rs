@@ -287,3 +287,48 @@ fn socket_connectors_without_a_net_grant_fail_at_once_naming_it() {
     l.set_nonblocking(true).unwrap();
     assert!(l.accept().is_err(), "nothing reached the peer");
 }
+
+#[test]
+fn socket_source_fails_on_a_record_past_max_record_bytes_and_on_a_reconnect_that_cannot_work() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let m = manifest()
+        .connector(
+            source("sock", "socket-source", "events")
+                .config("addr", addr.as_str())
+                .config("max_record_bytes", 10)
+                .restart("attempts", 0)
+                .grant("net", vec![addr.as_str()]),
+        )
+        .write(dir.path());
+    let mut host = Host::run(dir.path(), &m);
+    let _peer = serve(&l, b"a line far longer than ten bytes\n");
+    let out = host.wait_for_exit(Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(1), "{}", host.log());
+    assert!(
+        host.log()
+            .contains("a record longer than max_record_bytes (10)"),
+        "{}",
+        host.log()
+    );
+
+    let m = manifest()
+        .connector(
+            source("sock", "socket-source", "events")
+                .config("addr", addr.as_str())
+                .config("reconnect_initial_ms", 500)
+                .config("reconnect_max_ms", 100)
+                .grant("net", vec![addr.as_str()]),
+        )
+        .write(dir.path());
+    let out = run(&["run", "--no-progress", m.to_str().unwrap()]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        stderr(&out)
+            .contains("reconnect_initial_ms must be at least 1 and at most reconnect_max_ms"),
+        "{}",
+        stderr(&out)
+    );
+}
