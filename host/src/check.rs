@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 use anyhow::Context as _;
 
 use crate::grants::GrantSet;
-use crate::lifecycle::RestartPolicy;
+use crate::manifest::RestartPolicy;
 use crate::manifest::{ConnectorConfig, ConnectorKind, Manifest, ManifestError};
 use crate::plugin::{Plugin, PluginHost, PluginKind, PluginRef, Spec};
 use crate::secrets::{Redactor, Secrets};

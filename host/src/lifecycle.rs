@@ -1,17 +1,14 @@
-//! Lifecycle pieces that the pumps, the supervisor and the pipeline share:
-//! the [`StopSignal`] that asks a connector's instances to stop at their next
-//! batch boundary, and the [`RestartPolicy`] whose exponential backoff both
-//! the supervisor (restarting a failed instance) and the pumps (retrying a
-//! `retriable` call in place) follow.
+//! What the pumps, the supervisor and the pipeline share of a connector's
+//! lifecycle: the [`StopSignal`] that asks its instances to stop at their
+//! next batch boundary. (The restart backoff both follow is the manifest's
+//! [`crate::manifest::RestartPolicy`], parsed once by its check.)
 //!
-//! They live here, below all three, so that `pump` and `supervisor` need
+//! It lives here, below all three, so that `pump` and `supervisor` need
 //! not import each other.
 
 use std::time::Duration;
 
 use tokio::sync::watch;
-
-pub use crate::manifest::RestartPolicy;
 
 /// Asks pumps to stop at their next batch boundary. Cheap to clone.
 #[derive(Debug, Clone)]

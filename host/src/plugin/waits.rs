@@ -72,8 +72,9 @@ impl Interrupt {
         }
     }
 
-    /// The error an interrupted read gives the plugin.
-    fn read_error() -> StreamError {
+    /// The error an interrupted read, or wait for room to write, gives the
+    /// plugin.
+    fn error() -> StreamError {
         StreamError::LastOperationFailed(
             std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
@@ -81,11 +82,6 @@ impl Interrupt {
             )
             .into(),
         )
-    }
-
-    /// The error an interrupted wait for room to write gives the plugin.
-    fn write_error() -> StreamError {
-        Self::read_error()
     }
 }
 
@@ -120,12 +116,20 @@ impl<'a> Waits<'a> {
         if self.interrupt.is_raised() {
             return interrupted();
         }
-        let started = Instant::now();
         let interrupt = self.interrupt.clone();
-        let out = tokio::select! {
-            out = wait(self.table) => out,
-            () = interrupt.raised() => interrupted(),
-        };
+        self.timed(async |t: &mut ResourceTable| {
+            tokio::select! {
+                out = wait(t) => out,
+                () = interrupt.raised() => interrupted(),
+            }
+        })
+        .await
+    }
+
+    /// Runs `wait` on the table, its time added to the call's waits.
+    async fn timed<T>(&mut self, wait: impl AsyncFnOnce(&mut ResourceTable) -> T) -> T {
+        let started = Instant::now();
+        let out = wait(self.table).await;
         *self.waited += started.elapsed();
         out
     }
@@ -208,7 +212,7 @@ impl streams::HostInputStream for Waits<'_> {
     fn read(&mut self, stream: Resource<DynInputStream>, len: u64) -> StreamResult<Vec<u8>> {
         let bytes = streams::HostInputStream::read(self.table, stream, len)?;
         if bytes.is_empty() && len > 0 && self.interrupt.is_raised() {
-            return Err(Interrupt::read_error());
+            return Err(Interrupt::error());
         }
         Ok(bytes)
     }
@@ -224,7 +228,7 @@ impl streams::HostInputStream for Waits<'_> {
         // Ended while it waits for data, nothing has been read: what comes
         // later stays in the stream.
         self.wait(
-            || Err(Interrupt::read_error()),
+            || Err(Interrupt::error()),
             async |t: &mut ResourceTable| {
                 streams::HostInputStream::blocking_read(t, stream, len).await
             },
@@ -235,7 +239,7 @@ impl streams::HostInputStream for Waits<'_> {
     fn skip(&mut self, stream: Resource<DynInputStream>, len: u64) -> StreamResult<u64> {
         let skipped = streams::HostInputStream::skip(self.table, stream, len)?;
         if skipped == 0 && len > 0 && self.interrupt.is_raised() {
-            return Err(Interrupt::read_error());
+            return Err(Interrupt::error());
         }
         Ok(skipped)
     }
@@ -249,7 +253,7 @@ impl streams::HostInputStream for Waits<'_> {
             return streams::HostInputStream::skip(self, stream, len);
         }
         self.wait(
-            || Err(Interrupt::read_error()),
+            || Err(Interrupt::error()),
             async |t: &mut ResourceTable| {
                 streams::HostInputStream::blocking_skip(t, stream, len).await
             },
@@ -272,7 +276,7 @@ impl streams::HostOutputStream for Waits<'_> {
         // plugin wait for room: interrupted, that wait fails instead.
         let room = streams::HostOutputStream::check_write(self.table, stream)?;
         if room == 0 && self.interrupt.is_raised() {
-            return Err(Interrupt::write_error());
+            return Err(Interrupt::error());
         }
         Ok(room)
     }
@@ -292,11 +296,10 @@ impl streams::HostOutputStream for Waits<'_> {
         stream: Resource<DynOutputStream>,
         bytes: Vec<u8>,
     ) -> StreamResult<()> {
-        let started = Instant::now();
-        let out =
-            streams::HostOutputStream::blocking_write_and_flush(self.table, stream, bytes).await;
-        *self.waited += started.elapsed();
-        out
+        self.timed(async |t: &mut ResourceTable| {
+            streams::HostOutputStream::blocking_write_and_flush(t, stream, bytes).await
+        })
+        .await
     }
 
     async fn blocking_write_zeroes_and_flush(
@@ -304,12 +307,10 @@ impl streams::HostOutputStream for Waits<'_> {
         stream: Resource<DynOutputStream>,
         len: u64,
     ) -> StreamResult<()> {
-        let started = Instant::now();
-        let out =
-            streams::HostOutputStream::blocking_write_zeroes_and_flush(self.table, stream, len)
-                .await;
-        *self.waited += started.elapsed();
-        out
+        self.timed(async |t: &mut ResourceTable| {
+            streams::HostOutputStream::blocking_write_zeroes_and_flush(t, stream, len).await
+        })
+        .await
     }
 
     fn write_zeroes(&mut self, stream: Resource<DynOutputStream>, len: u64) -> StreamResult<()> {
@@ -321,10 +322,10 @@ impl streams::HostOutputStream for Waits<'_> {
     }
 
     async fn blocking_flush(&mut self, stream: Resource<DynOutputStream>) -> StreamResult<()> {
-        let started = Instant::now();
-        let out = streams::HostOutputStream::blocking_flush(self.table, stream).await;
-        *self.waited += started.elapsed();
-        out
+        self.timed(async |t: &mut ResourceTable| {
+            streams::HostOutputStream::blocking_flush(t, stream).await
+        })
+        .await
     }
 
     fn splice(
@@ -345,9 +346,9 @@ impl streams::HostOutputStream for Waits<'_> {
         if self.interrupt.is_raised() {
             return streams::HostOutputStream::splice(self.table, dest, src, len);
         }
-        let started = Instant::now();
-        let out = streams::HostOutputStream::blocking_splice(self.table, dest, src, len).await;
-        *self.waited += started.elapsed();
-        out
+        self.timed(async |t: &mut ResourceTable| {
+            streams::HostOutputStream::blocking_splice(t, dest, src, len).await
+        })
+        .await
     }
 }

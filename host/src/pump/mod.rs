@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use metrics::Histogram;
 use tokio::sync::{Notify, watch};
 
-use crate::lifecycle::RestartPolicy;
+use crate::manifest::RestartPolicy;
 use crate::plugin::Interrupt;
 
 /// Re-exported: pumps are what it stops.

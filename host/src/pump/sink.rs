@@ -15,7 +15,7 @@ use super::{
     InstanceControl, PumpStats, Retry, StopSignal, TopicSeal, Turns, interruptible, when_space,
 };
 use crate::broker::{Broker, SourceCheckpoint};
-use crate::lifecycle::RestartPolicy;
+use crate::manifest::RestartPolicy;
 use crate::plugin::SinkInstance;
 use crate::plugin::instance::Refused;
 

@@ -8,7 +8,7 @@ use sluice_batch::Batch;
 use super::swap::Swap;
 use super::{InstanceControl, PumpStats, Retry, StopSignal, Turns, interruptible, when_space};
 use crate::broker::{Broker, SourceCheckpoint};
-use crate::lifecycle::RestartPolicy;
+use crate::manifest::RestartPolicy;
 use crate::plugin::{Polled, SourceInstance};
 
 /// Batching settings of a source pump.

@@ -36,9 +36,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::FutureExt as _;
 
-/// Re-exported: the supervisor is what restarts by it.
-pub use crate::lifecycle::RestartPolicy;
 use crate::lifecycle::StopSignal;
+/// Re-exported: the supervisor is what restarts by it.
+pub use crate::manifest::RestartPolicy;
 use crate::plugin::PluginError;
 use crate::secrets::Redactor;
 
