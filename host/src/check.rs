@@ -11,12 +11,14 @@
 use std::fmt::Write as _;
 
 use anyhow::Context as _;
+use toml::Spanned;
 
 use crate::grants::GrantSet;
 use crate::manifest::RestartPolicy;
 use crate::manifest::{ConnectorConfig, ConnectorKind, Manifest, ManifestError};
 use crate::plugin::{Plugin, PluginHost, PluginKind, PluginRef, Spec};
 use crate::secrets::{Redactor, Secrets};
+use crate::tls::{TlsClient, TlsError};
 
 /// A connector whose plugin is loaded and whose config its schema accepts.
 /// Its `Debug` leaves out the config document, which may hold secrets.
@@ -154,6 +156,26 @@ async fn check_one(
             .field(format!("connector[{index}].grants.secrets"))
             .help("set the variable or create the file before running; the manifest names only where a secret comes from")
     })?;
+    let tls = TlsClient::build(&c.limits.tls, &secrets).map_err(|e| {
+        let t = &c.grants.tls;
+        let (span, field) = match &e {
+            TlsError::CaFile { .. } | TlsError::NoCa { .. } => {
+                (t.ca_file.as_ref().map(Spanned::span), "ca_file")
+            }
+            TlsError::Identity { field, .. } => (
+                if *field == "client_key" { t.client_key.as_ref() } else { t.client_cert.as_ref() }
+                    .map(Spanned::span),
+                *field,
+            ),
+            TlsError::Mismatch(_) => (t.client_key.as_ref().map(Spanned::span), "client_key"),
+        };
+        ManifestError::at(&manifest.path, &manifest.source, span.or(Some(c.name.span())), e.to_string())
+            .field(format!("connector[{index}].grants.tls.{field}"))
+            .help(match e {
+                TlsError::CaFile { .. } | TlsError::NoCa { .. } => "name a PEM file of CA certificates, relative to the manifest",
+                _ => "the secrets must hold the client's certificate chain and its private key, PEM, and the key must be the certificate's",
+            })
+    })?;
     let redactor = Redactor::new(secrets.values());
     let mut config =
         serde_json::to_value(&c.config).context("turning [connector.config] into JSON")?;
@@ -187,7 +209,10 @@ async fn check_one(
     }
     Ok(CheckedConnector {
         config: c.clone(),
-        grants: GrantSet::from_manifest(manifest, c),
+        grants: GrantSet {
+            tls,
+            ..GrantSet::from_manifest(manifest, c)
+        },
         plugin,
         plugin_ref: reference,
         spec,

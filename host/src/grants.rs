@@ -25,6 +25,7 @@ use crate::manifest::{
     ConnectorConfig, DEFAULT_CPU, DEFAULT_MEMORY_BYTES, DEFAULT_STATE_BYTES, DEFAULT_STATE_KEYS,
     FileMode, Manifest, SecretSource, format_size,
 };
+use crate::tls::TlsClient;
 
 /// What one connector may reach, resolved against the manifest's folder.
 /// Its `Debug` shows the names of environment variables, not their values.
@@ -55,6 +56,9 @@ pub struct GrantSet {
     pub default_memory: bool,
     /// See `default_memory`.
     pub default_cpu: bool,
+    /// How the host makes TLS connections for the plugin. The check builds
+    /// it once the secrets are read; until then, the system's roots.
+    pub tls: TlsClient,
 }
 
 impl fmt::Debug for GrantSet {
@@ -69,6 +73,7 @@ impl fmt::Debug for GrantSet {
             .field("env", &self.env.iter().map(|(n, _)| n).collect::<Vec<_>>())
             .field("secrets", &self.secrets)
             .field("state", &self.state)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -298,6 +303,7 @@ impl GrantSet {
             state,
             default_memory: limits.memory.is_none(),
             default_cpu: limits.cpu.is_none(),
+            tls: TlsClient::default(),
         }
     }
 
@@ -385,6 +391,7 @@ impl GrantSet {
             })
             .collect::<Vec<_>>();
         rows.push(("secrets", list_or_none(&secrets)));
+        rows.push(("tls", self.tls.describe()));
         rows.push((
             "stdout",
             if self.stdout {

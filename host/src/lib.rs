@@ -10,6 +10,9 @@
 //! - [`plugin`]: the engine, compile cache, contract checks, each instance's
 //!   sandbox (its `Store` and limits) and the calls into it.
 //! - [`grants`]: manifest grants turned into a deny-by-default WASI context.
+//! - [`tls`]: TLS through the host: the handshake and the certificate checks
+//!   a plugin's `wasi:tls` streams get, with the trust and client identity
+//!   its grants name.
 //! - [`secrets`]: secrets resolved on the host, substituted into configs,
 //!   and masked in everything the host prints.
 //! - [`supervisor`]: the lifecycle of connectors: instances restarted with
@@ -27,7 +30,8 @@
 //!   listens (the CLI's client of the API is the binary's own, `src/cli/`).
 //!
 //! Imports point down: `manifest` imports nothing of the host; `secrets`,
-//! `grants` and `lifecycle` read it; `plugin` builds on those and `broker` on
+//! `tls` (over `secrets`), `grants` (over `tls`) and `lifecycle` read it;
+//! `plugin` builds on those and `broker` on
 //! `plugin` (its state store); `check` and `pump` sit above them, then
 //! `supervisor`, `pipeline` and `admin`, in that order. A piece two modules
 //! share lives in a module below both (`tests/layout.rs` checks that no two
@@ -47,3 +51,4 @@ pub mod plugin;
 pub mod pump;
 pub mod secrets;
 pub mod supervisor;
+pub mod tls;

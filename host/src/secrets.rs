@@ -121,6 +121,15 @@ impl Secrets {
         }
     }
 
+    /// The value of secret `name`, for the host's own use (a TLS client
+    /// identity); `None` if it is not granted.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// The values, for a [`Redactor`].
     pub fn values(&self) -> impl Iterator<Item = &str> {
         self.0.iter().map(|(_, v)| v.as_str())

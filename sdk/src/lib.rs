@@ -152,6 +152,7 @@ pub use serde;
 pub use serde_json;
 
 pub mod log;
+pub mod net;
 pub mod position;
 pub mod state;
 

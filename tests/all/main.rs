@@ -19,4 +19,5 @@ mod pipeline_e2e;
 mod plugin_contract;
 mod plugin_log;
 mod sandbox;
+mod tls;
 mod waiting;

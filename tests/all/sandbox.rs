@@ -726,6 +726,10 @@ fn validate_prints_each_connectors_grants_as_one_table() {
     );
     assert!(row("fixture", "memory").contains("64 MiB"), "{text}");
     assert!(row("fixture", "cpu").contains("2s per call"), "{text}");
+    assert!(
+        row("fixture", "tls").contains("trusts the system's roots"),
+        "{text}"
+    );
     assert!(row("gen ", "files").contains("none"), "{text}");
     assert!(
         row("gen ", "memory").contains("256 MiB (default)"),

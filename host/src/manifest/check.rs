@@ -8,11 +8,12 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use rustls_pki_types::ServerName;
 use toml::Spanned;
 
 use super::error::from_toml;
 use super::net::NetRule;
-use super::resolved::{Limits, RestartPolicy, TopicPolicy};
+use super::resolved::{ClientIdentity, Limits, RestartPolicy, TlsPolicy, TopicPolicy};
 use super::secret_ref::secret_references;
 use super::units::{parse_bytes, parse_duration};
 use super::{ConnectorConfig, ConnectorKind, Manifest, ManifestError, TopicSettings};
@@ -222,6 +223,7 @@ impl Manifest {
                 }
             };
             let net = self.check_net_env_secrets(i, c)?;
+            let tls = self.check_tls(i, c)?;
             let wait = |field: &str, value: &Option<Spanned<String>>, default: Duration| {
                 let Some(v) = value else { return Ok(default) };
                 parse_duration(v.get_ref()).map_err(|why| {
@@ -243,6 +245,7 @@ impl Manifest {
                 state,
                 state_keys: c.grants.state_keys,
                 net,
+                tls,
                 restart,
             });
         }
@@ -318,6 +321,72 @@ impl Manifest {
             }
         }
         Ok(rules)
+    }
+
+    /// Checks `[connector.grants.tls]` of connector `i`: the client
+    /// certificate and key come together and name granted secrets, and the
+    /// server name is one a certificate can carry. The CA file and the
+    /// secrets are read when the connector starts.
+    fn check_tls(&self, i: usize, c: &ConnectorConfig) -> Result<TlsPolicy, ManifestError> {
+        let t = &c.grants.tls;
+        let field = |name: &str| format!("connector[{i}].grants.tls.{name}");
+        let secret = |name: &str, value: &Spanned<String>| {
+            let secret = value.get_ref();
+            if c.grants.secrets.contains_key(secret) {
+                Ok(secret.clone())
+            } else {
+                Err(self
+                    .error(
+                        value.span(),
+                        format!("{name} names secret {secret:?}, which is not granted"),
+                    )
+                    .field(field(name))
+                    .help(format!(
+                        "declare it: `[connector.grants.secrets]` `{secret} = {{ file = \"{name}.pem\" }}`"
+                    )))
+            }
+        };
+        let client_identity = match (&t.client_cert, &t.client_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(ClientIdentity {
+                cert_secret: secret("client_cert", cert)?,
+                key_secret: secret("client_key", key)?,
+            }),
+            (Some(one), None) | (None, Some(one)) => {
+                let missing = if t.client_cert.is_none() {
+                    "client_cert"
+                } else {
+                    "client_key"
+                };
+                return Err(self
+                    .error(
+                        one.span(),
+                        "a client certificate needs both client_cert and client_key",
+                    )
+                    .field(field(missing))
+                    .help(format!(
+                        "add `{missing} = \"SECRET\"`, naming the secret that holds it"
+                    )));
+            }
+        };
+        let server_name = match &t.server_name {
+            None => None,
+            Some(name) => Some(ServerName::try_from(name.get_ref().clone()).map_err(|_| {
+                self.error(
+                    name.span(),
+                    format!("{:?} is not a DNS name or an IP address", name.get_ref()),
+                )
+                .field(field("server_name"))
+                .help("write the name the server's certificate is for, e.g. `server_name = \"db.internal\"`")
+            })?),
+        };
+        let ca_file = t.ca_file.as_ref().map(|f| self.resolve(f.get_ref()));
+        Ok(TlsPolicy {
+            system_roots: t.system_roots.unwrap_or(ca_file.is_none()),
+            ca_file,
+            client_identity,
+            server_name,
+        })
     }
 
     /// Where `text` first appears in the manifest, at or after connector

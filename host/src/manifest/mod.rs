@@ -36,13 +36,13 @@ mod units;
 pub use self::error::{Located, ManifestError};
 pub use self::net::NetRule;
 pub use self::resolved::{
-    DEFAULT_CPU, DEFAULT_MAX_BACKLOG, DEFAULT_MEMORY_BYTES, DEFAULT_RESTART_ATTEMPTS,
-    DEFAULT_RESTART_INITIAL, DEFAULT_RESTART_MAX, DEFAULT_RETENTION_AGE, DEFAULT_STATE_BYTES,
-    DEFAULT_STATE_KEYS, Limits, RestartPolicy, TopicPolicy,
+    ClientIdentity, DEFAULT_CPU, DEFAULT_MAX_BACKLOG, DEFAULT_MEMORY_BYTES,
+    DEFAULT_RESTART_ATTEMPTS, DEFAULT_RESTART_INITIAL, DEFAULT_RESTART_MAX, DEFAULT_RETENTION_AGE,
+    DEFAULT_STATE_BYTES, DEFAULT_STATE_KEYS, Limits, RestartPolicy, TlsPolicy, TopicPolicy,
 };
 pub use self::schema::{
     BatchConfig, BrokerConfig, BrokerKind, ConnectorConfig, ConnectorKind, FileGrant, FileMode,
-    FsyncPolicy, GrantsConfig, Manifest, RestartConfig, SecretSource, TopicSettings,
+    FsyncPolicy, GrantsConfig, Manifest, RestartConfig, SecretSource, TlsGrant, TopicSettings,
 };
 pub use self::secret_ref::{SECRET_REF_PREFIX, secret_references};
 pub use self::units::{format_bytes, format_size};

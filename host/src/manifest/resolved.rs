@@ -4,7 +4,10 @@
 //! these typed values and never the strings they came from (Spin's manifest
 //! `normalize`, ripgrep's low-level args becoming high-level args).
 
+use std::path::PathBuf;
 use std::time::Duration;
+
+use rustls_pki_types::ServerName;
 
 use super::net::NetRule;
 
@@ -44,8 +47,47 @@ pub struct Limits {
     pub state_keys: Option<u32>,
     /// `net`, one rule per entry, in order.
     pub net: Vec<NetRule>,
+    /// `[connector.grants.tls]`.
+    pub tls: TlsPolicy,
     /// `[connector.restart]`.
     pub restart: RestartPolicy,
+}
+
+/// A connector's `[connector.grants.tls]`, as the check parsed it. The
+/// files and secrets it names are read when the connector starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsPolicy {
+    /// CA certificates to trust (PEM), resolved against the manifest's
+    /// folder.
+    pub ca_file: Option<PathBuf>,
+    /// Trust the system's roots too.
+    pub system_roots: bool,
+    /// The secrets holding the client certificate chain and its key.
+    pub client_identity: Option<ClientIdentity>,
+    /// The name to check the server's certificate against, whatever the
+    /// plugin asks for.
+    pub server_name: Option<ServerName<'static>>,
+}
+
+impl Default for TlsPolicy {
+    /// No table: the system's roots, no client certificate.
+    fn default() -> Self {
+        TlsPolicy {
+            ca_file: None,
+            system_roots: true,
+            client_identity: None,
+            server_name: None,
+        }
+    }
+}
+
+/// The names of the two secrets that make a client's TLS identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientIdentity {
+    /// The secret holding the certificate chain, PEM.
+    pub cert_secret: String,
+    /// The secret holding the private key, PEM.
+    pub key_secret: String,
 }
 
 /// How a connector's failed instances are restarted.

@@ -475,9 +475,10 @@ pub struct GrantsConfig {
     #[serde(default)]
     pub memory: Option<Spanned<String>>,
 
-    /// Longest one plugin call may run, e.g. `"2s"` or `"500ms"`, whether
-    /// it computes or waits in a host call (a sleep, a socket). Default
-    /// `"10s"`; at least `"10ms"`, the host's clock tick.
+    /// Longest one plugin call may compute, e.g. `"2s"` or `"500ms"`: in
+    /// its own code and in host work on its behalf. Time it spends waiting
+    /// (a blocking read, a sleep) does not count. Default `"10s"`; at
+    /// least `"10ms"`, the host's clock tick.
     ///
     /// ```toml
     /// cpu = "2s"
@@ -547,6 +548,72 @@ pub struct GrantsConfig {
     /// ```
     #[serde(default)]
     pub secrets: BTreeMap<String, Spanned<SecretSource>>,
+
+    /// How the host makes TLS connections for the plugin (`wasi:tls`): the
+    /// handshake and the server's certificate check run on the host, over a
+    /// connection `net` allows. Without this table the host trusts the
+    /// system's roots and presents no client certificate.
+    ///
+    /// ```toml
+    /// [connector.grants.tls]
+    /// ca_file = "certs/ca.pem"
+    /// client_cert = "tls_cert"
+    /// client_key = "tls_key"
+    /// ```
+    #[serde(default)]
+    pub tls: TlsGrant,
+}
+
+/// `[connector.grants.tls]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsGrant {
+    /// Trust the CA certificates in this PEM file (relative to the
+    /// manifest). It replaces the system's roots unless `system_roots` is
+    /// true.
+    ///
+    /// ```toml
+    /// ca_file = "certs/ca.pem"
+    /// ```
+    #[serde(default)]
+    pub ca_file: Option<Spanned<PathBuf>>,
+
+    /// Trust the system's root certificates too. Default true without
+    /// `ca_file`, false with it.
+    ///
+    /// ```toml
+    /// system_roots = true
+    /// ```
+    #[serde(default)]
+    pub system_roots: Option<bool>,
+
+    /// The secret (in `[connector.grants.secrets]`) that holds the client
+    /// certificate chain, PEM. With `client_key`, the host presents it to
+    /// servers that ask; the plugin never sees either.
+    ///
+    /// ```toml
+    /// client_cert = "tls_cert"
+    /// ```
+    #[serde(default)]
+    pub client_cert: Option<Spanned<String>>,
+
+    /// The secret that holds the client certificate's private key, PEM.
+    ///
+    /// ```toml
+    /// client_key = "tls_key"
+    /// ```
+    #[serde(default)]
+    pub client_key: Option<Spanned<String>>,
+
+    /// Check the server's certificate against this name, whatever name the
+    /// plugin asks for (a server reached by address whose certificate names
+    /// it by host name).
+    ///
+    /// ```toml
+    /// server_name = "db.internal"
+    /// ```
+    #[serde(default)]
+    pub server_name: Option<Spanned<String>>,
 }
 
 /// Where the host reads a secret.

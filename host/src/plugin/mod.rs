@@ -228,6 +228,10 @@ impl PluginHost {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| anyhow::anyhow!("adding WASI to the linker: {e:#}"))?;
+        let mut tls = wasmtime_wasi_tls::p2::LinkOptions::default();
+        tls.tls(true);
+        wasmtime_wasi_tls::p2::add_to_linker(&mut linker, &tls)
+            .map_err(|e| anyhow::anyhow!("adding wasi:tls to the linker: {e:#}"))?;
         waits::add_to_linker(&mut linker)
             .map_err(|e| anyhow::anyhow!("adding the host's wasi:io to the linker: {e:#}"))?;
         host::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_tls::{WasiTlsCtx, WasiTlsCtxBuilder, WasiTlsCtxView, WasiTlsView};
 
 use super::bindings::{host, types};
 use super::output::{LogBudget, PluginLog, PluginStderr, PluginStdout};
@@ -32,6 +33,8 @@ use crate::secrets::Redactor;
 /// The per-instance data a `Store` holds.
 pub struct HostState {
     wasi: WasiCtx,
+    /// `wasi:tls`: handshakes with the connector's trust and identity.
+    tls: WasiTlsCtx,
     table: ResourceTable,
     limits: MemoryLimit,
     state: Option<Arc<dyn StateStore>>,
@@ -139,6 +142,15 @@ impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
             ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiTlsView for HostState {
+    fn tls(&mut self) -> WasiTlsCtxView<'_> {
+        WasiTlsCtxView {
+            ctx: &mut self.tls,
             table: &mut self.table,
         }
     }
@@ -300,6 +312,9 @@ pub(crate) fn new(engine: &Engine, setup: &InstanceSetup) -> Result<Store<HostSt
             stderr.clone(),
             refusals.clone(),
         )?,
+        tls: WasiTlsCtxBuilder::new()
+            .provider(Box::new(setup.grants.tls.clone()))
+            .build(),
         table: ResourceTable::new(),
         limits: MemoryLimit {
             limit: usize::try_from(setup.grants.memory_bytes).unwrap_or(usize::MAX),

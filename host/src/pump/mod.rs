@@ -123,22 +123,28 @@ pub enum InstanceState {
 }
 
 /// Awaits a plugin `call`, and raises the instance's `interrupt` if the
-/// pump is asked to stop, pause or swap while the call is under way: a
-/// plugin blocked waiting (a read from a quiet socket, a sleep) then
-/// returns within a tick instead of holding the pump. The call is never
-/// dropped: it returns, and the plugin stays whole.
+/// pump is asked to stop, or (given its `control`) to pause or swap, while
+/// the call is under way: a plugin blocked waiting (a read from a quiet
+/// socket, a sleep) then returns within a tick instead of holding the pump.
+/// The call is never dropped: it returns, and the plugin stays whole.
 pub(crate) async fn interruptible<T>(
     call: impl Future<Output = T>,
     stop: &StopSignal,
-    control: &InstanceControl,
+    control: Option<&InstanceControl>,
     interrupt: &Interrupt,
 ) -> T {
     tokio::pin!(call);
+    let wanted = async {
+        match control {
+            Some(control) => control.wanted().await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         biased;
         out = &mut call => return out,
         () = stop.stopped() => {}
-        () = control.wanted() => {}
+        () = wanted => {}
     }
     interrupt.raise();
     call.await

@@ -161,7 +161,7 @@ impl<B: Broker> SinkPump<B> {
                             b.records,
                         );
                         let tried =
-                            interruptible(write, &self.stop, &self.control, &interrupt).await;
+                            interruptible(write, &self.stop, Some(&self.control), &interrupt).await;
                         if interrupt.is_raised() && tried.is_err() {
                             // Its wait (a peer away, a full socket) was ended
                             // for a stop, pause or swap: the batch is not
@@ -260,7 +260,8 @@ impl<B: Broker> SinkPump<B> {
                 *pending = false;
                 *last_flush = Instant::now();
             } else {
-                self.flush().await?;
+                // A flush a stop cut short commits nothing; the stop is seen next.
+                let _flushed = self.flush().await?;
             }
         }
         self.attend(since).await;
@@ -307,19 +308,34 @@ impl<B: Broker> SinkPump<B> {
         Ok(true)
     }
 
-    /// Makes what the instance was given durable (its `flush`).
-    async fn flush(&mut self) -> anyhow::Result<()> {
+    /// Makes what the instance was given durable (its `flush`). `false`:
+    /// stopped while the flush waited (a peer away), so nothing since the
+    /// last commit may be committed.
+    async fn flush(&mut self) -> anyhow::Result<bool> {
         let mut retry = Retry::new(self.config.retry);
         loop {
-            let tried = self.instance.flush().await;
+            // Only a stop interrupts a flush: a pause or a swap needs it done.
+            let interrupt = self.instance.interrupter();
+            let flush = self.instance.flush();
+            let tried = interruptible(flush, &self.stop, None, &interrupt).await;
+            if interrupt.is_raised() && tried.is_err() {
+                tracing::warn!(
+                    connector = %self.connector,
+                    "stopped while the sink's flush waited: the offsets since the last commit \
+                     are not committed, so those records are delivered again on the next start"
+                );
+                return Ok(false);
+            }
             if let Some(()) = retry.settle(tried, "flush", &self.stop).await? {
-                return Ok(());
+                return Ok(true);
             }
         }
     }
 
     async fn flush_and_commit(&mut self) -> anyhow::Result<()> {
-        self.flush().await?;
+        if !self.flush().await? {
+            return Ok(());
+        }
         // What was dead-lettered must be on disk before the offsets that
         // skip it are.
         for p in std::mem::take(&mut self.dead_letter.unsynced) {

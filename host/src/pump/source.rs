@@ -231,7 +231,7 @@ impl<B: Broker> SourcePump<B> {
             } = loop {
                 let interrupt = self.instance.interrupter();
                 let poll = self.instance.poll(want);
-                let tried = interruptible(poll, &self.stop, &self.control, &interrupt).await;
+                let tried = interruptible(poll, &self.stop, Some(&self.control), &interrupt).await;
                 if interrupt.is_raised() {
                     // Its wait was ended for a stop, pause or swap: what it
                     // gathered stands; a failure it met in that wait (a read

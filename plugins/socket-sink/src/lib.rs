@@ -21,10 +21,9 @@
 
 use std::collections::VecDeque;
 use std::io::Write as _;
-use std::net::TcpStream;
 
 use sluice_sdk::{Batch, Context, Error, Origin, Rejects, Sink};
-use sluice_socket::{Framing, Peer};
+use sluice_socket::{Conn, Framing, Peer};
 
 /// Config of the `socket-sink`.
 #[sluice_sdk::config]
@@ -36,6 +35,15 @@ pub struct Config {
     /// How records are framed on the wire.
     #[serde(default)]
     pub framing: Framing,
+    /// Connect over TLS, through the host: it does the handshake and checks
+    /// the server's certificate with what `[connector.grants.tls]` trusts.
+    /// Default false.
+    #[serde(default)]
+    pub tls: bool,
+    /// The name the server's certificate must be for, with `tls`. Default:
+    /// the host part of `addr`.
+    #[serde(default)]
+    pub server_name: Option<String>,
     /// What is kept of recent frames to send again to a peer that comes
     /// back, in bytes. Default 16 MiB.
     #[serde(default = "default_resend_bytes")]
@@ -57,7 +65,7 @@ fn default_resend_bytes() -> u64 {
 pub struct SocketSink {
     config: Config,
     peer: Peer,
-    stream: Option<TcpStream>,
+    stream: Option<Conn>,
     /// The frames of recent batches, newest last, and their size.
     sent: VecDeque<Vec<u8>>,
     sent_bytes: u64,
@@ -121,6 +129,7 @@ impl Sink for SocketSink {
         let mut peer = Peer::new(
             "socket-sink",
             &config.addr,
+            sluice_socket::tls_server_name(config.tls, config.server_name.as_deref(), &config.addr),
             config.reconnect_initial_ms,
             config.reconnect_max_ms,
         )?;
@@ -176,9 +185,24 @@ impl Sink for SocketSink {
     }
 
     fn flush(&mut self) -> Result<(), Error> {
-        // A TCP stream buffers nothing of its own to flush; what the peer
-        // has read is unknown, hence the resend window.
-        Ok(())
+        // A TCP stream buffers nothing of its own; a TLS one may hold the
+        // last records. A connection that fails here is replaced, and the
+        // new one gets the whole window before the flush is tried again.
+        loop {
+            self.send(self.sent.len())?;
+            let stream = self.stream.as_mut().expect("connected");
+            match stream.flush() {
+                Ok(()) => return Ok(()),
+                Err(_) if sluice_sdk::interrupted() => {
+                    return Err(Error::retriable("interrupted while flushing to the peer"));
+                }
+                Err(e) => {
+                    self.stream = None;
+                    self.resend = true;
+                    self.peer.went_away(&e.to_string());
+                }
+            }
+        }
     }
 }
 

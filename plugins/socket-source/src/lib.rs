@@ -22,10 +22,9 @@
 //! - **Position**: none; a restarted source reads what the peer sends next.
 
 use std::io::Read as _;
-use std::net::TcpStream;
 
 use sluice_sdk::{BatchWriter, Context, Error, Poll, Source};
-use sluice_socket::{Framing, Peer};
+use sluice_socket::{Conn, Framing, Peer};
 
 /// Config of the `socket-source`.
 #[sluice_sdk::config]
@@ -37,6 +36,15 @@ pub struct Config {
     /// How records are framed on the wire.
     #[serde(default)]
     pub framing: Framing,
+    /// Connect over TLS, through the host: it does the handshake and checks
+    /// the server's certificate with what `[connector.grants.tls]` trusts.
+    /// Default false.
+    #[serde(default)]
+    pub tls: bool,
+    /// The name the server's certificate must be for, with `tls`. Default:
+    /// the host part of `addr`.
+    #[serde(default)]
+    pub server_name: Option<String>,
     /// Longest record accepted, in bytes. Default 1 MiB.
     #[serde(default = "default_max_record_bytes")]
     pub max_record_bytes: u32,
@@ -57,7 +65,7 @@ fn default_max_record_bytes() -> u32 {
 pub struct SocketSource {
     config: Config,
     peer: Peer,
-    stream: Option<TcpStream>,
+    stream: Option<Conn>,
     /// Bytes read and not yet framed: `buf[start..]`. A frame cut by the
     /// end of a read (or by an interrupted wait) waits here for the rest.
     buf: Vec<u8>,
@@ -162,6 +170,7 @@ impl Source for SocketSource {
         let peer = Peer::new(
             "socket-source",
             &config.addr,
+            sluice_socket::tls_server_name(config.tls, config.server_name.as_deref(), &config.addr),
             config.reconnect_initial_ms,
             config.reconnect_max_ms,
         )?;

@@ -1,11 +1,14 @@
 //! What `socket-source` and `socket-sink` share: how records are framed on
-//! the wire, connecting to a granted peer, and waiting out a peer that went
-//! away (saying so once, trying again with backoff).
+//! the wire, connecting to a granted peer (over TLS through the host, if
+//! asked), and waiting out a peer that went away (saying so once, trying
+//! again with backoff).
 
+use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
 use sluice_sdk::Error;
+use sluice_sdk::net::TlsStream;
 
 /// How records are framed on the wire.
 #[sluice_sdk::config]
@@ -19,6 +22,23 @@ pub enum Framing {
     LengthPrefixed,
 }
 
+/// The name a TLS connection checks the server's certificate against: the
+/// config's `server_name`, or the host part of `addr`; `None` without
+/// `tls`.
+pub fn tls_server_name(tls: bool, server_name: Option<&str>, addr: &str) -> Option<String> {
+    tls.then(|| {
+        server_name.map_or_else(
+            || {
+                let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+                host.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned()
+            },
+            str::to_owned,
+        )
+    })
+}
+
 /// Default `reconnect_initial_ms`.
 pub fn default_reconnect_initial_ms() -> u64 {
     100
@@ -29,6 +49,41 @@ pub fn default_reconnect_max_ms() -> u64 {
     5000
 }
 
+/// A connection to the peer: plain TCP (`std`'s, as any Rust program opens
+/// it), or TLS through the host.
+#[derive(Debug)]
+pub enum Conn {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS: the host did the handshake and holds the keys.
+    Tls(TlsStream),
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.read(buf),
+            Conn::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.write(buf),
+            Conn::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.flush(),
+            Conn::Tls(s) => s.flush(),
+        }
+    }
+}
+
 /// A peer, its state (there or away), and the wait before the next try
 /// while it is away.
 #[derive(Debug)]
@@ -37,6 +92,9 @@ pub struct Peer {
     pub addr: String,
     /// Who speaks in the log (`socket-source`, `socket-sink`).
     who: &'static str,
+    /// Connect over TLS, checking the server's certificate against this
+    /// name.
+    tls: Option<String>,
     initial: Duration,
     max: Duration,
     backoff: Duration,
@@ -46,8 +104,15 @@ pub struct Peer {
 
 impl Peer {
     /// A peer at `addr`, tried again after `initial_ms`, doubling up to
-    /// `max_ms`. Refuses settings that cannot work.
-    pub fn new(who: &'static str, addr: &str, initial_ms: u64, max_ms: u64) -> Result<Self, Error> {
+    /// `max_ms`; over TLS if `tls` names the server (see
+    /// [`tls_server_name`]). Refuses settings that cannot work.
+    pub fn new(
+        who: &'static str,
+        addr: &str,
+        tls: Option<String>,
+        initial_ms: u64,
+        max_ms: u64,
+    ) -> Result<Self, Error> {
         if initial_ms == 0 || max_ms < initial_ms {
             return Err(Error::invalid_config(
                 "reconnect_initial_ms must be at least 1 and at most reconnect_max_ms",
@@ -57,6 +122,7 @@ impl Peer {
         Ok(Peer {
             addr: addr.to_owned(),
             who,
+            tls,
             initial,
             max: Duration::from_millis(max_ms),
             backoff: initial,
@@ -66,8 +132,12 @@ impl Peer {
 
     /// Connects. `Ok(None)`: the peer is away (said once); `Err` when the
     /// connector is not granted the peer.
-    pub fn connect(&mut self) -> Result<Option<TcpStream>, Error> {
-        match TcpStream::connect(&self.addr) {
+    pub fn connect(&mut self) -> Result<Option<Conn>, Error> {
+        let conn = match &self.tls {
+            None => TcpStream::connect(&self.addr).map(Conn::Plain),
+            Some(name) => TlsStream::connect(&self.addr, Some(name)).map(Conn::Tls),
+        };
+        match conn {
             Ok(stream) => {
                 if let Some(why) = self.away.take() {
                     sluice_sdk::info!("{}: {} is back (it was away: {why})", self.who, self.addr);
