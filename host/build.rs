@@ -12,6 +12,7 @@ const BUILTIN: &[&str] = &[
     "datagen",
     "file-sink",
     "file-source",
+    "http-sink",
     "print",
     "socket-sink",
     "socket-source",

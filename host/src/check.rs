@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 use anyhow::Context as _;
 use toml::Spanned;
 
-use crate::grants::GrantSet;
+use crate::grants::{GrantSet, GrantedHeaders};
 use crate::manifest::RestartPolicy;
 use crate::manifest::{ConnectorConfig, ConnectorKind, Manifest, ManifestError};
 use crate::plugin::{Plugin, PluginHost, PluginKind, PluginRef, Spec};
@@ -176,6 +176,23 @@ async fn check_one(
                 _ => "the secrets must hold the client's certificate chain and its private key, PEM, and the key must be the certificate's",
             })
     })?;
+    let mut http_headers = Vec::new();
+    for (name, template) in &c.limits.http_headers {
+        let value = secrets.substitute_str(template);
+        let value = http::HeaderValue::from_str(&value).map_err(|_| {
+            let span = c.grants.http.headers.get(name.as_str()).map(Spanned::span);
+            // Names the header, never its value: it may hold a secret.
+            ManifestError::at(
+                &manifest.path,
+                &manifest.source,
+                span.or(Some(c.name.span())),
+                format!("the value of header {name}, secrets substituted, is not a valid HTTP header value"),
+            )
+            .field(format!("connector[{index}].grants.http.headers.{name}"))
+            .help("a header value is visible ASCII and spaces: no newlines (check the secret's file for a stray line break)")
+        })?;
+        http_headers.push((name.clone(), value));
+    }
     let redactor = Redactor::new(secrets.values());
     let mut config =
         serde_json::to_value(&c.config).context("turning [connector.config] into JSON")?;
@@ -211,6 +228,7 @@ async fn check_one(
         config: c.clone(),
         grants: GrantSet {
             tls,
+            http_headers: GrantedHeaders::new(http_headers),
             ..GrantSet::from_manifest(manifest, c)
         },
         plugin,

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use http::{HeaderName, HeaderValue};
 use wasmtime_wasi::cli::StdoutStream;
 use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
@@ -59,6 +60,9 @@ pub struct GrantSet {
     /// How the host makes TLS connections for the plugin. The check builds
     /// it once the secrets are read; until then, the system's roots.
     pub tls: TlsClient,
+    /// The headers the host adds to the plugin's HTTP requests (secrets
+    /// substituted by the check).
+    pub http_headers: GrantedHeaders,
 }
 
 impl fmt::Debug for GrantSet {
@@ -74,7 +78,38 @@ impl fmt::Debug for GrantSet {
             .field("secrets", &self.secrets)
             .field("state", &self.state)
             .field("tls", &self.tls)
+            .field("http_headers", &self.http_headers)
             .finish_non_exhaustive()
+    }
+}
+
+/// The headers `[connector.grants.http]` adds to every request, secrets
+/// substituted. Its `Debug` shows names only.
+#[derive(Clone, Default)]
+pub struct GrantedHeaders(Arc<Vec<(HeaderName, HeaderValue)>>);
+
+impl fmt::Debug for GrantedHeaders {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(name, _)| name))
+            .finish()
+    }
+}
+
+impl GrantedHeaders {
+    /// The headers, from names and values already checked.
+    pub fn new(headers: Vec<(HeaderName, HeaderValue)>) -> Self {
+        GrantedHeaders(Arc::new(headers))
+    }
+
+    /// Each header and its value.
+    pub fn iter(&self) -> impl Iterator<Item = &(HeaderName, HeaderValue)> {
+        self.0.iter()
+    }
+
+    /// The names, for `sluice validate`.
+    pub fn names(&self) -> Vec<String> {
+        self.0.iter().map(|(n, _)| n.to_string()).collect()
     }
 }
 
@@ -217,7 +252,7 @@ impl Refusals {
 /// allow-list of remote peers: a plugin may connect to them, send to them
 /// and receive from them. It may not serve: binding a chosen address or
 /// port, listening and accepting are refused whatever the rules say.
-async fn check_socket(
+pub(crate) async fn check_socket(
     rules: Arc<Vec<NetRule>>,
     refusals: Refusals,
     addr: SocketAddr,
@@ -304,6 +339,7 @@ impl GrantSet {
             default_memory: limits.memory.is_none(),
             default_cpu: limits.cpu.is_none(),
             tls: TlsClient::default(),
+            http_headers: GrantedHeaders::default(),
         }
     }
 
@@ -392,6 +428,7 @@ impl GrantSet {
             .collect::<Vec<_>>();
         rows.push(("secrets", list_or_none(&secrets)));
         rows.push(("tls", self.tls.describe()));
+        rows.push(("http headers", list_or_none(&self.http_headers.names())));
         rows.push((
             "stdout",
             if self.stdout {

@@ -13,6 +13,9 @@
 //! - [`tls`]: TLS through the host: the handshake and the certificate checks
 //!   a plugin's `wasi:tls` streams get, with the trust and client identity
 //!   its grants name.
+//! - [`http`]: HTTP through the host (`wasi:http`): requests checked against
+//!   `net` on the resolved address, HTTPS with the connector's TLS, headers
+//!   from secrets.
 //! - [`secrets`]: secrets resolved on the host, substituted into configs,
 //!   and masked in everything the host prints.
 //! - [`supervisor`]: the lifecycle of connectors: instances restarted with
@@ -30,7 +33,8 @@
 //!   listens (the CLI's client of the API is the binary's own, `src/cli/`).
 //!
 //! Imports point down: `manifest` imports nothing of the host; `secrets`,
-//! `tls` (over `secrets`), `grants` (over `tls`) and `lifecycle` read it;
+//! `tls` (over `secrets`), `grants` (over `tls`), `http` (over `grants`) and
+//! `lifecycle` read it;
 //! `plugin` builds on those and `broker` on
 //! `plugin` (its state store); `check` and `pump` sit above them, then
 //! `supervisor`, `pipeline` and `admin`, in that order. A piece two modules
@@ -44,6 +48,7 @@ pub mod admin;
 pub mod broker;
 pub mod check;
 pub mod grants;
+pub mod http;
 pub mod lifecycle;
 pub mod manifest;
 pub mod pipeline;

@@ -121,6 +121,17 @@ impl Secrets {
         }
     }
 
+    /// `text` with every `${secret:NAME}` replaced by the value (a header
+    /// the host adds for the plugin).
+    pub fn substitute_str(&self, text: &str) -> String {
+        let mut value = serde_json::Value::String(text.to_owned());
+        self.substitute(&mut value);
+        match value {
+            serde_json::Value::String(s) => s,
+            _ => unreachable!("a string stays a string"),
+        }
+    }
+
     /// The value of secret `name`, for the host's own use (a TLS client
     /// identity); `None` if it is not granted.
     pub fn get(&self, name: &str) -> Option<&str> {

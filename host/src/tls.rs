@@ -184,6 +184,30 @@ impl TlsClient {
         })
     }
 
+    /// Makes a TLS connection over `transport` to the server the plugin
+    /// calls `asked` (or to the grant's `server_name`), checking its
+    /// certificate. The error says which server and why.
+    pub(crate) async fn handshake<T>(
+        &self,
+        asked: &str,
+        transport: T,
+    ) -> Result<tokio_rustls::client::TlsStream<T>, String>
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let name = match &self.policy.server_name {
+            Some(name) => name.clone(),
+            None => ServerName::try_from(asked.to_owned()).map_err(|_| {
+                format!("TLS: {asked:?} is not a DNS name or an IP address a certificate can be checked against")
+            })?,
+        };
+        let shown = name.to_str().into_owned();
+        tokio_rustls::TlsConnector::from(Arc::clone(&self.config))
+            .connect(name, transport)
+            .await
+            .map_err(|e| handshake_failed(&shown, &e, self.policy.ca_file.is_some()))
+    }
+
     /// What it trusts and presents, for `sluice validate`: paths and
     /// secret names, never a value.
     pub fn describe(&self) -> String {
@@ -219,24 +243,13 @@ type Handshake =
 
 impl TlsProvider for TlsClient {
     fn connect(&self, asked: String, transport: Box<dyn TlsTransport>) -> Handshake {
-        let config = Arc::clone(&self.config);
-        let name = match &self.policy.server_name {
-            Some(name) => Ok(name.clone()),
-            None => ServerName::try_from(asked.clone()),
-        };
-        let granted = self.policy.ca_file.is_some();
+        let client = self.clone();
         Box::pin(async move {
-            let name = name.map_err(|_| {
-                wasmtime_wasi_tls::Error::msg(format!(
-                    "TLS: {asked:?} is not a DNS name or an IP address a certificate can be checked against"
-                ))
-            })?;
-            let shown = name.to_str().into_owned();
-            tokio_rustls::TlsConnector::from(config)
-                .connect(name, transport)
+            client
+                .handshake(&asked, transport)
                 .await
                 .map(|stream| Box::new(stream) as Box<dyn TlsStream>)
-                .map_err(|e| wasmtime_wasi_tls::Error::msg(handshake_failed(&shown, &e, granted)))
+                .map_err(wasmtime_wasi_tls::Error::msg)
         })
     }
 }

@@ -12,6 +12,7 @@ mod admin;
 mod cli;
 mod crash;
 mod flow;
+mod http;
 mod layout;
 mod manifest_errors;
 mod network;

@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use http::HeaderName;
 use rustls_pki_types::ServerName;
 use toml::Spanned;
 
@@ -224,6 +225,7 @@ impl Manifest {
             };
             let net = self.check_net_env_secrets(i, c)?;
             let tls = self.check_tls(i, c)?;
+            let http_headers = self.check_http(i, c)?;
             let wait = |field: &str, value: &Option<Spanned<String>>, default: Duration| {
                 let Some(v) = value else { return Ok(default) };
                 parse_duration(v.get_ref()).map_err(|why| {
@@ -246,6 +248,7 @@ impl Manifest {
                 state_keys: c.grants.state_keys,
                 net,
                 tls,
+                http_headers,
                 restart,
             });
         }
@@ -387,6 +390,42 @@ impl Manifest {
             client_identity,
             server_name,
         })
+    }
+
+    /// Checks `[connector.grants.http]` of connector `i`: each header name
+    /// is one, and each secret a value uses is granted.
+    fn check_http(
+        &self,
+        i: usize,
+        c: &ConnectorConfig,
+    ) -> Result<Vec<(HeaderName, String)>, ManifestError> {
+        let mut headers = Vec::new();
+        for (name, value) in &c.grants.http.headers {
+            let field = format!("connector[{i}].grants.http.headers.{name}");
+            let header = HeaderName::try_from(name.as_str()).map_err(|_| {
+                self.error(value.span(), format!("{name:?} is not an HTTP header name"))
+                    .field(field.clone())
+                    .help("write a header name such as `Authorization` or `X-Api-Key`")
+            })?;
+            let mut table = toml::Table::new();
+            table.insert(name.clone(), value.get_ref().clone().into());
+            if let Some(missing) = secret_references(&table)
+                .into_iter()
+                .find(|r| !c.grants.secrets.contains_key(r))
+            {
+                return Err(self
+                    .error(
+                        value.span(),
+                        format!("header {name} uses secret {missing:?}, which is not granted"),
+                    )
+                    .field(field)
+                    .help(format!(
+                        "declare it: `[connector.grants.secrets]` `{missing} = {{ env = \"VARIABLE\" }}`"
+                    )));
+            }
+            headers.push((header, value.get_ref().clone()));
+        }
+        Ok(headers)
     }
 
     /// Where `text` first appears in the manifest, at or after connector

@@ -42,7 +42,8 @@ pub use self::resolved::{
 };
 pub use self::schema::{
     BatchConfig, BrokerConfig, BrokerKind, ConnectorConfig, ConnectorKind, FileGrant, FileMode,
-    FsyncPolicy, GrantsConfig, Manifest, RestartConfig, SecretSource, TlsGrant, TopicSettings,
+    FsyncPolicy, GrantsConfig, HttpGrant, Manifest, RestartConfig, SecretSource, TlsGrant,
+    TopicSettings,
 };
 pub use self::secret_ref::{SECRET_REF_PREFIX, secret_references};
 pub use self::units::{format_bytes, format_size};

@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use http::HeaderName;
 use rustls_pki_types::ServerName;
 
 use super::net::NetRule;
@@ -49,6 +50,10 @@ pub struct Limits {
     pub net: Vec<NetRule>,
     /// `[connector.grants.tls]`.
     pub tls: TlsPolicy,
+    /// `[connector.grants.http]` `headers`: each name, checked, and its
+    /// value as written (`${secret:NAME}` substituted when the connector
+    /// starts).
+    pub http_headers: Vec<(HeaderName, String)>,
     /// `[connector.restart]`.
     pub restart: RestartPolicy,
 }

@@ -562,6 +562,31 @@ pub struct GrantsConfig {
     /// ```
     #[serde(default)]
     pub tls: TlsGrant,
+
+    /// What the host adds to the plugin's HTTP requests (`wasi:http`),
+    /// which go only to peers `net` allows.
+    ///
+    /// ```toml
+    /// [connector.grants.http]
+    /// headers = { Authorization = "Bearer ${secret:api_token}" }
+    /// ```
+    #[serde(default)]
+    pub http: HttpGrant,
+}
+
+/// `[connector.grants.http]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpGrant {
+    /// Headers the host sets on every request, replacing any of the same
+    /// name the plugin set. A value may use `${secret:NAME}`: the host
+    /// substitutes it, and the plugin never sees it.
+    ///
+    /// ```toml
+    /// headers = { Authorization = "Bearer ${secret:api_token}" }
+    /// ```
+    #[serde(default)]
+    pub headers: BTreeMap<String, Spanned<String>>,
 }
 
 /// `[connector.grants.tls]`.

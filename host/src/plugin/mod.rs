@@ -232,6 +232,8 @@ impl PluginHost {
         tls.tls(true);
         wasmtime_wasi_tls::p2::add_to_linker(&mut linker, &tls)
             .map_err(|e| anyhow::anyhow!("adding wasi:tls to the linker: {e:#}"))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(|e| anyhow::anyhow!("adding wasi:http to the linker: {e:#}"))?;
         waits::add_to_linker(&mut linker)
             .map_err(|e| anyhow::anyhow!("adding the host's wasi:io to the linker: {e:#}"))?;
         host::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use wasmtime_wasi_tls::{WasiTlsCtx, WasiTlsCtxBuilder, WasiTlsCtxView, WasiTlsView};
 
 use super::bindings::{host, types};
@@ -27,6 +28,7 @@ use super::waits::{Interrupt, Waits};
 use super::{EPOCH_TICK, PluginError};
 use crate::broker::{StateError, StateStore};
 use crate::grants::Refusals;
+use crate::http::HttpClient;
 use crate::manifest::format_bytes;
 use crate::secrets::Redactor;
 
@@ -35,6 +37,9 @@ pub struct HostState {
     wasi: WasiCtx,
     /// `wasi:tls`: handshakes with the connector's trust and identity.
     tls: WasiTlsCtx,
+    /// `wasi:http`: its context, and how its requests are sent.
+    http: WasiHttpCtx,
+    http_client: HttpClient,
     table: ResourceTable,
     limits: MemoryLimit,
     state: Option<Arc<dyn StateStore>>,
@@ -152,6 +157,16 @@ impl WasiTlsView for HostState {
         WasiTlsCtxView {
             ctx: &mut self.tls,
             table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.http_client,
         }
     }
 }
@@ -315,6 +330,13 @@ pub(crate) fn new(engine: &Engine, setup: &InstanceSetup) -> Result<Store<HostSt
         tls: WasiTlsCtxBuilder::new()
             .provider(Box::new(setup.grants.tls.clone()))
             .build(),
+        http: WasiHttpCtx::new(),
+        http_client: HttpClient::new(
+            Arc::new(setup.grants.net.clone()),
+            refusals.clone(),
+            setup.grants.tls.clone(),
+            setup.grants.http_headers.clone(),
+        ),
         table: ResourceTable::new(),
         limits: MemoryLimit {
             limit: usize::try_from(setup.grants.memory_bytes).unwrap_or(usize::MAX),

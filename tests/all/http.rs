@@ -1,0 +1,317 @@
+//! HTTP through the host, and `http-sink`, against a real HTTP server in a
+//! process of its own (`tests/peers/http_receiver.py`, CPython's
+//! `http.server`), which a test can SIGKILL and start again on its port.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::common::*;
+
+/// `python3`, or `None` (the test is skipped) where it is missing and `CI`
+/// is unset. Under `CI` a missing `python3` fails the test.
+#[allow(clippy::print_stderr)] // a skipped test says so where cargo test shows it
+fn python() -> Option<()> {
+    match Command::new("python3").arg("--version").output() {
+        Ok(out) if out.status.success() => Some(()),
+        other => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "python3 is required under CI: {other:?}"
+            );
+            eprintln!("skipped: python3 is not installed");
+            None
+        }
+    }
+}
+
+/// The receiver, listening on 127.0.0.1:`port`, keeping what it gets in
+/// `dir`.
+struct Receiver {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+    flags: Vec<String>,
+}
+
+impl Receiver {
+    fn start(dir: &Path, flags: &[&str]) -> Receiver {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let flags = flags.iter().map(|f| (*f).to_owned()).collect();
+        Self::on(port, dir, flags)
+    }
+
+    fn on(port: u16, dir: &Path, flags: Vec<String>) -> Receiver {
+        std::fs::create_dir_all(dir).unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/peers/http_receiver.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .arg(port.to_string())
+            .arg(dir)
+            .args(&flags)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        assert_eq!(first.trim(), "listening", "the receiver did not start");
+        Receiver {
+            child,
+            port,
+            dir: dir.to_path_buf(),
+            flags,
+        }
+    }
+
+    /// SIGKILLs it, and starts another on the same port and folder.
+    fn kill_and_restart(&mut self, down: Duration) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        std::thread::sleep(down);
+        *self = Self::on(self.port, &self.dir, std::mem::take(&mut self.flags));
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/ingest", self.port)
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The seq of every record it received, repeats included.
+    fn all(&self) -> Vec<u64> {
+        lines(&self.dir.join("all.ndjson"))
+            .iter()
+            .map(|l| seq_of(l))
+            .collect()
+    }
+
+    /// The seq of every record it kept (each key once).
+    fn kept(&self) -> Vec<u64> {
+        lines(&self.dir.join("kept.log"))
+            .iter()
+            .map(|l| seq_of(l.split_once('\t').unwrap().1))
+            .collect()
+    }
+
+    /// How many connections it accepted.
+    fn connections(&self) -> usize {
+        lines(&self.dir.join("connections")).len()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn lines(file: &Path) -> Vec<String> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn seq_of(record: &str) -> u64 {
+    let v: serde_json::Value = serde_json::from_str(record).unwrap();
+    v["seq"].as_u64().unwrap()
+}
+
+/// An `http-sink` named `post` reading `events` into `receiver`.
+fn http_sink(receiver: &Receiver) -> Connector {
+    sink("post", "http-sink", "events")
+        .set("flush_interval_ms", 100)
+        .config("url", receiver.url().as_str())
+        .config("retry_initial_ms", 20)
+        .config("retry_max_ms", 200)
+        .grant("net", vec![receiver.addr().as_str()])
+}
+
+#[test]
+fn http_sink_delivers_across_a_receiver_killed_mid_run_and_the_key_makes_it_exactly_once() {
+    let Some(()) = python() else { return };
+    const N: u64 = 20_000;
+    let dir = tempfile::tempdir().unwrap();
+    let mut receiver = Receiver::start(&dir.path().join("receiver"), &[]);
+    let manifest = manifest()
+        .connector(gen_source(N, 5000, 32).batch("max_records", 200))
+        .connector(http_sink(&receiver))
+        .write(dir.path());
+    let mut host = Host::run(dir.path(), &manifest);
+    wait_until("a quarter arrives", Duration::from_secs(60), || {
+        receiver.kept().len() >= (N / 4) as usize
+    });
+    receiver.kill_and_restart(Duration::from_millis(700));
+    let out = host.wait_for_exit(Duration::from_secs(120));
+    assert_eq!(out.status.code(), Some(0), "{}", host.log());
+    let mut all = receiver.all();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(
+        all,
+        (0..N).collect::<Vec<_>>(),
+        "every record arrived at least once"
+    );
+    assert_exactly_once(receiver.kept(), N);
+    let log = host.log();
+    assert_eq!(log.matches("is away").count(), 1, "said once:\n{log}");
+    assert_eq!(log.matches("is back").count(), 1, "{log}");
+}
+
+#[test]
+fn http_sink_waits_out_503_for_as_long_as_retry_after_says() {
+    let Some(()) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(&dir.path().join("receiver"), &["--fail-first", "2"]);
+    let manifest = manifest()
+        .connector(gen_source(100, 0, 32))
+        .connector(http_sink(&receiver))
+        .write(dir.path());
+    let started = std::time::Instant::now();
+    let out = run(&["run", "--no-progress", manifest.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "two answers of Retry-After: 1 are two seconds of waiting"
+    );
+    assert_exactly_once(receiver.kept(), 100);
+    assert!(
+        stderr(&out).contains("it answered 503: busy"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn http_sink_dead_letters_each_record_the_receiver_refuses_and_delivers_the_rest() {
+    let Some(()) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    let text: String = (0..100u64)
+        .map(|i| format!("{{\"seq\":{i},\"bad\":{}}}\n", i % 10 == 3))
+        .collect();
+    std::fs::write(input.join("records.ndjson"), text).unwrap();
+    let receiver = Receiver::start(&dir.path().join("receiver"), &["--reject-bad"]);
+    let manifest = manifest()
+        .connector(
+            source("read", "file-source", "events")
+                .config("path", "/in")
+                .files("in", "/in", "read-only"),
+        )
+        .connector(http_sink(&receiver))
+        .connector(
+            sink("dlq-reader", "file-sink", "post.dlq")
+                .config("path", "/out")
+                .config("format", "json")
+                .files("dlq", "/out", "read-write"),
+        )
+        .write(dir.path());
+    let out = run(&["run", "--no-progress", manifest.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let mut kept = receiver.kept();
+    kept.sort_unstable();
+    let good: Vec<u64> = (0..100).filter(|i| i % 10 != 3).collect();
+    assert_eq!(kept, good, "every good record delivered once");
+    let mut dead = Vec::new();
+    for f in output_files(&dir.path().join("dlq")) {
+        for line in lines(&f) {
+            let r: serde_json::Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(
+                r["headers"]["sluice.error"], "HTTP 400: a record is bad",
+                "{r}"
+            );
+            dead.push(seq_of(r["value"].as_str().unwrap()));
+        }
+    }
+    dead.sort_unstable();
+    let bad: Vec<u64> = (0..100).filter(|i| i % 10 == 3).collect();
+    assert_eq!(
+        dead, bad,
+        "each refused record dead-lettered, with the receiver's reason"
+    );
+}
+
+#[test]
+fn an_http_request_to_an_ungranted_port_is_refused_before_a_byte_leaves() {
+    let Some(()) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(&dir.path().join("receiver"), &[]);
+    let other = format!("127.0.0.1:{}", receiver.port + 1);
+    let manifest = manifest()
+        .connector(gen_source(10, 0, 32))
+        .connector(
+            http_sink(&receiver)
+                .grant("net", vec![other.as_str()])
+                .restart("attempts", 0),
+        )
+        .write(dir.path());
+    let out = run(&["run", "--no-progress", manifest.to_str().unwrap()]);
+    assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "refused to connect to {}, which no `net` grant allows",
+            receiver.addr()
+        )) && err.contains("the connector's net grant does not allow this peer"),
+        "{err}"
+    );
+    assert_eq!(receiver.connections(), 0, "no connection was even opened");
+}
+
+#[test]
+fn a_header_from_a_secret_reaches_the_server_and_shows_nowhere() {
+    let Some(()) = python() else { return };
+    const TOKEN: &str = "s3cret-token-6c1f9e";
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(&dir.path().join("receiver"), &[]);
+    let mut headers = toml::Table::new();
+    headers.insert("Authorization".into(), "Bearer ${secret:token}".into());
+    let mut http = toml::Table::new();
+    http.insert("headers".into(), headers.into());
+    let manifest = manifest()
+        .connector(gen_source(50, 0, 32))
+        .connector(http_sink(&receiver).grant("http", http).secret(
+            "token",
+            "env",
+            "SLUICE_TEST_HTTP_TOKEN",
+        ))
+        .write(dir.path());
+    let env = [("SLUICE_TEST_HTTP_TOKEN", TOKEN), ("RUST_LOG", "debug")];
+    let out = run_env(&["run", "--no-progress", manifest.to_str().unwrap()], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_exactly_once(receiver.kept(), 50);
+    let seen = lines(&receiver.dir.join("authorization"));
+    assert!(
+        !seen.is_empty() && seen.iter().all(|a| a == &format!("Bearer {TOKEN}")),
+        "every request carried the header: {seen:?}"
+    );
+    let validate = run_env(&["validate", manifest.to_str().unwrap()], &env);
+    for (what, text) in [
+        ("the run's log", stderr(&out)),
+        (
+            "validate",
+            String::from_utf8_lossy(&validate.stdout).into_owned(),
+        ),
+    ] {
+        assert!(!text.contains(TOKEN), "{what} shows the secret:\n{text}");
+    }
+    assert!(
+        String::from_utf8_lossy(&validate.stdout).contains("authorization"),
+        "validate names the header"
+    );
+}

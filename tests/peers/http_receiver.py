@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""The HTTP receiver the http-sink tests post to: a real server, in its own
+process, that a test can SIGKILL and start again on the same port.
+
+    http_receiver.py PORT DIR [--reject-bad] [--fail-first N]
+
+Every POST's body is NDJSON or a JSON array of records. Each line received
+is appended to DIR/all.ndjson (repeats included). A request whose
+Idempotency-Key was kept before is answered 200 and kept no more; otherwise
+its records are appended to DIR/kept.log as "KEY<TAB>RECORD" lines, in one
+write, so a kill leaves either all of a request or none of it, and the keys
+seen are read back from there at start. With --reject-bad a request holding
+a record with "bad": true is answered 400. With --fail-first N the first N
+requests are answered 503 with Retry-After: 1. Each connection accepted is
+a line of DIR/connections, and each Authorization header a line of
+DIR/authorization.
+"""
+
+import http.server
+import json
+import os
+import sys
+
+PORT = int(sys.argv[1])
+DIR = sys.argv[2]
+REJECT_BAD = "--reject-bad" in sys.argv
+FAIL_FIRST = int(sys.argv[sys.argv.index("--fail-first") + 1]) if "--fail-first" in sys.argv else 0
+
+KEPT = os.path.join(DIR, "kept.log")
+ALL = os.path.join(DIR, "all.ndjson")
+seen = set()
+if os.path.exists(KEPT):
+    with open(KEPT, encoding="utf-8") as f:
+        for line in f:
+            seen.add(line.split("\t", 1)[0])
+failed = 0
+
+
+def records(body, content_type):
+    text = body.decode("utf-8")
+    if content_type.startswith("application/json"):
+        return [json.dumps(r, separators=(",", ":")) for r in json.loads(text)]
+    return [line for line in text.split("\n") if line]
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self):
+        global failed
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        if failed < FAIL_FIRST:
+            failed += 1
+            self.answer(503, b"busy", {"Retry-After": "1"})
+            return
+        lines = records(body, self.headers.get("Content-Type", ""))
+        with open(ALL, "a", encoding="utf-8") as f:
+            f.write("".join(line + "\n" for line in lines))
+        auth = self.headers.get("Authorization")
+        if auth is not None:
+            with open(os.path.join(DIR, "authorization"), "a", encoding="utf-8") as f:
+                f.write(auth + "\n")
+        key = self.headers.get("Idempotency-Key", "")
+        if key and key in seen:
+            self.answer(200, b"repeat")
+            return
+        if REJECT_BAD and any(json.loads(line).get("bad") for line in lines):
+            self.answer(400, b"a record is bad")
+            return
+        with open(KEPT, "a", encoding="utf-8") as f:
+            f.write("".join(key + "\t" + line + "\n" for line in lines))
+        seen.add(key)
+        self.answer(200, b"ok")
+
+    def answer(self, status, text, headers=None):
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(text)))
+        self.end_headers()
+        self.wfile.write(text)
+
+    def log_message(self, *args):
+        pass
+
+
+class Server(http.server.ThreadingHTTPServer):
+    def verify_request(self, request, client_address):
+        with open(os.path.join(DIR, "connections"), "a", encoding="utf-8") as f:
+            f.write(f"{client_address}\n")
+        return True
+
+
+server = Server(("127.0.0.1", PORT), Handler)
+print("listening", flush=True)
+server.serve_forever()
