@@ -13,6 +13,7 @@ const BUILTIN: &[&str] = &[
     "file-sink",
     "file-source",
     "http-sink",
+    "http-source",
     "print",
     "socket-sink",
     "socket-source",

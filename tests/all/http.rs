@@ -28,31 +28,39 @@ fn python() -> Option<()> {
     }
 }
 
-/// The receiver, listening on 127.0.0.1:`port`, keeping what it gets in
+/// A test server of `tests/peers/` (`http_receiver.py` unless said
+/// otherwise), listening on 127.0.0.1:`port`, keeping what it gets in
 /// `dir`.
 struct Receiver {
     child: Child,
     port: u16,
     dir: PathBuf,
+    script: &'static str,
     flags: Vec<String>,
 }
 
 impl Receiver {
     fn start(dir: &Path, flags: &[&str]) -> Receiver {
+        Self::start_script("http_receiver.py", dir, flags)
+    }
+
+    fn start_script(script: &'static str, dir: &Path, flags: &[&str]) -> Receiver {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
         let flags = flags.iter().map(|f| (*f).to_owned()).collect();
-        Self::on(port, dir, flags)
+        Self::on(script, port, dir, flags)
     }
 
-    fn on(port: u16, dir: &Path, flags: Vec<String>) -> Receiver {
+    fn on(script: &'static str, port: u16, dir: &Path, flags: Vec<String>) -> Receiver {
         std::fs::create_dir_all(dir).unwrap();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/peers/http_receiver.py");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/peers")
+            .join(script);
         let mut child = Command::new("python3")
-            .arg(script)
+            .arg(path)
             .arg(port.to_string())
             .arg(dir)
             .args(&flags)
@@ -69,6 +77,7 @@ impl Receiver {
             child,
             port,
             dir: dir.to_path_buf(),
+            script,
             flags,
         }
     }
@@ -78,7 +87,12 @@ impl Receiver {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
         std::thread::sleep(down);
-        *self = Self::on(self.port, &self.dir, std::mem::take(&mut self.flags));
+        *self = Self::on(
+            self.script,
+            self.port,
+            &self.dir,
+            std::mem::take(&mut self.flags),
+        );
     }
 
     fn url(&self) -> String {
@@ -314,4 +328,102 @@ fn a_header_from_a_secret_reaches_the_server_and_shows_nowhere() {
         String::from_utf8_lossy(&validate.stdout).contains("authorization"),
         "validate names the header"
     );
+}
+
+/// An `http-source` named `read` in `mode` from `path` of `server` into
+/// `events`, and a `file-sink` writing `out/`.
+fn http_source_to_files(dir: &Path, server: &Receiver, mode: &str, path: &str) -> PathBuf {
+    manifest()
+        .connector(
+            source("read", "http-source", "events")
+                .config(
+                    "url",
+                    format!("http://127.0.0.1:{}{path}", server.port).as_str(),
+                )
+                .config("mode", mode)
+                .config("records_pointer", "/items")
+                .config("poll_interval_ms", 50)
+                .config("retry_initial_ms", 20)
+                .config("retry_max_ms", 200)
+                .grant("net", vec![server.addr().as_str()]),
+        )
+        .connector(files_sink().set("flush_interval_ms", 50))
+        .write(dir)
+}
+
+/// Stops the host with Ctrl-C once `out/` holds `n` lines; returns its log.
+fn stop_after(mut host: Host, dir: &Path, n: usize) -> String {
+    let out = dir.join("out");
+    wait_until(
+        &format!("{n} lines arrive"),
+        Duration::from_secs(60),
+        || seqs(&out).len() >= n,
+    );
+    host.interrupt();
+    let output = host.wait_for_exit(Duration::from_secs(30));
+    assert_eq!(output.status.code(), Some(130), "{}", host.log());
+    host.log()
+}
+
+#[test]
+fn http_source_resumes_server_sent_events_from_the_last_event_id_after_the_server_dies() {
+    let Some(()) = python() else { return };
+    const N: usize = 3000;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Receiver::start_script(
+        "event_server.py",
+        &dir.path().join("server"),
+        &[&N.to_string()],
+    );
+    let manifest = http_source_to_files(dir.path(), &server, "sse", "/events");
+    let host = Host::run(dir.path(), &manifest);
+    let out = dir.path().join("out");
+    wait_until("a third arrives", Duration::from_secs(60), || {
+        seqs(&out).len() >= N / 3
+    });
+    server.kill_and_restart(Duration::from_millis(500));
+    let log = stop_after(host, dir.path(), N);
+    assert_eq!(
+        seqs(&out),
+        (1..=N as u64).collect::<Vec<_>>(),
+        "every event once, in order: no gap, no repeat"
+    );
+    let requests = lines(&server.dir.join("requests"));
+    assert!(requests.len() >= 2, "{requests:?}");
+    let resumed: u64 = requests[1].split(' ').nth(1).unwrap().parse().unwrap();
+    assert!(
+        resumed >= (N / 3) as u64 && resumed < N as u64,
+        "the second request asks from where the first left off: {requests:?}"
+    );
+    assert_eq!(log.matches("is away").count(), 1, "{log}");
+}
+
+#[test]
+fn http_source_polls_an_endpoint_page_by_page_with_its_cursor() {
+    let Some(()) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let server = Receiver::start_script("event_server.py", &dir.path().join("server"), &["1000"]);
+    let manifest = http_source_to_files(dir.path(), &server, "poll", "/items");
+    let host = Host::run(dir.path(), &manifest);
+    stop_after(host, dir.path(), 1000);
+    assert_eq!(
+        seqs(&dir.path().join("out")),
+        (1..=1000).collect::<Vec<_>>()
+    );
+    let requests = lines(&server.dir.join("requests"));
+    assert!(
+        requests.iter().any(|r| r.starts_with("/items?cursor=900 ")),
+        "{requests:?}"
+    );
+}
+
+#[test]
+fn http_source_reads_an_ndjson_stream() {
+    let Some(()) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let server = Receiver::start_script("event_server.py", &dir.path().join("server"), &["500"]);
+    let manifest = http_source_to_files(dir.path(), &server, "ndjson", "/lines");
+    let host = Host::run(dir.path(), &manifest);
+    stop_after(host, dir.path(), 500);
+    assert_eq!(seqs(&dir.path().join("out")), (1..=500).collect::<Vec<_>>());
 }

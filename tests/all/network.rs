@@ -332,3 +332,26 @@ fn socket_source_fails_on_a_record_past_max_record_bytes_and_on_a_reconnect_that
         stderr(&out)
     );
 }
+
+#[test]
+fn records_a_source_has_read_go_out_though_its_peer_then_goes_quiet() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = manifest()
+        .connector(
+            source("sock", "socket-source", "events")
+                .config("addr", format!("127.0.0.1:{port}").as_str())
+                .grant("net", vec![format!("127.0.0.1:{port}").as_str()])
+                .batch("max_records", 100),
+        )
+        .connector(files_sink().set("flush_interval_ms", 50))
+        .write(dir.path());
+    let host = Host::run(dir.path(), &manifest);
+    // 150 lines in one read, then a quiet peer: the second batch's first
+    // poll returns the 50 left over at once, and its next poll waits in the
+    // read; the batch's linger must not wait with it.
+    let _peer = serve(&l, &seq_lines(0..150));
+    stop_after(host, dir.path(), 150);
+    assert_eq!(seqs(&dir.path().join("out")), (0..150).collect::<Vec<_>>());
+}

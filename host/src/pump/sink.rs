@@ -161,7 +161,8 @@ impl<B: Broker> SinkPump<B> {
                             b.records,
                         );
                         let tried =
-                            interruptible(write, &self.stop, Some(&self.control), &interrupt).await;
+                            interruptible(write, &self.stop, Some(&self.control), None, &interrupt)
+                                .await;
                         if interrupt.is_raised() && tried.is_err() {
                             // Its wait (a peer away, a full socket) was ended
                             // for a stop, pause or swap: the batch is not
@@ -317,7 +318,7 @@ impl<B: Broker> SinkPump<B> {
             // Only a stop interrupts a flush: a pause or a swap needs it done.
             let interrupt = self.instance.interrupter();
             let flush = self.instance.flush();
-            let tried = interruptible(flush, &self.stop, None, &interrupt).await;
+            let tried = interruptible(flush, &self.stop, None, None, &interrupt).await;
             if interrupt.is_raised() && tried.is_err() {
                 tracing::warn!(
                     connector = %self.connector,

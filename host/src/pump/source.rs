@@ -231,11 +231,16 @@ impl<B: Broker> SourcePump<B> {
             } = loop {
                 let interrupt = self.instance.interrupter();
                 let poll = self.instance.poll(want);
-                let tried = interruptible(poll, &self.stop, Some(&self.control), &interrupt).await;
+                // With records in hand, a poll that waits for more (a quiet
+                // socket) is cut short when the linger is up, so that the
+                // records go out rather than wait for the next ones.
+                let linger = (filled.records > 0).then_some(deadline);
+                let tried =
+                    interruptible(poll, &self.stop, Some(&self.control), linger, &interrupt).await;
                 if interrupt.is_raised() {
-                    // Its wait was ended for a stop, pause or swap: what it
-                    // gathered stands; a failure it met in that wait (a read
-                    // that timed out) is not its fault.
+                    // Its wait was ended for a stop, pause or swap, or the
+                    // linger: what it gathered stands; a failure it met in
+                    // that wait (a read that timed out) is not its fault.
                     match tried {
                         Ok(polled) => break polled,
                         Err(e) => {

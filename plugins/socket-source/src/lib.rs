@@ -190,19 +190,18 @@ impl Source for SocketSource {
             return Ok(Poll::default());
         }
         let mut n = 0;
-        // Frames already read first; then one read, waiting if need be,
-        // and the frames it completed.
-        let mut read = false;
+        // Frames already read first; if there were none, one read, waiting
+        // if need be, and the frames it completed. A poll with records in
+        // hand never waits: they go out now.
         while n < max_records {
             if let Some(value) = self.next_frame()? {
                 out.push_value(&self.buf[value]);
                 n += 1;
                 continue;
             }
-            if read && n > 0 {
+            if n > 0 {
                 break;
             }
-            read = true;
             match self.read_more() {
                 Ok(0) => {
                     self.went_away("it closed the connection");
