@@ -14,23 +14,27 @@
 //!   same name the plugin set;
 //! - bound each request in time: the plugin's `request-options` if it set
 //!   them, else [`DEFAULT_CONNECT_TIMEOUT`] and
-//!   [`DEFAULT_FIRST_BYTE_TIMEOUT`].
+//!   [`DEFAULT_FIRST_BYTE_TIMEOUT`];
+//! - keep connections open for the next request to the same server (a few
+//!   a server, per instance), as any HTTP/1.1 client does.
 //!
 //! A plugin waiting for a response waits through `wasi:io`, so the wait
 //! does not count against its `cpu` grant, and the host interrupts it to
 //! stop, pause or swap (see `plugin/waits.rs`).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::{Pin, pin};
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::Scheme;
 use http_body_util::BodyExt as _;
+use hyper::client::conn::http1::SendRequest;
 use tokio::io::{AsyncRead, AsyncWrite};
 use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi_http::io::TokioIo;
@@ -56,6 +60,7 @@ pub struct HttpClient {
     refusals: Refusals,
     tls: TlsClient,
     headers: GrantedHeaders,
+    pool: Pool,
 }
 
 impl HttpClient {
@@ -71,6 +76,7 @@ impl HttpClient {
             refusals,
             tls,
             headers,
+            pool: Pool::default(),
         }
     }
 
@@ -94,7 +100,50 @@ impl HttpClient {
             .first_byte_timeout
             .unwrap_or(DEFAULT_FIRST_BYTE_TIMEOUT);
 
-        let addrs = resolve(&host, port).await?;
+        let key = PoolKey { https, host, port };
+        let mut sender = match self.pool.take(&key) {
+            Some(sender) => sender,
+            None => self.connect(&key, connect_timeout).await?,
+        };
+
+        for (name, value) in self.headers.iter() {
+            request.headers_mut().insert(name.clone(), value.clone());
+        }
+        // The request names its scheme and authority; on the wire, to a
+        // server rather than a proxy, only the path goes.
+        *request.uri_mut() = http::Uri::builder()
+            .path_and_query(uri.path_and_query().map_or("/", |p| p.as_str()))
+            .build()
+            .map_err(|_| Error::HttpRequestUriInvalid)?;
+
+        let response = tokio::time::timeout(first_byte_timeout, sender.send_request(request))
+            .await
+            .map_err(|_| Error::ConnectionReadTimeout)?
+            .map_err(Error::from)?;
+        // Ready again once this response's body is read: the next request
+        // to the same server takes it then, or opens another.
+        self.pool.put(key, sender);
+        let between_bytes = options.between_bytes_timeout;
+        let response = response.map(|body| match between_bytes {
+            Some(limit) => TimedBody::new(body, limit).boxed_unsync(),
+            None => body.map_err(Error::from).boxed_unsync(),
+        });
+        // The connection's own task drives it (see `connect`).
+        let driver: IoDriver = Box::new(async { Ok(()) });
+        Ok((response, driver))
+    }
+
+    /// Opens a connection to `key`: resolve, check each address against
+    /// `net` (refused before a byte leaves), connect, TLS for `https`, the
+    /// HTTP/1.1 handshake. The connection runs in a task of its own, which
+    /// ends when the server closes it or its sender is dropped (from the
+    /// pool, or with the instance).
+    async fn connect(
+        &self,
+        key: &PoolKey,
+        connect_timeout: Duration,
+    ) -> Result<SendRequest<WasiBody>, Error> {
+        let addrs = resolve(&key.host, key.port).await?;
         let mut allowed = Vec::new();
         for addr in addrs {
             if check_socket(
@@ -115,8 +164,8 @@ impl HttpClient {
             .await
             .map_err(|_| Error::ConnectionTimeout)?
             .map_err(Error::Connect)?;
-        let stream: Box<dyn Stream> = if https {
-            let tls = tokio::time::timeout(connect_timeout, self.tls.handshake(&host, tcp))
+        let stream: Box<dyn Stream> = if key.https {
+            let tls = tokio::time::timeout(connect_timeout, self.tls.handshake(&key.host, tcp))
                 .await
                 .map_err(|_| Error::ConnectionTimeout)?
                 .map_err(|why| Error::InternalError(Some(why)))?;
@@ -124,57 +173,55 @@ impl HttpClient {
         } else {
             Box::new(tcp)
         };
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(Error::from)?;
-
-        for (name, value) in self.headers.iter() {
-            request.headers_mut().insert(name.clone(), value.clone());
-        }
-        // The request names its scheme and authority; on the wire, to a
-        // server rather than a proxy, only the path goes.
-        *request.uri_mut() = http::Uri::builder()
-            .path_and_query(uri.path_and_query().map_or("/", |p| p.as_str()))
-            .build()
-            .map_err(|_| Error::HttpRequestUriInvalid)?;
-
-        let between_bytes = options.between_bytes_timeout;
-        let send = async move {
-            let response = tokio::time::timeout(first_byte_timeout, sender.send_request(request))
-                .await
-                .map_err(|_| Error::ConnectionReadTimeout)?
-                .map_err(Error::from)?;
-            Ok::<_, Error>(response.map(|body| match between_bytes {
-                Some(limit) => TimedBody::new(body, limit).boxed_unsync(),
-                None => body.map_err(Error::from).boxed_unsync(),
-            }))
-        };
-        // Drive the connection while waiting for the response's head; what
-        // is left of it (the body) is driven by wasmtime-wasi-http's task.
-        let mut send = pin!(send);
-        let mut conn = Some(conn);
-        let response = std::future::poll_fn(|cx| match send.as_mut().poll(cx) {
-            Poll::Ready(r) => Poll::Ready(r),
-            Poll::Pending => {
-                let Some(c) = conn.as_mut() else {
-                    return Poll::Pending;
-                };
-                let done = ready!(Pin::new(c).poll(cx));
-                conn = None;
-                match done {
-                    Ok(()) => send.as_mut().poll(cx),
-                    Err(e) => Poll::Ready(Err(Error::from(e))),
-                }
-            }
-        })
-        .await?;
-        let driver: IoDriver = Box::new(async move {
-            match conn {
-                Some(conn) => conn.await.map_err(Error::from),
-                None => Ok(()),
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "an HTTP connection ended");
             }
         });
-        Ok((response, driver))
+        Ok(sender)
+    }
+}
+
+/// Where a connection goes: what the pool keeps senders by.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PoolKey {
+    https: bool,
+    host: String,
+    port: u16,
+}
+
+/// One instance's open HTTP/1.1 connections, by server, for the next
+/// request: a sink posting batch after batch to one receiver reuses its
+/// connection, as any HTTP client does, rather than paying a connect (and
+/// a TLS handshake) a batch.
+#[derive(Clone, Default)]
+struct Pool(Arc<Mutex<HashMap<PoolKey, Vec<SendRequest<WasiBody>>>>>);
+
+/// Connections kept per server.
+const POOL_PER_SERVER: usize = 4;
+
+impl Pool {
+    /// A connection to `key` that is open and idle, if there is one.
+    fn take(&self, key: &PoolKey) -> Option<SendRequest<WasiBody>> {
+        let mut pool = self.0.lock().expect("pool lock");
+        let senders = pool.get_mut(key)?;
+        senders.retain(|s| !s.is_closed());
+        let idle = senders.iter().position(SendRequest::is_ready)?;
+        Some(senders.swap_remove(idle))
+    }
+
+    /// Keeps `sender` for a next request to `key` (the oldest is dropped
+    /// past [`POOL_PER_SERVER`]).
+    fn put(&self, key: PoolKey, sender: SendRequest<WasiBody>) {
+        let mut pool = self.0.lock().expect("pool lock");
+        let senders = pool.entry(key).or_default();
+        senders.push(sender);
+        if senders.len() > POOL_PER_SERVER {
+            senders.remove(0);
+        }
     }
 }
 

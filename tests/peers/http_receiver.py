@@ -45,6 +45,9 @@ def records(body, content_type):
 
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body are two writes: with Nagle on, a keep-alive client
+    # waits out its delayed ACK (40 ms) for every response.
+    disable_nagle_algorithm = True
 
     def do_POST(self):
         global failed
