@@ -9,6 +9,7 @@ mod boundary;
 mod density;
 mod end_to_end;
 mod files;
+mod http;
 mod machine;
 mod network;
 mod plot;
@@ -471,7 +472,7 @@ fn network_section(
     cache: &std::path::Path,
 ) -> anyhow::Result<()> {
     say(
-        "\nnetwork: socket-source -> log -> blackhole, datagen -> log -> socket-sink, 100 B lines over TCP on 127.0.0.1; idle sources",
+        "\nnetwork: socket-source -> log -> blackhole, datagen -> log -> socket-sink, 100 B lines over TCP on 127.0.0.1; datagen -> log -> http-sink, NDJSON batches of 1000 to a keep-alive HTTP/1.1 receiver; idle sources",
     );
     let payload = 100;
     let (native, native_mb) = network::read_natively(network::LINES, payload)?;
@@ -509,6 +510,22 @@ fn network_section(
     let r = network::sink_run(bin, work, cache, network::LINES, payload as u32)?;
     report.add(
         Figure::new("network", "datagen -> log -> socket-sink", r, "rec/s")
+            .aside(format!("{:.0} MB/s", r * payload as f64 / 1e6))
+            .target(Target::at_least(0.8 * native)),
+    );
+    let native = http::post_natively(http::RECORDS, payload)?;
+    report.add(
+        Figure::new(
+            "network",
+            "native: HTTP/1.1 client posting NDJSON batches",
+            native,
+            "rec/s",
+        )
+        .aside(format!("{:.0} MB/s", native * payload as f64 / 1e6)),
+    );
+    let r = http::sink_run(bin, work, cache, http::RECORDS, payload as u32)?;
+    report.add(
+        Figure::new("network", "datagen -> log -> http-sink", r, "rec/s")
             .aside(format!("{:.0} MB/s", r * payload as f64 / 1e6))
             .target(Target::at_least(0.8 * native)),
     );

@@ -202,15 +202,16 @@ impl Request {
             .map_err(|e| error_of(&e, &self.url))?;
         {
             let mut out = body.write().map_err(|()| bad("body"))?;
-            for chunk in self.body.chunks(4096) {
-                out.write_all(chunk).map_err(|e| {
-                    if crate::interrupted() {
-                        HttpError::Interrupted
-                    } else {
-                        HttpError::Failed(format!("{}: sending the body: {e}", self.url))
-                    }
-                })?;
-            }
+            // As few writes as the host allows (it takes up to 1 MiB at a
+            // time): each write is a hand-over to the host's sender, and 4 KiB
+            // writes made a 100 KB batch cost 25 of them.
+            out.write_all(&self.body).map_err(|e| {
+                if crate::interrupted() {
+                    HttpError::Interrupted
+                } else {
+                    HttpError::Failed(format!("{}: sending the body: {e}", self.url))
+                }
+            })?;
             out.flush()
                 .map_err(|e| HttpError::Failed(format!("{}: sending the body: {e}", self.url)))?;
         }
