@@ -101,10 +101,6 @@ impl HttpClient {
             .unwrap_or(DEFAULT_FIRST_BYTE_TIMEOUT);
 
         let key = PoolKey { https, host, port };
-        let mut sender = match self.pool.take(&key) {
-            Some(sender) => sender,
-            None => self.connect(&key, connect_timeout).await?,
-        };
 
         for (name, value) in self.headers.iter() {
             request.headers_mut().insert(name.clone(), value.clone());
@@ -116,10 +112,33 @@ impl HttpClient {
             .build()
             .map_err(|_| Error::HttpRequestUriInvalid)?;
 
-        let response = tokio::time::timeout(first_byte_timeout, sender.send_request(request))
-            .await
-            .map_err(|_| Error::ConnectionReadTimeout)?
-            .map_err(Error::from)?;
+        let timed_out = |_| Error::ConnectionReadTimeout;
+        let (sender, response) = 'sent: {
+            // A kept connection the server has just closed hands the request
+            // back unsent: it goes out on a new connection instead.
+            let request = match self.pool.take(&key) {
+                None => request,
+                Some(mut sender) => {
+                    let tried =
+                        tokio::time::timeout(first_byte_timeout, sender.try_send_request(request))
+                            .await
+                            .map_err(timed_out)?;
+                    match tried {
+                        Ok(response) => break 'sent (sender, response),
+                        Err(mut e) => match e.take_message() {
+                            Some(request) => request,
+                            None => return Err(Error::from(e.into_error())),
+                        },
+                    }
+                }
+            };
+            let mut sender = self.connect(&key, connect_timeout).await?;
+            let response = tokio::time::timeout(first_byte_timeout, sender.send_request(request))
+                .await
+                .map_err(timed_out)?
+                .map_err(Error::from)?;
+            (sender, response)
+        };
         // Ready again once this response's body is read: the next request
         // to the same server takes it then, or opens another.
         self.pool.put(key, sender);

@@ -212,8 +212,18 @@ impl Request {
                     HttpError::Failed(format!("{}: sending the body: {e}", self.url))
                 }
             })?;
-            out.flush()
-                .map_err(|e| HttpError::Failed(format!("{}: sending the body: {e}", self.url)))?;
+            // The host's sender may close the body as soon as it has all
+            // `content-length` bytes, before this flush: that is success.
+            match out.blocking_flush() {
+                Ok(()) | Err(StreamError::Closed) => {}
+                Err(StreamError::LastOperationFailed(e)) => {
+                    return Err(HttpError::Failed(format!(
+                        "{}: sending the body: {}",
+                        self.url,
+                        e.to_debug_string()
+                    )));
+                }
+            }
         }
         OutgoingBody::finish(body, None).map_err(|e| error_of(&e, &self.url))?;
         Ok(Pending {

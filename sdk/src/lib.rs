@@ -154,6 +154,7 @@ pub use serde_json;
 pub mod http;
 pub mod log;
 pub mod net;
+pub mod outage;
 pub mod position;
 pub mod state;
 
@@ -299,10 +300,9 @@ pub trait Source: Sized + 'static {
     /// to give fails (and a sleep ends
     /// early), and [`interrupted`] says true. Return then, with the records
     /// gathered so far or with the error (the host does not count it as a
-    /// failure); keep the connection, it is still good. The host also
-    /// interrupts a wait when the batch it is gathering already holds
-    /// records and its linger is up. Do not wait with records in hand:
-    /// return them. See `wit/README.md`, "Waiting".
+    /// failure); keep the connection, it is still good. Do not wait with
+    /// records in hand: return them (the host appends a batch as soon as a
+    /// poll returns fewer records than asked for). See `wit/README.md`, "Waiting".
     fn poll(&mut self, out: &mut BatchWriter, max_records: usize) -> Result<Poll, Error>;
 
     /// Everything up to `position` is durably in the broker.

@@ -339,7 +339,9 @@ pub fn seqs(dir: &Path) -> Vec<u64> {
     let mut out = Vec::new();
     for f in output_files(dir) {
         let text = std::fs::read_to_string(&f).unwrap();
-        for line in text.lines() {
+        // A line without its newline is one the sink is writing now.
+        for line in text.split_inclusive('\n').filter(|l| l.ends_with('\n')) {
+            let line = line.trim_end();
             let rest = line
                 .strip_prefix("{\"seq\":")
                 .unwrap_or_else(|| panic!("not a datagen line in {}: {line}", f.display()));
@@ -478,5 +480,50 @@ pub fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
             "timed out after {limit:?} waiting until {what}"
         );
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Stops the host with Ctrl-C once `out/` under `dir` holds `n` lines (a
+/// minute at most), checks it exits 130, and returns its log.
+pub fn stop_after(mut host: Host, dir: &Path, n: usize) -> String {
+    let out = dir.join("out");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seqs(&out).len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after 60s waiting for {n} lines ({} came); the host's log:\n{}",
+            seqs(&out).len(),
+            host.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    host.interrupt();
+    let output = host.wait_for_exit(Duration::from_secs(30));
+    assert_eq!(output.status.code(), Some(130), "{}", host.log());
+    host.log()
+}
+
+/// `{"seq":N}` lines for each N in `range`.
+pub fn seq_lines(range: std::ops::Range<u64>) -> Vec<u8> {
+    range
+        .flat_map(|i| format!("{{\"seq\":{i}}}\n").into_bytes())
+        .collect()
+}
+
+/// Whether the tool `command` runs (`command --version`, or `version_arg`):
+/// `false` (the test skips, saying so) only where it is missing and `CI` is
+/// unset; under `CI` a missing tool fails the test, naming the Debian
+/// package that has it.
+pub fn tool(command: &str, version_arg: &str, package: &str) -> bool {
+    match Command::new(command).arg(version_arg).output() {
+        Ok(out) if out.status.success() => true,
+        other => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{command} is required under CI (Debian package {package}): {other:?}"
+            );
+            eprintln!("skipped: {command} is not installed (Debian package {package})");
+            false
+        }
     }
 }

@@ -11,23 +11,6 @@ use std::time::Duration;
 
 use crate::common::*;
 
-/// `python3`, or `None` (the test is skipped) where it is missing and `CI`
-/// is unset. Under `CI` a missing `python3` fails the test.
-#[allow(clippy::print_stderr)] // a skipped test says so where cargo test shows it
-fn python() -> Option<()> {
-    match Command::new("python3").arg("--version").output() {
-        Ok(out) if out.status.success() => Some(()),
-        other => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "python3 is required under CI: {other:?}"
-            );
-            eprintln!("skipped: python3 is not installed");
-            None
-        }
-    }
-}
-
 /// A test server of `tests/peers/` (`http_receiver.py` unless said
 /// otherwise), listening on 127.0.0.1:`port`, keeping what it gets in
 /// `dir`.
@@ -45,13 +28,9 @@ impl Receiver {
     }
 
     fn start_script(script: &'static str, dir: &Path, flags: &[&str]) -> Receiver {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         let flags = flags.iter().map(|f| (*f).to_owned()).collect();
-        Self::on(script, port, dir, flags)
+        // Port 0: the server takes a free port and says which.
+        Self::on(script, 0, dir, flags)
     }
 
     fn on(script: &'static str, port: u16, dir: &Path, flags: Vec<String>) -> Receiver {
@@ -72,7 +51,11 @@ impl Receiver {
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut first)
             .unwrap();
-        assert_eq!(first.trim(), "listening", "the receiver did not start");
+        let port = first
+            .trim()
+            .strip_prefix("listening ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("the server did not start: {first:?}"));
         Receiver {
             child,
             port,
@@ -105,7 +88,7 @@ impl Receiver {
 
     /// The seq of every record it received, repeats included.
     fn all(&self) -> Vec<u64> {
-        lines(&self.dir.join("all.ndjson"))
+        lines_of(&self.dir.join("all.ndjson"))
             .iter()
             .map(|l| seq_of(l))
             .collect()
@@ -113,7 +96,7 @@ impl Receiver {
 
     /// The seq of every record it kept (each key once).
     fn kept(&self) -> Vec<u64> {
-        lines(&self.dir.join("kept.log"))
+        lines_of(&self.dir.join("kept.log"))
             .iter()
             .map(|l| seq_of(l.split_once('\t').unwrap().1))
             .collect()
@@ -121,7 +104,7 @@ impl Receiver {
 
     /// How many connections it accepted.
     fn connections(&self) -> usize {
-        lines(&self.dir.join("connections")).len()
+        lines_of(&self.dir.join("connections")).len()
     }
 }
 
@@ -132,7 +115,7 @@ impl Drop for Receiver {
     }
 }
 
-fn lines(file: &Path) -> Vec<String> {
+fn lines_of(file: &Path) -> Vec<String> {
     std::fs::read_to_string(file)
         .unwrap_or_default()
         .lines()
@@ -157,7 +140,9 @@ fn http_sink(receiver: &Receiver) -> Connector {
 
 #[test]
 fn http_sink_delivers_across_a_receiver_killed_mid_run_and_the_key_makes_it_exactly_once() {
-    let Some(()) = python() else { return };
+    if !tool("python3", "--version", "python3") {
+        return;
+    }
     const N: u64 = 20_000;
     let dir = tempfile::tempdir().unwrap();
     let mut receiver = Receiver::start(&dir.path().join("receiver"), &[]);
@@ -188,7 +173,9 @@ fn http_sink_delivers_across_a_receiver_killed_mid_run_and_the_key_makes_it_exac
 
 #[test]
 fn http_sink_waits_out_503_for_as_long_as_retry_after_says() {
-    let Some(()) = python() else { return };
+    if !tool("python3", "--version", "python3") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let receiver = Receiver::start(&dir.path().join("receiver"), &["--fail-first", "2"]);
     let manifest = manifest()
@@ -210,47 +197,58 @@ fn http_sink_waits_out_503_for_as_long_as_retry_after_says() {
     );
 }
 
-#[test]
-fn http_sink_dead_letters_each_record_the_receiver_refuses_and_delivers_the_rest() {
-    let Some(()) = python() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in");
+/// `lines` in a file that `file-source` reads into `events`, `sink` posting
+/// them, and the dead-letter topic read back: what it holds, one JSON
+/// object a record. The run must end well.
+fn post_lines(dir: &Path, lines: &str, poster: Connector) -> Vec<serde_json::Value> {
+    let input = dir.join("in");
     std::fs::create_dir_all(&input).unwrap();
-    let text: String = (0..100u64)
-        .map(|i| format!("{{\"seq\":{i},\"bad\":{}}}\n", i % 10 == 3))
-        .collect();
-    std::fs::write(input.join("records.ndjson"), text).unwrap();
-    let receiver = Receiver::start(&dir.path().join("receiver"), &["--reject-bad"]);
+    std::fs::write(input.join("records.ndjson"), lines).unwrap();
     let manifest = manifest()
         .connector(
             source("read", "file-source", "events")
                 .config("path", "/in")
                 .files("in", "/in", "read-only"),
         )
-        .connector(http_sink(&receiver))
+        .connector(poster)
         .connector(
             sink("dlq-reader", "file-sink", "post.dlq")
                 .config("path", "/out")
                 .config("format", "json")
                 .files("dlq", "/out", "read-write"),
         )
-        .write(dir.path());
+        .write(dir);
     let out = run(&["run", "--no-progress", manifest.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    output_files(&dir.join("dlq"))
+        .iter()
+        .flat_map(|f| lines_of(f))
+        .map(|line| serde_json::from_str(&line).unwrap())
+        .collect()
+}
+
+#[test]
+fn http_sink_dead_letters_each_record_the_receiver_refuses_and_delivers_the_rest() {
+    if !tool("python3", "--version", "python3") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let text: String = (0..100u64)
+        .map(|i| format!("{{\"seq\":{i},\"bad\":{}}}\n", i % 10 == 3))
+        .collect();
+    let receiver = Receiver::start(&dir.path().join("receiver"), &["--reject-bad"]);
+    let dead_letters = post_lines(dir.path(), &text, http_sink(&receiver));
     let mut kept = receiver.kept();
     kept.sort_unstable();
     let good: Vec<u64> = (0..100).filter(|i| i % 10 != 3).collect();
     assert_eq!(kept, good, "every good record delivered once");
     let mut dead = Vec::new();
-    for f in output_files(&dir.path().join("dlq")) {
-        for line in lines(&f) {
-            let r: serde_json::Value = serde_json::from_str(&line).unwrap();
-            assert_eq!(
-                r["headers"]["sluice.error"], "HTTP 400: a record is bad",
-                "{r}"
-            );
-            dead.push(seq_of(r["value"].as_str().unwrap()));
-        }
+    for r in dead_letters {
+        assert_eq!(
+            r["headers"]["sluice.error"], "HTTP 400: a record is bad",
+            "{r}"
+        );
+        dead.push(seq_of(r["value"].as_str().unwrap()));
     }
     dead.sort_unstable();
     let bad: Vec<u64> = (0..100).filter(|i| i % 10 == 3).collect();
@@ -262,7 +260,9 @@ fn http_sink_dead_letters_each_record_the_receiver_refuses_and_delivers_the_rest
 
 #[test]
 fn an_http_request_to_an_ungranted_port_is_refused_before_a_byte_leaves() {
-    let Some(()) = python() else { return };
+    if !tool("python3", "--version", "python3") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let receiver = Receiver::start(&dir.path().join("receiver"), &[]);
     let other = format!("127.0.0.1:{}", receiver.port + 1);
@@ -289,7 +289,9 @@ fn an_http_request_to_an_ungranted_port_is_refused_before_a_byte_leaves() {
 
 #[test]
 fn a_header_from_a_secret_reaches_the_server_and_shows_nowhere() {
-    let Some(()) = python() else { return };
+    if !tool("python3", "--version", "python3") {
+        return;
+    }
     const TOKEN: &str = "s3cret-token-6c1f9e";
     let dir = tempfile::tempdir().unwrap();
     let receiver = Receiver::start(&dir.path().join("receiver"), &[]);
@@ -309,7 +311,7 @@ fn a_header_from_a_secret_reaches_the_server_and_shows_nowhere() {
     let out = run_env(&["run", "--no-progress", manifest.to_str().unwrap()], &env);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_exactly_once(receiver.kept(), 50);
-    let seen = lines(&receiver.dir.join("authorization"));
+    let seen = lines_of(&receiver.dir.join("authorization"));
     assert!(
         !seen.is_empty() && seen.iter().all(|a| a == &format!("Bearer {TOKEN}")),
         "every request carried the header: {seen:?}"
@@ -327,6 +329,114 @@ fn a_header_from_a_secret_reaches_the_server_and_shows_nowhere() {
     assert!(
         String::from_utf8_lossy(&validate.stdout).contains("authorization"),
         "validate names the header"
+    );
+}
+
+#[test]
+fn requests_started_together_are_in_flight_together() {
+    if !tool("python3", "--version", "python3") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(&dir.path().join("receiver"), &["--delay-ms", "300"]);
+    let manifest = manifest()
+        .connector(gen_source(8, 0, 32).batch("max_records", 8))
+        .connector(
+            sink("fan", wasm("http-fan-out"), "events")
+                .config("url", receiver.url().as_str())
+                .grant("net", vec![receiver.addr().as_str()]),
+        )
+        .write(dir.path());
+    let out = run(&["run", "--no-progress", manifest.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_exactly_once(receiver.kept(), 8);
+    let most: usize = lines_of(&receiver.dir.join("most_in_flight"))[0]
+        .parse()
+        .unwrap();
+    assert!(
+        most >= 4,
+        "a batch's requests, started before any answer, wait together: {most} at most"
+    );
+}
+
+#[test]
+fn https_goes_through_the_hosts_tls_with_the_granted_ca_and_no_other() {
+    if !tool("python3", "--version", "python3") || !tool("openssl", "version", "openssl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pki = crate::tls::make_pki(dir.path());
+    let (cert, key) = (pki.join("server.pem"), pki.join("server.key"));
+    let receiver = Receiver::start(
+        &dir.path().join("receiver"),
+        &["--tls", cert.to_str().unwrap(), key.to_str().unwrap()],
+    );
+    let url = format!("https://localhost:{}/ingest", receiver.port);
+    let https_sink = |tls: toml::Table| {
+        http_sink(&receiver)
+            .config("url", url.as_str())
+            .grant("net", vec![format!("localhost:{}", receiver.port).as_str()])
+            .grant("tls", tls)
+    };
+    let mut ca = toml::Table::new();
+    ca.insert(
+        "ca_file".into(),
+        pki.join("ca.pem").to_str().unwrap().into(),
+    );
+    let trusting = manifest()
+        .connector(gen_source(100, 0, 32))
+        .connector(https_sink(ca))
+        .write(dir.path());
+    let out = run(&["run", "--no-progress", trusting.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_exactly_once(receiver.kept(), 100);
+
+    // No CA granted: the test CA is not among the system's roots.
+    let dir = tempfile::tempdir().unwrap();
+    let untrusting = manifest()
+        .connector(gen_source(100, 0, 32))
+        .connector(https_sink(toml::Table::new()))
+        .write(dir.path());
+    let mut host = Host::run(dir.path(), &untrusting);
+    host.wait_for_log(
+        "TLS handshake with localhost failed: its certificate is not signed by a CA this \
+         connector trusts",
+        Duration::from_secs(60),
+    );
+    host.interrupt();
+    host.wait_for_exit(Duration::from_secs(30));
+    assert_eq!(receiver.all().len(), 100, "no request reached it");
+}
+
+#[test]
+fn http_sink_posts_a_json_array_and_dead_letters_a_value_that_is_not_json() {
+    if !tool("python3", "--version", "python3") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let text: String = (0..20u64)
+        .map(|i| {
+            if i == 7 {
+                "not json\n".to_owned()
+            } else {
+                format!("{{\"seq\":{i}}}\n")
+            }
+        })
+        .collect();
+    let receiver = Receiver::start(&dir.path().join("receiver"), &[]);
+    let dead = post_lines(
+        dir.path(),
+        &text,
+        http_sink(&receiver).config("format", "json-array"),
+    );
+    let mut kept = receiver.kept();
+    kept.sort_unstable();
+    assert_eq!(kept, (0..20).filter(|&i| i != 7).collect::<Vec<_>>());
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["value"], "not json");
+    assert_eq!(
+        dead[0]["headers"]["sluice.error"],
+        "the value is not JSON, which a JSON array needs"
     );
 }
 
@@ -351,23 +461,11 @@ fn http_source_to_files(dir: &Path, server: &Receiver, mode: &str, path: &str) -
         .write(dir)
 }
 
-/// Stops the host with Ctrl-C once `out/` holds `n` lines; returns its log.
-fn stop_after(mut host: Host, dir: &Path, n: usize) -> String {
-    let out = dir.join("out");
-    wait_until(
-        &format!("{n} lines arrive"),
-        Duration::from_secs(60),
-        || seqs(&out).len() >= n,
-    );
-    host.interrupt();
-    let output = host.wait_for_exit(Duration::from_secs(30));
-    assert_eq!(output.status.code(), Some(130), "{}", host.log());
-    host.log()
-}
-
 #[test]
 fn http_source_resumes_server_sent_events_from_the_last_event_id_after_the_server_dies() {
-    let Some(()) = python() else { return };
+    if !tool("python3", "--version", "python3") {
+        return;
+    }
     const N: usize = 3000;
     let dir = tempfile::tempdir().unwrap();
     let mut server = Receiver::start_script(
@@ -388,7 +486,7 @@ fn http_source_resumes_server_sent_events_from_the_last_event_id_after_the_serve
         (1..=N as u64).collect::<Vec<_>>(),
         "every event once, in order: no gap, no repeat"
     );
-    let requests = lines(&server.dir.join("requests"));
+    let requests = lines_of(&server.dir.join("requests"));
     assert!(requests.len() >= 2, "{requests:?}");
     let resumed: u64 = requests[1].split(' ').nth(1).unwrap().parse().unwrap();
     assert!(
@@ -400,7 +498,9 @@ fn http_source_resumes_server_sent_events_from_the_last_event_id_after_the_serve
 
 #[test]
 fn http_source_polls_an_endpoint_page_by_page_with_its_cursor() {
-    let Some(()) = python() else { return };
+    if !tool("python3", "--version", "python3") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let server = Receiver::start_script("event_server.py", &dir.path().join("server"), &["1000"]);
     let manifest = http_source_to_files(dir.path(), &server, "poll", "/items");
@@ -410,7 +510,7 @@ fn http_source_polls_an_endpoint_page_by_page_with_its_cursor() {
         seqs(&dir.path().join("out")),
         (1..=1000).collect::<Vec<_>>()
     );
-    let requests = lines(&server.dir.join("requests"));
+    let requests = lines_of(&server.dir.join("requests"));
     assert!(
         requests.iter().any(|r| r.starts_with("/items?cursor=900 ")),
         "{requests:?}"
@@ -419,7 +519,9 @@ fn http_source_polls_an_endpoint_page_by_page_with_its_cursor() {
 
 #[test]
 fn http_source_reads_an_ndjson_stream() {
-    let Some(()) = python() else { return };
+    if !tool("python3", "--version", "python3") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let server = Receiver::start_script("event_server.py", &dir.path().join("server"), &["500"]);
     let manifest = http_source_to_files(dir.path(), &server, "ndjson", "/lines");

@@ -68,7 +68,7 @@ fn a_missing_file_and_an_unknown_plugin_are_explained() {
     assert!(err.contains("sluice.toml:7:10"), "{err}");
     assert!(err.contains("unknown plugin \"datagem\""), "{err}");
     assert!(
-        err.contains("datagen, file-sink, file-source, print"),
+        err.contains("datagen, file-sink, file-source, http-sink, http-source, print"),
         "lists the built-ins: {err}"
     );
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """The HTTP service the http-source tests read: a real server, in its own
-process, that a test can SIGKILL and start again on the same port.
+process, that a test can SIGKILL and start again on the same port. Port 0
+takes a free one; the first line it prints is "listening PORT".
 
     event_server.py PORT DIR N
 
@@ -88,5 +89,5 @@ class Handler(http.server.BaseHTTPRequestHandler):
 os.makedirs(DIR, exist_ok=True)
 server = http.server.ThreadingHTTPServer(("127.0.0.1", PORT), Handler)
 server.daemon_threads = True
-print("listening", flush=True)
+print("listening", server.server_address[1], flush=True)
 server.serve_forever()

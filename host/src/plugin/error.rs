@@ -149,6 +149,16 @@ pub enum PluginError {
 }
 
 impl PluginError {
+    /// True for an error the plugin returned itself (retriable or fatal),
+    /// as one whose wait the host interrupted does; false for a trap, a
+    /// broken contract or anything else the host found.
+    pub fn is_returned(&self) -> bool {
+        matches!(
+            self,
+            PluginError::Retriable { .. } | PluginError::Fatal { .. }
+        )
+    }
+
     /// True for errors worth retrying with backoff.
     pub fn is_retriable(&self) -> bool {
         matches!(self, PluginError::Retriable { .. })

@@ -123,16 +123,14 @@ pub enum InstanceState {
 }
 
 /// Awaits a plugin `call`, and raises the instance's `interrupt` if the
-/// pump is asked to stop, or (given its `control`) to pause or swap, or
-/// the `deadline` passes, while the call is under way: a plugin blocked
-/// waiting (a read from a quiet socket, a sleep) then returns within a tick
-/// instead of holding the pump. The call is never dropped: it returns, and
-/// the plugin stays whole.
+/// pump is asked to stop, or (given its `control`) to pause or swap, while
+/// the call is under way: a plugin blocked waiting (a read from a quiet
+/// socket, a sleep) then returns within a tick instead of holding the pump.
+/// The call is never dropped: it returns, and the plugin stays whole.
 pub(crate) async fn interruptible<T>(
     call: impl Future<Output = T>,
     stop: &StopSignal,
     control: Option<&InstanceControl>,
-    deadline: Option<Instant>,
     interrupt: &Interrupt,
 ) -> T {
     tokio::pin!(call);
@@ -142,18 +140,11 @@ pub(crate) async fn interruptible<T>(
             None => std::future::pending().await,
         }
     };
-    let due = async {
-        match deadline {
-            Some(at) => tokio::time::sleep_until(at.into()).await,
-            None => std::future::pending().await,
-        }
-    };
     tokio::select! {
         biased;
         out = &mut call => return out,
         () = stop.stopped() => {}
         () = wanted => {}
-        () = due => {}
     }
     interrupt.raise();
     call.await

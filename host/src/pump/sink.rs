@@ -16,8 +16,8 @@ use super::{
 };
 use crate::broker::{Broker, SourceCheckpoint};
 use crate::manifest::RestartPolicy;
-use crate::plugin::SinkInstance;
 use crate::plugin::instance::Refused;
+use crate::plugin::{PluginError, SinkInstance};
 
 /// Settings of a sink pump.
 #[derive(Debug, Clone)]
@@ -161,9 +161,10 @@ impl<B: Broker> SinkPump<B> {
                             b.records,
                         );
                         let tried =
-                            interruptible(write, &self.stop, Some(&self.control), None, &interrupt)
-                                .await;
-                        if interrupt.is_raised() && tried.is_err() {
+                            interruptible(write, &self.stop, Some(&self.control), &interrupt).await;
+                        if interrupt.is_raised()
+                            && tried.as_ref().is_err_and(PluginError::is_returned)
+                        {
                             // Its wait (a peer away, a full socket) was ended
                             // for a stop, pause or swap: the batch is not
                             // written. Stopping, it is left for the next
@@ -318,8 +319,8 @@ impl<B: Broker> SinkPump<B> {
             // Only a stop interrupts a flush: a pause or a swap needs it done.
             let interrupt = self.instance.interrupter();
             let flush = self.instance.flush();
-            let tried = interruptible(flush, &self.stop, None, None, &interrupt).await;
-            if interrupt.is_raised() && tried.is_err() {
+            let tried = interruptible(flush, &self.stop, None, &interrupt).await;
+            if interrupt.is_raised() && tried.as_ref().is_err_and(PluginError::is_returned) {
                 tracing::warn!(
                     connector = %self.connector,
                     "stopped while the sink's flush waited: the offsets since the last commit \

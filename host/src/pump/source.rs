@@ -231,24 +231,19 @@ impl<B: Broker> SourcePump<B> {
             } = loop {
                 let interrupt = self.instance.interrupter();
                 let poll = self.instance.poll(want);
-                // With records in hand, a poll that waits for more (a quiet
-                // socket) is cut short when the linger is up, so that the
-                // records go out rather than wait for the next ones.
-                let linger = (filled.records > 0).then_some(deadline);
-                let tried =
-                    interruptible(poll, &self.stop, Some(&self.control), linger, &interrupt).await;
-                if interrupt.is_raised() {
-                    // Its wait was ended for a stop, pause or swap, or the
-                    // linger: what it gathered stands; a failure it met in
-                    // that wait (a read that timed out) is not its fault.
-                    match tried {
-                        Ok(polled) => break polled,
-                        Err(e) => {
-                            tracing::debug!("poll interrupted: {e:#}");
-                            break Polled::default();
-                        }
+                let tried = interruptible(poll, &self.stop, Some(&self.control), &interrupt).await;
+                // Its wait was ended for a stop, pause or swap: what it
+                // gathered stands; an error it returned
+                // after that wait (a read that failed) is not its fault. A
+                // trap is, interrupted or not.
+                let tried = match tried {
+                    Ok(polled) if interrupt.is_raised() => break polled,
+                    Err(e) if interrupt.is_raised() && e.is_returned() => {
+                        tracing::debug!("poll interrupted: {e:#}");
+                        break Polled::default();
                     }
-                }
+                    other => other,
+                };
                 if let Some(polled) = retry.settle(tried, "poll", &self.stop).await? {
                     break polled;
                 }
@@ -264,9 +259,12 @@ impl<B: Broker> SourcePump<B> {
             }
             filled.end_of_stream = end_of_stream;
             let full = filled.records >= self.config.max_records || bytes >= self.config.max_bytes;
+            // Fewer records than asked for: the source has no more right
+            // now, and asking again could wait (a quiet socket) with these
+            // records held back from the log.
             if end_of_stream
                 || full
-                || n == 0
+                || n < want
                 || Instant::now() >= deadline
                 || self.stop.is_stopped()
             {

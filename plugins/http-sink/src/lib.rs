@@ -32,6 +32,7 @@
 use std::time::Duration;
 
 use sluice_sdk::http::{HttpError, Request, Response};
+use sluice_sdk::outage::Outage;
 use sluice_sdk::{Batch, Context, Error, Origin, RecordRef, Rejects, Sink};
 
 /// How records are put in a request's body.
@@ -69,13 +70,13 @@ pub struct Config {
     #[serde(default = "default_idempotency_header")]
     pub idempotency_header: String,
     /// First wait before sending again, in milliseconds. Default 100.
-    #[serde(default = "default_retry_initial_ms")]
+    #[serde(default = "sluice_sdk::outage::default_initial_ms")]
     pub retry_initial_ms: u64,
     /// Longest wait between tries, in milliseconds. Default 5000.
-    #[serde(default = "default_retry_max_ms")]
+    #[serde(default = "sluice_sdk::outage::default_max_ms")]
     pub retry_max_ms: u64,
     /// Longest `Retry-After` obeyed, in milliseconds. Default 60000.
-    #[serde(default = "default_max_retry_after_ms")]
+    #[serde(default = "sluice_sdk::outage::default_max_retry_after_ms")]
     pub max_retry_after_ms: u64,
     /// Longest wait for the response's head, in milliseconds. Default
     /// 30000; a request that takes longer is tried again.
@@ -88,15 +89,6 @@ fn default_method() -> String {
 }
 fn default_idempotency_header() -> String {
     "Idempotency-Key".into()
-}
-fn default_retry_initial_ms() -> u64 {
-    100
-}
-fn default_retry_max_ms() -> u64 {
-    5000
-}
-fn default_max_retry_after_ms() -> u64 {
-    60_000
 }
 fn default_response_timeout_ms() -> u64 {
     30_000
@@ -115,9 +107,7 @@ enum Answer {
 pub struct HttpSink {
     config: Config,
     content_type: &'static str,
-    /// Why the receiver is away, once said.
-    away: Option<String>,
-    backoff: Duration,
+    receiver: Outage,
 }
 
 impl HttpSink {
@@ -183,7 +173,7 @@ impl HttpSink {
                 Ok(response) => match response.status() {
                     200..=299 => {
                         drain(response);
-                        self.back();
+                        self.receiver.back();
                         return Ok(Answer::Delivered);
                     }
                     408 | 429 | 500..=599 => {
@@ -191,13 +181,14 @@ impl HttpSink {
                         let after = retry_after(&response)
                             .map(|d| d.min(Duration::from_millis(self.config.max_retry_after_ms)));
                         let text = snippet(response);
-                        self.went_away(&format!("it answered {status}: {text}"));
+                        self.receiver
+                            .went_away(&format!("it answered {status}: {text}"));
                         after
                     }
                     400..=499 => {
                         let status = response.status();
                         let text = snippet(response);
-                        self.back();
+                        self.receiver.back();
                         return Ok(Answer::Refused(format!("HTTP {status}: {text}")));
                     }
                     status => {
@@ -212,42 +203,17 @@ impl HttpSink {
                 }
                 Err(e @ (HttpError::Denied(_) | HttpError::Url(_))) => return Err(e.into()),
                 Err(HttpError::Failed(why)) => {
-                    self.went_away(&why);
+                    self.receiver.went_away(&why);
                     None
                 }
             };
-            let wait = wait.unwrap_or(self.backoff);
-            std::thread::sleep(wait);
-            self.backoff = (self.backoff * 2).min(Duration::from_millis(self.config.retry_max_ms));
+            self.receiver.wait(wait);
             if sluice_sdk::interrupted() {
                 return Err(Error::retriable(
                     "interrupted while waiting for the receiver",
                 ));
             }
         }
-    }
-
-    /// The receiver is away: say so once.
-    fn went_away(&mut self, why: &str) {
-        if self.away.is_none() {
-            sluice_sdk::warn!(
-                "http-sink: {} is away ({why}); sending again, at most every {:?}",
-                self.config.url,
-                Duration::from_millis(self.config.retry_max_ms)
-            );
-            self.away = Some(why.to_owned());
-        }
-    }
-
-    /// The receiver answered: say so once if it was away.
-    fn back(&mut self) {
-        if let Some(why) = self.away.take() {
-            sluice_sdk::info!(
-                "http-sink: {} is back (it was away: {why})",
-                self.config.url
-            );
-        }
-        self.backoff = Duration::from_millis(self.config.retry_initial_ms);
     }
 }
 
@@ -274,11 +240,11 @@ impl Sink for HttpSink {
     type Config = Config;
 
     fn open(config: Config, _ctx: &Context) -> Result<Self, Error> {
-        if config.retry_initial_ms == 0 || config.retry_max_ms < config.retry_initial_ms {
-            return Err(Error::invalid_config(
-                "retry_initial_ms must be at least 1 and at most retry_max_ms",
-            ));
-        }
+        let receiver = Outage::new(
+            format!("http-sink: {}", config.url),
+            (config.retry_initial_ms, config.retry_max_ms),
+            ("retry_initial_ms", "retry_max_ms"),
+        )?;
         if !(config.url.starts_with("http://") || config.url.starts_with("https://")) {
             return Err(Error::invalid_config(format!(
                 "url {:?} must start with http:// or https://",
@@ -290,10 +256,9 @@ impl Sink for HttpSink {
             Format::JsonArray => "application/json",
         };
         Ok(HttpSink {
-            backoff: Duration::from_millis(config.retry_initial_ms),
             config,
             content_type,
-            away: None,
+            receiver,
         })
     }
 

@@ -30,6 +30,7 @@ use std::io::Read as _;
 use std::time::Duration;
 
 use sluice_sdk::http::{Body, HttpError, Request, Response};
+use sluice_sdk::outage::Outage;
 use sluice_sdk::{BatchWriter, Context, Error, Poll, Source};
 
 /// What the URL serves.
@@ -79,13 +80,13 @@ pub struct Config {
     #[serde(default = "default_poll_interval_ms")]
     pub poll_interval_ms: u64,
     /// First wait before asking again, in milliseconds. Default 100.
-    #[serde(default = "default_retry_initial_ms")]
+    #[serde(default = "sluice_sdk::outage::default_initial_ms")]
     pub retry_initial_ms: u64,
     /// Longest wait between tries, in milliseconds. Default 5000.
-    #[serde(default = "default_retry_max_ms")]
+    #[serde(default = "sluice_sdk::outage::default_max_ms")]
     pub retry_max_ms: u64,
     /// Longest `Retry-After` obeyed, in milliseconds. Default 60000.
-    #[serde(default = "default_max_retry_after_ms")]
+    #[serde(default = "sluice_sdk::outage::default_max_retry_after_ms")]
     pub max_retry_after_ms: u64,
     /// Longest record (event, line) accepted, in bytes. Default 1 MiB.
     #[serde(default = "default_max_record_bytes")]
@@ -100,15 +101,6 @@ fn default_cursor_pointer() -> String {
 }
 fn default_poll_interval_ms() -> u64 {
     1000
-}
-fn default_retry_initial_ms() -> u64 {
-    100
-}
-fn default_retry_max_ms() -> u64 {
-    5000
-}
-fn default_max_retry_after_ms() -> u64 {
-    60_000
 }
 fn default_max_record_bytes() -> u32 {
     1 << 20
@@ -127,10 +119,8 @@ pub struct HttpSource {
     event: SseEvent,
     /// `sse`: the last event id; `poll`: the cursor.
     position: Option<String>,
-    /// Why the service is away, once said.
-    away: Option<String>,
-    backoff: Duration,
-    /// A wait the service asked for (`Retry-After`, SSE `retry`).
+    service: Outage,
+    /// A wait the service asked for (`Retry-After`).
     asked_wait: Option<Duration>,
 }
 
@@ -166,14 +156,14 @@ impl HttpSource {
         match request.send() {
             Ok(response) => match response.status() {
                 200..=299 => {
-                    self.back();
+                    self.service.back();
                     return Ok(Some(response));
                 }
                 408 | 429 | 500..=599 => {
                     let status = response.status();
                     self.asked_wait = retry_after(&response)
                         .map(|d| d.min(Duration::from_millis(self.config.max_retry_after_ms)));
-                    self.went_away(&format!("it answered {status}"));
+                    self.service.went_away(&format!("it answered {status}"));
                 }
                 status => {
                     let body = response.bytes().unwrap_or_default();
@@ -186,45 +176,23 @@ impl HttpSource {
             },
             Err(HttpError::Interrupted) => return Ok(None),
             Err(e @ (HttpError::Denied(_) | HttpError::Url(_))) => return Err(e.into()),
-            Err(HttpError::Failed(why)) => self.went_away(&why),
+            Err(HttpError::Failed(why)) => self.service.went_away(&why),
         }
         self.wait();
         Ok(None)
     }
 
     /// Waits before the next try: what the service asked for, or the
-    /// backoff (doubled for next time).
+    /// backoff.
     fn wait(&mut self) {
-        let wait = self.asked_wait.take().unwrap_or(self.backoff);
-        std::thread::sleep(wait);
-        self.backoff = (self.backoff * 2).min(Duration::from_millis(self.config.retry_max_ms));
-    }
-
-    fn went_away(&mut self, why: &str) {
-        if self.away.is_none() {
-            sluice_sdk::warn!(
-                "http-source: {} is away ({why}); asking again, at most every {:?}",
-                self.config.url,
-                Duration::from_millis(self.config.retry_max_ms)
-            );
-            self.away = Some(why.to_owned());
-        }
-    }
-
-    fn back(&mut self) {
-        if let Some(why) = self.away.take() {
-            sluice_sdk::info!(
-                "http-source: {} is back (it was away: {why})",
-                self.config.url
-            );
-        }
-        self.backoff = Duration::from_millis(self.config.retry_initial_ms);
+        let asked = self.asked_wait.take();
+        self.service.wait(asked);
     }
 
     /// The stream ended or broke: drop it and what was half read, and wait
     /// before asking again.
     fn stream_ended(&mut self, why: &str) {
-        self.went_away(why);
+        self.service.went_away(why);
         self.stream = None;
         self.buf.clear();
         self.start = 0;
@@ -330,7 +298,7 @@ impl HttpSource {
                 }
                 b"retry" => {
                     if let Some(ms) = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()) {
-                        self.backoff = Duration::from_millis(ms);
+                        self.service.set_backoff(Duration::from_millis(ms));
                     }
                 }
                 _ => {}
@@ -405,7 +373,7 @@ impl HttpSource {
             Ok(body) => body,
             Err(_) if sluice_sdk::interrupted() => return Ok(()),
             Err(e) => {
-                self.went_away(&e.to_string());
+                self.service.went_away(&e.to_string());
                 self.wait();
                 return Ok(());
             }
@@ -466,11 +434,11 @@ impl Source for HttpSource {
     type Config = Config;
 
     fn open(config: Config, _ctx: &Context, resume: Option<&[u8]>) -> Result<Self, Error> {
-        if config.retry_initial_ms == 0 || config.retry_max_ms < config.retry_initial_ms {
-            return Err(Error::invalid_config(
-                "retry_initial_ms must be at least 1 and at most retry_max_ms",
-            ));
-        }
+        let service = Outage::new(
+            format!("http-source: {}", config.url),
+            (config.retry_initial_ms, config.retry_max_ms),
+            ("retry_initial_ms", "retry_max_ms"),
+        )?;
         let position = match resume {
             Some(p) => Some(
                 String::from_utf8(p.to_vec())
@@ -480,14 +448,13 @@ impl Source for HttpSource {
             None => None,
         };
         Ok(HttpSource {
-            backoff: Duration::from_millis(config.retry_initial_ms),
             config,
             stream: None,
             buf: Vec::new(),
             start: 0,
             event: SseEvent::default(),
             position,
-            away: None,
+            service,
             asked_wait: None,
         })
     }
@@ -505,3 +472,62 @@ impl Source for HttpSource {
 }
 
 sluice_sdk::export_source!(HttpSource);
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use sluice_sdk::Batch;
+
+    fn sse_source() -> HttpSource {
+        let config: Config =
+            sluice_sdk::serde_json::from_str(r#"{"url": "http://127.0.0.1:1/events"}"#).unwrap();
+        let ctx = Context {
+            connector: "read".into(),
+            index: 0,
+            count: 1,
+        };
+        HttpSource::open(config, &ctx, None).unwrap()
+    }
+
+    /// Parses `text` as if read from the stream: the records' values, and
+    /// the position after them.
+    fn parse(source: &mut HttpSource, text: &str) -> (Vec<String>, Option<String>) {
+        source.buf.extend_from_slice(text.as_bytes());
+        let mut out = BatchWriter::new();
+        source.parse(&mut out, 100).unwrap();
+        let bytes = out.finish();
+        let values = Batch::parse(&bytes)
+            .unwrap()
+            .iter()
+            .map(|r| String::from_utf8(r.value.to_vec()).unwrap())
+            .collect();
+        (values, source.position.clone())
+    }
+
+    #[test]
+    fn an_sse_event_is_a_record_once_whole_and_only_then_moves_the_position() {
+        let mut s = sse_source();
+        let (values, position) = parse(&mut s, "retry: 50\n\nid: 1\ndata: a\n\nid: 2\ndata: b");
+        assert_eq!(values, ["a"]);
+        assert_eq!(
+            position.as_deref(),
+            Some("1"),
+            "a half-read event's id is not the position yet"
+        );
+        let (values, position) = parse(&mut s, "\n\n");
+        assert_eq!(values, ["b"]);
+        assert_eq!(position.as_deref(), Some("2"));
+    }
+
+    #[test]
+    fn sse_data_lines_join_and_crlf_comments_and_ids_without_data_are_handled() {
+        let mut s = sse_source();
+        let (values, position) = parse(
+            &mut s,
+            ": keep-alive\r\nevent: tick\r\ndata: one\r\ndata:two\r\n\r\nid: 7\r\n\r\n",
+        );
+        assert_eq!(values, ["one\ntwo"]);
+        assert_eq!(position.as_deref(), Some("7"), "an id alone still moves it");
+    }
+}

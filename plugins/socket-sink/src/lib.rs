@@ -49,10 +49,10 @@ pub struct Config {
     #[serde(default = "default_resend_bytes")]
     pub resend_bytes: u64,
     /// First wait before connecting again, in milliseconds. Default 100.
-    #[serde(default = "sluice_socket::default_reconnect_initial_ms")]
+    #[serde(default = "sluice_sdk::outage::default_initial_ms")]
     pub reconnect_initial_ms: u64,
     /// Longest wait between tries, in milliseconds. Default 5000.
-    #[serde(default = "sluice_socket::default_reconnect_max_ms")]
+    #[serde(default = "sluice_sdk::outage::default_max_ms")]
     pub reconnect_max_ms: u64,
 }
 

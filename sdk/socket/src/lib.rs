@@ -5,10 +5,10 @@
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
 
 use sluice_sdk::Error;
 use sluice_sdk::net::TlsStream;
+use sluice_sdk::outage::Outage;
 
 /// How records are framed on the wire.
 #[sluice_sdk::config]
@@ -37,16 +37,6 @@ pub fn tls_server_name(tls: bool, server_name: Option<&str>, addr: &str) -> Opti
             str::to_owned,
         )
     })
-}
-
-/// Default `reconnect_initial_ms`.
-pub fn default_reconnect_initial_ms() -> u64 {
-    100
-}
-
-/// Default `reconnect_max_ms`.
-pub fn default_reconnect_max_ms() -> u64 {
-    5000
 }
 
 /// A connection to the peer: plain TCP (`std`'s, as any Rust program opens
@@ -90,22 +80,17 @@ impl Write for Conn {
 pub struct Peer {
     /// `host:port`.
     pub addr: String,
-    /// Who speaks in the log (`socket-source`, `socket-sink`).
-    who: &'static str,
     /// Connect over TLS, checking the server's certificate against this
     /// name.
     tls: Option<String>,
-    initial: Duration,
-    max: Duration,
-    backoff: Duration,
-    /// Why the peer is away, once said.
-    away: Option<String>,
+    outage: Outage,
 }
 
 impl Peer {
     /// A peer at `addr`, tried again after `initial_ms`, doubling up to
     /// `max_ms`; over TLS if `tls` names the server (see
-    /// [`tls_server_name`]). Refuses settings that cannot work.
+    /// [`tls_server_name`]). `who` speaks in the log (`socket-source`).
+    /// Refuses settings that cannot work.
     pub fn new(
         who: &'static str,
         addr: &str,
@@ -113,20 +98,14 @@ impl Peer {
         initial_ms: u64,
         max_ms: u64,
     ) -> Result<Self, Error> {
-        if initial_ms == 0 || max_ms < initial_ms {
-            return Err(Error::invalid_config(
-                "reconnect_initial_ms must be at least 1 and at most reconnect_max_ms",
-            ));
-        }
-        let initial = Duration::from_millis(initial_ms);
         Ok(Peer {
             addr: addr.to_owned(),
-            who,
             tls,
-            initial,
-            max: Duration::from_millis(max_ms),
-            backoff: initial,
-            away: None,
+            outage: Outage::new(
+                format!("{who}: {addr}"),
+                (initial_ms, max_ms),
+                ("reconnect_initial_ms", "reconnect_max_ms"),
+            )?,
         })
     }
 
@@ -139,10 +118,7 @@ impl Peer {
         };
         match conn {
             Ok(stream) => {
-                if let Some(why) = self.away.take() {
-                    sluice_sdk::info!("{}: {} is back (it was away: {why})", self.who, self.addr);
-                }
-                self.backoff = self.initial;
+                self.outage.back();
                 Ok(Some(stream))
             }
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(Error::fatal(
@@ -157,21 +133,12 @@ impl Peer {
 
     /// The peer went away: says so once.
     pub fn went_away(&mut self, why: &str) {
-        if self.away.is_none() {
-            sluice_sdk::warn!(
-                "{}: {} went away ({why}); trying again, at most every {:?}",
-                self.who,
-                self.addr,
-                self.max
-            );
-            self.away = Some(why.to_owned());
-        }
+        self.outage.went_away(why);
     }
 
     /// Waits before the next try (the host may end the wait early), and
     /// doubles the next wait up to the longest.
     pub fn wait(&mut self) {
-        std::thread::sleep(self.backoff);
-        self.backoff = (self.backoff * 2).min(self.max);
+        self.outage.wait(None);
     }
 }
