@@ -425,8 +425,10 @@ pub struct BatchConfig {
     #[serde(default = "default_max_bytes")]
     pub max_bytes: u64,
 
-    /// Sources: how long to wait for a batch to fill before sending it
-    /// anyway, in milliseconds. Default 5.
+    /// Sources: how long to keep polling for a batch to fill before sending
+    /// it anyway, in milliseconds. Default 5. A poll that returns fewer
+    /// records than asked for sends the batch at once: the source has no
+    /// more right now.
     ///
     /// ```toml
     /// linger_ms = 5

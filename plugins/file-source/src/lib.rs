@@ -183,9 +183,21 @@ impl Source for FileSource {
             let tail = self.tail;
             let Some(reader) = self.reader()? else { break };
             line.clear();
-            let n = reader
-                .read_until(b'\n', &mut line)
-                .map_err(|e| Error::retriable(format!("cannot read: {e}")))?;
+            let n = match reader.read_until(b'\n', &mut line) {
+                Ok(n) => n,
+                Err(e) => {
+                    // The reader may have taken part of a line (a read the
+                    // host interrupted to stop, pause or swap fails so):
+                    // open the file again at the last whole line. Lines
+                    // already read in this poll go out with their position;
+                    // an error would drop them with the batch.
+                    self.reader = None;
+                    if out.len() > start_len {
+                        break;
+                    }
+                    return Err(Error::retriable(format!("cannot read: {e}")));
+                }
+            };
             let complete = line.last() == Some(&b'\n');
             if n > 0 && (complete || !tail) {
                 let value = line.strip_suffix(b"\n").unwrap_or(&line);
