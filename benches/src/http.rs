@@ -1,7 +1,11 @@
-//! `http-sink` beside a native client: both post NDJSON batches of 1000
-//! records to the same HTTP/1.1 receiver (a keep-alive server on
-//! 127.0.0.1, in this process), one request in flight, and the receiver
-//! says how many records came over what span.
+//! The HTTP connectors beside native clients of the same servers (in this
+//! process, on 127.0.0.1):
+//! - `http-sink` and a plain client both post NDJSON batches of 1000
+//!   records to a keep-alive HTTP/1.1 receiver, one request in flight, and
+//!   the receiver says how many records came over what span;
+//! - `http-source` (`mode = "sse"`) → log → `blackhole` and a plain reader
+//!   both read the same stream of Server-Sent Events from a server that
+//!   writes them as fast as the socket takes them.
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
@@ -154,4 +158,101 @@ net = ["127.0.0.1:{port}"]
     let manifest = crate::files::datagen_into(count, payload, &sink);
     crate::files::sluice_run(bin, cache, dir.path(), &manifest)?;
     receiver.rate(count)
+}
+
+/// A server of one Server-Sent Events stream: the first connection's
+/// request is read, then it gets `count` events of `payload` bytes
+/// (`data: …` and a blank line) as fast as the socket takes them, and the
+/// connection is closed.
+fn event_sender(count: u64, payload: usize) -> anyhow::Result<(u16, std::thread::JoinHandle<()>)> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    let port = l.local_addr()?.port();
+    let event = format!("data: {}\n\n", "x".repeat(payload));
+    let body = event.as_bytes().repeat(count as usize);
+    let sending = std::thread::spawn(move || {
+        let Ok((conn, _)) = l.accept() else { return };
+        let Ok(mut w) = conn.try_clone() else { return };
+        let mut r = BufReader::new(conn);
+        let mut line = String::new();
+        while r.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+            line.clear();
+        }
+        let head =
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n";
+        let _ = w.write_all(head).and_then(|()| w.write_all(&body));
+    });
+    Ok((port, sending))
+}
+
+/// A plain reader of an [`event_sender`]'s stream: a `GET`, then the events
+/// counted line by line. Records/s and MB/s of event data.
+pub fn read_events_natively(count: u64, payload: usize) -> anyhow::Result<(f64, f64)> {
+    let (port, sending) = event_sender(count, payload)?;
+    let conn = TcpStream::connect(("127.0.0.1", port))?;
+    let mut w = conn.try_clone()?;
+    w.write_all(b"GET /events HTTP/1.1\r\nhost: 127.0.0.1\r\naccept: text/event-stream\r\n\r\n")?;
+    let mut r = BufReader::with_capacity(64 * 1024, conn);
+    let started = Instant::now();
+    let mut line = Vec::new();
+    // The response's head.
+    while r.read_until(b'\n', &mut line)? > 0 && line != b"\r\n" {
+        line.clear();
+    }
+    let (mut events, mut bytes, mut data) = (0u64, 0u64, false);
+    loop {
+        line.clear();
+        if r.read_until(b'\n', &mut line)? == 0 {
+            break;
+        }
+        match line.strip_prefix(b"data: ") {
+            Some(value) => {
+                bytes += value.len() as u64 - 1;
+                data = true;
+            }
+            None if line == b"\n" && data => {
+                events += 1;
+                data = false;
+            }
+            None => {}
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let _ = sending.join();
+    if events != count {
+        bail!("the native reader got {events} of {count} events");
+    }
+    Ok((events as f64 / secs, bytes as f64 / secs / 1e6))
+}
+
+/// `http-source` reading an [`event_sender`]'s stream → log → `blackhole`:
+/// what the sink's report says arrived, from its first record to its last.
+pub fn source_run(
+    bin: &Path,
+    work: &Path,
+    cache: &Path,
+    count: u64,
+    payload: usize,
+) -> anyhow::Result<blackhole::Report> {
+    let (port, sending) = event_sender(count, payload)?;
+    let source = format!(
+        r#"[broker]
+data_dir = "data"
+
+[[connector]]
+name = "events"
+kind = "source"
+plugin = "http-source"
+topic = "bench"
+[connector.batch]
+max_records = 1000
+[connector.config]
+url = "http://127.0.0.1:{port}/events"
+mode = "sse"
+[connector.grants]
+net = ["127.0.0.1:{port}"]
+"#
+    );
+    let report = crate::network::to_blackhole(bin, work, cache, count, &source)?;
+    let _ = sending.join();
+    Ok(report)
 }

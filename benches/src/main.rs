@@ -429,12 +429,7 @@ fn files_section(
             .aside(format!("{native_mb:.0} MB/s")),
     );
     let sink = files::source_run(bin, work, cache, &input)?;
-    let span = std::time::Duration::from_micros(
-        sink.last_us
-            .unwrap_or(0)
-            .saturating_sub(sink.first_us.unwrap_or(0)),
-    );
-    let (r, mb) = rates(sink.records, sink.value_bytes, span);
+    let (r, mb) = arrival_rates(&sink);
     report.add(
         Figure::new("files", "file-source -> log -> blackhole", r, "rec/s")
             .aside(format!("{mb:.0} MB/s"))
@@ -463,6 +458,17 @@ fn files_section(
     Ok(())
 }
 
+/// Records/s and MB/s at a `blackhole`, from its first record's arrival to
+/// its last.
+fn arrival_rates(sink: &blackhole::Report) -> (f64, f64) {
+    let span = Duration::from_micros(
+        sink.last_us
+            .unwrap_or(0)
+            .saturating_sub(sink.first_us.unwrap_or(0)),
+    );
+    rates(sink.records, sink.value_bytes, span)
+}
+
 /// The network connectors, each beside a plain native client of the same
 /// peer, measured in the same run; and what idle ones cost.
 fn network_section(
@@ -472,7 +478,7 @@ fn network_section(
     cache: &std::path::Path,
 ) -> anyhow::Result<()> {
     say(
-        "\nnetwork: socket-source -> log -> blackhole, datagen -> log -> socket-sink, 100 B lines over TCP on 127.0.0.1; datagen -> log -> http-sink, NDJSON batches of 1000 to a keep-alive HTTP/1.1 receiver; idle sources",
+        "\nnetwork: socket-source -> log -> blackhole, datagen -> log -> socket-sink, 100 B lines over TCP on 127.0.0.1; datagen -> log -> http-sink, NDJSON batches of 1000 to a keep-alive HTTP/1.1 receiver; http-source -> log -> blackhole, a stream of Server-Sent Events; idle sources",
     );
     let payload = 100;
     let (native, native_mb) = network::read_natively(network::LINES, payload)?;
@@ -486,12 +492,7 @@ fn network_section(
         .aside(format!("{native_mb:.0} MB/s")),
     );
     let sink = network::source_run(bin, work, cache, network::LINES, payload)?;
-    let span = std::time::Duration::from_micros(
-        sink.last_us
-            .unwrap_or(0)
-            .saturating_sub(sink.first_us.unwrap_or(0)),
-    );
-    let (r, mb) = rates(sink.records, sink.value_bytes, span);
+    let (r, mb) = arrival_rates(&sink);
     report.add(
         Figure::new("network", "socket-source -> log -> blackhole", r, "rec/s")
             .aside(format!("{mb:.0} MB/s"))
@@ -528,6 +529,28 @@ fn network_section(
         Figure::new("network", "datagen -> log -> http-sink", r, "rec/s")
             .aside(format!("{:.0} MB/s", r * payload as f64 / 1e6))
             .target(Target::at_least(0.8 * native)),
+    );
+    let (native, native_mb) = http::read_events_natively(network::LINES, payload)?;
+    report.add(
+        Figure::new(
+            "network",
+            "native: reader of a Server-Sent Events stream",
+            native,
+            "rec/s",
+        )
+        .aside(format!("{native_mb:.0} MB/s")),
+    );
+    let sink = http::source_run(bin, work, cache, network::LINES, payload)?;
+    let (r, mb) = arrival_rates(&sink);
+    report.add(
+        Figure::new(
+            "network",
+            "http-source (SSE) -> log -> blackhole",
+            r,
+            "rec/s",
+        )
+        .aside(format!("{mb:.0} MB/s"))
+        .target(Target::at_least(0.8 * native)),
     );
     let instances = 100;
     let cpu = network::idle_cpu(bin, work, cache, instances, 5)?;

@@ -123,15 +123,32 @@ pub fn source_run(
     count: u64,
     payload: usize,
 ) -> anyhow::Result<SinkReport> {
-    let dir = tempfile::tempdir_in(work)?;
-    std::fs::create_dir(dir.path().join("report"))?;
     let (port, sending) = sender(lines(count, payload))?;
-    let manifest = socket_source(
+    let source = socket_source(
         "sock",
         "bench",
         port,
         "[connector.batch]\nmax_records = 1000",
-    ) + r#"
+    );
+    let report = to_blackhole(bin, work, cache, count, &source)?;
+    let _ = sending.join();
+    Ok(report)
+}
+
+/// `source` (a manifest's `[broker]` and source tables, writing topic
+/// `bench`) → log → `blackhole`, until the sink has `count` records: what
+/// its report says arrived, from its first record to its last.
+pub fn to_blackhole(
+    bin: &Path,
+    work: &Path,
+    cache: &Path,
+    count: u64,
+    source: &str,
+) -> anyhow::Result<SinkReport> {
+    let dir = tempfile::tempdir_in(work)?;
+    std::fs::create_dir(dir.path().join("report"))?;
+    let manifest = source.to_owned()
+        + r#"
 [[connector]]
 name = "hole"
 kind = "sink"
@@ -166,7 +183,6 @@ files = [{ host = "report", guest = "/report", mode = "read-write" }]
         std::thread::sleep(Duration::from_millis(50));
     }
     stop(child)?;
-    let _ = sending.join();
     let report = dir.path().join("report").join("hole-0.json");
     let sink: SinkReport = serde_json::from_slice(
         &std::fs::read(&report).with_context(|| format!("reading {}", report.display()))?,
