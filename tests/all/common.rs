@@ -334,6 +334,20 @@ pub fn output_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// Every line of every file under `dir`, in file order.
+pub fn output_lines(dir: &Path) -> Vec<String> {
+    output_files(dir)
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// Every `seq` value in the lines of the files under `dir`, in file order.
 pub fn seqs(dir: &Path) -> Vec<u64> {
     let mut out = Vec::new();
@@ -487,12 +501,25 @@ pub fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 /// minute at most), checks it exits 130, and returns its log.
 pub fn stop_after(mut host: Host, dir: &Path, n: usize) -> String {
     let out = dir.join("out");
+    // Whole lines only: the sink may be writing the last one.
+    let lines = || {
+        output_files(&out)
+            .iter()
+            .map(|f| {
+                std::fs::read(f)
+                    .unwrap()
+                    .iter()
+                    .filter(|&&b| b == b'\n')
+                    .count()
+            })
+            .sum::<usize>()
+    };
     let deadline = Instant::now() + Duration::from_secs(60);
-    while seqs(&out).len() < n {
+    while lines() < n {
         assert!(
             Instant::now() < deadline,
             "timed out after 60s waiting for {n} lines ({} came); the host's log:\n{}",
-            seqs(&out).len(),
+            lines(),
             host.log()
         );
         std::thread::sleep(Duration::from_millis(20));

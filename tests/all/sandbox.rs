@@ -87,16 +87,7 @@ fn run_failing(
 
 /// The lines the probe sink wrote.
 fn probe_lines(dir: &Path) -> Vec<String> {
-    output_files(&dir.join("probe-out"))
-        .iter()
-        .flat_map(|f| {
-            std::fs::read_to_string(f)
-                .unwrap()
-                .lines()
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
-        })
-        .collect()
+    output_lines(&dir.join("probe-out"))
 }
 
 /// The one outcome a probe fixture reported.

@@ -188,7 +188,7 @@ impl Drop for TlsServer {
 
 /// `socket-source` over TLS to `server` into `events`, with `tls` as its
 /// `[connector.grants.tls]`, and a `file-sink` writing `out/`.
-fn tls_source_to_files(dir: &Path, server: &TlsServer, tls: toml::Table) -> PathBuf {
+fn tls_source_to_files(server: &TlsServer, tls: toml::Table) -> ManifestBuilder {
     let addr = server.addr();
     manifest()
         .connector(
@@ -201,7 +201,22 @@ fn tls_source_to_files(dir: &Path, server: &TlsServer, tls: toml::Table) -> Path
                 .grant("tls", tls),
         )
         .connector(files_sink().set("flush_interval_ms", 50))
-        .write(dir)
+}
+
+/// A line of digits for each N in `range`: `openssl s_server` may take a
+/// line of what it is sent that begins with a letter (`q`, `r`, …) as a
+/// command when a read of its input happens to start there, so the lines
+/// it relays hold none.
+fn number_lines(range: std::ops::Range<u64>) -> Vec<u8> {
+    range.flat_map(|i| format!("{i}\n").into_bytes()).collect()
+}
+
+/// The numbers of the lines written under `dir`, in file order.
+fn numbers(dir: &Path) -> Vec<u64> {
+    output_lines(dir)
+        .iter()
+        .map(|l| l.parse().unwrap())
+        .collect()
 }
 
 fn ca_grant(pki: &Path) -> toml::Table {
@@ -213,12 +228,15 @@ fn ca_grant(pki: &Path) -> toml::Table {
     t
 }
 
-/// The test CA and the client identity, from secrets read from files.
-fn ca_and_identity(pki: &Path) -> toml::Table {
-    let mut t = ca_grant(pki);
-    t.insert("client_cert".into(), "tls_cert".into());
-    t.insert("client_key".into(), "tls_key".into());
-    t
+/// `c` granted the test CA and the client identity, from secrets read
+/// from files.
+fn with_identity(c: Connector, pki: &Path) -> Connector {
+    let mut tls = ca_grant(pki);
+    tls.insert("client_cert".into(), "tls_cert".into());
+    tls.insert("client_key".into(), "tls_key".into());
+    c.grant("tls", tls)
+        .secret("tls_cert", "file", pki.join("client.pem").to_str().unwrap())
+        .secret("tls_key", "file", pki.join("client.key").to_str().unwrap())
 }
 
 #[test]
@@ -229,12 +247,12 @@ fn a_tls_source_reads_from_a_server_its_granted_ca_vouches_for() {
     let dir = tempfile::tempdir().unwrap();
     let pki = make_pki(dir.path());
     let mut server = TlsServer::start(&pki, false);
-    let manifest = tls_source_to_files(dir.path(), &server, ca_grant(&pki));
+    let manifest = tls_source_to_files(&server, ca_grant(&pki)).write(dir.path());
     let host = Host::run(dir.path(), &manifest);
-    server.send(&seq_lines(0..2000));
+    server.send(&number_lines(0..2000));
     stop_after(host, dir.path(), 2000);
     assert_eq!(
-        seqs(&dir.path().join("out")),
+        numbers(&dir.path().join("out")),
         (0..2000).collect::<Vec<_>>(),
         "every line, in order, once"
     );
@@ -250,9 +268,9 @@ fn a_server_no_granted_ca_vouches_for_is_refused_naming_it_and_why() {
     let mut server = TlsServer::start(&pki, false);
     // No CA granted: the host trusts the system's roots only, and the test
     // CA is not one of them.
-    let manifest = tls_source_to_files(dir.path(), &server, toml::Table::new());
+    let manifest = tls_source_to_files(&server, toml::Table::new()).write(dir.path());
     let mut host = Host::run(dir.path(), &manifest);
-    server.send(&seq_lines(0..10));
+    server.send(&number_lines(0..10));
     host.wait_for_log(
         "TLS handshake with 127.0.0.1 failed: its certificate is not signed by a CA this \
          connector trusts (grant its CA with [connector.grants.tls] ca_file)",
@@ -263,7 +281,7 @@ fn a_server_no_granted_ca_vouches_for_is_refused_naming_it_and_why() {
     let output = host.wait_for_exit(Duration::from_secs(30));
     assert_eq!(output.status.code(), Some(130), "{}", host.log());
     assert!(
-        seqs(&dir.path().join("out")).is_empty(),
+        numbers(&dir.path().join("out")).is_empty(),
         "nothing is read from a server that was not trusted"
     );
     assert_eq!(
@@ -285,22 +303,20 @@ fn a_server_that_wants_a_client_certificate_gets_the_granted_one_and_no_other() 
     // Granted: the host presents the identity, and the lines flow.
     let mut server = TlsServer::start(&pki, true);
     let manifest = manifest()
-        .connector(
+        .connector(with_identity(
             source("sock", "socket-source", "events")
                 .config("addr", server.addr().as_str())
                 .config("tls", true)
                 .config("server_name", "localhost")
-                .grant("net", vec![server.addr().as_str()])
-                .grant("tls", ca_and_identity(&pki))
-                .secret("tls_cert", "file", pki.join("client.pem").to_str().unwrap())
-                .secret("tls_key", "file", pki.join("client.key").to_str().unwrap()),
-        )
+                .grant("net", vec![server.addr().as_str()]),
+            &pki,
+        ))
         .connector(files_sink().set("flush_interval_ms", 50))
         .write(dir.path());
     let host = Host::run(dir.path(), &manifest);
-    server.send(&seq_lines(0..100));
+    server.send(&number_lines(0..100));
     let log = stop_after(host, dir.path(), 100);
-    assert_exactly_once(seqs(&dir.path().join("out")), 100);
+    assert_exactly_once(numbers(&dir.path().join("out")), 100);
     let key = std::fs::read_to_string(pki.join("client.key")).unwrap();
     let key_line = key.lines().nth(1).unwrap();
     assert!(!log.contains(key_line), "the key is in no log line:\n{log}");
@@ -309,14 +325,18 @@ fn a_server_that_wants_a_client_certificate_gets_the_granted_one_and_no_other() 
     // Not granted: the server refuses the connection, and nothing flows.
     let dir = tempfile::tempdir().unwrap();
     let mut server = TlsServer::start(&pki, true);
-    let manifest = tls_source_to_files(dir.path(), &server, ca_grant(&pki));
+    let manifest = tls_source_to_files(&server, ca_grant(&pki)).write(dir.path());
     let mut host = Host::run(dir.path(), &manifest);
-    server.send(&seq_lines(0..100));
+    server.send(&number_lines(0..100));
     server.wait_for("peer did not return a certificate");
     host.wait_for_log("is away", Duration::from_secs(60));
     host.interrupt();
     host.wait_for_exit(Duration::from_secs(30));
-    assert!(seqs(&dir.path().join("out")).is_empty(), "{}", host.log());
+    assert!(
+        numbers(&dir.path().join("out")).is_empty(),
+        "{}",
+        host.log()
+    );
 }
 
 /// `bytes`, inverted and hex-encoded, as `tls-scan-memory` takes a needle.
@@ -355,22 +375,20 @@ fn the_client_key_never_enters_the_plugins_memory() {
         needle(&key_der),
     ];
     let manifest = manifest()
-        .connector(
+        .connector(with_identity(
             source("scan", wasm("tls-scan-memory"), "events")
                 .config("addr", server.addr().as_str())
                 .config("server_name", "localhost")
                 .config("needles", needles)
-                .grant("net", vec![server.addr().as_str()])
-                .grant("tls", ca_and_identity(&pki))
-                .secret("tls_cert", "file", pki.join("client.pem").to_str().unwrap())
-                .secret("tls_key", "file", pki.join("client.key").to_str().unwrap()),
-        )
+                .grant("net", vec![server.addr().as_str()]),
+            &pki,
+        ))
         .connector(files_sink().set("flush_interval_ms", 50))
         .write(dir.path());
     server.send(format!("{greeting}\n").as_bytes());
     let out = run(&["run", manifest.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let lines = read_lines(&dir.path().join("out"));
+    let lines = output_lines(&dir.path().join("out"));
     assert_eq!(lines.len(), 1, "{lines:?}");
     let record: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
     assert_eq!(record["line"], greeting, "the mutual TLS handshake worked");
@@ -379,20 +397,6 @@ fn the_client_key_never_enters_the_plugins_memory() {
         serde_json::json!([true, false, false]),
         "the plugin holds what it read, and neither form of the client key"
     );
-}
-
-/// Every line of every file under `dir`.
-fn read_lines(dir: &Path) -> Vec<String> {
-    output_files(dir)
-        .iter()
-        .flat_map(|f| {
-            std::fs::read_to_string(f)
-                .unwrap()
-                .lines()
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
-        })
-        .collect()
 }
 
 #[test]
@@ -420,5 +424,83 @@ fn a_tls_grant_naming_a_secret_that_is_not_granted_is_refused_with_the_fix() {
             && err.contains("connector[0].grants.tls.client_key")
             && err.contains("[connector.grants.secrets]"),
         "{err}"
+    );
+}
+
+#[test]
+fn the_grants_server_name_is_checked_whatever_name_the_plugin_asks_for() {
+    if !tool("openssl", "version", "openssl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path());
+    // The plugin asks for a name the server's certificate is not for.
+    let asking_wrong = |server: &TlsServer, tls: toml::Table| {
+        tls_source_to_files(server, tls).with("sock", |c| c.config("server_name", "wrong.example"))
+    };
+    let mut server = TlsServer::start(&pki, false);
+    let mut host = Host::run(
+        dir.path(),
+        &asking_wrong(&server, ca_grant(&pki)).write(dir.path()),
+    );
+    host.wait_for_log(
+        "TLS handshake with wrong.example failed: its certificate is not for the name wrong.example",
+        Duration::from_secs(60),
+    );
+    host.interrupt();
+    host.wait_for_exit(Duration::from_secs(30));
+    drop(server);
+
+    // The grant's name wins: the handshake checks `localhost`, and works.
+    let mut tls = ca_grant(&pki);
+    tls.insert("server_name".into(), "localhost".into());
+    server = TlsServer::start(&pki, false);
+    let host = Host::run(dir.path(), &asking_wrong(&server, tls).write(dir.path()));
+    server.send(&number_lines(0..10));
+    stop_after(host, dir.path(), 10);
+}
+
+#[test]
+fn a_tls_grant_that_cannot_work_is_refused_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |tls: toml::Table, field: &str, says: &str| {
+        let manifest = manifest()
+            .connector(
+                source("sock", "socket-source", "events")
+                    .config("addr", "127.0.0.1:1")
+                    .config("tls", true)
+                    .grant("net", vec!["127.0.0.1:1"])
+                    .grant("tls", tls)
+                    .secret("cert", "env", "SLUICE_TEST_TLS_CERT"),
+            )
+            .connector(files_sink())
+            .write(dir.path());
+        let out = run_env(
+            &["validate", manifest.to_str().unwrap()],
+            &[("SLUICE_TEST_TLS_CERT", "not a certificate")],
+        );
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains(&format!("connector[0].grants.tls.{field}")) && err.contains(says),
+            "{err}"
+        );
+    };
+    let mut missing_ca = toml::Table::new();
+    missing_ca.insert("ca_file".into(), "no-such-ca.pem".into());
+    check(missing_ca, "ca_file", "cannot read the TLS CA file");
+    let mut cert_alone = toml::Table::new();
+    cert_alone.insert("client_cert".into(), "cert".into());
+    check(
+        cert_alone,
+        "client_key",
+        "a client certificate needs both client_cert and client_key",
+    );
+    let mut bad_name = toml::Table::new();
+    bad_name.insert("server_name".into(), "not a name!".into());
+    check(
+        bad_name,
+        "server_name",
+        "is not a DNS name or an IP address",
     );
 }
