@@ -108,12 +108,7 @@ impl Secrets {
     pub fn substitute(&self, config: &mut serde_json::Value) {
         match config {
             serde_json::Value::String(s) if s.contains(SECRET_REF_PREFIX) => {
-                for (name, value) in &self.0 {
-                    let pattern = format!("{SECRET_REF_PREFIX}{name}}}");
-                    if s.contains(&pattern) {
-                        *s = s.replace(&pattern, value);
-                    }
-                }
+                *s = self.substitute_str(s);
             }
             serde_json::Value::Array(a) => a.iter_mut().for_each(|v| self.substitute(v)),
             serde_json::Value::Object(o) => o.values_mut().for_each(|v| self.substitute(v)),
@@ -121,15 +116,17 @@ impl Secrets {
         }
     }
 
-    /// `text` with every `${secret:NAME}` replaced by the value (a header
-    /// the host adds for the plugin).
+    /// `text` with every `${secret:NAME}` replaced by the value (a config
+    /// string, or a header the host adds for the plugin).
     pub fn substitute_str(&self, text: &str) -> String {
-        let mut value = serde_json::Value::String(text.to_owned());
-        self.substitute(&mut value);
-        match value {
-            serde_json::Value::String(s) => s,
-            _ => unreachable!("a string stays a string"),
+        let mut text = text.to_owned();
+        for (name, value) in &self.0 {
+            let pattern = format!("{SECRET_REF_PREFIX}{name}}}");
+            if text.contains(&pattern) {
+                text = text.replace(&pattern, value);
+            }
         }
+        text
     }
 
     /// The value of secret `name`, for the host's own use (a TLS client
