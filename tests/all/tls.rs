@@ -13,6 +13,17 @@ use std::time::Duration;
 
 use crate::common::*;
 
+/// A folder for the test with a test CA in it (see [`make_pki`]), or
+/// `None` where `openssl` is missing (see [`tool`]).
+fn with_pki() -> Option<(tempfile::TempDir, PathBuf)> {
+    if !tool("openssl", "version", "openssl") {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path());
+    Some((dir, pki))
+}
+
 /// Runs `openssl args…` in `dir`, which must succeed.
 fn run_openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
@@ -241,11 +252,7 @@ fn with_identity(c: Connector, pki: &Path) -> Connector {
 
 #[test]
 fn a_tls_source_reads_from_a_server_its_granted_ca_vouches_for() {
-    if !tool("openssl", "version", "openssl") {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let pki = make_pki(dir.path());
+    let Some((dir, pki)) = with_pki() else { return };
     let mut server = TlsServer::start(&pki, false);
     let manifest = tls_source_to_files(&server, ca_grant(&pki)).write(dir.path());
     let host = Host::run(dir.path(), &manifest);
@@ -260,11 +267,7 @@ fn a_tls_source_reads_from_a_server_its_granted_ca_vouches_for() {
 
 #[test]
 fn a_server_no_granted_ca_vouches_for_is_refused_naming_it_and_why() {
-    if !tool("openssl", "version", "openssl") {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let pki = make_pki(dir.path());
+    let Some((dir, pki)) = with_pki() else { return };
     let mut server = TlsServer::start(&pki, false);
     // No CA granted: the host trusts the system's roots only, and the test
     // CA is not one of them.
@@ -294,11 +297,7 @@ fn a_server_no_granted_ca_vouches_for_is_refused_naming_it_and_why() {
 
 #[test]
 fn a_server_that_wants_a_client_certificate_gets_the_granted_one_and_no_other() {
-    if !tool("openssl", "version", "openssl") {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let pki = make_pki(dir.path());
+    let Some((dir, pki)) = with_pki() else { return };
 
     // Granted: the host presents the identity, and the lines flow.
     let mut server = TlsServer::start(&pki, true);
@@ -346,11 +345,7 @@ fn needle(bytes: &[u8]) -> String {
 
 #[test]
 fn the_client_key_never_enters_the_plugins_memory() {
-    if !tool("openssl", "version", "openssl") {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let pki = make_pki(dir.path());
+    let Some((dir, pki)) = with_pki() else { return };
     let mut server = TlsServer::start(&pki, true);
     let key_pem = std::fs::read_to_string(pki.join("client.key")).unwrap();
     run_openssl(
@@ -429,11 +424,7 @@ fn a_tls_grant_naming_a_secret_that_is_not_granted_is_refused_with_the_fix() {
 
 #[test]
 fn the_grants_server_name_is_checked_whatever_name_the_plugin_asks_for() {
-    if !tool("openssl", "version", "openssl") {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let pki = make_pki(dir.path());
+    let Some((dir, pki)) = with_pki() else { return };
     // The plugin asks for a name the server's certificate is not for.
     let asking_wrong = |server: &TlsServer, tls: toml::Table| {
         tls_source_to_files(server, tls).with("sock", |c| c.config("server_name", "wrong.example"))
