@@ -32,6 +32,7 @@ const WATCHED: &[&str] = &[
     "tests/probe",
     "Cargo.toml",
     "Cargo.lock",
+    ".cargo",
 ];
 
 /// Builds `crates` (package names) for [`TARGET`] and returns the folder

@@ -226,7 +226,7 @@ impl HttpSource {
     /// byte follows it).
     fn next_line(&mut self) -> Result<Option<std::ops::Range<usize>>, Error> {
         let rest = &self.buf[self.start..];
-        let Some(at) = rest.iter().position(|&b| b == b'\n' || b == b'\r') else {
+        let Some(at) = memchr::memchr2(b'\n', b'\r', rest) else {
             if rest.len() > self.config.max_record_bytes as usize {
                 return Err(Error::fatal(format!(
                     "{} sent a line longer than max_record_bytes ({})",

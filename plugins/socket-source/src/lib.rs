@@ -104,7 +104,7 @@ impl SocketSource {
         let max = self.config.max_record_bytes as usize;
         let rest = &self.buf[self.start..];
         let (value, used) = match self.config.framing {
-            Framing::Lines => match rest.iter().position(|&b| b == b'\n') {
+            Framing::Lines => match memchr::memchr(b'\n', rest) {
                 Some(at) => {
                     let end = if at > 0 && rest[at - 1] == b'\r' {
                         at - 1
