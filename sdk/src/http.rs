@@ -24,6 +24,7 @@
 //! the host interrupts it to stop, pause or swap the instance: the wait then
 //! fails with [`HttpError::Interrupted`].
 
+use std::borrow::Cow;
 use std::fmt;
 use std::io::{self, Read, Write as _};
 use std::time::Duration;
@@ -76,19 +77,21 @@ impl From<HttpError> for crate::Error {
     }
 }
 
-/// A request to build and send.
+/// A request to build and send. Its body is owned or borrowed: a sender
+/// that may send the same body again (a retry) lends it, and nothing is
+/// copied in the plugin to send it.
 #[derive(Debug, Clone)]
-pub struct Request {
+pub struct Request<'b> {
     method: Method,
     url: String,
     headers: Vec<(String, Vec<u8>)>,
-    body: Vec<u8>,
+    body: Cow<'b, [u8]>,
     connect_timeout: Option<Duration>,
     response_timeout: Option<Duration>,
     idle_timeout: Option<Duration>,
 }
 
-impl Request {
+impl<'b> Request<'b> {
     /// A request of `method` (`"GET"`, `"POST"`, …) to `url`
     /// (`http://host:port/path?query` or `https://…`).
     pub fn new(method: &str, url: &str) -> Self {
@@ -106,7 +109,7 @@ impl Request {
             method,
             url: url.to_owned(),
             headers: Vec::new(),
-            body: Vec::new(),
+            body: Cow::Borrowed(&[]),
             connect_timeout: None,
             response_timeout: None,
             idle_timeout: None,
@@ -130,9 +133,9 @@ impl Request {
         self
     }
 
-    /// Sets the body.
-    pub fn body(mut self, body: Vec<u8>) -> Self {
-        self.body = body;
+    /// Sets the body: a `Vec<u8>` it owns, or a `&[u8]` it borrows.
+    pub fn body(mut self, body: impl Into<Cow<'b, [u8]>>) -> Self {
+        self.body = body.into();
         self
     }
 

@@ -111,22 +111,24 @@ pub struct HttpSink {
 }
 
 impl HttpSink {
-    /// The body of `records` (with their batch indices), the indices it
-    /// holds, and the records refused for their form.
+    /// The body of `records` (with their batch indices; `value_bytes` in
+    /// all), the indices it holds, and the records refused for their form.
     fn body<'a>(
         &self,
         records: impl Iterator<Item = (usize, RecordRef<'a>)>,
+        value_bytes: usize,
         rejects: &mut Rejects,
     ) -> (Vec<u8>, Vec<usize>) {
-        let mut body = Vec::new();
-        let mut held = Vec::new();
+        let (n, _) = records.size_hint();
+        let mut body = Vec::with_capacity(value_bytes + n + 2);
+        let mut held = Vec::with_capacity(n);
         if self.config.format == Format::JsonArray {
             body.push(b'[');
         }
         for (i, record) in records {
             match self.config.format {
                 Format::Ndjson => {
-                    if record.value.contains(&b'\n') {
+                    if memchr::memchr(b'\n', record.value).is_some() {
                         rejects.reject(i, "the value holds a newline, which NDJSON cannot carry");
                         continue;
                     }
@@ -169,7 +171,7 @@ impl HttpSink {
             if !c.idempotency_header.is_empty() {
                 request = request.header(&c.idempotency_header, key);
             }
-            let wait = match request.body(body.to_vec()).send() {
+            let wait = match request.body(body).send() {
                 Ok(response) => match response.status() {
                     200..=299 => {
                         drain(response);
@@ -268,7 +270,11 @@ impl Sink for HttpSink {
         batch: Batch<'_>,
         rejects: &mut Rejects,
     ) -> Result<(), Error> {
-        let (body, held) = self.body(batch.iter().enumerate(), rejects);
+        let (body, held) = self.body(
+            batch.iter().enumerate(),
+            batch.value_bytes() as usize,
+            rejects,
+        );
         let (Some(&first), Some(&last)) = (held.first(), held.last()) else {
             return Ok(());
         };
@@ -290,7 +296,12 @@ impl Sink for HttpSink {
         // Which records did it refuse? Each alone, under its own key.
         let records: Vec<RecordRef<'_>> = batch.iter().collect();
         for i in held {
-            let (body, _) = self.body(std::iter::once((i, records[i])), &mut Rejects::default());
+            let record = records[i];
+            let (body, _) = self.body(
+                std::iter::once((i, record)),
+                record.value.len(),
+                &mut Rejects::default(),
+            );
             let key = format!("{}/{}/{}", origin.topic, origin.partition, offset(i));
             if let Answer::Refused(why) = self.send(&body, &key)? {
                 rejects.reject(i, why);

@@ -155,7 +155,7 @@ impl Sink for SocketSink {
         for (i, record) in batch.iter().enumerate() {
             match self.config.framing {
                 Framing::Lines => {
-                    if record.value.contains(&b'\n') {
+                    if memchr::memchr(b'\n', record.value).is_some() {
                         rejects.reject(
                             i,
                             "the value holds a newline, which lines framing cannot carry",
