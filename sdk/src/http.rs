@@ -378,13 +378,45 @@ pub struct Body {
     _response: IncomingResponse,
 }
 
-impl Read for Body {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+impl Body {
+    /// Reads what arrives within `limit` (`Duration::ZERO`: what has
+    /// already arrived): `WouldBlock` if nothing did, `Ok(0)` at the body's
+    /// end. A source that has records in hand takes what else is coming
+    /// this way, and waits in [`Read::read`] only when it has nothing.
+    ///
+    /// The host's HTTP client hands a body over a frame at a time (8 KiB of
+    /// a stream that ends when the connection closes), and the next frame is
+    /// read from the socket only once this one is taken; a short `limit`
+    /// lets it come, so that a flowing stream makes whole batches.
+    pub fn read_within(&mut self, buf: &mut [u8], limit: Duration) -> io::Result<usize> {
+        match self.read_with(buf, false) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && !limit.is_zero() => {}
+            got => return got,
+        }
+        if let Some(stream) = &self.stream {
+            let ready = stream.subscribe();
+            let timer = wasip2::clocks::monotonic_clock::subscribe_duration(
+                u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX),
+            );
+            wasip2::io::poll::poll(&[&ready, &timer]);
+        }
+        self.read_with(buf, false)
+    }
+
+    fn read_with(&mut self, buf: &mut [u8], wait: bool) -> io::Result<usize> {
         let Some(stream) = &self.stream else {
             return Ok(0);
         };
         let want = u64::try_from(buf.len()).unwrap_or(u64::MAX);
-        match stream.blocking_read(want) {
+        let got = if wait {
+            stream.blocking_read(want)
+        } else {
+            stream.read(want)
+        };
+        match got {
+            Ok(chunk) if chunk.is_empty() && !wait && !buf.is_empty() => {
+                Err(io::ErrorKind::WouldBlock.into())
+            }
             Ok(chunk) => {
                 let n = chunk.len().min(buf.len());
                 buf[..n].copy_from_slice(&chunk[..n]);
@@ -406,6 +438,12 @@ impl Read for Body {
                 Err(io::Error::new(kind, e.to_debug_string()))
             }
         }
+    }
+}
+
+impl Read for Body {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.read_with(buf, true)
     }
 }
 

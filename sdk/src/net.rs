@@ -108,6 +108,16 @@ impl TcpConn {
     }
 }
 
+impl TcpConn {
+    /// Reads what has already arrived, without waiting: `WouldBlock` if
+    /// nothing has, `Ok(0)` if the peer closed. A source that has records
+    /// in hand takes what else is there this way, and waits in [`Read::read`]
+    /// only when it has nothing.
+    pub fn read_ready(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        read_ready(&self.input, buf)
+    }
+}
+
 impl Read for TcpConn {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         read(&self.input, buf)
@@ -198,6 +208,14 @@ impl TlsStream {
         flush(&self.output)?;
         self.connection.close_output();
         Ok(())
+    }
+}
+
+impl TlsStream {
+    /// Reads what has already arrived, without waiting, as
+    /// [`TcpConn::read_ready`].
+    pub fn read_ready(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        read_ready(&self.input, buf)
     }
 }
 
@@ -328,7 +346,21 @@ fn stream_error(e: StreamError) -> io::Error {
 
 fn read(input: &InputStream, buf: &mut [u8]) -> io::Result<usize> {
     let want = u64::try_from(buf.len()).unwrap_or(u64::MAX);
-    match input.blocking_read(want) {
+    copy_chunk(input.blocking_read(want), buf)
+}
+
+/// [`read`] without waiting: `WouldBlock` when nothing has arrived.
+pub(crate) fn read_ready(input: &InputStream, buf: &mut [u8]) -> io::Result<usize> {
+    let want = u64::try_from(buf.len()).unwrap_or(u64::MAX);
+    match input.read(want) {
+        Ok(chunk) if chunk.is_empty() && !buf.is_empty() => Err(io::ErrorKind::WouldBlock.into()),
+        got => copy_chunk(got, buf),
+    }
+}
+
+/// A chunk a read returned, into `buf`; `Ok(0)` at the end of the stream.
+fn copy_chunk(got: Result<Vec<u8>, StreamError>, buf: &mut [u8]) -> io::Result<usize> {
+    match got {
         Ok(chunk) => {
             let n = chunk.len().min(buf.len());
             buf[..n].copy_from_slice(&chunk[..n]);

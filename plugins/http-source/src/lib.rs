@@ -135,6 +135,11 @@ struct SseEvent {
     id: Option<String>,
 }
 
+/// How long a poll with records in hand waits for more of a stream that is
+/// flowing (see `Body::read_within`): a stream that pauses costs a batch
+/// this much latency, one that flows makes whole batches.
+const MORE_WITHIN: Duration = Duration::from_millis(1);
+
 /// Bytes asked for by one read.
 const READ_BYTES: usize = 64 * 1024;
 
@@ -200,9 +205,9 @@ impl HttpSource {
         self.wait();
     }
 
-    /// Reads more of the stream, waiting until bytes come. `Ok(0)`: it
-    /// ended.
-    fn read_more(&mut self) -> std::io::Result<usize> {
+    /// Reads more of the stream, waiting until bytes come if `wait`, else
+    /// `WouldBlock` if none have. `Ok(0)`: it ended.
+    fn read_more(&mut self, wait: bool) -> std::io::Result<usize> {
         if self.start > 0 && self.start == self.buf.len() {
             self.buf.clear();
             self.start = 0;
@@ -212,11 +217,13 @@ impl HttpSource {
         }
         let filled = self.buf.len();
         self.buf.resize(filled + READ_BYTES, 0);
-        let got = self
-            .stream
-            .as_mut()
-            .expect("open")
-            .read(&mut self.buf[filled..]);
+        let stream = self.stream.as_mut().expect("open");
+        let into = &mut self.buf[filled..];
+        let got = if wait {
+            stream.read(into)
+        } else {
+            stream.read_within(into, MORE_WITHIN)
+        };
         self.buf.truncate(filled + *got.as_ref().unwrap_or(&0));
         got
     }
@@ -337,14 +344,17 @@ impl HttpSource {
             };
             self.stream = Some(response.into_body());
         }
+        // What is in hand, then what else has arrived, up to the batch; it
+        // waits for the service only with nothing in hand.
         let mut n = self.parse(out, max)?;
-        while n == 0 {
-            match self.read_more() {
+        while n < max {
+            match self.read_more(n == 0) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Ok(0) => {
                     self.stream_ended("it ended the stream");
                     return Ok(());
                 }
-                Ok(_) => n += self.parse(out, max)?,
+                Ok(_) => n += self.parse(out, max - n)?,
                 Err(_) if sluice_sdk::interrupted() => return Ok(()),
                 Err(e) => {
                     self.stream_ended(&e.to_string());

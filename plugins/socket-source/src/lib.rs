@@ -138,9 +138,10 @@ impl SocketSource {
         Ok(Some(at + value.start..at + value.end))
     }
 
-    /// Reads what the peer has sent, waiting until it sends something.
-    /// `Ok(0)`: it closed the connection.
-    fn read_more(&mut self) -> std::io::Result<usize> {
+    /// Reads what the peer has sent, waiting until it sends something if
+    /// `wait`, else `WouldBlock` if it has sent nothing. `Ok(0)`: it closed
+    /// the connection.
+    fn read_more(&mut self, wait: bool) -> std::io::Result<usize> {
         if self.start > 0 && self.start == self.buf.len() {
             self.buf.clear();
             self.start = 0;
@@ -151,7 +152,12 @@ impl SocketSource {
         let filled = self.buf.len();
         self.buf.resize(filled + READ_BYTES, 0);
         let stream = self.stream.as_mut().expect("connected");
-        let got = stream.read(&mut self.buf[filled..]);
+        let into = &mut self.buf[filled..];
+        let got = if wait {
+            stream.read(into)
+        } else {
+            stream.read_ready(into)
+        };
         self.buf.truncate(filled + *got.as_ref().unwrap_or(&0));
         got
     }
@@ -190,19 +196,17 @@ impl Source for SocketSource {
             return Ok(Poll::default());
         }
         let mut n = 0;
-        // Frames already read first; if there were none, one read, waiting
-        // if need be, and the frames it completed. A poll with records in
-        // hand never waits: they go out now.
+        // Frames already read first, then what else has arrived, up to the
+        // batch; a poll waits for the peer only when it has no record in
+        // hand, and one with records never waits: they go out now.
         while n < max_records {
             if let Some(value) = self.next_frame()? {
                 out.push_value(&self.buf[value]);
                 n += 1;
                 continue;
             }
-            if n > 0 {
-                break;
-            }
-            match self.read_more() {
+            match self.read_more(n == 0) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Ok(0) => {
                     self.went_away("it closed the connection");
                     break;

@@ -49,6 +49,23 @@ pub enum Conn {
     Tls(TlsStream),
 }
 
+impl Conn {
+    /// Reads what has already arrived, without waiting: `WouldBlock` if
+    /// nothing has, `Ok(0)` if the peer closed (see
+    /// [`TcpConn::read_ready`](sluice_sdk::net::TcpConn::read_ready)).
+    pub fn read_ready(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(s) => {
+                s.set_nonblocking(true)?;
+                let got = s.read(buf);
+                s.set_nonblocking(false)?;
+                got
+            }
+            Conn::Tls(s) => s.read_ready(buf),
+        }
+    }
+}
+
 impl Read for Conn {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
