@@ -131,26 +131,32 @@ pub fn post_natively(count: u64, payload: usize) -> anyhow::Result<f64> {
     receiver.rate(count)
 }
 
-/// `datagen` → log → `http-sink` posting to a receiver: records/s at the
-/// receiver.
+/// `datagen` → log → `http-sink` posting to a receiver, requests of
+/// `BATCH` records, `in_flight` of them at once: records/s at the receiver.
 pub fn sink_run(
     bin: &Path,
     work: &Path,
     cache: &Path,
     count: u64,
     payload: u32,
+    in_flight: u32,
 ) -> anyhow::Result<f64> {
     let receiver = Receiver::start(count)?;
     let dir = tempfile::tempdir_in(work)?;
     let port = receiver.port;
+    let batch = BATCH * u64::from(in_flight);
     let sink = format!(
         r#"[[connector]]
 name = "post"
 kind = "sink"
 plugin = "http-sink"
 topic = "bench"
+[connector.batch]
+max_records = {batch}
 [connector.config]
 url = "http://127.0.0.1:{port}/ingest"
+records_per_request = {BATCH}
+max_in_flight = {in_flight}
 [connector.grants]
 net = ["127.0.0.1:{port}"]
 "#

@@ -524,11 +524,23 @@ fn network_section(
         )
         .aside(format!("{:.0} MB/s", native * payload as f64 / 1e6)),
     );
-    let r = http::sink_run(bin, work, cache, http::RECORDS, payload as u32)?;
+    let r = http::sink_run(bin, work, cache, http::RECORDS, payload as u32, 1)?;
     report.add(
         Figure::new("network", "datagen -> log -> http-sink", r, "rec/s")
             .aside(format!("{:.0} MB/s", r * payload as f64 / 1e6))
             .target(Target::at_least(0.8 * native)),
+    );
+    // The same requests, but a batch of four of them in flight together
+    // (`max_in_flight`): what a receiver that answers in parallel allows.
+    let r = http::sink_run(bin, work, cache, http::RECORDS, payload as u32, 4)?;
+    report.add(
+        Figure::new(
+            "network",
+            "datagen -> log -> http-sink, 4 requests in flight",
+            r,
+            "rec/s",
+        )
+        .aside(format!("{:.0} MB/s", r * payload as f64 / 1e6)),
     );
     let (native, native_mb) = http::read_events_natively(network::LINES, payload)?;
     report.add(

@@ -259,6 +259,42 @@ fn http_sink_dead_letters_each_record_the_receiver_refuses_and_delivers_the_rest
 }
 
 #[test]
+fn http_sink_sends_a_batch_as_requests_in_flight_together_and_dead_letters_only_the_refused() {
+    if !tool("python3", "--version", "python3") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let text: String = (0..40u64)
+        .map(|i| format!("{{\"seq\":{i},\"bad\":{}}}\n", i % 10 == 3))
+        .collect();
+    let receiver = Receiver::start(
+        &dir.path().join("receiver"),
+        &["--reject-bad", "--delay-ms", "200"],
+    );
+    // 8 requests of 5, 4 at a time; the 4 refused go again record by
+    // record (20 requests), 4 at a time too.
+    let poster = http_sink(&receiver)
+        .batch("max_records", 40)
+        .config("records_per_request", 5)
+        .config("max_in_flight", 4);
+    let dead_letters = post_lines(dir.path(), &text, poster);
+    let mut kept = receiver.kept();
+    kept.sort_unstable();
+    let good: Vec<u64> = (0..40).filter(|i| i % 10 != 3).collect();
+    assert_eq!(kept, good, "every good record delivered once");
+    let mut dead: Vec<u64> = dead_letters
+        .iter()
+        .map(|r| seq_of(r["value"].as_str().unwrap()))
+        .collect();
+    dead.sort_unstable();
+    assert_eq!(dead, [3, 13, 23, 33], "only the refused records");
+    let most: usize = lines_of(&receiver.dir.join("most_in_flight"))[0]
+        .parse()
+        .unwrap();
+    assert_eq!(most, 4, "max_in_flight requests at once, and no more");
+}
+
+#[test]
 fn an_http_request_to_an_ungranted_port_is_refused_before_a_byte_leaves() {
     if !tool("python3", "--version", "python3") {
         return;
