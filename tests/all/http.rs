@@ -295,6 +295,27 @@ fn http_sink_sends_a_batch_as_requests_in_flight_together_and_dead_letters_only_
 }
 
 #[test]
+fn http_sink_refuses_max_in_flight_0_naming_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = manifest()
+        .connector(gen_source(10, 0, 32))
+        .connector(
+            sink("post", "http-sink", "events")
+                .config("url", "http://127.0.0.1:9/ingest")
+                .config("max_in_flight", 0)
+                .grant("net", vec!["127.0.0.1:9"]),
+        )
+        .write(dir.path());
+    let out = run(&["run", "--no-progress", manifest.to_str().unwrap()]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        stderr(&out).contains("max_in_flight is 0: at least one request must be in flight"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn an_http_request_to_an_ungranted_port_is_refused_before_a_byte_leaves() {
     if !tool("python3", "--version", "python3") {
         return;

@@ -334,3 +334,59 @@ fn records_a_source_has_read_go_out_though_its_peer_then_goes_quiet() {
     stop_after(host, dir.path(), 150);
     assert_eq!(seqs(&dir.path().join("out")), (0..150).collect::<Vec<_>>());
 }
+
+#[test]
+fn socket_sink_dead_letters_a_value_holding_a_newline_and_sends_the_rest() {
+    // Length-prefixed frames can carry a newline; lines cannot.
+    let peer = TcpListener::bind("127.0.0.1:0").unwrap();
+    let from = format!("127.0.0.1:{}", peer.local_addr().unwrap().port());
+    let receiver = TcpListener::bind("127.0.0.1:0").unwrap();
+    let to = format!("127.0.0.1:{}", receiver.local_addr().unwrap().port());
+    let received = receive(receiver, 90);
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = manifest()
+        .connector(
+            source("sock", "socket-source", "events")
+                .config("addr", from.as_str())
+                .config("framing", "length-prefixed")
+                .grant("net", vec![from.as_str()]),
+        )
+        .connector(
+            sink("lines", "socket-sink", "events")
+                .set("flush_interval_ms", 50)
+                .config("addr", to.as_str())
+                .grant("net", vec![to.as_str()]),
+        )
+        .connector(
+            sink("dlq-reader", "file-sink", "lines.dlq")
+                .set("flush_interval_ms", 50)
+                .config("path", "/out")
+                .config("format", "json")
+                .files("out", "/out", "read-write"),
+        )
+        .write(dir.path());
+    let host = Host::run(dir.path(), &manifest);
+    let mut frames = Vec::new();
+    for i in 0..100u64 {
+        let record = if i % 10 == 3 {
+            format!("{{\"seq\":{i},\n\"bad\":true}}")
+        } else {
+            format!("{{\"seq\":{i}}}")
+        };
+        frames.extend_from_slice(&(record.len() as u32).to_be_bytes());
+        frames.extend_from_slice(record.as_bytes());
+    }
+    let _peer = serve(&peer, &frames);
+    let good: Vec<u64> = (0..100).filter(|i| i % 10 != 3).collect();
+    assert_eq!(received.join().unwrap(), good, "the rest, in order");
+    stop_after(host, dir.path(), 10);
+    let mut dead = Vec::new();
+    for line in output_lines(&dir.path().join("out")) {
+        let r: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let error = r["headers"]["sluice.error"].as_str().unwrap();
+        assert!(error.contains("holds a newline"), "{r}");
+        dead.push(parse_seq(r["value"].as_str().unwrap()));
+    }
+    dead.sort_unstable();
+    assert_eq!(dead, [3, 13, 23, 33, 43, 53, 63, 73, 83, 93]);
+}
