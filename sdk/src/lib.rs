@@ -156,7 +156,10 @@ pub mod log;
 pub mod net;
 pub mod outage;
 pub mod position;
+mod read_buf;
 pub mod state;
+
+pub use read_buf::ReadBuf;
 
 /// An error the host acts on.
 #[derive(Debug, Clone, PartialEq, Eq)]

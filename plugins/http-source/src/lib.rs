@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use sluice_sdk::http::{Body, HttpError, Request, Response};
 use sluice_sdk::outage::Outage;
-use sluice_sdk::{BatchWriter, Context, Error, Poll, Source};
+use sluice_sdk::{BatchWriter, Context, Error, Poll, ReadBuf, Source};
 
 /// What the URL serves.
 #[sluice_sdk::config]
@@ -112,9 +112,8 @@ pub struct HttpSource {
     config: Config,
     /// The open stream (`sse`, `ndjson`).
     stream: Option<Body>,
-    /// Bytes read and not yet parsed: `buf[start..]`.
-    buf: Vec<u8>,
-    start: usize,
+    /// Bytes read and not yet parsed.
+    buf: ReadBuf,
     /// The SSE event being read.
     event: SseEvent,
     /// `sse`: the last event id; `poll`: the cursor.
@@ -200,7 +199,6 @@ impl HttpSource {
         self.service.went_away(why);
         self.stream = None;
         self.buf.clear();
-        self.start = 0;
         self.event = SseEvent::default();
         self.wait();
     }
@@ -208,31 +206,21 @@ impl HttpSource {
     /// Reads more of the stream, waiting until bytes come if `wait`, else
     /// `WouldBlock` if none have. `Ok(0)`: it ended.
     fn read_more(&mut self, wait: bool) -> std::io::Result<usize> {
-        if self.start > 0 && self.start == self.buf.len() {
-            self.buf.clear();
-            self.start = 0;
-        } else if self.start > READ_BYTES {
-            self.buf.drain(..self.start);
-            self.start = 0;
-        }
-        let filled = self.buf.len();
-        self.buf.resize(filled + READ_BYTES, 0);
         let stream = self.stream.as_mut().expect("open");
-        let into = &mut self.buf[filled..];
-        let got = if wait {
-            stream.read(into)
-        } else {
-            stream.read_within(into, MORE_WITHIN)
-        };
-        self.buf.truncate(filled + *got.as_ref().unwrap_or(&0));
-        got
+        self.buf.read_with(|into| {
+            if wait {
+                stream.read(into)
+            } else {
+                stream.read_within(into, MORE_WITHIN)
+            }
+        })
     }
 
     /// The next whole line in the buffer, consumed, without its ending
     /// (`\n`, `\r\n`; a lone `\r` ends a line only for SSE's sake when a
     /// byte follows it).
     fn next_line(&mut self) -> Result<Option<std::ops::Range<usize>>, Error> {
-        let rest = &self.buf[self.start..];
+        let rest = self.buf.rest();
         let Some(at) = memchr::memchr2(b'\n', b'\r', rest) else {
             if rest.len() > self.config.max_record_bytes as usize {
                 return Err(Error::fatal(format!(
@@ -251,9 +239,7 @@ impl HttpSource {
         } else {
             at + 1
         };
-        let line = self.start..self.start + at;
-        self.start += used;
-        Ok(Some(line))
+        Ok(Some(self.buf.take(used, 0..at)))
     }
 
     /// Parses what was read into records: SSE events dispatched, or NDJSON
@@ -460,8 +446,7 @@ impl Source for HttpSource {
         Ok(HttpSource {
             config,
             stream: None,
-            buf: Vec::new(),
-            start: 0,
+            buf: ReadBuf::new(READ_BYTES),
             event: SseEvent::default(),
             position,
             service,
@@ -503,7 +488,13 @@ mod tests {
     /// Parses `text` as if read from the stream: the records' values, and
     /// the position after them.
     fn parse(source: &mut HttpSource, text: &str) -> (Vec<String>, Option<String>) {
-        source.buf.extend_from_slice(text.as_bytes());
+        source
+            .buf
+            .read_with(|into| {
+                into[..text.len()].copy_from_slice(text.as_bytes());
+                Ok(text.len())
+            })
+            .unwrap();
         let mut out = BatchWriter::new();
         source.parse(&mut out, 100).unwrap();
         let bytes = out.finish();

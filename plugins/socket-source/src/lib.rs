@@ -23,7 +23,7 @@
 
 use std::io::Read as _;
 
-use sluice_sdk::{BatchWriter, Context, Error, Poll, Source};
+use sluice_sdk::{BatchWriter, Context, Error, Poll, ReadBuf, Source};
 use sluice_socket::{Conn, Framing, Peer};
 
 /// Config of the `socket-source`.
@@ -66,10 +66,9 @@ pub struct SocketSource {
     config: Config,
     peer: Peer,
     stream: Option<Conn>,
-    /// Bytes read and not yet framed: `buf[start..]`. A frame cut by the
-    /// end of a read (or by an interrupted wait) waits here for the rest.
-    buf: Vec<u8>,
-    start: usize,
+    /// Bytes read and not yet framed. A frame cut by the end of a read (or
+    /// by an interrupted wait) waits here for the rest.
+    buf: ReadBuf,
 }
 
 /// Bytes asked for by one read.
@@ -94,7 +93,6 @@ impl SocketSource {
         self.peer.went_away(why);
         self.stream = None;
         self.buf.clear();
-        self.start = 0;
         self.peer.wait();
     }
 
@@ -102,7 +100,7 @@ impl SocketSource {
     /// `buf`. `Err` for a frame past `max_record_bytes`.
     fn next_frame(&mut self) -> Result<Option<std::ops::Range<usize>>, Error> {
         let max = self.config.max_record_bytes as usize;
-        let rest = &self.buf[self.start..];
+        let rest = self.buf.rest();
         let (value, used) = match self.config.framing {
             Framing::Lines => match memchr::memchr(b'\n', rest) {
                 Some(at) => {
@@ -133,33 +131,21 @@ impl SocketSource {
         if value.len() > max {
             return Err(too_long(max));
         }
-        let at = self.start;
-        self.start += used;
-        Ok(Some(at + value.start..at + value.end))
+        Ok(Some(self.buf.take(used, value)))
     }
 
     /// Reads what the peer has sent, waiting until it sends something if
     /// `wait`, else `WouldBlock` if it has sent nothing. `Ok(0)`: it closed
     /// the connection.
     fn read_more(&mut self, wait: bool) -> std::io::Result<usize> {
-        if self.start > 0 && self.start == self.buf.len() {
-            self.buf.clear();
-            self.start = 0;
-        } else if self.start > READ_BYTES {
-            self.buf.drain(..self.start);
-            self.start = 0;
-        }
-        let filled = self.buf.len();
-        self.buf.resize(filled + READ_BYTES, 0);
         let stream = self.stream.as_mut().expect("connected");
-        let into = &mut self.buf[filled..];
-        let got = if wait {
-            stream.read(into)
-        } else {
-            stream.read_ready(into)
-        };
-        self.buf.truncate(filled + *got.as_ref().unwrap_or(&0));
-        got
+        self.buf.read_with(|into| {
+            if wait {
+                stream.read(into)
+            } else {
+                stream.read_ready(into)
+            }
+        })
     }
 }
 
@@ -184,8 +170,7 @@ impl Source for SocketSource {
             config,
             peer,
             stream: None,
-            buf: Vec::new(),
-            start: 0,
+            buf: ReadBuf::new(READ_BYTES),
         };
         source.connect()?;
         Ok(source)
