@@ -575,6 +575,33 @@ fn http_source_polls_an_endpoint_page_by_page_with_its_cursor() {
 }
 
 #[test]
+fn http_source_waits_as_long_as_retry_after_says_and_then_reads_on() {
+    if !tool("python3", "--version", "python3") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = Receiver::start_script("event_server.py", &dir.path().join("server"), &["300"]);
+    // Its first two answers are 429 with Retry-After: 1; the backoff alone
+    // would try again within a tenth of a second.
+    let manifest = http_source_to_files(dir.path(), &server, "poll", "/limited");
+    let started = std::time::Instant::now();
+    let host = Host::run(dir.path(), &manifest);
+    let out = dir.path().join("out");
+    wait_until("the first page arrives", Duration::from_secs(60), || {
+        !seqs(&out).is_empty()
+    });
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "two answers of Retry-After: 1 are two seconds of waiting ({:?})",
+        started.elapsed()
+    );
+    let log = stop_after(host, dir.path(), 300);
+    assert_eq!(seqs(&out), (1..=300).collect::<Vec<_>>());
+    assert_eq!(log.matches("is away").count(), 1, "said once:\n{log}");
+    assert!(log.contains("it answered 429"), "{log}");
+}
+
+#[test]
 fn http_source_reads_an_ndjson_stream() {
     if !tool("python3", "--version", "python3") {
         return;

@@ -13,6 +13,9 @@ Its records are {"seq": i} for i in 1..=N, served three ways:
   GET /items?cursor=C
                a page of up to 100 records after cursor C (none: from the
                start) as {"items": [...], "next": "<cursor>"}.
+  GET /limited?cursor=C
+               the same pages, but the first two requests are answered 429
+               with Retry-After: 1.
 Each request's path and Last-Event-ID is a line of DIR/requests.
 """
 
@@ -20,12 +23,16 @@ import http.server
 import json
 import os
 import sys
+import threading
 import time
 import urllib.parse
 
 PORT = int(sys.argv[1])
 DIR = sys.argv[2]
 N = int(sys.argv[3])
+# Requests to /limited still to answer 429.
+LIMITED = [2]
+LIMITED_LOCK = threading.Lock()
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -41,7 +48,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.stream("text/event-stream", int(last) + 1 if last else 1, sse=True)
         elif url.path == "/lines":
             self.stream("application/x-ndjson", 1, sse=False)
-        elif url.path == "/items":
+        elif url.path == "/limited" and self.limited():
+            self.send_response(429)
+            self.send_header("Retry-After", "1")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif url.path in ("/items", "/limited"):
             cursor = urllib.parse.parse_qs(url.query).get("cursor", ["0"])[0]
             start = int(cursor) + 1
             end = min(start + 99, N)
@@ -57,6 +69,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
         else:
             self.send_response(404)
             self.end_headers()
+
+    def limited(self):
+        with LIMITED_LOCK:
+            if LIMITED[0] > 0:
+                LIMITED[0] -= 1
+                return True
+            return False
 
     def stream(self, content_type, start, sse):
         self.send_response(200)
