@@ -105,3 +105,32 @@ fn a_plugin_sleeping_past_its_cpu_grant_is_not_interrupted() {
     assert!(!stderr(&out).contains("past its cpu grant"));
     assert!(summary_line(&out, "sleeper").contains("finished"));
 }
+
+#[test]
+fn a_file_read_after_an_interrupted_wait_still_reads_the_file() {
+    // The host ends the fixture's sleep to stop; the read of a file that
+    // follows, in the same call, must not be ended with it.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("data")).unwrap();
+    std::fs::write(dir.path().join("data/big"), vec![b'x'; 1 << 20]).unwrap();
+    let m = manifest()
+        .connector(
+            source("reader", wasm("wait-then-read-file"), "t")
+                .config("path", "/data/big")
+                .files("data", "/data", "read-only")
+                .restart("attempts", 0),
+        )
+        .write(dir.path());
+    let mut host = Host::run(dir.path(), &m);
+    host.wait_for_log("wait-then-read-file: waiting", Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(300));
+    host.interrupt();
+    let out = host.wait_for_exit(Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("failed"), "{}", stderr(&out));
+    let line = summary_line(&out, "reader");
+    assert!(
+        line.contains(" 1 ") && line.contains("stopped"),
+        "the file read, one record: {line}"
+    );
+}

@@ -24,7 +24,7 @@ use wasmtime_wasi_tls::{WasiTlsCtx, WasiTlsCtxBuilder, WasiTlsCtxView, WasiTlsVi
 
 use super::bindings::{host, types};
 use super::output::{LogBudget, PluginLog, PluginStderr, PluginStdout};
-use super::waits::{Interrupt, Waits};
+use super::waits::{FileStreams, Interrupt, Waits};
 use super::{EPOCH_TICK, PluginError};
 use crate::broker::{StateError, StateStore};
 use crate::grants::Refusals;
@@ -55,12 +55,19 @@ pub struct HostState {
     /// How long the current call has waited, which its `cpu` grant does not
     /// count.
     waited: Duration,
+    /// The input streams that read files (see `waits.rs`), by rep.
+    pub(crate) file_streams: FileStreams,
 }
 
 impl HostState {
     /// What `wasi:io` sees of the instance.
     pub(crate) fn waits(&mut self) -> Waits<'_> {
-        Waits::new(&mut self.table, &self.interrupt, &mut self.waited)
+        Waits::new(
+            &mut self.table,
+            &self.interrupt,
+            &mut self.waited,
+            &mut self.file_streams,
+        )
     }
 }
 
@@ -350,6 +357,7 @@ pub(crate) fn new(engine: &Engine, setup: &InstanceSetup) -> Result<Store<HostSt
         cpu: setup.grants.cpu,
         interrupt: Interrupt::default(),
         waited: Duration::ZERO,
+        file_streams: FileStreams::default(),
     };
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limits);

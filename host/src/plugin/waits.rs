@@ -17,17 +17,24 @@
 //!   to give (a quiet socket) fails (wasi-libc makes it `EIO`), while a
 //!   read of data already there (a file, a socket's buffer) still gets it;
 //!   the contract's `interrupted` says true, so the plugin can tell this
-//!   from a broken connection. Likewise a write to a stream with no room
+//!   from a broken connection. A read of a file is never interrupted: it
+//!   does not wait for anyone, and failing it would hand a plugin reading
+//!   a file (through `read-via-stream`, as wasi-libc does) an error for a
+//!   file that is fine; the host links its own `read-via-stream` to know
+//!   which streams read files. Likewise a write to a stream with no room
 //!   (a peer that does not read) fails instead of waiting. The plugin returns from its call, and the
 //!   pump goes on to stop, pause or swap. The next call starts with the
 //!   interrupt lowered.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use wasmtime::Result;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
+use wasmtime::{Result, StoreContextMut};
+use wasmtime_wasi::filesystem::WasiFilesystemView as _;
+use wasmtime_wasi::p2::bindings::filesystem::types::{Descriptor, ErrorCode, HostDescriptor};
 use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, DynPollable, StreamError, StreamResult};
 use wasmtime_wasi_io::bindings::wasi::io::{error, poll, streams};
 
@@ -87,10 +94,16 @@ impl Interrupt {
 
 /// What `wasi:io` sees of an instance: its resource table, its interrupt,
 /// and the time its current call has spent waiting.
+/// The input streams of an instance that read files, by rep: their reads
+/// are not interrupted.
+#[derive(Debug, Default)]
+pub(crate) struct FileStreams(HashSet<u32>);
+
 pub(crate) struct Waits<'a> {
     table: &'a mut ResourceTable,
     interrupt: &'a Interrupt,
     waited: &'a mut Duration,
+    file_streams: &'a mut FileStreams,
 }
 
 impl<'a> Waits<'a> {
@@ -98,12 +111,19 @@ impl<'a> Waits<'a> {
         table: &'a mut ResourceTable,
         interrupt: &'a Interrupt,
         waited: &'a mut Duration,
+        file_streams: &'a mut FileStreams,
     ) -> Self {
         Waits {
             table,
             interrupt,
             waited,
+            file_streams,
         }
+    }
+
+    /// Whether `stream` reads a file.
+    fn reads_a_file(&self, stream: &Resource<DynInputStream>) -> bool {
+        self.file_streams.0.contains(&stream.rep())
     }
 
     /// Runs `wait` on the table, timed, and ended early (with `interrupted`)
@@ -148,8 +168,27 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
     error::add_to_linker::<HostState, WasiIoWaits>(linker, HostState::waits)?;
     poll::add_to_linker::<HostState, WasiIoWaits>(linker, HostState::waits)?;
     streams::add_to_linker::<HostState, WasiIoWaits>(linker, HostState::waits)?;
+    linker
+        .instance("wasi:filesystem/types@0.2.12")?
+        .func_wrap("[method]descriptor.read-via-stream", read_via_stream)?;
     linker.allow_shadowing(false);
     Ok(())
+}
+
+/// wasmtime-wasi's `read-via-stream`, noting that the stream reads a file.
+fn read_via_stream(
+    mut store: StoreContextMut<'_, HostState>,
+    (fd, offset): (Resource<Descriptor>, u64),
+) -> Result<(std::result::Result<Resource<DynInputStream>, ErrorCode>,)> {
+    let state = store.data_mut();
+    let opened = match HostDescriptor::read_via_stream(&mut state.filesystem(), fd, offset) {
+        Ok(stream) => {
+            state.file_streams.0.insert(stream.rep());
+            Ok(stream)
+        }
+        Err(e) => Err(e.downcast()?),
+    };
+    Ok((opened,))
 }
 
 impl poll::Host for Waits<'_> {
@@ -206,12 +245,14 @@ impl streams::Host for Waits<'_> {
 
 impl streams::HostInputStream for Waits<'_> {
     async fn drop(&mut self, stream: Resource<DynInputStream>) -> Result<()> {
+        self.file_streams.0.remove(&stream.rep());
         streams::HostInputStream::drop(self.table, stream).await
     }
 
     fn read(&mut self, stream: Resource<DynInputStream>, len: u64) -> StreamResult<Vec<u8>> {
+        let file = self.reads_a_file(&stream);
         let bytes = streams::HostInputStream::read(self.table, stream, len)?;
-        if bytes.is_empty() && len > 0 && self.interrupt.is_raised() {
+        if bytes.is_empty() && len > 0 && !file && self.interrupt.is_raised() {
             return Err(Interrupt::error());
         }
         Ok(bytes)
@@ -222,6 +263,13 @@ impl streams::HostInputStream for Waits<'_> {
         stream: Resource<DynInputStream>,
         len: u64,
     ) -> StreamResult<Vec<u8>> {
+        if self.reads_a_file(&stream) {
+            return self
+                .timed(async |t: &mut ResourceTable| {
+                    streams::HostInputStream::blocking_read(t, stream, len).await
+                })
+                .await;
+        }
         if self.interrupt.is_raised() {
             return streams::HostInputStream::read(self, stream, len);
         }
@@ -237,8 +285,9 @@ impl streams::HostInputStream for Waits<'_> {
     }
 
     fn skip(&mut self, stream: Resource<DynInputStream>, len: u64) -> StreamResult<u64> {
+        let file = self.reads_a_file(&stream);
         let skipped = streams::HostInputStream::skip(self.table, stream, len)?;
-        if skipped == 0 && len > 0 && self.interrupt.is_raised() {
+        if skipped == 0 && len > 0 && !file && self.interrupt.is_raised() {
             return Err(Interrupt::error());
         }
         Ok(skipped)
@@ -249,6 +298,13 @@ impl streams::HostInputStream for Waits<'_> {
         stream: Resource<DynInputStream>,
         len: u64,
     ) -> StreamResult<u64> {
+        if self.reads_a_file(&stream) {
+            return self
+                .timed(async |t: &mut ResourceTable| {
+                    streams::HostInputStream::blocking_skip(t, stream, len).await
+                })
+                .await;
+        }
         if self.interrupt.is_raised() {
             return streams::HostInputStream::skip(self, stream, len);
         }
