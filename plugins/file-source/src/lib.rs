@@ -186,9 +186,9 @@ impl Source for FileSource {
             let n = match reader.read_until(b'\n', &mut line) {
                 Ok(n) => n,
                 Err(e) => {
-                    // The reader may have taken part of a line (a read the
-                    // host interrupted to stop, pause or swap fails so):
-                    // open the file again at the last whole line. Lines
+                    // The reader may have taken part of a line before the
+                    // read failed: open the file again at the last whole
+                    // line. Lines
                     // already read in this poll go out with their position;
                     // an error would drop them with the batch.
                     self.reader = None;
