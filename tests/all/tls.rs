@@ -266,6 +266,22 @@ fn a_tls_source_reads_from_a_server_its_granted_ca_vouches_for() {
 }
 
 #[test]
+fn a_granted_ca_is_trusted_beside_the_system_roots_when_both_are_asked_for() {
+    let Some((dir, pki)) = with_pki() else { return };
+    let mut server = TlsServer::start(&pki, false);
+    let mut tls = ca_grant(&pki);
+    tls.insert("system_roots".into(), true.into());
+    let manifest = tls_source_to_files(&server, tls).write(dir.path());
+    let host = Host::run(dir.path(), &manifest);
+    server.send(&number_lines(0..100));
+    stop_after(host, dir.path(), 100);
+    assert_eq!(
+        numbers(&dir.path().join("out")),
+        (0..100).collect::<Vec<_>>()
+    );
+}
+
+#[test]
 fn a_server_no_granted_ca_vouches_for_is_refused_naming_it_and_why() {
     let Some((dir, pki)) = with_pki() else { return };
     let mut server = TlsServer::start(&pki, false);
