@@ -355,6 +355,13 @@ impl Response {
             .and_then(|(_, v)| std::str::from_utf8(v).ok())
     }
 
+    /// How long the server asked to be left alone (`Retry-After` in
+    /// seconds; the date form is not followed).
+    pub fn retry_after(&self) -> Option<Duration> {
+        let secs: u64 = self.header("retry-after")?.trim().parse().ok()?;
+        Some(Duration::from_secs(secs))
+    }
+
     /// The whole body.
     pub fn bytes(mut self) -> io::Result<Vec<u8>> {
         let mut all = Vec::new();

@@ -241,7 +241,8 @@ impl HttpSink {
             }
             408 | 429 | 500..=599 => {
                 let status = response.status();
-                let after = retry_after(&response)
+                let after = response
+                    .retry_after()
                     .map(|d| d.min(Duration::from_millis(self.config.max_retry_after_ms)));
                 let text = snippet(response);
                 Tried::Away(format!("it answered {status}: {text}"), after)
@@ -338,12 +339,6 @@ fn snippet(response: Response) -> String {
     let body = response.bytes().unwrap_or_default();
     let text = String::from_utf8_lossy(&body[..body.len().min(300)]);
     text.trim().to_owned()
-}
-
-/// `Retry-After` in seconds (the date form is not followed).
-fn retry_after(response: &Response) -> Option<Duration> {
-    let secs: u64 = response.header("retry-after")?.trim().parse().ok()?;
-    Some(Duration::from_secs(secs))
 }
 
 impl Sink for HttpSink {

@@ -165,7 +165,8 @@ impl HttpSource {
                 }
                 408 | 429 | 500..=599 => {
                     let status = response.status();
-                    self.asked_wait = retry_after(&response)
+                    self.asked_wait = response
+                        .retry_after()
                         .map(|d| d.min(Duration::from_millis(self.config.max_retry_after_ms)));
                     self.service.went_away(&format!("it answered {status}"));
                 }
@@ -404,12 +405,6 @@ impl HttpSource {
         }
         Ok(())
     }
-}
-
-/// `Retry-After` in seconds.
-fn retry_after(response: &Response) -> Option<Duration> {
-    let secs: u64 = response.header("retry-after")?.trim().parse().ok()?;
-    Some(Duration::from_secs(secs))
 }
 
 /// `text` as a query value: unreserved characters kept, the rest
