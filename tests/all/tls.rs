@@ -410,13 +410,11 @@ fn the_client_key_never_enters_the_plugins_memory() {
     );
 }
 
-#[test]
-fn a_tls_grant_naming_a_secret_that_is_not_granted_is_refused_with_the_fix() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut tls = toml::Table::new();
-    tls.insert("client_cert".into(), "cert".into());
-    tls.insert("client_key".into(), "key".into());
-    let manifest = manifest()
+/// A manifest in `dir` whose `socket-source` has the TLS grant `tls` and
+/// the secret `cert` (from `SLUICE_TEST_TLS_CERT`), for `validate` to
+/// check; its peer is never reached.
+fn tls_grant_to_check(dir: &Path, tls: toml::Table) -> PathBuf {
+    manifest()
         .connector(
             source("sock", "socket-source", "events")
                 .config("addr", "127.0.0.1:1")
@@ -426,7 +424,16 @@ fn a_tls_grant_naming_a_secret_that_is_not_granted_is_refused_with_the_fix() {
                 .secret("cert", "env", "SLUICE_TEST_TLS_CERT"),
         )
         .connector(files_sink())
-        .write(dir.path());
+        .write(dir)
+}
+
+#[test]
+fn a_tls_grant_naming_a_secret_that_is_not_granted_is_refused_with_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tls = toml::Table::new();
+    tls.insert("client_cert".into(), "cert".into());
+    tls.insert("client_key".into(), "key".into());
+    let manifest = tls_grant_to_check(dir.path(), tls);
     let out = run(&["validate", manifest.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let err = stderr(&out);
@@ -471,17 +478,7 @@ fn the_grants_server_name_is_checked_whatever_name_the_plugin_asks_for() {
 fn a_tls_grant_that_cannot_work_is_refused_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();
     let check = |tls: toml::Table, field: &str, says: &str| {
-        let manifest = manifest()
-            .connector(
-                source("sock", "socket-source", "events")
-                    .config("addr", "127.0.0.1:1")
-                    .config("tls", true)
-                    .grant("net", vec!["127.0.0.1:1"])
-                    .grant("tls", tls)
-                    .secret("cert", "env", "SLUICE_TEST_TLS_CERT"),
-            )
-            .connector(files_sink())
-            .write(dir.path());
+        let manifest = tls_grant_to_check(dir.path(), tls);
         let out = run_env(
             &["validate", manifest.to_str().unwrap()],
             &[("SLUICE_TEST_TLS_CERT", "not a certificate")],
