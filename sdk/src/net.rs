@@ -269,6 +269,13 @@ fn resolve(addr: &str) -> io::Result<Vec<SocketAddr>> {
     Ok(all)
 }
 
+/// The name a TLS connection checks the server's certificate against, for
+/// a connector's usual `tls` and `server_name` settings: `server_name`, or
+/// the host part of `addr`; `None` without `tls`.
+pub fn tls_server_name(tls: bool, server_name: Option<&str>, addr: &str) -> Option<String> {
+    tls.then(|| server_name.unwrap_or_else(|| host_part(addr)).to_owned())
+}
+
 /// `host` of `host:port`, without the brackets of an IPv6 address.
 fn host_part(addr: &str) -> &str {
     let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);

@@ -43,7 +43,7 @@ impl Rng {
 /// Starts `sluice run` on `manifest`, kills it with SIGKILL after a random
 /// wait in `window` (unless it has ended by then), `kills` times; then runs
 /// it to its end. Most kills must land while records flow.
-fn storm(dir: &Path, manifest: &Path, kills: u32, window: std::ops::Range<u64>) {
+pub(crate) fn storm(dir: &Path, manifest: &Path, kills: u32, window: std::ops::Range<u64>) {
     let mut rng = Rng::from_env_or_clock();
     let mut cut = 0;
     for i in 0..kills {

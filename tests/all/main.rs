@@ -19,6 +19,7 @@ mod network;
 mod pipeline_e2e;
 mod plugin_contract;
 mod plugin_log;
+mod postgres;
 mod sandbox;
 mod tls;
 mod waiting;

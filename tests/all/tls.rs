@@ -15,7 +15,7 @@ use crate::common::*;
 
 /// A folder for the test with a test CA in it (see [`make_pki`]), or
 /// `None` where `openssl` is missing (see [`tool`]).
-fn with_pki() -> Option<(tempfile::TempDir, PathBuf)> {
+pub(crate) fn with_pki() -> Option<(tempfile::TempDir, PathBuf)> {
     if !tool("openssl", "version", "openssl") {
         return None;
     }

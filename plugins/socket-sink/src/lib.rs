@@ -129,7 +129,11 @@ impl Sink for SocketSink {
         let mut peer = Peer::new(
             "socket-sink",
             &config.addr,
-            sluice_socket::tls_server_name(config.tls, config.server_name.as_deref(), &config.addr),
+            sluice_sdk::net::tls_server_name(
+                config.tls,
+                config.server_name.as_deref(),
+                &config.addr,
+            ),
             config.reconnect_initial_ms,
             config.reconnect_max_ms,
         )?;

@@ -162,7 +162,11 @@ impl Source for SocketSource {
         let peer = Peer::new(
             "socket-source",
             &config.addr,
-            sluice_socket::tls_server_name(config.tls, config.server_name.as_deref(), &config.addr),
+            sluice_sdk::net::tls_server_name(
+                config.tls,
+                config.server_name.as_deref(),
+                &config.addr,
+            ),
             config.reconnect_initial_ms,
             config.reconnect_max_ms,
         )?;

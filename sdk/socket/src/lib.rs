@@ -22,23 +22,6 @@ pub enum Framing {
     LengthPrefixed,
 }
 
-/// The name a TLS connection checks the server's certificate against: the
-/// config's `server_name`, or the host part of `addr`; `None` without
-/// `tls`.
-pub fn tls_server_name(tls: bool, server_name: Option<&str>, addr: &str) -> Option<String> {
-    tls.then(|| {
-        server_name.map_or_else(
-            || {
-                let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
-                host.trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .to_owned()
-            },
-            str::to_owned,
-        )
-    })
-}
-
 /// A connection to the peer: plain TCP (`std`'s, as any Rust program opens
 /// it), or TLS through the host.
 #[derive(Debug)]
@@ -106,7 +89,7 @@ pub struct Peer {
 impl Peer {
     /// A peer at `addr`, tried again after `initial_ms`, doubling up to
     /// `max_ms`; over TLS if `tls` names the server (see
-    /// [`tls_server_name`]). `who` speaks in the log (`socket-source`).
+    /// [`sluice_sdk::net::tls_server_name`]). `who` speaks in the log (`socket-source`).
     /// Refuses settings that cannot work.
     pub fn new(
         who: &'static str,

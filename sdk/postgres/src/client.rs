@@ -1,0 +1,618 @@
+//! The connection: startup and authentication, then queries.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{self, Read, Write};
+
+use bytes::{BufMut, BytesMut};
+use postgres_protocol::IsNull;
+use postgres_protocol::authentication::{md5_hash, sasl};
+use postgres_protocol::message::backend::Message;
+use postgres_protocol::message::frontend;
+use sluice_sdk::net::{TcpConn, TlsStream};
+
+use crate::error::{DbError, PgError};
+
+/// How to reach the server and who to be there.
+#[derive(Clone)]
+pub struct ConnectOptions {
+    /// `host:port`; the connector must be granted it in `net`.
+    pub addr: String,
+    /// The role to log in as.
+    pub user: String,
+    /// The password, if the server asks for one (usually from a secret:
+    /// it is never printed, not even by `Debug`).
+    pub password: Option<String>,
+    /// The database; the server's default (the user's name) when `None`.
+    pub database: Option<String>,
+    /// Ask for TLS (`SSLRequest`) and check the server's certificate
+    /// against this name; the host does the handshake.
+    pub tls: Option<String>,
+    /// Shown in `pg_stat_activity`.
+    pub application_name: String,
+    /// `Some("database")` for a logical replication connection.
+    pub replication: Option<&'static str>,
+}
+
+impl fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("addr", &self.addr)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<secret>"))
+            .field("database", &self.database)
+            .field("tls", &self.tls)
+            .field("application_name", &self.application_name)
+            .field("replication", &self.replication)
+            .finish()
+    }
+}
+
+/// The connection's byte stream: plain TCP, or TLS through the host.
+#[derive(Debug)]
+enum Stream {
+    Plain(TcpConn),
+    Tls(TlsStream),
+}
+
+impl Stream {
+    fn read_ready(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read_ready(buf),
+            Stream::Tls(s) => s.read_ready(buf),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// A row of a simple query's result: each column's text, `None` for NULL.
+pub type Row = Vec<Option<String>>;
+
+/// How much is read from the socket at once.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// How much of a large request is written before reading what the server
+/// has answered so far: a server whose answers are not read stops reading
+/// too, and a long pipeline would then wait for ever.
+const WRITE_CHUNK: usize = 64 * 1024;
+
+/// A connection to a PostgreSQL server, ready for queries.
+pub struct Client {
+    stream: Stream,
+    read: BytesMut,
+    scratch: Vec<u8>,
+    /// Statements prepared on this connection, by their SQL.
+    prepared: HashMap<String, String>,
+    next_statement: u64,
+    /// The server's settings it reported (`server_version`, …).
+    parameters: HashMap<String, String>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("stream", &self.stream)
+            .field("prepared", &self.prepared.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Connects and logs in: TLS first if asked (PostgreSQL's `SSLRequest`,
+    /// then the host's TLS over the same connection), then the startup
+    /// message and the password exchange the server asks for (SCRAM-SHA-256,
+    /// MD5 or clear text; clear text only over TLS would be wise, and is
+    /// the server's call).
+    pub fn connect(options: &ConnectOptions) -> Result<Client, PgError> {
+        let mut tcp = TcpConn::connect(&options.addr)?;
+        let stream = match &options.tls {
+            None => Stream::Plain(tcp),
+            Some(server_name) => {
+                let mut request = BytesMut::new();
+                frontend::ssl_request(&mut request);
+                tcp.write_all(&request)?;
+                tcp.flush()?;
+                let mut answer = [0u8; 1];
+                tcp.read_exact(&mut answer)?;
+                match answer[0] {
+                    b'S' => Stream::Tls(TlsStream::over(tcp, server_name)?),
+                    b'N' => {
+                        return Err(PgError::Protocol(format!(
+                            "the server at {} does not accept TLS connections (ssl = off)",
+                            options.addr
+                        )));
+                    }
+                    other => {
+                        return Err(PgError::Protocol(format!(
+                            "the server at {} answered TLS with {other:#04x}: is it PostgreSQL?",
+                            options.addr
+                        )));
+                    }
+                }
+            }
+        };
+        let mut client = Client {
+            stream,
+            read: BytesMut::with_capacity(READ_CHUNK),
+            scratch: vec![0; READ_CHUNK],
+            prepared: HashMap::new(),
+            next_statement: 0,
+            parameters: HashMap::new(),
+        };
+        client.startup(options)?;
+        Ok(client)
+    }
+
+    fn startup(&mut self, options: &ConnectOptions) -> Result<(), PgError> {
+        let mut params = vec![
+            ("user", options.user.as_str()),
+            ("client_encoding", "UTF8"),
+            ("application_name", options.application_name.as_str()),
+            // Timestamps as ISO 8601, whatever the server's default.
+            ("DateStyle", "ISO"),
+        ];
+        if let Some(db) = &options.database {
+            params.push(("database", db));
+        }
+        if let Some(r) = options.replication {
+            params.push(("replication", r));
+        }
+        let mut out = BytesMut::new();
+        frontend::startup_message(params, &mut out)?;
+        self.send(&out)?;
+
+        let password = || {
+            options.password.as_deref().ok_or_else(|| {
+                PgError::Protocol(format!(
+                    "the server asks for a password for user {:?}, and the config has none",
+                    options.user
+                ))
+            })
+        };
+        let mut scram: Option<sasl::ScramSha256> = None;
+        loop {
+            match self.next()? {
+                Message::AuthenticationOk => {}
+                Message::AuthenticationCleartextPassword => {
+                    let mut out = BytesMut::new();
+                    frontend::password_message(password()?.as_bytes(), &mut out)?;
+                    self.send(&out)?;
+                }
+                Message::AuthenticationMd5Password(body) => {
+                    let hash =
+                        md5_hash(options.user.as_bytes(), password()?.as_bytes(), body.salt());
+                    let mut out = BytesMut::new();
+                    frontend::password_message(hash.as_bytes(), &mut out)?;
+                    self.send(&out)?;
+                }
+                Message::AuthenticationSasl(body) => {
+                    use fallible_iterator::FallibleIterator as _;
+                    let mut mechanisms = body.mechanisms();
+                    let mut offered = Vec::new();
+                    while let Some(m) = mechanisms.next()? {
+                        offered.push(m.to_owned());
+                    }
+                    if !offered.iter().any(|m| m == sasl::SCRAM_SHA_256) {
+                        return Err(PgError::Protocol(format!(
+                            "the server offers only {offered:?} to log in; this client speaks SCRAM-SHA-256"
+                        )));
+                    }
+                    // The host's TLS does not show the plugin the server's
+                    // certificate, so no channel binding.
+                    let s = sasl::ScramSha256::new(
+                        password()?.as_bytes(),
+                        sasl::ChannelBinding::unsupported(),
+                    );
+                    let mut out = BytesMut::new();
+                    frontend::sasl_initial_response(sasl::SCRAM_SHA_256, s.message(), &mut out)?;
+                    self.send(&out)?;
+                    scram = Some(s);
+                }
+                Message::AuthenticationSaslContinue(body) => {
+                    let s = scram.as_mut().ok_or_else(|| {
+                        PgError::Protocol("SASL continue before SASL start".into())
+                    })?;
+                    s.update(body.data()).map_err(|e| {
+                        PgError::Protocol(format!("the server's SCRAM answer: {e}"))
+                    })?;
+                    let mut out = BytesMut::new();
+                    frontend::sasl_response(s.message(), &mut out)?;
+                    self.send(&out)?;
+                }
+                Message::AuthenticationSaslFinal(body) => {
+                    let s = scram
+                        .as_mut()
+                        .ok_or_else(|| PgError::Protocol("SASL final before SASL start".into()))?;
+                    s.finish(body.data()).map_err(|e| {
+                        PgError::Protocol(format!(
+                            "the server did not prove it knows the password ({e})"
+                        ))
+                    })?;
+                }
+                Message::BackendKeyData(_) => {}
+                Message::ReadyForQuery(_) => return Ok(()),
+                Message::ErrorResponse(body) => return Err(DbError::parse(&body)?.into()),
+                Message::AuthenticationKerberosV5
+                | Message::AuthenticationScmCredential
+                | Message::AuthenticationGss
+                | Message::AuthenticationGssContinue(_)
+                | Message::AuthenticationSspi => {
+                    return Err(PgError::Protocol(
+                        "the server asks for Kerberos, GSSAPI or SSPI to log in; this client speaks passwords (SCRAM-SHA-256, MD5)".into(),
+                    ));
+                }
+                _ => return Err(unexpected("logging in")),
+            }
+        }
+    }
+
+    /// A setting the server reported at startup (`server_version`,
+    /// `integer_datetimes`, …).
+    pub fn parameter(&self, name: &str) -> Option<&str> {
+        self.parameters.get(name).map(String::as_str)
+    }
+
+    /// Runs `sql` (one or more statements, `;`-separated) with the simple
+    /// protocol, and returns the rows of all of them, as text.
+    pub fn simple_query(&mut self, sql: &str) -> Result<Vec<Row>, PgError> {
+        let mut out = BytesMut::new();
+        frontend::query(sql, &mut out)?;
+        self.send(&out)?;
+        let mut rows = Vec::new();
+        let mut failed = None;
+        loop {
+            match self.next()? {
+                Message::DataRow(row) => {
+                    if failed.is_none() {
+                        rows.push(text_row(&row)?);
+                    }
+                }
+                Message::ErrorResponse(body) => failed = Some(DbError::parse(&body)?),
+                Message::ReadyForQuery(_) => break,
+                Message::RowDescription(_)
+                | Message::CommandComplete(_)
+                | Message::EmptyQueryResponse => {}
+                Message::CopyInResponse(_) => {
+                    // A COPY FROM STDIN sent here by mistake: end it.
+                    let mut out = BytesMut::new();
+                    frontend::copy_fail("COPY is not supported by simple_query", &mut out)?;
+                    self.send(&out)?;
+                }
+                _ => return Err(unexpected("a simple query")),
+            }
+        }
+        match failed {
+            Some(e) => Err(e.into()),
+            None => Ok(rows),
+        }
+    }
+
+    /// Starts a pipeline of prepared statements: sent together, run in one
+    /// implicit transaction, answered together. See [`Pipeline`].
+    pub fn pipeline(&mut self) -> Pipeline<'_> {
+        Pipeline {
+            client: self,
+            out: BytesMut::new(),
+            steps: Vec::new(),
+            parsing: HashMap::new(),
+            executes: 0,
+        }
+    }
+
+    /// Runs `sql`, a `COPY … FROM STDIN`, with `data` as its input (in the
+    /// COPY's format); returns the rows copied.
+    pub fn copy_in(&mut self, sql: &str, data: &[u8]) -> Result<u64, PgError> {
+        let mut out = BytesMut::new();
+        frontend::query(sql, &mut out)?;
+        self.send(&out)?;
+        match self.next()? {
+            Message::CopyInResponse(_) => {}
+            Message::ErrorResponse(body) => {
+                let e = DbError::parse(&body)?;
+                self.until_ready()?;
+                return Err(e.into());
+            }
+            _ => return Err(unexpected("starting a COPY")),
+        }
+        let mut out = BytesMut::with_capacity(data.len() + data.len() / WRITE_CHUNK * 5 + 16);
+        for chunk in data.chunks(WRITE_CHUNK) {
+            frontend::CopyData::new(chunk)?.write(&mut out);
+        }
+        frontend::copy_done(&mut out);
+        self.send(&out)?;
+        let mut copied = 0;
+        let mut failed = None;
+        loop {
+            match self.next()? {
+                Message::CommandComplete(body) => copied = rows_of(body.tag()?),
+                Message::ErrorResponse(body) => failed = Some(DbError::parse(&body)?),
+                Message::ReadyForQuery(_) => break,
+                _ => return Err(unexpected("a COPY")),
+            }
+        }
+        match failed {
+            Some(e) => Err(e.into()),
+            None => Ok(copied),
+        }
+    }
+
+    /// Says goodbye (a `Terminate`): the server ends the session cleanly.
+    pub fn close(mut self) -> Result<(), PgError> {
+        let mut out = BytesMut::new();
+        frontend::terminate(&mut out);
+        self.send(&out)
+    }
+
+    /// Reads until `ReadyForQuery`, after an error.
+    fn until_ready(&mut self) -> Result<(), PgError> {
+        loop {
+            if let Message::ReadyForQuery(_) = self.next()? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Writes `bytes`, reading what the server answers meanwhile (so that a
+    /// long request cannot wait for ever on a server waiting for us to
+    /// read), and flushes.
+    fn send(&mut self, bytes: &[u8]) -> Result<(), PgError> {
+        for chunk in bytes.chunks(WRITE_CHUNK) {
+            self.stream.write_all(chunk)?;
+            if bytes.len() > WRITE_CHUNK {
+                self.read_ready()?;
+            }
+        }
+        self.stream.flush()?;
+        Ok(())
+    }
+
+    /// Takes what has arrived, without waiting.
+    fn read_ready(&mut self) -> Result<(), PgError> {
+        loop {
+            match self.stream.read_ready(&mut self.scratch) {
+                Ok(0) => return Ok(()),
+                Ok(n) => self.read.extend_from_slice(&self.scratch[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// The next message from the server, waiting for it. Notices and
+    /// setting changes are taken here (notices go to the log).
+    pub(crate) fn next(&mut self) -> Result<Message, PgError> {
+        loop {
+            match Message::parse(&mut self.read)? {
+                Some(Message::NoticeResponse(body)) => {
+                    use fallible_iterator::FallibleIterator as _;
+                    let mut fields = body.fields();
+                    while let Some(f) = fields.next()? {
+                        if f.type_() == b'M' {
+                            sluice_sdk::debug!(
+                                "postgres notice: {}",
+                                String::from_utf8_lossy(f.value_bytes())
+                            );
+                        }
+                    }
+                }
+                Some(Message::ParameterStatus(body)) => {
+                    self.parameters
+                        .insert(body.name()?.to_owned(), body.value()?.to_owned());
+                }
+                Some(Message::NotificationResponse(_)) => {}
+                Some(m) => return Ok(m),
+                None => {
+                    let n = self.stream.read(&mut self.scratch)?;
+                    if n == 0 {
+                        return Err(PgError::Io(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the server closed the connection",
+                        )));
+                    }
+                    self.read.extend_from_slice(&self.scratch[..n]);
+                }
+            }
+        }
+    }
+}
+
+/// What a pipeline expects back for each thing it sent.
+#[derive(Debug)]
+enum Step {
+    /// A `Parse`, of the statement with this SQL and name.
+    Parse(String, String),
+    /// A `Bind` and `Execute`.
+    Execute,
+}
+
+/// Statements sent together with the extended protocol and one `Sync`:
+/// PostgreSQL runs them as one implicit transaction, committed at the
+/// `Sync` if all of them succeed and rolled back if any fails. Statements
+/// are prepared once per connection and then only bound: the SQL is
+/// parsed and planned once.
+///
+/// ```no_run
+/// # fn demo(client: &mut sluice_postgres::Client) -> Result<(), sluice_postgres::PgError> {
+/// let mut p = client.pipeline();
+/// p.execute("INSERT INTO t (a, b) VALUES ($1, $2)", [Some(&b"1"[..]), None])?;
+/// p.execute("INSERT INTO t (a, b) VALUES ($1, $2)", [Some(&b"2"[..]), Some(&b"x"[..])])?;
+/// let rows = p.run()?; // [1, 1]
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Pipeline<'c> {
+    client: &'c mut Client,
+    out: BytesMut,
+    steps: Vec<Step>,
+    /// Statements parsed by this pipeline, not yet confirmed.
+    parsing: HashMap<String, String>,
+    executes: usize,
+}
+
+impl Pipeline<'_> {
+    /// Adds a run of `sql` with `params` (text, `None` for NULL; the
+    /// server infers each parameter's type from where it is used). Returns
+    /// the statement's index in this pipeline, which a failure names in
+    /// [`DbError::statement`].
+    pub fn execute<'a, I>(&mut self, sql: &str, params: I) -> Result<usize, PgError>
+    where
+        I: IntoIterator<Item = Option<&'a [u8]>>,
+    {
+        let name = match self
+            .client
+            .prepared
+            .get(sql)
+            .or_else(|| self.parsing.get(sql))
+        {
+            Some(name) => name.clone(),
+            None => {
+                let name = format!("sluice{}", self.client.next_statement);
+                self.client.next_statement += 1;
+                frontend::parse(&name, sql, std::iter::empty(), &mut self.out)?;
+                self.parsing.insert(sql.to_owned(), name.clone());
+                self.steps.push(Step::Parse(sql.to_owned(), name.clone()));
+                name
+            }
+        };
+        let bound = frontend::bind(
+            "",
+            &name,
+            std::iter::empty(),
+            params,
+            |v, buf: &mut BytesMut| match v {
+                Some(v) => {
+                    buf.put_slice(v);
+                    Ok(IsNull::No)
+                }
+                None => Ok(IsNull::Yes),
+            },
+            std::iter::empty(),
+            &mut self.out,
+        );
+        match bound {
+            Ok(()) => {}
+            Err(frontend::BindError::Conversion(e)) => {
+                return Err(PgError::Protocol(format!("binding a parameter: {e}")));
+            }
+            Err(frontend::BindError::Serialization(e)) => return Err(e.into()),
+        }
+        frontend::execute("", 0, &mut self.out)?;
+        self.steps.push(Step::Execute);
+        self.executes += 1;
+        Ok(self.executes - 1)
+    }
+
+    /// How many statements were added.
+    pub fn len(&self) -> usize {
+        self.executes
+    }
+
+    /// True when nothing was added.
+    pub fn is_empty(&self) -> bool {
+        self.executes == 0
+    }
+
+    /// Sends everything and a `Sync`, and reads the answers: the rows each
+    /// statement affected, in order. A statement that fails rolls back the
+    /// whole pipeline; its error names it ([`DbError::statement`]).
+    pub fn run(mut self) -> Result<Vec<u64>, PgError> {
+        frontend::sync(&mut self.out);
+        let client = self.client;
+        client.send(&self.out)?;
+        let mut affected = Vec::with_capacity(self.executes);
+        let mut failed: Option<DbError> = None;
+        let mut steps = self.steps.into_iter();
+        let mut step = steps.next();
+        loop {
+            let message = client.next()?;
+            if failed.is_some() {
+                // The server skips to the Sync after an error.
+                if let Message::ReadyForQuery(_) = message {
+                    break;
+                }
+                continue;
+            }
+            match (message, &step) {
+                (Message::ParseComplete, Some(Step::Parse(sql, name))) => {
+                    client.prepared.insert(sql.clone(), name.clone());
+                    step = steps.next();
+                }
+                (Message::BindComplete | Message::DataRow(_), Some(Step::Execute)) => {}
+                (Message::CommandComplete(body), Some(Step::Execute)) => {
+                    affected.push(rows_of(body.tag()?));
+                    step = steps.next();
+                }
+                (Message::EmptyQueryResponse, Some(Step::Execute)) => {
+                    affected.push(0);
+                    step = steps.next();
+                }
+                (Message::ErrorResponse(body), _) => {
+                    let mut e = DbError::parse(&body)?;
+                    e.statement = Some(affected.len());
+                    failed = Some(e);
+                }
+                (Message::ReadyForQuery(_), None) => break,
+                _ => return Err(unexpected("a pipeline")),
+            }
+        }
+        match failed {
+            Some(e) => Err(e.into()),
+            None => Ok(affected),
+        }
+    }
+}
+
+fn unexpected(doing: &str) -> PgError {
+    PgError::Protocol(format!(
+        "the server sent a message out of turn during {doing}"
+    ))
+}
+
+/// The row count of a command tag (`INSERT 0 5`, `UPDATE 3`, `COPY 10`).
+fn rows_of(tag: &str) -> u64 {
+    tag.rsplit(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+fn text_row(row: &postgres_protocol::message::backend::DataRowBody) -> Result<Row, PgError> {
+    use fallible_iterator::FallibleIterator as _;
+    let buf = row.buffer();
+    let mut out = Vec::new();
+    let mut ranges = row.ranges();
+    while let Some(r) = ranges.next()? {
+        out.push(match r {
+            Some(r) => Some(
+                std::str::from_utf8(&buf[r])
+                    .map_err(|_| PgError::Protocol("a column's text is not UTF-8".into()))?
+                    .to_owned(),
+            ),
+            None => None,
+        });
+    }
+    Ok(out)
+}
