@@ -211,7 +211,7 @@ payload_bytes = {payload}
 
 /// The records/s column of `connector`'s row in a `sluice run` summary:
 /// `files sink 1,000,000 95.4 MiB 0.90s 1,108,849 110.9 0 finished`.
-fn summary_rate(summary: &str, connector: &str) -> anyhow::Result<f64> {
+pub fn summary_rate(summary: &str, connector: &str) -> anyhow::Result<f64> {
     let row = summary
         .lines()
         .find(|l| l.split_whitespace().next() == Some(connector))

@@ -13,6 +13,7 @@ mod http;
 mod machine;
 mod network;
 mod plot;
+mod postgres;
 mod report;
 mod swap;
 
@@ -68,6 +69,7 @@ enum Section {
     Swap,
     Files,
     Network,
+    Postgres,
 }
 
 const PAYLOADS: [u32; 2] = [100, 1024];
@@ -183,6 +185,11 @@ fn main() -> anyhow::Result<()> {
     if wants(Section::Network) {
         let bin = end_to_end::sluice_binary()?;
         network_section(&mut report, &bin, work.path(), &work.path().join("cache"))?;
+    }
+
+    if wants(Section::Postgres) {
+        let bin = end_to_end::sluice_binary()?;
+        postgres::section(&mut report, &bin, work.path(), &work.path().join("cache"))?;
     }
 
     if wants(Section::Density) {

@@ -38,39 +38,19 @@
 //! the dead-letter topic (the commit has stored the offset past it).
 
 mod config;
+mod row;
 mod table;
 
 use std::collections::HashMap;
 
 use sluice_postgres::{Client, ConnectOptions, PgError, quote_literal};
 use sluice_sdk::outage::Outage;
-use sluice_sdk::serde_json::{self, Map, Value};
+use sluice_sdk::serde_json::{self, Value};
 use sluice_sdk::{Batch, Context, Error, Origin, RecordRef, Rejects, Sink, StoredOffset};
 
 pub use config::{Config, InsertWith, Mode};
+use row::{Fields, Rows, Shape, column_text, value_text};
 use table::{ColumnKind, Table, TableName};
-
-/// What one record does.
-#[derive(Debug)]
-enum Op {
-    /// Insert (or upsert) these columns' values.
-    Write {
-        columns: Vec<String>,
-        values: Vec<Option<Vec<u8>>>,
-    },
-    /// Delete the row with these key values (in `key_columns`' order).
-    Delete { keys: Vec<Option<Vec<u8>>> },
-}
-
-/// A record as a row of a table.
-#[derive(Debug)]
-struct Row {
-    /// The record's index in its batch.
-    index: usize,
-    /// The table's name, as resolved.
-    table: String,
-    op: Op,
-}
 
 /// Why a write did not go through.
 #[derive(Debug)]
@@ -87,6 +67,15 @@ impl From<PgError> for Failed {
     }
 }
 
+/// Columns of a table that rows write, and what each takes: most records
+/// of a topic have the same fields, so rows share these.
+#[derive(Debug)]
+struct ColumnSet {
+    table: usize,
+    names: Vec<String>,
+    kinds: Vec<ColumnKind>,
+}
+
 /// The sink's state.
 #[derive(Debug)]
 pub struct PostgresSink {
@@ -96,8 +85,14 @@ pub struct PostgresSink {
     connector: String,
     client: Option<Client>,
     outage: Outage,
-    /// Tables seen so far, by name as resolved.
-    tables: HashMap<String, Table>,
+    /// Tables seen so far, and their index by name as resolved.
+    tables: Vec<Table>,
+    table_ids: HashMap<String, usize>,
+    column_sets: Vec<ColumnSet>,
+    /// The column set used last: the next row likely has it too.
+    last_set: usize,
+    /// The statement of each shape of row, made once.
+    statements: HashMap<Shape, String>,
     /// The offsets stored in the database, as last read or written.
     stored: HashMap<(String, u32), u64>,
     offsets_sql: String,
@@ -190,108 +185,141 @@ impl PostgresSink {
         Ok(())
     }
 
-    /// The table `name`, its columns asked of the server the first time;
-    /// created from `fields` if it is missing and `create_table` is on.
-    fn table(&mut self, name: &str, fields: &[(String, &Value)]) -> Result<&Table, Failed> {
-        if !self.tables.contains_key(name) {
-            self.connect()?;
-            let client = self.client.as_mut().expect("connected");
-            let mut found = Table::load(client, name)?;
-            if found.is_none() && self.config.create_table {
-                Table::create(client, name, fields, &self.config.key_columns)?;
-                sluice_sdk::info!("postgres-sink: created table {name}");
-                found = Table::load(client, name)?;
-            }
-            let table = found.ok_or_else(|| {
-                Failed::Sink(Error::invalid_config(format!(
-                    "there is no table {name:?} in database {:?}: create it, or set create_table = true",
-                    self.config.database
-                )))
-            })?;
-            self.tables.insert(name.to_owned(), table);
+    /// The index of table `name`, its columns asked of the server the first
+    /// time; created from `fields` if it is missing and `create_table` is on.
+    fn table_id(&mut self, name: &str, fields: Option<&Fields<'_>>) -> Result<usize, Failed> {
+        if let Some(&id) = self.table_ids.get(name) {
+            return Ok(id);
         }
-        Ok(&self.tables[name])
+        self.connect()?;
+        let client = self.client.as_mut().expect("connected");
+        let mut found = Table::load(client, name)?;
+        if found.is_none() && self.config.create_table {
+            let typed: Vec<(String, Value)> = fields
+                .map(|f| {
+                    f.0.iter()
+                        .map(|(field, raw)| {
+                            let column = self
+                                .config
+                                .columns
+                                .get(field.as_ref())
+                                .map_or(field.as_ref(), String::as_str);
+                            (
+                                column.to_owned(),
+                                serde_json::from_str(raw.get()).unwrap_or(Value::Null),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            Table::create(client, name, &typed, &self.config.key_columns)?;
+            sluice_sdk::info!("postgres-sink: created table {name}");
+            found = Table::load(client, name)?;
+        }
+        let table = found.ok_or_else(|| {
+            Failed::Sink(Error::invalid_config(format!(
+                "there is no table {name:?} in database {:?}: create it, or set create_table = true",
+                self.config.database
+            )))
+        })?;
+        self.tables.push(table);
+        self.table_ids
+            .insert(name.to_owned(), self.tables.len() - 1);
+        Ok(self.tables.len() - 1)
     }
 
-    /// The row a record makes: `Ok(Err(why))` when the record cannot be
-    /// one, on its merits.
-    fn row(
+    /// Adds the row a record makes to `rows`: `Ok(Err(why))` when the
+    /// record cannot be one, on its merits.
+    fn decode(
         &mut self,
         topic: &str,
         index: usize,
         record: &RecordRef<'_>,
-    ) -> Result<Result<Row, String>, Failed> {
-        let value: Option<Map<String, Value>> = if record.value.is_empty() {
+        rows: &mut Rows,
+    ) -> Result<Result<(), String>, Failed> {
+        let fields = if record.value.is_empty() {
             None
         } else {
-            match serde_json::from_slice::<Value>(record.value) {
-                Ok(Value::Object(map)) => Some(map),
-                Ok(_) => return Ok(Err("the value is not a JSON object".into())),
-                Err(e) => return Ok(Err(format!("the value is not JSON: {e}"))),
+            match Fields::parse(record.value) {
+                Ok(fields) => Some(fields),
+                Err(why) => return Ok(Err(why)),
             }
         };
-        let name = match self.table.resolve(topic, value.as_ref()) {
-            Ok(name) => name,
-            Err(why) => return Ok(Err(why)),
+        let fixed = match &self.table {
+            TableName::Fixed(name) => self.table_ids.get(name).copied(),
+            TableName::Template(_) => None,
+        };
+        let table = match fixed {
+            Some(id) => id,
+            None => match self.table.resolve(topic, |f| fields.as_ref()?.text_of(f)) {
+                Ok(name) => self.table_id(&name, fields.as_ref())?,
+                Err(why) => return Ok(Err(why)),
+            },
         };
         let keys = match self.key_values(record.key) {
-            Ok(keys) => keys,
+            Ok(keys) => keys.unwrap_or_default(),
             Err(why) => return Ok(Err(why)),
         };
-        let Some(value) = value else {
+        let Some(fields) = fields else {
             if !self.config.delete_on_null {
                 return Ok(Err(
                     "a record without a value (a tombstone), and delete_on_null is off".into(),
                 ));
             }
-            let Some(keys) = keys else {
+            if keys.is_empty() {
                 return Ok(Err("a tombstone without a key: nothing to delete".into()));
-            };
-            let table = self.table(&name, &[])?;
-            let keys = keys
-                .iter()
-                .map(|(column, v)| text(v, table.columns.get(column).copied()))
-                .collect();
-            return Ok(Ok(Row {
-                index,
-                table: name,
-                op: Op::Delete { keys },
-            }));
-        };
-        let mut fields: Vec<(String, &Value)> = value
-            .iter()
-            .map(|(f, v)| (self.config.columns.get(f).unwrap_or(f).clone(), v))
-            .collect();
-        for (column, v) in keys.iter().flatten() {
-            match fields.iter_mut().find(|(c, _)| c == column) {
-                Some(field) => field.1 = v,
-                None => fields.push((column.clone(), v)),
             }
+            rows.start(index, Shape::Delete(table));
+            for (column, v) in &keys {
+                let kind = self.tables[table]
+                    .columns
+                    .get(column)
+                    .copied()
+                    .unwrap_or(ColumnKind::Other);
+                rows.push(value_text(v, kind).as_deref());
+            }
+            return Ok(Ok(()));
+        };
+        // The value's fields, then the key's (which win over a field of
+        // the same column).
+        let columns = &self.config.columns;
+        fn column_of<'a>(
+            columns: &'a std::collections::BTreeMap<String, String>,
+            field: &'a str,
+        ) -> &'a str {
+            columns.get(field).map_or(field, String::as_str)
         }
-        if self.config.mode == Mode::Upsert
-            && let Some(missing) = self
-                .config
-                .key_columns
+        let from_value = || {
+            fields
+                .0
                 .iter()
-                .find(|k| !fields.iter().any(|(c, _)| c == *k))
-        {
-            return Ok(Err(format!("no value for the key column {missing:?}")));
+                .map(|(f, raw)| (column_of(columns, f), raw))
+                .filter(|(c, _)| !keys.iter().any(|(k, _)| k == c))
+        };
+        let names = from_value()
+            .map(|(c, _)| c)
+            .chain(keys.iter().map(|(k, _)| k.as_str()));
+        let set = match intern(
+            &mut self.column_sets,
+            &mut self.last_set,
+            &self.tables,
+            table,
+            names,
+            &self.config,
+        ) {
+            Ok(set) => set,
+            Err(why) => return Ok(Err(why)),
+        };
+        let kinds = &self.column_sets[set].kinds;
+        rows.start(index, Shape::Write(set));
+        for (i, (_, raw)) in from_value().enumerate() {
+            rows.push(column_text(raw, kinds[i]).as_deref());
         }
-        let table = self.table(&name, &fields)?;
-        let mut columns = Vec::with_capacity(fields.len());
-        let mut values = Vec::with_capacity(fields.len());
-        for (column, v) in &fields {
-            let Some(kind) = table.columns.get(column) else {
-                return Ok(Err(format!("table {name:?} has no column {column:?}")));
-            };
-            values.push(text(v, Some(*kind)));
-            columns.push(column.clone());
+        let from = kinds.len() - keys.len();
+        for (i, (_, v)) in keys.iter().enumerate() {
+            rows.push(value_text(v, kinds[from + i]).as_deref());
         }
-        Ok(Ok(Row {
-            index,
-            table: name,
-            op: Op::Write { columns, values },
-        }))
+        Ok(Ok(()))
     }
 
     /// The key columns' values from a record's key: `None` when the key
@@ -329,56 +357,57 @@ impl PostgresSink {
     /// error names the row the server refused, if it was one.
     fn apply(
         &mut self,
-        rows: &[Row],
+        rows: &Rows,
         origin: &Origin,
         next: u64,
         copy: bool,
     ) -> Result<(), PgError> {
-        let client = self.client.as_mut().expect("connected");
-        let offset = [
-            Some(self.connector.as_bytes().to_vec()),
-            Some(origin.topic.as_bytes().to_vec()),
-            Some(origin.partition.to_string().into_bytes()),
-            Some(next.to_string().into_bytes()),
-        ];
         if copy {
-            client.simple_query("BEGIN")?;
-            let copied = copy_rows(client, &self.tables, rows).and_then(|()| {
-                let mut p = client.pipeline();
-                p.execute(&self.offsets_sql, offset.iter().map(|v| v.as_deref()))?;
-                p.execute("COMMIT", [])?;
-                p.run().map(drop)
-            });
-            if let Err(e) = copied {
-                if !e.is_connection_lost() {
-                    client.simple_query("ROLLBACK")?;
-                }
-                return Err(e);
-            }
-            return Ok(());
+            let offset = format!(
+                "INSERT INTO {} (connector, topic, partition, next_offset) VALUES ({}, {}, {}, {next}) \
+                 ON CONFLICT (connector, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset",
+                table::quote_table(&self.config.offsets_table),
+                quote_literal(&self.connector),
+                quote_literal(&origin.topic),
+                origin.partition,
+            );
+            let client = self.client.as_mut().expect("connected");
+            return copy_rows(client, &self.tables, &self.column_sets, rows, &offset);
         }
-        let upsert =
-            (self.config.mode == Mode::Upsert).then_some(self.config.key_columns.as_slice());
-        let mut sql: HashMap<(&str, &[String]), String> = HashMap::new();
+        for row in &rows.rows {
+            if !self.statements.contains_key(&row.shape) {
+                let sql = self.statement(row.shape);
+                self.statements.insert(row.shape, sql);
+            }
+        }
+        let (partition, next) = (origin.partition.to_string(), next.to_string());
+        let offset = [
+            self.connector.as_bytes(),
+            origin.topic.as_bytes(),
+            partition.as_bytes(),
+            next.as_bytes(),
+        ];
+        let client = self.client.as_mut().expect("connected");
         let mut p = client.pipeline();
-        for row in rows {
-            let table = &self.tables[&row.table].sql_name;
-            match &row.op {
-                Op::Write { columns, values } => {
-                    let stmt = sql.entry((&row.table, columns)).or_insert_with(|| {
-                        let cols: Vec<&str> = columns.iter().map(String::as_str).collect();
-                        table::insert_sql(table, &cols, upsert)
-                    });
-                    p.execute(stmt, values.iter().map(|v| v.as_deref()))?;
-                }
-                Op::Delete { keys } => {
-                    let stmt = table::delete_sql(table, &self.config.key_columns);
-                    p.execute(&stmt, keys.iter().map(|v| v.as_deref()))?;
-                }
-            }
+        for row in &rows.rows {
+            p.execute(&self.statements[&row.shape], rows.values(row))?;
         }
-        p.execute(&self.offsets_sql, offset.iter().map(|v| v.as_deref()))?;
+        p.execute(&self.offsets_sql, offset.into_iter().map(Some))?;
         p.run().map(drop)
+    }
+
+    /// The statement rows of `shape` run.
+    fn statement(&self, shape: Shape) -> String {
+        let keys = &self.config.key_columns;
+        match shape {
+            Shape::Write(set) => {
+                let set = &self.column_sets[set];
+                let columns: Vec<&str> = set.names.iter().map(String::as_str).collect();
+                let upsert = (self.config.mode == Mode::Upsert).then_some(keys.as_slice());
+                table::insert_sql(&self.tables[set.table].sql_name, &columns, upsert)
+            }
+            Shape::Delete(t) => table::delete_sql(&self.tables[t].sql_name, keys),
+        }
     }
 
     /// One try at a write: the rows refused on their merits, by index.
@@ -396,16 +425,15 @@ impl PostgresSink {
             return Ok(Vec::new()); // committed already, by a write cut off before it heard so
         }
         let mut refused = Vec::new();
-        let mut rows = Vec::with_capacity(batch.len() - skip);
+        let mut rows = Rows::default();
         for (i, record) in batch.iter().enumerate().skip(skip) {
-            match self.row(&origin.topic, i, &record)? {
-                Ok(row) => rows.push(row),
-                Err(why) => refused.push((i, why)),
+            if let Err(why) = self.decode(&origin.topic, i, &record, &mut rows)? {
+                refused.push((i, why));
             }
         }
         let mut copy = self.config.mode == Mode::Insert
             && self.config.insert_with == InsertWith::Copy
-            && rows.iter().all(|r| matches!(r.op, Op::Write { .. }));
+            && rows.rows.iter().all(|r| matches!(r.shape, Shape::Write(_)));
         loop {
             match self.apply(&rows, origin, next, copy) {
                 Ok(()) => {
@@ -418,9 +446,9 @@ impl PostgresSink {
                         copy = false;
                         continue;
                     }
-                    match e.statement.filter(|&k| k < rows.len()) {
+                    match e.statement.filter(|&k| k < rows.rows.len()) {
                         Some(k) => {
-                            let row = rows.remove(k);
+                            let row = rows.rows.remove(k);
                             refused.push((row.index, format!("PostgreSQL refused the row: {e}")));
                         }
                         None => return Err(PgError::Db(e).into()),
@@ -432,30 +460,76 @@ impl PostgresSink {
     }
 }
 
-/// The `COPY` of `rows`: one per table and set of columns, in the order
-/// they first appear (plain inserts only; their order across tables does
-/// not matter).
+/// The column set of `table` with `names`: the last one used if it is
+/// that, else one made before, else a new one, checked against the table
+/// (every column in it, none twice, the key columns there for `upsert`).
+fn intern<'n>(
+    sets: &mut Vec<ColumnSet>,
+    last: &mut usize,
+    tables: &[Table],
+    table: usize,
+    names: impl Iterator<Item = &'n str> + Clone,
+    config: &Config,
+) -> Result<usize, String> {
+    let same = |set: &ColumnSet| {
+        set.table == table && set.names.iter().map(String::as_str).eq(names.clone())
+    };
+    if sets.get(*last).is_some_and(same) {
+        return Ok(*last);
+    }
+    if let Some(i) = sets.iter().position(same) {
+        *last = i;
+        return Ok(i);
+    }
+    let t = &tables[table];
+    let mut set = ColumnSet {
+        table,
+        names: Vec::new(),
+        kinds: Vec::new(),
+    };
+    for name in names {
+        let Some(kind) = t.columns.get(name) else {
+            return Err(format!("table {} has no column {name:?}", t.sql_name));
+        };
+        if set.names.iter().any(|n| n == name) {
+            return Err(format!("two fields go to the column {name:?}"));
+        }
+        set.names.push(name.to_owned());
+        set.kinds.push(*kind);
+    }
+    if config.mode == Mode::Upsert
+        && let Some(missing) = config.key_columns.iter().find(|k| !set.names.contains(k))
+    {
+        return Err(format!("no value for the key column {missing:?}"));
+    }
+    sets.push(set);
+    *last = sets.len() - 1;
+    Ok(*last)
+}
+
+/// The `COPY`s of `rows`, one per column set in the order they first
+/// appear (plain inserts only: their order across tables does not
+/// matter), and `then`, as one transaction in one round trip.
 fn copy_rows(
     client: &mut Client,
-    tables: &HashMap<String, Table>,
-    rows: &[Row],
+    tables: &[Table],
+    sets: &[ColumnSet],
+    rows: &Rows,
+    then: &str,
 ) -> Result<(), PgError> {
-    /// A table and its columns, and the COPY data for them.
-    type Group<'r> = ((&'r str, &'r [String]), Vec<u8>);
-    let mut groups: Vec<Group<'_>> = Vec::new();
-    for row in rows {
-        let Op::Write { columns, values } = &row.op else {
+    let mut groups: Vec<(usize, Vec<u8>)> = Vec::new();
+    for row in &rows.rows {
+        let Shape::Write(set) = row.shape else {
             continue;
         };
-        let id = (row.table.as_str(), columns.as_slice());
-        let data = match groups.iter_mut().find(|(g, _)| *g == id) {
-            Some((_, data)) => data,
+        let data = match groups.iter().position(|(s, _)| *s == set) {
+            Some(i) => &mut groups[i].1,
             None => {
-                groups.push((id, Vec::new()));
+                groups.push((set, Vec::new()));
                 &mut groups.last_mut().expect("pushed").1
             }
         };
-        for (i, v) in values.iter().enumerate() {
+        for (i, v) in rows.values(row).enumerate() {
             if i > 0 {
                 data.push(b'\t');
             }
@@ -466,16 +540,25 @@ fn copy_rows(
         }
         data.push(b'\n');
     }
-    for ((table, columns), data) in &groups {
-        let cols: Vec<&str> = columns.iter().map(String::as_str).collect();
-        client.copy_in(&table::copy_sql(&tables[*table].sql_name, &cols), data)?;
+    let mut sql = String::new();
+    for (set, _) in &groups {
+        let set = &sets[*set];
+        let columns: Vec<&str> = set.names.iter().map(String::as_str).collect();
+        sql.push_str(&table::copy_sql(&tables[set.table].sql_name, &columns));
+        sql.push_str(";\n");
     }
-    Ok(())
+    sql.push_str(then);
+    let inputs: Vec<&[u8]> = groups.iter().map(|(_, data)| data.as_slice()).collect();
+    client.copy_in(&sql, &inputs)
 }
 
 /// `v` in COPY's text format: backslash, tab, newline and carriage return
-/// escaped.
+/// escaped. Most values have none, found by a vector search.
 fn copy_escape(v: &[u8], out: &mut Vec<u8>) {
+    if memchr::memchr3(b'\\', b'\t', b'\n', v).is_none() && memchr::memchr(b'\r', v).is_none() {
+        out.extend_from_slice(v);
+        return;
+    }
     for &b in v {
         match b {
             b'\\' => out.extend_from_slice(b"\\\\"),
@@ -484,16 +567,6 @@ fn copy_escape(v: &[u8], out: &mut Vec<u8>) {
             b'\r' => out.extend_from_slice(b"\\r"),
             _ => out.push(b),
         }
-    }
-}
-
-/// A JSON value as the text a column is given; `None` for NULL.
-fn text(v: &Value, kind: Option<ColumnKind>) -> Option<Vec<u8>> {
-    match (v, kind) {
-        (Value::Null, _) => None,
-        (v, Some(ColumnKind::Json)) => Some(v.to_string().into_bytes()),
-        (Value::String(s), _) => Some(s.as_bytes().to_vec()),
-        (v, _) => Some(v.to_string().into_bytes()),
     }
 }
 
@@ -546,7 +619,11 @@ impl Sink for PostgresSink {
             connector: ctx.connector.clone(),
             client: None,
             outage,
-            tables: HashMap::new(),
+            tables: Vec::new(),
+            table_ids: HashMap::new(),
+            column_sets: Vec::new(),
+            last_set: 0,
+            statements: HashMap::new(),
             stored: HashMap::new(),
             offsets_sql,
         };
@@ -632,22 +709,11 @@ impl PostgresSink {
             table::quote_table(&self.config.offsets_table)
         ))?;
         self.read_offsets()?;
-        if let TableName::Fixed(name) = &self.table {
-            let name = name.clone();
-            let client = self.client.as_mut().expect("connected");
-            match Table::load(client, &name)? {
-                Some(t) => {
-                    self.tables.insert(name, t);
-                }
-                // Made from the first record.
-                None if self.config.create_table => {}
-                None => {
-                    return Err(Failed::Sink(Error::invalid_config(format!(
-                        "there is no table {name:?} in database {:?}: create it, or set create_table = true",
-                        self.config.database
-                    ))));
-                }
-            }
+        if let TableName::Fixed(name) = &self.table
+            && !self.config.create_table
+        {
+            // A missing table is an invalid config, said now.
+            self.table_id(&name.clone(), None)?;
         }
         Ok(())
     }

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use sluice_postgres::{Client, PgError, quote_ident, quote_literal};
-use sluice_sdk::serde_json::{Map, Value};
+use sluice_sdk::serde_json::Value;
 
 /// The `table` setting: a fixed name or a template.
 #[derive(Debug, Clone)]
@@ -56,12 +56,13 @@ impl TableName {
         Ok(TableName::Template(pieces))
     }
 
-    /// The table a record goes to; `Err` (the record's fault) when a field
-    /// the template names is missing or not text or a number.
+    /// The table a record goes to; `field` gives a field of its value as
+    /// text. `Err` (the record's fault) when a field the template names is
+    /// missing, or not text or a number.
     pub fn resolve(
         &self,
         topic: &str,
-        value: Option<&Map<String, Value>>,
+        field: impl Fn(&str) -> Option<String>,
     ) -> Result<String, String> {
         let pieces = match self {
             TableName::Fixed(name) => return Ok(name.clone()),
@@ -72,13 +73,13 @@ impl TableName {
             match piece {
                 Piece::Text(t) => name.push_str(t),
                 Piece::Topic => name.push_str(topic),
-                Piece::Field(f) => match value.and_then(|v| v.get(f)) {
-                    Some(Value::String(s)) if !s.is_empty() => name.push_str(s),
-                    Some(Value::Number(n)) => name.push_str(&n.to_string()),
-                    Some(_) => {
-                        return Err(format!("the field {f:?} that names the table is not text"));
+                Piece::Field(f) => match field(f) {
+                    Some(text) if !text.is_empty() => name.push_str(&text),
+                    _ => {
+                        return Err(format!(
+                            "no field {f:?} (text or a number) to name the table"
+                        ));
                     }
-                    None => return Err(format!("no field {f:?} to name the table")),
                 },
             }
         }
@@ -149,7 +150,7 @@ impl Table {
     pub fn create(
         client: &mut Client,
         name: &str,
-        fields: &[(String, &Value)],
+        fields: &[(String, Value)],
         keys: &[String],
     ) -> Result<(), PgError> {
         let mut columns: Vec<String> = fields
@@ -261,10 +262,9 @@ mod tests {
     #[test]
     fn templates_name_the_topic_and_fields() {
         let t = TableName::parse("ev_{topic}_{kind}").unwrap();
-        let v: Map<String, Value> =
-            sluice_sdk::serde_json::from_str(r#"{"kind":"click"}"#).unwrap();
-        assert_eq!(t.resolve("web", Some(&v)).unwrap(), "ev_web_click");
-        assert!(t.resolve("web", None).unwrap_err().contains("kind"));
+        let kind = |f: &str| (f == "kind").then(|| "click".to_owned());
+        assert_eq!(t.resolve("web", kind).unwrap(), "ev_web_click");
+        assert!(t.resolve("web", |_| None).unwrap_err().contains("kind"));
         assert!(TableName::parse("a{b").is_err());
         assert!(TableName::parse("a{}").is_err());
     }

@@ -322,32 +322,33 @@ impl Client {
         }
     }
 
-    /// Runs `sql`, a `COPY … FROM STDIN`, with `data` as its input (in the
-    /// COPY's format); returns the rows copied.
-    pub fn copy_in(&mut self, sql: &str, data: &[u8]) -> Result<u64, PgError> {
-        let mut out = BytesMut::new();
+    /// Runs `sql`, one or more statements whose `COPY … FROM STDIN`s take
+    /// `inputs` in order (each in its COPY's format), in one round trip:
+    /// the query and every input are sent together. A query of several
+    /// statements and no `BEGIN`/`COMMIT` runs as one transaction.
+    ///
+    /// Sending the input before the server asks is safe: a server that
+    /// failed before a COPY began ignores the input that follows.
+    pub fn copy_in(&mut self, sql: &str, inputs: &[&[u8]]) -> Result<(), PgError> {
+        let size: usize = inputs
+            .iter()
+            .map(|d| d.len() + d.len() / WRITE_CHUNK * 5 + 10)
+            .sum();
+        let mut out = BytesMut::with_capacity(sql.len() + 6 + size);
         frontend::query(sql, &mut out)?;
-        self.send(&out)?;
-        match self.next()? {
-            Message::CopyInResponse(_) => {}
-            Message::ErrorResponse(body) => {
-                let e = DbError::parse(&body)?;
-                self.until_ready()?;
-                return Err(e.into());
+        for data in inputs {
+            for chunk in data.chunks(WRITE_CHUNK) {
+                frontend::CopyData::new(chunk)?.write(&mut out);
             }
-            _ => return Err(unexpected("starting a COPY")),
+            frontend::copy_done(&mut out);
         }
-        let mut out = BytesMut::with_capacity(data.len() + data.len() / WRITE_CHUNK * 5 + 16);
-        for chunk in data.chunks(WRITE_CHUNK) {
-            frontend::CopyData::new(chunk)?.write(&mut out);
-        }
-        frontend::copy_done(&mut out);
         self.send(&out)?;
-        let mut copied = 0;
         let mut failed = None;
         loop {
             match self.next()? {
-                Message::CommandComplete(body) => copied = rows_of(body.tag()?),
+                Message::CopyInResponse(_)
+                | Message::CommandComplete(_)
+                | Message::EmptyQueryResponse => {}
                 Message::ErrorResponse(body) => failed = Some(DbError::parse(&body)?),
                 Message::ReadyForQuery(_) => break,
                 _ => return Err(unexpected("a COPY")),
@@ -355,7 +356,7 @@ impl Client {
         }
         match failed {
             Some(e) => Err(e.into()),
-            None => Ok(copied),
+            None => Ok(()),
         }
     }
 
@@ -364,15 +365,6 @@ impl Client {
         let mut out = BytesMut::new();
         frontend::terminate(&mut out);
         self.send(&out)
-    }
-
-    /// Reads until `ReadyForQuery`, after an error.
-    fn until_ready(&mut self) -> Result<(), PgError> {
-        loop {
-            if let Message::ReadyForQuery(_) = self.next()? {
-                return Ok(());
-            }
-        }
     }
 
     /// Writes `bytes`, reading what the server answers meanwhile (so that a
