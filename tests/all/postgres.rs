@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 use std::path::Path;
+use std::time::Duration;
 
 use sluice_test_servers::postgres::{Options, Postgres};
 
@@ -400,4 +401,36 @@ fn postgres_sink_inserting_killed_ten_times_writes_every_record_exactly_once() {
         format!("{RECORDS}|{RECORDS}|0|{}", RECORDS - 1)
     );
     assert_eq!(stored_offsets(&pg), RECORDS);
+}
+
+#[test]
+fn postgres_sink_waits_out_a_server_restart_says_so_once_and_loses_nothing() {
+    const RECORDS: u64 = 200_000;
+    let Some(mut pg) = server() else { return };
+    pg.psql(
+        "app",
+        "CREATE TABLE public.steady (id bigint, seq bigint NOT NULL, note text); \
+         ALTER TABLE public.steady OWNER TO sluice",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = manifest()
+        .connector(lines_source(dir.path(), &keyed_lines(RECORDS, 10), 40_000))
+        .connector(pg_sink(dir.path(), &pg, "steady"))
+        .write(dir.path());
+    let mut host = Host::run(dir.path(), &manifest);
+    let count = |pg: &Postgres| -> u64 { pg.psql("app", "SELECT count(*) FROM steady").parse().unwrap() };
+    wait_until("rows arrive", Duration::from_secs(30), || count(&pg) > 20_000);
+    pg.stop();
+    host.wait_for_log("is away", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(1500));
+    pg.start_again();
+    let out = host.wait_for_exit(Duration::from_secs(90));
+    assert_eq!(out.status.code(), Some(0), "{}", host.log());
+    assert_eq!(
+        pg.psql("app", "SELECT count(*), count(DISTINCT seq) FROM steady"),
+        format!("{RECORDS}|{RECORDS}")
+    );
+    let log = host.log();
+    assert_eq!(log.matches("is away").count(), 1, "said once:\n{log}");
+    assert_eq!(log.matches("is back").count(), 1, "said once:\n{log}");
 }

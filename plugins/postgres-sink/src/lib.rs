@@ -114,7 +114,13 @@ impl PostgresSink {
                     }
                 }
                 Err(e) if e.is_interrupted() => return Err(interrupted()),
-                Err(e) if !e.is_connection_lost() || e.is_denied() => {
+                // Away: no answer, or "starting up", "too many clients";
+                // anything else (a password, a grant) will not pass.
+                Err(e)
+                    if e.is_denied()
+                        || matches!(&e, PgError::Protocol(_))
+                        || e.db().is_some_and(|db| !db.is_retriable()) =>
+                {
                     return Err(Failed::Sink(self.refused(&e)));
                 }
                 Err(e) => {
