@@ -8,7 +8,7 @@ build:
 # the sluice-test-artifacts crate, for the tests only).
 build-plugins:
     CARGO_TARGET_DIR=target/plugins cargo build --profile plugin --target wasm32-wasip2 \
-        -p blackhole -p datagen -p file-sink -p file-source -p http-sink -p http-source -p postgres-sink -p print \
+        -p blackhole -p datagen -p file-sink -p file-source -p http-sink -p http-source -p postgres-cdc -p postgres-sink -p print \
         -p socket-sink -p socket-source
 
 # The whole test suite (the README's command).

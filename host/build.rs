@@ -14,6 +14,7 @@ const BUILTIN: &[&str] = &[
     "file-source",
     "http-sink",
     "http-source",
+    "postgres-cdc",
     "postgres-sink",
     "print",
     "socket-sink",

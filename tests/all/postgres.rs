@@ -418,8 +418,14 @@ fn postgres_sink_waits_out_a_server_restart_says_so_once_and_loses_nothing() {
         .connector(pg_sink(dir.path(), &pg, "steady"))
         .write(dir.path());
     let mut host = Host::run(dir.path(), &manifest);
-    let count = |pg: &Postgres| -> u64 { pg.psql("app", "SELECT count(*) FROM steady").parse().unwrap() };
-    wait_until("rows arrive", Duration::from_secs(30), || count(&pg) > 20_000);
+    let count = |pg: &Postgres| -> u64 {
+        pg.psql("app", "SELECT count(*) FROM steady")
+            .parse()
+            .unwrap()
+    };
+    wait_until("rows arrive", Duration::from_secs(30), || {
+        count(&pg) > 20_000
+    });
     pg.stop();
     host.wait_for_log("is away", Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(1500));
@@ -433,4 +439,271 @@ fn postgres_sink_waits_out_a_server_restart_says_so_once_and_loses_nothing() {
     let log = host.log();
     assert_eq!(log.matches("is away").count(), 1, "said once:\n{log}");
     assert_eq!(log.matches("is back").count(), 1, "said once:\n{log}");
+}
+
+/// A `postgres-cdc` named `cdc` capturing `tables` into `changes`, and a
+/// `file-sink` (JSON: key, value, headers) writing that topic to `out/`.
+fn cdc_to_files(dir: &Path, pg: &Postgres, tables: &[&str]) -> ManifestBuilder {
+    std::fs::write(dir.join("pg-password"), PASSWORD).unwrap();
+    manifest()
+        .connector(
+            source("cdc", "postgres-cdc", "changes")
+                .config("addr", pg.addr().as_str())
+                .config("user", USER)
+                .config("password", "${secret:pg}")
+                .config("database", "app")
+                .config("tables", tables.to_vec())
+                .grant("net", vec![pg.addr().as_str()])
+                .secret("pg", "file", "pg-password"),
+        )
+        .connector(
+            sink("files", "file-sink", "changes")
+                .set("flush_interval_ms", 100)
+                .config("path", "/out")
+                .config("format", "json")
+                .files("out", "/out", "read-write"),
+        )
+}
+
+/// A change as the test compares them: table, op (`c`, `u`, `d`), row id,
+/// and `v` after it (none for a delete).
+type Seen = (String, char, i64, Option<i64>);
+
+/// The changes the `file-sink` wrote, in log order, from their envelopes.
+fn captured(dir: &Path) -> Vec<(Seen, serde_json::Value)> {
+    let mut out = Vec::new();
+    for f in output_files(&dir.join("out")) {
+        for line in std::fs::read_to_string(f).unwrap().lines() {
+            let r: serde_json::Value = serde_json::from_str(line).unwrap();
+            let env: serde_json::Value =
+                serde_json::from_str(r["value"].as_str().unwrap()).unwrap();
+            let table = r["headers"]["table"].as_str().unwrap().to_owned();
+            let op = env["op"].as_str().unwrap().chars().next().unwrap();
+            let row = if op == 'd' {
+                &env["before"]
+            } else {
+                &env["after"]
+            };
+            let id = row["id"].as_i64().unwrap();
+            let v = (op != 'd').then(|| env["after"]["v"].as_i64().unwrap());
+            out.push(((table, op, id, v), env));
+        }
+    }
+    out
+}
+
+/// What the server's own `test_decoding` slot `truth` says was committed,
+/// in commit order.
+fn committed(pg: &Postgres) -> Vec<Seen> {
+    let text = pg.psql(
+        "app",
+        "SELECT data FROM pg_logical_slot_get_changes('truth', NULL, NULL) WHERE data LIKE 'table %'",
+    );
+    let number = |s: &str, field: &str| -> Option<i64> {
+        let at = s.find(field)? + field.len();
+        let digits: String = s[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '-')
+            .collect();
+        digits.parse().ok()
+    };
+    text.lines()
+        .map(|l| {
+            // table public.a: UPDATE: [old-key: … new-tuple: ]id[integer]:5 v[bigint]:51
+            let (table, rest) = l["table ".len()..].split_once(": ").unwrap();
+            let (op, cols) = rest.split_once(": ").unwrap();
+            let cols = cols.rsplit("new-tuple: ").next().unwrap();
+            let op = match op {
+                "INSERT" => 'c',
+                "UPDATE" => 'u',
+                "DELETE" => 'd',
+                other => panic!("{other}"),
+            };
+            let id = number(cols, "id[integer]:").unwrap();
+            let v = (op != 'd').then(|| number(cols, "v[bigint]:").unwrap());
+            (table.to_owned(), op, id, v)
+        })
+        .collect()
+}
+
+/// A workload of about `changes` row changes over tables `a`, `b` and
+/// `c`: inserts, updates and deletes of ranges, in transactions of one to
+/// three statements of 1 to 1000 rows (5000 in every twentieth), every
+/// seventh rolled back, with a
+/// short sleep between transactions so that it lasts a few seconds.
+fn workload(changes: u64, seed: u64) -> String {
+    let mut rng = seed | 1;
+    let mut below = |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let mut sql = String::new();
+    let (mut next, mut low) = ([0u64; 3], [0u64; 3]);
+    let mut made = 0;
+    let mut tx = 0;
+    while made < changes {
+        tx += 1;
+        let rolled_back = tx % 7 == 0;
+        // A rolled-back transaction's ids are used again by the next.
+        let (kept_next, kept_low, kept_made) = (next, low, made);
+        sql.push_str("BEGIN;\n");
+        for _ in 0..=below(3) {
+            let t = below(3) as usize;
+            let name = ["a", "b", "c"][t];
+            // Now and then a large one: kills land inside it.
+            let n = if tx % 20 == 0 { 5000 } else { 1 + below(1000) };
+            let live = next[t] - low[t];
+            match below(4) {
+                _ if live < 10 => {}
+                0 => {
+                    let lo = low[t] + below(live);
+                    sql.push_str(&format!(
+                        "UPDATE {name} SET v = v + 1 WHERE id >= {lo} AND id < {};\n",
+                        lo + n
+                    ));
+                    made += n.min(next[t] - lo);
+                    continue;
+                }
+                1 => {
+                    let hi = (low[t] + n).min(next[t]);
+                    sql.push_str(&format!("DELETE FROM {name} WHERE id < {hi};\n"));
+                    made += hi - low[t];
+                    low[t] = hi;
+                    continue;
+                }
+                _ => {}
+            }
+            sql.push_str(&format!(
+                "INSERT INTO {name} (id, v) SELECT g, g * 10 FROM generate_series({}, {}) g;\n",
+                next[t],
+                next[t] + n - 1
+            ));
+            made += n;
+            next[t] += n;
+        }
+        if rolled_back {
+            (next, low, made) = (kept_next, kept_low, kept_made);
+            sql.push_str("ROLLBACK;\n");
+        } else {
+            sql.push_str("COMMIT;\n");
+        }
+        sql.push_str("SELECT pg_sleep(0.004);\n");
+    }
+    sql
+}
+
+#[test]
+fn postgres_cdc_killed_at_random_moments_captures_every_committed_change_once_in_commit_order() {
+    let Some(pg) = server() else { return };
+    pg.psql(
+        "app",
+        "CREATE TABLE a (id integer PRIMARY KEY, v bigint); \
+         CREATE TABLE b (id integer PRIMARY KEY, v bigint); \
+         CREATE TABLE c (id integer PRIMARY KEY, v bigint); \
+         ALTER TABLE c REPLICA IDENTITY FULL; \
+         ALTER TABLE a OWNER TO sluice; ALTER TABLE b OWNER TO sluice; ALTER TABLE c OWNER TO sluice",
+    );
+    // The server's own account of what commits, to compare with.
+    pg.psql(
+        "app",
+        "SELECT 'truth' FROM pg_create_logical_replication_slot('truth', 'test_decoding')",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    // Batches of 100 records: most transactions span several, so kills
+    // land inside one (the position then says how much of it is in).
+    let manifest = cdc_to_files(dir.path(), &pg, &["a", "b", "public.c"])
+        .with("cdc", |c| c.batch("max_records", 100))
+        .write(dir.path());
+    let mut host = Host::run(dir.path(), &manifest);
+    host.wait_for_log("made replication slot", Duration::from_secs(30));
+
+    let script = dir.path().join("workload.sql");
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("workload seed {seed}");
+    std::fs::write(&script, workload(220_000, seed)).unwrap();
+    let mut writer = pg
+        .client("psql")
+        .args(["-d", "app", "-q", "-v", "ON_ERROR_STOP=1", "-f"])
+        .arg(&script)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+
+    // Kill the host at random moments while the workload runs, and start
+    // it again each time.
+    let mut rng = seed | 1;
+    for i in 0..8 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        std::thread::sleep(Duration::from_millis(300 + rng % 900));
+        host.kill();
+        host = Host::start(
+            dir.path(),
+            &format!("run-{i}"),
+            &["run", "--no-progress", manifest.to_str().unwrap()],
+        );
+    }
+    assert!(writer.wait().unwrap().success(), "the workload ran");
+    let truth = committed(&pg);
+    assert!(truth.len() >= 200_000, "{} changes committed", truth.len());
+
+    wait_until(
+        "the log holds every change",
+        Duration::from_secs(180),
+        || {
+            output_files(&dir.path().join("out"))
+                .iter()
+                .map(|f| std::fs::read_to_string(f).unwrap().lines().count())
+                .sum::<usize>()
+                >= truth.len()
+        },
+    );
+    host.interrupt();
+    let out = host.wait_for_exit(Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(130), "{}", host.log());
+
+    let got = captured(dir.path());
+    for table in ["public.a", "public.b", "public.c"] {
+        let want: Vec<&Seen> = truth.iter().filter(|s| s.0 == table).collect();
+        let have: Vec<&Seen> = got
+            .iter()
+            .map(|(s, _)| s)
+            .filter(|s| s.0 == table)
+            .collect();
+        assert_eq!(
+            have.len(),
+            want.len(),
+            "{table}: as many changes as were committed"
+        );
+        if let Some(i) = (0..want.len()).find(|&i| have[i] != want[i]) {
+            panic!(
+                "{table}: change {i} is {:?}, committed was {:?}",
+                have[i], want[i]
+            );
+        }
+    }
+    // REPLICA IDENTITY FULL gives `before`; the default gives the key.
+    let (_, update_c) = got
+        .iter()
+        .find(|(s, _)| s.0 == "public.c" && s.1 == 'u')
+        .unwrap();
+    assert_eq!(
+        update_c["before"]["v"].as_i64().unwrap() + 1,
+        update_c["after"]["v"].as_i64().unwrap()
+    );
+    let (_, delete_a) = got
+        .iter()
+        .find(|(s, _)| s.0 == "public.a" && s.1 == 'd')
+        .unwrap();
+    assert!(
+        delete_a["before"]["v"].is_null() && delete_a["before"]["id"].is_i64(),
+        "{delete_a}"
+    );
+    assert_eq!(delete_a["source"]["db"], "app");
 }

@@ -136,40 +136,9 @@ impl PostgresSink {
     }
 
     /// A connection the server (or the grants) refused, as the error the
-    /// host acts on: what to fix, never the password.
+    /// host acts on.
     fn refused(&self, e: &PgError) -> Error {
-        let Config {
-            addr,
-            user,
-            database,
-            tls,
-            ..
-        } = &self.config;
-        match e {
-            PgError::Io(_) if e.is_denied() => Error::invalid_config(e.to_string()),
-            PgError::Db(db) if db.is_auth_error() => {
-                let hint = if !tls && db.message.contains("no encryption") {
-                    " (the server accepts only TLS: set tls = true, and grant its CA in [connector.grants.tls])"
-                } else {
-                    ""
-                };
-                Error::invalid_config(format!(
-                    "logging in to {addr} as {user:?}, database {database:?}: {e}{hint}"
-                ))
-            }
-            PgError::Db(db) if db.code == "3D000" => {
-                Error::invalid_config(format!("connecting to {addr}: {e}"))
-            }
-            PgError::Db(db) if db.is_retriable() => {
-                Error::retriable(format!("connecting to {addr}: {e}"))
-            }
-            PgError::Db(_) => Error::fatal(format!("connecting to {addr}: {e}")),
-            PgError::Protocol(_) => Error::invalid_config(format!("connecting to {addr}: {e}")),
-            PgError::Io(io) if *tls && io.kind() == std::io::ErrorKind::ConnectionAborted => {
-                Error::invalid_config(format!("the TLS handshake with {addr} failed: {e}"))
-            }
-            PgError::Io(_) => Error::retriable(format!("cannot reach {addr}: {e}")),
-        }
+        self.options.refused(e)
     }
 
     /// Reads this connector's stored offsets.

@@ -48,6 +48,44 @@ impl fmt::Debug for ConnectOptions {
     }
 }
 
+impl ConnectOptions {
+    /// A failure to connect or log in as the error the host acts on: what
+    /// to fix (a grant, a password, TLS) as an invalid config, a server
+    /// that is away as retriable. Never shows the password.
+    pub fn refused(&self, e: &PgError) -> sluice_sdk::Error {
+        use sluice_sdk::Error;
+        let (addr, user) = (&self.addr, &self.user);
+        let database = self.database.as_deref().unwrap_or(user);
+        match e {
+            PgError::Io(_) if e.is_denied() => Error::invalid_config(e.to_string()),
+            PgError::Db(db) if db.is_auth_error() => {
+                let hint = if self.tls.is_none() && db.message.contains("no encryption") {
+                    " (the server accepts only TLS: set tls = true, and grant its CA in [connector.grants.tls])"
+                } else {
+                    ""
+                };
+                Error::invalid_config(format!(
+                    "logging in to {addr} as {user:?}, database {database:?}: {e}{hint}"
+                ))
+            }
+            PgError::Db(db) if db.code == "3D000" => {
+                Error::invalid_config(format!("connecting to {addr}: {e}"))
+            }
+            PgError::Db(db) if db.is_retriable() => {
+                Error::retriable(format!("connecting to {addr}: {e}"))
+            }
+            PgError::Db(_) => Error::fatal(format!("connecting to {addr}: {e}")),
+            PgError::Protocol(_) => Error::invalid_config(format!("connecting to {addr}: {e}")),
+            PgError::Io(io)
+                if self.tls.is_some() && io.kind() == io::ErrorKind::ConnectionAborted =>
+            {
+                Error::invalid_config(format!("the TLS handshake with {addr} failed: {e}"))
+            }
+            PgError::Io(_) => Error::retriable(format!("cannot reach {addr}: {e}")),
+        }
+    }
+}
+
 /// The connection's byte stream: plain TCP, or TLS through the host.
 #[derive(Debug)]
 enum Stream {
@@ -391,6 +429,48 @@ impl Client {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// The next message as its tag and body, unparsed (for messages
+    /// `postgres-protocol` does not know, such as replication's
+    /// `CopyBothResponse`); waiting for it if `wait`, else `None` when no
+    /// whole message has arrived.
+    pub(crate) fn raw_frame(&mut self, wait: bool) -> Result<Option<(u8, bytes::Bytes)>, PgError> {
+        loop {
+            if self.read.len() >= 5 {
+                let len =
+                    u32::from_be_bytes([self.read[1], self.read[2], self.read[3], self.read[4]]);
+                let total = 1 + len as usize;
+                if len < 4 {
+                    return Err(PgError::Protocol(format!("a message of length {len}")));
+                }
+                if self.read.len() >= total {
+                    let frame = self.read.split_to(total).freeze();
+                    return Ok(Some((frame[0], frame.slice(5..))));
+                }
+            }
+            if wait {
+                let n = self.stream.read(&mut self.scratch)?;
+                if n == 0 {
+                    return Err(PgError::Io(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the server closed the connection",
+                    )));
+                }
+                self.read.extend_from_slice(&self.scratch[..n]);
+            } else {
+                let before = self.read.len();
+                self.read_ready()?;
+                if self.read.len() == before {
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    /// Sends `bytes` as they are (whole messages).
+    pub(crate) fn send_raw(&mut self, bytes: &[u8]) -> Result<(), PgError> {
+        self.send(bytes)
     }
 
     /// The next message from the server, waiting for it. Notices and

@@ -12,7 +12,9 @@
 //!
 //! What it speaks: startup with SCRAM-SHA-256, MD5 or clear-text passwords;
 //! simple queries (rows as text); [`Pipeline`]s of prepared statements with
-//! text parameters, run as one transaction; `COPY … FROM STDIN`.
+//! text parameters, run as one transaction; `COPY … FROM STDIN`; logical
+//! replication ([`Client::start_replication`], [`Replication`]) and the
+//! messages of `pgoutput` ([`pgoutput`]).
 //!
 //! ```no_run
 //! use sluice_postgres::{Client, ConnectOptions};
@@ -34,9 +36,12 @@
 
 mod client;
 mod error;
+pub mod pgoutput;
+mod replication;
 
 pub use client::{Client, ConnectOptions, Pipeline, Row};
 pub use error::{DbError, PgError};
+pub use replication::{Replication, format_lsn, parse_lsn, pg_time_to_unix_ms};
 
 /// `name` as a quoted SQL identifier (`"my table"`), safe to splice into a
 /// statement.
