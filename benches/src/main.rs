@@ -467,7 +467,7 @@ fn files_section(
 
 /// Records/s and MB/s at a `blackhole`, from its first record's arrival to
 /// its last.
-fn arrival_rates(sink: &blackhole::Report) -> (f64, f64) {
+pub(crate) fn arrival_rates(sink: &blackhole::Report) -> (f64, f64) {
     let span = Duration::from_micros(
         sink.last_us
             .unwrap_or(0)

@@ -1,7 +1,9 @@
 //! The PostgreSQL connectors against a PostgreSQL 15 the bench starts
 //! (`sluice-test-servers`: its own directory and port, `fsync` off), each
 //! beside the server's own limit measured in the same run: `psql \copy` of
-//! the same rows into the same kind of table.
+//! the same rows into the same kind of table for the sink; for the CDC
+//! source, `pg_recvlogical` reading the same changes through `pgoutput`
+//! from a slot of its own.
 
 use std::path::Path;
 use std::time::Instant;
@@ -31,7 +33,12 @@ pub fn section(report: &mut Report, bin: &Path, work: &Path, cache: &Path) -> an
     pg.create_database("app");
     pg.create_user(USER, PASSWORD, "app");
 
-    let native = copy_natively(&pg, work, ROWS)?;
+    // The median of three: one run of each swings by a third here.
+    let native = median(
+        (0..3)
+            .map(|i| copy_natively(&pg, work, ROWS, i))
+            .collect::<anyhow::Result<_>>()?,
+    );
     report.add(
         Figure::new(
             "postgres",
@@ -41,39 +48,47 @@ pub fn section(report: &mut Report, bin: &Path, work: &Path, cache: &Path) -> an
         )
         .aside("the server's own bulk load"),
     );
-    for (label, table, extra, target) in [
+    for (label, name, extra, runs, target) in [
         (
             "postgres-sink insert (COPY)",
             "bench_copy",
             "",
+            3,
             Some(Target::at_least(0.5 * native)),
         ),
         (
             "postgres-sink insert (statements)",
             "bench_statements",
             "insert_with = \"statements\"",
+            1,
             None,
         ),
         (
             "postgres-sink upsert, all keys new",
             "bench_upsert",
             "mode = \"upsert\"\nkey_columns = [\"seq\"]",
+            1,
             None,
         ),
     ] {
-        pg.psql(
-            "app",
-            &format!(
-                "CREATE TABLE {table} (seq bigint PRIMARY KEY, pad text); ALTER TABLE {table} OWNER TO {USER}"
-            ),
-        );
-        let rate = sink_run(&pg, bin, work, cache, table, extra)?;
-        let rows: u64 = pg
-            .psql("app", &format!("SELECT count(*) FROM {table}"))
-            .parse()?;
-        if rows != ROWS {
-            bail!("{label}: {rows} of {ROWS} rows in {table}");
+        let mut rates = Vec::new();
+        for run in 0..runs {
+            let table = format!("{name}_{run}");
+            pg.psql(
+                "app",
+                &format!(
+                    "CREATE TABLE {table} (seq bigint PRIMARY KEY, pad text); ALTER TABLE {table} OWNER TO {USER}"
+                ),
+            );
+            rates.push(sink_run(&pg, bin, work, cache, &table, extra)?);
+            let rows: u64 = pg
+                .psql("app", &format!("SELECT count(*) FROM {table}"))
+                .parse()?;
+            if rows != ROWS {
+                bail!("{label}: {rows} of {ROWS} rows in {table}");
+            }
         }
+        let rate = median(rates);
         report.add(
             Figure::new(
                 "postgres",
@@ -85,16 +100,153 @@ pub fn section(report: &mut Report, bin: &Path, work: &Path, cache: &Path) -> an
             .target(target),
         );
     }
+    cdc(report, &pg, bin, work, cache)
+}
+
+/// The middle of `values`.
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Changes the CDC runs read: a pgbench workload of transactions of 100
+/// inserts each.
+pub const CHANGES: u64 = 500_000;
+
+/// `pg_recvlogical` and `postgres-cdc` → log → `blackhole`, each reading
+/// the same [`CHANGES`] from a slot of its own (both made before the
+/// workload, so both read it from the WAL on disk).
+fn cdc(
+    report: &mut Report,
+    pg: &Postgres,
+    bin: &Path,
+    work: &Path,
+    cache: &Path,
+) -> anyhow::Result<()> {
+    say(format!(
+        "\npostgres: postgres-cdc -> log -> blackhole, {CHANGES} changes (pgbench: transactions of 100 inserts of ~100 B rows); beside pg_recvlogical reading them through pgoutput"
+    ));
+    pg.psql(
+        "app",
+        &format!(
+            "CREATE TABLE cdc_bench (id bigserial PRIMARY KEY, v bigint, pad text); \
+             ALTER TABLE cdc_bench OWNER TO {USER}; \
+             CREATE PUBLICATION bench_pub FOR TABLE cdc_bench"
+        ),
+    );
+    for slot in ["native_slot", "sluice_slot"] {
+        pg.psql(
+            "app",
+            &format!("SELECT 1 FROM pg_create_logical_replication_slot('{slot}', 'pgoutput')"),
+        );
+    }
+    let script = work.join("cdc-workload.sql");
+    std::fs::write(
+        &script,
+        "INSERT INTO cdc_bench (v, pad) SELECT g, repeat('x', 80) FROM generate_series(1, 100) g;\n",
+    )?;
+    let out = pg
+        .client("pgbench")
+        .args(["-n", "-c", "2", "-t"])
+        .arg((CHANGES / 200).to_string())
+        .arg("-f")
+        .arg(&script)
+        .arg("app")
+        .output()?;
+    if !out.status.success() {
+        bail!("pgbench: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let end = pg.psql("app", "SELECT pg_current_wal_lsn()");
+
+    // Timed as the sink's side is: from the first byte of changes to the
+    // last (its start and the server's first decoding left out).
+    let mut child = pg
+        .client("pg_recvlogical")
+        .args(["-d", "app", "--slot", "native_slot", "--start", "--no-loop"])
+        .args(["-o", "proto_version=1", "-o", "publication_names=bench_pub"])
+        .args(["-E", &end, "-f", "-"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let mut stdout = child.stdout.take().context("pg_recvlogical's output")?;
+    let (mut first, mut buf) = (None, vec![0u8; 1 << 16]);
+    loop {
+        let n = std::io::Read::read(&mut stdout, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        first.get_or_insert_with(Instant::now);
+    }
+    let secs = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
+    let out = child.wait_with_output()?;
+    if !out.status.success() || secs == 0.0 {
+        bail!("pg_recvlogical: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let native = CHANGES as f64 / secs;
+    report.add(
+        Figure::new(
+            "postgres",
+            "native: pg_recvlogical, pgoutput to /dev/null",
+            native,
+            "changes/s",
+        )
+        .aside("the server's own logical decoding client"),
+    );
+
+    let addr = pg.addr();
+    let dir = tempfile::tempdir_in(work)?;
+    std::fs::write(dir.path().join("pg-password"), PASSWORD)?;
+    let source = format!(
+        r#"[broker]
+data_dir = "data"
+
+[[connector]]
+name = "cdc"
+kind = "source"
+plugin = "postgres-cdc"
+topic = "bench"
+[connector.batch]
+max_records = 1000
+[connector.config]
+addr = "{addr}"
+user = "{USER}"
+password = "${{secret:pg}}"
+database = "app"
+tables = ["cdc_bench"]
+slot = "sluice_slot"
+publication = "bench_pub"
+[connector.grants]
+net = ["{addr}"]
+secrets = {{ pg = {{ file = "{}" }} }}
+"#,
+        dir.path().join("pg-password").display()
+    );
+    let sink = crate::network::to_blackhole(bin, work, cache, CHANGES, &source)?;
+    let (rate, mb) = crate::arrival_rates(&sink);
+    report.add(
+        Figure::new(
+            "postgres",
+            "postgres-cdc -> log -> blackhole",
+            rate,
+            "changes/s",
+        )
+        .aside(format!(
+            "{:.2} of pg_recvlogical, {mb:.0} MB/s of envelopes",
+            rate / native
+        ))
+        .target(Target::at_least((0.8 * native).max(100_000.0))),
+    );
     Ok(())
 }
 
 /// `psql \copy` of `rows` rows shaped as datagen's (a `seq`, 80 letters
 /// of `pad`) from a file into a fresh table: rows/s, psql's start
 /// included (a few milliseconds).
-fn copy_natively(pg: &Postgres, work: &Path, rows: u64) -> anyhow::Result<f64> {
+fn copy_natively(pg: &Postgres, work: &Path, rows: u64, run: usize) -> anyhow::Result<f64> {
+    let table = format!("bench_native_{run}");
     pg.psql(
         "app",
-        "CREATE TABLE bench_native (seq bigint PRIMARY KEY, pad text)",
+        &format!("CREATE TABLE {table} (seq bigint PRIMARY KEY, pad text)"),
     );
     let file = work.join("postgres-rows.tsv");
     let pad = "x".repeat(80);
@@ -108,7 +260,7 @@ fn copy_natively(pg: &Postgres, work: &Path, rows: u64) -> anyhow::Result<f64> {
         .client("psql")
         .args(["-d", "app", "-v", "ON_ERROR_STOP=1", "-c"])
         .arg(format!(
-            "\\copy bench_native (seq, pad) FROM '{}'",
+            "\\copy {table} (seq, pad) FROM '{}'",
             file.display()
         ))
         .output()?;
