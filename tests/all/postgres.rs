@@ -485,7 +485,11 @@ fn captured(dir: &Path) -> Vec<(Seen, serde_json::Value)> {
                 &env["after"]
             };
             let id = row["id"].as_i64().unwrap();
-            let v = (op != 'd').then(|| env["after"]["v"].as_i64().unwrap());
+            let v = if op == 'd' {
+                None
+            } else {
+                env["after"]["v"].as_i64()
+            };
             out.push(((table, op, id, v), env));
         }
     }
@@ -706,4 +710,94 @@ fn postgres_cdc_killed_at_random_moments_captures_every_committed_change_once_in
         "{delete_a}"
     );
     assert_eq!(delete_a["source"]["db"], "app");
+}
+
+#[test]
+fn postgres_cdc_types_values_marks_unchanged_toast_follows_a_new_column_and_names_a_dropped_slot() {
+    let Some(pg) = server() else { return };
+    pg.psql(
+        "app",
+        "CREATE TABLE kinds (id integer PRIMARY KEY, big bigint, amount numeric, ok boolean, \
+         ratio double precision, name text, born date, at timestamptz, u uuid, doc jsonb, \
+         raw bytea, tags text[], counts integer[], long text); \
+         ALTER TABLE kinds ALTER COLUMN long SET STORAGE EXTERNAL; \
+         ALTER TABLE kinds OWNER TO sluice",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = cdc_to_files(dir.path(), &pg, &["kinds"]).write(dir.path());
+    let mut host = Host::run(dir.path(), &manifest);
+    host.wait_for_log("made replication slot", Duration::from_secs(30));
+    pg.psql(
+        "app",
+        "SET TIME ZONE 'UTC'; \
+         INSERT INTO kinds VALUES (1, 9007199254740993, 12345678901234567890.000000001, true, 0.25, \
+         'a \"quoted\" name', '2024-05-01', '2024-05-01 12:00:00.5+02', \
+         'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{\"k\": [1, 2]}', '\\x68656c6c6f', \
+         '{x,\"y z\",NULL}', '{1,2,3}', repeat('L', 100000))",
+    );
+    // The long value is stored out of line, and this update leaves it.
+    pg.psql("app", "UPDATE kinds SET name = 'renamed' WHERE id = 1");
+    pg.psql("app", "ALTER TABLE kinds ADD COLUMN added text");
+    pg.psql(
+        "app",
+        "INSERT INTO kinds (id, added) VALUES (2, 'new column')",
+    );
+    pg.psql("app", "DELETE FROM kinds WHERE id = 2");
+    wait_until("four changes", Duration::from_secs(30), || {
+        output_files(&dir.path().join("out"))
+            .iter()
+            .map(|f| std::fs::read_to_string(f).unwrap().lines().count())
+            .sum::<usize>()
+            >= 4
+    });
+    let got = captured(dir.path());
+    assert_eq!(got.len(), 4, "{got:?}");
+    let insert = &got[0].1["after"];
+    assert_eq!(insert["big"], serde_json::json!(9007199254740993_i64));
+    assert_eq!(
+        insert["amount"], "12345678901234567890.000000001",
+        "numeric loses nothing"
+    );
+    assert_eq!(insert["ok"], true);
+    assert_eq!(insert["ratio"], 0.25);
+    assert_eq!(insert["name"], "a \"quoted\" name");
+    assert_eq!(insert["born"], "2024-05-01");
+    assert_eq!(insert["at"], "2024-05-01T10:00:00.5+00:00");
+    assert_eq!(insert["u"], "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11");
+    assert_eq!(insert["doc"], serde_json::json!({"k": [1, 2]}));
+    assert_eq!(insert["raw"], "aGVsbG8=");
+    assert_eq!(insert["tags"], serde_json::json!(["x", "y z", null]));
+    assert_eq!(insert["counts"], serde_json::json!([1, 2, 3]));
+    assert_eq!(insert["long"].as_str().unwrap().len(), 100_000);
+    let update = &got[1].1;
+    assert_eq!(update["op"], "u");
+    assert_eq!(update["after"]["name"], "renamed");
+    assert!(
+        update["after"].get("long").is_none(),
+        "not invented: {update}"
+    );
+    assert_eq!(update["unchanged"], serde_json::json!(["long"]));
+    assert_eq!(
+        got[2].1["after"]["added"], "new column",
+        "the new column is picked up"
+    );
+    assert_eq!(got[3].1["op"], "d");
+    assert_eq!(got[3].1["before"]["id"], 2);
+
+    // A dropped slot: a fatal error that names it, not a silent new start.
+    host.interrupt();
+    host.wait_for_exit(Duration::from_secs(30));
+    pg.psql("app", "SELECT pg_drop_replication_slot('sluice_cdc')");
+    // A fatal error is restarted with backoff; here once is enough.
+    let once = cdc_to_files(dir.path(), &pg, &["kinds"])
+        .with("cdc", |c| c.restart("attempts", 0))
+        .write(dir.path());
+    let out = run(&["run", "--no-progress", once.to_str().unwrap()]);
+    assert_ne!(out.status.code(), Some(0));
+    let err = stderr(&out);
+    assert!(
+        err.contains("the replication slot \"sluice_cdc\" is gone"),
+        "{err}"
+    );
+    assert!(!err.contains(PASSWORD));
 }
