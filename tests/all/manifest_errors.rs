@@ -68,7 +68,9 @@ fn a_missing_file_and_an_unknown_plugin_are_explained() {
     assert!(err.contains("sluice.toml:7:10"), "{err}");
     assert!(err.contains("unknown plugin \"datagem\""), "{err}");
     assert!(
-        err.contains("datagen, file-sink, file-source, http-sink, http-source, print"),
+        err.contains(
+            "datagen, file-sink, file-source, http-sink, http-source, postgres-cdc, postgres-sink, print"
+        ),
         "lists the built-ins: {err}"
     );
 }

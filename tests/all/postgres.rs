@@ -801,3 +801,158 @@ fn postgres_cdc_types_values_marks_unchanged_toast_follows_a_new_column_and_name
     );
     assert!(!err.contains(PASSWORD));
 }
+
+#[test]
+fn the_postgres_cdc_example_does_what_its_readme_says() {
+    let Some(pg) = Postgres::start() else { return };
+    pg.psql(
+        "postgres",
+        &format!("CREATE ROLE sluice LOGIN REPLICATION PASSWORD '{PASSWORD}'"),
+    );
+    pg.psql("postgres", "CREATE DATABASE shop OWNER sluice");
+    pg.psql("postgres", "CREATE DATABASE audit OWNER sluice");
+    pg.psql(
+        "shop",
+        "CREATE TABLE orders (id integer PRIMARY KEY, customer text, amount numeric, placed timestamptz DEFAULT now()); \
+         ALTER TABLE orders OWNER TO sluice",
+    );
+    pg.psql(
+        "audit",
+        "CREATE TABLE order_changes (before jsonb, after jsonb, op text, source jsonb, ts_ms bigint, unchanged jsonb); \
+         ALTER TABLE order_changes OWNER TO sluice",
+    );
+    let example =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/postgres-cdc/sluice.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("sluice.toml");
+    let text = std::fs::read_to_string(&example)
+        .unwrap()
+        .replace("127.0.0.1:5432", &pg.addr());
+    std::fs::write(&manifest, text).unwrap();
+    let mut host = sluice()
+        .args(["run", "--no-progress", manifest.to_str().unwrap()])
+        .env("SLUICE_PG_PASSWORD", PASSWORD)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("host.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let log = || std::fs::read_to_string(dir.path().join("host.log")).unwrap_or_default();
+    wait_until("the slot is made", Duration::from_secs(30), || {
+        log().contains("made replication slot sluice_orders_cdc")
+    });
+    for sql in [
+        "INSERT INTO orders VALUES (1, 'ada', 12.50)",
+        "UPDATE orders SET amount = 15 WHERE id = 1",
+        "BEGIN; DELETE FROM orders WHERE id = 1; ROLLBACK",
+        "DELETE FROM orders WHERE id = 1",
+    ] {
+        pg.psql("shop", sql);
+    }
+    let lines = || -> usize {
+        output_files(&dir.path().join("out"))
+            .iter()
+            .map(|f| std::fs::read_to_string(f).unwrap().lines().count())
+            .sum()
+    };
+    wait_until(
+        "three changes in the audit table and in files",
+        Duration::from_secs(30),
+        || pg.psql("audit", "SELECT count(*) FROM order_changes") == "3" && lines() == 3,
+    );
+    let _ = host.kill();
+    let _ = host.wait();
+    assert_eq!(
+        pg.psql(
+            "audit",
+            "SELECT string_agg(op || ':' || coalesce(after->>'amount', before->>'id'), ',' ORDER BY (source->>'lsn')::bigint) FROM order_changes"
+        ),
+        "c:12.50,u:15,d:1"
+    );
+    assert!(!log().contains(PASSWORD));
+}
+
+#[test]
+fn postgres_sink_upserts_by_the_record_key_and_deletes_on_a_tombstone_only_when_told_to() {
+    let Some(pg) = server() else { return };
+    for table in ["people", "people_kept"] {
+        pg.psql(
+            "app",
+            &format!(
+                "CREATE TABLE {table} (id bigint PRIMARY KEY, name text); ALTER TABLE {table} OWNER TO sluice"
+            ),
+        );
+    }
+    let records = |pairs: &[(&str, &str)]| -> toml::Value {
+        toml::Value::Array(
+            pairs
+                .iter()
+                .map(|(k, v)| toml::Value::Array(vec![(*k).into(), (*v).into()]))
+                .collect(),
+        )
+    };
+    // Keys as a JSON object and as a bare number; a tombstone for id 1.
+    let changes = records(&[
+        (r#"{"id":1}"#, r#"{"name":"ada"}"#),
+        ("2", r#"{"name":"bob"}"#),
+        (r#"{"id":3}"#, r#"{"id":3,"name":"cy"}"#),
+        (r#"{"id":1}"#, ""),
+        (r#"{"id":2}"#, r#"{"name":"bobby"}"#),
+    ]);
+    for (table, delete_on_null, expected) in [
+        ("people", true, "2|bobby,3|cy"),
+        ("people_kept", false, "1|ada,2|bobby,3|cy"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = manifest()
+            .connector(
+                source("keyed", wasm("emit-keyed"), "events").config("records", changes.clone()),
+            )
+            .connector(
+                pg_sink(dir.path(), &pg, table)
+                    .set("name", format!("pg-{table}"))
+                    .config("mode", "upsert")
+                    .config("key_columns", vec!["id"])
+                    .config("delete_on_null", delete_on_null),
+            )
+            .connector(
+                sink(
+                    "dlq-reader",
+                    "file-sink",
+                    format!("pg-{table}.dlq").as_str(),
+                )
+                .config("path", "/out")
+                .config("format", "json")
+                .files("dlq", "/out", "read-write"),
+            )
+            .write(dir.path());
+        let out = run(&["run", "--no-progress", manifest.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert_eq!(
+            pg.psql(
+                "app",
+                &format!("SELECT string_agg(id || '|' || name, ',' ORDER BY id) FROM {table}")
+            ),
+            expected
+        );
+        let dead: Vec<String> = output_files(&dir.path().join("dlq"))
+            .iter()
+            .flat_map(|f| {
+                std::fs::read_to_string(f)
+                    .unwrap()
+                    .lines()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        if delete_on_null {
+            assert!(dead.is_empty(), "{dead:?}");
+        } else {
+            assert_eq!(
+                dead.len(),
+                1,
+                "the tombstone, not dropped silently: {dead:?}"
+            );
+            assert!(dead[0].contains("delete_on_null is off"), "{}", dead[0]);
+        }
+    }
+}

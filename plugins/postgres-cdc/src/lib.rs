@@ -492,25 +492,12 @@ impl Source for PostgresCdc {
             let first = client.replication_message();
             let mut next = Some(first);
             while let Some(got) = next.take() {
-                let message = match got {
-                    Ok(m) => m,
-                    Err(e) if e.is_interrupted() => return Ok(Poll::default()),
-                    Err(PgError::Io(e)) => {
-                        self.client = None;
-                        self.outage.went_away(&e.to_string());
-                        break;
-                    }
-                    Err(e) => {
-                        return Err(Error::fatal(format!(
-                            "streaming from slot {:?}: {e}",
-                            self.slot
-                        )));
-                    }
-                };
-                match self.take(message) {
+                match got.and_then(|message| self.take(message)) {
                     Ok(()) => {}
+                    Err(e) if e.is_interrupted() => return Ok(Poll::default()),
+                    // The connection failed (reading, or sending a status
+                    // update): connect again, after what was handed over.
                     Err(PgError::Io(e)) => {
-                        // A status update that could not be sent.
                         self.client = None;
                         self.outage.went_away(&e.to_string());
                         break;

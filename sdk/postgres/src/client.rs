@@ -419,6 +419,19 @@ impl Client {
         Ok(())
     }
 
+    /// Waits for more from the server.
+    fn read_more(&mut self) -> Result<(), PgError> {
+        let n = self.stream.read(&mut self.scratch)?;
+        if n == 0 {
+            return Err(PgError::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the server closed the connection",
+            )));
+        }
+        self.read.extend_from_slice(&self.scratch[..n]);
+        Ok(())
+    }
+
     /// Takes what has arrived, without waiting.
     fn read_ready(&mut self) -> Result<(), PgError> {
         loop {
@@ -450,14 +463,7 @@ impl Client {
                 }
             }
             if wait {
-                let n = self.stream.read(&mut self.scratch)?;
-                if n == 0 {
-                    return Err(PgError::Io(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the server closed the connection",
-                    )));
-                }
-                self.read.extend_from_slice(&self.scratch[..n]);
+                self.read_more()?;
             } else {
                 let before = self.read.len();
                 self.read_ready()?;
@@ -496,16 +502,7 @@ impl Client {
                 }
                 Some(Message::NotificationResponse(_)) => {}
                 Some(m) => return Ok(m),
-                None => {
-                    let n = self.stream.read(&mut self.scratch)?;
-                    if n == 0 {
-                        return Err(PgError::Io(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "the server closed the connection",
-                        )));
-                    }
-                    self.read.extend_from_slice(&self.scratch[..n]);
-                }
+                None => self.read_more()?,
             }
         }
     }
