@@ -29,6 +29,16 @@ fn server() -> Option<Postgres> {
     server_with(&Options::default())
 }
 
+/// Makes `public.<name>` with `columns`, owned by the connectors' role.
+fn owned_table(pg: &Postgres, name: &str, columns: &str) {
+    pg.psql(
+        "app",
+        &format!(
+            "CREATE TABLE public.{name} ({columns}); ALTER TABLE public.{name} OWNER TO {USER}"
+        ),
+    );
+}
+
 /// A `postgres-sink` named `pg` reading `events` into `table`, granted the
 /// server and its password (written to `dir/pg-password`).
 fn pg_sink(dir: &Path, pg: &Postgres, table: &str) -> Connector {
@@ -76,10 +86,10 @@ fn stored_offsets(pg: &Postgres) -> u64 {
 #[test]
 fn postgres_sink_inserts_records_as_rows_and_stores_its_offsets_with_them() {
     let Some(pg) = server() else { return };
-    pg.psql(
-        "app",
-        "CREATE TABLE public.events (id bigint, seq bigint PRIMARY KEY, note text, at timestamptz DEFAULT now()); \
-         ALTER TABLE public.events OWNER TO sluice",
+    owned_table(
+        &pg,
+        "events",
+        "id bigint, seq bigint PRIMARY KEY, note text, at timestamptz DEFAULT now()",
     );
     let dir = tempfile::tempdir().unwrap();
     let manifest = manifest()
@@ -110,10 +120,10 @@ fn postgres_sink_inserts_records_as_rows_and_stores_its_offsets_with_them() {
 #[test]
 fn postgres_sink_dead_letters_the_rows_postgres_refuses_and_commits_the_rest() {
     let Some(pg) = server() else { return };
-    pg.psql(
-        "app",
-        "CREATE TABLE public.picky (id bigint PRIMARY KEY, qty integer NOT NULL, note text); \
-         ALTER TABLE public.picky OWNER TO sluice",
+    owned_table(
+        &pg,
+        "picky",
+        "id bigint PRIMARY KEY, qty integer NOT NULL, note text",
     );
     let dir = tempfile::tempdir().unwrap();
     let mut lines = String::new();
@@ -217,10 +227,7 @@ fn postgres_sink_creates_a_missing_table_only_when_told_to() {
 #[test]
 fn postgres_sink_refuses_at_open_an_ungranted_server_and_a_wrong_password_and_shows_no_password() {
     let Some(pg) = server() else { return };
-    pg.psql(
-        "app",
-        "CREATE TABLE public.t (id bigint); ALTER TABLE public.t OWNER TO sluice",
-    );
+    owned_table(&pg, "t", "id bigint");
     let dir = tempfile::tempdir().unwrap();
     let lines = keyed_lines(10, 10);
     let fails_with = |sink: Connector, expected: &[&str], secret: &str| {
@@ -269,7 +276,7 @@ fn postgres_sink_speaks_tls_through_the_host_to_a_server_that_requires_it() {
     }) else {
         return;
     };
-    pg.psql("app", "CREATE TABLE public.t (id bigint, seq bigint, note text); ALTER TABLE public.t OWNER TO sluice");
+    owned_table(&pg, "t", "id bigint, seq bigint, note text");
     let lines = keyed_lines(1000, 10);
     let mut ca = toml::Table::new();
     ca.insert(
@@ -334,10 +341,10 @@ fn postgres_sink_upserting_a_million_records_killed_ten_times_keeps_the_last_val
     const RECORDS: u64 = 1_000_000;
     const KEYS: u64 = 100_000;
     let Some(pg) = server() else { return };
-    pg.psql(
-        "app",
-        "CREATE TABLE public.latest (id bigint PRIMARY KEY, seq bigint NOT NULL, note text); \
-         ALTER TABLE public.latest OWNER TO sluice",
+    owned_table(
+        &pg,
+        "latest",
+        "id bigint PRIMARY KEY, seq bigint NOT NULL, note text",
     );
     let dir = tempfile::tempdir().unwrap();
     // 100,000 lines a second: ten seconds of records, so the kills land
@@ -377,11 +384,7 @@ fn postgres_sink_upserting_a_million_records_killed_ten_times_keeps_the_last_val
 fn postgres_sink_inserting_killed_ten_times_writes_every_record_exactly_once() {
     const RECORDS: u64 = 300_000;
     let Some(pg) = server() else { return };
-    pg.psql(
-        "app",
-        "CREATE TABLE public.every (id bigint, seq bigint NOT NULL, note text); \
-         ALTER TABLE public.every OWNER TO sluice",
-    );
+    owned_table(&pg, "every", "id bigint, seq bigint NOT NULL, note text");
     let dir = tempfile::tempdir().unwrap();
     let manifest = manifest()
         .connector(lines_source(
@@ -407,11 +410,7 @@ fn postgres_sink_inserting_killed_ten_times_writes_every_record_exactly_once() {
 fn postgres_sink_waits_out_a_server_restart_says_so_once_and_loses_nothing() {
     const RECORDS: u64 = 200_000;
     let Some(mut pg) = server() else { return };
-    pg.psql(
-        "app",
-        "CREATE TABLE public.steady (id bigint, seq bigint NOT NULL, note text); \
-         ALTER TABLE public.steady OWNER TO sluice",
-    );
+    owned_table(&pg, "steady", "id bigint, seq bigint NOT NULL, note text");
     let dir = tempfile::tempdir().unwrap();
     let manifest = manifest()
         .connector(lines_source(dir.path(), &keyed_lines(RECORDS, 10), 40_000))
@@ -660,13 +659,7 @@ fn postgres_cdc_killed_at_random_moments_captures_every_committed_change_once_in
     wait_until(
         "the log holds every change",
         Duration::from_secs(180),
-        || {
-            output_files(&dir.path().join("out"))
-                .iter()
-                .map(|f| std::fs::read_to_string(f).unwrap().lines().count())
-                .sum::<usize>()
-                >= truth.len()
-        },
+        || output_lines(&dir.path().join("out")).len() >= truth.len(),
     );
     host.interrupt();
     let out = host.wait_for_exit(Duration::from_secs(30));
@@ -744,11 +737,7 @@ fn postgres_cdc_types_values_marks_unchanged_toast_follows_a_new_column_and_name
     );
     pg.psql("app", "DELETE FROM kinds WHERE id = 2");
     wait_until("four changes", Duration::from_secs(30), || {
-        output_files(&dir.path().join("out"))
-            .iter()
-            .map(|f| std::fs::read_to_string(f).unwrap().lines().count())
-            .sum::<usize>()
-            >= 4
+        output_lines(&dir.path().join("out")).len() >= 4
     });
     let got = captured(dir.path());
     assert_eq!(got.len(), 4, "{got:?}");
@@ -848,12 +837,7 @@ fn the_postgres_cdc_example_does_what_its_readme_says() {
     ] {
         pg.psql("shop", sql);
     }
-    let lines = || -> usize {
-        output_files(&dir.path().join("out"))
-            .iter()
-            .map(|f| std::fs::read_to_string(f).unwrap().lines().count())
-            .sum()
-    };
+    let lines = || -> usize { output_lines(&dir.path().join("out")).len() };
     wait_until(
         "three changes in the audit table and in files",
         Duration::from_secs(30),
@@ -875,12 +859,7 @@ fn the_postgres_cdc_example_does_what_its_readme_says() {
 fn postgres_sink_upserts_by_the_record_key_and_deletes_on_a_tombstone_only_when_told_to() {
     let Some(pg) = server() else { return };
     for table in ["people", "people_kept"] {
-        pg.psql(
-            "app",
-            &format!(
-                "CREATE TABLE {table} (id bigint PRIMARY KEY, name text); ALTER TABLE {table} OWNER TO sluice"
-            ),
-        );
+        owned_table(&pg, table, "id bigint PRIMARY KEY, name text");
     }
     let records = |pairs: &[(&str, &str)]| -> toml::Value {
         toml::Value::Array(
@@ -934,16 +913,7 @@ fn postgres_sink_upserts_by_the_record_key_and_deletes_on_a_tombstone_only_when_
             ),
             expected
         );
-        let dead: Vec<String> = output_files(&dir.path().join("dlq"))
-            .iter()
-            .flat_map(|f| {
-                std::fs::read_to_string(f)
-                    .unwrap()
-                    .lines()
-                    .map(str::to_owned)
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        let dead = output_lines(&dir.path().join("dlq"));
         if delete_on_null {
             assert!(dead.is_empty(), "{dead:?}");
         } else {

@@ -76,6 +76,10 @@ struct ColumnSet {
     kinds: Vec<ColumnKind>,
 }
 
+/// A try whose commit went unanswered: its partition, the offset after
+/// its batch, and the records it refused (by index).
+type InDoubt = ((String, u32), u64, Vec<(usize, String)>);
+
 /// The sink's state.
 #[derive(Debug)]
 pub struct PostgresSink {
@@ -96,6 +100,11 @@ pub struct PostgresSink {
     /// The offsets stored in the database, as last read or written.
     stored: HashMap<(String, u32), u64>,
     offsets_sql: String,
+    /// The refusals of the last try whose commit went unanswered (the
+    /// connection lost, or the wait interrupted), by its partition and
+    /// the offset after its batch: if that commit did land, they are still
+    /// owed to the host, for the dead-letter topic.
+    in_doubt: Option<InDoubt>,
 }
 
 impl PostgresSink {
@@ -397,7 +406,11 @@ impl PostgresSink {
         let skip = usize::try_from(done.saturating_sub(origin.first_offset)).unwrap_or(usize::MAX);
         let next = origin.first_offset + batch.len() as u64;
         if done >= next {
-            return Ok(Vec::new()); // committed already, by a write cut off before it heard so
+            // Committed already, by a try cut off before it heard so.
+            return Ok(match self.in_doubt.take() {
+                Some((k, n, refused)) if k == key && n == next => refused,
+                _ => Vec::new(),
+            });
         }
         let mut refused = Vec::new();
         let mut rows = Rows::default();
@@ -410,8 +423,10 @@ impl PostgresSink {
             && self.config.insert_with == InsertWith::Copy
             && rows.rows.iter().all(|r| matches!(r.shape, Shape::Write(_)));
         loop {
+            self.in_doubt = Some((key.clone(), next, refused.clone()));
             match self.apply(&rows, origin, next, copy) {
                 Ok(()) => {
+                    self.in_doubt = None;
                     self.stored.insert(key, next);
                     return Ok(refused);
                 }
@@ -601,6 +616,7 @@ impl Sink for PostgresSink {
             statements: HashMap::new(),
             stored: HashMap::new(),
             offsets_sql,
+            in_doubt: None,
         };
         // At open the server must answer: the host needs the offsets now.
         let client = Client::connect(&sink.options).map_err(|e| sink.refused(&e))?;
