@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use sluice_postgres::pgoutput::{self, Change, Relation};
 use sluice_postgres::{
     Client, ConnectOptions, PgError, Replication, format_lsn, pg_time_to_unix_ms, quote_ident,
-    quote_literal,
+    quote_literal, quote_table,
 };
 use sluice_sdk::outage::Outage;
 use sluice_sdk::{BatchWriter, Context, Error, Poll, Source};
@@ -368,14 +368,6 @@ impl PostgresCdc {
 
     fn ready_records(&self) -> usize {
         self.ready.iter().map(|t| t.records.len()).sum()
-    }
-}
-
-/// `schema.table` or `table`, quoted.
-fn quote_table(name: &str) -> String {
-    match name.split_once('.') {
-        Some((schema, table)) => format!("{}.{}", quote_ident(schema), quote_ident(table)),
-        None => quote_ident(name),
     }
 }
 

@@ -43,7 +43,7 @@ mod table;
 
 use std::collections::HashMap;
 
-use sluice_postgres::{Client, ConnectOptions, PgError, quote_literal};
+use sluice_postgres::{Client, ConnectOptions, PgError, quote_literal, quote_table};
 use sluice_sdk::outage::Outage;
 use sluice_sdk::serde_json::{self, Value};
 use sluice_sdk::{Batch, Context, Error, Origin, RecordRef, Rejects, Sink, StoredOffset};
@@ -155,7 +155,7 @@ impl PostgresSink {
         let client = self.client.as_mut().expect("connected");
         let rows = client.simple_query(&format!(
             "SELECT topic, partition, next_offset FROM {} WHERE connector = {}",
-            table::quote_table(&self.config.offsets_table),
+            quote_table(&self.config.offsets_table),
             quote_literal(&self.connector)
         ))?;
         self.stored.clear();
@@ -350,7 +350,7 @@ impl PostgresSink {
             let offset = format!(
                 "INSERT INTO {} (connector, topic, partition, next_offset) VALUES ({}, {}, {}, {next}) \
                  ON CONFLICT (connector, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset",
-                table::quote_table(&self.config.offsets_table),
+                quote_table(&self.config.offsets_table),
                 quote_literal(&self.connector),
                 quote_literal(&origin.topic),
                 origin.partition,
@@ -595,7 +595,7 @@ impl Sink for PostgresSink {
         let offsets_sql = format!(
             "INSERT INTO {} (connector, topic, partition, next_offset) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (connector, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset",
-            table::quote_table(&config.offsets_table)
+            quote_table(&config.offsets_table)
         );
         let outage = Outage::new(
             format!("postgres-sink: {}", config.addr),
@@ -697,7 +697,7 @@ impl PostgresSink {
             "CREATE TABLE IF NOT EXISTS {} (connector text NOT NULL, topic text NOT NULL, \
              partition integer NOT NULL, next_offset bigint NOT NULL, \
              PRIMARY KEY (connector, topic, partition))",
-            table::quote_table(&self.config.offsets_table)
+            quote_table(&self.config.offsets_table)
         ))?;
         self.read_offsets()?;
         if let TableName::Fixed(name) = &self.table

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use sluice_postgres::{Client, PgError, quote_ident, quote_literal};
+use sluice_postgres::{Client, PgError, quote_ident, quote_literal, quote_table};
 use sluice_sdk::serde_json::Value;
 
 /// The `table` setting: a fixed name or a template.
@@ -84,14 +84,6 @@ impl TableName {
             }
         }
         Ok(name)
-    }
-}
-
-/// `schema.table` or `table`, quoted for SQL.
-pub fn quote_table(name: &str) -> String {
-    match name.split_once('.') {
-        Some((schema, table)) => format!("{}.{}", quote_ident(schema), quote_ident(table)),
-        None => quote_ident(name),
     }
 }
 

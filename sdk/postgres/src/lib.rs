@@ -49,6 +49,14 @@ pub fn quote_ident(name: &str) -> String {
     postgres_protocol::escape::escape_identifier(name)
 }
 
+/// `schema.table` or `table` as a quoted SQL name, each part quoted.
+pub fn quote_table(name: &str) -> String {
+    match name.split_once('.') {
+        Some((schema, table)) => format!("{}.{}", quote_ident(schema), quote_ident(table)),
+        None => quote_ident(name),
+    }
+}
+
 /// `text` as a quoted SQL string literal, safe to splice into a statement.
 pub fn quote_literal(text: &str) -> String {
     postgres_protocol::escape::escape_literal(text)
