@@ -215,6 +215,7 @@ database = "app"
 tables = ["cdc_bench"]
 slot = "sluice_slot"
 publication = "bench_pub"
+snapshot = "never"
 [connector.grants]
 net = ["{addr}"]
 secrets = {{ pg = {{ file = "{}" }} }}

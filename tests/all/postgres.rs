@@ -791,6 +791,225 @@ fn postgres_cdc_types_values_marks_unchanged_toast_follows_a_new_column_and_name
     assert!(!err.contains(PASSWORD));
 }
 
+/// Transactions of one to three statements over tables `a`, `b` and `c`
+/// holding ids `0..rows`: updates and deletes of short ranges anywhere,
+/// inserts of new ids above, every seventh rolled back, a short sleep
+/// between them.
+fn churn(transactions: u64, rows: u64, seed: u64) -> String {
+    let mut rng = seed | 1;
+    let mut below = |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let mut next = [rows; 3];
+    let mut sql = String::new();
+    for tx in 1..=transactions {
+        let kept = next;
+        sql.push_str("BEGIN;\n");
+        for _ in 0..=below(3) {
+            let t = below(3) as usize;
+            let name = ["a", "b", "c"][t];
+            let (lo, n) = (below(next[t]), 1 + below(50));
+            match below(3) {
+                0 => sql.push_str(&format!(
+                    "UPDATE {name} SET v = v + 1 WHERE id >= {lo} AND id < {};\n",
+                    lo + n
+                )),
+                1 => sql.push_str(&format!(
+                    "DELETE FROM {name} WHERE id >= {lo} AND id < {};\n",
+                    lo + n
+                )),
+                _ => {
+                    sql.push_str(&format!(
+                        "INSERT INTO {name} (id, v) SELECT g, g * 10 FROM generate_series({}, {}) g;\n",
+                        next[t],
+                        next[t] + n - 1
+                    ));
+                    next[t] += n;
+                }
+            }
+        }
+        if tx % 7 == 0 {
+            // Its ids are used again.
+            next = kept;
+            sql.push_str("ROLLBACK;\n");
+        } else {
+            sql.push_str("COMMIT;\n");
+        }
+        sql.push_str("SELECT pg_sleep(0.002);\n");
+    }
+    sql
+}
+
+/// The rows `(table, id) -> v` that replaying `records` gives, or what in
+/// them is told twice or out of turn.
+fn replay(
+    records: &[(Seen, serde_json::Value)],
+) -> Result<std::collections::BTreeMap<(String, i64), i64>, String> {
+    let mut rows = std::collections::BTreeMap::new();
+    for (i, ((table, op, id, v), _)) in records.iter().enumerate() {
+        let key = (table.clone(), *id);
+        let there = rows.contains_key(&key);
+        match op {
+            'r' | 'c' if there => {
+                return Err(format!("record {i}: {op} of {key:?}, which is there"));
+            }
+            'u' | 'd' if !there => {
+                return Err(format!("record {i}: {op} of {key:?}, which is not there"));
+            }
+            'd' => {
+                rows.remove(&key);
+            }
+            _ => {
+                rows.insert(key, v.unwrap());
+            }
+        }
+    }
+    Ok(rows)
+}
+
+#[test]
+fn postgres_cdc_snapshot_killed_while_it_reads_tells_every_row_once_then_its_changes() {
+    let Some(pg) = server() else { return };
+    let rows = 100_000;
+    for t in ["a", "b", "c"] {
+        pg.psql(
+            "app",
+            &format!(
+                "CREATE TABLE {t} (id integer PRIMARY KEY, v bigint); ALTER TABLE {t} OWNER TO sluice; \
+                 INSERT INTO {t} SELECT g, g * 10 FROM generate_series(0, {rows} - 1) g"
+            ),
+        );
+    }
+    pg.psql(
+        "app",
+        "CREATE TABLE nokey (v bigint); ALTER TABLE nokey OWNER TO sluice",
+    );
+    let dir = tempfile::tempdir().unwrap();
+
+    // A table the snapshot could not resume is refused at open, with the fix.
+    let refused = cdc_to_files(dir.path(), &pg, &["a", "nokey"])
+        .with("cdc", |c| c.restart("attempts", 0))
+        .write(dir.path());
+    let out = run(&["run", "--no-progress", refused.to_str().unwrap()]);
+    assert_ne!(out.status.code(), Some(0));
+    let err = stderr(&out);
+    assert!(
+        err.contains("public.nokey has no primary key") && err.contains("snapshot = \"never\""),
+        "{err}"
+    );
+    let made = pg.psql(
+        "app",
+        "SELECT (SELECT count(*) FROM pg_replication_slots) + (SELECT count(*) FROM pg_publication)",
+    );
+    assert_eq!(made.trim(), "0", "no slot or publication is left behind");
+
+    // Small batches: the snapshot takes many, and kills land inside it.
+    let manifest = cdc_to_files(dir.path(), &pg, &["a", "b", "c"])
+        .with("cdc", |c| c.batch("max_records", 200))
+        .write(dir.path());
+    let mut host = Host::run(dir.path(), &manifest);
+    host.wait_for_log("reading the snapshot", Duration::from_secs(30));
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("churn seed {seed}");
+    let script = dir.path().join("churn.sql");
+    std::fs::write(&script, churn(3000, rows, seed)).unwrap();
+    let mut writer = pg
+        .client("psql")
+        .args(["-d", "app", "-q", "-v", "ON_ERROR_STOP=1", "-f"])
+        .arg(&script)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut rng = seed | 1;
+    let mut logs = Vec::new();
+    for i in 0..8 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        std::thread::sleep(Duration::from_millis(200 + rng % 800));
+        host.kill();
+        logs.push(host.log());
+        host = Host::start(
+            dir.path(),
+            &format!("run-{i}"),
+            &["run", "--no-progress", manifest.to_str().unwrap()],
+        );
+    }
+    assert!(writer.wait().unwrap().success(), "the churn ran");
+
+    let table_rows = || -> std::collections::BTreeMap<(String, i64), i64> {
+        pg.psql(
+            "app",
+            "SELECT 'public.a', id, v FROM a UNION ALL SELECT 'public.b', id, v FROM b \
+             UNION ALL SELECT 'public.c', id, v FROM c",
+        )
+        .lines()
+        .map(|l| {
+            let mut f = l.split('|');
+            let table = f.next().unwrap().to_owned();
+            let id = f.next().unwrap().parse().unwrap();
+            ((table, id), f.next().unwrap().parse().unwrap())
+        })
+        .collect()
+    };
+    let want = table_rows();
+    let began = std::time::Instant::now();
+    loop {
+        let told = replay(&captured(dir.path()));
+        if told.as_ref().is_ok_and(|rows| *rows == want) {
+            break;
+        }
+        if began.elapsed() > Duration::from_secs(180) {
+            match told {
+                Err(e) => panic!("{e}"),
+                Ok(rows) => {
+                    let wrong: Vec<_> = want
+                        .iter()
+                        .filter(|(k, v)| rows.get(k) != Some(v))
+                        .take(5)
+                        .collect();
+                    let extra: Vec<_> = rows
+                        .keys()
+                        .filter(|k| !want.contains_key(k))
+                        .take(5)
+                        .collect();
+                    panic!(
+                        "{} rows told, {} there; wrong or missing: {wrong:?}; not there: {extra:?}",
+                        rows.len(),
+                        want.len()
+                    );
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    host.interrupt();
+    host.wait_for_exit(Duration::from_secs(30));
+    logs.push(host.log());
+    let all = logs.concat();
+    eprintln!(
+        "the snapshot went on at a new point {} times",
+        all.matches("going on with the snapshot").count()
+    );
+    assert!(
+        all.contains("going on with the snapshot"),
+        "a kill landed inside the snapshot:\n{all}"
+    );
+    let records = captured(dir.path());
+    let snapshot = records.iter().filter(|(s, _)| s.1 == 'r').count();
+    assert!(snapshot >= 3 * rows as usize / 2, "{snapshot} rows read");
+    let (_, first) = &records[0];
+    assert_eq!(first["op"], "r");
+    assert_eq!(first["source"]["snapshot"], true);
+    assert!(first["before"].is_null());
+}
+
 #[test]
 fn the_postgres_cdc_example_does_what_its_readme_says() {
     let Some(pg) = Postgres::start() else { return };

@@ -23,12 +23,20 @@ pub struct Config {
     pub server_name: Option<String>,
     /// The tables to capture, `"table"` or `"schema.table"`.
     pub tables: Vec<String>,
+    /// Whether a new connector first reads every row the tables hold (`op`
+    /// `r`), consistent with the changes streamed after:
+    /// `snapshot = "initial"` (the default; each table needs a primary key)
+    /// or `"never"`.
+    #[serde(default)]
+    pub snapshot: crate::snapshot::Mode,
     /// The publication; made for `tables` if missing. Default
     /// `sluice_<connector>`.
     #[serde(default)]
     pub publication: Option<String>,
     /// The logical replication slot; made if missing. Default
-    /// `sluice_<connector>`. Drop it when the connector is gone for good:
+    /// `sluice_<connector>`. With `snapshot = "initial"`, a slot named
+    /// here must not exist yet on the first start (the snapshot is read at
+    /// the point of the slot made with it). Drop it when the connector is gone for good:
     /// a slot holds WAL until it is told it may go.
     #[serde(default)]
     pub slot: Option<String>,

@@ -2,11 +2,15 @@
 //! and its value, an envelope in Debezium's shape:
 //!
 //! ```json
-//! {"before": {…} | null, "after": {…} | null, "op": "c" | "u" | "d",
+//! {"before": {…} | null, "after": {…} | null, "op": "c" | "u" | "d" | "r",
 //!  "source": {"connector": "postgresql", "db": "shop", "schema": "public",
 //!             "table": "orders", "lsn": 23456, "txId": 789, "ts_ms": 1714564800000},
 //!  "ts_ms": 1714564800123}
 //! ```
+//!
+//! A row read by the initial snapshot has `op` `r`, no `before`, and
+//! `"snapshot": true` in its `source`, whose `lsn` is the point it was read
+//! at.
 //!
 //! Column values are typed JSON: integers and floats as numbers, `numeric`
 //! as a string (no precision lost), booleans, `json`/`jsonb` as JSON,
@@ -27,6 +31,8 @@ pub struct Source<'a> {
     pub lsn: u64,
     pub xid: u32,
     pub commit_ms: i64,
+    /// Read by the initial snapshot (`op` `r`), not streamed.
+    pub snapshot: bool,
 }
 
 /// Writes `s` as a JSON string.
@@ -105,9 +111,13 @@ pub fn envelope(
     string(out, &rel.name);
     let _ = write!(
         out,
-        ",\"lsn\":{},\"txId\":{},\"ts_ms\":{}}},\"ts_ms\":{now_ms}}}",
+        ",\"lsn\":{},\"txId\":{},\"ts_ms\":{}",
         source.lsn, source.xid, source.commit_ms
     );
+    if source.snapshot {
+        out.extend_from_slice(b",\"snapshot\":true");
+    }
+    let _ = write!(out, "}},\"ts_ms\":{now_ms}}}");
 }
 
 /// `row` as a JSON object (its key columns only if `key_only`); unchanged
