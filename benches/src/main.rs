@@ -11,6 +11,7 @@ mod end_to_end;
 mod files;
 mod http;
 mod machine;
+mod mariadb;
 mod network;
 mod plot;
 mod postgres;
@@ -70,6 +71,7 @@ enum Section {
     Files,
     Network,
     Postgres,
+    Mariadb,
 }
 
 const PAYLOADS: [u32; 2] = [100, 1024];
@@ -190,6 +192,11 @@ fn main() -> anyhow::Result<()> {
     if wants(Section::Postgres) {
         let bin = end_to_end::sluice_binary()?;
         postgres::section(&mut report, &bin, work.path(), &work.path().join("cache"))?;
+    }
+
+    if wants(Section::Mariadb) {
+        let bin = end_to_end::sluice_binary()?;
+        mariadb::section(&mut report, &bin, work.path(), &work.path().join("cache"))?;
     }
 
     if wants(Section::Density) {

@@ -15,6 +15,7 @@ mod flow;
 mod http;
 mod layout;
 mod manifest_errors;
+mod mariadb;
 mod network;
 mod pipeline_e2e;
 mod plugin_contract;

@@ -55,7 +55,7 @@ fn pg_sink(dir: &Path, pg: &Postgres, table: &str) -> Connector {
 
 /// A `file-source` named `lines` reading `dir/in/` into `events`, at `rate`
 /// lines a second (0: as fast as it reads).
-fn lines_source(dir: &Path, lines: &[u8], rate: u64) -> Connector {
+pub(crate) fn lines_source(dir: &Path, lines: &[u8], rate: u64) -> Connector {
     std::fs::create_dir_all(dir.join("in")).unwrap();
     std::fs::write(dir.join("in/lines.txt"), lines).unwrap();
     source("lines", "file-source", "events")
@@ -65,7 +65,7 @@ fn lines_source(dir: &Path, lines: &[u8], rate: u64) -> Connector {
 }
 
 /// `{"id":N mod keys,"seq":N,"note":"…"}` lines for N in `0..n`.
-fn keyed_lines(n: u64, keys: u64) -> Vec<u8> {
+pub(crate) fn keyed_lines(n: u64, keys: u64) -> Vec<u8> {
     (0..n)
         .flat_map(|i| {
             format!("{{\"id\":{},\"seq\":{i},\"note\":\"n{i}\"}}\n", i % keys).into_bytes()

@@ -1,4 +1,4 @@
-//! Real servers for the integration tests and the bench, started the way
+//! Real servers (PostgreSQL, MariaDB) for the integration tests and the bench, started the way
 //! STYLE.md asks: by the test itself, in a temporary directory, on a
 //! 127.0.0.1 port of its own, and stopped when the handle is dropped.
 //!
@@ -9,7 +9,11 @@
 
 #![allow(clippy::print_stderr)]
 
+pub mod mariadb;
 pub mod postgres;
+
+use std::ffi::CString;
+use std::path::Path;
 
 /// Whether a server the test needs is there: `Ok` as is; `Err(why)` skips
 /// the test (returns `false`, saying why) where `CI` is unset, and panics
@@ -41,4 +45,33 @@ pub fn free_port() -> u16 {
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// Gives `path` (and what is in it) to the system user `user` (made by the
+/// Debian package `package`) when we are root, so that a server run as
+/// that user can use it.
+pub(crate) fn give_to(user: &str, package: &str, path: &Path) {
+    if !is_root() {
+        return;
+    }
+    let name = CString::new(user).expect("no NUL");
+    // SAFETY: getpwnam gets a NUL-terminated name and returns a pointer to
+    // static storage or null; we read two fields at once.
+    let (uid, gid) = unsafe {
+        let pw = libc::getpwnam(name.as_ptr());
+        assert!(
+            !pw.is_null(),
+            "no system user {user} (made by the Debian package {package})"
+        );
+        ((*pw).pw_uid, (*pw).pw_gid)
+    };
+    let mut todo = vec![path.to_path_buf()];
+    while let Some(p) = todo.pop() {
+        std::os::unix::fs::chown(&p, Some(uid), Some(gid)).expect("chown");
+        if p.is_dir() {
+            for entry in std::fs::read_dir(&p).expect("read_dir") {
+                todo.push(entry.expect("a directory entry").path());
+            }
+        }
+    }
 }

@@ -4,7 +4,6 @@
 //! `postgres` system user when the tests run as root (PostgreSQL refuses
 //! root). Debian package: `postgresql-15`.
 
-use std::ffi::CString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -324,30 +323,7 @@ fn set_mode(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
 }
 
-/// Gives `path` (and what is in it) to the `postgres` user when we are
-/// root, so that the server, run as that user, can use it.
+/// Gives `path` to the `postgres` user when we are root.
 fn give_to_postgres(path: &Path) {
-    if !crate::is_root() {
-        return;
-    }
-    let name = CString::new(SUPERUSER).expect("no NUL");
-    // SAFETY: getpwnam gets a NUL-terminated name and returns a pointer to
-    // static storage or null; we read two fields at once.
-    let (uid, gid) = unsafe {
-        let pw = libc::getpwnam(name.as_ptr());
-        assert!(
-            !pw.is_null(),
-            "no system user {SUPERUSER} (made by the Debian package postgresql-15)"
-        );
-        ((*pw).pw_uid, (*pw).pw_gid)
-    };
-    let mut todo = vec![path.to_path_buf()];
-    while let Some(p) = todo.pop() {
-        std::os::unix::fs::chown(&p, Some(uid), Some(gid)).expect("chown");
-        if p.is_dir() {
-            for entry in std::fs::read_dir(&p).expect("read_dir") {
-                todo.push(entry.expect("a directory entry").path());
-            }
-        }
-    }
+    crate::give_to(SUPERUSER, "postgresql-15", path);
 }
