@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
+use std::time::Duration;
 
 use sluice_test_servers::mariadb::Mariadb;
 
@@ -256,4 +257,43 @@ fn mariadb_sink_refuses_at_open_what_cannot_work_and_shows_no_password() {
         &["MyISAM", "ENGINE = InnoDB"],
         PASSWORD,
     );
+}
+
+#[test]
+fn mariadb_sink_waits_out_a_server_crash_says_so_once_and_loses_nothing() {
+    const RECORDS: u64 = 150_000;
+    let Some(mut db) = server() else { return };
+    db.sql(
+        "app",
+        "CREATE TABLE steady (id BIGINT, seq BIGINT NOT NULL, note TEXT) ENGINE = InnoDB",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = manifest()
+        .connector(lines_source(dir.path(), &keyed_lines(RECORDS, 10), 30_000))
+        .connector(maria_sink(dir.path(), &db, "steady"))
+        .write(dir.path());
+    let mut host = Host::run(dir.path(), &manifest);
+    let count = |db: &Mariadb| -> u64 {
+        db.sql("app", "SELECT count(*) FROM steady")
+            .parse()
+            .unwrap()
+    };
+    wait_until("rows arrive", Duration::from_secs(30), || {
+        count(&db) > 20_000
+    });
+    // Killed as a crash would: a transaction may be cut off mid-commit.
+    db.kill();
+    host.wait_for_log("is away", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(1500));
+    db.start_again();
+    let out = host.wait_for_exit(Duration::from_secs(90));
+    assert_eq!(out.status.code(), Some(0), "{}", host.log());
+    assert_eq!(
+        db.sql("app", "SELECT count(*), count(DISTINCT seq) FROM steady"),
+        format!("{RECORDS}\t{RECORDS}")
+    );
+    assert_eq!(stored_offsets(&db), RECORDS);
+    let log = host.log();
+    assert_eq!(log.matches("is away").count(), 1, "said once:\n{log}");
+    assert_eq!(log.matches("is back").count(), 1, "said once:\n{log}");
 }
