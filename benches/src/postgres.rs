@@ -57,6 +57,13 @@ pub fn section(report: &mut Report, bin: &Path, work: &Path, cache: &Path) -> an
             Some(Target::at_least(0.5 * native)),
         ),
         (
+            "postgres-sink insert (COPY), writes of 10000",
+            "bench_copy_big",
+            "[connector.batch]\nmax_records = 10000",
+            3,
+            Some(Target::at_least(0.5 * native)),
+        ),
+        (
             "postgres-sink insert (statements)",
             "bench_statements",
             "insert_with = \"statements\"",
@@ -286,6 +293,12 @@ fn sink_run(
     let dir = tempfile::tempdir_in(work)?;
     std::fs::write(dir.path().join("pg-password"), PASSWORD)?;
     let addr = pg.addr();
+    // `extra` is config lines, or a table of its own (`[connector.batch]`).
+    let (config, batch) = if extra.starts_with('[') {
+        ("", extra)
+    } else {
+        (extra, "")
+    };
     let manifest = crate::files::datagen_into(
         ROWS,
         100,
@@ -301,10 +314,11 @@ user = "{USER}"
 password = "${{secret:pg}}"
 database = "app"
 table = "{table}"
-{extra}
+{config}
 [connector.grants]
 net = ["{addr}"]
 secrets = {{ pg = {{ file = "pg-password" }} }}
+{batch}
 "#
         ),
     );

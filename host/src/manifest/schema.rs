@@ -409,7 +409,8 @@ impl fmt::Display for ConnectorKind {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchConfig {
-    /// Most records in one batch. Default 1000.
+    /// Most records in one batch. Default 1000. For a sink: most records
+    /// handed to one `write` (the log's batches are joined up to this).
     ///
     /// ```toml
     /// max_records = 1000

@@ -14,7 +14,7 @@ use super::swap::Swap;
 use super::{
     InstanceControl, PumpStats, Retry, StopSignal, TopicSeal, Turns, interruptible, when_space,
 };
-use crate::broker::{Broker, SourceCheckpoint};
+use crate::broker::{Broker, SourceCheckpoint, StoredBatch};
 use crate::manifest::RestartPolicy;
 use crate::plugin::instance::Refused;
 use crate::plugin::{PluginError, SinkInstance};
@@ -24,6 +24,9 @@ use crate::plugin::{PluginError, SinkInstance};
 pub struct SinkPumpConfig {
     /// Most bytes read from the broker at once.
     pub max_bytes: u64,
+    /// Most records handed to one `write`: consecutive batches of the log
+    /// are joined up to this many.
+    pub max_records: u32,
     /// Longest time between flushes while records flow.
     pub flush_interval: Duration,
     /// How `retriable` errors are retried in place.
@@ -105,6 +108,46 @@ pub mod dlq_headers {
     pub const OFFSET: &str = "sluice.offset";
 }
 
+/// The log's `batches` (consecutive, of one partition) joined into as few
+/// as hold at most `max_records` each, so that a sink gets whole writes of
+/// the size its connector asks for, whatever size its sources appended:
+/// a database sink pays per transaction, whatever its rows.
+fn join_batches(batches: Vec<StoredBatch>, max_records: u32) -> anyhow::Result<Vec<StoredBatch>> {
+    let mut out: Vec<StoredBatch> = Vec::with_capacity(batches.len());
+    let mut group: Vec<StoredBatch> = Vec::new();
+    let flush = |group: &mut Vec<StoredBatch>, out: &mut Vec<StoredBatch>| -> anyhow::Result<()> {
+        match group.len() {
+            0 => {}
+            1 => out.append(group),
+            _ => {
+                let parts: Vec<&[u8]> = group.iter().map(|b| b.bytes.as_slice()).collect();
+                let bytes = sluice_batch::join(&parts)?;
+                out.push(StoredBatch {
+                    first_offset: group[0].first_offset,
+                    records: group.iter().map(|b| b.records).sum(),
+                    value_bytes: group.iter().map(|b| b.value_bytes).sum(),
+                    bytes,
+                });
+                group.clear();
+            }
+        }
+        Ok(())
+    };
+    for b in batches {
+        let fits = group.last().is_some_and(|last| {
+            last.next_offset() == b.first_offset
+                && group.iter().map(|g| u64::from(g.records)).sum::<u64>() + u64::from(b.records)
+                    <= u64::from(max_records)
+        });
+        if !fits {
+            flush(&mut group, &mut out)?;
+        }
+        group.push(b);
+    }
+    flush(&mut group, &mut out)?;
+    Ok(out)
+}
+
 /// How long an idle sink waits for data before checking again.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
 
@@ -136,6 +179,7 @@ impl<B: Broker> SinkPump<B> {
                     .broker
                     .read(&topic, partition, next, self.config.max_bytes)
                     .await?;
+                let batches = join_batches(batches, self.config.max_records)?;
                 if let Some(first) = batches.first()
                     && first.first_offset > next
                 {
@@ -456,5 +500,51 @@ impl DeadLetter {
         }
         stats.refused.fetch_add(u64::from(count), Ordering::Relaxed);
         Ok(Some(dlq_partition))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn stored(first_offset: u64, values: &[&str]) -> StoredBatch {
+        let mut w = sluice_batch::BatchWriter::new();
+        for v in values {
+            w.push(sluice_batch::record_ref(None, v.as_bytes(), None, &[]));
+        }
+        StoredBatch {
+            first_offset,
+            records: values.len() as u32,
+            value_bytes: values.iter().map(|v| v.len() as u64).sum(),
+            bytes: w.finish(),
+        }
+    }
+
+    #[test]
+    fn consecutive_batches_are_joined_up_to_max_records() {
+        let batches = vec![
+            stored(0, &["a", "b"]),
+            stored(2, &["c"]),
+            stored(3, &["d", "e"]),
+            stored(5, &["f"]),
+            // A gap: never joined across it.
+            stored(9, &["j"]),
+        ];
+        let joined = join_batches(batches, 3).unwrap();
+        let shape: Vec<(u64, u32, u64)> = joined
+            .iter()
+            .map(|b| (b.first_offset, b.records, b.value_bytes))
+            .collect();
+        assert_eq!(shape, [(0, 3, 3), (3, 3, 3), (9, 1, 1)]);
+        let values: Vec<Vec<u8>> = sluice_batch::Batch::parse(&joined[1].bytes)
+            .unwrap()
+            .iter()
+            .map(|r| r.value.to_vec())
+            .collect();
+        assert_eq!(values, [b"d".to_vec(), b"e".to_vec(), b"f".to_vec()]);
+        // One larger than max_records goes as it is.
+        let big = join_batches(vec![stored(0, &["a", "b", "c", "d"])], 3).unwrap();
+        assert_eq!(big[0].records, 4);
     }
 }

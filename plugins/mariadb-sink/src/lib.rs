@@ -106,11 +106,21 @@ impl MariadbSink {
         while self.client.is_none() {
             match Client::connect(&self.options) {
                 Ok(client) => {
-                    self.outage.back();
                     self.client = Some(client);
-                    if let Err(e) = self.session() {
-                        self.client = None;
-                        return Err(e.into());
+                    match self.session() {
+                        Ok(()) => self.outage.back(),
+                        Err(e) if e.is_connection_lost() && !e.is_interrupted() => {
+                            self.client = None;
+                            self.outage.went_away(&e.to_string());
+                            self.outage.wait(None);
+                            if sluice_sdk::interrupted() {
+                                return Err(interrupted());
+                            }
+                        }
+                        Err(e) => {
+                            self.client = None;
+                            return Err(e.into());
+                        }
                     }
                 }
                 Err(e) if e.is_interrupted() => return Err(interrupted()),
@@ -149,12 +159,17 @@ impl MariadbSink {
         ))?;
         let mut connector = String::new();
         quote_literal(&self.connector, &mut connector);
+        // Locking the rows waits for a transaction of an earlier
+        // connection that may still be committing (its COMMIT sent, its
+        // answer lost): what is read then is what landed.
+        client.query("START TRANSACTION")?;
         let rows = client
             .query(&format!(
-                "SELECT topic, `partition`, next_offset FROM {} WHERE connector = {connector}",
+                "SELECT topic, `partition`, next_offset FROM {} WHERE connector = {connector} FOR UPDATE",
                 quote_table(&self.config.offsets_table)
             ))?
             .rows;
+        client.query("COMMIT")?;
         self.stored.clear();
         for row in rows {
             if let [Some(topic), Some(partition), Some(next)] = row.as_slice()
@@ -371,10 +386,19 @@ impl MariadbSink {
                 Ok(refused)
             }
             Err(e) => {
-                if !e.is_connection_lost()
-                    && let Some(client) = self.client.as_mut()
-                {
-                    let _ = client.query("ROLLBACK");
+                // A COMMIT that failed may have landed or not, and a
+                // transaction a ROLLBACK did not end would carry its rows
+                // into the next: either way, a new connection, and the
+                // offsets read again.
+                let committing = self.in_doubt.is_some();
+                let rolled_back = !committing
+                    && !e.is_connection_lost()
+                    && self
+                        .client
+                        .as_mut()
+                        .is_some_and(|client| client.query("ROLLBACK").is_ok());
+                if !rolled_back {
+                    self.client = None;
                 }
                 Err(e.into())
             }

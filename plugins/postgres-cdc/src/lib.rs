@@ -105,6 +105,10 @@ struct Position {
     /// streaming has passed the last of them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     cuts: Vec<Cut>,
+    /// The tables (`schema.name`, in order) the snapshot and its cuts
+    /// speak of: marks are places in this order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    tables: Vec<String>,
 }
 
 impl Position {
@@ -244,6 +248,17 @@ impl PostgresCdc {
             .iter()
             .map(|name| Table::load(&mut client, name))
             .collect::<Result<_, _>>()?;
+        let qualified: Vec<String> = self.tables.iter().map(|t| t.qualified.clone()).collect();
+        if resumed
+            && (self.handed.snapshot.is_some() || !self.handed.cuts.is_empty())
+            && self.handed.tables != qualified
+        {
+            return Err(Failure::Fatal(format!(
+                "tables changed while the snapshot was read (it read {:?}; the config names {:?}): \
+                 put them back as they were until the snapshot is done and streaming has passed it",
+                self.handed.tables, qualified
+            )));
+        }
         let snapshot = if resumed {
             self.handed.snapshot.as_ref().map(|mark| &mark.table)
         } else {
@@ -354,8 +369,9 @@ impl PostgresCdc {
                 }
                 // Named after this connector, which has nothing in the log:
                 // made by an earlier start that got no batch in.
+                // WAIT: the session that made it may not be gone yet.
                 client.simple_query(&format!(
-                    "DROP_REPLICATION_SLOT {}",
+                    "DROP_REPLICATION_SLOT {} WAIT",
                     quote_ident(&self.slot)
                 ))?;
                 sluice_sdk::info!(
@@ -422,6 +438,7 @@ impl PostgresCdc {
                         table: self.tables[0].qualified.clone(),
                         after: None,
                     }),
+                    tables: self.tables.iter().map(|t| t.qualified.clone()).collect(),
                     ..Position::default()
                 };
             }
@@ -528,6 +545,9 @@ impl PostgresCdc {
                 format_lsn(self.handed.lsn)
             );
             self.handed.snapshot = None;
+            if self.handed.cuts.is_empty() {
+                self.handed.tables.clear();
+            }
             self.reading = None;
             let client = self.client.take().expect("connected");
             self.stream(client)?;
@@ -752,6 +772,7 @@ impl PostgresCdc {
                 // point: no change is judged by them any more.
                 if self.handed.cuts.iter().all(|c| c.lsn <= tx.end_lsn) {
                     self.handed.cuts.clear();
+                    self.handed.tables.clear();
                 }
             } else {
                 self.handed.partial = Some((tx.commit_lsn, tx.taken));
@@ -784,9 +805,14 @@ impl PostgresCdc {
 }
 
 /// Whether `e` is the server going away (or refusing for now): connect
-/// again, with backoff.
+/// again, with backoff. A protocol error is not: trying again would meet it
+/// again.
 fn gone(e: &PgError) -> bool {
-    e.is_connection_lost() || e.db().is_some_and(|d| d.is_retriable())
+    match e {
+        PgError::Io(_) => true,
+        PgError::Protocol(_) => false,
+        PgError::Db(_) => e.is_connection_lost() || e.db().is_some_and(|d| d.is_retriable()),
+    }
 }
 
 /// A name PostgreSQL takes for a slot: lower case letters, digits and `_`.
@@ -906,9 +932,7 @@ impl Source for PostgresCdc {
                 self.reading = None;
                 let interrupted = match e {
                     Failure::Pg(e) if e.is_interrupted() => true,
-                    // Reading on a connection that was up: an I/O error
-                    // is the connection failing.
-                    Failure::Pg(e) if matches!(e, PgError::Io(_)) || gone(&e) => {
+                    Failure::Pg(e) if gone(&e) => {
                         self.checker = None;
                         self.outage.went_away(&e.to_string());
                         false
@@ -933,9 +957,10 @@ impl Source for PostgresCdc {
                 match got.and_then(|message| self.take(message)) {
                     Ok(()) => {}
                     Err(e) if e.is_interrupted() => return Ok(Poll::default()),
-                    // The connection failed (reading, or sending a status
-                    // update): connect again, after what was handed over.
-                    Err(PgError::Io(e)) => {
+                    // The connection failed (reading, sending a status
+                    // update, or asking the checker): connect again, after
+                    // what was handed over.
+                    Err(e) if gone(&e) => {
                         self.client = None;
                         self.checker = None;
                         self.outage.went_away(&e.to_string());
@@ -1017,6 +1042,7 @@ mod tests {
                     lsn: 11,
                     from: mark("public.a", Some("42")),
                 }],
+                tables: vec!["public.a".into(), "public.b".into()],
             },
         ] {
             assert_eq!(Position::decode(&p.encode()).unwrap(), p);

@@ -85,7 +85,9 @@ pub struct Table {
     pub relation: Relation,
     /// The columns its rows are read in the order of (the primary key,
     /// else the replica identity index), as indexes into `relation`'s
-    /// columns, with their SQL types; empty if it has neither.
+    /// columns, with their SQL types and collations (`integer`, `text
+    /// COLLATE pg_catalog."C"`: keys compare as the column orders them);
+    /// empty if it has neither.
     pub order: Vec<(usize, String)>,
 }
 
@@ -108,7 +110,9 @@ impl Table {
         // Per column: whether it is in the primary key, in the replica
         // identity index, and where in the primary key (or that index).
         let columns = client.simple_query(&format!(
-            "SELECT a.attname, a.atttypid, a.atttypmod, format_type(a.atttypid, a.atttypmod), \
+            "SELECT a.attname, a.atttypid, a.atttypmod, format_type(a.atttypid, a.atttypmod) || \
+               coalesce((SELECT ' COLLATE ' || format('%I.%I', cn.nspname, co.collname) FROM pg_collation co \
+                 JOIN pg_namespace cn ON cn.oid = co.collnamespace WHERE co.oid = a.attcollation), ''), \
                array_position(pk.indkey::int2[], a.attnum), array_position(ri.indkey::int2[], a.attnum) \
              FROM pg_attribute a \
              LEFT JOIN pg_index pk ON pk.indrelid = a.attrelid AND pk.indisprimary \
@@ -263,7 +267,11 @@ impl Table {
             .order
             .iter()
             .zip(values)
-            .map(|((_, sql_type), v)| format!("{}::{sql_type}", quote_literal(v)))
+            .map(|((_, typed), v)| {
+                // `typed` may end in a COLLATE clause, which binds to the
+                // cast value.
+                format!("{}::{typed}", quote_literal(v))
+            })
             .collect();
         typed.join(", ")
     }

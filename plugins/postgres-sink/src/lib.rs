@@ -153,8 +153,11 @@ impl PostgresSink {
     /// Reads this connector's stored offsets.
     fn read_offsets(&mut self) -> Result<(), PgError> {
         let client = self.client.as_mut().expect("connected");
+        // Locking the rows waits for a transaction of an earlier
+        // connection that may still be committing (its COMMIT sent, its
+        // answer lost): what is read then is what landed.
         let rows = client.simple_query(&format!(
-            "SELECT topic, partition, next_offset FROM {} WHERE connector = {}",
+            "SELECT topic, partition, next_offset FROM {} WHERE connector = {} FOR UPDATE",
             quote_table(&self.config.offsets_table),
             quote_literal(&self.connector)
         ))?;

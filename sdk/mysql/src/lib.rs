@@ -30,7 +30,7 @@
 mod error;
 
 use std::fmt;
-use std::io::{BufReader, Read as _, Write as _};
+use std::io::{self, BufReader, Read as _, Write as _};
 
 use sha1::{Digest as _, Sha1};
 use sluice_sdk::net::TcpConn;
@@ -302,17 +302,36 @@ impl Client {
         Ok(())
     }
 
+    /// Fills `buf`. Unlike `read_exact`, a wait the host interrupts (to
+    /// stop, pause or swap) ends the read with that error: the interrupt
+    /// stays raised, and retrying would spin.
+    fn read_full(&mut self, buf: &mut [u8]) -> Result<(), MyError> {
+        let mut at = 0;
+        while at < buf.len() {
+            match self.stream.read(&mut buf[at..])? {
+                0 => {
+                    return Err(MyError::Io(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the server closed the connection",
+                    )));
+                }
+                n => at += n,
+            }
+        }
+        Ok(())
+    }
+
     fn read_packet(&mut self) -> Result<Vec<u8>, MyError> {
         let mut payload = Vec::new();
         loop {
             let mut header = [0u8; 4];
-            self.stream.read_exact(&mut header)?;
+            self.read_full(&mut header)?;
             let len =
                 usize::from(header[0]) | usize::from(header[1]) << 8 | usize::from(header[2]) << 16;
             self.seq = header[3].wrapping_add(1);
             let at = payload.len();
             payload.resize(at + len, 0);
-            self.stream.read_exact(&mut payload[at..])?;
+            self.read_full(&mut payload[at..])?;
             if len < MAX_PACKET {
                 return Ok(payload);
             }
@@ -330,18 +349,35 @@ impl Client {
             frame.push(self.seq);
             frame.extend_from_slice(chunk);
             self.seq = self.seq.wrapping_add(1);
-            tcp.write_all(&frame)?;
+            write_full(tcp, &frame)?;
             last_full = chunks.peek().is_none() && chunk.len() == MAX_PACKET;
         }
         if last_full {
             // A payload of a whole number of full packets ends with an
             // empty one (and an empty payload is one empty packet).
-            tcp.write_all(&[0, 0, 0, self.seq])?;
+            write_full(tcp, &[0, 0, 0, self.seq])?;
             self.seq = self.seq.wrapping_add(1);
         }
         tcp.flush()?;
         Ok(())
     }
+}
+
+/// Writes all of `buf`; an interrupted wait ends it (see
+/// [`Client::read_full`]).
+fn write_full(tcp: &mut TcpConn, mut buf: &[u8]) -> Result<(), MyError> {
+    while !buf.is_empty() {
+        match tcp.write(buf)? {
+            0 => {
+                return Err(MyError::Io(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "the connection takes no more",
+                )));
+            }
+            n => buf = &buf[n..],
+        }
+    }
+    Ok(())
 }
 
 fn is_eof(packet: &[u8]) -> bool {

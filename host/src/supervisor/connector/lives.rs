@@ -172,6 +172,7 @@ impl Life for SinkLife {
             assignments,
             config: SinkPumpConfig {
                 max_bytes: c.config.batch.max_bytes,
+                max_records: c.config.batch.max_records,
                 flush_interval: Duration::from_millis(c.config.flush_interval_ms),
                 retry: c.restart,
             },
