@@ -20,8 +20,13 @@
 //! past the cut that commits before `C'` is already in what `C'` read, so
 //! it is left out; every other change is emitted. Each row's history is
 //! then told exactly once: its state at the snapshot that read it, and
-//! every change after that. (A change moving a row's primary key across a
-//! cut in that window is judged by its new key.)
+//! every change after that.
+//!
+//! Not yet covered: a change in that window that moves a row's primary key
+//! across a cut is judged by its new key, so a replay keeps the old row;
+//! and a change whose key columns are not all in it (a replica identity
+//! index other than the primary key, a TOASTed key) cannot be judged, and
+//! is emitted.
 
 use sluice_postgres::pgoutput::{Column, Datum, Relation, Tuple};
 use sluice_postgres::{Client, PgError, quote_ident, quote_literal};
