@@ -1011,6 +1011,42 @@ fn postgres_cdc_snapshot_killed_while_it_reads_tells_every_row_once_then_its_cha
 }
 
 #[test]
+fn postgres_cdc_refuses_a_changed_table_list_while_its_snapshot_is_pending() {
+    let Some(pg) = server() else { return };
+    for t in ["a", "b"] {
+        pg.psql(
+            "app",
+            &format!(
+                "CREATE TABLE {t} (id integer PRIMARY KEY, v bigint); ALTER TABLE {t} OWNER TO sluice; \
+                 INSERT INTO {t} SELECT g, g FROM generate_series(1, 50000) g"
+            ),
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Batches of 10: the snapshot takes long enough to be cut off.
+    let first = cdc_to_files(dir.path(), &pg, &["a", "b"])
+        .with("cdc", |c| c.batch("max_records", 10))
+        .write(dir.path());
+    let mut host = Host::run(dir.path(), &first);
+    wait_until("some rows are in the log", Duration::from_secs(30), || {
+        output_lines(&dir.path().join("out")).len() >= 100
+    });
+    host.kill();
+    // Marks are places in the list's order: another order is refused.
+    let reordered = cdc_to_files(dir.path(), &pg, &["b", "a"])
+        .with("cdc", |c| c.restart("attempts", 0))
+        .write(dir.path());
+    let out = run(&["run", "--no-progress", reordered.to_str().unwrap()]);
+    assert_ne!(out.status.code(), Some(0));
+    let err = stderr(&out);
+    assert!(
+        err.contains("tables changed while the snapshot was read")
+            && err.contains("[\"public.a\", \"public.b\"]"),
+        "{err}"
+    );
+}
+
+#[test]
 fn the_postgres_cdc_example_does_what_its_readme_says() {
     let Some(pg) = Postgres::start() else { return };
     pg.psql(

@@ -279,14 +279,14 @@ impl MariadbSink {
     /// The statement that writes `rows` (all of one shape).
     fn statement(&self, rows: &[Row]) -> String {
         let first = &rows[0];
+        let keys: Vec<String> = self
+            .config
+            .key_columns
+            .iter()
+            .map(|k| quote_ident(k))
+            .collect();
         let mut sql = String::with_capacity(rows.len() * 64);
         if first.is_delete() {
-            let keys: Vec<String> = self
-                .config
-                .key_columns
-                .iter()
-                .map(|k| quote_ident(k))
-                .collect();
             sql.push_str(&format!(
                 "DELETE FROM {} WHERE ({}) IN (",
                 self.table_sql,
@@ -310,12 +310,6 @@ impl MariadbSink {
         if first.is_delete() {
             sql.push(')');
         } else if self.config.mode == Mode::Upsert {
-            let keys: Vec<String> = self
-                .config
-                .key_columns
-                .iter()
-                .map(|k| quote_ident(k))
-                .collect();
             let mut set: Vec<String> = first
                 .columns
                 .iter()
