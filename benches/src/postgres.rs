@@ -107,7 +107,97 @@ pub fn section(report: &mut Report, bin: &Path, work: &Path, cache: &Path) -> an
             .target(target),
         );
     }
-    cdc(report, &pg, bin, work, cache)
+    cdc(report, &pg, bin, work, cache)?;
+    snapshot(report, &pg, bin, work, cache)
+}
+
+/// Rows the snapshot run reads.
+const SNAPSHOT_ROWS: u64 = 500_000;
+
+/// `postgres-cdc`'s initial snapshot of a table of `SNAPSHOT_ROWS` rows →
+/// log → `blackhole`, beside psql reading the same rows in the same order
+/// (`\copy (SELECT … ORDER BY id) TO /dev/null`, text format).
+fn snapshot(
+    report: &mut Report,
+    pg: &Postgres,
+    bin: &Path,
+    work: &Path,
+    cache: &Path,
+) -> anyhow::Result<()> {
+    say(format!(
+        "\npostgres: postgres-cdc snapshot -> log -> blackhole, {SNAPSHOT_ROWS} rows of ~100 B read as r records; beside psql \\copy (SELECT … ORDER BY id) TO /dev/null"
+    ));
+    pg.psql(
+        "app",
+        &format!(
+            "CREATE TABLE snap_bench (id bigint PRIMARY KEY, v bigint, pad text); \
+             ALTER TABLE snap_bench OWNER TO {USER}; \
+             INSERT INTO snap_bench SELECT g, g, repeat('x', 80) FROM generate_series(1, {SNAPSHOT_ROWS}) g"
+        ),
+    );
+    // Apart: VACUUM runs in no transaction.
+    pg.psql("app", "VACUUM ANALYZE snap_bench");
+    let started = Instant::now();
+    let out = pg
+        .client("psql")
+        .args(["-d", "app", "-v", "ON_ERROR_STOP=1", "-c"])
+        .arg("\\copy (SELECT * FROM snap_bench ORDER BY id) TO '/dev/null'")
+        .output()?;
+    let secs = started.elapsed().as_secs_f64();
+    if !out.status.success() {
+        bail!("psql \\copy TO: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let native = SNAPSHOT_ROWS as f64 / secs;
+    report.add(
+        Figure::new(
+            "postgres",
+            "native: psql \\copy (SELECT … ORDER BY id) TO /dev/null",
+            native,
+            "rows/s",
+        )
+        .aside("the server's own export of the same rows"),
+    );
+    let addr = pg.addr();
+    let dir = tempfile::tempdir_in(work)?;
+    std::fs::write(dir.path().join("pg-password"), PASSWORD)?;
+    let source = format!(
+        r#"[broker]
+data_dir = "data"
+
+[[connector]]
+name = "snap"
+kind = "source"
+plugin = "postgres-cdc"
+topic = "bench"
+[connector.batch]
+max_records = 1000
+[connector.config]
+addr = "{addr}"
+user = "{USER}"
+password = "${{secret:pg}}"
+database = "app"
+tables = ["snap_bench"]
+[connector.grants]
+net = ["{addr}"]
+secrets = {{ pg = {{ file = "{}" }} }}
+"#,
+        dir.path().join("pg-password").display()
+    );
+    let sink = crate::network::to_blackhole(bin, work, cache, SNAPSHOT_ROWS, &source)?;
+    let (rate, mb) = crate::arrival_rates(&sink);
+    report.add(
+        Figure::new(
+            "postgres",
+            "postgres-cdc snapshot -> log -> blackhole",
+            rate,
+            "rows/s",
+        )
+        .aside(format!(
+            "{:.2} of psql's export, {mb:.0} MB/s of envelopes",
+            rate / native
+        )),
+    );
+    Ok(())
 }
 
 /// The middle of `values`.
