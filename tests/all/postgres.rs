@@ -1181,3 +1181,113 @@ fn postgres_sink_upserts_by_the_record_key_and_deletes_on_a_tombstone_only_when_
         }
     }
 }
+
+#[test]
+fn postgres_sink_streams_a_large_write_and_still_dead_letters_refused_rows_and_applies_deletes() {
+    let Some(pg) = server() else { return };
+    for table in ["wide", "wide_refused"] {
+        owned_table(
+            &pg,
+            table,
+            "id bigint PRIMARY KEY, qty integer NOT NULL, note text",
+        );
+    }
+    owned_table(&pg, "wide_deleted", "id bigint PRIMARY KEY, note text");
+    // Rows of 2 KB: a write of 200 is past the 128 KiB after which a COPY's
+    // input goes to the server while the rest are decoded. All in one
+    // batch: the source emits them in one poll.
+    let note = "x".repeat(2000);
+    let records = |values: Vec<(String, String)>| -> toml::Value {
+        toml::Value::Array(
+            values
+                .into_iter()
+                .map(|(k, v)| toml::Value::Array(vec![k.into(), v.into()]))
+                .collect(),
+        )
+    };
+    // All rows good; then two refused, one in the input sent early and
+    // one in the last.
+    for (table, refused) in [("wide", vec![]), ("wide_refused", vec![17, 190])] {
+        let rows = (0..200)
+            .map(|i| {
+                let value = match i {
+                    17 if refused.contains(&i) => {
+                        format!("{{\"id\":17,\"qty\":\"many\",\"note\":\"{note}\"}}")
+                    }
+                    190 if refused.contains(&i) => format!("{{\"id\":190,\"note\":\"{note}\"}}"),
+                    _ => format!("{{\"id\":{i},\"qty\":{i},\"note\":\"{note}\"}}"),
+                };
+                (i.to_string(), value)
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let inserting = manifest()
+            .connector(
+                source("keyed", wasm("emit-keyed"), "events").config("records", records(rows)),
+            )
+            .connector(pg_sink(dir.path(), &pg, table).set("name", table))
+            .connector(
+                sink("dlq-reader", "file-sink", format!("{table}.dlq").as_str())
+                    .config("path", "/out")
+                    .config("format", "json")
+                    .files("dlq", "/out", "read-write"),
+            )
+            .write(dir.path());
+        let out = run(&["run", "--no-progress", inserting.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert_eq!(
+            pg.psql(
+                "app",
+                &format!("SELECT count(*), sum(id), min(length(note)) FROM {table}")
+            ),
+            format!(
+                "{}|{}|2000",
+                200 - refused.len(),
+                (0..200).sum::<i64>() - refused.iter().sum::<i64>()
+            )
+        );
+        let dead = output_lines(&dir.path().join("dlq"));
+        assert_eq!(dead.len(), refused.len(), "{dead:?}");
+        assert_eq!(
+            pg.psql(
+                "app",
+                &format!("SELECT next_offset FROM sluice_offsets WHERE connector = '{table}'")
+            ),
+            "200"
+        );
+    }
+
+    // A tombstone after the COPY has begun: the write goes as statements,
+    // in order, so the row inserted earlier in the batch is deleted.
+    let mut changes: Vec<(String, String)> = (0..100)
+        .map(|i| {
+            (
+                format!("{{\"id\":{i}}}"),
+                format!("{{\"note\":\"{note}\"}}"),
+            )
+        })
+        .collect();
+    changes.push((r#"{"id":5}"#.into(), String::new()));
+    changes.push((r#"{"id":100}"#.into(), r#"{"note":"last"}"#.into()));
+    let dir = tempfile::tempdir().unwrap();
+    let deleting = manifest()
+        .connector(
+            source("keyed", wasm("emit-keyed"), "events").config("records", records(changes)),
+        )
+        .connector(
+            pg_sink(dir.path(), &pg, "wide_deleted")
+                .set("name", "pg-deleted")
+                .config("key_columns", vec!["id"])
+                .config("delete_on_null", true),
+        )
+        .write(dir.path());
+    let out = run(&["run", "--no-progress", deleting.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        pg.psql(
+            "app",
+            "SELECT count(*), sum(id), count(*) FILTER (WHERE id = 5) FROM wide_deleted"
+        ),
+        format!("100|{}|0", (0..=100).sum::<i64>() - 5)
+    );
+}

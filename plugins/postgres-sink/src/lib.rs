@@ -20,7 +20,9 @@
 //!   offsets again on the next connection and skips what did commit.
 //! - **Plain inserts go by `COPY … FROM STDIN`** (`insert_with = "copy"`,
 //!   the default): measured in `just bench` against `INSERT`s pipelined
-//!   as prepared statements (`insert_with = "statements"`).
+//!   as prepared statements (`insert_with = "statements"`). Into a fixed
+//!   table, a write's rows stream: once past 128 KiB they go to the server
+//!   while the rest are decoded ([`CopyStream`]), so the two overlap.
 //! - **A row the database refuses on its merits** (a value the column's
 //!   type rejects, a NOT NULL or CHECK violation), or a record that cannot
 //!   be a row (a value that is not a JSON object, a field with no column),
@@ -43,7 +45,7 @@ mod table;
 
 use std::collections::HashMap;
 
-use sluice_postgres::{Client, ConnectOptions, PgError, quote_literal, quote_table};
+use sluice_postgres::{Client, ConnectOptions, CopyStream, PgError, quote_literal, quote_table};
 use sluice_sdk::outage::Outage;
 use sluice_sdk::serde_json::{self, Value};
 use sluice_sdk::{Batch, Context, Error, Origin, RecordRef, Rejects, Sink, StoredOffset};
@@ -350,14 +352,7 @@ impl PostgresSink {
         copy: bool,
     ) -> Result<(), PgError> {
         if copy {
-            let offset = format!(
-                "INSERT INTO {} (connector, topic, partition, next_offset) VALUES ({}, {}, {}, {next}) \
-                 ON CONFLICT (connector, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset",
-                quote_table(&self.config.offsets_table),
-                quote_literal(&self.connector),
-                quote_literal(&origin.topic),
-                origin.partition,
-            );
+            let offset = self.offset_sql(origin, next);
             let client = self.client.as_mut().expect("connected");
             return copy_rows(client, &self.tables, &self.column_sets, rows, &offset);
         }
@@ -381,6 +376,63 @@ impl PostgresSink {
         }
         p.execute(&self.offsets_sql, offset.into_iter().map(Some))?;
         p.run().map(drop)
+    }
+
+    /// The statement that stores `next` as the offset after `origin`'s
+    /// batch, with its values in it (for a simple query, after a COPY).
+    fn offset_sql(&self, origin: &Origin, next: u64) -> String {
+        format!(
+            "INSERT INTO {} (connector, topic, partition, next_offset) VALUES ({}, {}, {}, {next}) \
+             ON CONFLICT (connector, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset",
+            quote_table(&self.config.offsets_table),
+            quote_literal(&self.connector),
+            quote_literal(&origin.topic),
+            origin.partition,
+        )
+    }
+
+    /// Feeds the row just decoded, `rows`' last, to the streamed COPY,
+    /// beginning it at the first row. A row of another column set waits
+    /// in a group of its own, for a COPY of its own at the commit. False
+    /// when the row cannot go by COPY (a delete): the COPY is cancelled.
+    fn stream_row(&mut self, rows: &Rows, stream: &mut Option<Streamed>) -> Result<bool, PgError> {
+        let row = rows.rows.last().expect("a row was just decoded");
+        let client = self.client.as_mut().expect("connected");
+        let Shape::Write(set) = row.shape else {
+            if let Some(s) = stream.take() {
+                s.copy.cancel(client)?;
+            }
+            return Ok(false);
+        };
+        let s = match stream {
+            Some(s) => s,
+            None => stream.insert(Streamed {
+                copy: CopyStream::new(&copy_sql(&self.tables, &self.column_sets[set])),
+                set,
+                others: Vec::new(),
+            }),
+        };
+        if s.set == set {
+            copy_row(rows.values(row), s.copy.input());
+            s.copy.send_ready(client)?;
+        } else {
+            copy_row(rows.values(row), group(&mut s.others, set));
+        }
+        Ok(true)
+    }
+
+    /// Ends a streamed COPY: the other column sets' COPYs and the offset,
+    /// then the commit.
+    fn commit_stream(&mut self, s: Streamed, origin: &Origin, next: u64) -> Result<(), PgError> {
+        let mut then = String::new();
+        for (set, _) in &s.others {
+            then.push_str(&copy_sql(&self.tables, &self.column_sets[*set]));
+            then.push_str(";\n");
+        }
+        then.push_str(&self.offset_sql(origin, next));
+        let inputs: Vec<&[u8]> = s.others.iter().map(|(_, d)| d.as_slice()).collect();
+        let client = self.client.as_mut().expect("connected");
+        s.copy.commit(client, &then, &inputs)
     }
 
     /// The statement rows of `shape` run.
@@ -417,17 +469,44 @@ impl PostgresSink {
         }
         let mut refused = Vec::new();
         let mut rows = Rows::default();
+        let mut copy =
+            self.config.mode == Mode::Insert && self.config.insert_with == InsertWith::Copy;
+        // The rows go to the server while the rest are decoded, so that it
+        // stores the first while the plugin decodes the last (the two
+        // overlap on two cores), when no record can need a query of its
+        // own (a fixed table, its columns known).
+        let streamed = copy
+            && matches!(&self.table, TableName::Fixed(name) if self.table_ids.contains_key(name));
+        let mut stream = None;
         for (i, record) in batch.iter().enumerate().skip(skip) {
-            if let Err(why) = self.decode(&origin.topic, i, &record, &mut rows)? {
-                refused.push((i, why));
+            let decoded = match self.decode(&origin.topic, i, &record, &mut rows) {
+                Ok(Err(why)) => {
+                    refused.push((i, why));
+                    Ok(())
+                }
+                Ok(Ok(())) if streamed && copy => self
+                    .stream_row(&rows, &mut stream)
+                    .map(|c| copy = c)
+                    .map_err(Failed::Pg),
+                Ok(Ok(())) => Ok(()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = decoded {
+                if stream.is_some() {
+                    // The connection is in the middle of a COPY.
+                    self.client = None;
+                }
+                return Err(e);
             }
         }
-        let mut copy = self.config.mode == Mode::Insert
-            && self.config.insert_with == InsertWith::Copy
-            && rows.rows.iter().all(|r| matches!(r.shape, Shape::Write(_)));
+        copy = copy && rows.rows.iter().all(|r| matches!(r.shape, Shape::Write(_)));
         loop {
             self.in_doubt = Some((key.clone(), next, refused.clone()));
-            match self.apply(&rows, origin, next, copy) {
+            let applied = match stream.take() {
+                Some(s) => self.commit_stream(s, origin, next),
+                None => self.apply(&rows, origin, next, copy),
+            };
+            match applied {
                 Ok(()) => {
                     self.in_doubt = None;
                     self.stored.insert(key, next);
@@ -512,37 +591,58 @@ fn copy_rows(
 ) -> Result<(), PgError> {
     let mut groups: Vec<(usize, Vec<u8>)> = Vec::new();
     for row in &rows.rows {
-        let Shape::Write(set) = row.shape else {
-            continue;
-        };
-        let data = match groups.iter().position(|(s, _)| *s == set) {
-            Some(i) => &mut groups[i].1,
-            None => {
-                groups.push((set, Vec::new()));
-                &mut groups.last_mut().expect("pushed").1
-            }
-        };
-        for (i, v) in rows.values(row).enumerate() {
-            if i > 0 {
-                data.push(b'\t');
-            }
-            match v {
-                None => data.extend_from_slice(b"\\N"),
-                Some(v) => copy_escape(v, data),
-            }
+        if let Shape::Write(set) = row.shape {
+            copy_row(rows.values(row), group(&mut groups, set));
         }
-        data.push(b'\n');
     }
     let mut sql = String::new();
     for (set, _) in &groups {
-        let set = &sets[*set];
-        let columns: Vec<&str> = set.names.iter().map(String::as_str).collect();
-        sql.push_str(&table::copy_sql(&tables[set.table].sql_name, &columns));
+        sql.push_str(&copy_sql(tables, &sets[*set]));
         sql.push_str(";\n");
     }
     sql.push_str(then);
     let inputs: Vec<&[u8]> = groups.iter().map(|(_, data)| data.as_slice()).collect();
     client.copy_in(&sql, &inputs)
+}
+
+/// A COPY whose input is being sent while the batch is decoded, and the
+/// rows of other column sets, which wait for COPYs of their own.
+struct Streamed {
+    copy: CopyStream,
+    set: usize,
+    others: Vec<(usize, Vec<u8>)>,
+}
+
+/// The input of `set`'s group in `groups`, made if new.
+fn group(groups: &mut Vec<(usize, Vec<u8>)>, set: usize) -> &mut Vec<u8> {
+    let i = match groups.iter().position(|(s, _)| *s == set) {
+        Some(i) => i,
+        None => {
+            groups.push((set, Vec::new()));
+            groups.len() - 1
+        }
+    };
+    &mut groups[i].1
+}
+
+/// The `COPY … FROM STDIN` of a column set.
+fn copy_sql(tables: &[Table], set: &ColumnSet) -> String {
+    let columns: Vec<&str> = set.names.iter().map(String::as_str).collect();
+    table::copy_sql(&tables[set.table].sql_name, &columns)
+}
+
+/// One row in COPY's text format.
+fn copy_row<'v>(values: impl Iterator<Item = Option<&'v [u8]>>, out: &mut Vec<u8>) {
+    for (i, v) in values.enumerate() {
+        if i > 0 {
+            out.push(b'\t');
+        }
+        match v {
+            None => out.extend_from_slice(b"\\N"),
+            Some(v) => copy_escape(v, out),
+        }
+    }
+    out.push(b'\n');
 }
 
 /// `v` in COPY's text format: backslash, tab, newline and carriage return

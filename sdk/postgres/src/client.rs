@@ -375,10 +375,7 @@ impl Client {
         let mut out = BytesMut::with_capacity(sql.len() + 6 + size);
         frontend::query(sql, &mut out)?;
         for data in inputs {
-            for chunk in data.chunks(WRITE_CHUNK) {
-                frontend::CopyData::new(chunk)?.write(&mut out);
-            }
-            frontend::copy_done(&mut out);
+            input_of(data, &mut out)?;
         }
         self.send(&out)?;
         let mut failed = None;
@@ -396,6 +393,29 @@ impl Client {
             Some(e) => Err(e.into()),
             None => Ok(()),
         }
+    }
+
+    /// Reads the answers of `queries` queries sent together: the first
+    /// error, if any, and whether the last left a transaction open.
+    fn answers(&mut self, queries: usize, doing: &str) -> Result<(Option<DbError>, bool), PgError> {
+        let (mut failed, mut open, mut left) = (None, false, queries);
+        while left > 0 {
+            match self.next()? {
+                Message::CopyInResponse(_)
+                | Message::CommandComplete(_)
+                | Message::EmptyQueryResponse => {}
+                Message::ErrorResponse(body) => {
+                    let e = DbError::parse(&body)?;
+                    failed.get_or_insert(e);
+                }
+                Message::ReadyForQuery(body) => {
+                    left -= 1;
+                    open = body.status() != b'I';
+                }
+                _ => return Err(unexpected(doing)),
+            }
+        }
+        Ok((failed, open))
     }
 
     /// Says goodbye (a `Terminate`): the server ends the session cleanly.
@@ -506,6 +526,133 @@ impl Client {
             }
         }
     }
+}
+
+/// How much input a [`CopyStream`] gathers before it sends it. A batch
+/// smaller than this goes in one write, as [`Client::copy_in`] sends it.
+///
+/// Why not less: a plugin's socket cannot turn off Nagle's algorithm
+/// (`wasi:sockets` has no `TCP_NODELAY`), so a write smaller than a
+/// segment while an earlier small one is unacknowledged waits for the
+/// server's ACK, and a server in a COPY answers nothing that would carry
+/// one: it comes when the server has read more than a segment since its
+/// last, or after the delayed-ACK timer, 40 ms. Pieces of 16 KiB waited
+/// so at every write here (a write of 1000 rows took 18 ms instead of
+/// 6); pieces of two loopback segments and more are acknowledged as the
+/// server reads them.
+const PIECE: usize = 128 * 1024;
+
+/// A `COPY … FROM STDIN` in one transaction, its input sent while it is
+/// being made. It holds no borrow
+/// of the client (the caller goes on using its own state between rows), so
+/// each step takes the client it began on.
+///
+/// Sending input before the server asks for it is safe: a COPY that
+/// failed (a row the server refused) makes the server ignore the input
+/// that follows, and [`CopyStream::commit`] then rolls back and says why.
+#[derive(Debug)]
+#[must_use = "a COPY left open holds its connection: commit or cancel it"]
+pub struct CopyStream {
+    copy: String,
+    input: Vec<u8>,
+    /// Whether the COPY has begun (`BEGIN` and the COPY sent).
+    begun: bool,
+}
+
+impl CopyStream {
+    /// A `COPY … FROM STDIN` (`copy`) whose input is sent while it is
+    /// being made, so that the server stores the first rows while the
+    /// caller still makes the last: append rows to [`CopyStream::input`],
+    /// call [`CopyStream::send_ready`] after each, and end with
+    /// [`CopyStream::commit`] (or [`CopyStream::cancel`]).
+    ///
+    /// Nothing is sent yet. From the first send to the end, the connection
+    /// belongs to the COPY: run nothing else on it.
+    pub fn new(copy: &str) -> CopyStream {
+        CopyStream {
+            copy: copy.to_owned(),
+            input: Vec::with_capacity(PIECE * 2),
+            begun: false,
+        }
+    }
+
+    /// The input not sent yet, in the COPY's format: append rows here.
+    pub fn input(&mut self) -> &mut Vec<u8> {
+        &mut self.input
+    }
+
+    /// Sends the input gathered so far, once there is enough of it.
+    pub fn send_ready(&mut self, client: &mut Client) -> Result<(), PgError> {
+        if self.input.len() < PIECE {
+            return Ok(());
+        }
+        let mut out = BytesMut::with_capacity(self.input.len() + self.copy.len() + 64);
+        if !self.begun {
+            frontend::query(&format!("BEGIN; {}", self.copy), &mut out)?;
+            self.begun = true;
+        }
+        for chunk in self.input.chunks(WRITE_CHUNK) {
+            frontend::CopyData::new(chunk)?.write(&mut out);
+        }
+        self.input.clear();
+        client.send(&out)
+    }
+
+    /// Ends the input, runs `then` (statements whose own `COPY … FROM
+    /// STDIN`s take `inputs` in order, as in [`Client::copy_in`]), and
+    /// commits. If anything failed, nothing is kept: the transaction is
+    /// rolled back and the first error returned (a refused row is its
+    /// COPY's error, not the "transaction is aborted" of what followed).
+    pub fn commit(self, client: &mut Client, then: &str, inputs: &[&[u8]]) -> Result<(), PgError> {
+        let mut out = BytesMut::with_capacity(self.input.len() + then.len() + 64);
+        if !self.begun {
+            // All of it at once: one query, its own implicit transaction.
+            frontend::query(&format!("{}; {then}", self.copy), &mut out)?;
+            input_of(&self.input, &mut out)?;
+        } else {
+            input_of(&self.input, &mut out)?;
+            frontend::query(&format!("{then}; COMMIT"), &mut out)?;
+        }
+        for data in inputs {
+            input_of(data, &mut out)?;
+        }
+        client.send(&out)?;
+        let queries = if self.begun { 2 } else { 1 };
+        let (failed, open) = client.answers(queries, "a streamed COPY")?;
+        if open {
+            // Something failed before the COMMIT ran.
+            client.simple_query("ROLLBACK")?;
+        }
+        match failed {
+            Some(e) => Err(e.into()),
+            None if open => Err(PgError::Protocol(
+                "the transaction was still open after COMMIT".into(),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Gives up: what was sent is rolled back, and the connection is ready
+    /// for queries again.
+    pub fn cancel(self, client: &mut Client) -> Result<(), PgError> {
+        if !self.begun {
+            return Ok(());
+        }
+        let mut out = BytesMut::new();
+        frontend::copy_fail("cancelled by the client", &mut out)?;
+        frontend::query("ROLLBACK", &mut out)?;
+        client.send(&out)?;
+        client.answers(2, "a cancelled COPY").map(drop)
+    }
+}
+
+/// `data` as a COPY's input: `CopyData` messages, then `CopyDone`.
+fn input_of(data: &[u8], out: &mut BytesMut) -> Result<(), PgError> {
+    for chunk in data.chunks(WRITE_CHUNK) {
+        frontend::CopyData::new(chunk)?.write(out);
+    }
+    frontend::copy_done(out);
+    Ok(())
 }
 
 /// What a pipeline expects back for each thing it sent.

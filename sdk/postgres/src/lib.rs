@@ -12,7 +12,8 @@
 //!
 //! What it speaks: startup with SCRAM-SHA-256, MD5 or clear-text passwords;
 //! simple queries (rows as text); [`Pipeline`]s of prepared statements with
-//! text parameters, run as one transaction; `COPY … FROM STDIN`; logical
+//! text parameters, run as one transaction; `COPY … FROM STDIN`, its input
+//! sent whole or while it is made ([`CopyStream`]); logical
 //! replication ([`Client::start_replication`], [`Replication`]) and the
 //! messages of `pgoutput` ([`pgoutput`]).
 //!
@@ -39,7 +40,7 @@ mod error;
 pub mod pgoutput;
 mod replication;
 
-pub use client::{Client, ConnectOptions, Pipeline, Row};
+pub use client::{Client, ConnectOptions, CopyStream, Pipeline, Row};
 pub use error::{DbError, PgError};
 pub use replication::{Replication, format_lsn, parse_lsn, pg_time_to_unix_ms};
 
