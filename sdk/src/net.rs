@@ -22,6 +22,14 @@
 //! # Ok(()) }
 //! ```
 //!
+//! **Write a request whole.** Nagle's algorithm is on for a plugin's
+//! sockets (`wasi:sockets` has no `TCP_NODELAY`): a small write made while
+//! an earlier small one is unacknowledged waits for the peer's ACK, up to
+//! its delayed-ACK timer (40 ms on Linux). Build a request (or a pipeline of
+//! them) in a buffer and write it at once, as `sluice-postgres` does; a
+//! stream of pieces should be pieces of 128 KiB or more (two loopback
+//! segments), which the peer acknowledges as it reads them.
+//!
 //! A wait the host interrupts (to stop, pause or swap the instance) fails
 //! with [`std::io::ErrorKind::Interrupted`] here, connecting included; the
 //! connection, once made, is still good (see [`crate::interrupted`]).
