@@ -1291,3 +1291,72 @@ fn postgres_sink_streams_a_large_write_and_still_dead_letters_refused_rows_and_a
         format!("100|{}|0", (0..=100).sum::<i64>() - 5)
     );
 }
+
+#[test]
+fn postgres_sink_logs_in_with_md5_and_clear_text_passwords_and_names_a_wrong_one() {
+    let Some(pg) = server() else { return };
+    for (user, method) in [("md5_user", "md5"), ("clear_user", "password")] {
+        pg.allow_login(user, method);
+        let password = format!("{method}-Pass-9");
+        pg.create_user(user, &password, "app");
+        // The server asks as the test means it to.
+        assert_eq!(
+            pg.psql(
+                "postgres",
+                &format!(
+                    "SELECT auth_method FROM pg_hba_file_rules WHERE '{user}' = ANY(user_name)"
+                )
+            ),
+            method
+        );
+        if method == "md5" {
+            assert_eq!(
+                pg.psql(
+                    "postgres",
+                    &format!(
+                        "SELECT rolpassword LIKE 'md5%' FROM pg_authid WHERE rolname = '{user}'"
+                    )
+                ),
+                "t"
+            );
+        }
+        pg.psql(
+            "app",
+            &format!("CREATE TABLE {user}_rows (id bigint, seq bigint, note text); ALTER TABLE {user}_rows OWNER TO {user}"),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = manifest()
+            .connector(lines_source(dir.path(), &keyed_lines(100, 10), 0))
+            .connector(
+                pg_sink(dir.path(), &pg, &format!("{user}_rows"))
+                    .set("name", user)
+                    .config("user", user)
+                    .config("offsets_table", format!("{user}_offsets")),
+            )
+            .write(dir.path());
+        for (secret, works) in [(password.as_str(), true), ("not-it-Pass-1", false)] {
+            std::fs::write(dir.path().join("pg-password"), secret).unwrap();
+            let out = run(&["run", "--no-progress", manifest.to_str().unwrap()]);
+            let all = format!("{}{}", stderr(&out), String::from_utf8_lossy(&out.stdout));
+            assert!(
+                !all.contains(secret),
+                "{method}: the password shows:\n{all}"
+            );
+            if works {
+                assert_eq!(out.status.code(), Some(0), "{method}: {all}");
+                assert_eq!(
+                    pg.psql("app", &format!("SELECT count(*) FROM {user}_rows")),
+                    "100"
+                );
+            } else {
+                assert_ne!(out.status.code(), Some(0), "{method}: {all}");
+                assert!(
+                    all.contains(&format!(
+                        "password authentication failed for user \"{user}\""
+                    )),
+                    "{method}: {all}"
+                );
+            }
+        }
+    }
+}

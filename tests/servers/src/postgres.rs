@@ -268,6 +268,25 @@ impl Postgres {
         );
     }
 
+    /// Makes `user` log in over TCP with `method` (`md5`, `password`…), by
+    /// a `pg_hba.conf` line ahead of the others, and reloads the server.
+    /// With `md5`, the password is stored as an MD5 hash (create the role
+    /// after this call), else the server would answer with SCRAM.
+    pub fn allow_login(&self, user: &str, method: &str) {
+        let hba = self.data().join("pg_hba.conf");
+        let rest = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+        std::fs::write(
+            &hba,
+            format!("host all \"{user}\" 127.0.0.1/32 {method}\n{rest}"),
+        )
+        .expect("write pg_hba.conf");
+        give_to_postgres(&hba);
+        if method == "md5" {
+            self.psql("postgres", "ALTER SYSTEM SET password_encryption = 'md5'");
+        }
+        self.psql("postgres", "SELECT pg_reload_conf()");
+    }
+
     fn data(&self) -> PathBuf {
         self.dir.path().join("data")
     }
