@@ -1360,3 +1360,41 @@ fn postgres_sink_logs_in_with_md5_and_clear_text_passwords_and_names_a_wrong_one
         }
     }
 }
+
+#[test]
+fn postgres_sink_names_each_rows_table_from_a_field_and_dead_letters_a_record_without_it() {
+    let Some(pg) = server() else { return };
+    for table in ["by_red", "by_7"] {
+        owned_table(&pg, table, "id bigint PRIMARY KEY, kind text");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let lines = b"{\"id\":1,\"kind\":\"red\"}\n{\"id\":2,\"kind\":7}\n{\"id\":3}\n{\"id\":4,\"kind\":\"red\"}\n";
+    let manifest = manifest()
+        .connector(lines_source(dir.path(), lines, 0))
+        .connector(pg_sink(dir.path(), &pg, "by_{kind}"))
+        .connector(
+            sink("dlq-reader", "file-sink", "pg.dlq")
+                .config("path", "/out")
+                .config("format", "json")
+                .files("dlq", "/out", "read-write"),
+        )
+        .write(dir.path());
+    let out = run(&["run", "--no-progress", manifest.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        pg.psql(
+            "app",
+            "SELECT string_agg(id::text, ',' ORDER BY id) FROM by_red"
+        ),
+        "1,4"
+    );
+    assert_eq!(pg.psql("app", "SELECT id, kind FROM by_7"), "2|7");
+    let dead = output_lines(&dir.path().join("dlq"));
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(
+        dead[0].contains("no field \\\"kind\\\"") && dead[0].contains("\"sluice.offset\":\"2\""),
+        "{}",
+        dead[0]
+    );
+    assert_eq!(stored_offsets(&pg), 4);
+}
