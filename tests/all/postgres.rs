@@ -1398,3 +1398,58 @@ fn postgres_sink_names_each_rows_table_from_a_field_and_dead_letters_a_record_wi
     );
     assert_eq!(stored_offsets(&pg), 4);
 }
+
+#[test]
+fn postgres_cdc_refuses_to_snapshot_from_a_slot_it_was_told_to_use_that_exists_and_keeps_it() {
+    let Some(pg) = server() else { return };
+    pg.psql(
+        "app",
+        "CREATE TABLE slotted (id integer PRIMARY KEY, v bigint); ALTER TABLE slotted OWNER TO sluice; \
+         INSERT INTO slotted VALUES (1, 1); CREATE PUBLICATION taken_pub FOR TABLE slotted",
+    );
+    // Made by another tool, with its publication already there (pgoutput
+    // reads the publication as of each change).
+    pg.psql(
+        "app",
+        "SELECT 'made' FROM pg_create_logical_replication_slot('taken_slot', 'pgoutput')",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let refused = cdc_to_files(dir.path(), &pg, &["slotted"])
+        .with("cdc", |c| {
+            c.config("slot", "taken_slot").restart("attempts", 0)
+        })
+        .write(dir.path());
+    let out = run(&["run", "--no-progress", refused.to_str().unwrap()]);
+    assert_ne!(out.status.code(), Some(0));
+    let err = stderr(&out);
+    assert!(
+        err.contains("the replication slot \"taken_slot\" exists already")
+            && err.contains("snapshot = \"never\""),
+        "{err}"
+    );
+    // Someone else's slot, perhaps: not dropped.
+    assert_eq!(
+        pg.psql(
+            "app",
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'taken_slot'"
+        ),
+        "1"
+    );
+    // Told to stream from it, it does: the row inserted after the slot was
+    // made, and not the one before.
+    pg.psql("app", "INSERT INTO slotted VALUES (2, 2)");
+    let streaming = cdc_to_files(dir.path(), &pg, &["slotted"])
+        .with("cdc", |c| {
+            c.config("slot", "taken_slot")
+                .config("snapshot", "never")
+                .config("publication", "taken_pub")
+        })
+        .write(dir.path());
+    let mut host = Host::run(dir.path(), &streaming);
+    wait_until("the change is in the log", Duration::from_secs(30), || {
+        !output_lines(&dir.path().join("out")).is_empty()
+    });
+    host.kill();
+    let seen: Vec<Seen> = captured(dir.path()).into_iter().map(|(s, _)| s).collect();
+    assert_eq!(seen, vec![("public.slotted".to_owned(), 'c', 2, Some(2))]);
+}
