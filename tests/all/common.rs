@@ -48,6 +48,21 @@ pub fn run(args: &[&str]) -> Output {
     run_env(args, &[])
 }
 
+/// Runs `sluice run` on `manifest`, which must finish (exit 0).
+pub fn run_finished(manifest: &Path) -> Output {
+    let out = run(&["run", "--no-progress", manifest.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    out
+}
+
+/// Runs `sluice run` on `manifest`, which must fail; returns what it said
+/// on stderr.
+pub fn run_refused(manifest: &Path) -> String {
+    let out = run(&["run", "--no-progress", manifest.to_str().unwrap()]);
+    assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
+    stderr(&out)
+}
+
 /// Runs `sluice <args…>` to completion with `env` set.
 pub fn run_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = sluice();
@@ -332,6 +347,29 @@ pub fn output_files(dir: &Path) -> Vec<PathBuf> {
     };
     files.sort();
     files
+}
+
+/// A `file-sink` named `dlq-reader` writing the dead letters of `topic` as
+/// JSON lines into the host directory `dlq` (read them with
+/// [`output_lines`]).
+pub fn dead_letters(topic: &str) -> Connector {
+    sink("dlq-reader", "file-sink", topic)
+        .config("path", "/out")
+        .config("format", "json")
+        .files("dlq", "/out", "read-write")
+}
+
+/// `(key, value)` pairs as the `records` of the `emit-keyed` fixture (an
+/// empty value is a tombstone).
+pub fn keyed_records<K: Into<String>, V: Into<String>>(
+    pairs: impl IntoIterator<Item = (K, V)>,
+) -> toml::Value {
+    toml::Value::Array(
+        pairs
+            .into_iter()
+            .map(|(k, v)| toml::Value::Array(vec![k.into().into(), v.into().into()]))
+            .collect(),
+    )
 }
 
 /// Every line of every file under `dir`, in file order.

@@ -213,12 +213,7 @@ fn poison_manifest(dir: &Path, produced: u64, sink_config: &[(&str, i64)]) -> st
     manifest()
         .connector(gen_source(produced, 0, 32))
         .connector(picky)
-        .connector(
-            sink("dlq-reader", "file-sink", "picky.dlq")
-                .config("path", "/out")
-                .config("format", "json")
-                .files("dlq", "/out", "read-write"),
-        )
+        .connector(dead_letters("picky.dlq"))
         .write(dir)
 }
 

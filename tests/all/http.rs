@@ -211,12 +211,7 @@ fn post_lines(dir: &Path, lines: &str, poster: Connector) -> Vec<serde_json::Val
                 .files("in", "/in", "read-only"),
         )
         .connector(poster)
-        .connector(
-            sink("dlq-reader", "file-sink", "post.dlq")
-                .config("path", "/out")
-                .config("format", "json")
-                .files("dlq", "/out", "read-write"),
-        )
+        .connector(dead_letters("post.dlq"))
         .write(dir);
     let out = run(&["run", "--no-progress", manifest.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));

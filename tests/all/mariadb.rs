@@ -140,15 +140,9 @@ fn mariadb_sink_dead_letters_the_rows_mariadb_refuses_and_deletes_on_a_tombstone
     let picky = manifest()
         .connector(lines_source(dir.path(), lines.as_bytes(), 0))
         .connector(maria_sink(dir.path(), &db, "picky"))
-        .connector(
-            sink("dlq-reader", "file-sink", "maria.dlq")
-                .config("path", "/out")
-                .config("format", "json")
-                .files("dlq", "/out", "read-write"),
-        )
+        .connector(dead_letters("maria.dlq"))
         .write(dir.path());
-    let out = run(&["run", "--no-progress", picky.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    run_finished(&picky);
     assert_eq!(
         db.sql("app", "SELECT count(*), sum(id) FROM picky"),
         format!("98\t{}", (0..100).sum::<i64>() - 17 - 60),
@@ -188,10 +182,7 @@ fn mariadb_sink_dead_letters_the_rows_mariadb_refuses_and_deletes_on_a_tombstone
     // tombstone deletes its row.
     let keyed = dir.path().join("keyed");
     std::fs::create_dir_all(&keyed).unwrap();
-    let changes: Vec<toml::Value> = [("5", r#"{"qty":500}"#), (r#"{"id":6}"#, "")]
-        .iter()
-        .map(|(k, v)| toml::Value::Array(vec![(*k).into(), (*v).into()]))
-        .collect();
+    let changes = keyed_records([("5", r#"{"qty":500}"#), (r#"{"id":6}"#, "")]);
     let keyed_manifest = manifest()
         .connector(source("keyed", wasm("emit-keyed"), "events").config("records", changes))
         .connector(
@@ -202,8 +193,7 @@ fn mariadb_sink_dead_letters_the_rows_mariadb_refuses_and_deletes_on_a_tombstone
                 .config("delete_on_null", true),
         )
         .write(&keyed);
-    let out = run(&["run", "--no-progress", keyed_manifest.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    run_finished(&keyed_manifest);
     assert_eq!(
         db.sql("app", "SELECT qty, note FROM picky WHERE id = 5"),
         "500\tit's 5"

@@ -96,8 +96,7 @@ fn postgres_sink_inserts_records_as_rows_and_stores_its_offsets_with_them() {
         .connector(lines_source(dir.path(), &keyed_lines(10_000, 100), 0))
         .connector(pg_sink(dir.path(), &pg, "events"))
         .write(dir.path());
-    let out = run(&["run", "--no-progress", manifest.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    run_finished(&manifest);
     assert_eq!(
         pg.psql(
             "app",
@@ -112,8 +111,7 @@ fn postgres_sink_inserts_records_as_rows_and_stores_its_offsets_with_them() {
     assert_eq!(stored_offsets(&pg), 10_000);
     // Run again: the sink resumes from the offsets it stored, and nothing
     // is written twice (the primary key would refuse it to the DLQ).
-    let again = run(&["run", "--no-progress", manifest.to_str().unwrap()]);
-    assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
+    run_finished(&manifest);
     assert_eq!(pg.psql("app", "SELECT count(*) FROM events"), "10000");
 }
 
@@ -142,15 +140,9 @@ fn postgres_sink_dead_letters_the_rows_postgres_refuses_and_commits_the_rest() {
         let manifest = manifest()
             .connector(lines_source(&run_dir, lines.as_bytes(), 0))
             .connector(pg_sink(&run_dir, &pg, "picky").config("insert_with", insert_with))
-            .connector(
-                sink("dlq-reader", "file-sink", "pg.dlq")
-                    .config("path", "/out")
-                    .config("format", "json")
-                    .files("dlq", "/out", "read-write"),
-            )
+            .connector(dead_letters("pg.dlq"))
             .write(&run_dir);
-        let out = run(&["run", "--no-progress", manifest.to_str().unwrap()]);
-        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        run_finished(&manifest);
         assert_eq!(
             pg.psql("app", "SELECT count(*), sum(id) FROM picky"),
             format!("98|{}", (0..100).sum::<i64>() - 17 - 60),
@@ -205,8 +197,7 @@ fn postgres_sink_creates_a_missing_table_only_when_told_to() {
         .connector(lines_source(dir.path(), lines, 0))
         .connector(pg_sink(dir.path(), &pg, "made_{topic}").config("create_table", true))
         .write(dir.path());
-    let out = run(&["run", "--no-progress", manifest.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    run_finished(&manifest);
     assert_eq!(
         pg.psql(
             "app",
@@ -330,8 +321,7 @@ fn postgres_sink_speaks_tls_through_the_host_to_a_server_that_requires_it() {
         .connector(lines_source(dir.path(), &lines, 0))
         .connector(tls_sink(true))
         .write(dir.path());
-    let out = run(&["run", "--no-progress", manifest.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    run_finished(&manifest);
     // The server takes nothing but TLS (`hostnossl … reject`).
     assert_eq!(pg.psql("app", "SELECT count(*) FROM t"), "1000");
 }
@@ -893,9 +883,7 @@ fn postgres_cdc_snapshot_killed_while_it_reads_tells_every_row_once_then_its_cha
     let refused = cdc_to_files(dir.path(), &pg, &["a", "nokey"])
         .with("cdc", |c| c.restart("attempts", 0))
         .write(dir.path());
-    let out = run(&["run", "--no-progress", refused.to_str().unwrap()]);
-    assert_ne!(out.status.code(), Some(0));
-    let err = stderr(&out);
+    let err = run_refused(&refused);
     assert!(
         err.contains("public.nokey has no primary key") && err.contains("snapshot = \"never\""),
         "{err}"
@@ -1036,9 +1024,7 @@ fn postgres_cdc_refuses_a_changed_table_list_while_its_snapshot_is_pending() {
     let reordered = cdc_to_files(dir.path(), &pg, &["b", "a"])
         .with("cdc", |c| c.restart("attempts", 0))
         .write(dir.path());
-    let out = run(&["run", "--no-progress", reordered.to_str().unwrap()]);
-    assert_ne!(out.status.code(), Some(0));
-    let err = stderr(&out);
+    let err = run_refused(&reordered);
     assert!(
         err.contains("tables changed while the snapshot was read")
             && err.contains("[\"public.a\", \"public.b\"]"),
@@ -1116,16 +1102,8 @@ fn postgres_sink_upserts_by_the_record_key_and_deletes_on_a_tombstone_only_when_
     for table in ["people", "people_kept"] {
         owned_table(&pg, table, "id bigint PRIMARY KEY, name text");
     }
-    let records = |pairs: &[(&str, &str)]| -> toml::Value {
-        toml::Value::Array(
-            pairs
-                .iter()
-                .map(|(k, v)| toml::Value::Array(vec![(*k).into(), (*v).into()]))
-                .collect(),
-        )
-    };
     // Keys as a JSON object and as a bare number; a tombstone for id 1.
-    let changes = records(&[
+    let changes = keyed_records([
         (r#"{"id":1}"#, r#"{"name":"ada"}"#),
         ("2", r#"{"name":"bob"}"#),
         (r#"{"id":3}"#, r#"{"id":3,"name":"cy"}"#),
@@ -1148,19 +1126,9 @@ fn postgres_sink_upserts_by_the_record_key_and_deletes_on_a_tombstone_only_when_
                     .config("key_columns", vec!["id"])
                     .config("delete_on_null", delete_on_null),
             )
-            .connector(
-                sink(
-                    "dlq-reader",
-                    "file-sink",
-                    format!("pg-{table}.dlq").as_str(),
-                )
-                .config("path", "/out")
-                .config("format", "json")
-                .files("dlq", "/out", "read-write"),
-            )
+            .connector(dead_letters(format!("pg-{table}.dlq").as_str()))
             .write(dir.path());
-        let out = run(&["run", "--no-progress", manifest.to_str().unwrap()]);
-        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        run_finished(&manifest);
         assert_eq!(
             pg.psql(
                 "app",
@@ -1197,18 +1165,10 @@ fn postgres_sink_streams_a_large_write_and_still_dead_letters_refused_rows_and_a
     // input goes to the server while the rest are decoded. All in one
     // batch: the source emits them in one poll.
     let note = "x".repeat(2000);
-    let records = |values: Vec<(String, String)>| -> toml::Value {
-        toml::Value::Array(
-            values
-                .into_iter()
-                .map(|(k, v)| toml::Value::Array(vec![k.into(), v.into()]))
-                .collect(),
-        )
-    };
     // All rows good; then two refused, one in the input sent early and
     // one in the last.
     for (table, refused) in [("wide", vec![]), ("wide_refused", vec![17, 190])] {
-        let rows = (0..200)
+        let rows: Vec<(String, String)> = (0..200)
             .map(|i| {
                 let value = match i {
                     17 if refused.contains(&i) => {
@@ -1223,18 +1183,13 @@ fn postgres_sink_streams_a_large_write_and_still_dead_letters_refused_rows_and_a
         let dir = tempfile::tempdir().unwrap();
         let inserting = manifest()
             .connector(
-                source("keyed", wasm("emit-keyed"), "events").config("records", records(rows)),
+                source("keyed", wasm("emit-keyed"), "events")
+                    .config("records", keyed_records(rows)),
             )
             .connector(pg_sink(dir.path(), &pg, table).set("name", table))
-            .connector(
-                sink("dlq-reader", "file-sink", format!("{table}.dlq").as_str())
-                    .config("path", "/out")
-                    .config("format", "json")
-                    .files("dlq", "/out", "read-write"),
-            )
+            .connector(dead_letters(format!("{table}.dlq").as_str()))
             .write(dir.path());
-        let out = run(&["run", "--no-progress", inserting.to_str().unwrap()]);
-        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        run_finished(&inserting);
         assert_eq!(
             pg.psql(
                 "app",
@@ -1272,7 +1227,7 @@ fn postgres_sink_streams_a_large_write_and_still_dead_letters_refused_rows_and_a
     let dir = tempfile::tempdir().unwrap();
     let deleting = manifest()
         .connector(
-            source("keyed", wasm("emit-keyed"), "events").config("records", records(changes)),
+            source("keyed", wasm("emit-keyed"), "events").config("records", keyed_records(changes)),
         )
         .connector(
             pg_sink(dir.path(), &pg, "wide_deleted")
@@ -1281,8 +1236,7 @@ fn postgres_sink_streams_a_large_write_and_still_dead_letters_refused_rows_and_a
                 .config("delete_on_null", true),
         )
         .write(dir.path());
-    let out = run(&["run", "--no-progress", deleting.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    run_finished(&deleting);
     assert_eq!(
         pg.psql(
             "app",
@@ -1372,15 +1326,9 @@ fn postgres_sink_names_each_rows_table_from_a_field_and_dead_letters_a_record_wi
     let manifest = manifest()
         .connector(lines_source(dir.path(), lines, 0))
         .connector(pg_sink(dir.path(), &pg, "by_{kind}"))
-        .connector(
-            sink("dlq-reader", "file-sink", "pg.dlq")
-                .config("path", "/out")
-                .config("format", "json")
-                .files("dlq", "/out", "read-write"),
-        )
+        .connector(dead_letters("pg.dlq"))
         .write(dir.path());
-    let out = run(&["run", "--no-progress", manifest.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    run_finished(&manifest);
     assert_eq!(
         pg.psql(
             "app",
@@ -1419,9 +1367,7 @@ fn postgres_cdc_refuses_to_snapshot_from_a_slot_it_was_told_to_use_that_exists_a
             c.config("slot", "taken_slot").restart("attempts", 0)
         })
         .write(dir.path());
-    let out = run(&["run", "--no-progress", refused.to_str().unwrap()]);
-    assert_ne!(out.status.code(), Some(0));
-    let err = stderr(&out);
+    let err = run_refused(&refused);
     assert!(
         err.contains("the replication slot \"taken_slot\" exists already")
             && err.contains("snapshot = \"never\""),
