@@ -648,14 +648,31 @@ impl PostgresCdc {
         let relation = self.relations.get(&rel).ok_or_else(|| {
             PgError::Protocol(format!("a change to relation {rel} before its description"))
         })?;
-        let key_row = after.as_ref().or(before.as_ref().map(|(row, _)| row));
         let (final_lsn, xid, commit_ms) = (open.final_lsn, open.xid, open.commit_ms);
+        let (mut op, mut after) = (op, after);
+        let key_row = after.as_ref().or(before.as_ref().map(|(row, _)| row));
         if let Some(row) = key_row
             && !self.handed.cuts.is_empty()
-            && !self.newer_than_its_snapshot(&relation.clone(), row, final_lsn)?
         {
-            return Ok(());
+            let relation = relation.clone();
+            if !self.newer_than_its_snapshot(&relation, row, final_lsn)? {
+                // The snapshot at a cut's point has the row as this change
+                // left it. But an update that moved the row there from a
+                // key an earlier snapshot told (its old key is in it only
+                // when the key changed) leaves that row behind: say it is
+                // gone.
+                match &before {
+                    Some((old, _))
+                        if op == b'u'
+                            && self.newer_than_its_snapshot(&relation, old, final_lsn)? =>
+                    {
+                        (op, after) = (b'd', None);
+                    }
+                    _ => return Ok(()),
+                }
+            }
         }
+        let key_row = after.as_ref().or(before.as_ref().map(|(row, _)| row));
         let relation = &self.relations[&rel];
         let key = key_row.and_then(|row| envelope::key(relation, row));
         let mut value = Vec::with_capacity(256);

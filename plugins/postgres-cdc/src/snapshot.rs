@@ -22,11 +22,11 @@
 //! then told exactly once: its state at the snapshot that read it, and
 //! every change after that.
 //!
-//! Not yet covered: a change in that window that moves a row's primary key
-//! across a cut is judged by its new key, so a replay keeps the old row;
-//! and a change whose key columns are not all in it (a replica identity
-//! index other than the primary key, a TOASTed key) cannot be judged, and
-//! is emitted.
+//! An update in that window that moves a row's key past a cut, from a key
+//! an earlier snapshot told, becomes a delete of the old key: the later
+//! snapshot told the row at its new key. Not yet covered: a change whose
+//! key columns are not all in it (a replica identity index other than the
+//! primary key, a TOASTed key) cannot be judged, and is emitted.
 
 use sluice_postgres::pgoutput::{Column, Datum, Relation, Tuple};
 use sluice_postgres::{Client, PgError, quote_ident, quote_literal};
