@@ -48,10 +48,16 @@ impl Mariadb {
             port: crate::free_port(),
             server: None,
         };
+        // A temporary directory of its own: a starting server removes the
+        // `#sql…` files it finds in its tmpdir, which in a shared /tmp are
+        // other servers' temporary tables (concurrent installs failed so).
+        std::fs::create_dir(server.tmp()).expect("make the server's tmpdir");
+        crate::give_to(SYSTEM_USER, "mariadb-server", &server.tmp());
         let mut install = Command::new(INSTALL);
         install
             .arg("--no-defaults")
             .arg(format!("--datadir={}", server.data().display()))
+            .arg(format!("--tmpdir={}", server.tmp().display()))
             .args([
                 "--auth-root-authentication-method=normal",
                 "--skip-test-db",
@@ -79,13 +85,14 @@ impl Mariadb {
         cmd.arg("--no-defaults")
             .arg(format!("--datadir={}", self.data().display()))
             .arg(format!("--socket={}", self.socket().display()))
+            .arg(format!("--tmpdir={}", self.tmp().display()))
             .arg(format!(
                 "--pid-file={}",
                 self.dir.path().join("pid").display()
             ))
             .arg(format!(
                 "--log-error={}",
-                self.dir.path().join("log").display()
+                self.dir.path().join("error.log").display()
             ))
             .arg(format!("--port={}", self.port))
             .args([
@@ -130,7 +137,7 @@ impl Mariadb {
 
     /// The server's error log so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
     }
 
     /// Runs `sql` as root in `database` (none if empty) through the
@@ -186,6 +193,10 @@ impl Mariadb {
 
     fn socket(&self) -> PathBuf {
         self.dir.path().join("sock")
+    }
+
+    fn tmp(&self) -> PathBuf {
+        self.dir.path().join("tmp")
     }
 }
 
