@@ -157,6 +157,7 @@ pub mod net;
 pub mod outage;
 pub mod position;
 mod read_buf;
+pub mod sink_offsets;
 pub mod state;
 
 pub use read_buf::ReadBuf;

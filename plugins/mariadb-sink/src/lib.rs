@@ -33,11 +33,12 @@
 
 mod config;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use sluice_mysql::{Client, ConnectOptions, MyError, quote_ident, quote_literal, quote_table};
 use sluice_sdk::outage::Outage;
 use sluice_sdk::serde_json::{self, Map, Value};
+use sluice_sdk::sink_offsets::{Plan, SinkOffsets};
 use sluice_sdk::{Batch, Context, Error, Origin, Rejects, Sink, StoredOffset};
 
 pub use config::{Config, Mode};
@@ -78,10 +79,6 @@ impl Row {
     }
 }
 
-/// A try whose commit went unanswered: its partition, the offset after
-/// its batch, and the records it refused (by index).
-type InDoubt = ((String, u32), u64, Vec<(usize, String)>);
-
 /// The sink's state.
 #[derive(Debug)]
 pub struct MariadbSink {
@@ -93,9 +90,9 @@ pub struct MariadbSink {
     table_sql: String,
     /// The table's columns.
     columns: HashSet<String>,
-    /// The offsets stored in the database, as last read or written.
-    stored: HashMap<(String, u32), u64>,
-    in_doubt: Option<InDoubt>,
+    /// The offsets stored in the database, and a try whose commit went
+    /// unanswered.
+    offsets: SinkOffsets,
 }
 
 impl MariadbSink {
@@ -170,14 +167,7 @@ impl MariadbSink {
             ))?
             .rows;
         client.query("COMMIT")?;
-        self.stored.clear();
-        for row in rows {
-            if let [Some(topic), Some(partition), Some(next)] = row.as_slice()
-                && let (Ok(partition), Ok(next)) = (partition.parse(), next.parse())
-            {
-                self.stored.insert((topic.clone(), partition), next);
-            }
-        }
+        self.offsets.reload(rows);
         Ok(())
     }
 
@@ -333,17 +323,10 @@ impl MariadbSink {
         batch: &Batch<'_>,
     ) -> Result<Vec<(usize, String)>, Failed> {
         self.connect()?;
-        let key = (origin.topic.clone(), origin.partition);
-        let done = self.stored.get(&key).copied().unwrap_or(0);
-        let skip = usize::try_from(done.saturating_sub(origin.first_offset)).unwrap_or(usize::MAX);
-        let next = origin.first_offset + batch.len() as u64;
-        if done >= next {
-            // Committed already, by a try cut off before it heard so.
-            return Ok(match self.in_doubt.take() {
-                Some((k, n, refused)) if k == key && n == next => refused,
-                _ => Vec::new(),
-            });
-        }
+        let (skip, next) = match self.offsets.plan(origin, batch.len()) {
+            Plan::Done(refused) => return Ok(refused),
+            Plan::Write { skip, next } => (skip, next),
+        };
         let mut refused = Vec::new();
         let mut rows = Vec::new();
         for (i, record) in batch.iter().enumerate().skip(skip) {
@@ -369,14 +352,13 @@ impl MariadbSink {
             let client = self.client.as_mut().expect("connected");
             client.query(&offset)?;
             refused.sort_unstable_by_key(|(i, _)| *i);
-            self.in_doubt = Some((key.clone(), next, refused.clone()));
+            self.offsets.committing(origin, next, &refused);
             client.query("COMMIT")?;
             Ok(())
         });
         match applied {
             Ok(()) => {
-                self.in_doubt = None;
-                self.stored.insert(key, next);
+                self.offsets.committed(origin, next);
                 Ok(refused)
             }
             Err(e) => {
@@ -384,7 +366,7 @@ impl MariadbSink {
                 // transaction a ROLLBACK did not end would carry its rows
                 // into the next: either way, a new connection, and the
                 // offsets read again.
-                let committing = self.in_doubt.is_some();
+                let committing = self.offsets.is_committing();
                 let rolled_back = !committing
                     && !e.is_connection_lost()
                     && self
@@ -548,8 +530,7 @@ impl Sink for MariadbSink {
             client: None,
             outage,
             columns: HashSet::new(),
-            stored: HashMap::new(),
-            in_doubt: None,
+            offsets: SinkOffsets::default(),
         };
         // At open, a server that is not there is said, not waited for.
         let client = Client::connect(&sink.options).map_err(|e| sink.options.refused(&e))?;
@@ -564,14 +545,7 @@ impl Sink for MariadbSink {
     }
 
     fn stored_offsets(&self) -> Vec<StoredOffset> {
-        self.stored
-            .iter()
-            .map(|((topic, partition), next)| StoredOffset {
-                topic: topic.clone(),
-                partition: *partition,
-                next_offset: *next,
-            })
-            .collect()
+        self.offsets.stored()
     }
 
     fn write(

@@ -48,6 +48,7 @@ use std::collections::HashMap;
 use sluice_postgres::{Client, ConnectOptions, CopyStream, PgError, quote_literal, quote_table};
 use sluice_sdk::outage::Outage;
 use sluice_sdk::serde_json::{self, Value};
+use sluice_sdk::sink_offsets::{Plan, SinkOffsets};
 use sluice_sdk::{Batch, Context, Error, Origin, RecordRef, Rejects, Sink, StoredOffset};
 
 pub use config::{Config, InsertWith, Mode};
@@ -78,10 +79,6 @@ struct ColumnSet {
     kinds: Vec<ColumnKind>,
 }
 
-/// A try whose commit went unanswered: its partition, the offset after
-/// its batch, and the records it refused (by index).
-type InDoubt = ((String, u32), u64, Vec<(usize, String)>);
-
 /// The sink's state.
 #[derive(Debug)]
 pub struct PostgresSink {
@@ -99,14 +96,10 @@ pub struct PostgresSink {
     last_set: usize,
     /// The statement of each shape of row, made once.
     statements: HashMap<Shape, String>,
-    /// The offsets stored in the database, as last read or written.
-    stored: HashMap<(String, u32), u64>,
+    /// The offsets stored in the database, and a try whose commit went
+    /// unanswered.
+    offsets: SinkOffsets,
     offsets_sql: String,
-    /// The refusals of the last try whose commit went unanswered (the
-    /// connection lost, or the wait interrupted), by its partition and
-    /// the offset after its batch: if that commit did land, they are still
-    /// owed to the host, for the dead-letter topic.
-    in_doubt: Option<InDoubt>,
 }
 
 impl PostgresSink {
@@ -163,14 +156,7 @@ impl PostgresSink {
             quote_table(&self.config.offsets_table),
             quote_literal(&self.connector)
         ))?;
-        self.stored.clear();
-        for row in rows {
-            if let [Some(topic), Some(partition), Some(next)] = row.as_slice()
-                && let (Ok(partition), Ok(next)) = (partition.parse(), next.parse())
-            {
-                self.stored.insert((topic.clone(), partition), next);
-            }
-        }
+        self.offsets.reload(rows);
         Ok(())
     }
 
@@ -456,17 +442,10 @@ impl PostgresSink {
         batch: &Batch<'_>,
     ) -> Result<Vec<(usize, String)>, Failed> {
         self.connect()?;
-        let key = (origin.topic.clone(), origin.partition);
-        let done = self.stored.get(&key).copied().unwrap_or(0);
-        let skip = usize::try_from(done.saturating_sub(origin.first_offset)).unwrap_or(usize::MAX);
-        let next = origin.first_offset + batch.len() as u64;
-        if done >= next {
-            // Committed already, by a try cut off before it heard so.
-            return Ok(match self.in_doubt.take() {
-                Some((k, n, refused)) if k == key && n == next => refused,
-                _ => Vec::new(),
-            });
-        }
+        let (skip, next) = match self.offsets.plan(origin, batch.len()) {
+            Plan::Done(refused) => return Ok(refused),
+            Plan::Write { skip, next } => (skip, next),
+        };
         let mut refused = Vec::new();
         let mut rows = Rows::default();
         let mut copy =
@@ -501,15 +480,14 @@ impl PostgresSink {
         }
         copy = copy && rows.rows.iter().all(|r| matches!(r.shape, Shape::Write(_)));
         loop {
-            self.in_doubt = Some((key.clone(), next, refused.clone()));
+            self.offsets.committing(origin, next, &refused);
             let applied = match stream.take() {
                 Some(s) => self.commit_stream(s, origin, next),
                 None => self.apply(&rows, origin, next, copy),
             };
             match applied {
                 Ok(()) => {
-                    self.in_doubt = None;
-                    self.stored.insert(key, next);
+                    self.offsets.committed(origin, next);
                     return Ok(refused);
                 }
                 Err(PgError::Db(e)) if e.is_data_error() => {
@@ -717,9 +695,8 @@ impl Sink for PostgresSink {
             column_sets: Vec::new(),
             last_set: 0,
             statements: HashMap::new(),
-            stored: HashMap::new(),
+            offsets: SinkOffsets::default(),
             offsets_sql,
-            in_doubt: None,
         };
         // At open the server must answer: the host needs the offsets now.
         let client = Client::connect(&sink.options).map_err(|e| sink.refused(&e))?;
@@ -734,14 +711,7 @@ impl Sink for PostgresSink {
     }
 
     fn stored_offsets(&self) -> Vec<StoredOffset> {
-        self.stored
-            .iter()
-            .map(|((topic, partition), next)| StoredOffset {
-                topic: topic.clone(),
-                partition: *partition,
-                next_offset: *next,
-            })
-            .collect()
+        self.offsets.stored()
     }
 
     fn write(
