@@ -734,6 +734,14 @@ impl Sink for PostgresSink {
                     self.client = None;
                     return Err(Error::retriable("interrupted while waiting for PostgreSQL"));
                 }
+                Err(Failed::Pg(PgError::Protocol(why))) => {
+                    // Not a server that went away but one we do not
+                    // understand: waiting would retry it for ever. The
+                    // instance restarts (a new connection) within its
+                    // restart policy, and then fails.
+                    self.client = None;
+                    return Err(Error::fatal(format!("PostgreSQL protocol: {why}")));
+                }
                 Err(Failed::Pg(e)) if e.is_connection_lost() => {
                     self.client = None;
                     self.outage.went_away(&e.to_string());
