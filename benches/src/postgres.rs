@@ -157,32 +157,8 @@ fn snapshot(
         )
         .aside("the server's own export of the same rows"),
     );
-    let addr = pg.addr();
     let dir = tempfile::tempdir_in(work)?;
-    std::fs::write(dir.path().join("pg-password"), PASSWORD)?;
-    let source = format!(
-        r#"[broker]
-data_dir = "data"
-
-[[connector]]
-name = "snap"
-kind = "source"
-plugin = "postgres-cdc"
-topic = "bench"
-[connector.batch]
-max_records = 1000
-[connector.config]
-addr = "{addr}"
-user = "{USER}"
-password = "${{secret:pg}}"
-database = "app"
-tables = ["snap_bench"]
-[connector.grants]
-net = ["{addr}"]
-secrets = {{ pg = {{ file = "{}" }} }}
-"#,
-        dir.path().join("pg-password").display()
-    );
+    let source = cdc_source(pg, dir.path(), "snap", r#"tables = ["snap_bench"]"#)?;
     let sink = crate::network::to_blackhole(bin, work, cache, SNAPSHOT_ROWS, &source)?;
     let (rate, mb) = crate::arrival_rates(&sink);
     report.add(
@@ -290,35 +266,13 @@ fn cdc(
         .aside("the server's own logical decoding client"),
     );
 
-    let addr = pg.addr();
     let dir = tempfile::tempdir_in(work)?;
-    std::fs::write(dir.path().join("pg-password"), PASSWORD)?;
-    let source = format!(
-        r#"[broker]
-data_dir = "data"
-
-[[connector]]
-name = "cdc"
-kind = "source"
-plugin = "postgres-cdc"
-topic = "bench"
-[connector.batch]
-max_records = 1000
-[connector.config]
-addr = "{addr}"
-user = "{USER}"
-password = "${{secret:pg}}"
-database = "app"
-tables = ["cdc_bench"]
-slot = "sluice_slot"
-publication = "bench_pub"
-snapshot = "never"
-[connector.grants]
-net = ["{addr}"]
-secrets = {{ pg = {{ file = "{}" }} }}
-"#,
-        dir.path().join("pg-password").display()
-    );
+    let source = cdc_source(
+        pg,
+        dir.path(),
+        "cdc",
+        "tables = [\"cdc_bench\"]\nslot = \"sluice_slot\"\npublication = \"bench_pub\"\nsnapshot = \"never\"",
+    )?;
     let sink = crate::network::to_blackhole(bin, work, cache, CHANGES, &source)?;
     let (rate, mb) = crate::arrival_rates(&sink);
     report.add(
@@ -335,6 +289,38 @@ secrets = {{ pg = {{ file = "{}" }} }}
         .target(Target::at_least((0.8 * native).max(100_000.0))),
     );
     Ok(())
+}
+
+/// The manifest of a `postgres-cdc` source named `name` into topic
+/// `bench`, batches of 1000, with `config` lines added to its config; its
+/// password in a file in `dir`, granted as a secret.
+fn cdc_source(pg: &Postgres, dir: &Path, name: &str, config: &str) -> anyhow::Result<String> {
+    let addr = pg.addr();
+    let password = dir.join("pg-password");
+    std::fs::write(&password, PASSWORD)?;
+    Ok(format!(
+        r#"[broker]
+data_dir = "data"
+
+[[connector]]
+name = "{name}"
+kind = "source"
+plugin = "postgres-cdc"
+topic = "bench"
+[connector.batch]
+max_records = 1000
+[connector.config]
+addr = "{addr}"
+user = "{USER}"
+password = "${{secret:pg}}"
+database = "app"
+{config}
+[connector.grants]
+net = ["{addr}"]
+secrets = {{ pg = {{ file = "{}" }} }}
+"#,
+        password.display()
+    ))
 }
 
 /// `psql \copy` of `rows` rows shaped as datagen's (a `seq`, 80 letters
