@@ -51,6 +51,20 @@ pub struct SourceCheckpoint<'a> {
     pub position: &'a [u8],
 }
 
+/// One part of a routed batch: the records of a source batch that go to one
+/// partition (see [`Broker::append_routed`]).
+#[derive(Debug, Clone, Copy)]
+pub struct RoutedPart<'a> {
+    /// The topic.
+    pub topic: &'a str,
+    /// The partition.
+    pub partition: u32,
+    /// The part's records, in the Sluice batch format.
+    pub batch: &'a [u8],
+    /// How many.
+    pub records: u32,
+}
+
 /// Why the broker refused.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -230,6 +244,18 @@ pub trait Broker: Send + Sync + 'static {
         records: u32,
         checkpoint: Option<SourceCheckpoint<'_>>,
     ) -> impl Future<Output = Result<u64, BrokerError>> + Send;
+
+    /// Appends a source batch split over several partitions (a topic per
+    /// table) as one: after an error, or a crash at any moment, either
+    /// every part is in its partition and `checkpoint` is the producer's
+    /// position, or no part is and the position is the one before. Each
+    /// partition appears at most once in `parts`, and each topic exists.
+    /// Returns each part's first offset.
+    fn append_routed(
+        &self,
+        parts: &[RoutedPart<'_>],
+        checkpoint: SourceCheckpoint<'_>,
+    ) -> impl Future<Output = Result<Vec<u64>, BrokerError>> + Send;
 
     /// Reads whole batches starting at `offset` (the first one trimmed to
     /// start there), up to about `max_bytes`. Empty at the end of the log.

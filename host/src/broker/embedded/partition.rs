@@ -192,6 +192,18 @@ impl Partition {
         Ok(base)
     }
 
+    /// Cuts off the frame just appended at `base` (the last one), after a
+    /// routed append failed in another partition. If the file cannot be cut,
+    /// the partition refuses appends until the log is reopened.
+    pub(super) fn undo_append(&mut self, base: u64) {
+        let seg = self.segments.last_mut().expect("at least one segment");
+        let frame = seg.frames.pop().expect("the frame just appended");
+        debug_assert_eq!(frame.base_offset, base, "only the last frame is undone");
+        self.active_len = frame.file_pos;
+        self.next_offset = base;
+        self.cut_back();
+    }
+
     /// The segment appends go to.
     pub(super) fn active_path(&self) -> &Path {
         &self.segments.last().expect("at least one segment").path

@@ -313,3 +313,206 @@ async fn group_offsets_are_durable() {
     assert_eq!(log.committed_offset("g", "t", 0), Some(42));
     assert_eq!(log.committed_offset("g", "t", 1), None);
 }
+
+/// Routes batch `n` of `producer` as two parts, to `a` and `b`, and returns
+/// the segment lengths of both partitions before it.
+async fn route(log: &EmbeddedLog, n: u32) -> (u64, u64) {
+    let len = |t: &str| {
+        std::fs::metadata(
+            log.dir()
+                .join("topics")
+                .join(t)
+                .join("0")
+                .join(segment_name(0)),
+        )
+        .map_or(0, |m| m.len())
+    };
+    let before = (len("a"), len("b"));
+    let ends = [
+        log.end_offset("a", 0).unwrap(),
+        log.end_offset("b", 0).unwrap(),
+    ];
+    let (pa, pb) = (batch(n * 10, 3), batch(n * 10 + 3, 2));
+    let pos = n.to_le_bytes();
+    let parts = [
+        RoutedPart {
+            topic: "a",
+            partition: 0,
+            batch: &pa,
+            records: 3,
+        },
+        RoutedPart {
+            topic: "b",
+            partition: 0,
+            batch: &pb,
+            records: 2,
+        },
+    ];
+    let cp = SourceCheckpoint {
+        producer: "cdc/0",
+        position: &pos,
+    };
+    let bases = log.append_routed(&parts, cp).await.unwrap();
+    assert_eq!(bases, ends);
+    before
+}
+
+async fn routed_log(dir: &Path) -> EmbeddedLog {
+    let log = EmbeddedLog::open(dir, config()).unwrap();
+    log.ensure_topic("a").unwrap();
+    log.ensure_topic("b").unwrap();
+    log
+}
+
+async fn all_values(log: &EmbeddedLog, topic: &str) -> Vec<String> {
+    values(&log.read(topic, 0, 0, u64::MAX).await.unwrap())
+}
+
+#[tokio::test]
+async fn a_routed_batch_broken_off_by_a_crash_is_finished_when_the_log_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = routed_log(dir.path()).await;
+    route(&log, 0).await;
+    let (_, b_before) = route(&log, 1).await;
+    assert_eq!(log.source_position("cdc/0").unwrap(), 1u32.to_le_bytes());
+    drop(log);
+    // The crash came after the journal and the first part: the second
+    // part never reached its partition.
+    let b = dir.path().join("topics/b/0").join(segment_name(0));
+    OpenOptions::new()
+        .write(true)
+        .open(&b)
+        .unwrap()
+        .set_len(b_before)
+        .unwrap();
+    let log = routed_log(dir.path()).await;
+    assert_eq!(log.source_position("cdc/0").unwrap(), 1u32.to_le_bytes());
+    assert_eq!(
+        all_values(&log, "a").await,
+        [
+            "value-00000",
+            "value-00001",
+            "value-00002",
+            "value-00010",
+            "value-00011",
+            "value-00012"
+        ]
+    );
+    assert_eq!(
+        all_values(&log, "b").await,
+        ["value-00003", "value-00004", "value-00013", "value-00014"]
+    );
+    // Opening again changes nothing: every part is in.
+    drop(log);
+    let log = routed_log(dir.path()).await;
+    assert_eq!(all_values(&log, "a").await.len(), 6);
+    assert_eq!(all_values(&log, "b").await.len(), 4);
+    // And the next batch follows on.
+    route(&log, 2).await;
+    assert_eq!(log.source_position("cdc/0").unwrap(), 2u32.to_le_bytes());
+}
+
+#[tokio::test]
+async fn a_journal_write_torn_by_a_crash_leaves_the_position_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = routed_log(dir.path()).await;
+    route(&log, 0).await;
+    let (a_before, b_before) = route(&log, 1).await;
+    drop(log);
+    // The crash tore the journal record of batch 1 (slot 0: its seq is 2),
+    // so none of its parts was begun.
+    for (t, len) in [("a", a_before), ("b", b_before)] {
+        let seg = dir
+            .path()
+            .join("topics")
+            .join(t)
+            .join("0")
+            .join(segment_name(0));
+        OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_len(len)
+            .unwrap();
+    }
+    let slot = dir.path().join("journal/cdc/0.0");
+    let mut torn = std::fs::read(&slot).unwrap();
+    torn.truncate(torn.len() / 2);
+    std::fs::write(&slot, torn).unwrap();
+    let log = routed_log(dir.path()).await;
+    assert_eq!(log.source_position("cdc/0").unwrap(), 0u32.to_le_bytes());
+    assert_eq!(all_values(&log, "a").await.len(), 3);
+    assert_eq!(all_values(&log, "b").await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_routed_producer_keeps_its_position_in_the_journal_when_it_stops_routing() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = routed_log(dir.path()).await;
+    // Before routing, its position travelled in its frames.
+    let one = batch(100, 1);
+    let old = 7u32.to_le_bytes();
+    let cp = SourceCheckpoint {
+        producer: "cdc/0",
+        position: &old,
+    };
+    log.append("a", 0, &one, 1, Some(cp)).await.unwrap();
+    route(&log, 1).await;
+    // Routed no more: a plain append still goes through the journal.
+    let new = 9u32.to_le_bytes();
+    let cp = SourceCheckpoint {
+        producer: "cdc/0",
+        position: &new,
+    };
+    log.append("b", 0, &one, 1, Some(cp)).await.unwrap();
+    drop(log);
+    let log = routed_log(dir.path()).await;
+    assert_eq!(log.source_position("cdc/0").unwrap(), new);
+    assert_eq!(all_values(&log, "a").await.len(), 4);
+    assert_eq!(all_values(&log, "b").await.len(), 3);
+}
+
+#[tokio::test]
+async fn a_routed_batch_that_fails_part_way_is_not_stored_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = routed_log(dir.path()).await;
+    route(&log, 0).await;
+    // The second part's partition refuses appends (as after a failed cut).
+    let b = log.topic("b").unwrap();
+    b.partitions[0].lock().unwrap().failed = Some("test".into());
+    let (pa, pb) = (batch(10, 3), batch(13, 2));
+    let pos = 1u32.to_le_bytes();
+    let parts = [
+        RoutedPart {
+            topic: "a",
+            partition: 0,
+            batch: &pa,
+            records: 3,
+        },
+        RoutedPart {
+            topic: "b",
+            partition: 0,
+            batch: &pb,
+            records: 2,
+        },
+    ];
+    let cp = SourceCheckpoint {
+        producer: "cdc/0",
+        position: &pos,
+    };
+    assert!(log.append_routed(&parts, cp).await.is_err());
+    // The first part was cut off again, and the position is the one before.
+    assert_eq!(all_values(&log, "a").await.len(), 3);
+    assert_eq!(log.end_offset("a", 0).unwrap(), 3);
+    assert_eq!(log.source_position("cdc/0").unwrap(), 0u32.to_le_bytes());
+    b.partitions[0].lock().unwrap().failed = None;
+    drop(b);
+    drop(log);
+    // Nor does opening the log roll the taken-back record forward.
+    let log = routed_log(dir.path()).await;
+    assert_eq!(all_values(&log, "a").await.len(), 3);
+    assert_eq!(all_values(&log, "b").await.len(), 2);
+    assert_eq!(log.source_position("cdc/0").unwrap(), 0u32.to_le_bytes());
+    route(&log, 1).await;
+    assert_eq!(all_values(&log, "a").await.len(), 6);
+}
