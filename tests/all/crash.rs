@@ -90,6 +90,47 @@ fn a_datagen_to_file_sink_pipeline_killed_twenty_times_delivers_every_seq_once()
 }
 
 #[test]
+fn a_source_routing_each_record_to_a_topic_of_its_own_killed_ten_times_delivers_every_seq_once() {
+    const SHARDS: u64 = 3;
+    let dir = tempfile::tempdir().unwrap();
+    // Every batch holds records of all three topics, so each is stored as
+    // three parts: kills land between them too.
+    let mut m = manifest().connector(
+        gen_source(RECORDS, 200_000, 64)
+            .set("topic", "events.{shard}")
+            .config("shards", SHARDS as i64),
+    );
+    for shard in 0..SHARDS {
+        m = m.connector(
+            sink(
+                &format!("files-{shard}"),
+                "file-sink",
+                &format!("events.{shard}"),
+            )
+            .set("flush_interval_ms", 200)
+            .config("path", "/out")
+            .config("max_file_bytes", 200_000)
+            .files(&format!("out/{shard}"), "/out", "read-write"),
+        );
+    }
+    let manifest = m.write(dir.path());
+    // The last run ends by itself: each sink knows its topic is done once
+    // the routing source has ended.
+    storm(dir.path(), &manifest, 10, 100..700);
+    for shard in 0..SHARDS {
+        let got = seqs(&dir.path().join("out").join(shard.to_string()));
+        let want: Vec<u64> = (shard..RECORDS).step_by(SHARDS as usize).collect();
+        assert_eq!(got.len(), want.len(), "topic events.{shard}");
+        if let Some(i) = (0..want.len()).find(|&i| got[i] != want[i]) {
+            panic!(
+                "events.{shard}: record {i} is seq {}, not {}",
+                got[i], want[i]
+            );
+        }
+    }
+}
+
+#[test]
 fn a_file_source_to_file_sink_pipeline_killed_twenty_times_delivers_every_line_once() {
     let dir = tempfile::tempdir().unwrap();
     // Two files of numbered lines, so a kill can land in either, or

@@ -239,3 +239,32 @@ fn a_dead_letter_topic_belongs_to_a_sink_and_not_to_what_it_reads() {
         "{err}"
     );
 }
+
+#[test]
+fn a_broken_topic_template_or_a_topic_of_dots_is_refused_with_the_fix() {
+    let (code, err) = validate(&GOOD.replace("topic = \"events\"", "topic = \"{schema.{table}\""));
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("sluice.toml:8:9: field `connector[0].topic`"),
+        "{err}"
+    );
+    assert!(err.contains("names no header"), "{err}");
+    assert!(err.contains("help: name a header in braces"), "{err}");
+
+    // A topic is a folder: `..` would be the data folder's parent.
+    let (code, err) = validate(&GOOD.replace("topic = \"events\"", "topic = \"..\""));
+    assert_eq!(code, Some(2));
+    assert!(err.contains("topic name \"..\" is only dots"), "{err}");
+
+    // A sink's topics are names, never templates.
+    let sink = format!(
+        "{GOOD}\n[[connector]]\nname = \"out\"\nkind = \"sink\"\nplugin = \"blackhole\"\ntopic = \"{{table}}\"\n"
+    );
+    let (code, err) = validate(&sink);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("topic name \"{table}\" holds '{'"), "{err}");
+
+    let (code, out) =
+        validate(&GOOD.replace("topic = \"events\"", "topic = \"cdc.{schema}.{table}\""));
+    assert_eq!(code, Some(0), "{out}");
+}

@@ -458,15 +458,25 @@ fn cdc_to_files(dir: &Path, pg: &Postgres, tables: &[&str]) -> ManifestBuilder {
 /// and `v` after it (none for a delete).
 type Seen = (String, char, i64, Option<i64>);
 
-/// The changes the `file-sink` wrote, in log order, from their envelopes.
+/// The changes the `file-sink` wrote to `out/`, in log order, from their
+/// envelopes.
 fn captured(dir: &Path) -> Vec<(Seen, serde_json::Value)> {
+    captured_in(&dir.join("out"))
+}
+
+/// The changes a `file-sink` wrote to `out`, in log order.
+fn captured_in(out_dir: &Path) -> Vec<(Seen, serde_json::Value)> {
     let mut out = Vec::new();
-    for f in output_files(&dir.join("out")) {
+    for f in output_files(out_dir) {
         for line in std::fs::read_to_string(f).unwrap().lines() {
             let r: serde_json::Value = serde_json::from_str(line).unwrap();
             let env: serde_json::Value =
                 serde_json::from_str(r["value"].as_str().unwrap()).unwrap();
-            let table = r["headers"]["table"].as_str().unwrap().to_owned();
+            let table = format!(
+                "{}.{}",
+                r["headers"]["schema"].as_str().unwrap(),
+                r["headers"]["table"].as_str().unwrap()
+            );
             let op = env["op"].as_str().unwrap().chars().next().unwrap();
             let row = if op == 'd' {
                 &env["before"]
@@ -605,10 +615,31 @@ fn postgres_cdc_killed_at_random_moments_captures_every_committed_change_once_in
     );
     let dir = tempfile::tempdir().unwrap();
     // Batches of 100 records: most transactions span several, so kills
-    // land inside one (the position then says how much of it is in).
-    let manifest = cdc_to_files(dir.path(), &pg, &["a", "b", "public.c"])
-        .with("cdc", |c| c.batch("max_records", 100))
-        .write(dir.path());
+    // land inside one (the position then says how much of it is in), and
+    // most batches hold changes of several tables, each routed to the
+    // table's own topic: a kill also lands between the parts of a batch.
+    std::fs::write(dir.path().join("pg-password"), PASSWORD).unwrap();
+    let mut manifest = manifest().connector(
+        source("cdc", "postgres-cdc", "{schema}.{table}")
+            .config("addr", pg.addr().as_str())
+            .config("user", USER)
+            .config("password", "${secret:pg}")
+            .config("database", "app")
+            .config("tables", vec!["a", "b", "public.c"])
+            .grant("net", vec![pg.addr().as_str()])
+            .secret("pg", "file", "pg-password")
+            .batch("max_records", 100),
+    );
+    for t in ["a", "b", "c"] {
+        manifest = manifest.connector(
+            sink(&format!("files-{t}"), "file-sink", &format!("public.{t}"))
+                .set("flush_interval_ms", 100)
+                .config("path", "/out")
+                .config("format", "json")
+                .files(&format!("out/{t}"), "/out", "read-write"),
+        );
+    }
+    let manifest = manifest.write(dir.path());
     let mut host = Host::run(dir.path(), &manifest);
     host.wait_for_log("made replication slot", Duration::from_secs(30));
 
@@ -646,16 +677,30 @@ fn postgres_cdc_killed_at_random_moments_captures_every_committed_change_once_in
     let truth = committed(&pg);
     assert!(truth.len() >= 200_000, "{} changes committed", truth.len());
 
+    let out_dir = |t: &str| dir.path().join("out").join(t);
     wait_until(
         "the log holds every change",
         Duration::from_secs(180),
-        || output_lines(&dir.path().join("out")).len() >= truth.len(),
+        || {
+            ["a", "b", "c"]
+                .iter()
+                .map(|t| output_lines(&out_dir(t)).len())
+                .sum::<usize>()
+                >= truth.len()
+        },
     );
     host.interrupt();
     let out = host.wait_for_exit(Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(130), "{}", host.log());
 
-    let got = captured(dir.path());
+    let mut got = Vec::new();
+    for t in ["a", "b", "c"] {
+        let table = format!("public.{t}");
+        let topic = captured_in(&out_dir(t));
+        let stray = topic.iter().find(|(s, _)| s.0 != table);
+        assert!(stray.is_none(), "topic {table} holds {stray:?}");
+        got.extend(topic);
+    }
     for table in ["public.a", "public.b", "public.c"] {
         let want: Vec<&Seen> = truth.iter().filter(|s| s.0 == table).collect();
         let have: Vec<&Seen> = got

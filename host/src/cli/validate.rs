@@ -30,7 +30,7 @@ pub async fn exec(args: Args, plugins: &PluginHost) -> anyhow::Result<ExitCode> 
             c.config.kind.to_string(),
             c.spec.name,
             c.spec.version,
-            c.config.topic_names().join(", ")
+            c.config.topics_as_named().join(", ")
         );
     }
     println!();

@@ -16,6 +16,7 @@ use super::error::from_toml;
 use super::net::NetRule;
 use super::resolved::{ClientIdentity, Limits, RestartPolicy, TlsPolicy, TopicPolicy};
 use super::secret_ref::secret_references;
+use super::topic_template::{TopicTemplate, check_topic_name};
 use super::units::{parse_bytes, parse_duration};
 use super::{ConnectorConfig, ConnectorKind, Manifest, ManifestError, TopicSettings};
 
@@ -81,15 +82,17 @@ impl Manifest {
             policies.insert(name.clone(), policy);
         }
         (self.topic_defaults, self.topic_policies) = (defaults, policies);
-        let limits = self.check_connectors()?;
-        for (c, limits) in self.connectors.iter_mut().zip(limits) {
-            c.get_mut().limits = limits;
+        let checked = self.check_connectors()?;
+        for (c, (limits, route)) in self.connectors.iter_mut().zip(checked) {
+            let c = c.get_mut();
+            (c.limits, c.route) = (limits, route);
         }
         Ok(())
     }
 
-    /// Checks every connector, and returns the limits parsed from each.
-    fn check_connectors(&self) -> Result<Vec<Limits>, ManifestError> {
+    /// Checks every connector, and returns the limits and the topic
+    /// template parsed from each.
+    fn check_connectors(&self) -> Result<Vec<(Limits, Option<TopicTemplate>)>, ManifestError> {
         let mut all = Vec::with_capacity(self.connectors.len());
         if self.connectors.is_empty() {
             return Err(
@@ -101,6 +104,7 @@ impl Manifest {
         for (i, c) in self.connectors.iter().enumerate() {
             let c = c.get_ref();
             let name = c.name.get_ref();
+            let mut route = None;
             let valid = !name.is_empty()
                 && name
                     .chars()
@@ -138,6 +142,15 @@ impl Manifest {
                             .field(format!("connector[{i}].topic"))
                             .help("a source writes to one topic: `topic = \"events\"`"));
                     }
+                    let topic = c.topic.as_ref().expect("checked above");
+                    route = TopicTemplate::parse(topic.get_ref()).map_err(|why| {
+                        self.error(topic.span(), why)
+                            .field(format!("connector[{i}].topic"))
+                            .help(
+                                "name a header in braces among letters, digits, `.`, `_` and \
+                                 `-`: `topic = \"{schema}.{table}\"`",
+                            )
+                    })?;
                 }
                 ConnectorKind::Sink => {
                     if c.topic_names().is_empty() {
@@ -164,15 +177,16 @@ impl Manifest {
                         )));
                 }
             }
-            for t in c
-                .topic_names()
+            let plain_topics = if route.is_some() {
+                Vec::new()
+            } else {
+                c.topic_names()
+            };
+            for t in plain_topics
                 .into_iter()
                 .chain(c.dead_letter_topic.as_ref().map(|t| t.get_ref().clone()))
             {
-                let ok = !t.is_empty()
-                    && t.chars()
-                        .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-'));
-                if !ok {
+                if let Err(why) = check_topic_name(&t) {
                     let span = c
                         .topic
                         .as_ref()
@@ -180,9 +194,9 @@ impl Manifest {
                         .or(c.topics.as_ref().map(Spanned::span))
                         .unwrap_or(c.name.span());
                     return Err(self
-                        .error(span, format!("topic name {t:?} is not allowed"))
+                        .error(span, why)
                         .field(format!("connector[{i}].topic"))
-                        .help("use letters, digits, `.`, `_` and `-`"));
+                        .help("use letters, digits, `.`, `_` and `-` (not only dots)"));
                 }
             }
             if c.batch.max_records == 0 || c.batch.max_bytes == 0 {
@@ -241,16 +255,19 @@ impl Manifest {
                 max: wait("max", &c.restart.max, d.max)?.max(initial),
                 attempts: c.restart.attempts.unwrap_or(d.attempts),
             };
-            all.push(Limits {
-                memory,
-                cpu,
-                state,
-                state_keys: c.grants.state_keys,
-                net,
-                tls,
-                http_headers,
-                restart,
-            });
+            all.push((
+                Limits {
+                    memory,
+                    cpu,
+                    state,
+                    state_keys: c.grants.state_keys,
+                    net,
+                    tls,
+                    http_headers,
+                    restart,
+                },
+                route,
+            ));
         }
         Ok(all)
     }

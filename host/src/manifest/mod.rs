@@ -31,6 +31,7 @@ mod net;
 mod resolved;
 mod schema;
 mod secret_ref;
+mod topic_template;
 mod units;
 
 pub use self::error::{Located, ManifestError};
@@ -46,6 +47,7 @@ pub use self::schema::{
     TopicSettings,
 };
 pub use self::secret_ref::{SECRET_REF_PREFIX, secret_references};
+pub use self::topic_template::{RouteError, TopicTemplate, check_topic_name};
 pub use self::units::{format_bytes, format_size};
 #[cfg(test)]
 use self::units::{parse_bytes, parse_duration};

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::resolved::{Limits, TopicPolicy};
+use super::topic_template::TopicTemplate;
 
 /// A parsed, checked manifest.
 #[derive(Debug, Clone, Deserialize)]
@@ -279,10 +280,12 @@ pub struct ConnectorConfig {
     /// ```
     pub plugin: Spanned<String>,
 
-    /// The topic a source writes to.
+    /// The topic a source writes to; with `{header}` placeholders, each
+    /// record goes to the topic its headers name (a topic per table).
     ///
     /// ```toml
     /// topic = "events"
+    /// topic = "{schema}.{table}"
     /// ```
     #[serde(default)]
     pub topic: Option<Spanned<String>>,
@@ -365,6 +368,11 @@ pub struct ConnectorConfig {
     /// parsed by the check. Never read from TOML.
     #[serde(skip)]
     pub limits: Limits,
+
+    /// A source's `topic` when it has placeholders, parsed by the check.
+    /// Never read from TOML.
+    #[serde(skip)]
+    pub route: Option<TopicTemplate>,
 }
 
 impl ConnectorConfig {
@@ -376,8 +384,21 @@ impl ConnectorConfig {
         )
     }
 
-    /// The topics this connector reads (sink) or writes (source).
+    /// The topics as the manifest names them, for showing: a routed
+    /// source's template, or [`ConnectorConfig::topic_names`].
+    pub fn topics_as_named(&self) -> Vec<String> {
+        match &self.route {
+            Some(t) => vec![t.to_string()],
+            None => self.topic_names(),
+        }
+    }
+
+    /// The topics this connector reads (sink) or writes (source); a routed
+    /// source's template (see [`ConnectorConfig::route`]) is not a topic.
     pub fn topic_names(&self) -> Vec<String> {
+        if self.route.is_some() {
+            return Vec::new();
+        }
         let mut names: Vec<String> = self.topic.iter().map(|t| t.get_ref().clone()).collect();
         if let Some(list) = &self.topics {
             names.extend(list.get_ref().iter().cloned());

@@ -23,7 +23,7 @@ use crate::plugin::Interrupt;
 pub use crate::lifecycle::StopSignal;
 
 pub use self::sink::{Assignment, DeadLetter, SinkPump, SinkPumpConfig, dlq_headers};
-pub use self::source::{SourceEnd, SourcePump, SourcePumpConfig};
+pub use self::source::{Destination, SourceEnd, SourcePump, SourcePumpConfig};
 pub use self::swap::{Replacement, SwapRequest};
 
 /// Counters of one instance.

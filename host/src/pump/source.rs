@@ -1,5 +1,11 @@
 //! The source loop: poll → append (with the position) → commit.
+//!
+//! A source writes one partition, or, with a topic template
+//! (`topic = "{schema}.{table}"`), routes each record to the topic its
+//! headers name: the batch is split by topic and appended as one
+//! ([`Broker::append_routed`]), so a crash never stores part of it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -7,8 +13,8 @@ use sluice_batch::Batch;
 
 use super::swap::Swap;
 use super::{InstanceControl, PumpStats, Retry, StopSignal, Turns, interruptible, when_space};
-use crate::broker::{Broker, SourceCheckpoint};
-use crate::manifest::RestartPolicy;
+use crate::broker::{Backlog, Broker, RoutedPart, SourceCheckpoint};
+use crate::manifest::{RestartPolicy, TopicTemplate};
 use crate::plugin::{Polled, SourceInstance};
 
 /// Batching settings of a source pump.
@@ -33,17 +39,38 @@ pub enum SourceEnd {
     Stopped,
 }
 
-/// Moves one source instance's batches into a topic partition.
+/// Where a source's records go.
+#[derive(Debug, Clone)]
+pub enum Destination {
+    /// Every record to one partition.
+    Partition {
+        /// The topic.
+        topic: String,
+        /// The partition this instance writes.
+        partition: u32,
+    },
+    /// Each record to the topic its headers name, in partition
+    /// `instance % partitions` of it (topics are created as records come).
+    Routed {
+        /// The source's `topic`.
+        template: TopicTemplate,
+        /// This instance's index.
+        instance: u32,
+    },
+}
+
+/// Moves one source instance's batches into a topic partition, or routes
+/// them over topics.
 #[derive(Debug)]
 pub struct SourcePump<B> {
     /// The instance.
     pub instance: SourceInstance,
     /// Where batches go.
     pub broker: Arc<B>,
-    /// The topic.
-    pub topic: String,
-    /// The partition this instance writes.
-    pub partition: u32,
+    /// Where its records go.
+    pub destination: Destination,
+    /// The partitions a routed source has written in this life, by topic.
+    pub routes: HashMap<String, u32>,
     /// `<connector>/<instance>`, the key of its stored position.
     pub producer: String,
     /// Batching.
@@ -107,11 +134,39 @@ impl<B: Broker> SourcePump<B> {
                     producer: &self.producer,
                     position,
                 });
-                let (broker, topic, partition) = (&self.broker, &self.topic, self.partition);
-                let appended = when_space(&self.stop, || {
-                    broker.append(topic, partition, &batch, filled.records, checkpoint)
-                })
-                .await?;
+                let appended = match &self.destination {
+                    Destination::Partition { topic, partition } => {
+                        let broker = &self.broker;
+                        when_space(&self.stop, || {
+                            broker.append(topic, *partition, &batch, filled.records, checkpoint)
+                        })
+                        .await?
+                        .map(drop)
+                    }
+                    Destination::Routed { template, instance } => {
+                        let parts =
+                            route(&*self.broker, &mut self.routes, template, *instance, &batch)?;
+                        let parts: Vec<RoutedPart<'_>> = parts
+                            .iter()
+                            .map(|p| RoutedPart {
+                                topic: &p.topic,
+                                partition: p.partition,
+                                batch: &p.batch,
+                                records: p.records,
+                            })
+                            .collect();
+                        // A routed source without a position still stores
+                        // each batch as one, under an empty position.
+                        let checkpoint = checkpoint.unwrap_or(SourceCheckpoint {
+                            producer: &self.producer,
+                            position: &[],
+                        });
+                        let broker = &self.broker;
+                        when_space(&self.stop, || broker.append_routed(&parts, checkpoint))
+                            .await?
+                            .map(drop)
+                    }
+                };
                 if appended.is_none() {
                     // Stopped while the disk was full: the batch was never
                     // stored, and its position is not committed, so the
@@ -169,8 +224,7 @@ impl<B: Broker> SourcePump<B> {
     ) -> anyhow::Result<bool> {
         let mut held: Option<Instant> = None;
         loop {
-            let backlog = self.broker.backlog(&self.topic, self.partition)?;
-            let Some(b) = backlog.filter(|b| b.is_full()) else {
+            let Some((topic, partition, b)) = self.fullest_backlog()? else {
                 break;
             };
             if held.is_none() {
@@ -178,8 +232,8 @@ impl<B: Broker> SourcePump<B> {
                 if !warned.is_some_and(|t| t.elapsed() < HOLD_WARNING_EVERY) {
                     *warned = Some(Instant::now());
                     tracing::warn!(
-                        topic = %self.topic,
-                        partition = self.partition,
+                        topic = %topic,
+                        partition,
                         group = %b.group,
                         lag_records = b.records,
                         lag_bytes = b.bytes,
@@ -204,13 +258,35 @@ impl<B: Broker> SourcePump<B> {
             && since.elapsed() >= HOLD_CHECK * 20
         {
             tracing::info!(
-                topic = %self.topic,
-                partition = self.partition,
+                producer = %self.producer,
                 "source goes on after waiting {:.1}s for its sinks",
                 since.elapsed().as_secs_f64()
             );
         }
         Ok(true)
+    }
+
+    /// A partition this source writes whose slowest consumer group is at
+    /// or past the topic's `max_backlog`, if any.
+    fn fullest_backlog(&self) -> anyhow::Result<Option<(String, u32, Backlog)>> {
+        let full = |topic: &str, partition: u32| -> anyhow::Result<_> {
+            Ok(self
+                .broker
+                .backlog(topic, partition)?
+                .filter(Backlog::is_full)
+                .map(|b| (topic.to_owned(), partition, b)))
+        };
+        match &self.destination {
+            Destination::Partition { topic, partition } => full(topic, *partition),
+            Destination::Routed { .. } => {
+                for (topic, partition) in &self.routes {
+                    if let Some(f) = full(topic, *partition)? {
+                        return Ok(Some(f));
+                    }
+                }
+                Ok(None)
+            }
+        }
     }
 
     /// Polls until the batch is full, the linger time is up, or the source
@@ -272,4 +348,77 @@ impl<B: Broker> SourcePump<B> {
             }
         }
     }
+}
+
+/// The records of a routed batch that go to one partition.
+#[derive(Debug)]
+struct Part {
+    topic: String,
+    partition: u32,
+    batch: Vec<u8>,
+    records: u32,
+}
+
+/// Splits `batch` by the topic `template` names for each record, keeping
+/// the records' order within each topic; creates topics met for the first
+/// time. Returns the parts in order of first appearance. A record the template cannot name a topic for fails the
+/// batch: nothing of it is stored, and the source is restarted from the
+/// position before it.
+fn route(
+    broker: &impl Broker,
+    routes: &mut HashMap<String, u32>,
+    template: &TopicTemplate,
+    instance: u32,
+    batch: &[u8],
+) -> anyhow::Result<Vec<Part>> {
+    let parsed = Batch::parse(batch)?;
+    // Each record's part, and the parts' topics in order of appearance.
+    let mut which: Vec<usize> = Vec::with_capacity(parsed.len());
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut parts: Vec<Part> = Vec::new();
+    for (i, r) in parsed.iter().enumerate() {
+        let topic = template.render(r.headers()).map_err(|e| {
+            anyhow::anyhow!("the source gave record {i} of a batch that routes to no topic: {e}")
+        })?;
+        let part = match index.get(&topic) {
+            Some(&part) => part,
+            None => {
+                let partition = match routes.get(&topic) {
+                    Some(p) => *p,
+                    None => {
+                        let partitions = broker.ensure_topic(&topic).map_err(|e| {
+                            anyhow::anyhow!("creating topic {topic:?} for routed records: {e}")
+                        })?;
+                        routes.insert(topic.clone(), instance % partitions);
+                        instance % partitions
+                    }
+                };
+                index.insert(topic.clone(), parts.len());
+                parts.push(Part {
+                    topic,
+                    partition,
+                    batch: Vec::new(),
+                    records: 0,
+                });
+                parts.len() - 1
+            }
+        };
+        which.push(part);
+        parts[part].records += 1;
+    }
+    if let [only] = parts.as_mut_slice() {
+        only.batch = batch.to_vec();
+        return Ok(parts);
+    }
+    let mut writers: Vec<sluice_batch::BatchWriter> = parts
+        .iter()
+        .map(|_| sluice_batch::BatchWriter::with_capacity(batch.len() / parts.len()))
+        .collect();
+    for (r, part) in parsed.iter().zip(which) {
+        writers[part].push(r);
+    }
+    for (p, w) in parts.iter_mut().zip(writers) {
+        p.batch = w.finish();
+    }
+    Ok(parts)
 }

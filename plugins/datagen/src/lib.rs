@@ -10,6 +10,9 @@
 //! With `stamp = true` each record also carries a `sent-us` header, the wall
 //! clock when it was made (µs since the Unix epoch, `u64` little-endian),
 //! from which the `blackhole` sink measures end-to-end latency.
+//!
+//! With `shards = N` each record also carries a `shard` header, `seq % N` in
+//! decimal: route them with `topic = "events.{shard}"`.
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -36,10 +39,17 @@ pub struct Config {
     /// measuring end-to-end latency.
     #[serde(default)]
     pub stamp: bool,
+    /// Adds a `shard` header, `seq % shards` in decimal (0: none), to
+    /// route records over topics.
+    #[serde(default)]
+    pub shards: u32,
 }
 
 /// The header `stamp` adds.
 pub const SENT_HEADER: &str = "sent-us";
+
+/// The header `shards` adds.
+pub const SHARD_HEADER: &str = "shard";
 
 /// How far the padding window's start moves between records.
 const PAD_SPREAD: usize = 256;
@@ -61,6 +71,7 @@ pub struct Datagen {
     /// Letters to cut each record's padding from.
     pad: Vec<u8>,
     stamp: bool,
+    shards: u64,
     /// Start of rate accounting and how many records were due by then.
     started: Instant,
     emitted_since_start: u64,
@@ -91,6 +102,7 @@ impl Source for Datagen {
             seq_text: Decimal::new(next),
             pad,
             stamp: config.stamp,
+            shards: u64::from(config.shards),
             started: Instant::now(),
             emitted_since_start: 0,
         })
@@ -116,11 +128,17 @@ impl Source for Datagen {
             let size = self.payload_bytes;
             let start = (xorshift(&mut self.rng) as usize) % PAD_SPREAD;
             let pad = &self.pad[start..];
-            match &sent {
-                None => out.push_value_with(|v| write_value(v, seq, size, pad)),
-                Some(sent) => out.push_parts(None, None, &[(SENT_HEADER, sent)], |v| {
-                    write_value(v, seq, size, pad)
-                }),
+            let shard = (self.shards > 0).then(|| (self.next % self.shards).to_string());
+            match (&sent, &shard) {
+                (None, None) => out.push_value_with(|v| write_value(v, seq, size, pad)),
+                (sent, shard) => {
+                    let headers: Vec<(&str, &[u8])> = sent
+                        .iter()
+                        .map(|s| (SENT_HEADER, &s[..]))
+                        .chain(shard.iter().map(|s| (SHARD_HEADER, s.as_bytes())))
+                        .collect();
+                    out.push_parts(None, None, &headers, |v| write_value(v, seq, size, pad))
+                }
             }
             self.next += 1;
             self.seq_text.increment();
@@ -213,6 +231,7 @@ mod tests {
             payload_bytes,
             seed: 7,
             stamp: false,
+            shards: 0,
         };
         let ctx = Context {
             connector: "gen".into(),
@@ -286,6 +305,7 @@ mod tests {
             payload_bytes: 50,
             seed: 1,
             stamp: true,
+            shards: 0,
         };
         let before = SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -14,7 +14,8 @@
 //!   ([`snapshot`]).
 //! - **Records**: one a change (insert `c`, update `u`, delete `d`), its key
 //!   the row's key columns, its value the envelope of [`envelope`], a
-//!   `table` header (`schema.table`), its timestamp the commit time. Rolled
+//!   `schema` and `table` headers (route them to a topic per table with
+//!   `topic = "{schema}.{table}"`), its timestamp the commit time. Rolled
 //!   back transactions never reach a slot.
 //! - **Position**: the end LSN of the last whole transaction in the log,
 //!   and, when a poll stopped inside a large transaction, how many of that
@@ -30,8 +31,7 @@
 //!   streaming starts again after the last transaction handed to the host.
 //!   A dropped slot or publication is a fatal error that names it.
 //!
-//! It does not (yet): route changes to a topic per table, or emit
-//! truncates.
+//! It does not (yet) emit truncates.
 
 mod config;
 mod envelope;
@@ -52,8 +52,11 @@ use snapshot::{Cut, Mark, Table, TableError};
 
 pub use config::Config;
 
-/// The header naming a record's table.
+/// The header naming a record's table (without its schema).
 pub const TABLE_HEADER: &str = "table";
+
+/// The header naming the schema of a record's table.
+pub const SCHEMA_HEADER: &str = "schema";
 
 /// How often the server hears from the source at least (it disconnects a
 /// client silent for `wal_sender_timeout`, 60 s by default).
@@ -64,7 +67,10 @@ const STATUS_EVERY: Duration = Duration::from_secs(10);
 struct Record {
     key: Option<Vec<u8>>,
     value: Vec<u8>,
+    /// `schema.table`.
     table: String,
+    /// The length of its schema part.
+    schema_len: usize,
     commit_ms: i64,
 }
 
@@ -514,7 +520,10 @@ impl PostgresCdc {
                 out.push_parts(
                     envelope::key(&table.relation, &tuple).as_deref(),
                     Some(reading.began_ms),
-                    &[(TABLE_HEADER, table.qualified.as_bytes())],
+                    &[
+                        (SCHEMA_HEADER, table.relation.schema.as_bytes()),
+                        (TABLE_HEADER, table.relation.name.as_bytes()),
+                    ],
                     |v| v.extend_from_slice(&value),
                 );
                 mark.after = Some(key);
@@ -695,6 +704,7 @@ impl PostgresCdc {
             key,
             value,
             table: format!("{}.{}", relation.schema, relation.name),
+            schema_len: relation.schema.len(),
             commit_ms,
         };
         self.open.as_mut().expect("open").records.push(record);
@@ -776,7 +786,10 @@ impl PostgresCdc {
                 out.push_parts(
                     r.key.as_deref(),
                     Some(r.commit_ms),
-                    &[(TABLE_HEADER, r.table.as_bytes())],
+                    &[
+                        (SCHEMA_HEADER, &r.table.as_bytes()[..r.schema_len]),
+                        (TABLE_HEADER, &r.table.as_bytes()[r.schema_len + 1..]),
+                    ],
                     |v| v.extend_from_slice(&r.value),
                 );
                 tx.taken += 1;

@@ -84,7 +84,7 @@ impl From<PgError> for TableError {
 /// A captured table as the catalog describes it.
 #[derive(Debug, Clone)]
 pub struct Table {
-    /// `schema.name`, as the records' `table` header says it.
+    /// `schema.name`.
     pub qualified: String,
     /// Its columns as `pgoutput` would describe them.
     pub relation: Relation,

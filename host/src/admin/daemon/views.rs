@@ -333,7 +333,7 @@ impl Daemon {
             name: entry.name.clone(),
             kind: c.kind.to_string(),
             plugin: c.plugin.get_ref().clone(),
-            topics: c.topic_names(),
+            topics: c.topics_as_named(),
             parallelism: *c.parallelism.get_ref(),
             config: serde_json::to_value(&c.config).unwrap_or_default(),
             state: m.def.state,

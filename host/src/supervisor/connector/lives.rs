@@ -4,6 +4,7 @@
 //! then runs its pump. And [`HostParts`], what every instance shares with
 //! the rest of the host.
 
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -17,8 +18,8 @@ use crate::manifest::ConnectorKind;
 use crate::plugin::instance::SinkOffset;
 use crate::plugin::{InstanceSetup, PluginHost};
 use crate::pump::{
-    Assignment, DeadLetter, InstanceControl, InstanceState, PumpStats, SinkPump, SinkPumpConfig,
-    SourceEnd, SourcePump, SourcePumpConfig,
+    Assignment, DeadLetter, Destination, InstanceControl, InstanceState, PumpStats, SinkPump,
+    SinkPumpConfig, SourceEnd, SourcePump, SourcePumpConfig,
 };
 use crate::secrets::Redactor;
 use crate::supervisor::{Life, LifeEnd};
@@ -74,8 +75,7 @@ impl Shared {
 /// last batch it appended, and runs the pump.
 pub(super) struct SourceLife {
     pub(super) shared: Shared,
-    pub(super) topic: String,
-    pub(super) partition: u32,
+    pub(super) destination: Destination,
     pub(super) producer: String,
 }
 
@@ -99,8 +99,8 @@ impl Life for SourceLife {
         let pump = SourcePump {
             instance,
             broker: s.host.broker.clone(),
-            topic: self.topic.clone(),
-            partition: self.partition,
+            destination: self.destination.clone(),
+            routes: HashMap::new(),
             producer: self.producer.clone(),
             config: SourcePumpConfig {
                 max_records: c.config.batch.max_records,

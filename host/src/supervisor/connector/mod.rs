@@ -42,13 +42,12 @@ use tracing::Instrument;
 
 use self::lives::{Shared, SinkLife, SourceLife};
 use self::report::InstanceWatcher;
-use self::seals::written_topic;
 use crate::broker::Broker;
 use crate::broker::StateStore;
 use crate::check::CheckedConnector;
 use crate::manifest::ConnectorKind;
 use crate::plugin::{InstanceSetup, LogBudget};
-use crate::pump::{InstanceControl, InstanceState, Replacement, SwapRequest};
+use crate::pump::{Destination, InstanceControl, InstanceState, Replacement, SwapRequest};
 use crate::supervisor::InstanceEnd;
 
 /// Options of one start of a connector.
@@ -196,13 +195,25 @@ impl RunningConnector {
             control: control.clone(),
         };
         let report = self.report.clone();
-        let writes = self.host.seals.writers(&written_topic(&c.config));
+        let writes = self.host.seals.written_by(&c.config);
         let group = (c.config.kind == ConnectorKind::Sink)
             .then(|| (self.host.broker.clone(), name.clone()));
         let policy = c.restart;
         let redactor = self.host.redactor.clone();
         let span = tracing::info_span!("instance", connector = %name, index);
-        let (first_topic, first_partitions) = self.layout[0].clone();
+        let destination = match &c.config.route {
+            Some(template) => Destination::Routed {
+                template: template.clone(),
+                instance: index as u32,
+            },
+            None => {
+                let (topic, partitions) = self.layout[0].clone();
+                Destination::Partition {
+                    topic,
+                    partition: index as u32 % partitions,
+                }
+            }
+        };
         let kind = c.config.kind;
         let seals = self.host.seals.clone();
         report.instance_started();
@@ -218,8 +229,7 @@ impl RunningConnector {
                     ConnectorKind::Source => {
                         let life = SourceLife {
                             producer: format!("{name}/{index}"),
-                            partition: index as u32 % first_partitions,
-                            topic: first_topic,
+                            destination,
                             shared,
                         };
                         super::supervise(life, policy, &stop, &watcher, &redactor).await
@@ -233,10 +243,10 @@ impl RunningConnector {
                         super::supervise(life, policy, &stop, &watcher, &redactor).await
                     }
                 };
-                if !matches!(end, InstanceEnd::Stopped)
-                    && let Some(w) = writes
-                {
-                    w.ended();
+                if !matches!(end, InstanceEnd::Stopped) {
+                    for w in writes {
+                        w.ended();
+                    }
                 }
                 if matches!(end, InstanceEnd::Failed(_))
                     && let Some((broker, group)) = group

@@ -36,46 +36,86 @@ impl Writers {
 /// know when they have drained a bounded pipeline. The daemon has none: its
 /// sinks wait for more records until stopped.
 #[derive(Debug, Default)]
-pub struct Seals(HashMap<String, Arc<Writers>>);
+pub struct Seals {
+    topics: HashMap<String, Arc<Writers>>,
+    /// The topics each connector writes, by name.
+    by_connector: HashMap<String, Vec<Arc<Writers>>>,
+}
 
 impl Seals {
-    /// Seals for the topics `connectors` write.
+    /// Seals for the topics `connectors` write: a source's topic, a sink's
+    /// dead-letter topic, and each topic a sink reads that a routed
+    /// source's template could name.
     pub fn for_writers(connectors: &[CheckedConnector]) -> Self {
-        let mut writers: HashMap<String, u32> = HashMap::new();
+        let read: Vec<String> = connectors
+            .iter()
+            .filter(|c| c.config.kind == ConnectorKind::Sink)
+            .flat_map(|c| c.config.topic_names())
+            .collect();
+        let mut written: HashMap<String, Vec<&CheckedConnector>> = HashMap::new();
         for c in connectors {
-            *writers.entry(written_topic(&c.config)).or_default() +=
-                *c.config.parallelism.get_ref();
+            for topic in written_topics(&c.config, &read) {
+                written.entry(topic).or_default().push(c);
+            }
         }
-        Seals(
-            writers
-                .into_iter()
-                .map(|(topic, n)| {
-                    let (sealer, seal) = TopicSeal::new();
-                    let left = AtomicU32::new(n);
-                    (topic, Arc::new(Writers { sealer, seal, left }))
-                })
-                .collect(),
-        )
+        let mut seals = Seals::default();
+        for (topic, writers) in written {
+            let (sealer, seal) = TopicSeal::new();
+            let n = writers
+                .iter()
+                .map(|c| *c.config.parallelism.get_ref())
+                .sum();
+            let w = Arc::new(Writers {
+                sealer,
+                seal,
+                left: AtomicU32::new(n),
+            });
+            for c in writers {
+                seals
+                    .by_connector
+                    .entry(c.config.name.get_ref().clone())
+                    .or_default()
+                    .push(w.clone());
+            }
+            seals.topics.insert(topic, w);
+        }
+        seals
     }
 
-    pub(super) fn writers(&self, topic: &str) -> Option<Arc<Writers>> {
-        self.0.get(topic).cloned()
+    /// The writers of the topics `c` writes, each told when an instance of
+    /// `c` has ended.
+    pub(super) fn written_by(&self, c: &ConnectorConfig) -> Vec<Arc<Writers>> {
+        self.by_connector
+            .get(c.name.get_ref())
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// What a sink of `topic` watches.
     pub(super) fn seal(&self, topic: &str) -> TopicSeal {
-        self.0
+        self.topics
             .get(topic)
             .map_or_else(TopicSeal::never, |w| w.seal.clone())
     }
 }
 
-/// The topic a connector's instances write: a source's topic, or a sink's
-/// dead-letter topic.
-pub(super) fn written_topic(c: &ConnectorConfig) -> String {
-    match c.kind {
-        ConnectorKind::Source => c.topic_names().remove(0),
-        ConnectorKind::Sink => c.dead_letter_topic(),
+/// The topics a connector's instances write: a source's topic (for a routed
+/// source, those of `read` its template matches), or a sink's dead-letter
+/// topic.
+fn written_topics(c: &ConnectorConfig, read: &[String]) -> Vec<String> {
+    match (c.kind, &c.route) {
+        (ConnectorKind::Source, Some(template)) => {
+            let mut topics: Vec<String> = read
+                .iter()
+                .filter(|t| template.matches(t))
+                .cloned()
+                .collect();
+            topics.sort();
+            topics.dedup();
+            topics
+        }
+        (ConnectorKind::Source, None) => c.topic_names(),
+        (ConnectorKind::Sink, _) => vec![c.dead_letter_topic()],
     }
 }
 
