@@ -229,6 +229,15 @@ impl BatchWriter {
         BatchWriter { buf, count: 0 }
     }
 
+    /// An empty batch written into `buf` (cleared first), to reuse a
+    /// buffer whose pages are already mapped.
+    pub fn reuse(mut buf: Vec<u8>) -> Self {
+        buf.clear();
+        buf.push(FORMAT_VERSION);
+        buf.extend_from_slice(&0u32.to_le_bytes());
+        BatchWriter { buf, count: 0 }
+    }
+
     /// Number of records written so far.
     pub fn len(&self) -> usize {
         self.count as usize
@@ -327,6 +336,21 @@ impl BatchWriter {
         }
         let record_len = len_u32(self.buf.len() - start - 4);
         self.buf[start..start + 4].copy_from_slice(&record_len.to_le_bytes());
+        self.count = self
+            .count
+            .checked_add(1)
+            .expect("at most u32::MAX records per batch");
+    }
+
+    /// Appends a record exactly as another checked batch encodes it (see
+    /// [`RecordIter::peek_encoded`]): routing a batch's records into
+    /// several batches copies them without re-encoding.
+    pub fn push_encoded(&mut self, record: &[u8]) {
+        debug_assert!(
+            record.len() >= 4 && read_u32(record, 0) as usize == record.len() - 4,
+            "one whole encoded record"
+        );
+        self.buf.extend_from_slice(record);
         self.count = self
             .count
             .checked_add(1)
@@ -567,6 +591,19 @@ pub struct RecordIter<'a> {
     left: u32,
 }
 
+impl<'a> RecordIter<'a> {
+    /// The encoded bytes (length prefix included) of the record the next
+    /// call to `next` returns, `None` at the end; for
+    /// [`BatchWriter::push_encoded`].
+    pub fn peek_encoded(&self) -> Option<&'a [u8]> {
+        if self.left == 0 {
+            return None;
+        }
+        let len = read_u32(self.buf, self.pos) as usize;
+        Some(&self.buf[self.pos..self.pos + 4 + len])
+    }
+}
+
 impl<'a> Iterator for RecordIter<'a> {
     type Item = RecordRef<'a>;
 
@@ -635,6 +672,30 @@ pub fn record_ref<'a>(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn records_copied_encoded_make_the_same_records() {
+        let buf = sample();
+        let batch = Batch::parse(&buf).unwrap();
+        let (mut even, mut odd) = (BatchWriter::new(), BatchWriter::new());
+        let mut it = batch.iter();
+        let mut i = 0;
+        while let Some(raw) = it.peek_encoded() {
+            let r = it.next().unwrap();
+            let w = if i % 2 == 0 { &mut even } else { &mut odd };
+            w.push_encoded(raw);
+            let mut one = BatchWriter::new();
+            one.push(r);
+            assert_eq!(one.finish()[HEADER_LEN..], *raw);
+            i += 1;
+        }
+        let (even, odd) = (even.finish(), odd.finish());
+        let (even, odd) = (Batch::parse(&even).unwrap(), Batch::parse(&odd).unwrap());
+        let back: Vec<RecordRef<'_>> = even.iter().chain(odd.iter()).collect();
+        assert_eq!(back.len(), batch.len());
+        assert_eq!(even.iter().next(), batch.iter().next());
+        assert_eq!(odd.iter().next(), batch.iter().nth(1));
+    }
 
     fn sample() -> Vec<u8> {
         let mut w = BatchWriter::new();

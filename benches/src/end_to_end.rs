@@ -44,6 +44,9 @@ pub struct Run {
     pub stamp: bool,
     /// Have the sink write its report (what [`run`] reads).
     pub report: bool,
+    /// Route the records over this many topics (`bench.{shard}`), 0 for
+    /// one topic.
+    pub shards: u32,
 }
 
 impl Run {
@@ -55,6 +58,15 @@ impl Run {
         } else {
             ""
         };
+        let (source_topic, sink_topics) = if self.shards == 0 {
+            ("bench".to_owned(), "topic = \"bench\"".to_owned())
+        } else {
+            let topics: Vec<String> = (0..self.shards).map(|i| format!("\"bench.{i}\"")).collect();
+            (
+                "bench.{shard}".to_owned(),
+                format!("topics = [{}]", topics.join(", ")),
+            )
+        };
         format!(
             r#"[broker]
 kind = "embedded"
@@ -65,7 +77,7 @@ fsync = "{fsync}"
 name = "gen"
 kind = "source"
 plugin = "datagen"
-topic = "bench"
+topic = "{source_topic}"
 
 [connector.batch]
 max_records = {batch}
@@ -76,12 +88,13 @@ count = {count}
 rate = {rate}
 payload_bytes = {payload}
 stamp = {stamp}
+shards = {shards}
 
 [[connector]]
 name = "hole"
 kind = "sink"
 plugin = "blackhole"
-topic = "bench"
+{sink_topics}
 {report}"#,
             fsync = self.fsync,
             batch = BATCH_RECORDS,
@@ -89,6 +102,7 @@ topic = "bench"
             rate = self.rate,
             payload = self.payload,
             stamp = self.stamp,
+            shards = self.shards,
             report = report,
         )
     }

@@ -360,6 +360,7 @@ fn end_to_end_section(
                         fsync,
                         stamp: false,
                         report: true,
+                        shards: 0,
                     },
                 )?;
                 throughput.push(rates(
@@ -385,6 +386,35 @@ fn end_to_end_section(
                 .aside(format!("{mb:.0} MB/s"))
                 .target(target),
             );
+            if payload == 100 {
+                // The same records routed over three topics: each batch is
+                // split, written ahead to the journal, then to each topic.
+                let routed = end_to_end::run(
+                    bin,
+                    work,
+                    cache,
+                    &Run {
+                        payload,
+                        count,
+                        rate: 0,
+                        fsync,
+                        stamp: false,
+                        report: true,
+                        shards: 3,
+                    },
+                )?;
+                let (routed, _) =
+                    rates(routed.sink.records, routed.sink.value_bytes, routed.span());
+                report.add(
+                    Figure::new(
+                        "end to end",
+                        format!("fsync {fsync}, {payload} B, routed over 3 topics"),
+                        routed,
+                        "rec/s",
+                    )
+                    .aside(format!("{:.2} of one topic", routed / r)),
+                );
+            }
             let rate = 100_000;
             let latency = end_to_end::run(
                 bin,
@@ -397,6 +427,7 @@ fn end_to_end_section(
                     fsync,
                     stamp: true,
                     report: true,
+                    shards: 0,
                 },
             )?;
             let l = latency
@@ -605,6 +636,7 @@ fn startup_section(
         fsync: "interval",
         stamp: false,
         report: true,
+        shards: 0,
     };
     let mut cold = Vec::new();
     let mut warm = Vec::new();

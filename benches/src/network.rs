@@ -145,21 +145,35 @@ pub fn to_blackhole(
     count: u64,
     source: &str,
 ) -> anyhow::Result<SinkReport> {
+    to_blackhole_from(bin, work, cache, count, source, "bench")
+}
+
+/// [`to_blackhole`] with the sink reading `topic`.
+pub fn to_blackhole_from(
+    bin: &Path,
+    work: &Path,
+    cache: &Path,
+    count: u64,
+    source: &str,
+    topic: &str,
+) -> anyhow::Result<SinkReport> {
     let dir = tempfile::tempdir_in(work)?;
     std::fs::create_dir(dir.path().join("report"))?;
     let manifest = source.to_owned()
-        + r#"
+        + &format!(
+            r#"
 [[connector]]
 name = "hole"
 kind = "sink"
 plugin = "blackhole"
-topic = "bench"
+topic = "{topic}"
 flush_interval_ms = 100
 [connector.config]
 report_dir = "/report"
 [connector.grants]
-files = [{ host = "report", guest = "/report", mode = "read-write" }]
-"#;
+files = [{{ host = "report", guest = "/report", mode = "read-write" }}]
+"#
+        );
     let child = start(bin, cache, dir.path(), &manifest)?;
     // The sink has everything once its group has committed the last
     // offset; its report is whole once it has closed.
@@ -169,7 +183,7 @@ files = [{ host = "report", guest = "/report", mode = "read-write" }]
         let offset = std::fs::read(&committed)
             .ok()
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|v| v["bench/0"].as_u64());
+            .and_then(|v| v[format!("{topic}/0")].as_u64());
         if offset.is_some_and(|o| o >= count) {
             break;
         }

@@ -207,7 +207,7 @@ fn cdc(
              CREATE PUBLICATION bench_pub FOR TABLE cdc_bench"
         ),
     );
-    for slot in ["native_slot", "sluice_slot"] {
+    for slot in ["native_slot", "sluice_slot", "routed_slot"] {
         pg.psql(
             "app",
             &format!("SELECT 1 FROM pg_create_logical_replication_slot('{slot}', 'pgoutput')"),
@@ -285,6 +285,34 @@ fn cdc(
         .aside(format!(
             "{:.2} of pg_recvlogical, {mb:.0} MB/s of envelopes",
             rate / native
+        ))
+        .target(Target::at_least((0.8 * native).max(100_000.0))),
+    );
+
+    // The same changes routed to a topic per table: each batch is written
+    // ahead to the source's journal, then to its topic.
+    let dir = tempfile::tempdir_in(work)?;
+    let source = cdc_source(
+        pg,
+        dir.path(),
+        "cdc",
+        "tables = [\"cdc_bench\"]\nslot = \"routed_slot\"\npublication = \"bench_pub\"\nsnapshot = \"never\"",
+    )?
+    .replace("topic = \"bench\"", "topic = \"{schema}.{table}\"");
+    let sink =
+        crate::network::to_blackhole_from(bin, work, cache, CHANGES, &source, "public.cdc_bench")?;
+    let (routed, _) = crate::arrival_rates(&sink);
+    report.add(
+        Figure::new(
+            "postgres",
+            "postgres-cdc, topic per table -> log -> blackhole",
+            routed,
+            "changes/s",
+        )
+        .aside(format!(
+            "{:.2} of pg_recvlogical, {:.2} of one topic",
+            routed / native,
+            routed / rate
         ))
         .target(Target::at_least((0.8 * native).max(100_000.0))),
     );

@@ -31,6 +31,7 @@ pub async fn pauses(
         stamp: false,
         // A report written at each new instance's open would sit in the pause.
         report: false,
+        shards: 0,
     };
     std::fs::write(&path, run.manifest())?;
     let manifest = Manifest::load(&path)?;

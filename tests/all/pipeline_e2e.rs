@@ -237,3 +237,31 @@ fn blackhole_reports_what_reached_it_and_names_its_folder_when_not_granted() {
         "the error names the folder and the grant: {err}"
     );
 }
+
+#[test]
+fn a_record_without_the_header_its_topic_template_names_fails_the_source_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    // `shards` unset: no record has a `shard` header.
+    let manifest = manifest()
+        .connector(
+            gen_source(100, 0, 64)
+                .set("topic", "events.{shard}")
+                .restart("attempts", 0),
+        )
+        .write(dir.path());
+    let out = run(&["run", "--no-progress", manifest.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(
+            "routes to no topic: it has no `shard` header, which topic \"events.{shard}\" needs"
+        ),
+        "{err}"
+    );
+    // Nothing of the batch was stored: no topic was made, no position kept.
+    let topics = dir.path().join("data/topics");
+    let made: Vec<_> = std::fs::read_dir(&topics)
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(made.is_empty(), "{made:?}");
+}

@@ -131,6 +131,18 @@ impl TopicTemplate {
         headers: impl Iterator<Item = (&'a str, &'a [u8])> + Clone,
     ) -> Result<String, RouteError> {
         let mut out = String::new();
+        self.render_into(headers, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`TopicTemplate::render`] into `out` (cleared first), so that
+    /// routing a batch allocates nothing per record.
+    pub fn render_into<'a>(
+        &self,
+        headers: impl Iterator<Item = (&'a str, &'a [u8])> + Clone,
+        out: &mut String,
+    ) -> Result<(), RouteError> {
+        out.clear();
         for p in &self.pieces {
             match p {
                 Piece::Literal(l) => out.push_str(l),
@@ -151,8 +163,31 @@ impl TopicTemplate {
                 }
             }
         }
-        check_topic_name(&out).map_err(RouteError::BadTopic)?;
-        Ok(out)
+        check_topic_name(out).map_err(RouteError::BadTopic)
+    }
+
+    /// Writes into `key` (cleared first) the values of the headers the
+    /// template names, each length-prefixed: records with the same key go
+    /// to the same topic, so a router renders each key once.
+    pub fn key_into<'a>(
+        &self,
+        headers: impl Iterator<Item = (&'a str, &'a [u8])> + Clone,
+        key: &mut Vec<u8>,
+    ) -> Result<(), RouteError> {
+        key.clear();
+        for p in &self.pieces {
+            if let Piece::Header(h) = p {
+                let (_, value) = headers.clone().find(|(k, _)| k == h).ok_or_else(|| {
+                    RouteError::MissingHeader {
+                        header: h.clone(),
+                        template: self.text.clone(),
+                    }
+                })?;
+                key.extend_from_slice(&(value.len() as u32).to_le_bytes());
+                key.extend_from_slice(value);
+            }
+        }
+        Ok(())
     }
 
     /// True if some record could be routed to `topic`.

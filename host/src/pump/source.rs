@@ -71,6 +71,9 @@ pub struct SourcePump<B> {
     pub destination: Destination,
     /// The partitions a routed source has written in this life, by topic.
     pub routes: HashMap<String, u32>,
+    /// Buffers of routed parts, kept between batches: fresh ones would be
+    /// mapped (and faulted in) again for every batch.
+    pub spare: Vec<Vec<u8>>,
     /// `<connector>/<instance>`, the key of its stored position.
     pub producer: String,
     /// Batching.
@@ -144,9 +147,15 @@ impl<B: Broker> SourcePump<B> {
                         .map(drop)
                     }
                     Destination::Routed { template, instance } => {
-                        let parts =
-                            route(&*self.broker, &mut self.routes, template, *instance, &batch)?;
-                        let parts: Vec<RoutedPart<'_>> = parts
+                        let parts = route(
+                            &*self.broker,
+                            &mut self.routes,
+                            &mut self.spare,
+                            template,
+                            *instance,
+                            &batch,
+                        )?;
+                        let routed: Vec<RoutedPart<'_>> = parts
                             .iter()
                             .map(|p| RoutedPart {
                                 topic: &p.topic,
@@ -162,9 +171,13 @@ impl<B: Broker> SourcePump<B> {
                             position: &[],
                         });
                         let broker = &self.broker;
-                        when_space(&self.stop, || broker.append_routed(&parts, checkpoint))
-                            .await?
-                            .map(drop)
+                        let appended =
+                            when_space(&self.stop, || broker.append_routed(&routed, checkpoint))
+                                .await?
+                                .map(drop);
+                        drop(routed);
+                        self.spare.extend(parts.into_iter().map(|p| p.batch));
+                        appended
                     }
                 };
                 if appended.is_none() {
@@ -367,20 +380,43 @@ struct Part {
 fn route(
     broker: &impl Broker,
     routes: &mut HashMap<String, u32>,
+    spare: &mut Vec<Vec<u8>>,
     template: &TopicTemplate,
     instance: u32,
     batch: &[u8],
 ) -> anyhow::Result<Vec<Part>> {
     let parsed = Batch::parse(batch)?;
-    // Each record's part, and the parts' topics in order of appearance.
+    // Each record's part, and the parts in order of appearance. A topic is
+    // rendered once per distinct header key in the batch.
     let mut which: Vec<usize> = Vec::with_capacity(parsed.len());
+    let mut by_key: HashMap<Vec<u8>, usize> = HashMap::new();
     let mut index: HashMap<String, usize> = HashMap::new();
     let mut parts: Vec<Part> = Vec::new();
+    let (mut key, mut topic) = (Vec::new(), String::new());
+    let mut last: Option<usize> = None;
+    let mut last_key = Vec::new();
     for (i, r) in parsed.iter().enumerate() {
-        let topic = template.render(r.headers()).map_err(|e| {
+        let refused = |e| {
             anyhow::anyhow!("the source gave record {i} of a batch that routes to no topic: {e}")
-        })?;
-        let part = match index.get(&topic) {
+        };
+        template.key_into(r.headers(), &mut key).map_err(refused)?;
+        // Runs of one table (a transaction's changes) skip the lookup.
+        if let Some(part) = last.filter(|_| key == last_key) {
+            which.push(part);
+            parts[part].records += 1;
+            continue;
+        }
+        if let Some(&part) = by_key.get(&key) {
+            last = Some(part);
+            last_key.clone_from(&key);
+            which.push(part);
+            parts[part].records += 1;
+            continue;
+        }
+        template
+            .render_into(r.headers(), &mut topic)
+            .map_err(refused)?;
+        let part = match index.get(topic.as_str()) {
             Some(&part) => part,
             None => {
                 let partition = match routes.get(&topic) {
@@ -395,7 +431,7 @@ fn route(
                 };
                 index.insert(topic.clone(), parts.len());
                 parts.push(Part {
-                    topic,
+                    topic: topic.clone(),
                     partition,
                     batch: Vec::new(),
                     records: 0,
@@ -403,19 +439,33 @@ fn route(
                 parts.len() - 1
             }
         };
+        by_key.insert(key.clone(), part);
+        last = Some(part);
+        last_key.clone_from(&key);
         which.push(part);
         parts[part].records += 1;
     }
     if let [only] = parts.as_mut_slice() {
-        only.batch = batch.to_vec();
+        only.batch = spare.pop().unwrap_or_default();
+        only.batch.clear();
+        only.batch.extend_from_slice(batch);
         return Ok(parts);
     }
+    // Records are copied as they are encoded, not encoded again.
     let mut writers: Vec<sluice_batch::BatchWriter> = parts
         .iter()
-        .map(|_| sluice_batch::BatchWriter::with_capacity(batch.len() / parts.len()))
+        .map(|p| {
+            let share = batch.len() as u64 * u64::from(p.records) / parsed.len() as u64;
+            let mut buf = spare.pop().unwrap_or_default();
+            buf.reserve(share as usize + 64);
+            sluice_batch::BatchWriter::reuse(buf)
+        })
         .collect();
-    for (r, part) in parsed.iter().zip(which) {
-        writers[part].push(r);
+    let mut records = parsed.iter();
+    for part in which {
+        let raw = records.peek_encoded().expect("one record per routed index");
+        records.next();
+        writers[part].push_encoded(raw);
     }
     for (p, w) in parts.iter_mut().zip(writers) {
         p.batch = w.finish();

@@ -71,7 +71,8 @@ pub struct Datagen {
     /// Letters to cut each record's padding from.
     pad: Vec<u8>,
     stamp: bool,
-    shards: u64,
+    /// The `shard` header's values, `"0"` to `"<shards - 1>"`.
+    shard_names: Vec<String>,
     /// Start of rate accounting and how many records were due by then.
     started: Instant,
     emitted_since_start: u64,
@@ -102,7 +103,7 @@ impl Source for Datagen {
             seq_text: Decimal::new(next),
             pad,
             stamp: config.stamp,
-            shards: u64::from(config.shards),
+            shard_names: (0..config.shards).map(|i| i.to_string()).collect(),
             started: Instant::now(),
             emitted_since_start: 0,
         })
@@ -128,17 +129,20 @@ impl Source for Datagen {
             let size = self.payload_bytes;
             let start = (xorshift(&mut self.rng) as usize) % PAD_SPREAD;
             let pad = &self.pad[start..];
-            let shard = (self.shards > 0).then(|| (self.next % self.shards).to_string());
-            match (&sent, &shard) {
-                (None, None) => out.push_value_with(|v| write_value(v, seq, size, pad)),
-                (sent, shard) => {
-                    let headers: Vec<(&str, &[u8])> = sent
-                        .iter()
-                        .map(|s| (SENT_HEADER, &s[..]))
-                        .chain(shard.iter().map(|s| (SHARD_HEADER, s.as_bytes())))
-                        .collect();
-                    out.push_parts(None, None, &headers, |v| write_value(v, seq, size, pad))
-                }
+            let shard = (!self.shard_names.is_empty()).then(|| {
+                self.shard_names[(self.next % self.shard_names.len() as u64) as usize].as_bytes()
+            });
+            let value = |v: &mut Vec<u8>| write_value(v, seq, size, pad);
+            match (&sent, shard) {
+                (None, None) => out.push_value_with(value),
+                (Some(sent), None) => out.push_parts(None, None, &[(SENT_HEADER, sent)], value),
+                (None, Some(shard)) => out.push_parts(None, None, &[(SHARD_HEADER, shard)], value),
+                (Some(sent), Some(shard)) => out.push_parts(
+                    None,
+                    None,
+                    &[(SENT_HEADER, sent), (SHARD_HEADER, shard)],
+                    value,
+                ),
             }
             self.next += 1;
             self.seq_text.increment();

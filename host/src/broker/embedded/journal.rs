@@ -34,6 +34,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
+use std::io::{IoSlice, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -75,36 +76,81 @@ pub(super) struct PartRef<'a> {
     pub batch: &'a [u8],
 }
 
-/// Encodes a record. The batches are copied once, into the buffer written.
-pub(super) fn encode(seq: u64, position: &[u8], parts: &[PartRef<'_>]) -> Vec<u8> {
+/// A record to write: its fixed parts, encoded, and the batches between
+/// them, borrowed (written with vectored I/O, never copied).
+pub(super) struct Encoded<'a> {
+    /// The record's head (magic, checksum, length, seq, position, part
+    /// count), then each part's head.
+    heads: Vec<Vec<u8>>,
+    batches: Vec<&'a [u8]>,
+}
+
+impl Encoded<'_> {
+    /// Its length in bytes.
+    pub(super) fn len(&self) -> usize {
+        self.heads.iter().map(Vec::len).sum::<usize>()
+            + self.batches.iter().map(|b| b.len()).sum::<usize>()
+    }
+
+    /// The slices to write, in order.
+    fn slices(&self) -> Vec<IoSlice<'_>> {
+        let mut out = Vec::with_capacity(self.heads.len() + self.batches.len());
+        out.push(IoSlice::new(&self.heads[0]));
+        for (head, batch) in self.heads[1..].iter().zip(&self.batches) {
+            out.push(IoSlice::new(head));
+            out.push(IoSlice::new(batch));
+        }
+        out
+    }
+
+    /// The whole record as one buffer (for tests).
+    #[cfg(test)]
+    pub(super) fn to_vec(&self) -> Vec<u8> {
+        self.slices().iter().flat_map(|s| s.to_vec()).collect()
+    }
+}
+
+/// Encodes a record, checksum included.
+pub(super) fn encode<'a>(seq: u64, position: &[u8], parts: &[PartRef<'a>]) -> Encoded<'a> {
+    let part_heads: Vec<Vec<u8>> = parts
+        .iter()
+        .map(|p| {
+            let mut h = Vec::with_capacity(2 + p.topic.len() + 20);
+            h.extend_from_slice(&(p.topic.len() as u16).to_le_bytes());
+            h.extend_from_slice(p.topic.as_bytes());
+            h.extend_from_slice(&p.partition.to_le_bytes());
+            h.extend_from_slice(&p.base_offset.to_le_bytes());
+            h.extend_from_slice(&p.records.to_le_bytes());
+            h.extend_from_slice(&(p.batch.len() as u32).to_le_bytes());
+            h
+        })
+        .collect();
     let body_len = 8
         + 4
         + position.len()
         + 4
-        + parts
-            .iter()
-            .map(|p| 2 + p.topic.len() + 4 + 8 + 4 + 4 + p.batch.len())
-            .sum::<usize>();
-    let mut out = Vec::with_capacity(HEADER + body_len);
-    out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(&(body_len as u32).to_le_bytes());
-    out.extend_from_slice(&seq.to_le_bytes());
-    out.extend_from_slice(&(position.len() as u32).to_le_bytes());
-    out.extend_from_slice(position);
-    out.extend_from_slice(&(parts.len() as u32).to_le_bytes());
-    for p in parts {
-        out.extend_from_slice(&(p.topic.len() as u16).to_le_bytes());
-        out.extend_from_slice(p.topic.as_bytes());
-        out.extend_from_slice(&p.partition.to_le_bytes());
-        out.extend_from_slice(&p.base_offset.to_le_bytes());
-        out.extend_from_slice(&p.records.to_le_bytes());
-        out.extend_from_slice(&(p.batch.len() as u32).to_le_bytes());
-        out.extend_from_slice(p.batch);
+        + part_heads.iter().map(Vec::len).sum::<usize>()
+        + parts.iter().map(|p| p.batch.len()).sum::<usize>();
+    let mut head = Vec::with_capacity(HEADER + 16 + position.len());
+    head.extend_from_slice(&MAGIC);
+    head.extend_from_slice(&[0; 4]);
+    head.extend_from_slice(&(body_len as u32).to_le_bytes());
+    head.extend_from_slice(&seq.to_le_bytes());
+    head.extend_from_slice(&(position.len() as u32).to_le_bytes());
+    head.extend_from_slice(position);
+    head.extend_from_slice(&(parts.len() as u32).to_le_bytes());
+    let mut crc = crc32c::crc32c(&head[HEADER..]);
+    for (h, p) in part_heads.iter().zip(parts) {
+        crc = crc32c::crc32c_append(crc32c::crc32c_append(crc, h), p.batch);
     }
-    let crc = crc32c::crc32c(&out[HEADER..]);
-    out[4..8].copy_from_slice(&crc.to_le_bytes());
-    out
+    head[4..8].copy_from_slice(&crc.to_le_bytes());
+    let mut heads = Vec::with_capacity(1 + part_heads.len());
+    heads.push(head);
+    heads.extend(part_heads);
+    Encoded {
+        heads,
+        batches: parts.iter().map(|p| p.batch).collect(),
+    }
 }
 
 /// Decodes a slot's bytes; `None` if they hold no whole, valid record (a
@@ -219,10 +265,12 @@ impl Journal {
 
     /// Writes `record` (encoded with the next seq) over the older slot,
     /// syncing it when `sync`. On success it is the newest record.
-    pub(super) fn write(&mut self, record: &[u8], sync: bool) -> Result<(), BrokerError> {
+    pub(super) fn write(&mut self, record: &Encoded<'_>, sync: bool) -> Result<(), BrokerError> {
         let seq = self.last_seq + 1;
         let (path, file) = &self.slots[(seq % 2) as usize];
-        file.write_all_at(record, 0)
+        let mut f = file;
+        f.seek(SeekFrom::Start(0))
+            .and_then(|_| write_all_vectored(&mut f, &mut record.slices()))
             .map_err(io("cannot write journal", path))?;
         if sync {
             file.sync_data().map_err(io("cannot sync journal", path))?;
@@ -255,6 +303,20 @@ impl Journal {
     pub(super) fn next_seq(&self) -> u64 {
         self.last_seq + 1
     }
+}
+
+/// Writes every slice, in order.
+fn write_all_vectored(w: &mut impl Write, slices: &mut [IoSlice<'_>]) -> std::io::Result<()> {
+    let mut left = slices;
+    while !left.is_empty() {
+        match w.write_vectored(left) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut left, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// The producers with a journal under `dir` (`<connector>/<instance>`).
@@ -310,7 +372,8 @@ mod tests {
             3,
             b"lsn",
             &[part("public.a", b"aa"), part("public.b", b"b")],
-        );
+        )
+        .to_vec();
         let r = decode(&bytes).unwrap();
         assert_eq!(r.seq, 3);
         assert_eq!(r.position, b"lsn");

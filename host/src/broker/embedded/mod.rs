@@ -296,7 +296,9 @@ impl EmbeddedLog {
         let record = journal::encode(journal.next_seq(), checkpoint.position, &refs);
         let config = &self.inner.config;
         let written = journal.write(&record, config.fsync == FsyncPolicy::Always);
-        space(&self.inner, record.len() as u64, written)?;
+        let record_len = record.len() as u64;
+        drop(record);
+        space(&self.inner, record_len, written)?;
         let mut bases = Vec::with_capacity(parts.len());
         for (part, (_, guard)) in parts.iter().zip(locked.iter_mut()) {
             match guard.append(part.batch, part.records, None, config) {
@@ -314,7 +316,7 @@ impl EmbeddedLog {
                              send it again"
                         );
                     }
-                    return space(&self.inner, record.len() as u64, Err(e));
+                    return space(&self.inner, record_len, Err(e));
                 }
             }
         }
@@ -324,7 +326,7 @@ impl EmbeddedLog {
             .lock()
             .expect("positions lock")
             .insert(checkpoint.producer.to_owned(), checkpoint.position.to_vec());
-        let _ = space(&self.inner, record.len() as u64, Ok(()));
+        let _ = space(&self.inner, record_len, Ok(()));
         for t in &topics {
             t.appended.send_modify(|v| *v += 1);
         }

@@ -101,6 +101,7 @@ impl Life for SourceLife {
             broker: s.host.broker.clone(),
             destination: self.destination.clone(),
             routes: HashMap::new(),
+            spare: Vec::new(),
             producer: self.producer.clone(),
             config: SourcePumpConfig {
                 max_records: c.config.batch.max_records,
