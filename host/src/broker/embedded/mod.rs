@@ -20,14 +20,17 @@
 //! - `retention`: what retention removes, and the housekeeping thread.
 //! - `space`: what the log does when the disk is full.
 //! - [`state`]: committed offsets and source positions.
-//! - `journal`: a batch routed to several partitions, written ahead so it
-//!   is stored as one.
+//! - `journal`: the write-ahead record of a batch routed to several
+//!   partitions; `routed`: appending one as one, and finishing it at open.
+//! - `config`: the log's settings from a manifest.
 //! - `plugin_state`: each connector's plugin state, a put at a time.
 
+mod config;
 mod journal;
 mod partition;
 mod plugin_state;
 mod retention;
+mod routed;
 pub mod segment;
 mod space;
 pub mod state;
@@ -42,67 +45,18 @@ use std::time::Duration;
 use sluice_batch::Batch;
 use tokio::sync::watch;
 
-use self::journal::{Journal, PartRef};
+use self::journal::Journal;
 use self::partition::Partition;
 use self::retention::{lowest_committed_by, start_housekeeper};
 use self::space::{Full, space};
 use super::{
     Backlog, Broker, BrokerError, RoutedPart, SourceCheckpoint, StateQuota, StateStore, StoredBatch,
 };
-use crate::manifest::{FsyncPolicy, Manifest, TopicPolicy};
+use crate::manifest::TopicPolicy;
 
+pub use self::config::LogConfig;
 pub use self::plugin_state::ConnectorState;
-
-/// Settings of an [`EmbeddedLog`].
-#[derive(Debug, Clone)]
-pub struct LogConfig {
-    /// When to sync.
-    pub fsync: FsyncPolicy,
-    /// Period of the background sync under [`FsyncPolicy::Interval`].
-    pub fsync_interval: Duration,
-    /// Roll segments at this size.
-    pub segment_bytes: u64,
-    /// Partitions, retention and backlog of topics not in `policies`.
-    pub default_policy: TopicPolicy,
-    /// Those of topics named in the manifest.
-    pub policies: BTreeMap<String, TopicPolicy>,
-}
-
-impl LogConfig {
-    /// The settings a manifest gives.
-    pub fn from_manifest(m: &Manifest) -> Self {
-        let (default_policy, policies) = m.topic_policies();
-        LogConfig {
-            fsync: m.broker.fsync,
-            fsync_interval: Duration::from_millis(m.broker.fsync_interval_ms),
-            segment_bytes: m.broker.segment_bytes,
-            default_policy,
-            policies,
-        }
-    }
-
-    /// The settings of a manifest with no `[broker]` or `[topics]`.
-    pub fn defaults() -> Self {
-        let b = crate::manifest::BrokerConfig::default();
-        LogConfig {
-            fsync: b.fsync,
-            fsync_interval: Duration::from_millis(b.fsync_interval_ms),
-            segment_bytes: b.segment_bytes,
-            default_policy: TopicPolicy {
-                partitions: b.partitions,
-                ..TopicPolicy::default()
-            },
-            policies: BTreeMap::new(),
-        }
-    }
-
-    fn policy(&self, topic: &str) -> TopicPolicy {
-        self.policies
-            .get(topic)
-            .copied()
-            .unwrap_or(self.default_policy)
-    }
-}
+use self::routed::roll_forward;
 
 /// The embedded log. Cheap to clone; clones share one log.
 #[derive(Debug, Clone)]
@@ -224,116 +178,6 @@ impl EmbeddedLog {
     }
 }
 
-impl EmbeddedLog {
-    /// The journal of `producer`, if it has routed a batch.
-    fn journal_if_any(&self, producer: &str) -> Option<Arc<Mutex<Journal>>> {
-        self.inner
-            .journals
-            .lock()
-            .expect("journals lock")
-            .get(producer)
-            .cloned()
-    }
-
-    /// The journal of `producer`, created on its first routed batch.
-    fn journal(&self, producer: &str) -> Result<Arc<Mutex<Journal>>, BrokerError> {
-        let mut journals = self.inner.journals.lock().expect("journals lock");
-        if let Some(j) = journals.get(producer) {
-            return Ok(j.clone());
-        }
-        let dir = self.inner.dir.join("journal");
-        let (j, _) = Journal::open(&dir, producer)?;
-        sync_dir(&dir);
-        let j = Arc::new(Mutex::new(j));
-        journals.insert(producer.to_owned(), j.clone());
-        Ok(j)
-    }
-
-    /// Stores a batch split over `parts` as one, through the producer's
-    /// journal (see [`journal`]): the parts' partitions are locked (in
-    /// order, so two producers cannot deadlock), the journal record written
-    /// with the offset each part gets, then every part appended. If a part
-    /// fails, the parts already in are cut off and the record taken back.
-    fn append_journaled(
-        &self,
-        journal: &Mutex<Journal>,
-        parts: &[RoutedPart<'_>],
-        checkpoint: SourceCheckpoint<'_>,
-    ) -> Result<Vec<u64>, BrokerError> {
-        let mut journal = journal.lock().expect("journal lock");
-        let topics = parts
-            .iter()
-            .map(|p| self.topic(p.topic))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut order: Vec<usize> = (0..parts.len()).collect();
-        order.sort_by_key(|&i| (parts[i].topic, parts[i].partition));
-        debug_assert!(
-            order
-                .windows(2)
-                .all(|w| (parts[w[0]].topic, parts[w[0]].partition)
-                    != (parts[w[1]].topic, parts[w[1]].partition)),
-            "a partition appears twice in one routed batch"
-        );
-        let mut locked = Vec::with_capacity(parts.len());
-        for &i in &order {
-            let p = Self::partition(&topics[i], parts[i].topic, parts[i].partition)?
-                .lock()
-                .expect("partition lock");
-            locked.push((i, p));
-        }
-        locked.sort_by_key(|(i, _)| *i);
-        let refs: Vec<PartRef<'_>> = parts
-            .iter()
-            .zip(&locked)
-            .map(|(p, (_, guard))| PartRef {
-                topic: p.topic,
-                partition: p.partition,
-                base_offset: guard.next_offset,
-                records: p.records,
-                batch: p.batch,
-            })
-            .collect();
-        let record = journal::encode(journal.next_seq(), checkpoint.position, &refs);
-        let config = &self.inner.config;
-        let written = journal.write(&record, config.fsync == FsyncPolicy::Always);
-        let record_len = record.len() as u64;
-        drop(record);
-        space(&self.inner, record_len, written)?;
-        let mut bases = Vec::with_capacity(parts.len());
-        for (part, (_, guard)) in parts.iter().zip(locked.iter_mut()) {
-            match guard.append(part.batch, part.records, None, config) {
-                Ok(base) => bases.push(base),
-                Err(e) => {
-                    for ((_, guard), base) in locked.iter_mut().zip(&bases) {
-                        guard.undo_append(*base);
-                    }
-                    if let Err(undo) = journal.discard_newest() {
-                        tracing::error!(
-                            error = %undo,
-                            producer = checkpoint.producer,
-                            "a routed batch failed part-way and its journal record could not be \
-                             taken back: the next start of the log stores it, and the source may \
-                             send it again"
-                        );
-                    }
-                    return space(&self.inner, record_len, Err(e));
-                }
-            }
-        }
-        drop(locked);
-        self.inner
-            .positions
-            .lock()
-            .expect("positions lock")
-            .insert(checkpoint.producer.to_owned(), checkpoint.position.to_vec());
-        let _ = space(&self.inner, record_len, Ok(()));
-        for t in &topics {
-            t.appended.send_modify(|v| *v += 1);
-        }
-        Ok(bases)
-    }
-}
-
 impl Topic {
     /// Opens a topic's folder; a new topic gets `policy.partitions`.
     fn open(
@@ -361,60 +205,6 @@ impl Topic {
             appended: watch::channel(0).0,
         })
     }
-}
-
-/// Opens every producer's journal under `dir` and finishes its newest
-/// routed batch: a part whose partition ends at or before the part's offset
-/// was never written (its partitions were locked from the journal write on,
-/// so nothing else appended there) and is appended now. Each such
-/// producer's position is the journal's.
-fn roll_forward(
-    dir: &Path,
-    config: &LogConfig,
-    topics: &mut HashMap<String, Arc<Topic>>,
-    positions: &mut HashMap<String, Vec<u8>>,
-) -> Result<HashMap<String, Arc<Mutex<Journal>>>, BrokerError> {
-    let journal_dir = dir.join("journal");
-    let mut journals = HashMap::new();
-    for producer in journal::producers(&journal_dir)? {
-        let (j, newest) = Journal::open(&journal_dir, &producer)?;
-        if let Some(record) = newest {
-            for part in &record.parts {
-                if !topics.contains_key(&part.topic) {
-                    let t = Topic::open(
-                        &dir.join("topics").join(&part.topic),
-                        config.policy(&part.topic),
-                        positions,
-                    )?;
-                    topics.insert(part.topic.clone(), Arc::new(t));
-                }
-                let t = &topics[&part.topic];
-                let mut p = EmbeddedLog::partition(t, &part.topic, part.partition)?
-                    .lock()
-                    .expect("partition lock");
-                if p.next_offset > part.base_offset {
-                    continue;
-                }
-                if p.next_offset < part.base_offset {
-                    tracing::warn!(
-                        topic = %part.topic, partition = part.partition,
-                        end = p.next_offset, expected = part.base_offset,
-                        "the partition lost records a power loss never wrote; the journaled batch \
-                         goes in at its end"
-                    );
-                }
-                let base = p.append(&part.batch, part.records, None, config)?;
-                tracing::info!(
-                    producer = %producer, topic = %part.topic, partition = part.partition,
-                    records = part.records, offset = base,
-                    "finished a routed batch a crash broke off"
-                );
-            }
-            positions.insert(producer.clone(), record.position);
-        }
-        journals.insert(producer, Arc::new(Mutex::new(j)));
-    }
-    Ok(journals)
 }
 
 fn sync_all(inner: &Inner) -> Result<(), BrokerError> {

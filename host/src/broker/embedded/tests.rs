@@ -9,6 +9,7 @@ use super::retention::enforce_retention;
 use sluice_batch::BatchWriter;
 
 use super::*;
+use crate::manifest::FsyncPolicy;
 
 /// One partition, kept forever, a backlog no test reaches.
 const KEEP_ALL: TopicPolicy = TopicPolicy {
