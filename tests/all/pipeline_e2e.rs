@@ -258,7 +258,7 @@ fn a_record_without_the_header_its_topic_template_names_fails_the_source_and_sto
         ),
         "{err}"
     );
-    // Nothing of the batch was stored: no topic was made, no position kept.
+    // Nothing of the batch was stored: not even a topic was made.
     let topics = dir.path().join("data/topics");
     let made: Vec<_> = std::fs::read_dir(&topics)
         .map(|d| d.map(|e| e.unwrap().file_name()).collect())

@@ -245,16 +245,17 @@ pub trait Broker: Send + Sync + 'static {
         checkpoint: Option<SourceCheckpoint<'_>>,
     ) -> impl Future<Output = Result<u64, BrokerError>> + Send;
 
-    /// Appends a source batch split over several partitions (a topic per
-    /// table) as one: after an error, or a crash at any moment, either
-    /// every part is in its partition and `checkpoint` is the producer's
-    /// position, or no part is and the position is the one before. Each
-    /// partition appears at most once in `parts`, and each topic exists.
-    /// Returns each part's first offset.
+    /// Appends a source batch of `producer` split over several partitions
+    /// (a topic per table) as one: after an error, or a crash at any moment,
+    /// either every part is in its partition and `position` (if the batch
+    /// brings one) is the producer's, or no part is and the position is the
+    /// one before. Each partition appears at most once in `parts`, and each
+    /// topic exists. Returns each part's first offset.
     fn append_routed(
         &self,
         parts: &[RoutedPart<'_>],
-        checkpoint: SourceCheckpoint<'_>,
+        producer: &str,
+        position: Option<&[u8]>,
     ) -> impl Future<Output = Result<Vec<u64>, BrokerError>> + Send;
 
     /// Reads whole batches starting at `offset` (the first one trimmed to

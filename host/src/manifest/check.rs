@@ -105,10 +105,12 @@ impl Manifest {
             let c = c.get_ref();
             let name = c.name.get_ref();
             let mut route = None;
+            // It names folders (its journal, its state): not only dots.
             let valid = !name.is_empty()
                 && name
                     .chars()
-                    .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-'));
+                    .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-'))
+                && !name.chars().all(|ch| ch == '.');
             if !valid {
                 return Err(self
                     .error(
@@ -116,7 +118,7 @@ impl Manifest {
                         format!("connector name {name:?} is not allowed"),
                     )
                     .field(format!("connector[{i}].name"))
-                    .help("use letters, digits, `.`, `_` and `-`, e.g. `name = \"orders-sink\"`"));
+                    .help("use letters, digits, `.`, `_` and `-` (not only dots), e.g. `name = \"orders-sink\"`"));
             }
             if !names.insert(name.clone()) {
                 return Err(self

@@ -157,9 +157,12 @@ impl<B: Broker> SinkPump<B> {
     pub async fn run(mut self) -> anyhow::Result<()> {
         let mut pending = false;
         let mut last_flush = Instant::now();
-        // Sinks wake on appends to their first topic; others are polled
-        // every IDLE_WAIT.
-        let wake_topic = self.assignments[0].topic.clone();
+        // An idle sink wakes on an append to any topic it reads (a routing
+        // source may write any of them), or every IDLE_WAIT.
+        let mut wake_topics: Vec<String> =
+            self.assignments.iter().map(|a| a.topic.clone()).collect();
+        wake_topics.sort();
+        wake_topics.dedup();
         let mut turns = Turns::default();
         loop {
             if self.control.wants_attention() {
@@ -168,7 +171,10 @@ impl<B: Broker> SinkPump<B> {
                     break;
                 }
             }
-            let seen = self.broker.data_version(&wake_topic);
+            let seen: Vec<u64> = wake_topics
+                .iter()
+                .map(|t| self.broker.data_version(t))
+                .collect();
             let mut progressed = false;
             for i in 0..self.assignments.len() {
                 let (topic, partition, next) = {
@@ -276,8 +282,14 @@ impl<B: Broker> SinkPump<B> {
                 .flush_interval
                 .saturating_sub(last_flush.elapsed())
                 .clamp(Duration::from_millis(1), IDLE_WAIT);
+            let any_data = futures_util::future::select_all(
+                wake_topics
+                    .iter()
+                    .zip(&seen)
+                    .map(|(t, seen)| Box::pin(self.broker.wait_for_data(t, *seen, wait))),
+            );
             tokio::select! {
-                () = self.broker.wait_for_data(&wake_topic, seen, wait) => {}
+                _ = any_data => {}
                 () = self.stop.stopped() => {}
                 () = self.control.wanted() => {}
             }

@@ -164,17 +164,13 @@ impl<B: Broker> SourcePump<B> {
                                 records: p.records,
                             })
                             .collect();
-                        // A routed source without a position still stores
-                        // each batch as one, under an empty position.
-                        let checkpoint = checkpoint.unwrap_or(SourceCheckpoint {
-                            producer: &self.producer,
-                            position: &[],
-                        });
-                        let broker = &self.broker;
-                        let appended =
-                            when_space(&self.stop, || broker.append_routed(&routed, checkpoint))
-                                .await?
-                                .map(drop);
+                        let (broker, producer) = (&self.broker, &self.producer);
+                        let position = filled.position.as_deref();
+                        let appended = when_space(&self.stop, || {
+                            broker.append_routed(&routed, producer, position)
+                        })
+                        .await?
+                        .map(drop);
                         drop(routed);
                         self.spare.extend(parts.into_iter().map(|p| p.batch));
                         appended

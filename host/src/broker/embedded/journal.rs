@@ -13,6 +13,7 @@
 //!
 //! record := magic "SLJ1"  crc32c:u32  body_len:u32  body
 //! body   := seq:u64  position_len:u32 position  parts:u32 part*
+//!           (position_len u32::MAX: no position)
 //! part   := topic_len:u16 topic  partition:u32  base_offset:u64  records:u32
 //!           batch_len:u32 batch
 //! ```
@@ -45,6 +46,8 @@ use crate::broker::BrokerError;
 const MAGIC: [u8; 4] = *b"SLJ1";
 /// Magic, checksum and body length.
 const HEADER: usize = 12;
+/// The position length of a record without a position.
+const NO_POSITION: u32 = u32::MAX;
 
 /// One part of a routed batch as the journal holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,8 +65,9 @@ pub(super) struct JournalPart {
 pub(super) struct JournalRecord {
     /// Grows by one with every record the producer writes.
     pub seq: u64,
-    /// The source's position after the batch.
-    pub position: Vec<u8>,
+    /// The source's position after the batch (or the last one it gave, if
+    /// it gave none with this batch).
+    pub position: Option<Vec<u8>>,
     pub parts: Vec<JournalPart>,
 }
 
@@ -111,7 +115,7 @@ impl Encoded<'_> {
 }
 
 /// Encodes a record, checksum included.
-pub(super) fn encode<'a>(seq: u64, position: &[u8], parts: &[PartRef<'a>]) -> Encoded<'a> {
+pub(super) fn encode<'a>(seq: u64, position: Option<&[u8]>, parts: &[PartRef<'a>]) -> Encoded<'a> {
     let part_heads: Vec<Vec<u8>> = parts
         .iter()
         .map(|p| {
@@ -127,17 +131,22 @@ pub(super) fn encode<'a>(seq: u64, position: &[u8], parts: &[PartRef<'a>]) -> En
         .collect();
     let body_len = 8
         + 4
-        + position.len()
+        + position.map_or(0, <[u8]>::len)
         + 4
         + part_heads.iter().map(Vec::len).sum::<usize>()
         + parts.iter().map(|p| p.batch.len()).sum::<usize>();
-    let mut head = Vec::with_capacity(HEADER + 16 + position.len());
+    let mut head = Vec::with_capacity(HEADER + 16 + position.map_or(0, <[u8]>::len));
     head.extend_from_slice(&MAGIC);
     head.extend_from_slice(&[0; 4]);
     head.extend_from_slice(&(body_len as u32).to_le_bytes());
     head.extend_from_slice(&seq.to_le_bytes());
-    head.extend_from_slice(&(position.len() as u32).to_le_bytes());
-    head.extend_from_slice(position);
+    match position {
+        Some(p) => {
+            head.extend_from_slice(&(p.len() as u32).to_le_bytes());
+            head.extend_from_slice(p);
+        }
+        None => head.extend_from_slice(&NO_POSITION.to_le_bytes()),
+    }
     head.extend_from_slice(&(parts.len() as u32).to_le_bytes());
     let mut crc = crc32c::crc32c(&head[HEADER..]);
     for (h, p) in part_heads.iter().zip(parts) {
@@ -167,8 +176,10 @@ pub(super) fn decode(bytes: &[u8]) -> Option<JournalRecord> {
     }
     let mut r = Reader(body);
     let seq = r.u64()?;
-    let n = r.u32()? as usize;
-    let position = r.take(n)?.to_vec();
+    let position = match r.u32()? {
+        NO_POSITION => None,
+        n => Some(r.take(n as usize)?.to_vec()),
+    };
     let count = r.u32()?;
     let mut parts = Vec::new();
     for _ in 0..count {
@@ -219,6 +230,16 @@ pub(super) struct Journal {
     slots: [(PathBuf, File); 2],
     /// The seq of the newest whole record, 0 if none.
     last_seq: u64,
+    /// Set when a record that was not applied could not be made invalid:
+    /// the journal refuses records until the log is reopened (which rolls
+    /// that record forward), and so must the partitions it names.
+    poisoned: Option<String>,
+    /// Tests: the next write reaches the file, then fails (as a sync can).
+    #[cfg(test)]
+    pub(super) fail_after_write: bool,
+    /// Tests: making a record invalid fails.
+    #[cfg(test)]
+    pub(super) fail_invalidate: bool,
 }
 
 /// Where the journal of `producer` (`<connector>/<instance>`) lives.
@@ -259,21 +280,42 @@ impl Journal {
         let journal = Journal {
             slots: [a, b],
             last_seq: newest.as_ref().map_or(0, |r| r.seq),
+            poisoned: None,
+            #[cfg(test)]
+            fail_after_write: false,
+            #[cfg(test)]
+            fail_invalidate: false,
         };
         Ok((journal, newest))
     }
 
     /// Writes `record` (encoded with the next seq) over the older slot,
-    /// syncing it when `sync`. On success it is the newest record.
+    /// syncing it when `sync`. On success it is the newest record. On an
+    /// error the slot may hold it whole all the same (a failed sync), so it
+    /// is made invalid; if even that fails, the journal is poisoned (see
+    /// [`Journal::poisoned`]) and the caller must keep the record's
+    /// partitions from taking appends.
     pub(super) fn write(&mut self, record: &Encoded<'_>, sync: bool) -> Result<(), BrokerError> {
+        self.refuse_if_poisoned()?;
         let seq = self.last_seq + 1;
-        let (path, file) = &self.slots[(seq % 2) as usize];
+        let slot = (seq % 2) as usize;
+        let (path, file) = &self.slots[slot];
         let mut f = file;
-        f.seek(SeekFrom::Start(0))
+        let written = f
+            .seek(SeekFrom::Start(0))
             .and_then(|_| write_all_vectored(&mut f, &mut record.slices()))
-            .map_err(io("cannot write journal", path))?;
-        if sync {
-            file.sync_data().map_err(io("cannot sync journal", path))?;
+            .and_then(|()| if sync { file.sync_data() } else { Ok(()) });
+        #[cfg(test)]
+        let written = match written {
+            Ok(()) if std::mem::take(&mut self.fail_after_write) => {
+                Err(std::io::Error::other("test: the sync failed"))
+            }
+            other => other,
+        };
+        if let Err(e) = written {
+            let e = io("cannot write journal", path)(e);
+            self.invalidate(slot)?;
+            return Err(e);
         }
         self.last_seq = seq;
         Ok(())
@@ -283,12 +325,47 @@ impl Journal {
     /// and those that were have been cut off again): the slot before it is
     /// the newest again, and opening the log will not roll it forward.
     pub(super) fn discard_newest(&mut self) -> Result<(), BrokerError> {
-        let (path, file) = &self.slots[(self.last_seq % 2) as usize];
-        file.write_all_at(&[0; 4], 0)
-            .and_then(|()| file.sync_data())
-            .map_err(io("cannot take back the journal record in", path))?;
+        self.invalidate((self.last_seq % 2) as usize)?;
         self.last_seq -= 1;
         Ok(())
+    }
+
+    /// Why the journal refuses records, if it does.
+    pub(super) fn poisoned(&self) -> Option<&str> {
+        self.poisoned.as_deref()
+    }
+
+    fn refuse_if_poisoned(&self) -> Result<(), BrokerError> {
+        match &self.poisoned {
+            Some(why) => Err(BrokerError::Io {
+                what: "refusing to write after an earlier failure in",
+                path: self.slots[0].0.clone(),
+                source: std::io::Error::other(why.clone()),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Overwrites a slot's magic, synced, so it holds no record.
+    fn invalidate(&mut self, slot: usize) -> Result<(), BrokerError> {
+        let (path, file) = &self.slots[slot];
+        #[cfg(test)]
+        let fail = self.fail_invalidate;
+        #[cfg(not(test))]
+        let fail = false;
+        let done = if fail {
+            Err(std::io::Error::other("test: the write failed"))
+        } else {
+            file.write_all_at(&[0; 4], 0)
+                .and_then(|()| file.sync_data())
+        };
+        done.map_err(|e| {
+            let e = io("cannot take back the journal record in", path)(e);
+            self.poisoned = Some(format!(
+                "{e}; the log finishes that record when it is opened again"
+            ));
+            e
+        })
     }
 
     /// Syncs both slots.
@@ -322,8 +399,10 @@ fn write_all_vectored(w: &mut impl Write, slices: &mut [IoSlice<'_>]) -> std::io
 /// The producers with a journal under `dir` (`<connector>/<instance>`).
 pub(super) fn producers(dir: &Path) -> Result<Vec<String>, BrokerError> {
     let mut out = Vec::new();
-    let Ok(connectors) = std::fs::read_dir(dir) else {
-        return Ok(out);
+    let connectors = match std::fs::read_dir(dir) {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(io("cannot list", dir)(e)),
     };
     for c in connectors {
         let c = c.map_err(io("cannot list", dir))?;
@@ -331,9 +410,10 @@ pub(super) fn producers(dir: &Path) -> Result<Vec<String>, BrokerError> {
             continue;
         };
         let sub = dir.join(&connector);
-        let Ok(slots) = std::fs::read_dir(&sub) else {
+        if !c.file_type().map_err(io("cannot list", dir))?.is_dir() {
             continue;
-        };
+        }
+        let slots = std::fs::read_dir(&sub).map_err(io("cannot list", &sub))?;
         let mut instances: HashMap<String, ()> = HashMap::new();
         for s in slots {
             let s = s.map_err(io("cannot list", &sub))?;
@@ -370,13 +450,15 @@ mod tests {
     fn a_record_reads_back_and_a_torn_one_is_none() {
         let bytes = encode(
             3,
-            b"lsn",
+            Some(b"lsn"),
             &[part("public.a", b"aa"), part("public.b", b"b")],
         )
         .to_vec();
         let r = decode(&bytes).unwrap();
         assert_eq!(r.seq, 3);
-        assert_eq!(r.position, b"lsn");
+        assert_eq!(r.position.as_deref(), Some(&b"lsn"[..]));
+        let none = decode(&encode(4, None, &[]).to_vec()).unwrap();
+        assert_eq!((none.seq, none.position), (4, None));
         assert_eq!(r.parts.len(), 2);
         assert_eq!(r.parts[1].topic, "public.b");
         assert_eq!(r.parts[1].batch, b"b");
@@ -400,11 +482,12 @@ mod tests {
         assert!(newest.is_none());
         for seq in 1..=3 {
             assert_eq!(j.next_seq(), seq);
-            j.write(&encode(seq, &[seq as u8], &[]), false).unwrap();
+            j.write(&encode(seq, Some(&[seq as u8]), &[]), false)
+                .unwrap();
         }
         drop(j);
         let (j, newest) = Journal::open(dir.path(), "cdc/0").unwrap();
-        assert_eq!(newest.unwrap().position, [3]);
+        assert_eq!(newest.unwrap().position, Some(vec![3]));
         assert_eq!(j.next_seq(), 4);
         // A torn write of seq 4 (slot 0) leaves seq 3 in slot 1.
         std::fs::write(dir.path().join("cdc/0.0"), b"SLJ1garbage").unwrap();

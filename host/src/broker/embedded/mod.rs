@@ -336,7 +336,7 @@ impl Broker for EmbeddedLog {
                 batch,
                 records,
             };
-            return Ok(self.append_journaled(&journal, &[part], c)?[0]);
+            return Ok(self.append_journaled(&journal, &[part], c.producer, Some(c.position))?[0]);
         }
         let t = self.topic(topic)?;
         let base = {
@@ -361,10 +361,11 @@ impl Broker for EmbeddedLog {
     async fn append_routed(
         &self,
         parts: &[RoutedPart<'_>],
-        checkpoint: SourceCheckpoint<'_>,
+        producer: &str,
+        position: Option<&[u8]>,
     ) -> Result<Vec<u64>, BrokerError> {
-        let journal = self.journal(checkpoint.producer)?;
-        self.append_journaled(&journal, parts, checkpoint)
+        let journal = self.journal(producer)?;
+        self.append_journaled(&journal, parts, producer, position)
     }
 
     async fn read(

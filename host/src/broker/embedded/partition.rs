@@ -193,15 +193,22 @@ impl Partition {
     }
 
     /// Cuts off the frame just appended at `base` (the last one), after a
-    /// routed append failed in another partition. If the file cannot be cut,
-    /// the partition refuses appends until the log is reopened.
-    pub(super) fn undo_append(&mut self, base: u64) {
+    /// routed append failed in another partition; synced when `sync` (the
+    /// frame was). If the file cannot be cut, the partition refuses appends
+    /// until the log is reopened.
+    pub(super) fn undo_append(&mut self, base: u64, sync: bool) {
         let seg = self.segments.last_mut().expect("at least one segment");
         let frame = seg.frames.pop().expect("the frame just appended");
         debug_assert_eq!(frame.base_offset, base, "only the last frame is undone");
         self.active_len = frame.file_pos;
         self.next_offset = base;
         self.cut_back();
+        if sync
+            && self.failed.is_none()
+            && let Err(e) = self.writer.sync_data()
+        {
+            self.failed = Some(format!("a cut frame could not be synced: {e}"));
+        }
     }
 
     /// The segment appends go to.

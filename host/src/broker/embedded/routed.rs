@@ -4,12 +4,13 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::journal::{self, Journal, PartRef};
+use super::partition::Partition;
 use super::space::space;
 use super::{EmbeddedLog, LogConfig, Topic, sync_dir};
-use crate::broker::{BrokerError, RoutedPart, SourceCheckpoint};
+use crate::broker::{BrokerError, RoutedPart};
 use crate::manifest::FsyncPolicy;
 
 /// Opens every producer's journal under `dir` and finishes its newest
@@ -59,7 +60,9 @@ pub(super) fn roll_forward(
                     "finished a routed batch a crash broke off"
                 );
             }
-            positions.insert(producer.clone(), record.position);
+            if let Some(position) = record.position {
+                positions.insert(producer.clone(), position);
+            }
         }
         journals.insert(producer, Arc::new(Mutex::new(j)));
     }
@@ -85,7 +88,13 @@ impl EmbeddedLog {
         }
         let dir = self.inner.dir.join("journal");
         let (j, _) = Journal::open(&dir, producer)?;
+        // The slot files, their connector's folder and the journal folder
+        // must survive a power loss as much as the records in them.
+        if let Some((connector, _)) = producer.split_once('/') {
+            sync_dir(&dir.join(connector));
+        }
         sync_dir(&dir);
+        sync_dir(&self.inner.dir);
         let j = Arc::new(Mutex::new(j));
         journals.insert(producer.to_owned(), j.clone());
         Ok(j)
@@ -96,13 +105,32 @@ impl EmbeddedLog {
     /// order, so two producers cannot deadlock), the journal record written
     /// with the offset each part gets, then every part appended. If a part
     /// fails, the parts already in are cut off and the record taken back.
+    /// Without a `position`, the record carries the producer's last one, so
+    /// the newest record always holds it.
+    ///
+    /// If a record that was not applied cannot be made invalid, the journal
+    /// is poisoned, and the partitions it names refuse appends until the
+    /// log is reopened: their offsets stay as the record says, so the open
+    /// rolls it forward correctly (and the source, restarted there, resumes
+    /// after it).
     pub(super) fn append_journaled(
         &self,
         journal: &Mutex<Journal>,
         parts: &[RoutedPart<'_>],
-        checkpoint: SourceCheckpoint<'_>,
+        producer: &str,
+        position: Option<&[u8]>,
     ) -> Result<Vec<u64>, BrokerError> {
         let mut journal = journal.lock().expect("journal lock");
+        let carried = match position {
+            Some(p) => Some(p.to_vec()),
+            None => self
+                .inner
+                .positions
+                .lock()
+                .expect("positions lock")
+                .get(producer)
+                .cloned(),
+        };
         let topics = parts
             .iter()
             .map(|p| self.topic(p.topic))
@@ -135,39 +163,54 @@ impl EmbeddedLog {
                 batch: p.batch,
             })
             .collect();
-        let record = journal::encode(journal.next_seq(), checkpoint.position, &refs);
+        let record = journal::encode(journal.next_seq(), carried.as_deref(), &refs);
         let config = &self.inner.config;
-        let written = journal.write(&record, config.fsync == FsyncPolicy::Always);
+        let always = config.fsync == FsyncPolicy::Always;
+        let was_poisoned = journal.poisoned().is_some();
+        let written = journal.write(&record, always);
         let record_len = record.len() as u64;
         drop(record);
-        space(&self.inner, record_len, written)?;
+        let poison = |locked: &mut [(usize, MutexGuard<'_, Partition>)], why: &str| {
+            for (_, guard) in locked {
+                guard.failed = Some(why.to_owned());
+            }
+            tracing::error!(
+                producer,
+                error = why,
+                "a routed batch failed and its journal record could not be taken back: its \
+                 partitions refuse appends until the log is reopened, which stores the batch"
+            );
+        };
+        if let Err(e) = written {
+            if let Some(why) = journal.poisoned().filter(|_| !was_poisoned) {
+                poison(&mut locked, why);
+            }
+            return space(&self.inner, record_len, Err(e));
+        }
         let mut bases = Vec::with_capacity(parts.len());
         for (part, (_, guard)) in parts.iter().zip(locked.iter_mut()) {
             match guard.append(part.batch, part.records, None, config) {
                 Ok(base) => bases.push(base),
                 Err(e) => {
                     for ((_, guard), base) in locked.iter_mut().zip(&bases) {
-                        guard.undo_append(*base);
+                        guard.undo_append(*base, always);
                     }
-                    if let Err(undo) = journal.discard_newest() {
-                        tracing::error!(
-                            error = %undo,
-                            producer = checkpoint.producer,
-                            "a routed batch failed part-way and its journal record could not be \
-                             taken back: the next start of the log stores it, and the source may \
-                             send it again"
-                        );
+                    if journal.discard_newest().is_err() {
+                        let why = journal.poisoned().unwrap_or("unknown").to_owned();
+                        poison(&mut locked, &why);
                     }
                     return space(&self.inner, record_len, Err(e));
                 }
             }
         }
         drop(locked);
-        self.inner
-            .positions
-            .lock()
-            .expect("positions lock")
-            .insert(checkpoint.producer.to_owned(), checkpoint.position.to_vec());
+        if let Some(position) = carried {
+            self.inner
+                .positions
+                .lock()
+                .expect("positions lock")
+                .insert(producer.to_owned(), position);
+        }
         let _ = space(&self.inner, record_len, Ok(()));
         for t in &topics {
             t.appended.send_modify(|v| *v += 1);

@@ -315,24 +315,9 @@ async fn group_offsets_are_durable() {
     assert_eq!(log.committed_offset("g", "t", 1), None);
 }
 
-/// Routes batch `n` of `producer` as two parts, to `a` and `b`, and returns
-/// the segment lengths of both partitions before it.
-async fn route(log: &EmbeddedLog, n: u32) -> (u64, u64) {
-    let len = |t: &str| {
-        std::fs::metadata(
-            log.dir()
-                .join("topics")
-                .join(t)
-                .join("0")
-                .join(segment_name(0)),
-        )
-        .map_or(0, |m| m.len())
-    };
-    let before = (len("a"), len("b"));
-    let ends = [
-        log.end_offset("a", 0).unwrap(),
-        log.end_offset("b", 0).unwrap(),
-    ];
+/// Tries to route batch `n` of `cdc/0` as two parts, 3 records to `a` and
+/// 2 to `b`, with position `n` (none when `positioned` is false).
+async fn try_route(log: &EmbeddedLog, n: u32, positioned: bool) -> Result<Vec<u64>, BrokerError> {
     let (pa, pb) = (batch(n * 10, 3), batch(n * 10 + 3, 2));
     let pos = n.to_le_bytes();
     let parts = [
@@ -349,11 +334,29 @@ async fn route(log: &EmbeddedLog, n: u32) -> (u64, u64) {
             records: 2,
         },
     ];
-    let cp = SourceCheckpoint {
-        producer: "cdc/0",
-        position: &pos,
+    log.append_routed(&parts, "cdc/0", positioned.then_some(&pos[..]))
+        .await
+}
+
+/// Routes batch `n` (see [`try_route`]) and returns the segment lengths of
+/// both partitions before it.
+async fn route(log: &EmbeddedLog, n: u32) -> (u64, u64) {
+    let len = |t: &str| {
+        std::fs::metadata(
+            log.dir()
+                .join("topics")
+                .join(t)
+                .join("0")
+                .join(segment_name(0)),
+        )
+        .map_or(0, |m| m.len())
     };
-    let bases = log.append_routed(&parts, cp).await.unwrap();
+    let before = (len("a"), len("b"));
+    let ends = [
+        log.end_offset("a", 0).unwrap(),
+        log.end_offset("b", 0).unwrap(),
+    ];
+    let bases = try_route(log, n, true).await.unwrap();
     assert_eq!(bases, ends);
     before
 }
@@ -478,42 +481,100 @@ async fn a_routed_batch_that_fails_part_way_is_not_stored_at_all() {
     let dir = tempfile::tempdir().unwrap();
     let log = routed_log(dir.path()).await;
     route(&log, 0).await;
+    // Fill `a`'s segment, so that the next part rolls it and is then cut
+    // off from the fresh segment.
+    let big = batch(1000, 200);
+    log.append("a", 0, &big, 200, None).await.unwrap();
+    let a_end = log.end_offset("a", 0).unwrap();
     // The second part's partition refuses appends (as after a failed cut).
     let b = log.topic("b").unwrap();
     b.partitions[0].lock().unwrap().failed = Some("test".into());
-    let (pa, pb) = (batch(10, 3), batch(13, 2));
-    let pos = 1u32.to_le_bytes();
-    let parts = [
-        RoutedPart {
-            topic: "a",
-            partition: 0,
-            batch: &pa,
-            records: 3,
-        },
-        RoutedPart {
-            topic: "b",
-            partition: 0,
-            batch: &pb,
-            records: 2,
-        },
-    ];
-    let cp = SourceCheckpoint {
-        producer: "cdc/0",
-        position: &pos,
-    };
-    assert!(log.append_routed(&parts, cp).await.is_err());
+    assert!(try_route(&log, 1, true).await.is_err());
     // The first part was cut off again, and the position is the one before.
-    assert_eq!(all_values(&log, "a").await.len(), 3);
-    assert_eq!(log.end_offset("a", 0).unwrap(), 3);
+    assert_eq!(log.end_offset("a", 0).unwrap(), a_end);
+    assert_eq!(all_values(&log, "a").await.len(), 203);
     assert_eq!(log.source_position("cdc/0").unwrap(), 0u32.to_le_bytes());
     b.partitions[0].lock().unwrap().failed = None;
     drop(b);
     drop(log);
     // Nor does opening the log roll the taken-back record forward.
     let log = routed_log(dir.path()).await;
-    assert_eq!(all_values(&log, "a").await.len(), 3);
+    assert_eq!(log.end_offset("a", 0).unwrap(), a_end);
     assert_eq!(all_values(&log, "b").await.len(), 2);
     assert_eq!(log.source_position("cdc/0").unwrap(), 0u32.to_le_bytes());
     route(&log, 1).await;
+    assert_eq!(all_values(&log, "a").await.len(), 206);
+}
+
+#[tokio::test]
+async fn a_journal_record_whose_sync_failed_is_taken_back_before_anything_else_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = routed_log(dir.path()).await;
+    route(&log, 0).await;
+    log.journal("cdc/0")
+        .unwrap()
+        .lock()
+        .unwrap()
+        .fail_after_write = true;
+    assert!(try_route(&log, 1, true).await.is_err());
+    assert_eq!(log.source_position("cdc/0").unwrap(), 0u32.to_le_bytes());
+    // Another producer appends where the record said its parts would go.
+    log.append("a", 0, &batch(500, 1), 1, None).await.unwrap();
+    drop(log);
+    // The record was made invalid: the open does not take the other
+    // producer's record for a part of it.
+    let log = routed_log(dir.path()).await;
+    assert_eq!(log.source_position("cdc/0").unwrap(), 0u32.to_le_bytes());
+    assert_eq!(all_values(&log, "a").await.len(), 4);
+    assert_eq!(all_values(&log, "b").await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_record_that_cannot_be_taken_back_holds_its_partitions_until_the_log_opens_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = routed_log(dir.path()).await;
+    route(&log, 0).await;
+    {
+        let j = log.journal("cdc/0").unwrap();
+        let mut j = j.lock().unwrap();
+        (j.fail_after_write, j.fail_invalidate) = (true, true);
+    }
+    assert!(try_route(&log, 1, true).await.is_err());
+    // Its offsets stay free: nothing else may append to its partitions,
+    // and the journal takes no other record.
+    let refused = log.append("a", 0, &batch(500, 1), 1, None).await;
+    assert!(refused.is_err());
+    assert!(try_route(&log, 2, true).await.is_err());
+    drop(log);
+    // Opened again, the log stores the batch whole, and the source goes on
+    // after it.
+    let log = routed_log(dir.path()).await;
+    assert_eq!(log.source_position("cdc/0").unwrap(), 1u32.to_le_bytes());
     assert_eq!(all_values(&log, "a").await.len(), 6);
+    assert_eq!(all_values(&log, "b").await.len(), 4);
+    route(&log, 2).await;
+}
+
+#[tokio::test]
+async fn a_routed_batch_without_a_position_keeps_the_one_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = routed_log(dir.path()).await;
+    route(&log, 0).await;
+    try_route(&log, 1, false).await.unwrap();
+    try_route(&log, 2, false).await.unwrap();
+    assert_eq!(log.source_position("cdc/0").unwrap(), 0u32.to_le_bytes());
+    drop(log);
+    let log = routed_log(dir.path()).await;
+    assert_eq!(log.source_position("cdc/0").unwrap(), 0u32.to_le_bytes());
+    assert_eq!(all_values(&log, "a").await.len(), 9);
+    // A producer that never gave a position has none.
+    let pb = batch(0, 1);
+    let part = [RoutedPart {
+        topic: "b",
+        partition: 0,
+        batch: &pb,
+        records: 1,
+    }];
+    log.append_routed(&part, "other/0", None).await.unwrap();
+    assert_eq!(log.source_position("other/0"), None);
 }
