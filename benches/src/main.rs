@@ -347,22 +347,18 @@ fn end_to_end_section(
                 (_, 100) => 1_000_000,
                 _ => 300_000,
             };
+            let flat_out = |shards| Run {
+                payload,
+                count,
+                rate: 0,
+                fsync,
+                stamp: false,
+                report: true,
+                shards,
+            };
             let mut throughput = Vec::new();
             for _ in 0..runs {
-                let outcome = end_to_end::run(
-                    bin,
-                    work,
-                    cache,
-                    &Run {
-                        payload,
-                        count,
-                        rate: 0,
-                        fsync,
-                        stamp: false,
-                        report: true,
-                        shards: 0,
-                    },
-                )?;
+                let outcome = end_to_end::run(bin, work, cache, &flat_out(0))?;
                 throughput.push(rates(
                     outcome.sink.records,
                     outcome.sink.value_bytes,
@@ -389,20 +385,7 @@ fn end_to_end_section(
             if payload == 100 {
                 // The same records routed over three topics: each batch is
                 // split, written ahead to the journal, then to each topic.
-                let routed = end_to_end::run(
-                    bin,
-                    work,
-                    cache,
-                    &Run {
-                        payload,
-                        count,
-                        rate: 0,
-                        fsync,
-                        stamp: false,
-                        report: true,
-                        shards: 3,
-                    },
-                )?;
+                let routed = end_to_end::run(bin, work, cache, &flat_out(3))?;
                 let (routed, _) =
                     rates(routed.sink.records, routed.sink.value_bytes, routed.span());
                 report.add(

@@ -266,15 +266,24 @@ fn cdc(
         .aside("the server's own logical decoding client"),
     );
 
-    let dir = tempfile::tempdir_in(work)?;
-    let source = cdc_source(
-        pg,
-        dir.path(),
-        "cdc",
-        "tables = [\"cdc_bench\"]\nslot = \"sluice_slot\"\npublication = \"bench_pub\"\nsnapshot = \"never\"",
-    )?;
-    let sink = crate::network::to_blackhole(bin, work, cache, CHANGES, &source)?;
-    let (rate, mb) = crate::arrival_rates(&sink);
+    // `postgres-cdc` reading `slot` into `topic` (a template routes), and
+    // `blackhole` reading `sink_topic`: what reached the sink, per second.
+    let sluice = |slot: &str, topic: &str, sink_topic: &str| -> anyhow::Result<(f64, f64)> {
+        let dir = tempfile::tempdir_in(work)?;
+        let source = cdc_source(
+            pg,
+            dir.path(),
+            "cdc",
+            &format!(
+                "tables = [\"cdc_bench\"]\nslot = \"{slot}\"\npublication = \"bench_pub\"\nsnapshot = \"never\""
+            ),
+        )?
+        .replace("topic = \"bench\"", &format!("topic = \"{topic}\""));
+        let sink =
+            crate::network::to_blackhole_from(bin, work, cache, CHANGES, &source, sink_topic)?;
+        Ok(crate::arrival_rates(&sink))
+    };
+    let (rate, mb) = sluice("sluice_slot", "bench", "bench")?;
     report.add(
         Figure::new(
             "postgres",
@@ -291,17 +300,7 @@ fn cdc(
 
     // The same changes routed to a topic per table: each batch is written
     // ahead to the source's journal, then to its topic.
-    let dir = tempfile::tempdir_in(work)?;
-    let source = cdc_source(
-        pg,
-        dir.path(),
-        "cdc",
-        "tables = [\"cdc_bench\"]\nslot = \"routed_slot\"\npublication = \"bench_pub\"\nsnapshot = \"never\"",
-    )?
-    .replace("topic = \"bench\"", "topic = \"{schema}.{table}\"");
-    let sink =
-        crate::network::to_blackhole_from(bin, work, cache, CHANGES, &source, "public.cdc_bench")?;
-    let (routed, _) = crate::arrival_rates(&sink);
+    let (routed, _) = sluice("routed_slot", "{schema}.{table}", "public.cdc_bench")?;
     report.add(
         Figure::new(
             "postgres",

@@ -35,11 +35,12 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{IoSlice, Seek, SeekFrom, Write};
+use std::io::{IoSlice, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::io;
+use super::segment::write_all_vectored;
 use crate::broker::BrokerError;
 
 /// The first four bytes of a journal record.
@@ -380,20 +381,6 @@ impl Journal {
     pub(super) fn next_seq(&self) -> u64 {
         self.last_seq + 1
     }
-}
-
-/// Writes every slice, in order.
-fn write_all_vectored(w: &mut impl Write, slices: &mut [IoSlice<'_>]) -> std::io::Result<()> {
-    let mut left = slices;
-    while !left.is_empty() {
-        match w.write_vectored(left) {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => IoSlice::advance_slices(&mut left, n),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// The producers with a journal under `dir` (`<connector>/<instance>`).

@@ -70,8 +70,15 @@ pub fn encode_head(
 /// Writes a frame (its head, then its batch) with vectored writes, so the
 /// batch goes to the file without being copied into a frame first.
 pub fn write_frame(w: &mut impl Write, head: &[u8], batch: &[u8]) -> std::io::Result<()> {
-    let mut slices = [IoSlice::new(head), IoSlice::new(batch)];
-    let mut left = &mut slices[..];
+    write_all_vectored(w, &mut [IoSlice::new(head), IoSlice::new(batch)])
+}
+
+/// Writes every slice, in order, however many calls it takes.
+pub(super) fn write_all_vectored(
+    w: &mut impl Write,
+    slices: &mut [IoSlice<'_>],
+) -> std::io::Result<()> {
+    let mut left = slices;
     while !left.is_empty() {
         match w.write_vectored(left) {
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
