@@ -133,15 +133,17 @@ impl<B: Broker> SourcePump<B> {
                         .collect::<Result<Vec<_>, _>>()?;
                     sluice_batch::concat(views)?
                 };
-                let checkpoint = filled.position.as_deref().map(|position| SourceCheckpoint {
-                    producer: &self.producer,
-                    position,
-                });
+                let records = filled.records;
                 let appended = match &self.destination {
                     Destination::Partition { topic, partition } => {
+                        let checkpoint =
+                            filled.position.as_deref().map(|position| SourceCheckpoint {
+                                producer: &self.producer,
+                                position,
+                            });
                         let broker = &self.broker;
                         when_space(&self.stop, || {
-                            broker.append(topic, *partition, &batch, filled.records, checkpoint)
+                            broker.append(topic, *partition, &batch, records, checkpoint)
                         })
                         .await?
                         .map(drop)
@@ -153,7 +155,7 @@ impl<B: Broker> SourcePump<B> {
                             &mut self.spare,
                             template,
                             *instance,
-                            &batch,
+                            batch,
                         )?;
                         let routed: Vec<RoutedPart<'_>> = parts
                             .iter()
@@ -172,7 +174,11 @@ impl<B: Broker> SourcePump<B> {
                         .await?
                         .map(drop);
                         drop(routed);
+                        // Kept for the next batch, as many as this one used
+                        // (a one-topic batch hands over the polled buffer).
+                        let used = parts.len();
                         self.spare.extend(parts.into_iter().map(|p| p.batch));
+                        self.spare.truncate(used);
                         appended
                     }
                 };
@@ -379,9 +385,9 @@ fn route(
     spare: &mut Vec<Vec<u8>>,
     template: &TopicTemplate,
     instance: u32,
-    batch: &[u8],
+    batch: Vec<u8>,
 ) -> anyhow::Result<Vec<Part>> {
-    let parsed = Batch::parse(batch)?;
+    let parsed = Batch::parse(&batch)?;
     // Each record's part, and the parts in order of appearance. A topic is
     // rendered once per distinct header key in the batch.
     let mut which: Vec<usize> = Vec::with_capacity(parsed.len());
@@ -442,9 +448,8 @@ fn route(
         parts[part].records += 1;
     }
     if let [only] = parts.as_mut_slice() {
-        only.batch = spare.pop().unwrap_or_default();
-        only.batch.clear();
-        only.batch.extend_from_slice(batch);
+        // One topic: the batch goes as it is.
+        only.batch = batch;
         return Ok(parts);
     }
     // Records are copied as they are encoded, not encoded again.
