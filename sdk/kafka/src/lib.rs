@@ -1,13 +1,23 @@
 //! Kafka for Sluice plugins: what `kafka-source` and `kafka-sink` share.
 //!
-//! The plan (issue 16) is a small synchronous client over a granted
-//! connection, as `sluice-postgres` is for PostgreSQL: the `kafka-protocol`
-//! crate's codec (it builds for `wasm32-wasip2` with `client`, `gzip` and
-//! `snappy`; lz4 and zstd through its custom-compression hooks with the pure
-//! Rust `lz4_flex` and `ruzstd`), with bootstrap, metadata, retries and
-//! SASL on top. What is here so far:
+//! A small synchronous client over a connection the plugin opens (a
+//! granted TCP connection, TLS through the host; in tests a native socket):
+//! the `kafka-protocol` crate's request and response codec, Kafka's record
+//! batches read in place ([`records`]), and on top the cluster as a client
+//! sees it ([`Client`]): bootstrap, metadata, leaders, API version
+//! negotiation, offsets and fetches.
 //!
 //! - [`partitioner`]: the partition the Java client picks for a key, so a
 //!   record written by Sluice lands where a Java producer would put it.
 
+mod client;
+mod conn;
+mod error;
 pub mod partitioner;
+pub mod records;
+
+pub use client::{
+    Client, FetchLimits, Fetched, Isolation, OffsetSpec, PartitionInfo, TopicPartition,
+};
+pub use conn::{Connection, Dial, api_name};
+pub use error::{KafkaError, ResponseError};

@@ -1,4 +1,4 @@
-//! Real servers (PostgreSQL, MariaDB) for the integration tests and the bench, started the way
+//! Real servers (PostgreSQL, MariaDB, Kafka) for the integration tests and the bench, started the way
 //! STYLE.md asks: by the test itself, in a temporary directory, on a
 //! 127.0.0.1 port of its own, and stopped when the handle is dropped.
 //!
@@ -9,6 +9,7 @@
 
 #![allow(clippy::print_stderr)]
 
+pub mod kafka;
 pub mod mariadb;
 pub mod postgres;
 

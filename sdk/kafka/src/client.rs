@@ -1,0 +1,588 @@
+//! A cluster, as a client sees it: the brokers (from the bootstrap list,
+//! then from metadata), which broker leads each partition, a connection per
+//! broker opened when first needed, and the requests a source and a sink
+//! make, each sent to the partition's leader.
+
+use std::collections::{BTreeMap, HashMap};
+
+use bytes::Bytes;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::{
+    BrokerId, FetchRequest, ListOffsetsRequest, MetadataRequest, MetadataResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+
+use crate::conn::{Connection, Dial};
+use crate::error::KafkaError;
+
+/// What a record's reader may see of transactions: only committed
+/// records (`ReadCommitted`, the default), or everything written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Isolation {
+    /// Records of open or aborted transactions are not read.
+    #[default]
+    ReadCommitted,
+    /// Every record, as written.
+    ReadUncommitted,
+}
+
+impl Isolation {
+    fn level(self) -> i8 {
+        match self {
+            Isolation::ReadCommitted => 1,
+            Isolation::ReadUncommitted => 0,
+        }
+    }
+}
+
+/// A partition of a topic.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicPartition {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+}
+
+impl std::fmt::Display for TopicPartition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.topic, self.partition)
+    }
+}
+
+/// Where a partition stands, from metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionInfo {
+    /// The broker that leads it (-1 while none does).
+    pub leader: i32,
+    /// The leader's epoch.
+    pub leader_epoch: i32,
+}
+
+/// An offset to look up with [`Client::list_offsets`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetSpec {
+    /// The first offset the partition still holds.
+    Earliest,
+    /// The offset the next record will get (for `read_committed`, the
+    /// last stable offset).
+    Latest,
+    /// The first offset whose timestamp is at or after this many
+    /// milliseconds since the Unix epoch (the end, if none is).
+    Timestamp(i64),
+}
+
+impl OffsetSpec {
+    fn timestamp(self) -> i64 {
+        match self {
+            OffsetSpec::Earliest => -2,
+            OffsetSpec::Latest => -1,
+            OffsetSpec::Timestamp(ms) => ms,
+        }
+    }
+}
+
+/// One partition of a fetch's answer.
+#[derive(Debug)]
+pub struct Fetched {
+    /// The partition.
+    pub tp: TopicPartition,
+    /// The offset it was fetched from.
+    pub from: i64,
+    /// Its error, if the broker answered one for this partition.
+    pub error: Option<KafkaError>,
+    /// The offset after the last record written.
+    pub high_watermark: i64,
+    /// The offset after the last record of a decided transaction.
+    pub last_stable_offset: i64,
+    /// (producer id, first offset) of each aborted transaction in range.
+    pub aborted: Vec<(i64, i64)>,
+    /// The record batches.
+    pub records: Bytes,
+}
+
+/// The sizes and wait of a fetch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FetchLimits {
+    /// How long a broker may wait for `min_bytes` to arrive.
+    pub max_wait_ms: i32,
+    /// The bytes a broker waits for before it answers.
+    pub min_bytes: i32,
+    /// The most a broker answers with.
+    pub max_bytes: i32,
+    /// The most a broker answers with for one partition.
+    pub partition_max_bytes: i32,
+}
+
+impl Default for FetchLimits {
+    fn default() -> Self {
+        // The Java consumer's defaults: fetch.max.wait.ms, fetch.min.bytes,
+        // fetch.max.bytes, max.partition.fetch.bytes.
+        FetchLimits {
+            max_wait_ms: 500,
+            min_bytes: 1,
+            max_bytes: 50 << 20,
+            partition_max_bytes: 1 << 20,
+        }
+    }
+}
+
+/// A client of one cluster.
+#[derive(Debug)]
+pub struct Client<D: Dial> {
+    dial: D,
+    bootstrap: Vec<String>,
+    client_id: String,
+    /// Broker id → `host:port`.
+    brokers: BTreeMap<i32, String>,
+    connections: HashMap<i32, Connection<D::Stream>>,
+    /// Topic → its partitions, in order.
+    topics: BTreeMap<String, Vec<PartitionInfo>>,
+}
+
+impl<D: Dial> Client<D> {
+    /// A client that finds the cluster through `bootstrap` (`host:port`
+    /// each); nothing is connected until the first request.
+    pub fn new(dial: D, bootstrap: Vec<String>, client_id: &str) -> Self {
+        Client {
+            dial,
+            bootstrap,
+            client_id: client_id.to_owned(),
+            brokers: BTreeMap::new(),
+            connections: HashMap::new(),
+            topics: BTreeMap::new(),
+        }
+    }
+
+    /// The topics known from the last metadata, with their partitions.
+    pub fn topics(&self) -> &BTreeMap<String, Vec<PartitionInfo>> {
+        &self.topics
+    }
+
+    /// Drops every connection (after an error that leaves their state
+    /// unknown); the next request connects again.
+    pub fn disconnect(&mut self) {
+        self.connections.clear();
+    }
+
+    /// Asks for the metadata of `topics` (every topic, for `None`) and
+    /// keeps it: brokers, partitions and their leaders. Topics that do not
+    /// exist are left out.
+    pub fn refresh_metadata(&mut self, topics: Option<&[String]>) -> Result<(), KafkaError> {
+        let request = MetadataRequest::default()
+            .with_topics(topics.map(|names| {
+                names
+                    .iter()
+                    .map(|n| {
+                        MetadataRequestTopic::default()
+                            .with_name(Some(TopicName(StrBytes::from_string(n.clone()))))
+                    })
+                    .collect()
+            }))
+            .with_allow_auto_topic_creation(false);
+        let (addr, response) = self.any_broker(|conn| {
+            let version = conn.version::<MetadataRequest>(4..=9)?;
+            conn.call(&request, version)
+        })?;
+        self.learn(&addr, response)
+    }
+
+    fn learn(&mut self, addr: &str, response: MetadataResponse) -> Result<(), KafkaError> {
+        let brokers: BTreeMap<i32, String> = response
+            .brokers
+            .iter()
+            .map(|b| (b.node_id.0, format!("{}:{}", &*b.host, b.port)))
+            .collect();
+        // A broker that moved or left: its connection goes.
+        self.connections
+            .retain(|id, conn| brokers.get(id).is_some_and(|a| a == conn.addr()));
+        self.brokers = brokers;
+        for topic in response.topics {
+            let Some(name) = topic.name else { continue };
+            let name = name.0.to_string();
+            match kafka_protocol::ResponseError::try_from_code(topic.error_code) {
+                None => {}
+                Some(kafka_protocol::ResponseError::UnknownTopicOrPartition) => {
+                    self.topics.remove(&name);
+                    continue;
+                }
+                Some(_) => {
+                    KafkaError::check(addr, format!("Metadata for {name}"), topic.error_code)?;
+                }
+            }
+            let mut partitions = vec![
+                PartitionInfo {
+                    leader: -1,
+                    leader_epoch: -1
+                };
+                topic.partitions.len()
+            ];
+            for p in topic.partitions {
+                let Ok(index) = usize::try_from(p.partition_index) else {
+                    continue;
+                };
+                if index >= partitions.len() {
+                    partitions.resize(
+                        index + 1,
+                        PartitionInfo {
+                            leader: -1,
+                            leader_epoch: -1,
+                        },
+                    );
+                }
+                partitions[index] = PartitionInfo {
+                    leader: if p.error_code == 0 || p.leader_id.0 >= 0 {
+                        p.leader_id.0
+                    } else {
+                        -1
+                    },
+                    leader_epoch: p.leader_epoch,
+                };
+            }
+            self.topics.insert(name, partitions);
+        }
+        Ok(())
+    }
+
+    /// Runs `call` on a connection to some broker: one already open, else
+    /// the known brokers and the bootstrap list in turn, until one answers.
+    fn any_broker<T>(
+        &mut self,
+        mut call: impl FnMut(&mut Connection<D::Stream>) -> Result<T, KafkaError>,
+    ) -> Result<(String, T), KafkaError> {
+        let mut last = None;
+        let open: Vec<i32> = self.connections.keys().copied().collect();
+        for id in open {
+            let conn = self.connections.get_mut(&id).expect("listed");
+            match call(conn) {
+                Ok(t) => return Ok((conn.addr().to_owned(), t)),
+                Err(e) if e.is_interrupted() => return Err(e),
+                Err(e) => {
+                    self.connections.remove(&id);
+                    last = Some(e);
+                }
+            }
+        }
+        let addrs: Vec<String> = self
+            .brokers
+            .values()
+            .chain(self.bootstrap.iter())
+            .cloned()
+            .collect();
+        for addr in addrs {
+            let tried = self
+                .dial
+                .dial(&addr)
+                .map_err(|e| KafkaError::io(&addr, e))
+                .and_then(|stream| Connection::open(stream, &addr, &self.client_id))
+                .and_then(|mut conn| call(&mut conn).map(|t| (conn, t)));
+            match tried {
+                Ok((conn, t)) => {
+                    if let Some((&id, _)) = self.brokers.iter().find(|(_, a)| **a == addr) {
+                        self.connections.insert(id, conn);
+                    }
+                    return Ok((addr, t));
+                }
+                Err(e) if e.is_interrupted() => return Err(e),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| KafkaError::Unsupported("no bootstrap server".into())))
+    }
+
+    /// The connection to broker `id`, opened if need be.
+    pub fn broker(&mut self, id: i32) -> Result<&mut Connection<D::Stream>, KafkaError> {
+        if !self.connections.contains_key(&id) {
+            let addr = self.brokers.get(&id).cloned().ok_or_else(|| {
+                KafkaError::protocol("?", format!("broker {id} is not in the metadata"))
+            })?;
+            let stream = self
+                .dial
+                .dial(&addr)
+                .map_err(|e| KafkaError::io(&addr, e))?;
+            let conn = Connection::open(stream, &addr, &self.client_id)?;
+            self.connections.insert(id, conn);
+        }
+        Ok(self.connections.get_mut(&id).expect("just made"))
+    }
+
+    /// Forgets broker `id`'s connection (it failed).
+    pub fn drop_broker(&mut self, id: i32) {
+        self.connections.remove(&id);
+    }
+
+    /// The partition's leader, from the last metadata.
+    pub fn leader(&self, tp: &TopicPartition) -> Option<PartitionInfo> {
+        self.topics
+            .get(&tp.topic)
+            .and_then(|ps| ps.get(usize::try_from(tp.partition).ok()?))
+            .copied()
+            .filter(|p| p.leader >= 0)
+    }
+
+    /// Groups `items` by the leader of their partition; those without a
+    /// known leader come back in the second list.
+    fn by_leader<T>(
+        &self,
+        items: impl IntoIterator<Item = (TopicPartition, T)>,
+    ) -> (
+        BTreeMap<i32, Vec<(TopicPartition, PartitionInfo, T)>>,
+        Vec<TopicPartition>,
+    ) {
+        let mut grouped: BTreeMap<i32, Vec<_>> = BTreeMap::new();
+        let mut leaderless = Vec::new();
+        for (tp, t) in items {
+            match self.leader(&tp) {
+                Some(info) => grouped.entry(info.leader).or_default().push((tp, info, t)),
+                None => leaderless.push(tp),
+            }
+        }
+        (grouped, leaderless)
+    }
+
+    /// Looks up an offset of each partition, asking each leader.
+    pub fn list_offsets(
+        &mut self,
+        partitions: &[TopicPartition],
+        spec: OffsetSpec,
+        isolation: Isolation,
+    ) -> Result<BTreeMap<TopicPartition, i64>, KafkaError> {
+        let (grouped, leaderless) = self.by_leader(partitions.iter().map(|tp| (tp.clone(), ())));
+        if let Some(tp) = leaderless.first() {
+            return Err(KafkaError::Broker {
+                addr: "-".into(),
+                what: format!("ListOffsets {tp}"),
+                code: kafka_protocol::ResponseError::LeaderNotAvailable,
+            });
+        }
+        let mut found = BTreeMap::new();
+        for (leader, parts) in grouped {
+            let mut topics: BTreeMap<&str, Vec<ListOffsetsPartition>> = BTreeMap::new();
+            for (tp, info, ()) in &parts {
+                topics.entry(&tp.topic).or_default().push(
+                    ListOffsetsPartition::default()
+                        .with_partition_index(tp.partition)
+                        .with_current_leader_epoch(info.leader_epoch)
+                        .with_timestamp(spec.timestamp()),
+                );
+            }
+            let request = ListOffsetsRequest::default()
+                .with_replica_id(BrokerId(-1))
+                .with_isolation_level(isolation.level())
+                .with_topics(
+                    topics
+                        .into_iter()
+                        .map(|(name, ps)| {
+                            ListOffsetsTopic::default()
+                                .with_name(TopicName(StrBytes::from_string(name.to_owned())))
+                                .with_partitions(ps)
+                        })
+                        .collect(),
+                );
+            let conn = self.broker(leader)?;
+            let version = conn.version::<ListOffsetsRequest>(2..=7)?;
+            let addr = conn.addr().to_owned();
+            let response = match conn.call(&request, version) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.drop_broker(leader);
+                    return Err(e);
+                }
+            };
+            for topic in response.topics {
+                for p in topic.partitions {
+                    let tp = TopicPartition {
+                        topic: topic.name.0.to_string(),
+                        partition: p.partition_index,
+                    };
+                    KafkaError::check(&addr, format!("ListOffsets {tp}"), p.error_code)?;
+                    found.insert(tp, p.offset);
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Fetches each partition from its offset: one request to each leader,
+    /// all sent before any answer is read, so the brokers wait in
+    /// parallel. Partitions without a known leader, and those whose
+    /// leader could not be asked, come back with an error.
+    pub fn fetch(
+        &mut self,
+        partitions: &[(TopicPartition, i64)],
+        limits: FetchLimits,
+        isolation: Isolation,
+    ) -> Result<Vec<Fetched>, KafkaError> {
+        let (grouped, leaderless) = self.by_leader(partitions.iter().cloned());
+        let mut out: Vec<Fetched> = leaderless
+            .into_iter()
+            .map(|tp| {
+                let from = partitions
+                    .iter()
+                    .find(|(p, _)| *p == tp)
+                    .map_or(-1, |p| p.1);
+                failed(
+                    tp.clone(),
+                    from,
+                    KafkaError::Broker {
+                        addr: "-".into(),
+                        what: format!("Fetch {tp}"),
+                        code: kafka_protocol::ResponseError::LeaderNotAvailable,
+                    },
+                )
+            })
+            .collect();
+        let mut sent = Vec::new();
+        for (leader, parts) in grouped {
+            let mut topics: BTreeMap<&str, Vec<FetchPartition>> = BTreeMap::new();
+            for (tp, info, offset) in &parts {
+                topics.entry(&tp.topic).or_default().push(
+                    FetchPartition::default()
+                        .with_partition(tp.partition)
+                        .with_current_leader_epoch(info.leader_epoch)
+                        .with_fetch_offset(*offset)
+                        .with_partition_max_bytes(limits.partition_max_bytes),
+                );
+            }
+            let request = FetchRequest::default()
+                .with_replica_id(BrokerId(-1))
+                .with_max_wait_ms(limits.max_wait_ms)
+                .with_min_bytes(limits.min_bytes)
+                .with_max_bytes(limits.max_bytes)
+                .with_isolation_level(isolation.level())
+                .with_session_id(0)
+                .with_session_epoch(-1)
+                .with_topics(
+                    topics
+                        .into_iter()
+                        .map(|(name, ps)| {
+                            FetchTopic::default()
+                                .with_topic(TopicName(StrBytes::from_string(name.to_owned())))
+                                .with_partitions(ps)
+                        })
+                        .collect(),
+                );
+            let sent_to = self.broker(leader).and_then(|conn| {
+                let version = conn.version::<FetchRequest>(4..=12)?;
+                conn.send(&request, version).map(|()| version)
+            });
+            match sent_to {
+                Ok(version) => sent.push((leader, version, parts)),
+                Err(e) if e.is_interrupted() => return Err(e),
+                Err(e) => {
+                    self.drop_broker(leader);
+                    out.extend(
+                        parts
+                            .into_iter()
+                            .map(|(tp, _, from)| failed(tp, from, duplicate(&e))),
+                    );
+                }
+            }
+        }
+        let mut interrupted = None;
+        for (leader, version, parts) in sent {
+            if interrupted.is_some() {
+                // The responses still owed are read by the next fetch's
+                // connection, which is a new one: drop this.
+                self.drop_broker(leader);
+                continue;
+            }
+            let conn = self.broker(leader).expect("sent on it");
+            let addr = conn.addr().to_owned();
+            match conn.receive::<FetchRequest>(version) {
+                Ok(response) => {
+                    if let Err(e) = KafkaError::check(&addr, "Fetch", response.error_code) {
+                        out.extend(
+                            parts
+                                .into_iter()
+                                .map(|(tp, _, from)| failed(tp, from, duplicate(&e))),
+                        );
+                        continue;
+                    }
+                    let asked: HashMap<(String, i32), i64> = parts
+                        .iter()
+                        .map(|(tp, _, from)| ((tp.topic.clone(), tp.partition), *from))
+                        .collect();
+                    for topic in response.responses {
+                        let name = topic.topic.0.to_string();
+                        for p in topic.partitions {
+                            let tp = TopicPartition {
+                                topic: name.clone(),
+                                partition: p.partition_index,
+                            };
+                            let from = asked
+                                .get(&(name.clone(), p.partition_index))
+                                .copied()
+                                .unwrap_or(-1);
+                            let error =
+                                KafkaError::check(&addr, format!("Fetch {tp}"), p.error_code).err();
+                            let mut aborted: Vec<(i64, i64)> = p
+                                .aborted_transactions
+                                .unwrap_or_default()
+                                .iter()
+                                .map(|a| (a.producer_id.0, a.first_offset))
+                                .collect();
+                            aborted.sort_by_key(|a| a.1);
+                            out.push(Fetched {
+                                tp,
+                                from,
+                                error,
+                                high_watermark: p.high_watermark,
+                                last_stable_offset: p.last_stable_offset,
+                                aborted,
+                                records: p.records.unwrap_or_default(),
+                            });
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.drop_broker(leader);
+                    if e.is_interrupted() {
+                        interrupted = Some(e);
+                        continue;
+                    }
+                    out.extend(
+                        parts
+                            .into_iter()
+                            .map(|(tp, _, from)| failed(tp, from, duplicate(&e))),
+                    );
+                }
+            }
+        }
+        match interrupted {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+}
+
+fn failed(tp: TopicPartition, from: i64, error: KafkaError) -> Fetched {
+    Fetched {
+        tp,
+        from,
+        error: Some(error),
+        high_watermark: -1,
+        last_stable_offset: -1,
+        aborted: Vec::new(),
+        records: Bytes::new(),
+    }
+}
+
+/// The same error again, for each partition of a request that failed
+/// as a whole.
+fn duplicate(e: &KafkaError) -> KafkaError {
+    match e {
+        KafkaError::Io { addr, error } => KafkaError::Io {
+            addr: addr.clone(),
+            error: std::io::Error::new(error.kind(), error.to_string()),
+        },
+        KafkaError::Broker { addr, what, code } => KafkaError::Broker {
+            addr: addr.clone(),
+            what: what.clone(),
+            code: *code,
+        },
+        other => KafkaError::protocol("-", other),
+    }
+}

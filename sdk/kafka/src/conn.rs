@@ -1,0 +1,227 @@
+//! One connection to one broker: requests framed and numbered, responses
+//! read back in order, and the API versions both sides speak.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::ops::RangeInclusive;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
+
+use crate::error::KafkaError;
+
+/// How a client opens a connection to a broker: plain TCP, TLS through the
+/// host, or (in tests) a native socket.
+pub trait Dial {
+    /// The connection.
+    type Stream: Read + Write;
+
+    /// Connects to `addr` (`host:port`).
+    fn dial(&mut self, addr: &str) -> io::Result<Self::Stream>;
+}
+
+/// A connection to a broker.
+#[derive(Debug)]
+pub struct Connection<S> {
+    stream: S,
+    addr: String,
+    client_id: StrBytes,
+    next_id: i32,
+    /// Request sent, response not yet read: (correlation id, api key).
+    in_flight: std::collections::VecDeque<(i32, i16)>,
+    /// The versions the broker speaks, by API key.
+    versions: HashMap<i16, (i16, i16)>,
+    out: BytesMut,
+    /// The response being read: kept when the host interrupts the read, so
+    /// the next read goes on from there.
+    input: Vec<u8>,
+}
+
+impl<S: Read + Write> Connection<S> {
+    /// Opens the conversation on `stream`: asks the broker which API
+    /// versions it speaks.
+    pub fn open(stream: S, addr: &str, client_id: &str) -> Result<Self, KafkaError> {
+        let mut conn = Connection {
+            stream,
+            addr: addr.to_owned(),
+            client_id: StrBytes::from_string(client_id.to_owned()),
+            next_id: 0,
+            in_flight: Default::default(),
+            versions: HashMap::new(),
+            out: BytesMut::new(),
+            input: Vec::new(),
+        };
+        let request = ApiVersionsRequest::default()
+            .with_client_software_name(StrBytes::from_static_str("sluice-kafka"))
+            .with_client_software_version(StrBytes::from_static_str(env!("CARGO_PKG_VERSION")));
+        let mut response: ApiVersionsResponse = conn.call(&request, 3)?;
+        if response.error_code == 35 {
+            // UNSUPPORTED_VERSION: an old broker answers in v0 with what it
+            // speaks; ask again in v0.
+            response = conn.call(&ApiVersionsRequest::default(), 0)?;
+        }
+        KafkaError::check(addr, "ApiVersions", response.error_code)?;
+        conn.versions = response
+            .api_keys
+            .iter()
+            .map(|k| (k.api_key, (k.min_version, k.max_version)))
+            .collect();
+        Ok(conn)
+    }
+
+    /// The broker's address.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The stream, for the SASL exchange.
+    pub fn stream_mut(&mut self) -> &mut S {
+        &mut self.stream
+    }
+
+    /// The highest version of `R` in `ours` the broker speaks too.
+    pub fn version<R: Request>(&self, ours: RangeInclusive<i16>) -> Result<i16, KafkaError> {
+        let name = api_name(R::KEY);
+        let Some(&(min, max)) = self.versions.get(&R::KEY) else {
+            return Err(KafkaError::protocol(
+                &self.addr,
+                format!("the broker does not speak {name}"),
+            ));
+        };
+        let version = max.min(*ours.end());
+        if version < min.max(*ours.start()) {
+            return Err(KafkaError::protocol(
+                &self.addr,
+                format!(
+                    "the broker speaks {name} v{min} to v{max}; sluice-kafka speaks v{} to v{}",
+                    ours.start(),
+                    ours.end()
+                ),
+            ));
+        }
+        Ok(version)
+    }
+
+    /// Sends `request` in `version` and reads its response.
+    pub fn call<R: Request>(
+        &mut self,
+        request: &R,
+        version: i16,
+    ) -> Result<R::Response, KafkaError> {
+        self.send(request, version)?;
+        self.receive::<R>(version)
+    }
+
+    /// Sends `request` in `version`; read its response with
+    /// [`Connection::receive`], in the order the requests were sent.
+    pub fn send<R: Request>(&mut self, request: &R, version: i16) -> Result<(), KafkaError> {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        let header = RequestHeader::default()
+            .with_request_api_key(R::KEY)
+            .with_request_api_version(version)
+            .with_correlation_id(id)
+            .with_client_id(Some(self.client_id.clone()));
+        self.out.clear();
+        self.out.put_i32(0);
+        let encoded = header
+            .encode(&mut self.out, R::header_version(version))
+            .and_then(|()| request.encode(&mut self.out, version));
+        encoded.map_err(|e| {
+            KafkaError::protocol(&self.addr, format!("encode {}: {e}", api_name(R::KEY)))
+        })?;
+        let length = i32::try_from(self.out.len() - 4)
+            .map_err(|_| KafkaError::protocol(&self.addr, "a request of 2 GiB or more"))?;
+        self.out[..4].copy_from_slice(&length.to_be_bytes());
+        // One write per request: Nagle is on for a plugin's sockets.
+        self.stream
+            .write_all(&self.out)
+            .and_then(|()| self.stream.flush())
+            .map_err(|e| KafkaError::io(&self.addr, e))?;
+        self.in_flight.push_back((id, R::KEY));
+        Ok(())
+    }
+
+    /// Reads the response to the oldest request sent, which was an `R` in
+    /// `version`.
+    pub fn receive<R: Request>(&mut self, version: i16) -> Result<R::Response, KafkaError> {
+        let &(id, key) = self
+            .in_flight
+            .front()
+            .ok_or_else(|| KafkaError::protocol(&self.addr, "a response read with no request"))?;
+        debug_assert_eq!(key, R::KEY);
+        let mut frame = self.read_frame()?;
+        self.in_flight.pop_front();
+        let header = ResponseHeader::decode(&mut frame, R::Response::header_version(version))
+            .map_err(|e| KafkaError::protocol(&self.addr, format!("a response header: {e}")))?;
+        if header.correlation_id != id {
+            return Err(KafkaError::protocol(
+                &self.addr,
+                format!(
+                    "a response to request {} where {id} was next",
+                    header.correlation_id
+                ),
+            ));
+        }
+        R::Response::decode(&mut frame, version).map_err(|e| {
+            KafkaError::protocol(
+                &self.addr,
+                format!("a {} v{version} response: {e}", api_name(R::KEY)),
+            )
+        })
+    }
+
+    /// Whether responses are owed.
+    pub fn has_in_flight(&self) -> bool {
+        !self.in_flight.is_empty()
+    }
+
+    /// Reads one whole response frame. Not `read_exact`: that retries a
+    /// read the host interrupted, which must instead return (with what was
+    /// read so far kept for the next call).
+    fn read_frame(&mut self) -> Result<Bytes, KafkaError> {
+        let mut want = 4;
+        loop {
+            if self.input.len() >= 4 {
+                let length = i32::from_be_bytes(self.input[..4].try_into().expect("4 bytes"));
+                let length = usize::try_from(length)
+                    .map_err(|_| KafkaError::protocol(&self.addr, "a negative response length"))?;
+                want = 4 + length;
+                if self.input.len() == want {
+                    let mut frame = Bytes::from(std::mem::take(&mut self.input));
+                    let _length = frame.split_to(4);
+                    return Ok(frame);
+                }
+            }
+            let have = self.input.len();
+            self.input.resize(want, 0);
+            match self.stream.read(&mut self.input[have..]) {
+                Ok(0) => {
+                    self.input.truncate(have);
+                    return Err(KafkaError::io(
+                        &self.addr,
+                        io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the broker closed the connection",
+                        ),
+                    ));
+                }
+                Ok(n) => self.input.truncate(have + n),
+                Err(e) => {
+                    self.input.truncate(have);
+                    return Err(KafkaError::io(&self.addr, e));
+                }
+            }
+        }
+    }
+}
+
+/// The request's name, for errors.
+pub fn api_name(key: i16) -> String {
+    ApiKey::try_from(key)
+        .map(|k| format!("{k:?}"))
+        .unwrap_or_else(|()| format!("API {key}"))
+}

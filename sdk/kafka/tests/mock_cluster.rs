@@ -1,0 +1,121 @@
+//! The client against librdkafka's mock cluster, over native sockets:
+//! records written by librdkafka's producer are read back whole.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::TcpStream;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use sluice_kafka::records::Batches;
+use sluice_kafka::{Client, Dial, FetchLimits, Isolation, OffsetSpec, TopicPartition};
+use sluice_test_servers::kafka::MockKafka;
+
+struct Native;
+
+impl Dial for Native {
+    type Stream = TcpStream;
+    fn dial(&mut self, addr: &str) -> std::io::Result<TcpStream> {
+        let s = TcpStream::connect(addr)?;
+        s.set_nodelay(true)?;
+        Ok(s)
+    }
+}
+
+fn produce(kafka: &MockKafka, topic: &str, n: usize, compression: &str) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", kafka.bootstrap())
+        .set("compression.type", compression)
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    for i in 0..n {
+        let key = format!("k{i}");
+        let value = format!("v{i}");
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "i",
+            value: Some(&i.to_string()),
+        });
+        loop {
+            let record = BaseRecord::to(topic)
+                .key(&key)
+                .payload(&value)
+                .partition((i % 3) as i32)
+                .timestamp(1_000 + i as i64)
+                .headers(headers.clone());
+            match producer.send(record) {
+                Ok(()) => break,
+                Err(_) => {
+                    producer.poll(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+}
+
+#[test]
+fn fetches_what_librdkafka_produced_with_every_codec() {
+    let kafka = MockKafka::start(3);
+    for codec in ["none", "gzip", "snappy", "lz4", "zstd"] {
+        let topic = format!("t-{codec}");
+        kafka.create_topic(&topic, 3, 3);
+        produce(&kafka, &topic, 300, codec);
+        let mut client = Client::new(Native, kafka.addrs(), "test");
+        client.refresh_metadata(Some(&[topic.clone()])).unwrap();
+        assert_eq!(client.topics()[&topic].len(), 3);
+        let tps: Vec<TopicPartition> = (0..3)
+            .map(|p| TopicPartition {
+                topic: topic.clone(),
+                partition: p,
+            })
+            .collect();
+        let earliest = client
+            .list_offsets(&tps, OffsetSpec::Earliest, Isolation::ReadCommitted)
+            .unwrap();
+        let latest = client
+            .list_offsets(&tps, OffsetSpec::Latest, Isolation::ReadCommitted)
+            .unwrap();
+        assert!(earliest.values().all(|&o| o == 0), "{earliest:?}");
+        assert!(latest.values().all(|&o| o == 100), "{latest:?}");
+        let mut next: Vec<(TopicPartition, i64)> = tps.iter().map(|tp| (tp.clone(), 0)).collect();
+        let mut seen = vec![Vec::new(); 3];
+        let mut scratch = Vec::new();
+        while next.iter().any(|(_, o)| *o < 100) {
+            let fetched = client
+                .fetch(&next, FetchLimits::default(), Isolation::ReadCommitted)
+                .unwrap();
+            for f in fetched {
+                assert!(f.error.is_none(), "{:?}", f.error);
+                for batch in Batches::new(&f.records) {
+                    let batch = batch.unwrap();
+                    for r in batch.records(&mut scratch).unwrap() {
+                        let r = r.unwrap();
+                        if r.offset < f.from {
+                            continue;
+                        }
+                        let i: usize = std::str::from_utf8(r.key.unwrap())
+                            .unwrap()
+                            .strip_prefix('k')
+                            .unwrap()
+                            .parse()
+                            .unwrap();
+                        assert_eq!(r.value.unwrap(), format!("v{i}").as_bytes());
+                        assert_eq!(r.timestamp, 1_000 + i as i64);
+                        let headers: Vec<_> = r.headers().map(Result::unwrap).collect();
+                        assert_eq!(headers, vec![("i", Some(i.to_string().as_bytes()))]);
+                        seen[f.tp.partition as usize].push((r.offset, i));
+                    }
+                    let slot = next.iter_mut().find(|(tp, _)| *tp == f.tp).unwrap();
+                    slot.1 = slot.1.max(batch.next_offset());
+                }
+            }
+        }
+        for (p, records) in seen.iter().enumerate() {
+            let want: Vec<(i64, usize)> = (0..100).map(|o| (o as i64, o * 3 + p)).collect();
+            assert_eq!(*records, want, "{codec} partition {p}");
+        }
+    }
+}
