@@ -10,6 +10,7 @@ mod density;
 mod end_to_end;
 mod files;
 mod http;
+mod kafka;
 mod machine;
 mod mariadb;
 mod network;
@@ -72,6 +73,7 @@ enum Section {
     Network,
     Postgres,
     Mariadb,
+    Kafka,
 }
 
 const PAYLOADS: [u32; 2] = [100, 1024];
@@ -197,6 +199,11 @@ fn main() -> anyhow::Result<()> {
     if wants(Section::Mariadb) {
         let bin = end_to_end::sluice_binary()?;
         mariadb::section(&mut report, &bin, work.path(), &work.path().join("cache"))?;
+    }
+
+    if wants(Section::Kafka) {
+        let bin = end_to_end::sluice_binary()?;
+        kafka::section(&mut report, &bin, work.path(), &work.path().join("cache"))?;
     }
 
     if wants(Section::Density) {

@@ -13,6 +13,7 @@ mod cli;
 mod crash;
 mod flow;
 mod http;
+mod kafka;
 mod layout;
 mod manifest_errors;
 mod mariadb;

@@ -129,6 +129,9 @@ impl Default for FetchLimits {
     }
 }
 
+/// Partitions (with what is asked of each) by the broker that leads them.
+type ByLeader<T> = BTreeMap<i32, Vec<(TopicPartition, PartitionInfo, T)>>;
+
 /// A client of one cluster.
 #[derive(Debug)]
 pub struct Client<D: Dial> {
@@ -327,10 +330,7 @@ impl<D: Dial> Client<D> {
     fn by_leader<T>(
         &self,
         items: impl IntoIterator<Item = (TopicPartition, T)>,
-    ) -> (
-        BTreeMap<i32, Vec<(TopicPartition, PartitionInfo, T)>>,
-        Vec<TopicPartition>,
-    ) {
+    ) -> (ByLeader<T>, Vec<TopicPartition>) {
         let mut grouped: BTreeMap<i32, Vec<_>> = BTreeMap::new();
         let mut leaderless = Vec::new();
         for (tp, t) in items {

@@ -58,10 +58,11 @@ pub enum KafkaError {
 impl KafkaError {
     /// Whether trying again later may work: the broker is away, or it
     /// answered with an error Kafka calls retriable (a leader moving, a
-    /// topic being made, a timeout).
+    /// topic being made, a timeout). A connection the sandbox refuses (no
+    /// `net` grant) is not.
     pub fn is_retriable(&self) -> bool {
         match self {
-            KafkaError::Io { .. } => true,
+            KafkaError::Io { error, .. } => error.kind() != io::ErrorKind::PermissionDenied,
             KafkaError::Broker { code, .. } => code.is_retriable(),
             _ => false,
         }

@@ -13,6 +13,7 @@
 mod client;
 mod conn;
 mod error;
+pub mod net;
 pub mod partitioner;
 pub mod records;
 
@@ -21,3 +22,6 @@ pub use client::{
 };
 pub use conn::{Connection, Dial, api_name};
 pub use error::{KafkaError, ResponseError};
+
+/// The shared bytes a fetch's records arrive in.
+pub use bytes::Bytes;

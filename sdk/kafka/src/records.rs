@@ -232,6 +232,11 @@ impl<'a> Batch<'a> {
         })
     }
 
+    /// The whole batch, as it arrived.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
     /// The offset after its last record: where the next fetch starts.
     pub fn next_offset(&self) -> i64 {
         self.base_offset + i64::from(self.last_offset_delta) + 1

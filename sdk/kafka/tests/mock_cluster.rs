@@ -64,7 +64,9 @@ fn fetches_what_librdkafka_produced_with_every_codec() {
         kafka.create_topic(&topic, 3, 3);
         produce(&kafka, &topic, 300, codec);
         let mut client = Client::new(Native, kafka.addrs(), "test");
-        client.refresh_metadata(Some(&[topic.clone()])).unwrap();
+        client
+            .refresh_metadata(Some(std::slice::from_ref(&topic)))
+            .unwrap();
         assert_eq!(client.topics()[&topic].len(), 3);
         let tps: Vec<TopicPartition> = (0..3)
             .map(|p| TopicPartition {

@@ -1,0 +1,170 @@
+//! `kafka-source` against librdkafka's mock cluster (in the bench's own
+//! process, on a 127.0.0.1 port of its own), beside librdkafka's own
+//! consumer reading the same records from the same cluster in the same run.
+//! The records are written first by librdkafka's producer, whose rate is
+//! the native figure a Kafka sink is measured against.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use sluice_test_servers::kafka::MockKafka;
+
+use crate::report::{Figure, Report, Target, say};
+
+const PARTITIONS: i32 = 6;
+
+/// Every figure of the section.
+pub fn section(report: &mut Report, bin: &Path, work: &Path, cache: &Path) -> anyhow::Result<()> {
+    for (payload, count) in [(100usize, 1_000_000u64), (1024, 300_000)] {
+        say(format!(
+            "\nkafka: {count} records of {payload} B in a topic of {PARTITIONS} partitions on librdkafka's mock cluster; kafka-source (one instance, bounded) -> log -> blackhole beside librdkafka's consumer"
+        ));
+        let kafka = MockKafka::start(1);
+        kafka.create_topic("bench", PARTITIONS, 1);
+        let produced = produce_natively(&kafka, payload, count)?;
+        report.add(
+            Figure::new(
+                "kafka",
+                format!("native: librdkafka producer, {payload} B"),
+                produced,
+                "rec/s",
+            )
+            .aside("acks=all, lz4 off, linger 5 ms"),
+        );
+        let consumed = consume_natively(&kafka, count)?;
+        report.add(
+            Figure::new(
+                "kafka",
+                format!("native: librdkafka consumer, {payload} B"),
+                consumed,
+                "rec/s",
+            )
+            .aside("one consumer, all partitions"),
+        );
+        let source = source_run(&kafka, bin, work, cache, count)?;
+        report.add(
+            Figure::new(
+                "kafka",
+                format!("kafka-source -> log -> blackhole, {payload} B"),
+                source,
+                "rec/s",
+            )
+            .aside(format!("{:.2} of librdkafka's consumer", source / consumed))
+            .target(Some(Target::at_least(0.7 * consumed))),
+        );
+    }
+    Ok(())
+}
+
+/// Writes `count` records of `payload` bytes with librdkafka's producer;
+/// records/s from the first send to the last acknowledgement.
+fn produce_natively(kafka: &MockKafka, payload: usize, count: u64) -> anyhow::Result<f64> {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", kafka.bootstrap())
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
+    let value = vec![b'x'; payload];
+    let started = Instant::now();
+    for i in 0..count {
+        let key = i.to_string();
+        let mut record = BaseRecord::to("bench").key(&key).payload(&value);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    record = back;
+                    producer.poll(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(120))?;
+    Ok(count as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Reads every record with librdkafka's consumer (one consumer, every
+/// partition assigned from the start); records/s from its creation to the
+/// last record.
+fn consume_natively(kafka: &MockKafka, count: u64) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka.bootstrap())
+        .set("group.id", "bench-native")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        assignment.add_partition_offset("bench", p, Offset::Beginning)?;
+    }
+    consumer.assign(&assignment)?;
+    let mut seen = 0u64;
+    while seen < count {
+        match consumer.poll(Duration::from_secs(10)) {
+            Some(Ok(_)) => seen += 1,
+            Some(Err(e)) => bail!("librdkafka's consumer: {e}"),
+            None => {
+                bail!("librdkafka's consumer: {seen} of {count} records, then nothing for 10 s")
+            }
+        }
+    }
+    Ok(count as f64 / started.elapsed().as_secs_f64())
+}
+
+/// `kafka-source` (bounded: it finishes at the end of the topic) → log →
+/// `blackhole`: the source's records/s from its start to its end, as the
+/// run's summary says.
+fn source_run(
+    kafka: &MockKafka,
+    bin: &Path,
+    work: &Path,
+    cache: &Path,
+    count: u64,
+) -> anyhow::Result<f64> {
+    let dir = tempfile::tempdir_in(work)?;
+    let brokers = format!("{:?}", kafka.addrs());
+    let manifest = format!(
+        r#"[broker]
+data_dir = "data"
+
+[[connector]]
+name = "kafka"
+kind = "source"
+plugin = "kafka-source"
+topic = "bench"
+[connector.config]
+bootstrap_servers = {brokers}
+topics = ["bench"]
+bounded = true
+[connector.grants]
+net = {brokers}
+
+[[connector]]
+name = "hole"
+kind = "sink"
+plugin = "blackhole"
+topic = "bench"
+"#
+    );
+    let summary = crate::files::sluice_run(bin, cache, dir.path(), &manifest)?;
+    let row = summary
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some("kafka"))
+        .context("no kafka row in the summary")?;
+    let records: u64 = row
+        .split_whitespace()
+        .nth(2)
+        .context("no record count")?
+        .replace(',', "")
+        .parse()?;
+    if records != count {
+        bail!("kafka-source read {records} of {count} records:\n{summary}");
+    }
+    crate::files::summary_rate(&summary, "kafka")
+}

@@ -1,0 +1,134 @@
+#!/usr/bin/python3
+"""A third-party Kafka client for the kafka tests: Confluent's Python client
+(Debian package python3-confluent-kafka), producing and consuming on the
+test's own cluster, so Sluice's Kafka plugins are checked against a client
+they share no code with.
+
+    kafka_client.py produce BOOTSTRAP TOPIC COUNT PARTITIONS [--from I] [--value-bytes N]
+        Writes records I..I+COUNT: record i goes to partition i % PARTITIONS
+        with key "k<i>", value "v<i>" (padded with '.' to N bytes), headers
+        i=<i> and src=python, and timestamp 1700000000000 + i. Prints
+        "produced COUNT" when the cluster has them all.
+
+    kafka_client.py consume BOOTSTRAP TOPIC PARTITIONS COUNT [--timeout S]
+                            [--read-uncommitted]
+        Reads every partition from its start (read_committed unless told)
+        until COUNT records came or S seconds (default 60) passed with
+        none; prints each as a JSON line: partition, offset, key, value,
+        headers (a list of [name, value] pairs), timestamp.
+"""
+
+import json
+import sys
+import time
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+
+def produce(bootstrap, topic, count, partitions, first, value_bytes):
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 5,
+            "batch.num.messages": 10000,
+            "queue.buffering.max.messages": 1000000,
+            "enable.idempotence": True,
+        }
+    )
+    failed = []
+
+    def delivered(err, _msg):
+        if err is not None:
+            failed.append(err)
+
+    for i in range(first, first + count):
+        value = ("v%d" % i).ljust(value_bytes, ".")
+        while True:
+            try:
+                producer.produce(
+                    topic,
+                    value=value,
+                    key="k%d" % i,
+                    partition=i % partitions,
+                    timestamp=1700000000000 + i,
+                    headers=[("i", str(i)), ("src", "python")],
+                    on_delivery=delivered,
+                )
+                break
+            except BufferError:
+                producer.poll(0.05)
+        if i % 1000 == 0:
+            producer.poll(0)
+    left = producer.flush(120)
+    if left or failed:
+        sys.exit("not delivered: %d left, errors %s" % (left, failed[:3]))
+    print("produced %d" % count, flush=True)
+
+
+def consume(bootstrap, topic, partitions, count, timeout, committed):
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "kafka-client-py",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed" if committed else "read_uncommitted",
+        }
+    )
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    seen = 0
+    last = time.monotonic()
+    out = sys.stdout
+    while seen < count and time.monotonic() - last < timeout:
+        for msg in consumer.consume(10000, 0.5):
+            if msg.error():
+                continue
+            last = time.monotonic()
+            seen += 1
+            text = lambda b: None if b is None else b.decode("utf-8", "replace")
+            out.write(
+                json.dumps(
+                    {
+                        "partition": msg.partition(),
+                        "offset": msg.offset(),
+                        "key": text(msg.key()),
+                        "value": text(msg.value()),
+                        "headers": [[k, text(v)] for k, v in (msg.headers() or [])],
+                        "timestamp": msg.timestamp()[1],
+                    }
+                )
+                + "\n"
+            )
+    out.flush()
+    consumer.close()
+
+
+def main(argv):
+    def option(name, default, kind=int):
+        if name in argv:
+            return kind(argv[argv.index(name) + 1])
+        return default
+
+    if argv[1] == "produce":
+        produce(
+            argv[2],
+            argv[3],
+            int(argv[4]),
+            int(argv[5]),
+            option("--from", 0),
+            option("--value-bytes", 0),
+        )
+    elif argv[1] == "consume":
+        consume(
+            argv[2],
+            argv[3],
+            int(argv[4]),
+            int(argv[5]),
+            option("--timeout", 60.0, float),
+            "--read-uncommitted" not in argv,
+        )
+    else:
+        sys.exit(__doc__)
+
+
+if __name__ == "__main__":
+    main(sys.argv)
