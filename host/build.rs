@@ -14,6 +14,7 @@ const BUILTIN: &[&str] = &[
     "file-source",
     "http-sink",
     "http-source",
+    "kafka-sink",
     "kafka-source",
     "mariadb-sink",
     "postgres-cdc",

@@ -181,7 +181,9 @@ fn kafka_source_killed_at_random_moments_stores_each_of_a_million_records_once_i
         )
         .connector(json_files("in"))
         .write(dir.path());
-    // The records arrive while the host is killed and started again.
+    // The records arrive while the host is killed and started again,
+    // compressed: the mock cluster keeps 5 MiB a partition, and a million
+    // plain records are more.
     let bootstrap = kafka.bootstrap();
     let producer = std::thread::spawn({
         let python = python.clone();
@@ -189,6 +191,7 @@ fn kafka_source_killed_at_random_moments_stores_each_of_a_million_records_once_i
             let out = Command::new(python)
                 .arg(client_script())
                 .args(["produce", &bootstrap, "events", "1000000", "6"])
+                .args(["--compression", "lz4"])
                 .output()
                 .unwrap();
             assert!(
@@ -225,6 +228,16 @@ fn kafka_source_killed_at_random_moments_stores_each_of_a_million_records_once_i
     let out = host.wait_for_exit(Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(130), "{}", host.log());
     assert_each_once_in_partition_order(&lines(dir.path()), 1_000_000, 6);
+    let logs: String = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    assert!(
+        !logs.contains("no longer holds"),
+        "the cluster dropped records before they were read"
+    );
 }
 
 #[test]
@@ -279,4 +292,239 @@ fn kafka_source_without_a_net_grant_for_the_brokers_is_refused_at_open() {
         err.contains(&kafka.addrs()[0]) && err.contains("grant"),
         "{err}"
     );
+}
+
+/// What the Python client read from `topic` (`partitions` of them), in
+/// each partition's order: (partition, i, key, value, headers, timestamp).
+type Consumed = (
+    i32,
+    u64,
+    Option<String>,
+    Option<String>,
+    Vec<(String, String)>,
+    i64,
+);
+
+fn consume(
+    python: &Path,
+    kafka: &MockKafka,
+    topic: &str,
+    partitions: u32,
+    count: u64,
+) -> Vec<Consumed> {
+    let out = Command::new(python)
+        .arg(client_script())
+        .args(["consume", &kafka.bootstrap(), topic])
+        .args([partitions.to_string(), count.to_string()])
+        .args(["--timeout", "20"])
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let r: serde_json::Value = serde_json::from_str(line).unwrap();
+            let headers: Vec<(String, String)> = r["headers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| {
+                    (
+                        h[0].as_str().unwrap().to_owned(),
+                        h[1].as_str().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect();
+            let i = headers
+                .iter()
+                .find(|(k, _)| k == "i")
+                .map(|(_, v)| v.parse().unwrap())
+                .unwrap_or(u64::MAX);
+            (
+                r["partition"].as_i64().unwrap() as i32,
+                i,
+                r["key"].as_str().map(str::to_owned),
+                r["value"].as_str().map(str::to_owned),
+                headers,
+                r["timestamp"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Python client → `in` → kafka-source → log → kafka-sink → `out`: the
+/// Python client reads back what `out` holds.
+fn round_trip(kafka: &MockKafka, dir: &Path, sink: impl FnOnce(Connector) -> Connector) -> Host {
+    let manifest = manifest()
+        .broker("partitions", 2)
+        .connector(kafka_source(kafka, &["in"]).set("parallelism", 2))
+        .connector(sink(
+            crate::common::sink("to-kafka", "kafka-sink", "in")
+                .config("bootstrap_servers", kafka.addrs())
+                .config("topic", "out")
+                .grant("net", kafka.addrs()),
+        ))
+        .write(dir);
+    Host::run(dir, &manifest)
+}
+
+#[test]
+fn kafka_sink_writes_each_record_to_the_partition_the_java_client_picks_for_its_key() {
+    let Some(python) = python() else { return };
+    let kafka = MockKafka::start(3);
+    kafka.create_topic("in", 6, 3);
+    kafka.create_topic("out", 7, 3);
+    produce(&python, &kafka, "in", 0, 20_000, 6);
+    let dir = tempfile::tempdir().unwrap();
+    let mut host = round_trip(&kafka, dir.path(), |s| s);
+    let got = consume(&python, &kafka, "out", 7, 20_000);
+    host.interrupt();
+    let out = host.wait_for_exit(Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(130), "{}", host.log());
+
+    let mut seen: Vec<u64> = got.iter().map(|c| c.1).collect();
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(got.len(), 20_000, "every record once");
+    assert_eq!(seen.len(), 20_000, "every record once");
+    for (partition, i, key, value, headers, timestamp) in &got {
+        let key = key.as_deref().unwrap();
+        assert_eq!(key, format!("k{i}"));
+        assert_eq!(
+            *partition as u32,
+            sluice_kafka::partitioner::partition_for_key(key.as_bytes(), 7),
+            "record {i}"
+        );
+        assert_eq!(value.as_deref(), Some(format!("v{i}").as_str()));
+        assert_eq!(
+            *headers,
+            vec![
+                ("i".to_owned(), i.to_string()),
+                ("src".to_owned(), "python".to_owned())
+            ]
+        );
+        assert_eq!(*timestamp, 1_700_000_000_000 + *i as i64);
+    }
+    // Within a key's partition, records keep the order they had in theirs.
+    let mut last: BTreeMap<(i32, u64), u64> = BTreeMap::new();
+    for (partition, i, ..) in &got {
+        let from = (*partition, i % 6);
+        if let Some(before) = last.insert(from, *i) {
+            assert!(*i > before, "{i} after {before}");
+        }
+    }
+}
+
+#[test]
+fn kafka_sink_retries_what_the_brokers_refuse_for_a_while_and_waits_out_a_cluster_that_goes_away() {
+    use sluice_test_servers::kafka::{ApiKey, ErrorCode};
+    let Some(python) = python() else { return };
+    let kafka = MockKafka::start(1);
+    kafka.create_topic("in", 2, 1);
+    kafka.create_topic("out", 3, 1);
+    // Refused before they are stored: the sink must send them again.
+    kafka.fail_requests(
+        ApiKey::Produce,
+        &[
+            ErrorCode::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+            ErrorCode::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
+            ErrorCode::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+            ErrorCode::RD_KAFKA_RESP_ERR__TRANSPORT,
+        ],
+    );
+    produce(&python, &kafka, "in", 0, 5_000, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let mut host = round_trip(&kafka, dir.path(), |s| s);
+    let first = consume(&python, &kafka, "out", 3, 5_000);
+    assert_eq!(first.len(), 5_000);
+    kafka.down();
+    produce_later(&python, &kafka, "in", 5_000, 5_000, 2);
+    let got = consume(&python, &kafka, "out", 3, 10_000);
+    host.interrupt();
+    let out = host.wait_for_exit(Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(130), "{}", host.log());
+    let mut seen: Vec<u64> = got.iter().map(|c| c.1).collect();
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(
+        (got.len(), seen.len()),
+        (10_000, 10_000),
+        "every record once"
+    );
+    let log = host.log();
+    assert!(
+        log.contains("kafka-sink to-kafka") && log.contains("is away"),
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("is away").count(),
+        log.matches("is back").count(),
+        "{log}"
+    );
+}
+
+/// Brings the cluster back after a few seconds and then produces, from a
+/// thread of its own, while the test waits.
+fn produce_later(
+    python: &Path,
+    kafka: &MockKafka,
+    topic: &str,
+    from: u64,
+    count: u64,
+    partitions: u32,
+) {
+    std::thread::sleep(Duration::from_secs(3));
+    kafka.up();
+    produce(python, kafka, topic, from, count, partitions);
+}
+
+#[test]
+fn kafka_sink_names_each_records_topic_from_its_headers_and_dead_letters_a_record_without_them() {
+    let Some(python) = python() else { return };
+    let kafka = MockKafka::start(1);
+    for t in ["in", "by-src-python"] {
+        kafka.create_topic(t, 1, 1);
+    }
+    produce(&python, &kafka, "in", 0, 100, 1);
+    // Records 100..150 have no `src` header.
+    let out = Command::new(&python)
+        .arg(client_script())
+        .args([
+            "produce",
+            &kafka.bootstrap(),
+            "in",
+            "50",
+            "1",
+            "--from",
+            "100",
+            "--no-src",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = manifest()
+        .connector(kafka_source(&kafka, &["in"]))
+        .connector(
+            sink("to-kafka", "kafka-sink", "in")
+                .config("bootstrap_servers", kafka.addrs())
+                .config("topic", "by-src-{src}")
+                .grant("net", kafka.addrs()),
+        )
+        .connector(dead_letters("to-kafka.dlq"))
+        .write(dir.path());
+    let mut host = Host::run(dir.path(), &manifest);
+    let got = consume(&python, &kafka, "by-src-python", 1, 100);
+    wait_until("the dead letters are in", Duration::from_secs(30), || {
+        output_lines(&dir.path().join("dlq")).len() >= 50
+    });
+    host.interrupt();
+    host.wait_for_exit(Duration::from_secs(30));
+    let ids: Vec<u64> = got.iter().map(|c| c.1).collect();
+    assert_eq!(ids, (0..100).collect::<Vec<_>>());
+    let dead = output_lines(&dir.path().join("dlq"));
+    assert_eq!(dead.len(), 50);
+    assert!(dead[0].contains("no header \\\"src\\\""), "{}", dead[0]);
 }

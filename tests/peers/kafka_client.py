@@ -5,10 +5,12 @@ test's own cluster, so Sluice's Kafka plugins are checked against a client
 they share no code with.
 
     kafka_client.py produce BOOTSTRAP TOPIC COUNT PARTITIONS [--from I] [--value-bytes N]
+                            [--no-src] [--compression CODEC]
         Writes records I..I+COUNT: record i goes to partition i % PARTITIONS
         with key "k<i>", value "v<i>" (padded with '.' to N bytes), headers
-        i=<i> and src=python, and timestamp 1700000000000 + i. Prints
-        "produced COUNT" when the cluster has them all.
+        i=<i> and (without --no-src) src=python, and timestamp
+        1700000000000 + i, in batches compressed with CODEC (default none).
+        Prints "produced COUNT" when the cluster has them all.
 
     kafka_client.py consume BOOTSTRAP TOPIC PARTITIONS COUNT [--timeout S]
                             [--read-uncommitted]
@@ -25,10 +27,11 @@ import time
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 
-def produce(bootstrap, topic, count, partitions, first, value_bytes):
+def produce(bootstrap, topic, count, partitions, first, value_bytes, src=True, codec="none"):
     producer = Producer(
         {
             "bootstrap.servers": bootstrap,
+            "compression.type": codec,
             "linger.ms": 5,
             "batch.num.messages": 10000,
             "queue.buffering.max.messages": 1000000,
@@ -51,7 +54,7 @@ def produce(bootstrap, topic, count, partitions, first, value_bytes):
                     key="k%d" % i,
                     partition=i % partitions,
                     timestamp=1700000000000 + i,
-                    headers=[("i", str(i)), ("src", "python")],
+                    headers=[("i", str(i))] + ([("src", "python")] if src else []),
                     on_delivery=delivered,
                 )
                 break
@@ -116,6 +119,8 @@ def main(argv):
             int(argv[5]),
             option("--from", 0),
             option("--value-bytes", 0),
+            "--no-src" not in argv,
+            option("--compression", "none", str),
         )
     elif argv[1] == "consume":
         consume(

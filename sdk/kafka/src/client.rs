@@ -9,8 +9,10 @@ use bytes::Bytes;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    BrokerId, FetchRequest, ListOffsetsRequest, MetadataRequest, MetadataResponse, TopicName,
+    BrokerId, FetchRequest, InitProducerIdRequest, ListOffsetsRequest, MetadataRequest,
+    MetadataResponse, ProduceRequest, ProducerId, TopicName, TransactionalId,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -131,6 +133,10 @@ impl Default for FetchLimits {
 
 /// Partitions (with what is asked of each) by the broker that leads them.
 type ByLeader<T> = BTreeMap<i32, Vec<(TopicPartition, PartitionInfo, T)>>;
+
+/// A partition's outcome of a produce: the offset its batch got, or the
+/// error.
+pub type Produced = (TopicPartition, Result<i64, KafkaError>);
 
 /// A client of one cluster.
 #[derive(Debug)]
@@ -548,6 +554,135 @@ impl<D: Dial> Client<D> {
                             .into_iter()
                             .map(|(tp, _, from)| failed(tp, from, duplicate(&e))),
                     );
+                }
+            }
+        }
+        match interrupted {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+
+    /// Asks any broker for a producer id and epoch for an idempotent
+    /// producer (no transactional id).
+    pub fn init_producer_id(&mut self) -> Result<(i64, i16), KafkaError> {
+        let request = InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_transaction_timeout_ms(-1)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1);
+        let (addr, response) = self.any_broker(|conn| {
+            let version = conn.version::<InitProducerIdRequest>(0..=4)?;
+            conn.call(&request, version)
+        })?;
+        KafkaError::check(&addr, "InitProducerId", response.error_code)?;
+        Ok((response.producer_id.0, response.producer_epoch))
+    }
+
+    /// Writes one record batch (made by
+    /// [`BatchBuilder`](crate::records::BatchBuilder)) to each partition,
+    /// `acks = all`: one request to each leader, all sent before any
+    /// answer is read. Each partition's outcome: the offset its batch got,
+    /// or the error (partitions without a known leader, and those whose
+    /// leader could not be asked, included).
+    pub fn produce(
+        &mut self,
+        batches: Vec<(TopicPartition, Bytes)>,
+        transactional_id: Option<&str>,
+        timeout_ms: i32,
+    ) -> Result<Vec<Produced>, KafkaError> {
+        let (grouped, leaderless) = self.by_leader(batches);
+        let mut out: Vec<Produced> = leaderless
+            .into_iter()
+            .map(|tp| {
+                let e = KafkaError::Broker {
+                    addr: "-".into(),
+                    what: format!("Produce {tp}"),
+                    code: kafka_protocol::ResponseError::LeaderNotAvailable,
+                };
+                (tp, Err(e))
+            })
+            .collect();
+        let txn = transactional_id.map(|t| TransactionalId(StrBytes::from_string(t.to_owned())));
+        let mut sent = Vec::new();
+        for (leader, parts) in grouped {
+            let mut topics: BTreeMap<&str, Vec<PartitionProduceData>> = BTreeMap::new();
+            for (tp, _, bytes) in &parts {
+                topics.entry(&tp.topic).or_default().push(
+                    PartitionProduceData::default()
+                        .with_index(tp.partition)
+                        .with_records(Some(bytes.clone())),
+                );
+            }
+            let request = ProduceRequest::default()
+                .with_transactional_id(txn.clone())
+                .with_acks(-1)
+                .with_timeout_ms(timeout_ms)
+                .with_topic_data(
+                    topics
+                        .into_iter()
+                        .map(|(name, ps)| {
+                            TopicProduceData::default()
+                                .with_name(TopicName(StrBytes::from_string(name.to_owned())))
+                                .with_partition_data(ps)
+                        })
+                        .collect(),
+                );
+            let sent_to = self.broker(leader).and_then(|conn| {
+                let version = conn.version::<ProduceRequest>(3..=9)?;
+                conn.send(&request, version).map(|()| version)
+            });
+            let tps: Vec<TopicPartition> = parts.into_iter().map(|(tp, ..)| tp).collect();
+            match sent_to {
+                Ok(version) => sent.push((leader, version, tps)),
+                Err(e) if e.is_interrupted() => return Err(e),
+                Err(e) => {
+                    self.drop_broker(leader);
+                    out.extend(tps.into_iter().map(|tp| (tp, Err(duplicate(&e)))));
+                }
+            }
+        }
+        let mut interrupted = None;
+        for (leader, version, tps) in sent {
+            if interrupted.is_some() {
+                self.drop_broker(leader);
+                continue;
+            }
+            let conn = self.broker(leader).expect("sent on it");
+            let addr = conn.addr().to_owned();
+            match conn.receive::<ProduceRequest>(version) {
+                Ok(response) => {
+                    let mut answered = BTreeMap::new();
+                    for topic in response.responses {
+                        let name = topic.name.0.to_string();
+                        for p in topic.partition_responses {
+                            let tp = TopicPartition {
+                                topic: name.clone(),
+                                partition: p.index,
+                            };
+                            let what = match p.error_message.as_deref() {
+                                Some(m) if !m.is_empty() => format!("Produce {tp} ({m})"),
+                                _ => format!("Produce {tp}"),
+                            };
+                            let outcome = KafkaError::check(&addr, what, p.error_code)
+                                .map(|()| p.base_offset);
+                            answered.insert(tp, outcome);
+                        }
+                    }
+                    for tp in tps {
+                        let outcome = answered.remove(&tp).unwrap_or_else(|| {
+                            Err(KafkaError::protocol(&addr, format!("no answer for {tp}")))
+                        });
+                        out.push((tp, outcome));
+                    }
+                }
+                Err(e) => {
+                    self.drop_broker(leader);
+                    if e.is_interrupted() {
+                        interrupted = Some(e);
+                        continue;
+                    }
+                    out.extend(tps.into_iter().map(|tp| (tp, Err(duplicate(&e)))));
                 }
             }
         }

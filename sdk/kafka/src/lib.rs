@@ -18,7 +18,7 @@ pub mod partitioner;
 pub mod records;
 
 pub use client::{
-    Client, FetchLimits, Fetched, Isolation, OffsetSpec, PartitionInfo, TopicPartition,
+    Client, FetchLimits, Fetched, Isolation, OffsetSpec, PartitionInfo, Produced, TopicPartition,
 };
 pub use conn::{Connection, Dial, api_name};
 pub use error::{KafkaError, ResponseError};

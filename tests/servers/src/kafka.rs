@@ -3,9 +3,12 @@
 //! bundled source), in this process, its brokers listening on 127.0.0.1
 //! ports of their own. It speaks the Kafka protocol (produce, fetch,
 //! offsets, idempotent and transactional producers, consumer groups) and
-//! can fail requests or go down on demand; it keeps everything in memory and
-//! has no SASL and no `CreateTopics` (make topics with
-//! [`MockKafka::create_topic`]).
+//! can fail requests or go down on demand. It keeps everything in memory,
+//! **at most 5 MiB a partition** (it drops the oldest batches beyond that:
+//! keep a test's data under it, or compress it), and has no SASL, no
+//! `CreateTopics` (make topics with [`MockKafka::create_topic`]), no
+//! transaction markers for `read_committed` readers, and checks sequence
+//! numbers only for transactional producers.
 //!
 //! Nothing to install: it is built with the tests. [`confluent_kafka`]
 //! finds the third-party client the tests check the wire against.
