@@ -59,8 +59,54 @@ pub fn section(report: &mut Report, bin: &Path, work: &Path, cache: &Path) -> an
             .aside(format!("{:.2} of librdkafka's consumer", source / consumed))
             .target(Some(Target::at_least(0.7 * consumed))),
         );
+        kafka.create_topic("sink-bench", PARTITIONS, 1);
+        let sink = sink_run(&kafka, bin, work, cache, payload, count)?;
+        report.add(
+            Figure::new(
+                "kafka",
+                format!("datagen -> log -> kafka-sink, {payload} B"),
+                sink,
+                "rec/s",
+            )
+            .aside(format!("{:.2} of librdkafka's producer", sink / produced))
+            .target(Some(Target::at_least(0.7 * produced))),
+        );
     }
     Ok(())
+}
+
+/// `datagen` (`count` records of `payload` bytes, no key) → log →
+/// `kafka-sink` into `sink-bench`: the sink's records/s from its start to
+/// its last acknowledged batch, as the run's summary says.
+fn sink_run(
+    kafka: &MockKafka,
+    bin: &Path,
+    work: &Path,
+    cache: &Path,
+    payload: usize,
+    count: u64,
+) -> anyhow::Result<f64> {
+    let dir = tempfile::tempdir_in(work)?;
+    let brokers = format!("{:?}", kafka.addrs());
+    let manifest = crate::files::datagen_into(
+        count,
+        payload as u32,
+        &format!(
+            r#"[[connector]]
+name = "to-kafka"
+kind = "sink"
+plugin = "kafka-sink"
+topic = "bench"
+[connector.config]
+bootstrap_servers = {brokers}
+topic = "sink-bench"
+[connector.grants]
+net = {brokers}
+"#
+        ),
+    );
+    let summary = crate::files::sluice_run(bin, cache, dir.path(), &manifest)?;
+    crate::files::summary_rate(&summary, "to-kafka")
 }
 
 /// Writes `count` records of `payload` bytes with librdkafka's producer;

@@ -35,9 +35,11 @@ pub struct Connection<S> {
     /// The versions the broker speaks, by API key.
     versions: HashMap<i16, (i16, i16)>,
     out: BytesMut,
-    /// The response being read: kept when the host interrupts the read, so
+    /// The response being read (its length, then the whole frame), and how
+    /// much of it has arrived: kept when the host interrupts the read, so
     /// the next read goes on from there.
     input: Vec<u8>,
+    filled: usize,
 }
 
 impl<S: Read + Write> Connection<S> {
@@ -53,6 +55,7 @@ impl<S: Read + Write> Connection<S> {
             versions: HashMap::new(),
             out: BytesMut::new(),
             input: Vec::new(),
+            filled: 0,
         };
         let request = ApiVersionsRequest::default()
             .with_client_software_name(StrBytes::from_static_str("sluice-kafka"))
@@ -183,24 +186,25 @@ impl<S: Read + Write> Connection<S> {
     /// read the host interrupted, which must instead return (with what was
     /// read so far kept for the next call).
     fn read_frame(&mut self) -> Result<Bytes, KafkaError> {
-        let mut want = 4;
         loop {
-            if self.input.len() >= 4 {
+            if self.filled >= 4 && self.input.len() == 4 {
                 let length = i32::from_be_bytes(self.input[..4].try_into().expect("4 bytes"));
                 let length = usize::try_from(length)
                     .map_err(|_| KafkaError::protocol(&self.addr, "a negative response length"))?;
-                want = 4 + length;
-                if self.input.len() == want {
-                    let mut frame = Bytes::from(std::mem::take(&mut self.input));
-                    let _length = frame.split_to(4);
-                    return Ok(frame);
-                }
+                // Zeroed once a frame; reads fill it in place.
+                self.input.resize(4 + length, 0);
             }
-            let have = self.input.len();
-            self.input.resize(want, 0);
-            match self.stream.read(&mut self.input[have..]) {
+            if self.filled == self.input.len() && self.filled >= 4 {
+                let mut frame = Bytes::from(std::mem::take(&mut self.input));
+                self.filled = 0;
+                let _length = frame.split_to(4);
+                return Ok(frame);
+            }
+            if self.input.is_empty() {
+                self.input.resize(4, 0);
+            }
+            match self.stream.read(&mut self.input[self.filled..]) {
                 Ok(0) => {
-                    self.input.truncate(have);
                     return Err(KafkaError::io(
                         &self.addr,
                         io::Error::new(
@@ -209,11 +213,8 @@ impl<S: Read + Write> Connection<S> {
                         ),
                     ));
                 }
-                Ok(n) => self.input.truncate(have + n),
-                Err(e) => {
-                    self.input.truncate(have);
-                    return Err(KafkaError::io(&self.addr, e));
-                }
+                Ok(n) => self.filled += n,
+                Err(e) => return Err(KafkaError::io(&self.addr, e)),
             }
         }
     }
