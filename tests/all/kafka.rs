@@ -528,3 +528,87 @@ fn kafka_sink_names_each_records_topic_from_its_headers_and_dead_letters_a_recor
     assert_eq!(dead.len(), 50);
     assert!(dead[0].contains("no header \\\"src\\\""), "{}", dead[0]);
 }
+
+/// What the Python client says `group` has committed for `topic`'s
+/// partitions.
+fn group_offsets(
+    python: &Path,
+    kafka: &MockKafka,
+    group: &str,
+    topic: &str,
+    partitions: u32,
+) -> Vec<i64> {
+    let out = Command::new(python)
+        .arg(client_script())
+        .args([
+            "committed",
+            &kafka.bootstrap(),
+            group,
+            topic,
+            &partitions.to_string(),
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.split_whitespace().nth(1).unwrap().parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn kafka_source_takes_over_from_a_consumer_groups_offsets_and_commits_what_the_log_holds_to_it() {
+    let Some(python) = python() else { return };
+    let kafka = MockKafka::start(1);
+    kafka.create_topic("t", 2, 1);
+    produce(&python, &kafka, "t", 0, 1_000, 2);
+    // A Kafka consumer of group `g` had read 100 of partition 0 and 200 of 1.
+    let out = Command::new(&python)
+        .arg(client_script())
+        .args(["commit", &kafka.bootstrap(), "g", "t", "0:100", "1:200"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(group_offsets(&python, &kafka, "g", "t", 2), [100, 200]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = manifest()
+        .connector(
+            kafka_source(&kafka, &["t"])
+                .config("group_id", "g")
+                .config("group_commit_interval_ms", 100),
+        )
+        .connector(json_files("in"))
+        .write(dir.path());
+    let mut host = Host::run(dir.path(), &manifest);
+    wait_until("the rest is in", Duration::from_secs(60), || {
+        output_lines(&dir.path().join("out")).len() >= 700
+    });
+    wait_until(
+        "the group's offsets are the log's",
+        Duration::from_secs(30),
+        || group_offsets(&python, &kafka, "g", "t", 2) == [500, 500],
+    );
+    host.interrupt();
+    let out = host.wait_for_exit(Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(130), "{}", host.log());
+    let log = host.log();
+    assert!(
+        log.contains("reading t/0 from offset 100, group g's"),
+        "{log}"
+    );
+    let mut got: Vec<u64> = lines(dir.path()).iter().map(|l| l.0).collect();
+    got.sort_unstable();
+    // Partition 0 holds the even records, from its offset 100 (record
+    // 200); partition 1 the odd, from its offset 200 (record 401).
+    let want: Vec<u64> = (0..1_000)
+        .filter(|i| if i % 2 == 0 { *i >= 200 } else { *i >= 401 })
+        .collect();
+    assert_eq!(got, want);
+}

@@ -18,6 +18,13 @@ they share no code with.
         until COUNT records came or S seconds (default 60) passed with
         none; prints each as a JSON line: partition, offset, key, value,
         headers (a list of [name, value] pairs), timestamp.
+
+    kafka_client.py committed BOOTSTRAP GROUP TOPIC PARTITIONS
+        Prints the offset consumer group GROUP has committed for each
+        partition of TOPIC, as "PARTITION OFFSET" lines (-1001: none).
+
+    kafka_client.py commit BOOTSTRAP GROUP TOPIC PARTITION:OFFSET...
+        Commits those offsets for GROUP, as a consumer of it would.
 """
 
 import json
@@ -105,6 +112,26 @@ def consume(bootstrap, topic, partitions, count, timeout, committed):
     consumer.close()
 
 
+def committed(bootstrap, group, topic, partitions):
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    for tp in consumer.committed([TopicPartition(topic, p) for p in range(partitions)], 30):
+        print("%d %d" % (tp.partition, tp.offset))
+    consumer.close()
+
+
+def commit(bootstrap, group, topic, pairs):
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
+    )
+    offsets = []
+    for pair in pairs:
+        p, o = pair.split(":")
+        offsets.append(TopicPartition(topic, int(p), int(o)))
+    consumer.commit(offsets=offsets, asynchronous=False)
+    consumer.close()
+    print("committed", flush=True)
+
+
 def main(argv):
     def option(name, default, kind=int):
         if name in argv:
@@ -131,6 +158,10 @@ def main(argv):
             option("--timeout", 60.0, float),
             "--read-uncommitted" not in argv,
         )
+    elif argv[1] == "committed":
+        committed(argv[2], argv[3], argv[4], int(argv[5]))
+    elif argv[1] == "commit":
+        commit(argv[2], argv[3], argv[4], argv[5:])
     else:
         sys.exit(__doc__)
 

@@ -36,6 +36,19 @@ pub struct Config {
     /// ends as they are then.
     #[serde(default)]
     pub bounded: bool,
+    /// A consumer group to keep informed: the offsets the log holds are
+    /// committed to it (at most every `group_commit_interval_ms`, and at
+    /// close), so Kafka's tools show the source's lag; and a partition the
+    /// source has no position for starts at the group's committed offset,
+    /// if it has one (so a source can take over from a Kafka consumer).
+    /// The source does not join the group: partitions are still split by
+    /// instance. Default none.
+    #[serde(default)]
+    pub group_id: Option<String>,
+    /// How often the group's offsets are committed, in milliseconds.
+    /// Default 5000.
+    #[serde(default = "default_group_commit_interval_ms")]
+    pub group_commit_interval_ms: u64,
     /// `"read_committed"` (the default: records of open or aborted
     /// transactions are not read) or `"read_uncommitted"`.
     #[serde(default)]
@@ -123,6 +136,9 @@ fn default_fetch_max_bytes() -> u32 {
 }
 fn default_partition_max_bytes() -> u32 {
     1 << 20
+}
+fn default_group_commit_interval_ms() -> u64 {
+    5_000
 }
 fn default_metadata_refresh_ms() -> u64 {
     30_000

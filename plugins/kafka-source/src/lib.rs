@@ -76,9 +76,23 @@ pub struct KafkaSource {
     /// their earliest).
     assigned_once: bool,
     pending: VecDeque<Pending>,
+    group: Option<Group>,
     metadata_at: Option<Instant>,
     cluster: Outage,
     scratch: Vec<u8>,
+}
+
+/// The consumer group the source keeps informed.
+#[derive(Debug)]
+struct Group {
+    id: String,
+    coordinator: Option<i32>,
+    every: Duration,
+    committed_at: Option<Instant>,
+    /// The last position the host said the log holds, not yet committed.
+    owed: Option<Vec<u8>>,
+    /// The last failure, said once.
+    failing: Option<String>,
 }
 
 /// Which topics the source reads.
@@ -186,6 +200,14 @@ impl Source for KafkaSource {
             unstarted: BTreeSet::new(),
             assigned_once: false,
             pending: VecDeque::new(),
+            group: config.group_id.clone().map(|id| Group {
+                id,
+                coordinator: None,
+                every: Duration::from_millis(config.group_commit_interval_ms),
+                committed_at: None,
+                owed: None,
+                failing: None,
+            }),
             metadata_at: None,
             cluster,
             scratch: Vec::new(),
@@ -240,9 +262,77 @@ impl Source for KafkaSource {
         let done = self.pending.is_empty() && self.at_the_end();
         Ok(Poll::at(position::encode(&self.next)).done_if(done))
     }
+
+    fn commit(&mut self, position: &[u8]) -> Result<(), Error> {
+        let Some(group) = &mut self.group else {
+            return Ok(());
+        };
+        group.owed = Some(position.to_vec());
+        if group
+            .committed_at
+            .is_none_or(|at| at.elapsed() >= group.every)
+        {
+            self.commit_group();
+        }
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<(), Error> {
+        self.commit_group();
+        Ok(())
+    }
 }
 
 impl KafkaSource {
+    /// Commits the owed position's offsets to the group. A failure is said
+    /// once and does not stop the source: the log's position is what
+    /// counts; the group's offsets only inform.
+    fn commit_group(&mut self) {
+        let Some(group) = &mut self.group else { return };
+        let Some(owed) = group.owed.take() else {
+            return;
+        };
+        group.committed_at = Some(Instant::now());
+        let result = position::decode(&owed)
+            .map_err(|e| e.to_string())
+            .and_then(|offsets| {
+                let coordinator = match group.coordinator {
+                    Some(c) => c,
+                    None => self
+                        .client
+                        .group_coordinator(&group.id)
+                        .map_err(|e| e.to_string())?,
+                };
+                group.coordinator = Some(coordinator);
+                self.client
+                    .commit_group_offsets(coordinator, &group.id, &offsets)
+                    .map_err(|e| e.to_string())
+            });
+        match result {
+            Ok(()) => {
+                if group.failing.take().is_some() {
+                    sluice_sdk::info!(
+                        "kafka-source {}: committing to group {} works again",
+                        self.ctx.connector,
+                        group.id
+                    );
+                }
+            }
+            Err(e) => {
+                group.coordinator = None;
+                group.owed.get_or_insert(owed);
+                if group.failing.is_none() {
+                    sluice_sdk::warn!(
+                        "kafka-source {}: cannot commit offsets to group {} ({e}); the log's position is unaffected, and it is tried again",
+                        self.ctx.connector,
+                        group.id
+                    );
+                    group.failing = Some(e);
+                }
+            }
+        }
+    }
+
     /// Whether a bounded source has read every partition to its end.
     fn at_the_end(&self) -> bool {
         self.ends.as_ref().is_some_and(|ends| {
@@ -311,7 +401,28 @@ impl KafkaSource {
                 Start::Timestamp(ms) => OffsetSpec::Timestamp(ms),
             }
         };
+        if let Some(group) = self.group.as_mut().filter(|_| !self.assigned_once) {
+            let coordinator = self.client.group_coordinator(&group.id)?;
+            group.coordinator = Some(coordinator);
+            let partitions: Vec<TopicPartition> = self.unstarted.iter().cloned().collect();
+            let found = self
+                .client
+                .group_offsets(coordinator, &group.id, &partitions)?;
+            for (tp, offset) in found {
+                sluice_sdk::info!(
+                    "kafka-source {}: reading {tp} from offset {offset}, group {}'s",
+                    self.ctx.connector,
+                    group.id
+                );
+                self.unstarted.remove(&tp);
+                self.next.insert(tp, offset);
+            }
+        }
         let partitions: Vec<TopicPartition> = self.unstarted.iter().cloned().collect();
+        if partitions.is_empty() {
+            self.assigned_once = true;
+            return Ok(());
+        }
         let mut offsets = self
             .client
             .list_offsets(&partitions, spec, self.isolation)?;

@@ -9,10 +9,15 @@ use bytes::Bytes;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::offset_commit_request::{
+    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
+use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    BrokerId, FetchRequest, InitProducerIdRequest, ListOffsetsRequest, MetadataRequest,
-    MetadataResponse, ProduceRequest, ProducerId, TopicName, TransactionalId,
+    BrokerId, FetchRequest, FindCoordinatorRequest, GroupId, InitProducerIdRequest,
+    ListOffsetsRequest, MetadataRequest, MetadataResponse, OffsetCommitRequest, OffsetFetchRequest,
+    ProduceRequest, ProducerId, TopicName, TransactionalId,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -690,6 +695,142 @@ impl<D: Dial> Client<D> {
             Some(e) => Err(e),
             None => Ok(out),
         }
+    }
+
+    /// The broker that coordinates consumer group `group` (its id),
+    /// asking any broker. Learns the coordinator's address too.
+    pub fn group_coordinator(&mut self, group: &str) -> Result<i32, KafkaError> {
+        let request = FindCoordinatorRequest::default()
+            .with_key(StrBytes::from_string(group.to_owned()))
+            .with_key_type(0);
+        let (addr, response) = self.any_broker(|conn| {
+            let version = conn.version::<FindCoordinatorRequest>(1..=3)?;
+            conn.call(&request, version)
+        })?;
+        KafkaError::check(
+            &addr,
+            format!("FindCoordinator for group {group}"),
+            response.error_code,
+        )?;
+        let id = response.node_id.0;
+        self.brokers
+            .entry(id)
+            .or_insert_with(|| format!("{}:{}", &*response.host, response.port));
+        Ok(id)
+    }
+
+    /// The offsets consumer group `group` has committed for `partitions`
+    /// (those it has none for are left out), from its coordinator.
+    pub fn group_offsets(
+        &mut self,
+        coordinator: i32,
+        group: &str,
+        partitions: &[TopicPartition],
+    ) -> Result<BTreeMap<TopicPartition, i64>, KafkaError> {
+        let mut topics: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+        for tp in partitions {
+            topics.entry(&tp.topic).or_default().push(tp.partition);
+        }
+        let request = OffsetFetchRequest::default()
+            .with_group_id(GroupId(StrBytes::from_string(group.to_owned())))
+            .with_topics(Some(
+                topics
+                    .into_iter()
+                    .map(|(name, ps)| {
+                        OffsetFetchRequestTopic::default()
+                            .with_name(TopicName(StrBytes::from_string(name.to_owned())))
+                            .with_partition_indexes(ps)
+                    })
+                    .collect(),
+            ));
+        let conn = self.broker(coordinator)?;
+        let version = conn.version::<OffsetFetchRequest>(1..=7)?;
+        let addr = conn.addr().to_owned();
+        let response = match conn.call(&request, version) {
+            Ok(r) => r,
+            Err(e) => {
+                self.drop_broker(coordinator);
+                return Err(e);
+            }
+        };
+        KafkaError::check(
+            &addr,
+            format!("OffsetFetch for group {group}"),
+            response.error_code,
+        )?;
+        let mut found = BTreeMap::new();
+        for topic in response.topics {
+            for p in topic.partitions {
+                let tp = TopicPartition {
+                    topic: topic.name.0.to_string(),
+                    partition: p.partition_index,
+                };
+                KafkaError::check(&addr, format!("OffsetFetch {tp}"), p.error_code)?;
+                if p.committed_offset >= 0 {
+                    found.insert(tp, p.committed_offset);
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Commits `offsets` (the next offset to read, as Kafka's tools expect)
+    /// for consumer group `group`, as a client outside the group's
+    /// membership does (generation -1): the group's lag then shows what
+    /// is not read yet.
+    pub fn commit_group_offsets(
+        &mut self,
+        coordinator: i32,
+        group: &str,
+        offsets: &BTreeMap<TopicPartition, i64>,
+    ) -> Result<(), KafkaError> {
+        let mut topics: BTreeMap<&str, Vec<OffsetCommitRequestPartition>> = BTreeMap::new();
+        for (tp, offset) in offsets {
+            topics.entry(&tp.topic).or_default().push(
+                OffsetCommitRequestPartition::default()
+                    .with_partition_index(tp.partition)
+                    .with_committed_offset(*offset)
+                    .with_committed_leader_epoch(-1),
+            );
+        }
+        let request = OffsetCommitRequest::default()
+            .with_group_id(GroupId(StrBytes::from_string(group.to_owned())))
+            .with_generation_id_or_member_epoch(-1)
+            .with_member_id(StrBytes::from_static_str(""))
+            .with_retention_time_ms(-1)
+            .with_topics(
+                topics
+                    .into_iter()
+                    .map(|(name, ps)| {
+                        OffsetCommitRequestTopic::default()
+                            .with_name(TopicName(StrBytes::from_string(name.to_owned())))
+                            .with_partitions(ps)
+                    })
+                    .collect(),
+            );
+        let conn = self.broker(coordinator)?;
+        let version = conn.version::<OffsetCommitRequest>(2..=7)?;
+        let addr = conn.addr().to_owned();
+        let response = match conn.call(&request, version) {
+            Ok(r) => r,
+            Err(e) => {
+                self.drop_broker(coordinator);
+                return Err(e);
+            }
+        };
+        for topic in response.topics {
+            for p in topic.partitions {
+                KafkaError::check(
+                    &addr,
+                    format!(
+                        "OffsetCommit {}/{} for group {group}",
+                        &*topic.name.0, p.partition_index
+                    ),
+                    p.error_code,
+                )?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -121,3 +121,58 @@ fn fetches_what_librdkafka_produced_with_every_codec() {
         }
     }
 }
+
+#[test]
+fn group_offsets_committed_are_read_back() {
+    let kafka = MockKafka::start(1);
+    kafka.create_topic("g", 2, 1);
+    let mut client = Client::new(Native, kafka.addrs(), "test");
+    client.refresh_metadata(None).unwrap();
+    let coordinator = client.group_coordinator("grp").unwrap();
+    let tp = |p| TopicPartition {
+        topic: "g".into(),
+        partition: p,
+    };
+    let none = client
+        .group_offsets(coordinator, "grp", &[tp(0), tp(1)])
+        .unwrap();
+    assert!(none.is_empty(), "{none:?}");
+    let offsets = [(tp(0), 100), (tp(1), 200)].into_iter().collect();
+    client
+        .commit_group_offsets(coordinator, "grp", &offsets)
+        .unwrap();
+    let back = client
+        .group_offsets(coordinator, "grp", &[tp(0), tp(1)])
+        .unwrap();
+    assert_eq!(back, offsets);
+}
+
+#[test]
+fn group_offsets_librdkafka_committed_are_read_back() {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use rdkafka::{Offset, TopicPartitionList};
+    let kafka = MockKafka::start(1);
+    kafka.create_topic("t", 2, 1);
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka.bootstrap())
+        .set("group.id", "g")
+        .create()
+        .unwrap();
+    let mut list = TopicPartitionList::new();
+    list.add_partition_offset("t", 0, Offset::Offset(100))
+        .unwrap();
+    list.add_partition_offset("t", 1, Offset::Offset(200))
+        .unwrap();
+    consumer.commit(&list, CommitMode::Sync).unwrap();
+    let mut client = Client::new(Native, kafka.addrs(), "test");
+    client.refresh_metadata(Some(&["t".to_owned()])).unwrap();
+    let coordinator = client.group_coordinator("g").unwrap();
+    let tp = |p| TopicPartition {
+        topic: "t".into(),
+        partition: p,
+    };
+    let back = client
+        .group_offsets(coordinator, "g", &[tp(0), tp(1)])
+        .unwrap();
+    assert_eq!(back.len(), 2, "{back:?}");
+}
