@@ -36,6 +36,12 @@ pub struct Config {
     /// The client id the brokers see. Default `sluice-<connector>-<index>`.
     #[serde(default)]
     pub client_id: Option<String>,
+    /// Log in with SASL:
+    /// `sasl = { mechanism = "SCRAM-SHA-256", username = "sluice", password = "${secret:kafka}" }`
+    /// (`PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`; PLAIN sends the
+    /// password as it is, so use it with `tls`). Default none.
+    #[serde(default)]
+    pub sasl: Option<sluice_kafka::sasl::SaslConfig>,
     /// Connect over TLS, through the host (the `tls` grant says what to
     /// trust). Default false.
     #[serde(default)]

@@ -159,7 +159,13 @@ impl Sink for KafkaSink {
             tls: config.tls,
             server_name: config.server_name.clone(),
         };
-        let mut client = Client::new(dial, config.bootstrap_servers.clone(), &client_id);
+        let credentials = config
+            .sasl
+            .as_ref()
+            .map(sluice_kafka::sasl::SaslConfig::credentials)
+            .transpose()?;
+        let mut client = Client::new(dial, config.bootstrap_servers.clone(), &client_id)
+            .with_credentials(credentials);
         let failed = |e: KafkaError| {
             let msg = format!("kafka-sink {}: {e}", ctx.connector);
             if e.is_retriable() {

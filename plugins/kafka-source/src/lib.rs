@@ -174,12 +174,18 @@ impl Source for KafkaSource {
             .client_id
             .clone()
             .unwrap_or_else(|| format!("sluice-{}-{}", ctx.connector, ctx.index));
+        let credentials = config
+            .sasl
+            .as_ref()
+            .map(sluice_kafka::sasl::SaslConfig::credentials)
+            .transpose()?;
         let dial = NetDial {
             tls: config.tls,
             server_name: config.server_name.clone(),
         };
         let mut source = KafkaSource {
-            client: Client::new(dial, config.bootstrap_servers.clone(), &client_id),
+            client: Client::new(dial, config.bootstrap_servers.clone(), &client_id)
+                .with_credentials(credentials),
             topics,
             start: config.start,
             isolation: match config.isolation {

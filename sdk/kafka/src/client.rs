@@ -23,6 +23,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use crate::conn::{Connection, Dial};
 use crate::error::KafkaError;
+use crate::sasl::Credentials;
 
 /// What a record's reader may see of transactions: only committed
 /// records (`ReadCommitted`, the default), or everything written.
@@ -147,6 +148,7 @@ pub type Produced = (TopicPartition, Result<i64, KafkaError>);
 #[derive(Debug)]
 pub struct Client<D: Dial> {
     dial: D,
+    credentials: Option<Credentials>,
     bootstrap: Vec<String>,
     client_id: String,
     /// Broker id → `host:port`.
@@ -161,6 +163,7 @@ impl<D: Dial> Client<D> {
     /// each); nothing is connected until the first request.
     pub fn new(dial: D, bootstrap: Vec<String>, client_id: &str) -> Self {
         Client {
+            credentials: None,
             dial,
             bootstrap,
             client_id: client_id.to_owned(),
@@ -168,6 +171,12 @@ impl<D: Dial> Client<D> {
             connections: HashMap::new(),
             topics: BTreeMap::new(),
         }
+    }
+
+    /// Logs every connection in with SASL.
+    pub fn with_credentials(mut self, credentials: Option<Credentials>) -> Self {
+        self.credentials = credentials;
+        self
     }
 
     /// The topics known from the last metadata, with their partitions.
@@ -290,7 +299,9 @@ impl<D: Dial> Client<D> {
                 .dial
                 .dial(&addr)
                 .map_err(|e| KafkaError::io(&addr, e))
-                .and_then(|stream| Connection::open(stream, &addr, &self.client_id))
+                .and_then(|stream| {
+                    Connection::open(stream, &addr, &self.client_id, self.credentials.as_ref())
+                })
                 .and_then(|mut conn| call(&mut conn).map(|t| (conn, t)));
             match tried {
                 Ok((conn, t)) => {
@@ -316,7 +327,7 @@ impl<D: Dial> Client<D> {
                 .dial
                 .dial(&addr)
                 .map_err(|e| KafkaError::io(&addr, e))?;
-            let conn = Connection::open(stream, &addr, &self.client_id)?;
+            let conn = Connection::open(stream, &addr, &self.client_id, self.credentials.as_ref())?;
             self.connections.insert(id, conn);
         }
         Ok(self.connections.get_mut(&id).expect("just made"))

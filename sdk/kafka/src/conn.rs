@@ -8,10 +8,12 @@ use std::ops::RangeInclusive;
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader,
+    SaslAuthenticateRequest, SaslHandshakeRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
 
 use crate::error::KafkaError;
+use crate::sasl::{Credentials, Exchange};
 
 /// How a client opens a connection to a broker: plain TCP, TLS through the
 /// host, or (in tests) a native socket.
@@ -45,7 +47,13 @@ pub struct Connection<S> {
 impl<S: Read + Write> Connection<S> {
     /// Opens the conversation on `stream`: asks the broker which API
     /// versions it speaks.
-    pub fn open(stream: S, addr: &str, client_id: &str) -> Result<Self, KafkaError> {
+    /// With `credentials`, logs in with SASL next.
+    pub fn open(
+        stream: S,
+        addr: &str,
+        client_id: &str,
+        credentials: Option<&Credentials>,
+    ) -> Result<Self, KafkaError> {
         let mut conn = Connection {
             stream,
             addr: addr.to_owned(),
@@ -72,7 +80,57 @@ impl<S: Read + Write> Connection<S> {
             .iter()
             .map(|k| (k.api_key, (k.min_version, k.max_version)))
             .collect();
+        if let Some(credentials) = credentials {
+            conn.log_in(credentials)?;
+        }
         Ok(conn)
+    }
+
+    /// The SASL exchange: `SaslHandshake`, then `SaslAuthenticate` until
+    /// the mechanism is done. A refused login is [`KafkaError::Auth`],
+    /// naming the broker, the mechanism and the user, never the password.
+    fn log_in(&mut self, credentials: &Credentials) -> Result<(), KafkaError> {
+        let mechanism = credentials.mechanism.name();
+        let refused = |addr: &str, why: &str| KafkaError::Auth {
+            addr: addr.to_owned(),
+            what: format!(
+                "SASL {mechanism} login as {:?} refused: {why}",
+                credentials.username
+            ),
+        };
+        let version = self.version::<SaslHandshakeRequest>(1..=1)?;
+        let handshake =
+            SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str(mechanism));
+        let response = self.call(&handshake, version)?;
+        if response.error_code != 0 {
+            let enabled: Vec<&str> = response.mechanisms.iter().map(|m| &**m).collect();
+            return Err(refused(
+                &self.addr,
+                &format!("the broker does not enable it (it enables {enabled:?})"),
+            ));
+        }
+        let version = self.version::<SaslAuthenticateRequest>(0..=2)?;
+        let (mut message, mut exchange) = Exchange::start(credentials);
+        loop {
+            let request = SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from(message));
+            let response = self.call(&request, version)?;
+            if response.error_code != 0 {
+                let said = response
+                    .error_message
+                    .as_deref()
+                    .unwrap_or("no reason given");
+                return Err(refused(&self.addr, said));
+            }
+            let (next, state) = exchange
+                .step(credentials, &response.auth_bytes)
+                .map_err(|why| refused(&self.addr, &why))?;
+            exchange = state;
+            match next {
+                Some(m) => message = m,
+                None if exchange.is_done() => return Ok(()),
+                None => return Err(refused(&self.addr, "the exchange stopped early")),
+            }
+        }
     }
 
     /// The broker's address.

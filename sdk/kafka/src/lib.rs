@@ -16,6 +16,7 @@ mod error;
 pub mod net;
 pub mod partitioner;
 pub mod records;
+pub mod sasl;
 
 pub use client::{
     Client, FetchLimits, Fetched, Isolation, OffsetSpec, PartitionInfo, Produced, TopicPartition,
