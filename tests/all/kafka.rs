@@ -612,3 +612,37 @@ fn kafka_source_takes_over_from_a_consumer_groups_offsets_and_commits_what_the_l
         .collect();
     assert_eq!(got, want);
 }
+
+#[test]
+fn the_kafka_example_does_what_its_readme_says() {
+    let Some(python) = python() else { return };
+    let kafka = MockKafka::start(1);
+    kafka.create_topic("orders", 3, 1);
+    kafka.create_topic("generated", 3, 1);
+    produce(&python, &kafka, "orders", 0, 100, 3);
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/kafka/sluice.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(&example)
+        .unwrap()
+        .replace("127.0.0.1:9092", &kafka.addrs()[0]);
+    let manifest = dir.path().join("sluice.toml");
+    std::fs::write(&manifest, text).unwrap();
+    let mut host = Host::run(dir.path(), &manifest);
+    wait_until("orders are in files", Duration::from_secs(60), || {
+        output_lines(&dir.path().join("out")).len() >= 100
+    });
+    let generated = consume(&python, &kafka, "generated", 3, 1_000);
+    produce(&python, &kafka, "orders", 100, 50, 3);
+    wait_until("later orders are in files", Duration::from_secs(60), || {
+        output_lines(&dir.path().join("out")).len() >= 150
+    });
+    host.interrupt();
+    let out = host.wait_for_exit(Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(130), "{}", host.log());
+    assert_eq!(generated.len(), 1_000);
+    let first: serde_json::Value =
+        serde_json::from_str(&output_lines(&dir.path().join("out"))[0]).unwrap();
+    assert_eq!(first["topic"], "orders");
+    assert_eq!(first["headers"]["src"], "python");
+    assert_each_once_in_partition_order(&lines(dir.path()), 150, 3);
+}
