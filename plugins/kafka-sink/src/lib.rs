@@ -275,7 +275,9 @@ impl Sink for KafkaSink {
                         ..
                     }) => {
                         r.done += taken;
-                        *self.sequences.entry(tp).or_insert(0) += taken as i32;
+                        // Kafka's sequence numbers wrap at i32::MAX to 0.
+                        let seq = self.sequences.entry(tp).or_insert(0);
+                        *seq = (*seq).wrapping_add(taken as i32) & i32::MAX;
                     }
                     Err(
                         e @ KafkaError::Broker {
