@@ -129,11 +129,6 @@ impl Sink for KafkaSink {
     type Config = Config;
 
     fn open(config: Config, ctx: &Context) -> Result<Self, Error> {
-        if config.bootstrap_servers.is_empty() {
-            return Err(Error::invalid_config(
-                "bootstrap_servers: name at least one broker, as `bootstrap_servers = [\"host:9092\"]`",
-            ));
-        }
         let compression = Compression::from_name(&config.compression).ok_or_else(|| {
             Error::invalid_config(format!(
                 "compression = {:?}: use \"none\", \"gzip\", \"snappy\", \"lz4\" or \"zstd\"",
@@ -141,31 +136,18 @@ impl Sink for KafkaSink {
             ))
         })?;
         let topic = Template::parse(&config.topic)?;
-        let who = format!(
-            "kafka-sink {}: {}",
-            ctx.connector,
-            config.bootstrap_servers.join(",")
-        );
-        let cluster = Outage::new(
-            who,
-            (config.reconnect_initial_ms, config.reconnect_max_ms),
-            ("reconnect_initial_ms", "reconnect_max_ms"),
+        let (mut client, cluster) = sluice_kafka::net::client_for(
+            sluice_kafka::net::Reach {
+                plugin: "kafka-sink",
+                bootstrap_servers: &config.bootstrap_servers,
+                client_id: config.client_id.as_deref(),
+                tls: config.tls,
+                server_name: config.server_name.as_deref(),
+                sasl: config.sasl.as_ref(),
+                reconnect_ms: (config.reconnect_initial_ms, config.reconnect_max_ms),
+            },
+            ctx,
         )?;
-        let client_id = config
-            .client_id
-            .clone()
-            .unwrap_or_else(|| format!("sluice-{}-{}", ctx.connector, ctx.index));
-        let dial = NetDial {
-            tls: config.tls,
-            server_name: config.server_name.clone(),
-        };
-        let credentials = config
-            .sasl
-            .as_ref()
-            .map(sluice_kafka::sasl::SaslConfig::credentials)
-            .transpose()?;
-        let mut client = Client::new(dial, config.bootstrap_servers.clone(), &client_id)
-            .with_credentials(credentials);
         let failed = |e: KafkaError| {
             let msg = format!("kafka-sink {}: {e}", ctx.connector);
             if e.is_retriable() {

@@ -125,11 +125,6 @@ impl Source for KafkaSource {
     type Config = Config;
 
     fn open(config: Config, ctx: &Context, resume_from: Option<&[u8]>) -> Result<Self, Error> {
-        if config.bootstrap_servers.is_empty() {
-            return Err(Error::invalid_config(
-                "bootstrap_servers: name at least one broker, as `bootstrap_servers = [\"host:9092\"]`",
-            ));
-        }
         let topics = match (&config.topic_pattern, config.topics.is_empty()) {
             (None, false) => Topics::Named(config.topics.clone()),
             (Some(p), true) => {
@@ -160,32 +155,20 @@ impl Source for KafkaSource {
             Some(bytes) => position::decode(bytes)?,
             None => BTreeMap::new(),
         };
-        let who = format!(
-            "kafka-source {}: {}",
-            ctx.connector,
-            config.bootstrap_servers.join(",")
-        );
-        let cluster = Outage::new(
-            who,
-            (config.reconnect_initial_ms, config.reconnect_max_ms),
-            ("reconnect_initial_ms", "reconnect_max_ms"),
+        let (client, cluster) = sluice_kafka::net::client_for(
+            sluice_kafka::net::Reach {
+                plugin: "kafka-source",
+                bootstrap_servers: &config.bootstrap_servers,
+                client_id: config.client_id.as_deref(),
+                tls: config.tls,
+                server_name: config.server_name.as_deref(),
+                sasl: config.sasl.as_ref(),
+                reconnect_ms: (config.reconnect_initial_ms, config.reconnect_max_ms),
+            },
+            ctx,
         )?;
-        let client_id = config
-            .client_id
-            .clone()
-            .unwrap_or_else(|| format!("sluice-{}-{}", ctx.connector, ctx.index));
-        let credentials = config
-            .sasl
-            .as_ref()
-            .map(sluice_kafka::sasl::SaslConfig::credentials)
-            .transpose()?;
-        let dial = NetDial {
-            tls: config.tls,
-            server_name: config.server_name.clone(),
-        };
         let mut source = KafkaSource {
-            client: Client::new(dial, config.bootstrap_servers.clone(), &client_id)
-                .with_credentials(credentials),
+            client,
             topics,
             start: config.start,
             isolation: match config.isolation {

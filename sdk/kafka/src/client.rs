@@ -4,6 +4,7 @@
 //! make, each sent to the partition's leader.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::RangeInclusive;
 
 use bytes::Bytes;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
@@ -19,7 +20,7 @@ use kafka_protocol::messages::{
     ListOffsetsRequest, MetadataRequest, MetadataResponse, OffsetCommitRequest, OffsetFetchRequest,
     ProduceRequest, ProducerId, TopicName, TransactionalId,
 };
-use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::protocol::{Request, StrBytes};
 
 use crate::conn::{Connection, Dial};
 use crate::error::KafkaError;
@@ -143,6 +144,10 @@ type ByLeader<T> = BTreeMap<i32, Vec<(TopicPartition, PartitionInfo, T)>>;
 /// A partition's outcome of a produce: the offset its batch got, or the
 /// error.
 pub type Produced = (TopicPartition, Result<i64, KafkaError>);
+
+/// A request's parts, with the broker's address and answer, or the error
+/// that broke the exchange.
+type Answer<R, P> = (P, Result<(String, <R as Request>::Response), KafkaError>);
 
 /// A client of one cluster.
 #[derive(Debug)]
@@ -373,11 +378,7 @@ impl<D: Dial> Client<D> {
     ) -> Result<BTreeMap<TopicPartition, i64>, KafkaError> {
         let (grouped, leaderless) = self.by_leader(partitions.iter().map(|tp| (tp.clone(), ())));
         if let Some(tp) = leaderless.first() {
-            return Err(KafkaError::Broker {
-                addr: "-".into(),
-                what: format!("ListOffsets {tp}"),
-                code: kafka_protocol::ResponseError::LeaderNotAvailable,
-            });
+            return Err(leader_not_available("ListOffsets", tp));
         }
         let mut found = BTreeMap::new();
         for (leader, parts) in grouped {
@@ -393,26 +394,12 @@ impl<D: Dial> Client<D> {
             let request = ListOffsetsRequest::default()
                 .with_replica_id(BrokerId(-1))
                 .with_isolation_level(isolation.level())
-                .with_topics(
-                    topics
-                        .into_iter()
-                        .map(|(name, ps)| {
-                            ListOffsetsTopic::default()
-                                .with_name(TopicName(StrBytes::from_string(name.to_owned())))
-                                .with_partitions(ps)
-                        })
-                        .collect(),
-                );
-            let conn = self.broker(leader)?;
-            let version = conn.version::<ListOffsetsRequest>(2..=7)?;
-            let addr = conn.addr().to_owned();
-            let response = match conn.call(&request, version) {
-                Ok(r) => r,
-                Err(e) => {
-                    self.drop_broker(leader);
-                    return Err(e);
-                }
-            };
+                .with_topics(by_topic(topics, |name, ps| {
+                    ListOffsetsTopic::default()
+                        .with_name(name)
+                        .with_partitions(ps)
+                }));
+            let (addr, response) = self.call_on(leader, &request, 2..=7)?;
             for topic in response.topics {
                 for p in topic.partitions {
                     let tp = TopicPartition {
@@ -425,6 +412,82 @@ impl<D: Dial> Client<D> {
             }
         }
         Ok(found)
+    }
+
+    /// Sends `request` to broker `id` in the highest version of
+    /// `versions` both speak, and reads the answer; a connection that
+    /// failed is dropped.
+    fn call_on<R: Request>(
+        &mut self,
+        id: i32,
+        request: &R,
+        versions: RangeInclusive<i16>,
+    ) -> Result<(String, R::Response), KafkaError> {
+        let conn = self.broker(id)?;
+        let addr = conn.addr().to_owned();
+        let answered = conn
+            .version::<R>(versions)
+            .and_then(|version| conn.call(request, version));
+        match answered {
+            Ok(response) => Ok((addr, response)),
+            Err(e) => {
+                self.drop_broker(id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Sends each request to its broker, all before any answer is read (so
+    /// the brokers work in parallel), then reads the answers. Each
+    /// request's `parts` come back with the broker's address and answer,
+    /// or with the error that broke the exchange (that connection is
+    /// dropped). A host interrupt ends it with `Err`, and the connections
+    /// still owed an answer are dropped.
+    fn scatter<R: Request, P>(
+        &mut self,
+        requests: Vec<(i32, R, P)>,
+        versions: RangeInclusive<i16>,
+    ) -> Result<Vec<Answer<R, P>>, KafkaError> {
+        let mut out = Vec::new();
+        let mut sent = Vec::new();
+        for (id, request, parts) in requests {
+            let sending = self.broker(id).and_then(|conn| {
+                let version = conn.version::<R>(versions.clone())?;
+                conn.send(&request, version).map(|()| version)
+            });
+            match sending {
+                Ok(version) => sent.push((id, version, parts)),
+                Err(e) if e.is_interrupted() => return Err(e),
+                Err(e) => {
+                    self.drop_broker(id);
+                    out.push((parts, Err(e)));
+                }
+            }
+        }
+        let mut interrupted = None;
+        for (id, version, parts) in sent {
+            if interrupted.is_some() {
+                self.drop_broker(id);
+                continue;
+            }
+            let conn = self.broker(id).expect("sent on it");
+            let addr = conn.addr().to_owned();
+            match conn.receive::<R>(version) {
+                Ok(response) => out.push((parts, Ok((addr, response)))),
+                Err(e) => {
+                    self.drop_broker(id);
+                    if e.is_interrupted() {
+                        interrupted = Some(e);
+                    } else {
+                        out.push((parts, Err(e)));
+                    }
+                }
+            }
+        }
+        match interrupted {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
     }
 
     /// Fetches each partition from its offset: one request to each leader,
@@ -445,18 +508,11 @@ impl<D: Dial> Client<D> {
                     .iter()
                     .find(|(p, _)| *p == tp)
                     .map_or(-1, |p| p.1);
-                failed(
-                    tp.clone(),
-                    from,
-                    KafkaError::Broker {
-                        addr: "-".into(),
-                        what: format!("Fetch {tp}"),
-                        code: kafka_protocol::ResponseError::LeaderNotAvailable,
-                    },
-                )
+                let e = leader_not_available("Fetch", &tp);
+                failed(tp, from, e)
             })
             .collect();
-        let mut sent = Vec::new();
+        let mut requests = Vec::new();
         for (leader, parts) in grouped {
             let mut topics: BTreeMap<&str, Vec<FetchPartition>> = BTreeMap::new();
             for (tp, info, offset) in &parts {
@@ -476,107 +532,57 @@ impl<D: Dial> Client<D> {
                 .with_isolation_level(isolation.level())
                 .with_session_id(0)
                 .with_session_epoch(-1)
-                .with_topics(
-                    topics
-                        .into_iter()
-                        .map(|(name, ps)| {
-                            FetchTopic::default()
-                                .with_topic(TopicName(StrBytes::from_string(name.to_owned())))
-                                .with_partitions(ps)
-                        })
-                        .collect(),
-                );
-            let sent_to = self.broker(leader).and_then(|conn| {
-                let version = conn.version::<FetchRequest>(4..=12)?;
-                conn.send(&request, version).map(|()| version)
+                .with_topics(by_topic(topics, |name, ps| {
+                    FetchTopic::default().with_topic(name).with_partitions(ps)
+                }));
+            let asked: Vec<(TopicPartition, i64)> =
+                parts.into_iter().map(|(tp, _, from)| (tp, from)).collect();
+            requests.push((leader, request, asked));
+        }
+        for (asked, answer) in self.scatter(requests, 4..=12)? {
+            let response = answer.and_then(|(addr, r)| {
+                KafkaError::check(&addr, "Fetch", r.error_code).map(|()| (addr, r))
             });
-            match sent_to {
-                Ok(version) => sent.push((leader, version, parts)),
-                Err(e) if e.is_interrupted() => return Err(e),
+            let (addr, response) = match response {
+                Ok(r) => r,
                 Err(e) => {
-                    self.drop_broker(leader);
                     out.extend(
-                        parts
+                        asked
                             .into_iter()
-                            .map(|(tp, _, from)| failed(tp, from, duplicate(&e))),
+                            .map(|(tp, from)| failed(tp, from, duplicate(&e))),
                     );
+                    continue;
                 }
-            }
-        }
-        let mut interrupted = None;
-        for (leader, version, parts) in sent {
-            if interrupted.is_some() {
-                // The responses still owed are read by the next fetch's
-                // connection, which is a new one: drop this.
-                self.drop_broker(leader);
-                continue;
-            }
-            let conn = self.broker(leader).expect("sent on it");
-            let addr = conn.addr().to_owned();
-            match conn.receive::<FetchRequest>(version) {
-                Ok(response) => {
-                    if let Err(e) = KafkaError::check(&addr, "Fetch", response.error_code) {
-                        out.extend(
-                            parts
-                                .into_iter()
-                                .map(|(tp, _, from)| failed(tp, from, duplicate(&e))),
-                        );
-                        continue;
-                    }
-                    let asked: HashMap<(String, i32), i64> = parts
+            };
+            for topic in response.responses {
+                let name = topic.topic.0.to_string();
+                for p in topic.partitions {
+                    let tp = TopicPartition {
+                        topic: name.clone(),
+                        partition: p.partition_index,
+                    };
+                    let from = asked.iter().find(|(a, _)| *a == tp).map_or(-1, |a| a.1);
+                    let error = KafkaError::check(&addr, format!("Fetch {tp}"), p.error_code).err();
+                    let mut aborted: Vec<(i64, i64)> = p
+                        .aborted_transactions
+                        .unwrap_or_default()
                         .iter()
-                        .map(|(tp, _, from)| ((tp.topic.clone(), tp.partition), *from))
+                        .map(|a| (a.producer_id.0, a.first_offset))
                         .collect();
-                    for topic in response.responses {
-                        let name = topic.topic.0.to_string();
-                        for p in topic.partitions {
-                            let tp = TopicPartition {
-                                topic: name.clone(),
-                                partition: p.partition_index,
-                            };
-                            let from = asked
-                                .get(&(name.clone(), p.partition_index))
-                                .copied()
-                                .unwrap_or(-1);
-                            let error =
-                                KafkaError::check(&addr, format!("Fetch {tp}"), p.error_code).err();
-                            let mut aborted: Vec<(i64, i64)> = p
-                                .aborted_transactions
-                                .unwrap_or_default()
-                                .iter()
-                                .map(|a| (a.producer_id.0, a.first_offset))
-                                .collect();
-                            aborted.sort_by_key(|a| a.1);
-                            out.push(Fetched {
-                                tp,
-                                from,
-                                error,
-                                high_watermark: p.high_watermark,
-                                last_stable_offset: p.last_stable_offset,
-                                aborted,
-                                records: p.records.unwrap_or_default(),
-                            });
-                        }
-                    }
-                }
-                Err(e) => {
-                    self.drop_broker(leader);
-                    if e.is_interrupted() {
-                        interrupted = Some(e);
-                        continue;
-                    }
-                    out.extend(
-                        parts
-                            .into_iter()
-                            .map(|(tp, _, from)| failed(tp, from, duplicate(&e))),
-                    );
+                    aborted.sort_by_key(|a| a.1);
+                    out.push(Fetched {
+                        tp,
+                        from,
+                        error,
+                        high_watermark: p.high_watermark,
+                        last_stable_offset: p.last_stable_offset,
+                        aborted,
+                        records: p.records.unwrap_or_default(),
+                    });
                 }
             }
         }
-        match interrupted {
-            Some(e) => Err(e),
-            None => Ok(out),
-        }
+        Ok(out)
     }
 
     /// Asks any broker for a producer id and epoch for an idempotent
@@ -611,16 +617,12 @@ impl<D: Dial> Client<D> {
         let mut out: Vec<Produced> = leaderless
             .into_iter()
             .map(|tp| {
-                let e = KafkaError::Broker {
-                    addr: "-".into(),
-                    what: format!("Produce {tp}"),
-                    code: kafka_protocol::ResponseError::LeaderNotAvailable,
-                };
+                let e = leader_not_available("Produce", &tp);
                 (tp, Err(e))
             })
             .collect();
         let txn = transactional_id.map(|t| TransactionalId(StrBytes::from_string(t.to_owned())));
-        let mut sent = Vec::new();
+        let mut requests = Vec::new();
         for (leader, parts) in grouped {
             let mut topics: BTreeMap<&str, Vec<PartitionProduceData>> = BTreeMap::new();
             for (tp, _, bytes) in &parts {
@@ -634,78 +636,47 @@ impl<D: Dial> Client<D> {
                 .with_transactional_id(txn.clone())
                 .with_acks(-1)
                 .with_timeout_ms(timeout_ms)
-                .with_topic_data(
-                    topics
-                        .into_iter()
-                        .map(|(name, ps)| {
-                            TopicProduceData::default()
-                                .with_name(TopicName(StrBytes::from_string(name.to_owned())))
-                                .with_partition_data(ps)
-                        })
-                        .collect(),
-                );
-            let sent_to = self.broker(leader).and_then(|conn| {
-                let version = conn.version::<ProduceRequest>(3..=9)?;
-                conn.send(&request, version).map(|()| version)
-            });
+                .with_topic_data(by_topic(topics, |name, ps| {
+                    TopicProduceData::default()
+                        .with_name(name)
+                        .with_partition_data(ps)
+                }));
             let tps: Vec<TopicPartition> = parts.into_iter().map(|(tp, ..)| tp).collect();
-            match sent_to {
-                Ok(version) => sent.push((leader, version, tps)),
-                Err(e) if e.is_interrupted() => return Err(e),
+            requests.push((leader, request, tps));
+        }
+        for (tps, answer) in self.scatter(requests, 3..=9)? {
+            let (addr, response) = match answer {
+                Ok(r) => r,
                 Err(e) => {
-                    self.drop_broker(leader);
                     out.extend(tps.into_iter().map(|tp| (tp, Err(duplicate(&e)))));
+                    continue;
+                }
+            };
+            let mut answered = BTreeMap::new();
+            for topic in response.responses {
+                let name = topic.name.0.to_string();
+                for p in topic.partition_responses {
+                    let tp = TopicPartition {
+                        topic: name.clone(),
+                        partition: p.index,
+                    };
+                    let what = match p.error_message.as_deref() {
+                        Some(m) if !m.is_empty() => format!("Produce {tp} ({m})"),
+                        _ => format!("Produce {tp}"),
+                    };
+                    let outcome =
+                        KafkaError::check(&addr, what, p.error_code).map(|()| p.base_offset);
+                    answered.insert(tp, outcome);
                 }
             }
-        }
-        let mut interrupted = None;
-        for (leader, version, tps) in sent {
-            if interrupted.is_some() {
-                self.drop_broker(leader);
-                continue;
-            }
-            let conn = self.broker(leader).expect("sent on it");
-            let addr = conn.addr().to_owned();
-            match conn.receive::<ProduceRequest>(version) {
-                Ok(response) => {
-                    let mut answered = BTreeMap::new();
-                    for topic in response.responses {
-                        let name = topic.name.0.to_string();
-                        for p in topic.partition_responses {
-                            let tp = TopicPartition {
-                                topic: name.clone(),
-                                partition: p.index,
-                            };
-                            let what = match p.error_message.as_deref() {
-                                Some(m) if !m.is_empty() => format!("Produce {tp} ({m})"),
-                                _ => format!("Produce {tp}"),
-                            };
-                            let outcome = KafkaError::check(&addr, what, p.error_code)
-                                .map(|()| p.base_offset);
-                            answered.insert(tp, outcome);
-                        }
-                    }
-                    for tp in tps {
-                        let outcome = answered.remove(&tp).unwrap_or_else(|| {
-                            Err(KafkaError::protocol(&addr, format!("no answer for {tp}")))
-                        });
-                        out.push((tp, outcome));
-                    }
-                }
-                Err(e) => {
-                    self.drop_broker(leader);
-                    if e.is_interrupted() {
-                        interrupted = Some(e);
-                        continue;
-                    }
-                    out.extend(tps.into_iter().map(|tp| (tp, Err(duplicate(&e)))));
-                }
+            for tp in tps {
+                let outcome = answered.remove(&tp).unwrap_or_else(|| {
+                    Err(KafkaError::protocol(&addr, format!("no answer for {tp}")))
+                });
+                out.push((tp, outcome));
             }
         }
-        match interrupted {
-            Some(e) => Err(e),
-            None => Ok(out),
-        }
+        Ok(out)
     }
 
     /// The broker that coordinates consumer group `group` (its id),
@@ -744,26 +715,12 @@ impl<D: Dial> Client<D> {
         }
         let request = OffsetFetchRequest::default()
             .with_group_id(GroupId(StrBytes::from_string(group.to_owned())))
-            .with_topics(Some(
-                topics
-                    .into_iter()
-                    .map(|(name, ps)| {
-                        OffsetFetchRequestTopic::default()
-                            .with_name(TopicName(StrBytes::from_string(name.to_owned())))
-                            .with_partition_indexes(ps)
-                    })
-                    .collect(),
-            ));
-        let conn = self.broker(coordinator)?;
-        let version = conn.version::<OffsetFetchRequest>(1..=7)?;
-        let addr = conn.addr().to_owned();
-        let response = match conn.call(&request, version) {
-            Ok(r) => r,
-            Err(e) => {
-                self.drop_broker(coordinator);
-                return Err(e);
-            }
-        };
+            .with_topics(Some(by_topic(topics, |name, ps| {
+                OffsetFetchRequestTopic::default()
+                    .with_name(name)
+                    .with_partition_indexes(ps)
+            })));
+        let (addr, response) = self.call_on(coordinator, &request, 1..=7)?;
         KafkaError::check(
             &addr,
             format!("OffsetFetch for group {group}"),
@@ -809,26 +766,12 @@ impl<D: Dial> Client<D> {
             .with_generation_id_or_member_epoch(-1)
             .with_member_id(StrBytes::from_static_str(""))
             .with_retention_time_ms(-1)
-            .with_topics(
-                topics
-                    .into_iter()
-                    .map(|(name, ps)| {
-                        OffsetCommitRequestTopic::default()
-                            .with_name(TopicName(StrBytes::from_string(name.to_owned())))
-                            .with_partitions(ps)
-                    })
-                    .collect(),
-            );
-        let conn = self.broker(coordinator)?;
-        let version = conn.version::<OffsetCommitRequest>(2..=7)?;
-        let addr = conn.addr().to_owned();
-        let response = match conn.call(&request, version) {
-            Ok(r) => r,
-            Err(e) => {
-                self.drop_broker(coordinator);
-                return Err(e);
-            }
-        };
+            .with_topics(by_topic(topics, |name, ps| {
+                OffsetCommitRequestTopic::default()
+                    .with_name(name)
+                    .with_partitions(ps)
+            }));
+        let (addr, response) = self.call_on(coordinator, &request, 2..=7)?;
         for topic in response.topics {
             for p in topic.partitions {
                 KafkaError::check(
@@ -842,6 +785,26 @@ impl<D: Dial> Client<D> {
             }
         }
         Ok(())
+    }
+}
+
+/// A request's per-topic parts, from its partitions grouped by topic.
+fn by_topic<P, T>(
+    topics: BTreeMap<&str, Vec<P>>,
+    topic: impl Fn(TopicName, Vec<P>) -> T,
+) -> Vec<T> {
+    topics
+        .into_iter()
+        .map(|(name, ps)| topic(TopicName(StrBytes::from_string(name.to_owned())), ps))
+        .collect()
+}
+
+/// The error for a partition whose leader the metadata does not know.
+fn leader_not_available(what: &str, tp: &TopicPartition) -> KafkaError {
+    KafkaError::Broker {
+        addr: "-".into(),
+        what: format!("{what} {tp}"),
+        code: kafka_protocol::ResponseError::LeaderNotAvailable,
     }
 }
 

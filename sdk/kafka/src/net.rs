@@ -5,7 +5,11 @@ use std::io::{self, Read, Write};
 
 use sluice_sdk::net::{TcpConn, TlsStream};
 
+use sluice_sdk::outage::Outage;
+
+use crate::client::Client;
 use crate::conn::Dial;
+use crate::sasl::SaslConfig;
 
 /// Opens plugin connections to brokers, with TLS when `tls` is set.
 #[derive(Debug, Clone, Default)]
@@ -61,4 +65,61 @@ impl Write for NetStream {
             NetStream::Tls(s) => s.flush(),
         }
     }
+}
+
+/// How a connector reaches its cluster, as both Kafka plugins' configs
+/// write it.
+#[derive(Debug, Clone, Copy)]
+pub struct Reach<'a> {
+    /// The plugin (`kafka-source`), for messages.
+    pub plugin: &'a str,
+    /// `bootstrap_servers`.
+    pub bootstrap_servers: &'a [String],
+    /// `client_id`; default `sluice-<connector>-<index>`.
+    pub client_id: Option<&'a str>,
+    /// `tls`.
+    pub tls: bool,
+    /// `server_name`.
+    pub server_name: Option<&'a str>,
+    /// `sasl`.
+    pub sasl: Option<&'a SaslConfig>,
+    /// `(reconnect_initial_ms, reconnect_max_ms)`.
+    pub reconnect_ms: (u64, u64),
+}
+
+/// A connector's client of its cluster (nothing connected yet) and the
+/// [`Outage`] that says when the cluster is away; refuses settings that
+/// cannot work, naming them.
+pub fn client_for(
+    reach: Reach<'_>,
+    ctx: &sluice_sdk::Context,
+) -> Result<(Client<NetDial>, Outage), sluice_sdk::Error> {
+    if reach.bootstrap_servers.is_empty() {
+        return Err(sluice_sdk::Error::invalid_config(
+            "bootstrap_servers: name at least one broker, as `bootstrap_servers = [\"host:9092\"]`",
+        ));
+    }
+    let who = format!(
+        "{} {}: {}",
+        reach.plugin,
+        ctx.connector,
+        reach.bootstrap_servers.join(",")
+    );
+    let outage = Outage::new(
+        who,
+        reach.reconnect_ms,
+        ("reconnect_initial_ms", "reconnect_max_ms"),
+    )?;
+    let credentials = reach.sasl.map(SaslConfig::credentials).transpose()?;
+    let client_id = reach.client_id.map_or_else(
+        || format!("sluice-{}-{}", ctx.connector, ctx.index),
+        str::to_owned,
+    );
+    let dial = NetDial {
+        tls: reach.tls,
+        server_name: reach.server_name.map(str::to_owned),
+    };
+    let client = Client::new(dial, reach.bootstrap_servers.to_vec(), &client_id)
+        .with_credentials(credentials);
+    Ok((client, outage))
 }
