@@ -113,13 +113,8 @@ pub fn source_run(
     cache: &Path,
     input: &Path,
 ) -> anyhow::Result<SinkReport> {
-    let dir = tempfile::tempdir_in(work)?;
-    std::fs::create_dir(dir.path().join("report"))?;
-    let manifest = format!(
-        r#"[broker]
-data_dir = "data"
-
-[[connector]]
+    let source = format!(
+        r#"[[connector]]
 name = "files"
 kind = "source"
 plugin = "file-source"
@@ -130,7 +125,28 @@ max_records = 1000
 path = "/in"
 [connector.grants]
 files = [{{ host = {input:?}, guest = "/in", mode = "read-only" }}]
+"#
+    );
+    into_blackhole(bin, work, cache, &source, FILES * LINES_PER_FILE)
+}
 
+/// `source` (a connector writing the topic `bench`) → log → `blackhole`,
+/// which must see `count` records: what its report says arrived, and from
+/// its first record to its last.
+pub fn into_blackhole(
+    bin: &Path,
+    work: &Path,
+    cache: &Path,
+    source: &str,
+    count: u64,
+) -> anyhow::Result<SinkReport> {
+    let dir = tempfile::tempdir_in(work)?;
+    std::fs::create_dir(dir.path().join("report"))?;
+    let manifest = format!(
+        r#"[broker]
+data_dir = "data"
+
+{source}
 [[connector]]
 name = "hole"
 kind = "sink"
@@ -147,12 +163,8 @@ files = [{{ host = "report", guest = "/report", mode = "read-write" }}]
     let sink: SinkReport = serde_json::from_slice(
         &std::fs::read(&report).with_context(|| format!("reading {}", report.display()))?,
     )?;
-    if sink.records != FILES * LINES_PER_FILE {
-        bail!(
-            "the sink saw {} of the {} lines",
-            sink.records,
-            FILES * LINES_PER_FILE
-        );
+    if sink.records != count {
+        bail!("the sink saw {} of the {count} records", sink.records);
     }
     Ok(sink)
 }

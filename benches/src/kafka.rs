@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -181,14 +181,9 @@ fn source_run(
     cache: &Path,
     count: u64,
 ) -> anyhow::Result<f64> {
-    let dir = tempfile::tempdir_in(work)?;
-    std::fs::create_dir(dir.path().join("report"))?;
     let brokers = format!("{:?}", kafka.addrs());
-    let manifest = format!(
-        r#"[broker]
-data_dir = "data"
-
-[[connector]]
+    let source = format!(
+        r#"[[connector]]
 name = "kafka"
 kind = "source"
 plugin = "kafka-source"
@@ -199,25 +194,8 @@ topics = ["bench"]
 bounded = true
 [connector.grants]
 net = {brokers}
-
-[[connector]]
-name = "hole"
-kind = "sink"
-plugin = "blackhole"
-topic = "bench"
-[connector.config]
-report_dir = "/report"
-[connector.grants]
-files = [{{ host = "report", guest = "/report", mode = "read-write" }}]
 "#
     );
-    crate::files::sluice_run(bin, cache, dir.path(), &manifest)?;
-    let report = dir.path().join("report").join("hole-0.json");
-    let sink: blackhole::Report = serde_json::from_slice(
-        &std::fs::read(&report).with_context(|| format!("reading {}", report.display()))?,
-    )?;
-    if sink.records != count {
-        bail!("the sink saw {} of the {count} records", sink.records);
-    }
+    let sink = crate::files::into_blackhole(bin, work, cache, &source, count)?;
     Ok(crate::arrival_rates(&sink).0)
 }
