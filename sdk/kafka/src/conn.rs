@@ -138,11 +138,6 @@ impl<S: Read + Write> Connection<S> {
         &self.addr
     }
 
-    /// The stream, for the SASL exchange.
-    pub fn stream_mut(&mut self) -> &mut S {
-        &mut self.stream
-    }
-
     /// The highest version of `R` in `ours` the broker speaks too.
     pub fn version<R: Request>(&self, ours: RangeInclusive<i16>) -> Result<i16, KafkaError> {
         let name = api_name(R::KEY);

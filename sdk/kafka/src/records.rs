@@ -421,14 +421,9 @@ impl<'a> Records<'a> {
         let count = r.varint()?;
         let header_count =
             usize::try_from(count).map_err(|_| RecordsError::Malformed("header count"))?;
+        // The headers are checked as they are read (`Record::headers`),
+        // not here too: this is the fetch path's inner loop.
         let headers = r.0;
-        let mut check = Headers {
-            rest: headers,
-            left: header_count,
-        };
-        for header in &mut check {
-            header?;
-        }
         Ok(Record {
             offset: self.base_offset + i64::from(offset_delta),
             timestamp: self
@@ -573,6 +568,7 @@ pub struct BatchBuilder {
     base_timestamp: i64,
     max_timestamp: i64,
     scratch: Vec<u8>,
+    header_scratch: Vec<u8>,
 }
 
 impl BatchBuilder {
@@ -614,17 +610,18 @@ impl BatchBuilder {
         put_varlong(body, i64::from(self.count));
         put_bytes(body, record.key);
         put_bytes(body, record.value);
-        let count_at = body.len();
+        // The count comes before the headers: they go to a scratch buffer
+        // of their own first (kept between records, like `scratch`).
+        let encoded = &mut self.header_scratch;
+        encoded.clear();
         let mut count = 0i64;
-        let mut headers_bytes = Vec::new();
         for (name, value) in headers {
-            put_bytes(&mut headers_bytes, Some(name.as_bytes()));
-            put_bytes(&mut headers_bytes, value);
+            put_bytes(encoded, Some(name.as_bytes()));
+            put_bytes(encoded, value);
             count += 1;
         }
         put_varlong(body, count);
-        debug_assert!(body.len() > count_at);
-        body.extend_from_slice(&headers_bytes);
+        body.extend_from_slice(encoded);
         put_varlong(&mut self.records, body.len() as i64);
         self.records.extend_from_slice(body);
         self.count += 1;
