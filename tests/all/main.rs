@@ -14,6 +14,7 @@ mod crash;
 mod flow;
 mod http;
 mod kafka;
+mod kafka_tansu;
 mod layout;
 mod manifest_errors;
 mod mariadb;

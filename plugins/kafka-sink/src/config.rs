@@ -49,6 +49,28 @@ pub struct Config {
     /// The name every broker's certificate must be for, with `tls`.
     #[serde(default)]
     pub server_name: Option<String>,
+    /// Exactly once: each flush's records, and the offsets after them, are
+    /// written in one Kafka transaction, and a restart resumes from the
+    /// offsets the transactions stored, so a `read_committed` reader sees
+    /// each record once even across crashes. Default false (at least
+    /// once).
+    #[serde(default)]
+    pub exactly_once: bool,
+    /// With `exactly_once`: the transactional id, which must stay the same
+    /// across restarts (it fences an old instance that is still running)
+    /// and differ between connectors. Default `sluice-<connector>-<index>`.
+    #[serde(default)]
+    pub transactional_id: Option<String>,
+    /// With `exactly_once`: the topic the sink stores its offsets in, keyed
+    /// `<connector>/<topic>/<partition>`. It must exist; make it compacted
+    /// (`cleanup.policy=compact`), with any number of partitions. Default
+    /// `sluice-sink-offsets`.
+    #[serde(default = "default_offsets_topic")]
+    pub offsets_topic: String,
+    /// With `exactly_once`: how long a transaction may stay open before
+    /// the coordinator aborts it, in milliseconds. Default 60000.
+    #[serde(default = "default_transaction_timeout_ms")]
+    pub transaction_timeout_ms: u32,
     /// First wait before trying a broker that went away again, in
     /// milliseconds. Default 100.
     #[serde(default = "sluice_sdk::outage::default_initial_ms")]
@@ -76,6 +98,12 @@ fn default_compression() -> String {
 }
 fn default_batch_max_bytes() -> usize {
     1 << 20
+}
+fn default_offsets_topic() -> String {
+    "sluice-sink-offsets".into()
+}
+fn default_transaction_timeout_ms() -> u32 {
+    60_000
 }
 fn default_request_timeout_ms() -> u32 {
     30_000

@@ -25,9 +25,13 @@
 //!   metadata refresh.
 //! - **Delivery**: at least once. A crash between Kafka's acknowledgement
 //!   and the host's offset commit writes those records again (with a new
-//!   producer id, which Kafka cannot tell from new records).
+//!   producer id, which Kafka cannot tell from new records). With
+//!   `exactly_once = true`, exactly once for `read_committed` readers:
+//!   each flush is a Kafka transaction holding the records and the offsets
+//!   after them (see [`exactly_once`]).
 
 mod config;
+mod exactly_once;
 
 use std::collections::BTreeMap;
 
@@ -36,9 +40,10 @@ use sluice_kafka::partitioner::partition_for_key;
 use sluice_kafka::records::{BatchBuilder, Compression, NewRecord, ProducerStamp};
 use sluice_kafka::{Bytes, Client, KafkaError, ResponseError, TopicPartition};
 use sluice_sdk::outage::Outage;
-use sluice_sdk::{Batch, Context, Error, Origin, Rejects, Sink};
+use sluice_sdk::{Batch, Context, Error, Origin, Rejects, Sink, StoredOffset};
 
 pub use config::{Config, Partitioner};
+use exactly_once::Transactional;
 
 /// The sink.
 #[derive(Debug)]
@@ -56,6 +61,8 @@ pub struct KafkaSink {
     keyless: BTreeMap<String, u32>,
     cluster: Outage,
     connector: String,
+    /// With `exactly_once`: the open transaction.
+    txn: Option<Transactional>,
 }
 
 /// A topic name with `{header}` parts.
@@ -157,6 +164,9 @@ impl Sink for KafkaSink {
             }
         };
         let topics = match &topic {
+            Template::Fixed(t) if config.exactly_once => {
+                Some(vec![t.clone(), config.offsets_topic.clone()])
+            }
             Template::Fixed(t) => Some(vec![t.clone()]),
             Template::Parts(_) => None,
         };
@@ -169,13 +179,45 @@ impl Sink for KafkaSink {
                 ctx.connector
             )));
         }
-        let producer = client.init_producer_id().map_err(failed)?;
-        sluice_sdk::info!(
-            "kafka-sink {}: producer id {}, epoch {}",
-            ctx.connector,
-            producer.0,
-            producer.1
-        );
+        let (producer, txn) = if config.exactly_once {
+            if !client.topics().contains_key(&config.offsets_topic) {
+                return Err(Error::fatal(format!(
+                    "kafka-sink {}: the offsets topic {:?} does not exist (make it first, \
+                     compacted: `cleanup.policy=compact`; or name another with `offsets_topic`)",
+                    ctx.connector, config.offsets_topic
+                )));
+            }
+            let transactional_id = config
+                .transactional_id
+                .clone()
+                .unwrap_or_else(|| format!("sluice-{}-{}", ctx.connector, ctx.index));
+            let txn = Transactional::begin(
+                &mut client,
+                &transactional_id,
+                i32::try_from(config.transaction_timeout_ms).unwrap_or(i32::MAX),
+                &config.offsets_topic,
+                &ctx.connector,
+            )
+            .map_err(failed)?;
+            let producer = (txn.producer.id, txn.producer.epoch);
+            sluice_sdk::info!(
+                "kafka-sink {}: transactional id {transactional_id}, producer id {}, epoch {}; {} stored offsets",
+                ctx.connector,
+                producer.0,
+                producer.1,
+                txn.stored().len()
+            );
+            (producer, Some(txn))
+        } else {
+            let producer = client.init_producer_id().map_err(failed)?;
+            sluice_sdk::info!(
+                "kafka-sink {}: producer id {}, epoch {}",
+                ctx.connector,
+                producer.0,
+                producer.1
+            );
+            (producer, None)
+        };
         Ok(KafkaSink {
             client,
             topic,
@@ -188,10 +230,77 @@ impl Sink for KafkaSink {
             keyless: BTreeMap::new(),
             cluster,
             connector: ctx.connector.clone(),
+            txn,
         })
     }
 
+    fn stored_offsets(&self) -> Vec<StoredOffset> {
+        self.txn
+            .as_ref()
+            .map(Transactional::stored)
+            .unwrap_or_default()
+    }
+
     fn write(
+        &mut self,
+        origin: &Origin,
+        batch: Batch<'_>,
+        rejects: &mut Rejects,
+    ) -> Result<(), Error> {
+        let Some(txn) = &self.txn else {
+            return self.write_batch(origin, batch, rejects);
+        };
+        if let Some(why) = txn.broken().map(str::to_owned) {
+            return Err(self.broken(why));
+        }
+        let records = batch.len();
+        match self.write_batch(origin, batch, rejects) {
+            Ok(()) => {
+                if let Some(txn) = &mut self.txn {
+                    txn.written(origin, records);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // Part of the batch may be in the transaction: it must not
+                // be committed (the host hands the batch again).
+                let why = format!("a write failed part way ({e})");
+                Err(self.broken(why))
+            }
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), Error> {
+        let Some(txn) = &self.txn else {
+            // Every write is acknowledged (acks = all) before it returns.
+            return Ok(());
+        };
+        if let Some(why) = txn.broken().map(str::to_owned) {
+            return Err(self.broken(why));
+        }
+        if !txn.is_open() {
+            return Ok(());
+        }
+        match self.commit() {
+            Ok(()) => Ok(()),
+            // The commit may have landed or not (its answer lost, the wait
+            // interrupted): the next instance reads which from the offsets
+            // topic.
+            Err(e) => Err(self.broken(format!("the commit failed ({e})"))),
+        }
+    }
+
+    fn close(&mut self) -> Result<(), Error> {
+        if let Some(txn) = &mut self.txn {
+            txn.abort(&mut self.client);
+        }
+        Ok(())
+    }
+}
+
+impl KafkaSink {
+    /// Writes one batch, each record to its partition.
+    fn write_batch(
         &mut self,
         origin: &Origin,
         batch: Batch<'_>,
@@ -230,7 +339,7 @@ impl Sink for KafkaSink {
                     id: self.producer.0,
                     epoch: self.producer.1,
                     base_sequence: seq,
-                    transactional: false,
+                    transactional: self.txn.is_some(),
                 };
                 builder
                     .finish(self.compression, stamp, &mut bytes)
@@ -238,13 +347,34 @@ impl Sink for KafkaSink {
                 sizes.insert(r.tp.clone(), taken);
                 round.push((r.tp.clone(), Bytes::from(bytes)));
             }
-            let outcomes = match self.client.produce(round, None, self.timeout_ms) {
-                Ok(o) => o,
-                Err(e) if e.is_interrupted() => {
-                    return Err(Error::retriable("interrupted while writing to Kafka"));
+            if let Some(txn) = &mut self.txn {
+                match txn.register(&mut self.client, round.iter().map(|(tp, _)| tp)) {
+                    Ok(()) => {}
+                    Err(e) if e.is_interrupted() => {
+                        return Err(Error::retriable("interrupted while writing to Kafka"));
+                    }
+                    Err(e) => {
+                        return Err(Error::fatal(format!("kafka-sink {}: {e}", self.connector)));
+                    }
                 }
-                Err(e) => return Err(Error::fatal(format!("kafka-sink {}: {e}", self.connector))),
-            };
+            }
+            let transactional_id = self
+                .txn
+                .as_ref()
+                .map(|t| t.producer.transactional_id.clone());
+            let outcomes =
+                match self
+                    .client
+                    .produce(round, transactional_id.as_deref(), self.timeout_ms)
+                {
+                    Ok(o) => o,
+                    Err(e) if e.is_interrupted() => {
+                        return Err(Error::retriable("interrupted while writing to Kafka"));
+                    }
+                    Err(e) => {
+                        return Err(Error::fatal(format!("kafka-sink {}: {e}", self.connector)));
+                    }
+                };
             let mut away = None;
             for (tp, outcome) in outcomes {
                 let taken = sizes[&tp];
@@ -301,11 +431,6 @@ impl Sink for KafkaSink {
         }
         Ok(())
     }
-
-    fn flush(&mut self) -> Result<(), Error> {
-        // Every write is acknowledged (acks = all) before it returns.
-        Ok(())
-    }
 }
 
 /// About the bytes a record takes in a batch.
@@ -315,6 +440,112 @@ fn record_size(record: &sluice_sdk::RecordRef<'_>) -> usize {
 }
 
 impl KafkaSink {
+    /// With `exactly_once`: the open transaction cannot be committed.
+    /// Aborts it and fails the instance, which the host restarts from
+    /// the offsets the committed transactions stored.
+    fn broken(&mut self, why: String) -> Error {
+        if let Some(txn) = &mut self.txn {
+            txn.break_off(why.clone());
+            txn.abort(&mut self.client);
+        }
+        Error::fatal(format!(
+            "kafka-sink {}: the open transaction is aborted: {why}; restarting from the stored \
+             offsets",
+            self.connector
+        ))
+    }
+
+    /// With `exactly_once`: writes the offsets after the open
+    /// transaction's batches into it, and commits it.
+    fn commit(&mut self) -> Result<(), KafkaError> {
+        let Some(txn) = &mut self.txn else {
+            return Ok(());
+        };
+        let partitions = self
+            .client
+            .topics()
+            .get(txn.offsets_topic())
+            .map_or(0, |p| p.len() as u32);
+        if partitions == 0 {
+            return Err(KafkaError::Unsupported(format!(
+                "the offsets topic {:?} has no partitions",
+                txn.offsets_topic()
+            )));
+        }
+        let records = txn.offsets_records(partitions);
+        txn.register(&mut self.client, records.keys())?;
+        let mut batches = Vec::new();
+        for (tp, records) in &records {
+            let mut builder = BatchBuilder::new();
+            for (key, value) in records {
+                builder.push(
+                    NewRecord {
+                        timestamp: -1,
+                        key: Some(key),
+                        value: Some(value),
+                    },
+                    std::iter::empty(),
+                );
+            }
+            let stamp = ProducerStamp {
+                id: self.producer.0,
+                epoch: self.producer.1,
+                base_sequence: *self.sequences.get(tp).unwrap_or(&0),
+                transactional: true,
+            };
+            let mut bytes = Vec::new();
+            builder
+                .finish(Compression::None, stamp, &mut bytes)
+                .map_err(|e| KafkaError::Unsupported(e.to_string()))?;
+            batches.push((tp.clone(), Bytes::from(bytes), records.len()));
+        }
+        let transactional_id = txn.producer.transactional_id.clone();
+        while !batches.is_empty() {
+            let round = batches
+                .iter()
+                .map(|(tp, bytes, _)| (tp.clone(), bytes.clone()))
+                .collect();
+            let outcomes = self
+                .client
+                .produce(round, Some(&transactional_id), self.timeout_ms)?;
+            let mut away = None;
+            for (tp, outcome) in outcomes {
+                match outcome {
+                    Ok(_)
+                    | Err(KafkaError::Broker {
+                        code: ResponseError::DuplicateSequenceNumber,
+                        ..
+                    }) => {
+                        let i = batches.iter().position(|b| b.0 == tp).expect("sent");
+                        let (tp, _, count) = batches.swap_remove(i);
+                        let seq = self.sequences.entry(tp).or_insert(0);
+                        *seq = (*seq).wrapping_add(count as i32) & i32::MAX;
+                    }
+                    Err(e) if e.is_retriable() => {
+                        if e.wants_metadata() {
+                            let _ = self.client.refresh_metadata(None);
+                        }
+                        away = Some(e);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if let Some(e) = away {
+                self.cluster.went_away(&e.to_string());
+                self.cluster.wait(None);
+                if sluice_sdk::interrupted() {
+                    return Err(KafkaError::Unsupported(
+                        "interrupted while waiting for Kafka".into(),
+                    ));
+                }
+            }
+        }
+        let txn = self.txn.as_mut().expect("checked above");
+        txn.commit(&mut self.client)?;
+        self.cluster.back();
+        Ok(())
+    }
+
     /// Each record's topic and partition; records that cannot go anywhere
     /// are refused.
     fn route(

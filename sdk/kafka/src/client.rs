@@ -276,7 +276,7 @@ impl<D: Dial> Client<D> {
 
     /// Runs `call` on a connection to some broker: one already open, else
     /// the known brokers and the bootstrap list in turn, until one answers.
-    fn any_broker<T>(
+    pub(crate) fn any_broker<T>(
         &mut self,
         mut call: impl FnMut(&mut Connection<D::Stream>) -> Result<T, KafkaError>,
     ) -> Result<(String, T), KafkaError> {
@@ -417,7 +417,7 @@ impl<D: Dial> Client<D> {
     /// Sends `request` to broker `id` in the highest version of
     /// `versions` both speak, and reads the answer; a connection that
     /// failed is dropped.
-    fn call_on<R: Request>(
+    pub(crate) fn call_on<R: Request>(
         &mut self,
         id: i32,
         request: &R,
@@ -695,10 +695,13 @@ impl<D: Dial> Client<D> {
             response.error_code,
         )?;
         let id = response.node_id.0;
-        self.brokers
-            .entry(id)
-            .or_insert_with(|| format!("{}:{}", &*response.host, response.port));
+        self.learn_broker(id, format!("{}:{}", &*response.host, response.port));
         Ok(id)
+    }
+
+    /// Keeps broker `id`'s address, if the metadata did not have it.
+    pub(crate) fn learn_broker(&mut self, id: i32, addr: String) {
+        self.brokers.entry(id).or_insert(addr);
     }
 
     /// The offsets consumer group `group` has committed for `partitions`

@@ -9,6 +9,8 @@
 //!
 //! - [`partitioner`]: the partition the Java client picks for a key, so a
 //!   record written by Sluice lands where a Java producer would put it.
+//! - [`transaction`]: a transactional producer's requests, and a reader
+//!   that sees a partition as `read_committed` does, from its markers.
 
 mod client;
 mod conn;
@@ -17,6 +19,7 @@ pub mod net;
 pub mod partitioner;
 pub mod records;
 pub mod sasl;
+pub mod transaction;
 
 pub use client::{
     Client, FetchLimits, Fetched, Isolation, OffsetSpec, PartitionInfo, Produced, TopicPartition,

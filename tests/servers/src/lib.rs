@@ -1,4 +1,5 @@
-//! Real servers (PostgreSQL, MariaDB, Kafka) for the integration tests and the bench, started the way
+//! Real servers (PostgreSQL, MariaDB, Kafka: librdkafka's mock cluster and
+//! tansu) for the integration tests and the bench, started the way
 //! STYLE.md asks: by the test itself, in a temporary directory, on a
 //! 127.0.0.1 port of its own, and stopped when the handle is dropped.
 //!
@@ -12,6 +13,7 @@
 pub mod kafka;
 pub mod mariadb;
 pub mod postgres;
+pub mod tansu;
 
 use std::ffi::CString;
 use std::path::Path;

@@ -1,0 +1,171 @@
+//! The Kafka connectors against tansu, a second broker written apart from
+//! librdkafka's mock cluster (`sluice_test_servers::tansu`): transactions
+//! with real commit and abort markers (the exactly-once sink) and SASL/SCRAM
+//! users, which the mock cluster has neither of.
+//!
+//! What a `read_committed` consumer sees is read here natively with
+//! `sluice_kafka`'s [`Committed`], which decides each transaction by the
+//! markers in the log: tansu stops a `read_committed` fetch at the last
+//! stable offset but sends no list of aborted transactions, so a consumer
+//! that relies on that list (librdkafka, the Java client) would show it
+//! aborted records.
+
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
+
+use std::net::TcpStream;
+use std::time::Duration;
+
+use sluice_kafka::records::Batches;
+use sluice_kafka::transaction::{Committed, OwnedRecord};
+use sluice_kafka::{Client, Dial, FetchLimits, Isolation, OffsetSpec, TopicPartition};
+use sluice_test_servers::tansu::Tansu;
+
+use crate::common::*;
+
+struct Native;
+
+impl Dial for Native {
+    type Stream = TcpStream;
+    fn dial(&mut self, addr: &str) -> std::io::Result<TcpStream> {
+        TcpStream::connect(addr)
+    }
+}
+
+/// Every partition of `topic` to its end: the records a `read_committed`
+/// consumer sees, by partition, and how many records the log holds in all
+/// (aborted and open transactions' too).
+fn read_committed(tansu: &Tansu, topic: &str) -> (Vec<(i32, OwnedRecord)>, usize) {
+    let mut client = Client::new(Native, vec![tansu.addr()], "sluice-test-reader");
+    client.refresh_metadata(Some(&[topic.to_owned()])).unwrap();
+    let partitions: Vec<TopicPartition> = (0..client.topics()[topic].len())
+        .map(|p| TopicPartition {
+            topic: topic.to_owned(),
+            partition: p as i32,
+        })
+        .collect();
+    let ends = client
+        .list_offsets(&partitions, OffsetSpec::Latest, Isolation::ReadUncommitted)
+        .unwrap();
+    let limits = FetchLimits {
+        max_wait_ms: 100,
+        ..FetchLimits::default()
+    };
+    let (mut seen, mut written) = (Vec::new(), 0);
+    for tp in partitions {
+        let mut reader = Committed::new();
+        let mut records = Vec::new();
+        let mut next = 0;
+        while next < ends[&tp] {
+            let fetched = client
+                .fetch(&[(tp.clone(), next)], limits, Isolation::ReadUncommitted)
+                .unwrap();
+            for f in fetched {
+                assert!(f.error.is_none(), "{:?}", f.error);
+                for batch in Batches::new(&f.records) {
+                    let batch = batch.unwrap();
+                    if batch.next_offset() <= next {
+                        continue;
+                    }
+                    if !batch.is_control() {
+                        written += batch.count as usize;
+                    }
+                    reader.push(&batch, &mut records).unwrap();
+                    next = batch.next_offset();
+                }
+            }
+        }
+        seen.extend(records.into_iter().map(|r| (tp.partition, r)));
+    }
+    (seen, written)
+}
+
+/// The `seq` of a datagen record's value.
+fn seq(record: &OwnedRecord) -> u64 {
+    let value = std::str::from_utf8(record.value.as_deref().unwrap()).unwrap();
+    let rest = value.strip_prefix("{\"seq\":").unwrap();
+    rest[..rest.find([',', '}']).unwrap()].parse().unwrap()
+}
+
+/// An exactly-once `kafka-sink` from the log topic `events` into `out`.
+fn exactly_once_sink(tansu: &Tansu) -> Connector {
+    sink("to-kafka", "kafka-sink", "events")
+        .set("flush_interval_ms", 200)
+        .config("bootstrap_servers", vec![tansu.addr()])
+        .config("topic", "out")
+        .config("exactly_once", true)
+        .grant("net", vec![tansu.addr()])
+}
+
+#[test]
+fn kafka_sink_exactly_once_killed_at_random_moments_commits_each_record_once() {
+    let Some(tansu) = Tansu::start(false) else {
+        return;
+    };
+    tansu.create_topic("out", 3, &[]);
+    tansu.create_topic("sluice-sink-offsets", 1, &["cleanup.policy=compact"]);
+    let n = 200_000;
+    let dir = tempfile::tempdir().unwrap();
+    // The records arrive over about 5 s while the host is killed.
+    let manifest = manifest()
+        .connector(gen_source(n, 40_000, 64))
+        .connector(exactly_once_sink(&tansu).batch("max_records", 1000))
+        .write(dir.path());
+    let mut host = Host::run(dir.path(), &manifest);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("kill seed {seed}");
+    let mut rng = seed | 1;
+    for i in 0..6 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        std::thread::sleep(Duration::from_millis(300 + rng % 1200));
+        host.kill();
+        host = Host::start(
+            dir.path(),
+            &format!("run-{i}"),
+            &["run", "--no-progress", manifest.to_str().unwrap()],
+        );
+    }
+    // The last run ends by itself: the source is bounded, and the sink
+    // drains the log and commits.
+    let out = host.wait_for_exit(Duration::from_secs(120));
+    assert_eq!(out.status.code(), Some(0), "{}", host.log());
+
+    let (seen, written) = read_committed(&tansu, "out");
+    eprintln!(
+        "{} records committed, {written} written (the rest in aborted transactions)",
+        seen.len()
+    );
+    assert_exactly_once(seen.iter().map(|(_, r)| seq(r)).collect(), n);
+    // Keyless records go to one partition a batch: in each, seq ascends.
+    for p in 0..3 {
+        let seqs: Vec<u64> = seen
+            .iter()
+            .filter(|(q, _)| *q == p)
+            .map(|(_, r)| seq(r))
+            .collect();
+        assert!(seqs.is_sorted(), "partition {p} out of order");
+    }
+
+    // A host that lost its own offsets resumes from those the transactions
+    // stored in Kafka, as after a crash between the commit and the host's:
+    // it writes nothing again. (A new data directory, whose log the source
+    // fills with the same records again before the sink starts.)
+    let again = tempfile::tempdir().unwrap();
+    let refill = crate::common::manifest()
+        .connector(gen_source(n, 0, 64))
+        .write(again.path());
+    let out = run(&["run", "--no-progress", refill.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let lost = crate::common::manifest()
+        .connector(gen_source(n, 0, 64))
+        .connector(exactly_once_sink(&tansu))
+        .write(again.path());
+    let out = run(&["run", "--no-progress", lost.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let (seen, _) = read_committed(&tansu, "out");
+    assert_exactly_once(seen.iter().map(|(_, r)| seq(r)).collect(), n);
+}
