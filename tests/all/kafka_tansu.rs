@@ -98,7 +98,7 @@ fn exactly_once_sink(tansu: &Tansu) -> Connector {
 
 #[test]
 fn kafka_sink_exactly_once_killed_at_random_moments_commits_each_record_once() {
-    let Some(tansu) = Tansu::start(false) else {
+    let Some(tansu) = Tansu::start() else {
         return;
     };
     tansu.create_topic("out", 3, &[]);
@@ -168,4 +168,92 @@ fn kafka_sink_exactly_once_killed_at_random_moments_commits_each_record_once() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let (seen, _) = read_committed(&tansu, "out");
     assert_exactly_once(seen.iter().map(|(_, r)| seq(r)).collect(), n);
+}
+
+/// The password tansu knows for `sluice`.
+const PASSWORD: &str = "the-Right-password-7";
+
+#[test]
+#[ignore = "needs tansu built with SQLite storage: `just tansu` builds it, `just test-tansu` runs this"]
+fn kafka_connectors_log_in_with_sasl_scram_and_a_wrong_password_fails_at_open_unshown() {
+    let Some(tansu) =
+        Tansu::start_with_users(&[("sluice", PASSWORD, "scram512")], &[("logins", 1)])
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sasl = |secret: &str| {
+        let mut t = toml::Table::new();
+        t.insert("mechanism".into(), "SCRAM-SHA-512".into());
+        t.insert("username".into(), "sluice".into());
+        t.insert("password".into(), format!("${{secret:{secret}}}").into());
+        toml::Value::Table(t)
+    };
+    std::fs::write(dir.path().join("right"), PASSWORD).unwrap();
+    let wrong = "not-the-password-42";
+    std::fs::write(dir.path().join("wrong"), wrong).unwrap();
+
+    // The right password: records into the topic and back out of it.
+    let write = manifest()
+        .connector(gen_source(1000, 0, 32))
+        .connector(
+            sink("to-kafka", "kafka-sink", "events")
+                .config("bootstrap_servers", vec![tansu.addr()])
+                .config("topic", "logins")
+                .config("sasl", sasl("right"))
+                .grant("net", vec![tansu.addr()])
+                .secret("right", "file", "right"),
+        )
+        .write(dir.path());
+    let out = run(&["run", "--no-progress", write.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let read = manifest()
+        .connector(
+            source("from-kafka", "kafka-source", "back")
+                .config("bootstrap_servers", vec![tansu.addr()])
+                .config("topics", vec!["logins"])
+                .config("bounded", true)
+                .config("sasl", sasl("right"))
+                .grant("net", vec![tansu.addr()])
+                .secret("right", "file", "right"),
+        )
+        .connector(
+            sink("files", "file-sink", "back")
+                .config("path", "/out")
+                .files("out", "/out", "read-write"),
+        )
+        .write(dir.path());
+    let out = run(&["run", "--no-progress", read.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_exactly_once(seqs(dir.path()), 1000);
+
+    // The wrong one: refused at open, naming the broker and the mechanism.
+    for c in [
+        source("from-kafka", "kafka-source", "back")
+            .config("topics", vec!["logins"])
+            .config("bounded", true),
+        sink("to-kafka", "kafka-sink", "events").config("topic", "logins"),
+    ] {
+        let refused = manifest()
+            .connector(gen_source(10, 0, 32))
+            .connector(
+                c.config("bootstrap_servers", vec![tansu.addr()])
+                    .config("sasl", sasl("wrong"))
+                    .grant("net", vec![tansu.addr()])
+                    .secret("wrong", "file", "wrong"),
+            )
+            .write(dir.path());
+        let out = run(&["run", "--no-progress", refused.to_str().unwrap()]);
+        assert_ne!(out.status.code(), Some(0));
+        let all = format!("{}{}", stderr(&out), String::from_utf8_lossy(&out.stdout));
+        for expected in [
+            format!("broker {}", tansu.addr()),
+            "SASL SCRAM-SHA-512 login as \"sluice\" refused".to_owned(),
+            "open".to_owned(),
+        ] {
+            assert!(all.contains(&expected), "expected {expected:?} in:\n{all}");
+        }
+        assert!(!all.contains(wrong), "the password shows:\n{all}");
+        assert!(!all.contains(PASSWORD), "the password shows:\n{all}");
+    }
 }

