@@ -272,6 +272,132 @@ fn kafka_source_waits_out_a_cluster_that_goes_away_says_so_once_and_loses_nothin
 }
 
 #[test]
+fn kafka_source_reads_the_topics_a_pattern_names_and_starts_at_the_latest_offset_when_asked() {
+    let Some(python) = python() else { return };
+    let kafka = MockKafka::start(1);
+    for topic in ["orders.eu", "orders.us", "other", "xorders.eu"] {
+        kafka.create_topic(topic, 2, 1);
+    }
+    produce(&python, &kafka, "orders.eu", 0, 100, 2);
+    produce(&python, &kafka, "orders.us", 100, 100, 2);
+    produce(&python, &kafka, "other", 200, 100, 2);
+    produce(&python, &kafka, "xorders.eu", 300, 100, 2);
+
+    // The pattern matches whole names: orders.eu and orders.us only.
+    let dir = tempfile::tempdir().unwrap();
+    let by_pattern = manifest()
+        .connector(
+            source("kafka", "kafka-source", "in")
+                .config("bootstrap_servers", kafka.addrs())
+                .config("topic_pattern", "orders\\..*")
+                .config("bounded", true)
+                .grant("net", kafka.addrs()),
+        )
+        .connector(json_files("in"))
+        .write(dir.path());
+    run_finished(&by_pattern);
+    let mut got: Vec<u64> = lines(dir.path()).iter().map(|l| l.0).collect();
+    got.sort_unstable();
+    assert_eq!(got, (0..200).collect::<Vec<_>>());
+
+    // `start = "latest"`: what was there before the source began is not read.
+    let dir = tempfile::tempdir().unwrap();
+    let from_latest = manifest()
+        .connector(kafka_source(&kafka, &["other"]).config("start", "latest"))
+        .connector(json_files("in"))
+        .write(dir.path());
+    let mut host = Host::run(dir.path(), &from_latest);
+    host.wait_for_log("other/1 from offset", Duration::from_secs(30));
+    produce(&python, &kafka, "other", 1_000, 50, 2);
+    wait_until("the new records are in", Duration::from_secs(60), || {
+        output_lines(&dir.path().join("out")).len() >= 50
+    });
+    host.interrupt();
+    let out = host.wait_for_exit(Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(130), "{}", host.log());
+    let mut got: Vec<u64> = lines(dir.path()).iter().map(|l| l.0).collect();
+    got.sort_unstable();
+    assert_eq!(got, (1_000..1_050).collect::<Vec<_>>());
+}
+
+#[test]
+fn kafka_source_whose_offset_retention_deleted_starts_again_at_the_earliest_and_says_so() {
+    let Some(python) = python() else { return };
+    let kafka = MockKafka::start(1);
+    kafka.create_topic("t", 1, 1);
+    produce(&python, &kafka, "t", 0, 100, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = manifest()
+        .connector(kafka_source(&kafka, &["t"]).config("bounded", true))
+        .connector(json_files("in"))
+        .write(dir.path());
+    run_finished(&manifest);
+    assert_eq!(lines(dir.path()).len(), 100);
+    // 8 MB more: the mock cluster keeps the last 5 MiB of a partition, so
+    // offset 100, where the source goes on, is deleted.
+    let out = Command::new(&python)
+        .arg(client_script())
+        .args(["produce", &kafka.bootstrap(), "t", "8000", "1"])
+        .args(["--from", "100", "--value-bytes", "1000"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+
+    let said = stderr(&run_finished(&manifest));
+    assert!(
+        said.contains("t/0 no longer holds offset 100 (retention deleted it)"),
+        "{said}"
+    );
+    let got: Vec<u64> = lines(dir.path()).iter().map(|l| l.0).collect();
+    assert_eq!(got[..100], (0..100).collect::<Vec<_>>());
+    let rest = &got[100..];
+    let first = rest[0];
+    assert!(
+        first > 100,
+        "read from {first}, which the cluster no longer has"
+    );
+    assert_eq!(
+        rest,
+        (first..8_100).collect::<Vec<_>>(),
+        "from the earliest on, each once"
+    );
+}
+
+#[test]
+fn kafka_sink_refuses_at_open_a_topic_or_an_offsets_topic_that_does_not_exist_saying_so() {
+    let kafka = MockKafka::start(1);
+    kafka.create_topic("out", 1, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let refused = |sink: Connector| {
+        let manifest = manifest()
+            .connector(gen_source(10, 0, 16))
+            .connector(
+                sink.config("bootstrap_servers", kafka.addrs())
+                    .grant("net", kafka.addrs())
+                    .restart("attempts", 0),
+            )
+            .write(dir.path());
+        let out = run(&["run", "--no-progress", manifest.to_str().unwrap()]);
+        assert_ne!(out.status.code(), Some(0));
+        stderr(&out)
+    };
+    let said = refused(sink("to-kafka", "kafka-sink", "events").config("topic", "nope"));
+    assert!(
+        said.contains("topic \"nope\" does not exist (make it first; the sink does not)"),
+        "{said}"
+    );
+    let said = refused(
+        sink("to-kafka", "kafka-sink", "events")
+            .config("topic", "out")
+            .config("exactly_once", true),
+    );
+    assert!(
+        said.contains("the offsets topic \"sluice-sink-offsets\" does not exist"),
+        "{said}"
+    );
+}
+
+#[test]
 fn kafka_source_without_a_net_grant_for_the_brokers_is_refused_at_open() {
     let kafka = MockKafka::start(1);
     kafka.create_topic("t", 1, 1);
