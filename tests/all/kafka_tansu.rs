@@ -225,7 +225,7 @@ fn kafka_connectors_log_in_with_sasl_scram_and_a_wrong_password_fails_at_open_un
         .write(dir.path());
     let out = run(&["run", "--no-progress", read.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert_exactly_once(seqs(dir.path()), 1000);
+    assert_exactly_once(seqs(&dir.path().join("out")), 1000);
 
     // The wrong one: refused at open, naming the broker and the mechanism.
     for c in [

@@ -155,14 +155,8 @@ impl Sink for KafkaSink {
             },
             ctx,
         )?;
-        let failed = |e: KafkaError| {
-            let msg = format!("kafka-sink {}: {e}", ctx.connector);
-            if e.is_retriable() {
-                Error::retriable(msg)
-            } else {
-                Error::fatal(msg)
-            }
-        };
+        let failed =
+            |e: KafkaError| sluice_kafka::net::open_failed("kafka-sink", &ctx.connector, &e);
         let topics = match &topic {
             Template::Fixed(t) if config.exactly_once => {
                 Some(vec![t.clone(), config.offsets_topic.clone()])

@@ -206,17 +206,12 @@ impl Source for KafkaSource {
         match source.refresh() {
             Ok(()) => {}
             Err(e) if e.is_interrupted() => {}
-            Err(e) if e.is_retriable() => {
-                return Err(Error::retriable(format!(
-                    "kafka-source {}: {e}",
-                    source.ctx.connector
-                )));
-            }
             Err(e) => {
-                return Err(Error::fatal(format!(
-                    "kafka-source {}: {e}",
-                    source.ctx.connector
-                )));
+                return Err(sluice_kafka::net::open_failed(
+                    "kafka-source",
+                    &source.ctx.connector,
+                    &e,
+                ));
             }
         }
         Ok(source)

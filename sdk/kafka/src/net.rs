@@ -9,6 +9,7 @@ use sluice_sdk::outage::Outage;
 
 use crate::client::Client;
 use crate::conn::Dial;
+use crate::error::KafkaError;
 use crate::sasl::SaslConfig;
 
 /// Opens plugin connections to brokers, with TLS when `tls` is set.
@@ -122,4 +123,17 @@ pub fn client_for(
     let client = Client::new(dial, reach.bootstrap_servers.to_vec(), &client_id)
         .with_credentials(credentials);
     Ok((client, outage))
+}
+
+/// A failure to meet the cluster at `open`, as the error the host acts on:
+/// a refused login (a wrong password, a mechanism the broker does not
+/// offer) as an invalid config, since restarting cannot fix it; a cluster
+/// that is away as retriable; anything else as fatal.
+pub fn open_failed(plugin: &str, connector: &str, e: &KafkaError) -> sluice_sdk::Error {
+    let message = format!("{plugin} {connector}: {e}");
+    match e {
+        KafkaError::Auth { .. } => sluice_sdk::Error::invalid_config(message),
+        e if e.is_retriable() => sluice_sdk::Error::retriable(message),
+        _ => sluice_sdk::Error::fatal(message),
+    }
 }

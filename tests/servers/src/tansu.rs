@@ -24,10 +24,9 @@ pub struct Tansu {
     dir: tempfile::TempDir,
 }
 
-/// The SQLite storage URL for a database in `dir`.
-fn sqlite(dir: &tempfile::TempDir) -> String {
-    format!("sqlite://{}", dir.path().join("tansu.db").display())
-}
+/// The SQLite storage URL for a database in the broker's directory (its
+/// working directory: tansu takes the URL's path as relative to it).
+const SQLITE: &str = "sqlite://tansu.db";
 
 /// `Some` of what was found; else skips the test (`None`) where `CI` is
 /// unset, and fails it under `CI`.
@@ -106,10 +105,9 @@ impl Tansu {
     pub fn start() -> Option<Tansu> {
         let bin = found(binary(), "tansu")?;
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let sqlite = sqlite(&dir);
         // The memory engine where the build has it; else SQLite.
         let started = Tansu::spawn(&bin, dir, "memory://tansu/", false)
-            .or_else(|dir| Tansu::spawn(&bin, dir, &sqlite, false));
+            .or_else(|dir| Tansu::spawn(&bin, dir, SQLITE, false));
         Some(started.unwrap_or_else(|_| panic!("tansu ({}) exited at start", bin.display())))
     }
 
@@ -122,8 +120,7 @@ impl Tansu {
     pub fn start_with_users(users: &[(&str, &str, &str)], topics: &[(&str, u32)]) -> Option<Tansu> {
         let bin = found(sqlite_binary(), "tansu with SQLite storage")?;
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let sqlite = sqlite(&dir);
-        let open = Tansu::spawn(&bin, dir, &sqlite, false)
+        let open = Tansu::spawn(&bin, dir, SQLITE, false)
             .unwrap_or_else(|_| panic!("{} has no SQLite storage", bin.display()));
         for (name, password, mechanism) in users {
             open.create_user(name, password, mechanism);
@@ -132,7 +129,7 @@ impl Tansu {
             open.create_topic(name, *partitions, &[]);
         }
         let dir = open.stop();
-        let started = Tansu::spawn(&bin, dir, &sqlite, true);
+        let started = Tansu::spawn(&bin, dir, SQLITE, true);
         Some(started.unwrap_or_else(|_| panic!("tansu ({}) exited at its restart", bin.display())))
     }
 
