@@ -523,6 +523,48 @@ impl Drop for Host {
     }
 }
 
+/// A seed for a test's random moments, from the clock, printed (`kill
+/// seed N`) so that a failing run can be told apart.
+pub fn kill_seed() -> u64 {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("kill seed {seed}");
+    seed
+}
+
+/// Kills `host` with SIGKILL `kills` times, each `least` plus up to
+/// `spread` after it last started (xorshift from `seed`), and starts it
+/// again on `manifest` each time (its output in `run-<i>.log`). Returns
+/// the last host, and each killed one's log.
+pub fn kill_at_random(
+    mut host: Host,
+    dir: &Path,
+    manifest: &Path,
+    seed: u64,
+    kills: u32,
+    (least, spread): (Duration, Duration),
+) -> (Host, Vec<String>) {
+    let mut rng = seed | 1;
+    let mut logs = Vec::new();
+    for i in 0..kills {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let spread_ms = spread.as_millis().max(1) as u64;
+        std::thread::sleep(least + Duration::from_millis(rng % spread_ms));
+        host.kill();
+        logs.push(host.log());
+        host = Host::start(
+            dir,
+            &format!("run-{i}"),
+            &["run", "--no-progress", manifest.to_str().unwrap()],
+        );
+    }
+    (host, logs)
+}
+
 /// Waits until `done`, looking every 50 ms, or panics after `limit`.
 pub fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     let began = Instant::now();

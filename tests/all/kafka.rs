@@ -201,25 +201,9 @@ fn kafka_source_killed_at_random_moments_stores_each_of_a_million_records_once_i
             );
         }
     });
-    let mut host = Host::run(dir.path(), &manifest);
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    eprintln!("kill seed {seed}");
-    let mut rng = seed | 1;
-    for i in 0..8 {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        std::thread::sleep(Duration::from_millis(300 + rng % 1200));
-        host.kill();
-        host = Host::start(
-            dir.path(),
-            &format!("run-{i}"),
-            &["run", "--no-progress", manifest.to_str().unwrap()],
-        );
-    }
+    let host = Host::run(dir.path(), &manifest);
+    let moments = (Duration::from_millis(300), Duration::from_millis(1200));
+    let (mut host, _) = kill_at_random(host, dir.path(), &manifest, kill_seed(), 8, moments);
     producer.join().unwrap();
     wait_until("every record is in", Duration::from_secs(300), || {
         output_lines(&dir.path().join("out")).len() >= 1_000_000

@@ -110,25 +110,9 @@ fn kafka_sink_exactly_once_killed_at_random_moments_commits_each_record_once() {
         .connector(gen_source(n, 40_000, 64))
         .connector(exactly_once_sink(&tansu).batch("max_records", 1000))
         .write(dir.path());
-    let mut host = Host::run(dir.path(), &manifest);
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    eprintln!("kill seed {seed}");
-    let mut rng = seed | 1;
-    for i in 0..6 {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        std::thread::sleep(Duration::from_millis(300 + rng % 1200));
-        host.kill();
-        host = Host::start(
-            dir.path(),
-            &format!("run-{i}"),
-            &["run", "--no-progress", manifest.to_str().unwrap()],
-        );
-    }
+    let host = Host::run(dir.path(), &manifest);
+    let moments = (Duration::from_millis(300), Duration::from_millis(1200));
+    let (mut host, _) = kill_at_random(host, dir.path(), &manifest, kill_seed(), 6, moments);
     // The last run ends by itself: the source is bounded, and the sink
     // drains the log and commits.
     let out = host.wait_for_exit(Duration::from_secs(120));

@@ -640,7 +640,7 @@ fn postgres_cdc_killed_at_random_moments_captures_every_committed_change_once_in
         );
     }
     let manifest = manifest.write(dir.path());
-    let mut host = Host::run(dir.path(), &manifest);
+    let host = Host::run(dir.path(), &manifest);
     host.wait_for_log("made replication slot", Duration::from_secs(30));
 
     let script = dir.path().join("workload.sql");
@@ -660,19 +660,8 @@ fn postgres_cdc_killed_at_random_moments_captures_every_committed_change_once_in
 
     // Kill the host at random moments while the workload runs, and start
     // it again each time.
-    let mut rng = seed | 1;
-    for i in 0..8 {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        std::thread::sleep(Duration::from_millis(300 + rng % 900));
-        host.kill();
-        host = Host::start(
-            dir.path(),
-            &format!("run-{i}"),
-            &["run", "--no-progress", manifest.to_str().unwrap()],
-        );
-    }
+    let moments = (Duration::from_millis(300), Duration::from_millis(900));
+    let (mut host, _) = kill_at_random(host, dir.path(), &manifest, seed, 8, moments);
     assert!(writer.wait().unwrap().success(), "the workload ran");
     let truth = committed(&pg);
     assert!(truth.len() >= 200_000, "{} changes committed", truth.len());
@@ -943,7 +932,7 @@ fn postgres_cdc_snapshot_killed_while_it_reads_tells_every_row_once_then_its_cha
     let manifest = cdc_to_files(dir.path(), &pg, &["a", "b", "c"])
         .with("cdc", |c| c.batch("max_records", 200))
         .write(dir.path());
-    let mut host = Host::run(dir.path(), &manifest);
+    let host = Host::run(dir.path(), &manifest);
     host.wait_for_log("reading the snapshot", Duration::from_secs(30));
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -959,21 +948,8 @@ fn postgres_cdc_snapshot_killed_while_it_reads_tells_every_row_once_then_its_cha
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let mut rng = seed | 1;
-    let mut logs = Vec::new();
-    for i in 0..8 {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        std::thread::sleep(Duration::from_millis(200 + rng % 800));
-        host.kill();
-        logs.push(host.log());
-        host = Host::start(
-            dir.path(),
-            &format!("run-{i}"),
-            &["run", "--no-progress", manifest.to_str().unwrap()],
-        );
-    }
+    let moments = (Duration::from_millis(200), Duration::from_millis(800));
+    let (mut host, mut logs) = kill_at_random(host, dir.path(), &manifest, seed, 8, moments);
     assert!(writer.wait().unwrap().success(), "the churn ran");
 
     let table_rows = || -> std::collections::BTreeMap<(String, i64), i64> {

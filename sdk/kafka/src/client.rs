@@ -686,26 +686,34 @@ impl<D: Dial> Client<D> {
     /// The broker that coordinates consumer group `group` (its id),
     /// asking any broker. Learns the coordinator's address too.
     pub fn group_coordinator(&mut self, group: &str) -> Result<i32, KafkaError> {
+        self.find_coordinator(group, 0, &format!("group {group}"))
+    }
+
+    /// The broker that coordinates `key` (a group for `key_type` 0, a
+    /// transactional id for 1), asking any broker; its address is kept.
+    pub(crate) fn find_coordinator(
+        &mut self,
+        key: &str,
+        key_type: i8,
+        what: &str,
+    ) -> Result<i32, KafkaError> {
         let request = FindCoordinatorRequest::default()
-            .with_key(StrBytes::from_string(group.to_owned()))
-            .with_key_type(0);
+            .with_key(StrBytes::from_string(key.to_owned()))
+            .with_key_type(key_type);
         let (addr, response) = self.any_broker(|conn| {
             let version = conn.version::<FindCoordinatorRequest>(1..=3)?;
             conn.call(&request, version)
         })?;
         KafkaError::check(
             &addr,
-            format!("FindCoordinator for group {group}"),
+            format!("FindCoordinator for {what}"),
             response.error_code,
         )?;
         let id = response.node_id.0;
-        self.learn_broker(id, format!("{}:{}", &*response.host, response.port));
+        self.brokers
+            .entry(id)
+            .or_insert_with(|| format!("{}:{}", &*response.host, response.port));
         Ok(id)
-    }
-
-    /// Keeps broker `id`'s address, if the metadata did not have it.
-    pub(crate) fn learn_broker(&mut self, id: i32, addr: String) {
-        self.brokers.entry(id).or_insert(addr);
     }
 
     /// The offsets consumer group `group` has committed for `partitions`

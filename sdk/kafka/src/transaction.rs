@@ -26,8 +26,8 @@ use std::time::Duration;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
 use kafka_protocol::messages::{
-    AddPartitionsToTxnRequest, EndTxnRequest, FindCoordinatorRequest, InitProducerIdRequest,
-    ProducerId, TopicName, TransactionalId,
+    AddPartitionsToTxnRequest, EndTxnRequest, InitProducerIdRequest, ProducerId, TopicName,
+    TransactionalId,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -74,21 +74,8 @@ impl<D: Dial> Client<D> {
     /// The broker that coordinates the transactions of `transactional_id`
     /// (its id), asking any broker.
     pub fn transaction_coordinator(&mut self, transactional_id: &str) -> Result<i32, KafkaError> {
-        let request = FindCoordinatorRequest::default()
-            .with_key(StrBytes::from_string(transactional_id.to_owned()))
-            .with_key_type(1);
-        let (addr, response) = self.any_broker(|conn| {
-            let version = conn.version::<FindCoordinatorRequest>(1..=3)?;
-            conn.call(&request, version)
-        })?;
-        KafkaError::check(
-            &addr,
-            format!("FindCoordinator for transactional id {transactional_id}"),
-            response.error_code,
-        )?;
-        let id = response.node_id.0;
-        self.learn_broker(id, format!("{}:{}", &*response.host, response.port));
-        Ok(id)
+        let what = format!("transactional id {transactional_id}");
+        self.find_coordinator(transactional_id, 1, &what)
     }
 
     /// A producer id for `transactional_id` from its coordinator, with the
