@@ -16,18 +16,30 @@ use sluice_test_servers::kafka::MockKafka;
 
 use crate::report::{Figure, Report, Target, say};
 
-/// Many partitions: the mock cluster keeps at most 5 MiB of each (it
-/// drops the oldest beyond that), and the counts below must fit.
-const PARTITIONS: i32 = 24;
+/// Each case: record size, records, partitions. Many partitions: the mock
+/// cluster keeps at most 5 MiB of each (it drops the oldest beyond that),
+/// and the records must fit. Enough records for a second or more of
+/// reading: at 80,000 of 1 KiB (a fifth of a second) the figures moved by
+/// a third from run to run.
+const CASES: [(usize, u64, i32); 2] = [(100, 800_000, 24), (1024, 400_000, 128)];
 
 /// Every figure of the section.
-pub fn section(report: &mut Report, bin: &Path, work: &Path, cache: &Path) -> anyhow::Result<()> {
-    for (payload, count) in [(100usize, 800_000u64), (1024, 80_000)] {
+pub fn section(
+    report: &mut Report,
+    bin: &Path,
+    work: &Path,
+    cache: &Path,
+    only: Option<u32>,
+) -> anyhow::Result<()> {
+    for (payload, count, partitions) in CASES {
+        if only.is_some_and(|p| p as usize != payload) {
+            continue;
+        }
         say(format!(
-            "\nkafka: {count} records of {payload} B in a topic of {PARTITIONS} partitions on librdkafka's mock cluster; kafka-source (one instance, bounded) -> log -> blackhole beside librdkafka's consumer"
+            "\nkafka: {count} records of {payload} B in a topic of {partitions} partitions on librdkafka's mock cluster; kafka-source (one instance, bounded) -> log -> blackhole beside librdkafka's consumer"
         ));
         let kafka = MockKafka::start(1);
-        kafka.create_topic("bench", PARTITIONS, 1);
+        kafka.create_topic("bench", partitions, 1);
         let produced = produce_natively(&kafka, payload, count)?;
         report.add(
             Figure::new(
@@ -38,7 +50,7 @@ pub fn section(report: &mut Report, bin: &Path, work: &Path, cache: &Path) -> an
             )
             .aside("acks=all, lz4 off, linger 5 ms"),
         );
-        let consumed = consume_natively(&kafka, count)?;
+        let consumed = consume_natively(&kafka, count, partitions)?;
         report.add(
             Figure::new(
                 "kafka",
@@ -59,7 +71,7 @@ pub fn section(report: &mut Report, bin: &Path, work: &Path, cache: &Path) -> an
             .aside(format!("{:.2} of librdkafka's consumer", source / consumed))
             .target(Some(Target::at_least(0.7 * consumed))),
         );
-        kafka.create_topic("sink-bench", PARTITIONS, 1);
+        kafka.create_topic("sink-bench", partitions, 1);
         let sink = sink_run(&kafka, bin, work, cache, payload, count, false)?;
         report.add(
             Figure::new(
@@ -162,7 +174,7 @@ fn produce_natively(kafka: &MockKafka, payload: usize, count: u64) -> anyhow::Re
 /// Reads every record with librdkafka's consumer (one consumer, every
 /// partition assigned from the start); records/s from the first record to
 /// the last (its start, a few hundred milliseconds, left out).
-fn consume_natively(kafka: &MockKafka, count: u64) -> anyhow::Result<f64> {
+fn consume_natively(kafka: &MockKafka, count: u64, partitions: i32) -> anyhow::Result<f64> {
     let mut started = Instant::now();
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", kafka.bootstrap())
@@ -170,7 +182,7 @@ fn consume_natively(kafka: &MockKafka, count: u64) -> anyhow::Result<f64> {
         .set("enable.auto.commit", "false")
         .create()?;
     let mut assignment = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
+    for p in 0..partitions {
         assignment.add_partition_offset("bench", p, Offset::Beginning)?;
     }
     consumer.assign(&assignment)?;

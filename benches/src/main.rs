@@ -44,7 +44,7 @@ struct Args {
     /// median is reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// Boundary: only this record size (for profiling one case).
+    /// Boundary and kafka: only this record size (for profiling one case).
     #[arg(long)]
     payload: Option<u32>,
     /// Boundary: only this batch size (for profiling one case).
@@ -203,7 +203,13 @@ fn main() -> anyhow::Result<()> {
 
     if wants(Section::Kafka) {
         let bin = end_to_end::sluice_binary()?;
-        kafka::section(&mut report, &bin, work.path(), &work.path().join("cache"))?;
+        kafka::section(
+            &mut report,
+            &bin,
+            work.path(),
+            &work.path().join("cache"),
+            args.payload,
+        )?;
     }
 
     if wants(Section::Density) {

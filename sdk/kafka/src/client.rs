@@ -4,6 +4,8 @@
 //! make, each sent to the partition's leader.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::marker::PhantomData;
 use std::ops::RangeInclusive;
 
 use bytes::Bytes;
@@ -148,6 +150,44 @@ pub type Produced = (TopicPartition, Result<i64, KafkaError>);
 /// A request's parts, with the broker's address and answer, or the error
 /// that broke the exchange.
 type Answer<R, P> = (P, Result<(String, <R as Request>::Response), KafkaError>);
+
+/// Requests sent to their brokers whose answers are not yet read, and the
+/// parts of those that could not be sent.
+struct Scattered<R: Request, P> {
+    failed: Vec<Answer<R, P>>,
+    sent: Vec<(Sent, P)>,
+    _answers: PhantomData<R>,
+}
+
+impl<R: Request, P> std::fmt::Debug for Scattered<R, P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scattered")
+            .field("failed", &self.failed.len())
+            .field("sent", &self.sent.iter().map(|s| s.0).collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// Where a request went.
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    broker: i32,
+    /// The connection's [`Connection::serial`].
+    serial: u64,
+    version: i16,
+    correlation: i32,
+}
+
+/// A fetch sent by [`Client::fetch_send`], to read with
+/// [`Client::fetch_receive`], or dropped with the connections
+/// ([`Client::disconnect`]): answers left owed on a connection would be
+/// taken for a later request's.
+#[derive(Debug)]
+#[must_use = "the answers are read by `Client::fetch_receive`"]
+pub struct FetchSent {
+    leaderless: Vec<Fetched>,
+    scattered: Scattered<FetchRequest, Vec<(TopicPartition, i64)>>,
+}
 
 /// A client of one cluster.
 #[derive(Debug)]
@@ -437,45 +477,97 @@ impl<D: Dial> Client<D> {
         }
     }
 
-    /// Sends each request to its broker, all before any answer is read (so
-    /// the brokers work in parallel), then reads the answers. Each
-    /// request's `parts` come back with the broker's address and answer,
-    /// or with the error that broke the exchange (that connection is
-    /// dropped). A host interrupt ends it with `Err`, and the connections
-    /// still owed an answer are dropped.
-    fn scatter<R: Request, P>(
+    /// Sends each request to its broker, all before any answer is read, so
+    /// the brokers work in parallel; [`Client::gather`] reads the answers.
+    /// A request that cannot be sent fails its `parts` at once (that
+    /// connection is dropped). A host interrupt ends it with `Err`.
+    fn scatter_send<R: Request, P>(
         &mut self,
         requests: Vec<(i32, R, P)>,
         versions: RangeInclusive<i16>,
-    ) -> Result<Vec<Answer<R, P>>, KafkaError> {
-        let mut out = Vec::new();
+    ) -> Result<Scattered<R, P>, KafkaError> {
+        let mut failed = Vec::new();
         let mut sent = Vec::new();
         for (id, request, parts) in requests {
             let sending = self.broker(id).and_then(|conn| {
                 let version = conn.version::<R>(versions.clone())?;
-                conn.send(&request, version).map(|()| version)
+                let correlation = conn.send(&request, version)?;
+                Ok(Sent {
+                    broker: id,
+                    serial: conn.serial(),
+                    version,
+                    correlation,
+                })
             });
             match sending {
-                Ok(version) => sent.push((id, version, parts)),
+                Ok(s) => sent.push((s, parts)),
                 Err(e) if e.is_interrupted() => return Err(e),
                 Err(e) => {
                     self.drop_broker(id);
-                    out.push((parts, Err(e)));
+                    failed.push((parts, Err(e)));
                 }
             }
         }
+        Ok(Scattered {
+            failed,
+            sent,
+            _answers: PhantomData,
+        })
+    }
+
+    /// Reads the answers to [`Client::scatter_send`]'s requests: each
+    /// request's `parts` come back with the broker's address and answer,
+    /// or with the error that broke the exchange (that connection is
+    /// dropped). A connection dropped since its request was sent never
+    /// answers: its parts come back with an error. A host interrupt ends
+    /// it with `Err`, and the connections still owed an answer are dropped.
+    fn gather<R: Request, P>(
+        &mut self,
+        scattered: Scattered<R, P>,
+    ) -> Result<Vec<Answer<R, P>>, KafkaError> {
+        let Scattered {
+            failed: mut out,
+            sent,
+            _answers,
+        } = scattered;
         let mut interrupted = None;
-        for (id, version, parts) in sent {
+        for (sent, parts) in sent {
+            let Sent {
+                broker,
+                serial,
+                version,
+                correlation,
+            } = sent;
             if interrupted.is_some() {
-                self.drop_broker(id);
+                self.drop_broker(broker);
                 continue;
             }
-            let conn = self.broker(id).expect("sent on it");
+            let Some(conn) = self
+                .connections
+                .get_mut(&broker)
+                .filter(|c| c.serial() == serial)
+            else {
+                let addr = self.brokers.get(&broker).map_or("?", String::as_str);
+                let gone = io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "the connection closed before the answer came",
+                );
+                out.push((parts, Err(KafkaError::io(addr, gone))));
+                continue;
+            };
             let addr = conn.addr().to_owned();
-            match conn.receive::<R>(version) {
+            let answer = if conn.oldest_owed() == Some(correlation) {
+                conn.receive::<R>(version)
+            } else {
+                Err(KafkaError::protocol(
+                    &addr,
+                    format!("answers read out of order (request {correlation} is not the oldest)"),
+                ))
+            };
+            match answer {
                 Ok(response) => out.push((parts, Ok((addr, response)))),
                 Err(e) => {
-                    self.drop_broker(id);
+                    self.drop_broker(broker);
                     if e.is_interrupted() {
                         interrupted = Some(e);
                     } else {
@@ -500,8 +592,22 @@ impl<D: Dial> Client<D> {
         limits: FetchLimits,
         isolation: Isolation,
     ) -> Result<Vec<Fetched>, KafkaError> {
+        let sent = self.fetch_send(partitions, limits, isolation)?;
+        self.fetch_receive(sent)
+    }
+
+    /// The first half of [`Client::fetch`]: sends the requests, so the
+    /// brokers gather the records while the caller does something else
+    /// (a source hands over the last fetch's records). Other requests may
+    /// go to the same brokers meanwhile.
+    pub fn fetch_send(
+        &mut self,
+        partitions: &[(TopicPartition, i64)],
+        limits: FetchLimits,
+        isolation: Isolation,
+    ) -> Result<FetchSent, KafkaError> {
         let (grouped, leaderless) = self.by_leader(partitions.iter().cloned());
-        let mut out: Vec<Fetched> = leaderless
+        let leaderless: Vec<Fetched> = leaderless
             .into_iter()
             .map(|tp| {
                 let from = partitions
@@ -543,7 +649,22 @@ impl<D: Dial> Client<D> {
         // tagged field of version 16 (node endpoints), which the codec
         // refuses; and 12 adds nothing a consumer uses (diverging epochs are
         // for followers).
-        for (asked, answer) in self.scatter(requests, 4..=11)? {
+        let scattered = self.scatter_send(requests, 4..=11)?;
+        Ok(FetchSent {
+            leaderless,
+            scattered,
+        })
+    }
+
+    /// The second half of [`Client::fetch`]: reads the answers. A
+    /// connection dropped since the fetch was sent (after an error, or by
+    /// [`Client::disconnect`]) fails its partitions.
+    pub fn fetch_receive(&mut self, sent: FetchSent) -> Result<Vec<Fetched>, KafkaError> {
+        let FetchSent {
+            leaderless: mut out,
+            scattered,
+        } = sent;
+        for (asked, answer) in self.gather(scattered)? {
             let response = answer.and_then(|(addr, r)| {
                 KafkaError::check(&addr, "Fetch", r.error_code).map(|()| (addr, r))
             });
@@ -648,7 +769,8 @@ impl<D: Dial> Client<D> {
             let tps: Vec<TopicPartition> = parts.into_iter().map(|(tp, ..)| tp).collect();
             requests.push((leader, request, tps));
         }
-        for (tps, answer) in self.scatter(requests, 3..=9)? {
+        let scattered = self.scatter_send(requests, 3..=9)?;
+        for (tps, answer) in self.gather(scattered)? {
             let (addr, response) = match answer {
                 Ok(r) => r,
                 Err(e) => {

@@ -1,5 +1,11 @@
 //! One connection to one broker: requests framed and numbered, responses
 //! read back in order, and the API versions both sides speak.
+//!
+//! Requests may be pipelined: [`Connection::send`] several, then
+//! [`Connection::receive`] their answers in the order sent. A
+//! [`Connection::call`] in between (a metadata refresh while a fetch is
+//! owed) reads the answers owed before it and keeps them for their
+//! `receive`.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -32,8 +38,10 @@ pub struct Connection<S> {
     addr: String,
     client_id: StrBytes,
     next_id: i32,
-    /// Request sent, response not yet read: (correlation id, api key).
-    in_flight: std::collections::VecDeque<(i32, i16)>,
+    /// Requests sent whose answers are not yet taken, oldest first.
+    in_flight: std::collections::VecDeque<Owed>,
+    /// Tells this connection from a later one to the same broker.
+    serial: u64,
     /// The versions the broker speaks, by API key.
     versions: HashMap<i16, (i16, i16)>,
     out: BytesMut,
@@ -43,6 +51,18 @@ pub struct Connection<S> {
     input: Vec<u8>,
     filled: usize,
 }
+
+/// A request sent on a connection whose answer is not yet taken.
+#[derive(Debug)]
+struct Owed {
+    id: i32,
+    key: i16,
+    /// Its answer, read early to get at a later one's.
+    parked: Option<Bytes>,
+}
+
+/// Numbers connections: see [`Connection::serial`].
+static SERIALS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl<S: Read + Write> Connection<S> {
     /// Opens the conversation on `stream`: asks the broker which API
@@ -60,6 +80,7 @@ impl<S: Read + Write> Connection<S> {
             client_id: StrBytes::from_string(client_id.to_owned()),
             next_id: 0,
             in_flight: Default::default(),
+            serial: SERIALS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             versions: HashMap::new(),
             out: BytesMut::new(),
             input: Vec::new(),
@@ -138,6 +159,12 @@ impl<S: Read + Write> Connection<S> {
         &self.addr
     }
 
+    /// This connection's number, unique in the process: an answer owed on
+    /// a connection that has since been replaced will never come.
+    pub fn serial(&self) -> u64 {
+        self.serial
+    }
+
     /// The highest version of `R` in `ours` the broker speaks too.
     pub fn version<R: Request>(&self, ours: RangeInclusive<i16>) -> Result<i16, KafkaError> {
         let name = api_name(R::KEY);
@@ -161,19 +188,25 @@ impl<S: Read + Write> Connection<S> {
         Ok(version)
     }
 
-    /// Sends `request` in `version` and reads its response.
+    /// Sends `request` in `version` and reads its response. Answers owed
+    /// to earlier [`Connection::send`]s are read first and kept for their
+    /// [`Connection::receive`].
     pub fn call<R: Request>(
         &mut self,
         request: &R,
         version: i16,
     ) -> Result<R::Response, KafkaError> {
         self.send(request, version)?;
-        self.receive::<R>(version)
+        let last = self.in_flight.len() - 1;
+        let frame = self.frame_of(last)?;
+        let owed = self.in_flight.pop_back().expect("just sent");
+        self.decode::<R>(owed, frame, version)
     }
 
-    /// Sends `request` in `version`; read its response with
-    /// [`Connection::receive`], in the order the requests were sent.
-    pub fn send<R: Request>(&mut self, request: &R, version: i16) -> Result<(), KafkaError> {
+    /// Sends `request` in `version`, and returns its correlation id; read
+    /// its response with [`Connection::receive`], in the order the
+    /// requests were sent.
+    pub fn send<R: Request>(&mut self, request: &R, version: i16) -> Result<i32, KafkaError> {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
         let header = RequestHeader::default()
@@ -197,20 +230,54 @@ impl<S: Read + Write> Connection<S> {
             .write_all(&self.out)
             .and_then(|()| self.stream.flush())
             .map_err(|e| KafkaError::io(&self.addr, e))?;
-        self.in_flight.push_back((id, R::KEY));
-        Ok(())
+        self.in_flight.push_back(Owed {
+            id,
+            key: R::KEY,
+            parked: None,
+        });
+        Ok(id)
     }
 
-    /// Reads the response to the oldest request sent, which was an `R` in
-    /// `version`.
+    /// Reads the response to the oldest request whose answer is owed,
+    /// which was an `R` in `version`.
     pub fn receive<R: Request>(&mut self, version: i16) -> Result<R::Response, KafkaError> {
-        let &(id, key) = self
-            .in_flight
-            .front()
-            .ok_or_else(|| KafkaError::protocol(&self.addr, "a response read with no request"))?;
+        if self.in_flight.is_empty() {
+            return Err(KafkaError::protocol(
+                &self.addr,
+                "a response read with no request",
+            ));
+        }
+        let frame = self.frame_of(0)?;
+        let owed = self.in_flight.pop_front().expect("checked");
+        self.decode::<R>(owed, frame, version)
+    }
+
+    /// The correlation id of the oldest request whose answer is owed.
+    pub fn oldest_owed(&self) -> Option<i32> {
+        self.in_flight.front().map(|o| o.id)
+    }
+
+    /// The answer frame of the `index`th request owed, reading (and
+    /// parking) the answers before it first: they arrive in order.
+    fn frame_of(&mut self, index: usize) -> Result<Bytes, KafkaError> {
+        for i in 0..=index {
+            if self.in_flight[i].parked.is_none() {
+                let frame = self.read_frame()?;
+                self.in_flight[i].parked = Some(frame);
+            }
+        }
+        Ok(self.in_flight[index].parked.take().expect("just read"))
+    }
+
+    /// Decodes `owed`'s answer.
+    fn decode<R: Request>(
+        &self,
+        owed: Owed,
+        mut frame: Bytes,
+        version: i16,
+    ) -> Result<R::Response, KafkaError> {
+        let Owed { id, key, parked: _ } = owed;
         debug_assert_eq!(key, R::KEY);
-        let mut frame = self.read_frame()?;
-        self.in_flight.pop_front();
         let header = ResponseHeader::decode(&mut frame, R::Response::header_version(version))
             .map_err(|e| KafkaError::protocol(&self.addr, format!("a response header: {e}")))?;
         if header.correlation_id != id {
@@ -228,11 +295,6 @@ impl<S: Read + Write> Connection<S> {
                 format!("a {} v{version} response: {e}", api_name(R::KEY)),
             )
         })
-    }
-
-    /// Whether responses are owed.
-    pub fn has_in_flight(&self) -> bool {
-        !self.in_flight.is_empty()
     }
 
     /// Reads one whole response frame. Not `read_exact`: that retries a

@@ -22,7 +22,8 @@ pub mod sasl;
 pub mod transaction;
 
 pub use client::{
-    Client, FetchLimits, Fetched, Isolation, OffsetSpec, PartitionInfo, Produced, TopicPartition,
+    Client, FetchLimits, FetchSent, Fetched, Isolation, OffsetSpec, PartitionInfo, Produced,
+    TopicPartition,
 };
 pub use conn::{Connection, Dial, api_name};
 pub use error::{KafkaError, ResponseError};

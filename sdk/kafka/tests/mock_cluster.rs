@@ -176,3 +176,183 @@ fn group_offsets_librdkafka_committed_are_read_back() {
         .unwrap();
     assert_eq!(back.len(), 2, "{back:?}");
 }
+
+#[test]
+fn calls_between_a_fetch_sent_and_received_get_their_own_answers() {
+    let kafka = MockKafka::start(1);
+    kafka.create_topic("ahead", 3, 1);
+    produce(&kafka, "ahead", 30, "none");
+    let mut client = Client::new(Native, kafka.addrs(), "test");
+    client.refresh_metadata(None).unwrap();
+    let tps: Vec<TopicPartition> = (0..3)
+        .map(|p| TopicPartition {
+            topic: "ahead".into(),
+            partition: p,
+        })
+        .collect();
+    let from: Vec<(TopicPartition, i64)> = tps.iter().map(|tp| (tp.clone(), 0)).collect();
+    // Two fetches owed on the one connection, then a metadata call and a
+    // list of offsets on it before either answer is read.
+    let first = client
+        .fetch_send(&from, FetchLimits::default(), Isolation::ReadCommitted)
+        .unwrap();
+    let later: Vec<(TopicPartition, i64)> = tps.iter().map(|tp| (tp.clone(), 5)).collect();
+    let second = client
+        .fetch_send(&later, FetchLimits::default(), Isolation::ReadCommitted)
+        .unwrap();
+    client.refresh_metadata(None).unwrap();
+    let latest = client
+        .list_offsets(&tps, OffsetSpec::Latest, Isolation::ReadCommitted)
+        .unwrap();
+    assert!(latest.values().all(|&o| o == 10), "{latest:?}");
+    let first_offsets = |fetched: Vec<sluice_kafka::Fetched>| {
+        let mut scratch = Vec::new();
+        let mut firsts: Vec<(i32, i64)> = fetched
+            .iter()
+            .map(|f| {
+                assert!(f.error.is_none(), "{:?}", f.error);
+                let batch = Batches::new(&f.records).next().unwrap().unwrap();
+                let first = batch
+                    .records(&mut scratch)
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .find(|r| r.offset >= f.from)
+                    .unwrap();
+                (f.tp.partition, first.offset)
+            })
+            .collect();
+        firsts.sort();
+        firsts
+    };
+    assert_eq!(
+        first_offsets(client.fetch_receive(first).unwrap()),
+        [(0, 0), (1, 0), (2, 0)]
+    );
+    assert_eq!(
+        first_offsets(client.fetch_receive(second).unwrap()),
+        [(0, 5), (1, 5), (2, 5)]
+    );
+
+    // A fetch whose connection was dropped before its answer fails its
+    // partitions with an error worth trying again, and the client goes on.
+    let lost = client
+        .fetch_send(&from, FetchLimits::default(), Isolation::ReadCommitted)
+        .unwrap();
+    client.disconnect();
+    let fetched = client.fetch_receive(lost).unwrap();
+    assert_eq!(fetched.len(), 3);
+    assert!(
+        fetched
+            .iter()
+            .all(|f| f.error.as_ref().is_some_and(|e| e.is_retriable())),
+        "{fetched:?}"
+    );
+    let again = client
+        .fetch(&from, FetchLimits::default(), Isolation::ReadCommitted)
+        .unwrap();
+    assert_eq!(first_offsets(again), [(0, 0), (1, 0), (2, 0)]);
+}
+
+/// What makes `kafka-sink`'s retries safe: a batch sent again with the same
+/// producer id, epoch and sequence numbers (after its answer was lost) is
+/// stored once, and the next batch follows it. Transactional: the mock
+/// cluster checks sequence numbers only for transactional producers (so
+/// this is `exactly_once`'s path; a plain idempotent producer's batches
+/// carry the same stamp, and Kafka checks them the same way).
+#[test]
+fn a_batch_sent_again_with_the_same_sequence_numbers_is_stored_once() {
+    use sluice_kafka::records::{BatchBuilder, Compression, NewRecord, ProducerStamp};
+    use sluice_kafka::{Bytes, KafkaError, ResponseError};
+
+    let kafka = MockKafka::start(1);
+    kafka.create_topic("idem", 1, 1);
+    let mut client = Client::new(Native, kafka.addrs(), "test");
+    client.refresh_metadata(None).unwrap();
+    let coordinator = client.transaction_coordinator("idem-txn").unwrap();
+    let producer = client
+        .init_transactions(coordinator, "idem-txn", 60_000)
+        .unwrap();
+    let (id, epoch) = (producer.id, producer.epoch);
+    let tp = TopicPartition {
+        topic: "idem".into(),
+        partition: 0,
+    };
+    client
+        .add_partitions_to_txn(coordinator, &producer, std::slice::from_ref(&tp))
+        .unwrap();
+    let batch = |first: i32, values: &[&str]| {
+        let mut builder = BatchBuilder::new();
+        for v in values {
+            builder.push(
+                NewRecord {
+                    timestamp: 1,
+                    key: None,
+                    value: Some(v.as_bytes()),
+                },
+                std::iter::empty(),
+            );
+        }
+        let mut out = Vec::new();
+        let stamp = ProducerStamp {
+            id,
+            epoch,
+            base_sequence: first,
+            transactional: true,
+        };
+        builder.finish(Compression::None, stamp, &mut out).unwrap();
+        Bytes::from(out)
+    };
+    let send = |client: &mut Client<Native>, bytes: Bytes| {
+        let mut outcomes = client
+            .produce(vec![(tp.clone(), bytes)], Some("idem-txn"), 5_000)
+            .unwrap();
+        outcomes.pop().unwrap().1
+    };
+    let first = batch(0, &["a", "b", "c"]);
+    assert_eq!(send(&mut client, first.clone()).unwrap(), 0);
+    // Its answer lost: sent again, as the sink does, on a new connection.
+    client.disconnect();
+    match send(&mut client, first) {
+        Ok(offset) => assert_eq!(offset, 0, "a duplicate answers with the first's offset"),
+        Err(KafkaError::Broker {
+            code: ResponseError::DuplicateSequenceNumber,
+            ..
+        }) => {}
+        Err(e) => panic!("{e}"),
+    }
+    assert_eq!(send(&mut client, batch(3, &["d"])).unwrap(), 3);
+    // A sequence number that skips ahead is refused, not stored.
+    assert!(send(&mut client, batch(9, &["z"])).is_err());
+
+    let mut scratch = Vec::new();
+    let mut values = Vec::new();
+    let mut next = 0;
+    while next < 4 {
+        let fetched = client
+            .fetch(
+                &[(tp.clone(), next)],
+                FetchLimits::default(),
+                Isolation::ReadUncommitted,
+            )
+            .unwrap();
+        for batch in Batches::new(&fetched[0].records) {
+            let batch = batch.unwrap();
+            for r in batch.records(&mut scratch).unwrap() {
+                let r = r.unwrap();
+                if r.offset >= next {
+                    values.push((
+                        r.offset,
+                        String::from_utf8(r.value.unwrap().to_vec()).unwrap(),
+                    ));
+                }
+            }
+            next = next.max(batch.next_offset());
+        }
+    }
+    let want: Vec<(i64, String)> = ["a", "b", "c", "d"]
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (i as i64, v.to_string()))
+        .collect();
+    assert_eq!(values, want);
+}
