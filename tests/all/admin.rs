@@ -9,95 +9,12 @@ use crate::common;
 
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use crate::common::wait_until;
+use crate::common::{Daemon, drain, wait_until};
 
 use serde_json::Value;
-
-/// A `sluice serve` on a port of its choosing, killed on drop.
-struct Daemon {
-    host: common::Host,
-    data: PathBuf,
-}
-
-impl Daemon {
-    fn start(dir: &Path, extra: &[&str]) -> Daemon {
-        static STARTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let start = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let data = dir.join("data");
-        let _ = std::fs::remove_file(data.join("daemon.json"));
-        let mut args = vec![
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        let host = common::Host::start(dir, &format!("serve-{start}"), &args);
-        wait_until("the daemon answers", Duration::from_secs(60), || {
-            data.join("daemon.json").exists()
-        });
-        Daemon { host, data }
-    }
-
-    /// `sluice <verb> --data-dir <data> <args…>`.
-    fn cli(&self, verb: &str, args: &[&str]) -> Output {
-        let mut cmd = common::sluice();
-        cmd.arg(verb).arg("--data-dir").arg(&self.data).args(args);
-        let out = cmd.output().unwrap();
-        if !out.status.success() {
-            eprintln!(
-                "sluice {verb} {args:?} exited {:?}: {}",
-                out.status.code(),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        out
-    }
-
-    fn json(&self, verb: &str, args: &[&str]) -> Value {
-        let mut all = args.to_vec();
-        all.push("--json");
-        let out = self.cli(verb, &all);
-        assert!(out.status.success(), "sluice {verb} {args:?} failed");
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    fn status(&self, name: &str) -> Value {
-        self.json("connectors", &["status", name])
-    }
-
-    fn ok(&self, args: &[&str]) {
-        let out = self.cli("connectors", args);
-        assert!(out.status.success(), "sluice connectors {args:?} failed");
-    }
-
-    fn url(&self) -> String {
-        let info: Value =
-            serde_json::from_str(&std::fs::read_to_string(self.data.join("daemon.json")).unwrap())
-                .unwrap();
-        info["url"].as_str().unwrap().to_owned()
-    }
-
-    fn log(&self) -> String {
-        self.host.log()
-    }
-
-    fn kill(&mut self) {
-        self.host.kill();
-    }
-
-    fn terminate(&mut self) -> Option<i32> {
-        self.host.terminate();
-        self.host
-            .wait_for_exit(Duration::from_secs(60))
-            .status
-            .code()
-    }
-}
 
 fn n(v: &Value) -> u64 {
     v.as_u64().unwrap_or(0)
@@ -139,30 +56,6 @@ fn marked_seqs(dir: &Path) -> (Vec<u64>, Vec<u64>) {
         }
     }
     (plain, marked)
-}
-
-/// The records the topic holds: the generator's total over every run.
-fn topic_end(d: &Daemon, sink: &str) -> u64 {
-    let o = d.json("connectors", &["offsets", sink]);
-    o["partitions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| n(&p["end"]))
-        .sum()
-}
-
-/// Stops `gen` and waits until every sink in `sinks` has taken the whole
-/// topic; returns its size.
-fn drain(d: &Daemon, sinks: &[&str]) -> u64 {
-    d.ok(&["stop", "gen"]);
-    let end = topic_end(d, sinks[0]);
-    for s in sinks {
-        wait_until(&format!("{s} catches up"), Duration::from_secs(60), || {
-            d.status(s)["lag"] == 0
-        });
-    }
-    end
 }
 
 #[test]

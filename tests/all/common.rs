@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
 /// The `sluice` binary cargo built for these tests.
 pub fn sluice() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
@@ -633,4 +635,112 @@ pub fn tool(command: &str, version_arg: &str, package: &str) -> bool {
             false
         }
     }
+}
+
+/// A `sluice serve` on a port of its choosing, killed on drop.
+pub struct Daemon {
+    host: Host,
+    /// Its `--data-dir`.
+    pub data: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(dir: &Path, extra: &[&str]) -> Daemon {
+        static STARTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let start = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let data = dir.join("data");
+        let _ = std::fs::remove_file(data.join("daemon.json"));
+        let mut args = vec![
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let host = Host::start(dir, &format!("serve-{start}"), &args);
+        wait_until("the daemon answers", Duration::from_secs(60), || {
+            data.join("daemon.json").exists()
+        });
+        Daemon { host, data }
+    }
+
+    /// `sluice <verb> --data-dir <data> <args…>`.
+    pub fn cli(&self, verb: &str, args: &[&str]) -> Output {
+        let mut cmd = sluice();
+        cmd.arg(verb).arg("--data-dir").arg(&self.data).args(args);
+        let out = cmd.output().unwrap();
+        if !out.status.success() {
+            eprintln!(
+                "sluice {verb} {args:?} exited {:?}: {}",
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        out
+    }
+
+    pub fn json(&self, verb: &str, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let out = self.cli(verb, &all);
+        assert!(out.status.success(), "sluice {verb} {args:?} failed");
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    pub fn status(&self, name: &str) -> Value {
+        self.json("connectors", &["status", name])
+    }
+
+    pub fn ok(&self, args: &[&str]) {
+        let out = self.cli("connectors", args);
+        assert!(out.status.success(), "sluice connectors {args:?} failed");
+    }
+
+    pub fn url(&self) -> String {
+        let info: Value =
+            serde_json::from_str(&std::fs::read_to_string(self.data.join("daemon.json")).unwrap())
+                .unwrap();
+        info["url"].as_str().unwrap().to_owned()
+    }
+
+    pub fn log(&self) -> String {
+        self.host.log()
+    }
+
+    pub fn kill(&mut self) {
+        self.host.kill();
+    }
+
+    pub fn terminate(&mut self) -> Option<i32> {
+        self.host.terminate();
+        self.host
+            .wait_for_exit(Duration::from_secs(60))
+            .status
+            .code()
+    }
+}
+
+/// The records the topic holds: the generator's total over every run.
+pub fn topic_end(d: &Daemon, sink: &str) -> u64 {
+    let o = d.json("connectors", &["offsets", sink]);
+    o["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["end"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// Stops `gen` and waits until every sink in `sinks` has taken the whole
+/// topic; returns its size.
+pub fn drain(d: &Daemon, sinks: &[&str]) -> u64 {
+    d.ok(&["stop", "gen"]);
+    let end = topic_end(d, sinks[0]);
+    for s in sinks {
+        wait_until(&format!("{s} catches up"), Duration::from_secs(60), || {
+            d.status(s)["lag"] == 0
+        });
+    }
+    end
 }

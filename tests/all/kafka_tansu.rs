@@ -154,6 +154,48 @@ fn kafka_sink_exactly_once_killed_at_random_moments_commits_each_record_once() {
     assert_exactly_once(seen.iter().map(|(_, r)| seq(r)).collect(), n);
 }
 
+#[test]
+fn kafka_sink_exactly_once_swapped_while_records_flow_commits_each_record_once() {
+    let Some(tansu) = Tansu::start() else {
+        return;
+    };
+    tansu.create_topic("out", 3, &[]);
+    tansu.create_topic("sluice-sink-offsets", 1, &["cleanup.policy=compact"]);
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &[]);
+    let definitions = manifest()
+        .connector(gen_source(0, 20_000, 64))
+        .connector(exactly_once_sink(&tansu).batch("max_records", 500))
+        .write(dir.path());
+    d.ok(&["create", definitions.to_str().unwrap()]);
+    let taken = || d.status("to-kafka")["records_in"].as_u64().unwrap_or(0);
+    wait_until("records flow", Duration::from_secs(60), || taken() > 10_000);
+    // The same module again, twice: each swap drains the old instance
+    // (its last transaction committed), opens the new one (which fences
+    // the old transactional producer) and goes on from the offsets.
+    let module = wasm("kafka-sink");
+    for _ in 0..2 {
+        let swapped = d.json(
+            "connectors",
+            &["update", "to-kafka", "--plugin", module.to_str().unwrap()],
+        );
+        assert_eq!(swapped["live"], true, "{swapped}");
+        let at_swap = taken();
+        wait_until(
+            "the new instance takes records",
+            Duration::from_secs(60),
+            || taken() > at_swap + 10_000,
+        );
+    }
+    let total = drain(&d, &["to-kafka"]);
+    let status = d.status("to-kafka");
+    assert_eq!(status["last_swap"]["ok"], true, "{status}");
+    assert_eq!(status["state"], "running", "{status}");
+
+    let (seen, _) = read_committed(&tansu, "out");
+    assert_exactly_once(seen.iter().map(|(_, r)| seq(r)).collect(), total);
+}
+
 /// The password tansu knows for `sluice`.
 const PASSWORD: &str = "the-Right-password-7";
 
