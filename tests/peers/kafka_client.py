@@ -82,6 +82,9 @@ def consume(bootstrap, topic, partitions, count, timeout, committed):
             "group.id": "kafka-client-py",
             "enable.auto.commit": False,
             "isolation.level": "read_committed" if committed else "read_uncommitted",
+            # Checks each batch's CRC-32C (kafka-sink's, computed by the
+            # host): a wrong one is an error, and its records go missing.
+            "check.crcs": True,
         }
     )
     consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])

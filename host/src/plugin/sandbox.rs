@@ -194,6 +194,10 @@ impl host::Host for HostState {
         self.log.write(level, &message, &fields);
     }
 
+    fn crc32c(&mut self, bytes: Vec<u8>) -> u32 {
+        crc32c::crc32c(&bytes)
+    }
+
     fn state_get(&mut self, key: String) -> Option<Vec<u8>> {
         let store = self.state.as_ref()?;
         off_the_workers(|| store.get(&key))

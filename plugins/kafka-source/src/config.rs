@@ -53,6 +53,12 @@ pub struct Config {
     /// transactions are not read) or `"read_uncommitted"`.
     #[serde(default)]
     pub isolation: IsolationSetting,
+    /// Whether each fetched batch's CRC-32C is checked (a corrupt one
+    /// fails the instance, naming the partition and offset), as the Java
+    /// consumer's `check.crcs`. Default true; the host computes it, at
+    /// about the cost of copying the bytes once.
+    #[serde(default = "default_check_crcs")]
+    pub check_crcs: bool,
     /// How long a broker may hold a fetch open waiting for records, in
     /// milliseconds. Default 500.
     #[serde(default = "default_max_wait_ms")]
@@ -134,6 +140,9 @@ pub enum IsolationSetting {
     ReadUncommitted,
 }
 
+fn default_check_crcs() -> bool {
+    true
+}
 fn default_max_wait_ms() -> u32 {
     500
 }

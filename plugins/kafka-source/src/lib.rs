@@ -24,6 +24,9 @@
 //!   start at their earliest offset).
 //! - A partition whose offset is no longer held (retention deleted it)
 //!   starts again at its earliest offset, with a warning naming it.
+//! - Each batch's CRC-32C is checked before its records are handed over
+//!   (`check_crcs`, as the Java consumer's `check.crcs`): a corrupt batch
+//!   fails the instance, naming the partition and the offset.
 //! - **Fetching ahead**: once a fetch brings records, the next one is sent
 //!   at once, from the offsets after them, so the brokers gather it while
 //!   the host takes these; it is read when they are all handed over.
@@ -67,6 +70,7 @@ pub struct KafkaSource {
     topics: Topics,
     start: Start,
     isolation: Isolation,
+    check_crcs: bool,
     limits: FetchLimits,
     refresh_every: Duration,
     ctx: Context,
@@ -194,6 +198,7 @@ impl Source for KafkaSource {
             next,
             ends: None,
             bounded: config.bounded,
+            check_crcs: config.check_crcs,
             unstarted: BTreeSet::new(),
             assigned_once: false,
             pending: VecDeque::new(),
@@ -577,6 +582,7 @@ impl KafkaSource {
     /// Moves up to `max` pending records into `out`, advancing `next`.
     fn hand_over(&mut self, out: &mut BatchWriter, max: usize) -> Result<(), Error> {
         let mut left = max;
+        let check_crcs = self.check_crcs;
         while let Some(pending) = self.pending.front_mut() {
             let end = self
                 .ends
@@ -593,6 +599,11 @@ impl KafkaSource {
                     .next()
                     .expect("kept whole")
                     .map_err(|e| Error::fatal(format!("{}: {e}", pending.tp)))?;
+                if check_crcs {
+                    batch
+                        .check_crc()
+                        .map_err(|e| Error::fatal(format!("{}: {e}", pending.tp)))?;
+                }
                 let records = batch
                     .records(&mut self.scratch)
                     .map_err(|e| Error::fatal(format!("{}: {e}", pending.tp)))?;

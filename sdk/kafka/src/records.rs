@@ -31,11 +31,6 @@ use kafka_protocol::compression::{Compressor, Decompressor, Snappy};
 /// How many bytes a batch has before its records.
 pub const BATCH_HEADER_LEN: usize = 61;
 
-/// CRC-32C (Castagnoli), with slicing-by-16 tables: no CPU instruction
-/// for it in wasm.
-static CRC32C: crc::Crc<u32, crc::Table<16>> =
-    crc::Crc::<u32, crc::Table<16>>::new(&crc::CRC_32_ISCSI);
-
 /// The offset of the `crc` field, and where what it covers starts.
 const CRC_AT: usize = 17;
 const ATTRIBUTES_AT: usize = 21;
@@ -122,6 +117,12 @@ pub enum RecordsError {
     },
     /// A header name that is not UTF-8.
     HeaderName,
+    /// A batch whose CRC-32C does not match its bytes (corrupted on the
+    /// way or on the broker's disk).
+    Checksum {
+        /// The batch's first offset.
+        base_offset: i64,
+    },
 }
 
 impl fmt::Display for RecordsError {
@@ -139,6 +140,10 @@ impl fmt::Display for RecordsError {
                 write!(f, "a {codec} record batch would not decompress: {error}")
             }
             RecordsError::HeaderName => write!(f, "a record header name that is not UTF-8"),
+            RecordsError::Checksum { base_offset } => write!(
+                f,
+                "the record batch at offset {base_offset} fails its CRC-32C check (corrupt)"
+            ),
         }
     }
 }
@@ -286,7 +291,18 @@ impl<'a> Batch<'a> {
     /// Whether the CRC-32C it carries matches what it holds.
     pub fn crc_ok(&self) -> bool {
         let stored = u32::from_be_bytes(self.bytes[CRC_AT..CRC_AT + 4].try_into().expect("4"));
-        CRC32C.checksum(&self.bytes[ATTRIBUTES_AT..]) == stored
+        sluice_sdk::crc32c(&self.bytes[ATTRIBUTES_AT..]) == stored
+    }
+
+    /// [`Batch::crc_ok`], as an error naming the batch.
+    pub fn check_crc(&self) -> Result<(), RecordsError> {
+        if self.crc_ok() {
+            Ok(())
+        } else {
+            Err(RecordsError::Checksum {
+                base_offset: self.base_offset,
+            })
+        }
     }
 
     /// Its records, decompressed into `scratch` when compressed.
@@ -654,7 +670,7 @@ impl BatchBuilder {
         let length = i32::try_from(out.len() - start - 12)
             .map_err(|_| RecordsError::Malformed("a batch of 2 GiB or more"))?;
         out[start + 8..start + 12].copy_from_slice(&length.to_be_bytes());
-        let crc = CRC32C.checksum(&out[start + ATTRIBUTES_AT..]);
+        let crc = sluice_sdk::crc32c(&out[start + ATTRIBUTES_AT..]);
         out[start + CRC_AT..start + CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
         self.records.clear();
         self.count = 0;
@@ -773,6 +789,21 @@ mod tests {
     }
 
     #[test]
+    fn a_corrupt_batch_fails_its_checksum() {
+        let mut bytes = sample(Compression::None);
+        assert_eq!(
+            Batches::new(&bytes).next().unwrap().unwrap().check_crc(),
+            Ok(())
+        );
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x20;
+        let batch = Batches::new(&bytes).next().unwrap().unwrap();
+        let err = batch.check_crc().unwrap_err();
+        assert_eq!(err, RecordsError::Checksum { base_offset: 0 });
+        assert!(err.to_string().contains("offset 0 fails its CRC-32C check"));
+    }
+
+    #[test]
     fn old_formats_are_named() {
         let mut bytes = sample(Compression::None);
         bytes[16] = 1;
@@ -783,7 +814,7 @@ mod tests {
     #[test]
     fn the_checksum_is_crc32c() {
         // The check value of CRC-32C (iSCSI, Castagnoli).
-        assert_eq!(CRC32C.checksum(b"123456789"), 0xE306_9283);
+        assert_eq!(sluice_sdk::crc32c(b"123456789"), 0xE306_9283);
     }
 
     #[test]
