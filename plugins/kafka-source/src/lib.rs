@@ -713,74 +713,7 @@ sluice_sdk::export_source!(KafkaSource);
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use sluice_kafka::records::{BatchBuilder, Compression, NewRecord, ProducerStamp};
-
-    /// A batch of `values` at `base`, written by `producer` (transactional
-    /// when it is not -1).
-    fn batch(out: &mut Vec<u8>, base: i64, producer: i64, values: &[&str]) {
-        let mut b = BatchBuilder::new();
-        for v in values {
-            b.push(
-                NewRecord {
-                    timestamp: 0,
-                    key: None,
-                    value: Some(v.as_bytes()),
-                },
-                [],
-            );
-        }
-        let at = out.len();
-        let stamp = ProducerStamp {
-            id: producer,
-            epoch: 0,
-            base_sequence: 0,
-            transactional: producer >= 0,
-        };
-        b.finish(Compression::None, stamp, out).unwrap();
-        out[at..at + 8].copy_from_slice(&base.to_be_bytes());
-    }
-
-    /// A transaction's end marker at `offset`.
-    fn marker(out: &mut Vec<u8>, offset: i64, producer: i64, commit: bool) {
-        let mut b = BatchBuilder::new();
-        let key = [0, 0, 0, u8::from(commit)];
-        b.push(
-            NewRecord {
-                timestamp: 0,
-                key: Some(&key),
-                value: Some(&[0, 0, 0, 0, 0, 0]),
-            },
-            [],
-        );
-        let at = out.len();
-        let stamp = ProducerStamp {
-            id: producer,
-            epoch: 0,
-            base_sequence: -1,
-            transactional: true,
-        };
-        b.finish(Compression::None, stamp, out).unwrap();
-        out[at..at + 8].copy_from_slice(&offset.to_be_bytes());
-        // The control bit, and the checksum again.
-        out[at + 22] |= 0x20;
-        let crc = crc32c(&out[at + 21..]);
-        out[at + 17..at + 21].copy_from_slice(&crc.to_be_bytes());
-    }
-
-    fn crc32c(bytes: &[u8]) -> u32 {
-        let mut crc = !0u32;
-        for &b in bytes {
-            crc ^= u32::from(b);
-            for _ in 0..8 {
-                crc = if crc & 1 != 0 {
-                    (crc >> 1) ^ 0x82f6_3b78
-                } else {
-                    crc >> 1
-                };
-            }
-        }
-        !crc
-    }
+    use sluice_kafka::records::testing::{data_batch, marker_batch};
 
     fn values(records: &[u8], live: &VecDeque<Range<usize>>) -> Vec<String> {
         let mut scratch = Vec::new();
@@ -801,13 +734,13 @@ mod tests {
         // (committed), interleaved; markers at 6 (7 aborts) and 7 (8
         // commits); 8 producer 7 again, in a new transaction that commits.
         let mut records = Vec::new();
-        batch(&mut records, 0, -1, &["a", "b"]);
-        batch(&mut records, 2, 7, &["x1", "x2"]);
-        batch(&mut records, 4, 8, &["c", "d"]);
-        marker(&mut records, 6, 7, false);
-        marker(&mut records, 7, 8, true);
-        batch(&mut records, 8, 7, &["e"]);
-        marker(&mut records, 9, 7, true);
+        data_batch(&mut records, 0, -1, &["a", "b"]);
+        data_batch(&mut records, 2, 7, &["x1", "x2"]);
+        data_batch(&mut records, 4, 8, &["c", "d"]);
+        marker_batch(&mut records, 6, 7, false);
+        marker_batch(&mut records, 7, 8, true);
+        data_batch(&mut records, 8, 7, &["e"]);
+        marker_batch(&mut records, 9, 7, true);
         let mut scratch = Vec::new();
         let (live, end) = live_batches(
             &records,

@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
-use std::marker::PhantomData;
 use std::ops::RangeInclusive;
 
 use bytes::Bytes;
@@ -156,7 +155,6 @@ type Answer<R, P> = (P, Result<(String, <R as Request>::Response), KafkaError>);
 struct Scattered<R: Request, P> {
     failed: Vec<Answer<R, P>>,
     sent: Vec<(Sent, P)>,
-    _answers: PhantomData<R>,
 }
 
 impl<R: Request, P> std::fmt::Debug for Scattered<R, P> {
@@ -508,11 +506,7 @@ impl<D: Dial> Client<D> {
                 }
             }
         }
-        Ok(Scattered {
-            failed,
-            sent,
-            _answers: PhantomData,
-        })
+        Ok(Scattered { failed, sent })
     }
 
     /// Reads the answers to [`Client::scatter_send`]'s requests: each
@@ -528,7 +522,6 @@ impl<D: Dial> Client<D> {
         let Scattered {
             failed: mut out,
             sent,
-            _answers,
         } = scattered;
         let mut interrupted = None;
         for (sent, parts) in sent {

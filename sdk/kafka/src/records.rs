@@ -715,6 +715,68 @@ fn compress(codec: Compression, plain: &[u8], out: &mut Vec<u8>) -> Result<(), R
     Ok(())
 }
 
+/// Record batches for tests of what reads them (this crate's, and the
+/// Kafka plugins'): plain data and transaction markers at chosen offsets.
+#[doc(hidden)]
+pub mod testing {
+    use super::{BatchBuilder, Compression, NewRecord, ProducerStamp};
+
+    /// Appends a batch of `values` at offset `base`, written by `producer`
+    /// (transactional when it is not -1).
+    pub fn data_batch(out: &mut Vec<u8>, base: i64, producer: i64, values: &[&str]) {
+        let mut b = BatchBuilder::new();
+        for v in values {
+            b.push(
+                NewRecord {
+                    timestamp: 0,
+                    key: None,
+                    value: Some(v.as_bytes()),
+                },
+                [],
+            );
+        }
+        let at = out.len();
+        let stamp = ProducerStamp {
+            id: producer,
+            epoch: 0,
+            base_sequence: 0,
+            transactional: producer >= 0,
+        };
+        b.finish(Compression::None, stamp, out)
+            .expect("an uncompressed batch");
+        out[at..at + 8].copy_from_slice(&base.to_be_bytes());
+    }
+
+    /// Appends `producer`'s transaction end marker (commit or abort) at
+    /// offset `base`.
+    pub fn marker_batch(out: &mut Vec<u8>, base: i64, producer: i64, commit: bool) {
+        let mut b = BatchBuilder::new();
+        let key = [0, 0, 0, u8::from(commit)];
+        b.push(
+            NewRecord {
+                timestamp: 0,
+                key: Some(&key),
+                value: Some(&[0, 0, 0, 0, 0, 0]),
+            },
+            [],
+        );
+        let at = out.len();
+        let stamp = ProducerStamp {
+            id: producer,
+            epoch: 0,
+            base_sequence: -1,
+            transactional: true,
+        };
+        b.finish(Compression::None, stamp, out)
+            .expect("an uncompressed batch");
+        out[at..at + 8].copy_from_slice(&base.to_be_bytes());
+        // The control bit (attributes bit 5), and the checksum again.
+        out[at + super::ATTRIBUTES_AT + 1] |= 0x20;
+        let crc = sluice_sdk::crc32c(&out[at + super::ATTRIBUTES_AT..]);
+        out[at + super::CRC_AT..at + super::CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

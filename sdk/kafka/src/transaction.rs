@@ -295,67 +295,19 @@ impl Committed {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::records::{BatchBuilder, Batches, Compression, NewRecord, ProducerStamp};
-
-    fn data(out: &mut Vec<u8>, base: i64, producer: i64, values: &[&str]) {
-        let mut b = BatchBuilder::new();
-        for v in values {
-            b.push(
-                NewRecord {
-                    timestamp: 0,
-                    key: None,
-                    value: Some(v.as_bytes()),
-                },
-                std::iter::empty(),
-            );
-        }
-        let stamp = ProducerStamp {
-            id: producer,
-            epoch: 0,
-            base_sequence: 0,
-            transactional: producer >= 0,
-        };
-        let mut bytes = Vec::new();
-        b.finish(Compression::None, stamp, &mut bytes).unwrap();
-        bytes[..8].copy_from_slice(&base.to_be_bytes());
-        out.extend(bytes);
-    }
-
-    fn marker(out: &mut Vec<u8>, base: i64, producer: i64, commit: bool) {
-        let mut b = BatchBuilder::new();
-        let key = [0u8, 0, 0, u8::from(commit)];
-        b.push(
-            NewRecord {
-                timestamp: 0,
-                key: Some(&key),
-                value: Some(&[0, 0, 0, 0, 0, 0]),
-            },
-            std::iter::empty(),
-        );
-        let stamp = ProducerStamp {
-            id: producer,
-            epoch: 0,
-            base_sequence: -1,
-            transactional: true,
-        };
-        let mut bytes = Vec::new();
-        b.finish(Compression::None, stamp, &mut bytes).unwrap();
-        bytes[..8].copy_from_slice(&base.to_be_bytes());
-        // The control flag (attributes bit 5); the CRC is not checked here.
-        bytes[22] |= 0x20;
-        out.extend(bytes);
-    }
+    use crate::records::Batches;
+    use crate::records::testing::{data_batch, marker_batch};
 
     #[test]
     fn aborted_and_open_transactions_are_not_seen() {
         let mut log = Vec::new();
-        data(&mut log, 0, 7, &["a1", "a2"]); // producer 7: committed below
-        data(&mut log, 2, 8, &["b1"]); // producer 8: aborted below
-        data(&mut log, 3, -1, &["plain"]); // no transaction
-        marker(&mut log, 4, 8, false);
-        data(&mut log, 5, 7, &["a3"]);
-        marker(&mut log, 6, 7, true);
-        data(&mut log, 7, 9, &["c1"]); // producer 9: still open
+        data_batch(&mut log, 0, 7, &["a1", "a2"]); // producer 7: committed below
+        data_batch(&mut log, 2, 8, &["b1"]); // producer 8: aborted below
+        data_batch(&mut log, 3, -1, &["plain"]); // no transaction
+        marker_batch(&mut log, 4, 8, false);
+        data_batch(&mut log, 5, 7, &["a3"]);
+        marker_batch(&mut log, 6, 7, true);
+        data_batch(&mut log, 7, 9, &["c1"]); // producer 9: still open
         let mut reader = Committed::new();
         let mut seen = Vec::new();
         for batch in Batches::new(&log) {
