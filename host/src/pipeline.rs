@@ -49,7 +49,7 @@ pub async fn start(
     let data_dir = manifest.data_dir();
     let broker = Arc::new(
         broker::open(&data_dir, Some(manifest))
-            .with_context(|| format!("opening the broker in {}", data_dir.display()))?,
+            .with_context(|| broker::opening(&data_dir, Some(manifest)))?,
     );
     // Every secret of the manifest is masked in every connector's output.
     let redactor = Redactor::new(connectors.iter().flat_map(|c| c.secrets.values()));

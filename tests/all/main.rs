@@ -18,6 +18,7 @@ mod kafka_tansu;
 mod layout;
 mod manifest_errors;
 mod mariadb;
+mod nats;
 mod network;
 mod pipeline_e2e;
 mod plugin_contract;

@@ -10,10 +10,12 @@
 //! the same trait.
 //!
 //! Nothing above this module names a kind of broker: the host opens the
-//! manifest's broker with [`open`] and holds a [`HostBroker`]. Today that is
-//! the embedded log; a second kind makes it an enum over the kinds, here.
+//! manifest's broker with [`open`] and holds a [`HostBroker`], an enum over
+//! the kinds: the embedded log, or [`nats::NatsBroker`] on a NATS JetStream
+//! server.
 
 pub mod embedded;
+pub mod nats;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -99,6 +101,43 @@ pub enum BrokerError {
         topic: String,
         /// Partition.
         partition: u32,
+    },
+    /// The NATS server could not be reached, or refused a request.
+    #[error("NATS: {what}: {why}")]
+    Nats {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        why: String,
+    },
+    /// Another writer stored a batch as the same producer since this one
+    /// last did: two instances of one source run at once (a zombie).
+    #[error(
+        "another instance writes as {producer} to {topic}/{partition}: this one stops rather than \
+         interleave with it"
+    )]
+    Fenced {
+        /// The producer, `<connector>/<instance>`.
+        producer: String,
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+    },
+    /// A batch larger than the broker takes in one write.
+    #[error(
+        "a batch of {bytes} bytes for {topic}/{partition} is larger than the broker takes in one \
+         write ({limit} bytes): lower the connector's batch max_bytes, or raise the server's limit"
+    )]
+    TooLarge {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// The batch's size.
+        bytes: u64,
+        /// The most one write takes.
+        limit: u64,
     },
     /// A record offset outside the log.
     #[error("offset {offset} is beyond the end ({end}) of {topic}/{partition}")]
@@ -205,20 +244,168 @@ pub trait StateStore: Send + Sync {
 }
 
 /// The broker a host runs on, whichever kind its manifest chose.
-pub type HostBroker = embedded::EmbeddedLog;
+#[derive(Debug)]
+pub enum HostBroker {
+    /// `kind = "embedded"`: a durable log on local disk.
+    Embedded(embedded::EmbeddedLog),
+    /// `kind = "nats"`: streams on a NATS JetStream server.
+    /// `kind = "nats"`: streams on a NATS JetStream server (boxed: its
+    /// client is large).
+    Nats(Box<nats::NatsBroker>),
+}
 
-/// Opens the broker in `data_dir` with the `[broker]` and `[topics]`
-/// settings of `manifest` (the defaults without one), recovering what it
-/// holds. Blocks on disk: call it before serving.
+/// Opens the broker the `[broker]` and `[topics]` settings of `manifest`
+/// choose (the embedded log in `data_dir` without one), recovering what it
+/// holds; `nats_token` is the NATS token, read from its secret. Blocks on
+/// disk or the network: call it before serving.
 pub fn open(
     data_dir: &Path,
     manifest: Option<&crate::manifest::Manifest>,
 ) -> Result<HostBroker, BrokerError> {
-    let config = manifest.map_or_else(
-        embedded::LogConfig::defaults,
-        embedded::LogConfig::from_manifest,
-    );
-    embedded::EmbeddedLog::open(data_dir, config)
+    match manifest {
+        Some(m) if m.broker.kind == crate::manifest::BrokerKind::Nats => {
+            let token = m.broker_token().map_err(|why| BrokerError::Nats {
+                what: "reading the broker's token".into(),
+                why,
+            })?;
+            let config = nats::NatsConfig::from_manifest(m, token);
+            Ok(HostBroker::Nats(Box::new(nats::NatsBroker::open(config)?)))
+        }
+        _ => {
+            let config = manifest.map_or_else(
+                embedded::LogConfig::defaults,
+                embedded::LogConfig::from_manifest,
+            );
+            Ok(HostBroker::Embedded(embedded::EmbeddedLog::open(
+                data_dir, config,
+            )?))
+        }
+    }
+}
+
+/// What [`open`] does, for the context of its error: "opening the broker in
+/// data" or "opening the nats broker".
+pub fn opening(data_dir: &Path, manifest: Option<&crate::manifest::Manifest>) -> String {
+    match manifest {
+        Some(m) if m.broker.kind == crate::manifest::BrokerKind::Nats => {
+            "opening the nats broker".into()
+        }
+        _ => format!("opening the broker in {}", data_dir.display()),
+    }
+}
+
+/// Calls the same method on whichever broker `self` is.
+macro_rules! each {
+    ($self:ident, $b:ident => $call:expr) => {
+        match $self {
+            HostBroker::Embedded($b) => $call,
+            HostBroker::Nats($b) => $call,
+        }
+    };
+}
+
+impl Broker for HostBroker {
+    fn ensure_topic(&self, topic: &str) -> Result<u32, BrokerError> {
+        each!(self, b => b.ensure_topic(topic))
+    }
+
+    async fn append(
+        &self,
+        topic: &str,
+        partition: u32,
+        batch: &[u8],
+        records: u32,
+        checkpoint: Option<SourceCheckpoint<'_>>,
+    ) -> Result<u64, BrokerError> {
+        each!(self, b => b.append(topic, partition, batch, records, checkpoint).await)
+    }
+
+    async fn append_routed(
+        &self,
+        parts: &[RoutedPart<'_>],
+        producer: &str,
+        position: Option<&[u8]>,
+    ) -> Result<Vec<u64>, BrokerError> {
+        each!(self, b => b.append_routed(parts, producer, position).await)
+    }
+
+    async fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: u64,
+    ) -> Result<Vec<StoredBatch>, BrokerError> {
+        each!(self, b => b.read(topic, partition, offset, max_bytes).await)
+    }
+
+    fn end_offset(&self, topic: &str, partition: u32) -> Result<u64, BrokerError> {
+        each!(self, b => b.end_offset(topic, partition))
+    }
+
+    fn data_version(&self, topic: &str) -> u64 {
+        each!(self, b => b.data_version(topic))
+    }
+
+    async fn wait_for_data(&self, topic: &str, seen: u64, timeout: Duration) {
+        each!(self, b => b.wait_for_data(topic, seen, timeout).await)
+    }
+
+    fn source_position(&self, producer: &str) -> Result<Option<Vec<u8>>, BrokerError> {
+        each!(self, b => b.source_position(producer))
+    }
+
+    fn committed_offset(&self, group: &str, topic: &str, partition: u32) -> Option<u64> {
+        each!(self, b => b.committed_offset(group, topic, partition))
+    }
+
+    fn subscribe(&self, group: &str, topic: &str) -> Result<(), BrokerError> {
+        each!(self, b => b.subscribe(group, topic))
+    }
+
+    fn release(&self, group: &str) {
+        each!(self, b => b.release(group))
+    }
+
+    fn sync(&self, topic: &str, partition: u32) -> Result<(), BrokerError> {
+        each!(self, b => b.sync(topic, partition))
+    }
+
+    fn backlog(&self, topic: &str, partition: u32) -> Result<Option<Backlog>, BrokerError> {
+        each!(self, b => b.backlog(topic, partition))
+    }
+
+    fn start_offset(&self, topic: &str, partition: u32) -> Result<u64, BrokerError> {
+        each!(self, b => b.start_offset(topic, partition))
+    }
+
+    fn connector_state(
+        &self,
+        connector: &str,
+        quota: StateQuota,
+    ) -> Result<Arc<dyn StateStore>, BrokerError> {
+        each!(self, b => b.connector_state(connector, quota))
+    }
+
+    fn forget_connector(&self, connector: &str) -> Result<(), BrokerError> {
+        each!(self, b => b.forget_connector(connector))
+    }
+
+    fn sync_all(&self) -> Result<(), BrokerError> {
+        each!(self, b => b.sync_all())
+    }
+
+    async fn commit_offsets(
+        &self,
+        group: &str,
+        offsets: &[(String, u32, u64)],
+    ) -> Result<(), BrokerError> {
+        each!(self, b => b.commit_offsets(group, offsets).await)
+    }
+
+    fn max_append_bytes(&self) -> u64 {
+        each!(self, b => b.max_append_bytes())
+    }
 }
 
 /// What the host needs from a broker.
@@ -284,8 +471,9 @@ pub trait Broker: Send + Sync + 'static {
         timeout: Duration,
     ) -> impl Future<Output = ()> + Send;
 
-    /// The last position stored for `producer`, if any.
-    fn source_position(&self, producer: &str) -> Option<Vec<u8>>;
+    /// The last position stored for `producer`, if any. May block on the
+    /// network (a distributed broker reads it once, at a source's start).
+    fn source_position(&self, producer: &str) -> Result<Option<Vec<u8>>, BrokerError>;
 
     /// The committed next offset of `group` in a partition, if any.
     fn committed_offset(&self, group: &str, topic: &str, partition: u32) -> Option<u64>;
@@ -331,6 +519,11 @@ pub trait Broker: Send + Sync + 'static {
     /// Makes everything appended so far durable, whatever the fsync policy
     /// (at a clean stop). May block on disk.
     fn sync_all(&self) -> Result<(), BrokerError>;
+
+    /// The most bytes one appended batch may hold.
+    fn max_append_bytes(&self) -> u64 {
+        u64::MAX
+    }
 
     /// Durably commits `group`'s next offsets.
     fn commit_offsets(

@@ -18,7 +18,7 @@ use super::resolved::{ClientIdentity, Limits, RestartPolicy, TlsPolicy, TopicPol
 use super::secret_ref::secret_references;
 use super::topic_template::{TopicTemplate, check_topic_name};
 use super::units::{parse_bytes, parse_duration};
-use super::{ConnectorConfig, ConnectorKind, Manifest, ManifestError, TopicSettings};
+use super::{BrokerKind, ConnectorConfig, ConnectorKind, Manifest, ManifestError, TopicSettings};
 
 impl Manifest {
     /// Reads and checks the manifest at `path`.
@@ -71,6 +71,7 @@ impl Manifest {
             .field("broker.fsync_interval_ms")
             .help("sync at most every millisecond, or say `fsync = \"always\"`"));
         }
+        self.check_broker_kind()?;
         let defaults = TopicPolicy {
             partitions: self.broker.partitions,
             ..TopicPolicy::default()
@@ -86,6 +87,56 @@ impl Manifest {
         for (c, (limits, route)) in self.connectors.iter_mut().zip(checked) {
             let c = c.get_mut();
             (c.limits, c.route) = (limits, route);
+        }
+        Ok(())
+    }
+
+    /// Checks that the NATS settings of `[broker]` go with its kind.
+    fn check_broker_kind(&self) -> Result<(), ManifestError> {
+        let b = &self.broker;
+        if b.kind != BrokerKind::Nats {
+            let set = [
+                ("url", b.url.as_ref().map(Spanned::span)),
+                ("token", b.token.as_ref().map(Spanned::span)),
+                ("replicas", b.replicas.as_ref().map(Spanned::span)),
+            ];
+            if let Some((field, Some(span))) = set.into_iter().find(|(_, s)| s.is_some()) {
+                return Err(self
+                    .error(span, format!("{field} is a setting of the nats broker"))
+                    .field(format!("broker.{field}"))
+                    .help("add `kind = \"nats\"` to [broker], or remove it"));
+            }
+            return Ok(());
+        }
+        if let Some(url) = &b.url
+            && !url
+                .get_ref()
+                .split(',')
+                .all(|u| !u.trim().is_empty() && !u.contains(char::is_whitespace))
+        {
+            return Err(self
+                .error(
+                    url.span(),
+                    format!("{:?} is not a list of NATS server URLs", url.get_ref()),
+                )
+                .field("broker.url")
+                .help("write `url = \"nats://127.0.0.1:4222\"` (several: comma-separated)"));
+        }
+        if let Some(r) = &b.replicas
+            && !(1..=5).contains(r.get_ref())
+        {
+            return Err(self
+                .error(r.span(), format!("replicas is {}", r.get_ref()))
+                .field("broker.replicas")
+                .help("JetStream keeps 1 to 5 copies of a stream: `replicas = 3`"));
+        }
+        if let Some(t) = &b.token
+            && t.get_ref().env.is_none() == t.get_ref().file.is_none()
+        {
+            return Err(self
+                .error(t.span(), "token needs exactly one of `env` and `file`")
+                .field("broker.token")
+                .help("say where the host reads it: `token = { env = \"NATS_TOKEN\" }`"));
         }
         Ok(())
     }
@@ -153,6 +204,16 @@ impl Manifest {
                                  `-`: `topic = \"{schema}.{table}\"`",
                             )
                     })?;
+                    if route.is_some() && self.broker.kind == BrokerKind::Nats {
+                        return Err(self
+                            .error(topic.span(), format!(
+                                "source {name:?} routes records over topics, which the nats broker cannot store atomically"
+                            ))
+                            .field(format!("connector[{i}].topic"))
+                            .help(
+                                "one NATS message cannot span streams: write one topic                                  (`topic = \"changes\"`), or use `kind = \"embedded\"`",
+                            ));
+                    }
                 }
                 ConnectorKind::Sink => {
                     if c.topic_names().is_empty() {

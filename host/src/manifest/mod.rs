@@ -42,9 +42,9 @@ pub use self::resolved::{
     DEFAULT_STATE_BYTES, DEFAULT_STATE_KEYS, Limits, RestartPolicy, TlsPolicy, TopicPolicy,
 };
 pub use self::schema::{
-    BatchConfig, BrokerConfig, BrokerKind, ConnectorConfig, ConnectorKind, FileGrant, FileMode,
-    FsyncPolicy, GrantsConfig, HttpGrant, Manifest, RestartConfig, SecretSource, TlsGrant,
-    TopicSettings,
+    BatchConfig, BrokerConfig, BrokerKind, ConnectorConfig, ConnectorKind, DEFAULT_NATS_URL,
+    FileGrant, FileMode, FsyncPolicy, GrantsConfig, HttpGrant, Manifest, RestartConfig,
+    SecretSource, TlsGrant, TopicSettings,
 };
 pub use self::secret_ref::{SECRET_REF_PREFIX, secret_references};
 pub use self::topic_template::{RouteError, TopicTemplate, check_topic_name};
@@ -174,6 +174,33 @@ topics = ["events"]
         assert!(e.to_string().contains("topics.events.retention_age"), "{e}");
         let e = parse(&format!("{GOOD}\n[topics.events]\nmax_backlog = \"0\"\n")).unwrap_err();
         assert!(e.to_string().contains("max_backlog is 0"), "{e}");
+    }
+
+    #[test]
+    fn nats_settings_are_checked_against_the_broker_kind() {
+        let nats = GOOD.replace("data_dir = \"d\"", "kind = \"nats\"\nreplicas = 3");
+        let m = parse(&nats).unwrap();
+        assert_eq!(m.nats_url(), DEFAULT_NATS_URL);
+        assert_eq!(m.nats_replicas(), 3);
+
+        let e = parse(&GOOD.replace("data_dir = \"d\"", "url = \"nats://h:4222\"")).unwrap_err();
+        assert_eq!(e.line, Some(3));
+        let text = e.to_string();
+        assert!(
+            text.contains("broker.url") && text.contains("kind = \"nats\""),
+            "{text}"
+        );
+
+        let e = parse(&nats.replace("replicas = 3", "replicas = 7")).unwrap_err();
+        assert!(e.to_string().contains("1 to 5"), "{e}");
+
+        let routed = nats.replace("topic = \"events\"", "topic = \"{schema}.{table}\"");
+        let e = parse(&routed).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("connector[0].topic") && text.contains("embedded"),
+            "{text}"
+        );
     }
 
     #[test]

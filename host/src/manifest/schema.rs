@@ -78,13 +78,41 @@ pub struct Manifest {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrokerConfig {
-    /// The broker. Only `"embedded"` (a durable log on local disk) so far.
+    /// The broker: `"embedded"` (the default: a durable log on local disk,
+    /// in this process) or `"nats"` (streams on a NATS JetStream server).
     ///
     /// ```toml
     /// kind = "embedded"
     /// ```
     #[serde(default)]
     pub kind: BrokerKind,
+
+    /// `kind = "nats"`: the server's URL, or several comma-separated.
+    /// Default `"nats://127.0.0.1:4222"`.
+    ///
+    /// ```toml
+    /// url = "nats://127.0.0.1:4222"
+    /// ```
+    #[serde(default)]
+    pub url: Option<Spanned<String>>,
+
+    /// `kind = "nats"`: the token the server requires, read by the host
+    /// from an environment variable or a file and never shown.
+    ///
+    /// ```toml
+    /// token = { env = "NATS_TOKEN" }
+    /// ```
+    #[serde(default)]
+    pub token: Option<Spanned<SecretSource>>,
+
+    /// `kind = "nats"`: copies of each stream and bucket in a NATS
+    /// cluster, 1 to 5. Default 1.
+    ///
+    /// ```toml
+    /// replicas = 3
+    /// ```
+    #[serde(default)]
+    pub replicas: Option<Spanned<u32>>,
 
     /// Folder of the embedded log, its offsets and connector state.
     /// Default `"data"`, beside the manifest.
@@ -219,6 +247,9 @@ impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
             kind: BrokerKind::default(),
+            url: None,
+            token: None,
+            replicas: None,
             data_dir: default_data_dir(),
             fsync: FsyncPolicy::default(),
             fsync_interval_ms: default_fsync_interval_ms(),
@@ -231,6 +262,9 @@ impl Default for BrokerConfig {
     }
 }
 
+/// The NATS server of `kind = "nats"` without a `url`.
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+
 /// Which broker.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -238,6 +272,8 @@ pub enum BrokerKind {
     /// A durable log on local disk, in this process.
     #[default]
     Embedded,
+    /// Streams on a NATS JetStream server.
+    Nats,
 }
 
 /// When the embedded log syncs to disk.
@@ -767,6 +803,44 @@ impl Manifest {
     /// for the others.
     pub fn topic_policies(&self) -> (TopicPolicy, BTreeMap<String, TopicPolicy>) {
         (self.topic_defaults, self.topic_policies.clone())
+    }
+
+    /// The NATS server URL of `[broker]`.
+    pub fn nats_url(&self) -> &str {
+        self.broker
+            .url
+            .as_ref()
+            .map_or(DEFAULT_NATS_URL, |u| u.get_ref().as_str())
+    }
+
+    /// The NATS stream and bucket replicas of `[broker]`.
+    pub fn nats_replicas(&self) -> u32 {
+        self.broker.replicas.as_ref().map_or(1, |r| *r.get_ref())
+    }
+
+    /// Reads the NATS token of `[broker]`, if it names one; `Err` says why
+    /// it cannot be read, without its value.
+    pub fn broker_token(&self) -> Result<Option<String>, String> {
+        let Some(source) = &self.broker.token else {
+            return Ok(None);
+        };
+        match source.get_ref() {
+            SecretSource { env: Some(var), .. } => std::env::var(var)
+                .map(Some)
+                .map_err(|_| format!("the environment variable {var} is not set")),
+            SecretSource {
+                file: Some(path), ..
+            } => {
+                let path = self.resolve(path);
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                Ok(Some(text.trim_end_matches(['\n', '\r']).to_owned()))
+            }
+            SecretSource {
+                env: None,
+                file: None,
+            } => Err("it names neither env nor file".into()),
+        }
     }
 
     /// The data directory, resolved against the manifest's folder.

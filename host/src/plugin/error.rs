@@ -135,6 +135,10 @@ pub enum PluginError {
     /// A grant cannot be given.
     #[error(transparent)]
     Grant(#[from] GrantError),
+    /// The broker failed the host's part of a call (reading where a
+    /// swapped-in source resumes).
+    #[error("the broker: {0}")]
+    Broker(#[from] crate::broker::BrokerError),
     /// `open` failed after the sandbox refused the instance something no
     /// grant allows: a fresh instance would be refused the same way.
     #[error("plugin {plugin} could not open: the host {refusal}. It failed with: {cause}")]

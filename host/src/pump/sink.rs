@@ -451,7 +451,7 @@ impl DeadLetter {
         let batch = Batch::parse(bytes)?;
         let producer = format!("{connector}/dlq/{topic}/{partition}");
         let done = broker
-            .source_position(&producer)
+            .source_position(&producer)?
             .and_then(|p| Some(u64::from_le_bytes(p.try_into().ok()?)))
             .unwrap_or(0);
         let mut out = BatchWriter::new();

@@ -223,8 +223,10 @@ impl<B: Broker> SourcePump<B> {
     /// does not open, the old one goes on as if nothing happened.
     async fn attend(&mut self, mut since: Instant) {
         while let Some(mut swap) = Swap::<SourceInstance>::next(&self.control, &mut since).await {
-            let resume = self.broker.source_position(&self.producer);
-            let opened = swap.new.open(&swap.config_json, resume.as_deref()).await;
+            let opened = match self.broker.source_position(&self.producer) {
+                Ok(resume) => swap.new.open(&swap.config_json, resume.as_deref()).await,
+                Err(e) => Err(e.into()),
+            };
             swap.finish(&mut self.instance, opened, |()| {}).await;
         }
     }

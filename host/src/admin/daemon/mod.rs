@@ -117,7 +117,7 @@ impl Daemon {
             .with_context(|| format!("creating {}", data_dir.join("connectors").display()))?;
         let broker = Arc::new(
             broker::open(&data_dir, config.manifest.as_ref())
-                .with_context(|| format!("opening the broker in {}", data_dir.display()))?,
+                .with_context(|| broker::opening(&data_dir, config.manifest.as_ref()))?,
         );
         let daemon = Daemon {
             data_dir,

@@ -431,7 +431,7 @@ impl Daemon {
             ConnectorKind::Source => {
                 for i in 0..*c.parallelism.get_ref() {
                     let producer = format!("{name}/{i}");
-                    let position = self.broker.source_position(&producer);
+                    let position = self.broker.source_position(&producer).map_err(internal)?;
                     offsets.positions.push(SourcePosition {
                         producer,
                         position_hex: position

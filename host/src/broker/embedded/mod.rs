@@ -453,13 +453,14 @@ impl Broker for EmbeddedLog {
         let _ = tokio::time::timeout(timeout, rx.wait_for(|v| *v > seen)).await;
     }
 
-    fn source_position(&self, producer: &str) -> Option<Vec<u8>> {
-        self.inner
+    fn source_position(&self, producer: &str) -> Result<Option<Vec<u8>>, BrokerError> {
+        Ok(self
+            .inner
             .positions
             .lock()
             .expect("positions lock")
             .get(producer)
-            .cloned()
+            .cloned())
     }
 
     fn committed_offset(&self, group: &str, topic: &str, partition: u32) -> Option<u64> {

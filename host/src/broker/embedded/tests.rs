@@ -1,3 +1,4 @@
+// Long: the tests of the embedded log, one per behaviour, with the helpers they share.
 //! Tests of the embedded log: appends surviving a reopen, recovery from a
 //! torn or damaged tail, retention, backlog, and durable group offsets.
 
@@ -101,7 +102,10 @@ async fn appends_survive_reopen_with_positions_across_segments() {
     assert!(segments > 1, "a 4 KiB segment limit must roll: {segments}");
     let log = EmbeddedLog::open(dir.path(), config()).unwrap();
     assert_eq!(log.end_offset("t", 0).unwrap(), 500);
-    assert_eq!(log.source_position("src/0").unwrap(), 50u32.to_le_bytes());
+    assert_eq!(
+        log.source_position("src/0").unwrap().unwrap(),
+        50u32.to_le_bytes()
+    );
     // Reading from the middle of a batch starts at exactly that record.
     let got = log.read("t", 0, 123, 1 << 20).await.unwrap();
     let v = values(&got);
@@ -120,7 +124,10 @@ async fn torn_tail_is_cut_and_appends_continue() {
     drop(f);
     let log = EmbeddedLog::open(dir.path(), config()).unwrap();
     assert_eq!(log.end_offset("t", 0).unwrap(), 20);
-    assert_eq!(log.source_position("src/0").unwrap(), 2u32.to_le_bytes());
+    assert_eq!(
+        log.source_position("src/0").unwrap().unwrap(),
+        2u32.to_le_bytes()
+    );
     let base = log.append("t", 0, &batch(20, 10), 10, None).await.unwrap();
     assert_eq!(base, 20);
     let v = values(&log.read("t", 0, 0, 1 << 20).await.unwrap());
@@ -205,8 +212,11 @@ async fn retention_removes_only_what_every_group_committed_and_keeps_positions()
             .unwrap();
     }
     let log = EmbeddedLog::open(dir.path(), small).unwrap();
-    assert_eq!(log.source_position("src/0").unwrap(), 50u32.to_le_bytes());
-    assert_eq!(log.source_position("other/0").unwrap(), b"p1");
+    assert_eq!(
+        log.source_position("src/0").unwrap().unwrap(),
+        50u32.to_le_bytes()
+    );
+    assert_eq!(log.source_position("other/0").unwrap().unwrap(), b"p1");
     assert!(log.start_offset("t", 0).unwrap() > 0);
     assert_eq!(log.end_offset("t", 0).unwrap(), 500);
 }
@@ -378,7 +388,10 @@ async fn a_routed_batch_broken_off_by_a_crash_is_finished_when_the_log_opens() {
     let log = routed_log(dir.path()).await;
     route(&log, 0).await;
     let (_, b_before) = route(&log, 1).await;
-    assert_eq!(log.source_position("cdc/0").unwrap(), 1u32.to_le_bytes());
+    assert_eq!(
+        log.source_position("cdc/0").unwrap().unwrap(),
+        1u32.to_le_bytes()
+    );
     drop(log);
     // The crash came after the journal and the first part: the second
     // part never reached its partition.
@@ -390,7 +403,10 @@ async fn a_routed_batch_broken_off_by_a_crash_is_finished_when_the_log_opens() {
         .set_len(b_before)
         .unwrap();
     let log = routed_log(dir.path()).await;
-    assert_eq!(log.source_position("cdc/0").unwrap(), 1u32.to_le_bytes());
+    assert_eq!(
+        log.source_position("cdc/0").unwrap().unwrap(),
+        1u32.to_le_bytes()
+    );
     assert_eq!(
         all_values(&log, "a").await,
         [
@@ -413,7 +429,10 @@ async fn a_routed_batch_broken_off_by_a_crash_is_finished_when_the_log_opens() {
     assert_eq!(all_values(&log, "b").await.len(), 4);
     // And the next batch follows on.
     route(&log, 2).await;
-    assert_eq!(log.source_position("cdc/0").unwrap(), 2u32.to_le_bytes());
+    assert_eq!(
+        log.source_position("cdc/0").unwrap().unwrap(),
+        2u32.to_le_bytes()
+    );
 }
 
 #[tokio::test]
@@ -444,7 +463,10 @@ async fn a_journal_write_torn_by_a_crash_leaves_the_position_before_it() {
     torn.truncate(torn.len() / 2);
     std::fs::write(&slot, torn).unwrap();
     let log = routed_log(dir.path()).await;
-    assert_eq!(log.source_position("cdc/0").unwrap(), 0u32.to_le_bytes());
+    assert_eq!(
+        log.source_position("cdc/0").unwrap().unwrap(),
+        0u32.to_le_bytes()
+    );
     assert_eq!(all_values(&log, "a").await.len(), 3);
     assert_eq!(all_values(&log, "b").await.len(), 2);
 }
@@ -471,7 +493,7 @@ async fn a_routed_producer_keeps_its_position_in_the_journal_when_it_stops_routi
     log.append("b", 0, &one, 1, Some(cp)).await.unwrap();
     drop(log);
     let log = routed_log(dir.path()).await;
-    assert_eq!(log.source_position("cdc/0").unwrap(), new);
+    assert_eq!(log.source_position("cdc/0").unwrap().unwrap(), new);
     assert_eq!(all_values(&log, "a").await.len(), 4);
     assert_eq!(all_values(&log, "b").await.len(), 3);
 }
@@ -493,7 +515,10 @@ async fn a_routed_batch_that_fails_part_way_is_not_stored_at_all() {
     // The first part was cut off again, and the position is the one before.
     assert_eq!(log.end_offset("a", 0).unwrap(), a_end);
     assert_eq!(all_values(&log, "a").await.len(), 203);
-    assert_eq!(log.source_position("cdc/0").unwrap(), 0u32.to_le_bytes());
+    assert_eq!(
+        log.source_position("cdc/0").unwrap().unwrap(),
+        0u32.to_le_bytes()
+    );
     b.partitions[0].lock().unwrap().failed = None;
     drop(b);
     drop(log);
@@ -501,7 +526,10 @@ async fn a_routed_batch_that_fails_part_way_is_not_stored_at_all() {
     let log = routed_log(dir.path()).await;
     assert_eq!(log.end_offset("a", 0).unwrap(), a_end);
     assert_eq!(all_values(&log, "b").await.len(), 2);
-    assert_eq!(log.source_position("cdc/0").unwrap(), 0u32.to_le_bytes());
+    assert_eq!(
+        log.source_position("cdc/0").unwrap().unwrap(),
+        0u32.to_le_bytes()
+    );
     route(&log, 1).await;
     assert_eq!(all_values(&log, "a").await.len(), 206);
 }
@@ -517,14 +545,20 @@ async fn a_journal_record_whose_sync_failed_is_taken_back_before_anything_else_a
         .unwrap()
         .fail_after_write = true;
     assert!(try_route(&log, 1, true).await.is_err());
-    assert_eq!(log.source_position("cdc/0").unwrap(), 0u32.to_le_bytes());
+    assert_eq!(
+        log.source_position("cdc/0").unwrap().unwrap(),
+        0u32.to_le_bytes()
+    );
     // Another producer appends where the record said its parts would go.
     log.append("a", 0, &batch(500, 1), 1, None).await.unwrap();
     drop(log);
     // The record was made invalid: the open does not take the other
     // producer's record for a part of it.
     let log = routed_log(dir.path()).await;
-    assert_eq!(log.source_position("cdc/0").unwrap(), 0u32.to_le_bytes());
+    assert_eq!(
+        log.source_position("cdc/0").unwrap().unwrap(),
+        0u32.to_le_bytes()
+    );
     assert_eq!(all_values(&log, "a").await.len(), 4);
     assert_eq!(all_values(&log, "b").await.len(), 2);
 }
@@ -549,7 +583,10 @@ async fn a_record_that_cannot_be_taken_back_holds_its_partitions_until_the_log_o
     // Opened again, the log stores the batch whole, and the source goes on
     // after it.
     let log = routed_log(dir.path()).await;
-    assert_eq!(log.source_position("cdc/0").unwrap(), 1u32.to_le_bytes());
+    assert_eq!(
+        log.source_position("cdc/0").unwrap().unwrap(),
+        1u32.to_le_bytes()
+    );
     assert_eq!(all_values(&log, "a").await.len(), 6);
     assert_eq!(all_values(&log, "b").await.len(), 4);
     route(&log, 2).await;
@@ -562,10 +599,16 @@ async fn a_routed_batch_without_a_position_keeps_the_one_before() {
     route(&log, 0).await;
     try_route(&log, 1, false).await.unwrap();
     try_route(&log, 2, false).await.unwrap();
-    assert_eq!(log.source_position("cdc/0").unwrap(), 0u32.to_le_bytes());
+    assert_eq!(
+        log.source_position("cdc/0").unwrap().unwrap(),
+        0u32.to_le_bytes()
+    );
     drop(log);
     let log = routed_log(dir.path()).await;
-    assert_eq!(log.source_position("cdc/0").unwrap(), 0u32.to_le_bytes());
+    assert_eq!(
+        log.source_position("cdc/0").unwrap().unwrap(),
+        0u32.to_le_bytes()
+    );
     assert_eq!(all_values(&log, "a").await.len(), 9);
     // A producer that never gave a position has none.
     let pb = batch(0, 1);
@@ -576,5 +619,5 @@ async fn a_routed_batch_without_a_position_keeps_the_one_before() {
         records: 1,
     }];
     log.append_routed(&part, "other/0", None).await.unwrap();
-    assert_eq!(log.source_position("other/0"), None);
+    assert_eq!(log.source_position("other/0").unwrap(), None);
 }

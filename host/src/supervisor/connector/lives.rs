@@ -85,7 +85,11 @@ impl Life for SourceLife {
         let c = s.connector();
         let index = s.setup.index;
         let mut instance = s.host.plugins.source(&c.plugin, &s.setup).await?;
-        let resume = s.host.broker.source_position(&self.producer);
+        let resume = s
+            .host
+            .broker
+            .source_position(&self.producer)
+            .with_context(|| format!("reading the position of {}", self.producer))?;
         instance
             .open(&c.config_json, resume.as_deref())
             .await
@@ -105,7 +109,11 @@ impl Life for SourceLife {
             producer: self.producer.clone(),
             config: SourcePumpConfig {
                 max_records: c.config.batch.max_records,
-                max_bytes: c.config.batch.max_bytes,
+                max_bytes: c
+                    .config
+                    .batch
+                    .max_bytes
+                    .min(s.host.broker.max_append_bytes()),
                 linger: Duration::from_millis(c.config.batch.linger_ms),
                 retry: c.restart,
             },

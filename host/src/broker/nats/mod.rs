@@ -1,0 +1,589 @@
+//! NATS JetStream as the broker (`[broker] kind = "nats"`): records rest in
+//! a NATS server (or cluster) that several hosts can share.
+//!
+//! # How Sluice's words map onto JetStream's
+//!
+//! - A **topic** is a stream, `SLUICE_<topic>` (names are escaped by
+//!   [`names::token`]). Its partition count is in the stream's
+//!   description, fixed when the stream is made, as in the embedded log.
+//! - A **partition** is a subject prefix, `sluice.<topic>.<partition>`;
+//!   each producer writes a subject of its own under it,
+//!   `sluice.<topic>.<partition>.<producer>`, and readers take the
+//!   partition's subjects together (`…<partition>.*`), in stream order.
+//! - A **batch** is one message: the Sluice frame as the embedded log stores
+//!   it (the encoded batch), with headers: `Sluice-Offset` (its first
+//!   record's offset), `Sluice-Records`, and, for a source's batch,
+//!   `Sluice-Position`, the source position after it.
+//! - An **offset** is a record's index in its partition, as everywhere in
+//!   Sluice (a sink's next offset is its batch's first plus its count). The
+//!   host numbers a partition's batches in the order the stream stores them,
+//!   and writes a partition's batches one at a time. To read from an offset
+//!   the broker finds the message that holds it: by the stream sequence of
+//!   the batch read last (the common case), or by a binary search over
+//!   stream sequences (after a restart), a direct get each step.
+//!   `sluice offsets --reset` moves a sink's committed offset, as on the
+//!   embedded log.
+//!
+//! # Delivery
+//!
+//! - **A source's position is written atomically with its batch**: both are
+//!   one message. On restart the position is read from the last message on
+//!   the producer's subjects, through the stream's leader (the
+//!   `STREAM.MSG.GET` API, not a direct get a replica may answer late).
+//! - Each write carries `Nats-Msg-Id` (producer, partition, first offset),
+//!   so a write sent again after a lost acknowledgement is stored once, and
+//!   `Nats-Expected-Last-Subject-Sequence` for the producer's subject, so a
+//!   second instance writing as the same producer (a zombie) is refused
+//!   ([`BrokerError::Fenced`]) instead of interleaving with it.
+//! - Sinks' committed offsets and plugins' state live in two KV buckets,
+//!   `SLUICE_OFFSETS` and `SLUICE_STATE`, written before the call returns.
+//!
+//! # Not yet (see the later steps)
+//! - Retention: streams keep every message (no limits are set), so nothing
+//!   a sink has not committed is ever removed; `retention_*` and
+//!   `max_backlog` apply to the embedded log only.
+//! - Sources whose batches are routed over several topics (a topic
+//!   template): one message cannot span streams, so the manifest check
+//!   refuses them on this broker.
+//! - A batch larger than the server's `max_payload` is not split: a
+//!   source's batches are capped below it ([`Broker::max_append_bytes`]).
+
+mod config;
+mod names;
+mod state;
+mod topic;
+
+pub use self::config::NatsConfig;
+use self::config::redacted_url;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, stream};
+use bytes::Bytes;
+use tokio::runtime::{Handle, RuntimeFlavor};
+
+use self::topic::{POSITION, Partition, Topic, is_not_found_last, open_topic, unhex, write};
+use super::{
+    Backlog, Broker, BrokerError, RoutedPart, SourceCheckpoint, StateQuota, StateStore, StoredBatch,
+};
+
+/// Room kept in a message for its headers, under `max_payload`.
+const HEADER_ROOM: u64 = 4096;
+
+/// The longest a sink waits for data before it reads again: appends made
+/// by other hosts are not announced to this one.
+const MAX_WAIT: Duration = Duration::from_millis(100);
+
+/// The KV bucket of sinks' committed offsets.
+const OFFSETS_BUCKET: &str = "SLUICE_OFFSETS";
+/// The KV bucket of plugins' state.
+const STATE_BUCKET: &str = "SLUICE_STATE";
+
+/// The producer name of writes that carry no position (dead letters'
+/// own writes carry one; this is for the rest).
+const NO_PRODUCER: &str = "-";
+
+/// A broker on a NATS JetStream server. See the module docs.
+pub struct NatsBroker {
+    /// The client's own runtime: the blocking calls of [`Broker`] wait on
+    /// it from any thread, whatever runtime (if any) the caller is on.
+    runtime: Option<tokio::runtime::Runtime>,
+    handle: Handle,
+    js: jetstream::Context,
+    offsets: kv::Store,
+    state: kv::Store,
+    config: NatsConfig,
+    max_payload: u64,
+    topics: RwLock<HashMap<String, Arc<Topic>>>,
+    /// Source positions read or written, by producer.
+    positions: Mutex<HashMap<String, Option<Vec<u8>>>>,
+    /// Committed offsets read or written, by group, topic and partition.
+    committed: Mutex<HashMap<(String, String, u32), u64>>,
+}
+
+impl fmt::Debug for NatsBroker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsBroker")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What went wrong, as a [`BrokerError`].
+fn failed(what: impl Into<String>) -> impl FnOnce(&dyn fmt::Display) -> BrokerError {
+    let what = what.into();
+    move |why| BrokerError::Nats {
+        what,
+        why: why.to_string(),
+    }
+}
+
+fn nats_err<E: fmt::Display>(what: impl Into<String>) -> impl FnOnce(E) -> BrokerError {
+    let f = failed(what);
+    move |e| f(&e)
+}
+
+impl NatsBroker {
+    /// Connects to the server, and makes the buckets Sluice keeps there if
+    /// they are not yet. Blocks on the network.
+    pub fn open(config: NatsConfig) -> Result<NatsBroker, BrokerError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("sluice-nats")
+            .enable_all()
+            .build()
+            .map_err(nats_err("starting the NATS client"))?;
+        let handle = runtime.handle().clone();
+        let (url, token, replicas) = (config.url.clone(), config.token.clone(), config.replicas);
+        let connected = wait(&handle, async move {
+            let mut options = async_nats::ConnectOptions::new()
+                .name("sluice")
+                .connection_timeout(Duration::from_secs(5));
+            if let Some(token) = token {
+                options = options.token(token);
+            }
+            let client = options
+                .connect(url.as_str())
+                .await
+                .map_err(nats_err(format!(
+                    "connecting to the NATS server at {}",
+                    redacted_url(&url)
+                )))?;
+            let js = jetstream::new(client.clone());
+            let offsets = bucket(&js, OFFSETS_BUCKET, "sinks' committed offsets", replicas).await?;
+            let state = bucket(&js, STATE_BUCKET, "connectors' plugin state", replicas).await?;
+            Ok::<_, BrokerError>((client, js, offsets, state))
+        });
+        let (client, js, offsets, state) = match connected {
+            Ok(connected) => connected,
+            Err(e) => {
+                // Dropped on an async worker, a runtime may not wait for
+                // its threads.
+                runtime.shutdown_background();
+                return Err(e);
+            }
+        };
+        Ok(NatsBroker {
+            runtime: Some(runtime),
+            handle,
+            js,
+            offsets,
+            state,
+            max_payload: client.server_info().max_payload as u64,
+            config,
+            topics: RwLock::default(),
+            positions: Mutex::default(),
+            committed: Mutex::default(),
+        })
+    }
+
+    /// Runs `fut` on the client's runtime and waits for it.
+    fn wait<T: Send + 'static>(&self, fut: impl Future<Output = T> + Send + 'static) -> T {
+        wait(&self.handle, fut)
+    }
+
+    fn topic(&self, name: &str) -> Result<Arc<Topic>, BrokerError> {
+        self.topics
+            .read()
+            .expect("topics lock")
+            .get(name)
+            .cloned()
+            .ok_or_else(|| BrokerError::NoPartition {
+                topic: name.to_owned(),
+                partition: 0,
+            })
+    }
+
+    fn partition<'t>(
+        t: &'t Topic,
+        topic: &str,
+        partition: u32,
+    ) -> Result<&'t Partition, BrokerError> {
+        t.partitions
+            .get(partition as usize)
+            .ok_or_else(|| BrokerError::NoPartition {
+                topic: topic.to_owned(),
+                partition,
+            })
+    }
+}
+
+impl Drop for NatsBroker {
+    fn drop(&mut self) {
+        // Dropped on an async worker, a runtime may not wait for its threads.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Runs `fut` on `handle`'s runtime and waits for it, from any thread: on a
+/// multi-threaded runtime's worker, the worker is handed off first.
+fn wait<T: Send + 'static>(handle: &Handle, fut: impl Future<Output = T> + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    handle.spawn(async move {
+        let _ = tx.send(fut.await);
+    });
+    let recv = move || rx.recv().expect("the NATS client's runtime runs");
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(recv)
+        }
+        _ => recv(),
+    }
+}
+
+/// The KV bucket `name`, made if it is not there.
+async fn bucket(
+    js: &jetstream::Context,
+    name: &str,
+    what: &str,
+    replicas: usize,
+) -> Result<kv::Store, BrokerError> {
+    if let Ok(store) = js.get_key_value(name).await {
+        return Ok(store);
+    }
+    js.create_key_value(kv::Config {
+        bucket: name.to_owned(),
+        description: format!("Sluice: {what}"),
+        history: 1,
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
+    })
+    .await
+    .map_err(nats_err(format!("making the KV bucket {name}")))
+}
+
+impl Broker for NatsBroker {
+    fn ensure_topic(&self, topic: &str) -> Result<u32, BrokerError> {
+        if let Ok(t) = self.topic(topic) {
+            return Ok(t.partitions.len() as u32);
+        }
+        let partitions = self
+            .config
+            .partitions
+            .get(topic)
+            .copied()
+            .unwrap_or(self.config.default_partitions);
+        let opened = self.wait(open_topic(
+            self.js.clone(),
+            topic.to_owned(),
+            partitions,
+            self.config.replicas,
+        ))?;
+        let mut topics = self.topics.write().expect("topics lock");
+        let t = topics
+            .entry(topic.to_owned())
+            .or_insert_with(|| Arc::new(opened));
+        Ok(t.partitions.len() as u32)
+    }
+
+    async fn append(
+        &self,
+        topic: &str,
+        partition: u32,
+        batch: &[u8],
+        records: u32,
+        checkpoint: Option<SourceCheckpoint<'_>>,
+    ) -> Result<u64, BrokerError> {
+        let t = self.topic(topic)?;
+        let p = Self::partition(&t, topic, partition)?;
+        let size = batch.len() as u64;
+        if size + HEADER_ROOM > self.max_payload {
+            return Err(BrokerError::TooLarge {
+                topic: topic.to_owned(),
+                partition,
+                bytes: size,
+                limit: self.max_payload - HEADER_ROOM,
+            });
+        }
+        let producer = checkpoint.map_or(NO_PRODUCER, |c| c.producer);
+        let subject = names::subject(topic, partition, producer);
+        let mut w = p.writer.lock().await;
+        let stored = write(
+            &t, p, &mut w, topic, partition, &subject, batch, records, checkpoint,
+        )
+        .await;
+        match stored {
+            Ok((first, sequence)) => {
+                let next = first + u64::from(records);
+                w.end = Some(next);
+                w.last.insert(subject, sequence);
+                p.end.store(next, Ordering::Release);
+                p.remember(next, sequence + 1);
+                if let Some(c) = checkpoint {
+                    self.positions
+                        .lock()
+                        .expect("positions lock")
+                        .insert(c.producer.to_owned(), Some(c.position.to_vec()));
+                }
+                drop(w);
+                t.appended.send_modify(|v| *v += 1);
+                Ok(first)
+            }
+            Err(e) => {
+                // The batch may be stored even so (a lost acknowledgement):
+                // what follows reads the end and the position again.
+                w.end = None;
+                w.last.remove(&subject);
+                if let Some(c) = checkpoint {
+                    self.positions
+                        .lock()
+                        .expect("positions lock")
+                        .remove(c.producer);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn append_routed(
+        &self,
+        parts: &[RoutedPart<'_>],
+        producer: &str,
+        position: Option<&[u8]>,
+    ) -> Result<Vec<u64>, BrokerError> {
+        // The manifest check refuses routed sources on NATS; a batch that
+        // touches one partition is stored as any other.
+        match parts {
+            [part] => {
+                let checkpoint = position.map(|position| SourceCheckpoint { producer, position });
+                Ok(vec![
+                    self.append(
+                        part.topic,
+                        part.partition,
+                        part.batch,
+                        part.records,
+                        checkpoint,
+                    )
+                    .await?,
+                ])
+            }
+            _ => Err(BrokerError::Nats {
+                what: format!(
+                    "storing a batch of {producer} over {} partitions",
+                    parts.len()
+                ),
+                why:
+                    "one NATS message cannot span streams: routed sources need the embedded broker"
+                        .into(),
+            }),
+        }
+    }
+
+    async fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: u64,
+    ) -> Result<Vec<StoredBatch>, BrokerError> {
+        let t = self.topic(topic)?;
+        let p = Self::partition(&t, topic, partition)?;
+        topic::read(&t, p, topic, partition, offset, max_bytes).await
+    }
+
+    fn end_offset(&self, topic: &str, partition: u32) -> Result<u64, BrokerError> {
+        let t = self.topic(topic)?;
+        Ok(Self::partition(&t, topic, partition)?
+            .end
+            .load(Ordering::Acquire))
+    }
+
+    fn data_version(&self, topic: &str) -> u64 {
+        self.topic(topic).map(|t| *t.appended.borrow()).unwrap_or(0)
+    }
+
+    async fn wait_for_data(&self, topic: &str, seen: u64, timeout: Duration) {
+        let timeout = timeout.min(MAX_WAIT);
+        let Ok(t) = self.topic(topic) else {
+            tokio::time::sleep(timeout).await;
+            return;
+        };
+        let mut rx = t.appended.subscribe();
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|v| *v > seen)).await;
+    }
+
+    fn source_position(&self, producer: &str) -> Result<Option<Vec<u8>>, BrokerError> {
+        if let Some(p) = self.positions.lock().expect("positions lock").get(producer) {
+            return Ok(p.clone());
+        }
+        let topics: Vec<(String, stream::Stream)> = self
+            .topics
+            .read()
+            .expect("topics lock")
+            .iter()
+            .map(|(name, t)| (name.clone(), t.stream.clone()))
+            .collect();
+        let who = producer.to_owned();
+        let found = self.wait(async move {
+            let mut latest: Option<(jetstream::message::StreamMessage, String)> = None;
+            for (topic, stream) in topics {
+                match stream
+                    .get_last_raw_message_by_subject(&names::producer_filter(&topic, &who))
+                    .await
+                {
+                    Ok(m) if latest.as_ref().is_none_or(|(l, _)| m.time > l.time) => {
+                        latest = Some((m, topic));
+                    }
+                    Ok(_) => {}
+                    Err(e) if is_not_found_last(&e) => {}
+                    Err(e) => {
+                        return Err(failed(format!("reading the position of {who} in {topic}"))(
+                            &e,
+                        ));
+                    }
+                }
+            }
+            Ok(latest)
+        })?;
+        let position = match found {
+            None => None,
+            Some((m, topic)) => {
+                let text = m.headers.get(POSITION).map(|v| v.as_str().to_owned());
+                Some(
+                    text.as_deref()
+                        .and_then(unhex)
+                        .ok_or_else(|| BrokerError::Nats {
+                            what: format!("reading the position of {producer} in {topic}"),
+                            why: format!(
+                                "message {} has no readable {POSITION} header",
+                                m.sequence
+                            ),
+                        })?,
+                )
+            }
+        };
+        self.positions
+            .lock()
+            .expect("positions lock")
+            .insert(producer.to_owned(), position.clone());
+        Ok(position)
+    }
+
+    fn committed_offset(&self, group: &str, topic: &str, partition: u32) -> Option<u64> {
+        self.committed
+            .lock()
+            .expect("committed lock")
+            .get(&(group.to_owned(), topic.to_owned(), partition))
+            .copied()
+    }
+
+    fn subscribe(&self, group: &str, topic: &str) -> Result<(), BrokerError> {
+        let partitions = self.topic(topic)?.partitions.len() as u32;
+        let store = self.offsets.clone();
+        let keys: Vec<(u32, String)> = (0..partitions)
+            .map(|p| (p, names::offset_key(group, topic, p)))
+            .collect();
+        let what = format!("reading the committed offsets of {group} in {topic}");
+        let read = self.wait(async move {
+            let mut read = Vec::new();
+            for (p, key) in keys {
+                let value = store.get(key).await.map_err(nats_err(what.clone()))?;
+                read.push((p, value));
+            }
+            Ok::<_, BrokerError>(read)
+        })?;
+        let mut committed = self.committed.lock().expect("committed lock");
+        for (p, value) in read {
+            let key = (group.to_owned(), topic.to_owned(), p);
+            match value.and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok()) {
+                Some(offset) => committed.insert(key, offset),
+                None => committed.remove(&key),
+            };
+        }
+        Ok(())
+    }
+
+    fn release(&self, _group: &str) {
+        // Nothing holds sources back on NATS yet (see the module docs).
+    }
+
+    fn sync(&self, _topic: &str, _partition: u32) -> Result<(), BrokerError> {
+        // A write returns once the server has stored it.
+        Ok(())
+    }
+
+    fn backlog(&self, _topic: &str, _partition: u32) -> Result<Option<Backlog>, BrokerError> {
+        Ok(None)
+    }
+
+    fn start_offset(&self, topic: &str, partition: u32) -> Result<u64, BrokerError> {
+        let t = self.topic(topic)?;
+        Ok(Self::partition(&t, topic, partition)?
+            .start
+            .load(Ordering::Relaxed))
+    }
+
+    fn connector_state(
+        &self,
+        connector: &str,
+        quota: StateQuota,
+    ) -> Result<Arc<dyn StateStore>, BrokerError> {
+        let state =
+            state::NatsState::open(self.state.clone(), self.handle.clone(), connector, quota)?;
+        Ok(Arc::new(state))
+    }
+
+    fn forget_connector(&self, connector: &str) -> Result<(), BrokerError> {
+        let prefix = names::key_prefix(connector);
+        let (offsets, state) = (self.offsets.clone(), self.state.clone());
+        let what = format!("forgetting connector {connector:?}");
+        self.wait(async move {
+            for store in [offsets, state] {
+                for key in state::keys_with_prefix(&store, &prefix)
+                    .await
+                    .map_err(nats_err(what.clone()))?
+                {
+                    store.purge(&key).await.map_err(nats_err(what.clone()))?;
+                }
+            }
+            Ok::<_, BrokerError>(())
+        })?;
+        self.committed
+            .lock()
+            .expect("committed lock")
+            .retain(|(group, _, _), _| group != connector);
+        Ok(())
+    }
+
+    fn sync_all(&self) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
+    async fn commit_offsets(
+        &self,
+        group: &str,
+        offsets: &[(String, u32, u64)],
+    ) -> Result<(), BrokerError> {
+        for (topic, partition, next) in offsets {
+            self.offsets
+                .put(
+                    names::offset_key(group, topic, *partition),
+                    Bytes::from(next.to_string()),
+                )
+                .await
+                .map_err(nats_err(format!(
+                    "committing the offset of {group} in {topic}/{partition}"
+                )))?;
+            self.committed
+                .lock()
+                .expect("committed lock")
+                .insert((group.to_owned(), topic.clone(), *partition), *next);
+        }
+        Ok(())
+    }
+
+    fn max_append_bytes(&self) -> u64 {
+        self.max_payload.saturating_sub(HEADER_ROOM)
+    }
+}
+
+#[cfg(test)]
+mod tests;

