@@ -13,6 +13,7 @@ mod http;
 mod kafka;
 mod machine;
 mod mariadb;
+mod nats;
 mod network;
 mod plot;
 mod postgres;
@@ -44,7 +45,7 @@ struct Args {
     /// median is reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// Boundary and kafka: only this record size (for profiling one case).
+    /// Boundary, kafka and nats: only this record size (for profiling one case).
     #[arg(long)]
     payload: Option<u32>,
     /// Boundary: only this batch size (for profiling one case).
@@ -74,6 +75,7 @@ enum Section {
     Postgres,
     Mariadb,
     Kafka,
+    Nats,
 }
 
 const PAYLOADS: [u32; 2] = [100, 1024];
@@ -204,6 +206,17 @@ fn main() -> anyhow::Result<()> {
     if wants(Section::Kafka) {
         let bin = end_to_end::sluice_binary()?;
         kafka::section(
+            &mut report,
+            &bin,
+            work.path(),
+            &work.path().join("cache"),
+            args.payload,
+        )?;
+    }
+
+    if wants(Section::Nats) {
+        let bin = end_to_end::sluice_binary()?;
+        nats::section(
             &mut report,
             &bin,
             work.path(),

@@ -45,8 +45,11 @@
 //! - Sources whose batches are routed over several topics (a topic
 //!   template): one message cannot span streams, so the manifest check
 //!   refuses them on this broker.
-//! - A batch larger than the server's `max_payload` is not split: a
-//!   source's batches are capped below it ([`Broker::max_append_bytes`]).
+//! - A batch larger than the server's `max_payload` is split by the host
+//!   into several messages sent as one atomic batch (NATS 2.12 and newer):
+//!   stored all or none, the position in the last. An older server cannot,
+//!   so there a source's batches are capped below `max_payload`
+//!   ([`Broker::max_append_bytes`]) and a larger one is refused.
 
 mod config;
 mod names;
@@ -67,13 +70,12 @@ use async_nats::jetstream::{self, kv, stream};
 use bytes::Bytes;
 use tokio::runtime::{Handle, RuntimeFlavor};
 
-use self::topic::{POSITION, Partition, Topic, is_not_found_last, open_topic, unhex, write};
+use self::topic::{
+    HEADER_ROOM, POSITION, Partition, Server, Topic, is_not_found_last, open_topic, unhex, write,
+};
 use super::{
     Backlog, Broker, BrokerError, RoutedPart, SourceCheckpoint, StateQuota, StateStore, StoredBatch,
 };
-
-/// Room kept in a message for its headers, under `max_payload`.
-const HEADER_ROOM: u64 = 4096;
 
 /// The longest a sink waits for data before it reads again: appends made
 /// by other hosts are not announced to this one.
@@ -98,7 +100,7 @@ pub struct NatsBroker {
     offsets: kv::Store,
     state: kv::Store,
     config: NatsConfig,
-    max_payload: u64,
+    server: Server,
     topics: RwLock<HashMap<String, Arc<Topic>>>,
     /// Source positions read or written, by producer.
     positions: Mutex<HashMap<String, Option<Vec<u8>>>>,
@@ -174,7 +176,7 @@ impl NatsBroker {
             js,
             offsets,
             state,
-            max_payload: client.server_info().max_payload as u64,
+            server: Server::of(&client.server_info()),
             config,
             topics: RwLock::default(),
             positions: Mutex::default(),
@@ -276,6 +278,7 @@ impl Broker for NatsBroker {
             topic.to_owned(),
             partitions,
             self.config.replicas,
+            self.server,
         ))?;
         let mut topics = self.topics.write().expect("topics lock");
         let t = topics
@@ -294,15 +297,6 @@ impl Broker for NatsBroker {
     ) -> Result<u64, BrokerError> {
         let t = self.topic(topic)?;
         let p = Self::partition(&t, topic, partition)?;
-        let size = batch.len() as u64;
-        if size + HEADER_ROOM > self.max_payload {
-            return Err(BrokerError::TooLarge {
-                topic: topic.to_owned(),
-                partition,
-                bytes: size,
-                limit: self.max_payload - HEADER_ROOM,
-            });
-        }
         let producer = checkpoint.map_or(NO_PRODUCER, |c| c.producer);
         let subject = names::subject(topic, partition, producer);
         let mut w = p.writer.lock().await;
@@ -581,7 +575,11 @@ impl Broker for NatsBroker {
     }
 
     fn max_append_bytes(&self) -> u64 {
-        self.max_payload.saturating_sub(HEADER_ROOM)
+        if self.server.atomic {
+            u64::MAX
+        } else {
+            self.server.max_payload.saturating_sub(HEADER_ROOM)
+        }
     }
 }
 

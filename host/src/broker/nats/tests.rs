@@ -196,3 +196,47 @@ fn a_url_with_a_password_is_shown_without_it() {
         "nats://***@h:4222,nats://h2:4222"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_larger_than_max_payload_is_stored_as_one_atomic_batch_of_messages() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let b = NatsBroker::open(config(&server.url())).unwrap();
+    b.ensure_topic("big").unwrap();
+    let mut w = BatchWriter::new();
+    let value = vec![b'v'; 10_000];
+    for _ in 0..300 {
+        w.push_value(&value);
+    }
+    let big = w.finish();
+    assert!(big.len() as u64 > 2 * b.server.max_payload, "{}", big.len());
+    assert_eq!(
+        b.append("big", 0, &big, 300, at("s/0", b"after"))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        b.append("big", 0, &batch(0, 1), 1, at("s/0", b"next"))
+            .await
+            .unwrap(),
+        300
+    );
+    let stored = b.read("big", 0, 0, u64::MAX).await.unwrap();
+    assert!(stored.len() > 2, "one message each: {}", stored.len());
+    let mut next = 0;
+    for s in &stored {
+        assert_eq!(s.first_offset, next);
+        next = s.next_offset();
+    }
+    assert_eq!(next, 301);
+    drop(b);
+    let b = NatsBroker::open(config(&server.url())).unwrap();
+    b.ensure_topic("big").unwrap();
+    assert_eq!(b.end_offset("big", 0).unwrap(), 301);
+    assert_eq!(
+        b.source_position("s/0").unwrap().as_deref(),
+        Some(&b"next"[..])
+    );
+}

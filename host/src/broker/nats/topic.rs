@@ -10,7 +10,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 
-use sluice_batch::Batch;
+use sluice_batch::{Batch, BatchWriter};
 
 use super::super::{BrokerError, SourceCheckpoint, StoredBatch};
 use super::{NO_PRODUCER, failed, names, nats_err};
@@ -22,10 +22,43 @@ pub(super) const RECORDS: &str = "Sluice-Records";
 /// The header with the source position after a batch, hex.
 pub(super) const POSITION: &str = "Sluice-Position";
 
+/// What the server allows, from its INFO.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Server {
+    /// Its `max_payload`.
+    pub(super) max_payload: u64,
+    /// Whether it takes atomic batches (2.12 and newer).
+    pub(super) atomic: bool,
+}
+
+impl Server {
+    /// From the server's INFO.
+    pub(super) fn of(info: &async_nats::ServerInfo) -> Server {
+        let mut version = info
+            .version
+            .split('.')
+            .map(|p| p.parse::<u32>().unwrap_or(0));
+        let (major, minor) = (version.next().unwrap_or(0), version.next().unwrap_or(0));
+        Server {
+            max_payload: info.max_payload as u64,
+            atomic: (major, minor) >= (2, 12),
+        }
+    }
+}
+
+/// Room kept in a message for its headers, under `max_payload`.
+pub(super) const HEADER_ROOM: u64 = 4096;
+
 /// Frames whose place (stream sequence) a partition remembers, by offset.
 const HINTS: usize = 1024;
 
 pub(super) struct Topic {
+    /// The most bytes of batch one message takes (`max_payload` less room
+    /// for headers).
+    pub(super) limit: u64,
+    /// Whether the stream takes atomic batches (NATS 2.12): a larger batch
+    /// is then stored as several messages, all or none.
+    pub(super) atomic: bool,
     pub(super) js: jetstream::Context,
     pub(super) stream: stream::Stream,
     pub(super) partitions: Vec<Partition>,
@@ -123,6 +156,7 @@ pub(super) async fn open_topic(
     topic: String,
     partitions: u32,
     replicas: usize,
+    server: Server,
 ) -> Result<Topic, BrokerError> {
     let name = names::stream(&topic);
     let stream = js
@@ -133,6 +167,7 @@ pub(super) async fn open_topic(
             storage: stream::StorageType::File,
             num_replicas: replicas,
             allow_direct: true,
+            allow_atomic_publish: server.atomic,
             ..Default::default()
         })
         .await
@@ -169,7 +204,10 @@ pub(super) async fn open_topic(
         }
         parts.push(part);
     }
+    let atomic = stream.cached_info().config.allow_atomic_publish;
     Ok(Topic {
+        limit: server.max_payload.saturating_sub(HEADER_ROOM),
+        atomic,
         js,
         stream,
         partitions: parts,
@@ -272,42 +310,117 @@ pub(super) async fn write(
             end
         }
     };
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        async_nats::header::NATS_MESSAGE_ID,
-        format!("{subject}/{first}").as_str(),
-    );
-    if let Some(c) = checkpoint {
-        let last = match w.last.get(subject) {
+    let chunks = if batch.len() as u64 <= t.limit {
+        vec![(Bytes::copy_from_slice(batch), records)]
+    } else if t.atomic {
+        split(batch, t.limit).map_err(|e| BrokerError::Nats {
+            what: format!("splitting a batch for {topic}/{partition}"),
+            why: e.to_string(),
+        })?
+    } else {
+        return Err(BrokerError::TooLarge {
+            topic: topic.to_owned(),
+            partition,
+            bytes: batch.len() as u64,
+            limit: t.limit,
+        });
+    };
+    let expected = match checkpoint {
+        Some(_) => Some(match w.last.get(subject) {
             Some(s) => *s,
             None => last_sequence(&t.stream, subject).await?,
-        };
-        headers.insert(
-            async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-            last.to_string().as_str(),
-        );
-        headers.insert(POSITION, hex(c.position).as_str());
-    }
-    headers.insert(OFFSET, first.to_string().as_str());
-    headers.insert(RECORDS, records.to_string().as_str());
-    let js = &t.js;
+        }),
+        None => None,
+    };
+    // Several messages are one atomic batch (NATS 2.12): all are stored,
+    // or none, so a crash never leaves part of a batch without its position.
+    let parts = chunks.len();
+    let batch_id = (parts > 1).then(|| format!("{}-{first}", names::token(subject)));
     let what = || format!("writing a batch to {topic}/{partition}");
-    let ack = js
-        .publish_with_headers(subject.to_owned(), headers, Bytes::copy_from_slice(batch))
-        .await
-        .map_err(nats_err(what()))?
-        .await;
-    match ack {
-        Ok(ack) => Ok((first, ack.sequence)),
-        Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
-            Err(BrokerError::Fenced {
-                producer: checkpoint.map_or(NO_PRODUCER, |c| c.producer).to_owned(),
-                topic: topic.to_owned(),
-                partition,
-            })
+    let mut offset = first;
+    let mut acked = None;
+    for (i, (payload, n)) in chunks.into_iter().enumerate() {
+        let mut headers = HeaderMap::new();
+        match &batch_id {
+            None => headers.insert(
+                async_nats::header::NATS_MESSAGE_ID,
+                format!("{subject}/{first}").as_str(),
+            ),
+            Some(id) => {
+                headers.insert(async_nats::header::NATS_BATCH_ID, id.as_str());
+                headers.insert(
+                    async_nats::header::NATS_BATCH_SEQUENCE,
+                    (i + 1).to_string().as_str(),
+                );
+            }
         }
-        Err(e) => Err(failed(what())(&e)),
+        if let (0, Some(last)) = (i, expected) {
+            headers.insert(
+                async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                last.to_string().as_str(),
+            );
+        }
+        headers.insert(OFFSET, offset.to_string().as_str());
+        headers.insert(RECORDS, n.to_string().as_str());
+        offset += u64::from(n);
+        if i + 1 < parts {
+            t.js.client()
+                .publish_with_headers(subject.to_owned(), headers, payload)
+                .await
+                .map_err(nats_err(what()))?;
+            continue;
+        }
+        if batch_id.is_some() {
+            headers.insert(async_nats::header::NATS_BATCH_COMMIT, "1");
+        }
+        if let Some(c) = checkpoint {
+            headers.insert(POSITION, hex(c.position).as_str());
+        }
+        let ack =
+            t.js.publish_with_headers(subject.to_owned(), headers, payload)
+                .await
+                .map_err(nats_err(what()))?
+                .await;
+        acked = Some(match ack {
+            Ok(ack) => ack.sequence,
+            Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+                return Err(BrokerError::Fenced {
+                    producer: checkpoint.map_or(NO_PRODUCER, |c| c.producer).to_owned(),
+                    topic: topic.to_owned(),
+                    partition,
+                });
+            }
+            Err(e) => return Err(failed(what())(&e)),
+        });
     }
+    Ok((first, acked.expect("a batch has a last part")))
+}
+
+/// Splits a batch into batches of at most `limit` bytes where its records
+/// allow (a record larger than that is a batch of its own), with their
+/// record counts.
+fn split(batch: &[u8], limit: u64) -> Result<Vec<(Bytes, u32)>, sluice_batch::BatchError> {
+    // Parts of about equal size: a batch just over the limit makes two
+    // halves, not a full message and a small one.
+    let parts = (batch.len() as u64).div_ceil(limit);
+    let target = (batch.len() as u64).div_ceil(parts).min(limit);
+    let mut out = Vec::new();
+    let mut part = BatchWriter::new();
+    let mut records = Batch::parse(batch)?.iter();
+    while let Some(record) = records.peek_encoded() {
+        let size = (part.encoded_len() + record.len()) as u64;
+        if !part.is_empty() && (size > limit || (part.encoded_len() as u64) >= target) {
+            let count = part.len() as u32;
+            out.push((Bytes::from(std::mem::take(&mut part).finish()), count));
+        }
+        part.push_encoded(record);
+        records.next();
+    }
+    if !part.is_empty() {
+        let count = part.len() as u32;
+        out.push((Bytes::from(part.finish()), count));
+    }
+    Ok(out)
 }
 
 /// Reads whole batches of a partition from `offset` (the first one trimmed

@@ -1,0 +1,198 @@
+//! The NATS JetStream broker: `datagen` → NATS → `blackhole` at 100 B and
+//! 1 KiB, beside a native `async-nats` publisher and consumer moving the
+//! same bytes to the same server in the same run, and beside the same
+//! pipeline on the embedded log.
+//!
+//! The native side publishes the bytes Sluice stores, as messages of 1000
+//! records each (the pipeline's batches), with up to [`IN_FLIGHT`]
+//! acknowledgements outstanding, then reads them back with an ordered
+//! consumer: what a program using the client well gets from this server.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use async_nats::jetstream;
+use futures_util::StreamExt as _;
+use sluice_test_servers::nats::NatsServer;
+
+use crate::report::{Figure, Report, say};
+
+/// Records per message, as the pipeline's `max_records` and the batches
+/// [`crate::end_to_end::batch_bytes`] measures.
+const PER_MESSAGE: u64 = crate::end_to_end::BATCH_RECORDS as u64;
+
+/// Acknowledgements the native publisher lets be outstanding.
+const IN_FLIGHT: usize = 64;
+
+/// (record bytes, records) of each case.
+const CASES: [(u32, u64); 2] = [(100, 1_000_000), (1024, 200_000)];
+
+/// Every figure of the section; says why and returns when there is no
+/// `nats-server`.
+pub fn section(
+    report: &mut Report,
+    bin: &Path,
+    work: &Path,
+    cache: &Path,
+    only: Option<u32>,
+) -> anyhow::Result<()> {
+    if let Err(why) = sluice_test_servers::nats::binary() {
+        say(format!("\nnats: skipped, {why}"));
+        return Ok(());
+    }
+    for (payload, count) in CASES {
+        if only.is_some_and(|p| p != payload) {
+            continue;
+        }
+        say(format!(
+            "\nnats: {count} records of {payload} B; datagen -> NATS JetStream -> blackhole (one instance each, bounded) beside async-nats publishing and reading the same bytes, and beside the embedded log"
+        ));
+        let server = NatsServer::start().context("nats-server is there but did not start")?;
+        let (published, consumed) = native(&server.url(), payload, count)?;
+        report.add(
+            Figure::new(
+                "nats",
+                format!("native: async-nats publish, {payload} B"),
+                published,
+                "rec/s",
+            )
+            .aside(format!(
+                "{PER_MESSAGE} records a message, {IN_FLIGHT} acks in flight"
+            )),
+        );
+        report.add(
+            Figure::new(
+                "nats",
+                format!("native: async-nats ordered consumer, {payload} B"),
+                consumed,
+                "rec/s",
+            )
+            .aside("the same messages read back"),
+        );
+
+        let dir = tempfile::tempdir_in(work)?;
+        let broker = format!("[broker]\nkind = \"nats\"\nurl = \"{}\"\n", server.url());
+        let summary =
+            crate::files::sluice_run(bin, cache, dir.path(), &manifest(&broker, payload, count))?;
+        let source = crate::files::summary_rate(&summary, "gen")?;
+        let sink = crate::files::summary_rate(&summary, "out")?;
+        report.add(
+            Figure::new(
+                "nats",
+                format!("datagen -> NATS, {payload} B"),
+                source,
+                "rec/s",
+            )
+            .aside(format!("{:.2} of the publisher", source / published)),
+        );
+        report.add(
+            Figure::new(
+                "nats",
+                format!("NATS -> blackhole, {payload} B"),
+                sink,
+                "rec/s",
+            )
+            .aside(format!("{:.2} of the consumer", sink / consumed)),
+        );
+
+        let dir = tempfile::tempdir_in(work)?;
+        let broker = "[broker]\ndata_dir = \"data\"\n";
+        let summary =
+            crate::files::sluice_run(bin, cache, dir.path(), &manifest(broker, payload, count))?;
+        let source = crate::files::summary_rate(&summary, "gen")?;
+        let sink = crate::files::summary_rate(&summary, "out")?;
+        report.add(
+            Figure::new(
+                "nats",
+                format!("embedded log: datagen -> log, {payload} B"),
+                source,
+                "rec/s",
+            )
+            .aside("the same pipeline, for comparison"),
+        );
+        report.add(Figure::new(
+            "nats",
+            format!("embedded log: log -> blackhole, {payload} B"),
+            sink,
+            "rec/s",
+        ));
+    }
+    Ok(())
+}
+
+/// `datagen` → the broker `broker` says → `blackhole`.
+fn manifest(broker: &str, payload: u32, count: u64) -> String {
+    format!(
+        r#"{broker}
+[[connector]]
+name = "gen"
+kind = "source"
+plugin = "datagen"
+topic = "bench"
+[connector.batch]
+max_records = {PER_MESSAGE}
+[connector.config]
+count = {count}
+payload_bytes = {payload}
+
+[[connector]]
+name = "out"
+kind = "sink"
+plugin = "blackhole"
+topic = "bench"
+"#
+    )
+}
+
+/// Publishes `count` records' worth of bytes as messages of
+/// [`PER_MESSAGE`] records, then reads them back: records/s of each.
+fn native(url: &str, payload: u32, count: u64) -> anyhow::Result<(f64, f64)> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let client = async_nats::connect(url).await?;
+        let js = jetstream::new(client);
+        js.create_stream(jetstream::stream::Config {
+            name: "NATIVE".into(),
+            subjects: vec!["native.>".into()],
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await?;
+        // As many bytes as a batch of as many records in the batch format.
+        let message =
+            bytes::Bytes::from(vec![b'x'; crate::end_to_end::batch_bytes(payload) as usize]);
+        let messages = count / PER_MESSAGE;
+        let started = Instant::now();
+        let mut acks = VecDeque::with_capacity(IN_FLIGHT);
+        for _ in 0..messages {
+            acks.push_back(js.publish("native.0", message.clone()).await?);
+            if acks.len() == IN_FLIGHT {
+                acks.pop_front().context("an ack")?.await?;
+            }
+        }
+        for ack in acks {
+            ack.await?;
+        }
+        let published = count as f64 / started.elapsed().as_secs_f64();
+
+        let stream = js.get_stream("NATIVE").await?;
+        let consumer = stream
+            .create_consumer(jetstream::consumer::pull::OrderedConfig::default())
+            .await?;
+        let started = Instant::now();
+        let mut read = consumer.messages().await?;
+        let mut bytes = 0usize;
+        for _ in 0..messages {
+            let m = read.next().await.context("the stream ended early")??;
+            bytes += m.payload.len();
+        }
+        let consumed = count as f64 / started.elapsed().as_secs_f64();
+        anyhow::ensure!(
+            bytes == message.len() * messages as usize,
+            "read {bytes} bytes"
+        );
+        Ok((published, consumed))
+    })
+}
