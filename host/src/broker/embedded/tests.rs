@@ -7,9 +7,9 @@ use std::fs::OpenOptions;
 
 use super::partition::segment_name;
 use super::retention::enforce_retention;
-use sluice_batch::BatchWriter;
 
 use super::*;
+use crate::broker::testing::{batch, values};
 use crate::manifest::FsyncPolicy;
 
 /// One partition, kept forever, a backlog no test reaches.
@@ -39,27 +39,6 @@ fn segment_files(dir: &Path) -> usize {
         .unwrap()
         .filter(|e| e.as_ref().unwrap().path().extension() == Some("log".as_ref()))
         .count()
-}
-
-fn batch(from: u32, n: u32) -> Vec<u8> {
-    let mut w = BatchWriter::new();
-    for i in from..from + n {
-        w.push_value(format!("value-{i:05}").as_bytes());
-    }
-    w.finish()
-}
-
-fn values(batches: &[StoredBatch]) -> Vec<String> {
-    batches
-        .iter()
-        .flat_map(|b| {
-            Batch::parse(&b.bytes)
-                .unwrap()
-                .iter()
-                .map(|r| String::from_utf8(r.value.to_vec()).unwrap())
-                .collect::<Vec<_>>()
-        })
-        .collect()
 }
 
 async fn fill(log: &EmbeddedLog, batches: u32) {

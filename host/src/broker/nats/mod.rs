@@ -51,11 +51,13 @@
 //!   so there a source's batches are capped below `max_payload`
 //!   ([`Broker::max_append_bytes`]) and a larger one is refused.
 
+mod client;
 mod config;
 mod names;
 mod state;
 mod topic;
 
+use self::client::{bucket, failed, nats_err, wait, writer_id};
 pub use self::config::NatsConfig;
 use self::config::redacted_url;
 
@@ -68,7 +70,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
 use bytes::Bytes;
-use tokio::runtime::{Handle, RuntimeFlavor};
+use tokio::runtime::Handle;
 
 use self::topic::{
     HEADER_ROOM, POSITION, Partition, Server, Topic, is_not_found_last, open_topic, unhex, write,
@@ -101,6 +103,8 @@ pub struct NatsBroker {
     state: kv::Store,
     config: NatsConfig,
     server: Server,
+    /// Tells this broker's writes from any other's (see [`Topic`]).
+    writer: u64,
     topics: RwLock<HashMap<String, Arc<Topic>>>,
     /// Source positions read or written, by producer.
     positions: Mutex<HashMap<String, Option<Vec<u8>>>>,
@@ -114,20 +118,6 @@ impl fmt::Debug for NatsBroker {
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
-}
-
-/// What went wrong, as a [`BrokerError`].
-fn failed(what: impl Into<String>) -> impl FnOnce(&dyn fmt::Display) -> BrokerError {
-    let what = what.into();
-    move |why| BrokerError::Nats {
-        what,
-        why: why.to_string(),
-    }
-}
-
-fn nats_err<E: fmt::Display>(what: impl Into<String>) -> impl FnOnce(E) -> BrokerError {
-    let f = failed(what);
-    move |e| f(&e)
 }
 
 impl NatsBroker {
@@ -177,6 +167,7 @@ impl NatsBroker {
             offsets,
             state,
             server: Server::of(&client.server_info()),
+            writer: writer_id(),
             config,
             topics: RwLock::default(),
             positions: Mutex::default(),
@@ -224,44 +215,6 @@ impl Drop for NatsBroker {
     }
 }
 
-/// Runs `fut` on `handle`'s runtime and waits for it, from any thread: on a
-/// multi-threaded runtime's worker, the worker is handed off first.
-fn wait<T: Send + 'static>(handle: &Handle, fut: impl Future<Output = T> + Send + 'static) -> T {
-    let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    handle.spawn(async move {
-        let _ = tx.send(fut.await);
-    });
-    let recv = move || rx.recv().expect("the NATS client's runtime runs");
-    match Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(recv)
-        }
-        _ => recv(),
-    }
-}
-
-/// The KV bucket `name`, made if it is not there.
-async fn bucket(
-    js: &jetstream::Context,
-    name: &str,
-    what: &str,
-    replicas: usize,
-) -> Result<kv::Store, BrokerError> {
-    if let Ok(store) = js.get_key_value(name).await {
-        return Ok(store);
-    }
-    js.create_key_value(kv::Config {
-        bucket: name.to_owned(),
-        description: format!("Sluice: {what}"),
-        history: 1,
-        storage: stream::StorageType::File,
-        num_replicas: replicas,
-        ..Default::default()
-    })
-    .await
-    .map_err(nats_err(format!("making the KV bucket {name}")))
-}
-
 impl Broker for NatsBroker {
     fn ensure_topic(&self, topic: &str) -> Result<u32, BrokerError> {
         if let Ok(t) = self.topic(topic) {
@@ -279,6 +232,7 @@ impl Broker for NatsBroker {
             partitions,
             self.config.replicas,
             self.server,
+            self.writer,
         ))?;
         let mut topics = self.topics.write().expect("topics lock");
         let t = topics

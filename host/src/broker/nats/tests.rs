@@ -6,11 +6,12 @@
 
 use std::collections::BTreeMap;
 
-use sluice_batch::{Batch, BatchWriter};
+use sluice_batch::BatchWriter;
 use sluice_test_servers::nats::NatsServer;
 
 use super::*;
 use crate::broker::StateError;
+use crate::broker::testing::{batch, values};
 
 fn config(url: &str) -> NatsConfig {
     NatsConfig {
@@ -20,27 +21,6 @@ fn config(url: &str) -> NatsConfig {
         default_partitions: 2,
         partitions: BTreeMap::new(),
     }
-}
-
-fn batch(from: u32, n: u32) -> Vec<u8> {
-    let mut w = BatchWriter::new();
-    for i in from..from + n {
-        w.push_value(format!("value-{i:05}").as_bytes());
-    }
-    w.finish()
-}
-
-fn values(batches: &[StoredBatch]) -> Vec<String> {
-    batches
-        .iter()
-        .flat_map(|b| {
-            Batch::parse(&b.bytes)
-                .unwrap()
-                .iter()
-                .map(|r| String::from_utf8(r.value.to_vec()).unwrap())
-                .collect::<Vec<_>>()
-        })
-        .collect()
 }
 
 fn at(producer: &str, position: &'static [u8]) -> Option<SourceCheckpoint<'static>> {
@@ -211,6 +191,15 @@ async fn a_batch_larger_than_max_payload_is_stored_as_one_atomic_batch_of_messag
     }
     let big = w.finish();
     assert!(big.len() as u64 > 2 * b.server.max_payload, "{}", big.len());
+    if !b.server.atomic {
+        // Before NATS 2.12 there are no atomic batches: refused, clearly.
+        let refused = b.append("big", 0, &big, 300, at("s/0", b"after")).await;
+        assert!(
+            matches!(refused, Err(BrokerError::TooLarge { .. })),
+            "{refused:?}"
+        );
+        return;
+    }
     assert_eq!(
         b.append("big", 0, &big, 300, at("s/0", b"after"))
             .await

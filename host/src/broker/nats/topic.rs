@@ -52,6 +52,7 @@ pub(super) const HEADER_ROOM: u64 = 4096;
 /// Frames whose place (stream sequence) a partition remembers, by offset.
 const HINTS: usize = 1024;
 
+/// One topic's stream and what this host knows of its partitions.
 pub(super) struct Topic {
     /// The most bytes of batch one message takes (`max_payload` less room
     /// for headers).
@@ -59,10 +60,19 @@ pub(super) struct Topic {
     /// Whether the stream takes atomic batches (NATS 2.12): a larger batch
     /// is then stored as several messages, all or none.
     pub(super) atomic: bool,
+    /// This host's writer id, unique per broker opened: part of every
+    /// `Nats-Msg-Id`, so that a write sent again by this host is stored
+    /// once, while one by another writer at the same offset (a zombie) is
+    /// never taken for it.
+    pub(super) writer: u64,
+    /// The client, to publish.
     pub(super) js: jetstream::Context,
+    /// The topic's stream.
     pub(super) stream: stream::Stream,
+    /// Its partitions, by index.
     pub(super) partitions: Vec<Partition>,
-    /// Counts this host's appends, for [`Broker::wait_for_data`].
+    /// Counts this host's appends, for
+    /// [`crate::broker::Broker::wait_for_data`].
     pub(super) appended: tokio::sync::watch::Sender<u64>,
 }
 
@@ -157,6 +167,7 @@ pub(super) async fn open_topic(
     partitions: u32,
     replicas: usize,
     server: Server,
+    writer: u64,
 ) -> Result<Topic, BrokerError> {
     let name = names::stream(&topic);
     let stream = js
@@ -208,6 +219,7 @@ pub(super) async fn open_topic(
     Ok(Topic {
         limit: server.max_payload.saturating_sub(HEADER_ROOM),
         atomic,
+        writer,
         js,
         stream,
         partitions: parts,
@@ -344,7 +356,7 @@ pub(super) async fn write(
         match &batch_id {
             None => headers.insert(
                 async_nats::header::NATS_MESSAGE_ID,
-                format!("{subject}/{first}").as_str(),
+                format!("{subject}/{first}/{:x}", t.writer).as_str(),
             ),
             Some(id) => {
                 headers.insert(async_nats::header::NATS_BATCH_ID, id.as_str());
