@@ -201,6 +201,33 @@ impl Default for StateQuota {
     }
 }
 
+impl StateQuota {
+    /// Whether `connector`'s state, holding `values` (`live` bytes of keys
+    /// and values), may take `key` = `value`: the bytes it would then hold,
+    /// or why not.
+    pub fn admit(
+        &self,
+        connector: &str,
+        values: &std::collections::BTreeMap<String, Vec<u8>>,
+        live: u64,
+        key: &str,
+        value: &[u8],
+    ) -> Result<u64, StateError> {
+        let old = values.get(key).map_or(0, |v| (key.len() + v.len()) as u64);
+        let bytes = live - old + (key.len() + value.len()) as u64;
+        let keys = values.len() + usize::from(!values.contains_key(key));
+        if bytes > self.bytes || keys as u64 > u64::from(self.keys) {
+            return Err(StateError::QuotaExceeded {
+                connector: connector.to_owned(),
+                bytes,
+                keys,
+                quota: *self,
+            });
+        }
+        Ok(bytes)
+    }
+}
+
 /// Why a plugin's state put was refused. Either way, nothing changed.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {

@@ -185,20 +185,9 @@ impl StateStore for ConnectorState {
 
     fn put(&self, key: &str, value: &[u8]) -> Result<(), StateError> {
         let mut inner = self.inner.lock().expect("state lock");
-        let old = inner
-            .values
-            .get(key)
-            .map_or(0, |v| (key.len() + v.len()) as u64);
-        let bytes = inner.live - old + (key.len() + value.len()) as u64;
-        let keys = inner.values.len() + usize::from(!inner.values.contains_key(key));
-        if bytes > self.quota.bytes || keys as u64 > u64::from(self.quota.keys) {
-            return Err(StateError::QuotaExceeded {
-                connector: self.connector.clone(),
-                bytes,
-                keys,
-                quota: self.quota,
-            });
-        }
+        let bytes = self
+            .quota
+            .admit(&self.connector, &inner.values, inner.live, key, value)?;
         let record = encode(key, value);
         let before = inner.len;
         let written = inner
