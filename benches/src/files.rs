@@ -202,10 +202,13 @@ files = [{ host = "out", guest = "/out", mode = "read-write" }]
 /// A manifest of `datagen` writing `count` records of `payload` bytes into
 /// topic `bench`, followed by `sink` (a `[[connector]]` table reading it).
 pub fn datagen_into(count: u64, payload: u32, sink: &str) -> String {
-    format!(
-        r#"[broker]
-data_dir = "data"
+    datagen_on("[broker]\ndata_dir = \"data\"\n", count, payload, sink)
+}
 
+/// [`datagen_into`] on the broker of `broker` (a `[broker]` table).
+pub fn datagen_on(broker: &str, count: u64, payload: u32, sink: &str) -> String {
+    format!(
+        r#"{broker}
 [[connector]]
 name = "gen"
 kind = "source"

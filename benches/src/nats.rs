@@ -122,27 +122,14 @@ pub fn section(
     Ok(())
 }
 
-/// `datagen` → the broker `broker` says → `blackhole`.
+/// `datagen` → the broker `broker` says → `blackhole`, in batches of
+/// [`PER_MESSAGE`] records (`datagen_into`'s).
 fn manifest(broker: &str, payload: u32, count: u64) -> String {
-    format!(
-        r#"{broker}
-[[connector]]
-name = "gen"
-kind = "source"
-plugin = "datagen"
-topic = "bench"
-[connector.batch]
-max_records = {PER_MESSAGE}
-[connector.config]
-count = {count}
-payload_bytes = {payload}
-
-[[connector]]
-name = "out"
-kind = "sink"
-plugin = "blackhole"
-topic = "bench"
-"#
+    crate::files::datagen_on(
+        broker,
+        count,
+        payload,
+        "[[connector]]\nname = \"out\"\nkind = \"sink\"\nplugin = \"blackhole\"\ntopic = \"bench\"\n",
     )
 }
 
