@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
-use sluice_test_servers::nats::NatsServer;
+use sluice_test_servers::nats::{NatsCluster, NatsServer};
 
 use crate::common::*;
 
@@ -157,4 +157,36 @@ fn a_wrong_nats_token_stops_the_run_at_start_without_showing_either_token() {
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_exactly_once(seqs(&dir.path().join("out")), 10);
+}
+
+#[test]
+fn a_nats_cluster_member_killed_mid_run_with_three_replicas_loses_and_repeats_nothing() {
+    const RECORDS: u64 = 300_000;
+    let Some(mut cluster) = NatsCluster::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = on_nats(datagen_to_files(RECORDS, 100_000), &cluster.url())
+        .broker("replicas", 3)
+        .with("gen", |c| c.restart("initial", "100ms"))
+        .with("files", |c| c.restart("initial", "100ms"))
+        .write(dir.path());
+    let mut child = sluice()
+        .args(["run", "--no-progress", manifest.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("run.log")).unwrap())
+        .spawn()
+        .unwrap();
+    // Each member in turn: whichever leads the streams, or serves the
+    // host's connection, is lost once.
+    for member in 0..3 {
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        cluster.servers[member].kill();
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        cluster.servers[member].resume();
+    }
+    let status = child.wait().unwrap();
+    let log = std::fs::read_to_string(dir.path().join("run.log")).unwrap();
+    assert!(status.success(), "{status:?}: {log}");
+    assert_exactly_once(seqs(&dir.path().join("out")), RECORDS);
 }

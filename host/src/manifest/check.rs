@@ -18,7 +18,10 @@ use super::resolved::{ClientIdentity, Limits, RestartPolicy, TlsPolicy, TopicPol
 use super::secret_ref::secret_references;
 use super::topic_template::{TopicTemplate, check_topic_name};
 use super::units::{parse_bytes, parse_duration};
-use super::{BrokerKind, ConnectorConfig, ConnectorKind, Manifest, ManifestError, TopicSettings};
+use super::{
+    BrokerKind, ConnectorConfig, ConnectorKind, DEFAULT_NATS_URL, Manifest, ManifestError,
+    TopicSettings,
+};
 
 impl Manifest {
     /// Reads and checks the manifest at `path`.
@@ -71,7 +74,7 @@ impl Manifest {
             .field("broker.fsync_interval_ms")
             .help("sync at most every millisecond, or say `fsync = \"always\"`"));
         }
-        self.check_broker_kind()?;
+        self.nats_servers = self.check_broker_kind()?;
         let defaults = TopicPolicy {
             partitions: self.broker.partitions,
             ..TopicPolicy::default()
@@ -91,8 +94,9 @@ impl Manifest {
         Ok(())
     }
 
-    /// Checks that the NATS settings of `[broker]` go with its kind.
-    fn check_broker_kind(&self) -> Result<(), ManifestError> {
+    /// Checks that the NATS settings of `[broker]` go with its kind, and
+    /// returns the NATS servers' addresses (none for other kinds).
+    fn check_broker_kind(&self) -> Result<Vec<async_nats::ServerAddr>, ManifestError> {
         let b = &self.broker;
         if b.kind != BrokerKind::Nats {
             let set = [
@@ -106,21 +110,24 @@ impl Manifest {
                     .field(format!("broker.{field}"))
                     .help("add `kind = \"nats\"` to [broker], or remove it"));
             }
-            return Ok(());
+            return Ok(Vec::new());
         }
-        if let Some(url) = &b.url
-            && !url
-                .get_ref()
-                .split(',')
-                .all(|u| !u.trim().is_empty() && !u.contains(char::is_whitespace))
-        {
-            return Err(self
-                .error(
-                    url.span(),
-                    format!("{:?} is not a list of NATS server URLs", url.get_ref()),
-                )
-                .field("broker.url")
-                .help("write `url = \"nats://127.0.0.1:4222\"` (several: comma-separated)"));
+        let urls = b.url.as_ref().map_or(DEFAULT_NATS_URL, |u| u.get_ref());
+        let mut servers = Vec::new();
+        for one in urls.split(',') {
+            match one.trim().parse::<async_nats::ServerAddr>() {
+                Ok(addr) if !one.trim().is_empty() => servers.push(addr),
+                failed => {
+                    let why = failed.err().map_or("empty".to_owned(), |e| e.to_string());
+                    let span = b.url.as_ref().map(Spanned::span).unwrap_or_default();
+                    return Err(self
+                        .error(span, format!("{one:?} is not a NATS server URL ({why})"))
+                        .field("broker.url")
+                        .help(
+                            "write `url = \"nats://127.0.0.1:4222\"` (several: comma-separated)",
+                        ));
+                }
+            }
         }
         if let Some(r) = &b.replicas
             && !(1..=5).contains(r.get_ref())
@@ -138,7 +145,7 @@ impl Manifest {
                 .field("broker.token")
                 .help("say where the host reads it: `token = { env = \"NATS_TOKEN\" }`"));
         }
-        Ok(())
+        Ok(servers)
     }
 
     /// Checks every connector, and returns the limits and the topic

@@ -180,7 +180,19 @@ topics = ["events"]
     fn nats_settings_are_checked_against_the_broker_kind() {
         let nats = GOOD.replace("data_dir = \"d\"", "kind = \"nats\"\nreplicas = 3");
         let m = parse(&nats).unwrap();
-        assert_eq!(m.nats_url(), DEFAULT_NATS_URL);
+        let servers: Vec<String> = m.nats_servers().iter().map(|s| s.to_string()).collect();
+        assert_eq!(servers, [DEFAULT_NATS_URL]);
+        let two = nats.replace("replicas = 3", "url = \"nats://a:4222, nats://b:4223\"");
+        let servers = parse(&two).unwrap().nats_servers().len();
+        assert_eq!(servers, 2);
+        let e =
+            parse(&nats.replace("replicas = 3", "url = \"nats://a:4222,nats://b:x\"")).unwrap_err();
+        assert_eq!(e.line, Some(3));
+        let text = e.to_string();
+        assert!(
+            text.contains("\"nats://b:x\" is not a NATS server URL"),
+            "{text}"
+        );
         assert_eq!(m.nats_replicas(), 3);
 
         let e = parse(&GOOD.replace("data_dir = \"d\"", "url = \"nats://h:4222\"")).unwrap_err();

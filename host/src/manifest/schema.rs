@@ -72,6 +72,11 @@ pub struct Manifest {
     /// Each `[topics.<name>]` over `topic_defaults`, resolved by the check.
     #[serde(skip)]
     pub(super) topic_policies: BTreeMap<String, TopicPolicy>,
+
+    /// `[broker] url`'s servers, parsed by the check (none unless the
+    /// broker is NATS).
+    #[serde(skip)]
+    pub(super) nats_servers: Vec<async_nats::ServerAddr>,
 }
 
 /// `[broker]`: which broker and how it keeps data.
@@ -805,12 +810,9 @@ impl Manifest {
         (self.topic_defaults, self.topic_policies.clone())
     }
 
-    /// The NATS server URL of `[broker]`.
-    pub fn nats_url(&self) -> &str {
-        self.broker
-            .url
-            .as_ref()
-            .map_or(DEFAULT_NATS_URL, |u| u.get_ref().as_str())
+    /// The NATS servers of `[broker] url`.
+    pub fn nats_servers(&self) -> &[async_nats::ServerAddr] {
+        &self.nats_servers
     }
 
     /// The NATS stream and bucket replicas of `[broker]`.

@@ -21,7 +21,95 @@ pub struct NatsServer {
     bin: PathBuf,
     port: u16,
     token: Option<String>,
+    /// `(name, this server's route port, every member's route port)` when
+    /// the server is one of a [`NatsCluster`].
+    route: Option<Route>,
     dir: tempfile::TempDir,
+}
+
+#[derive(Debug, Clone)]
+struct Route {
+    name: String,
+    port: u16,
+    peers: Vec<u16>,
+}
+
+/// Three NATS servers routed to each other on 127.0.0.1, JetStream on
+/// each with a store of its own: streams with `replicas = 3` survive the
+/// loss of any one.
+#[derive(Debug)]
+pub struct NatsCluster {
+    /// The members; kill and resume them one at a time.
+    pub servers: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts three servers; `None` (the test skips) when there is no
+    /// `nats-server` and `CI` is unset.
+    pub fn start() -> Option<NatsCluster> {
+        let bin = match binary() {
+            Ok(bin) => bin,
+            Err(why) => {
+                crate::required("nats-server", Err(why));
+                return None;
+            }
+        };
+        let routes: Vec<u16> = (0..3).map(|_| crate::free_port()).collect();
+        let mut servers: Vec<NatsServer> = routes
+            .iter()
+            .enumerate()
+            .map(|(i, &port)| NatsServer {
+                child: None,
+                bin: bin.clone(),
+                port: crate::free_port(),
+                token: None,
+                route: Some(Route {
+                    name: format!("n{i}"),
+                    port,
+                    peers: routes.clone(),
+                }),
+                dir: tempfile::tempdir().expect("a temporary directory"),
+            })
+            .collect();
+        for server in &mut servers {
+            server.resume();
+        }
+        let cluster = NatsCluster { servers };
+        cluster.wait_for_jetstream();
+        Some(cluster)
+    }
+
+    /// Every member's client URL, comma-separated (as `[broker] url` takes them).
+    pub fn url(&self) -> String {
+        let urls: Vec<String> = self.servers.iter().map(NatsServer::url).collect();
+        urls.join(",")
+    }
+
+    /// Waits until the members have elected a JetStream meta leader (a
+    /// stream can be created), up to 30 s.
+    fn wait_for_jetstream(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // Every member logs the meta leader's election, the leader itself
+        // with "Self is new…"; the logs are simpler to watch than the
+        // monitoring port.
+        loop {
+            let logs: Vec<String> = self
+                .servers
+                .iter()
+                .map(|s| {
+                    std::fs::read_to_string(s.dir.path().join("server.log")).unwrap_or_default()
+                })
+                .collect();
+            if logs.iter().all(|log| log.contains("metadata leader")) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the NATS cluster elected no JetStream leader in 30 s: {logs:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 /// Where Debian's package `nats-server` puts it.
@@ -104,6 +192,7 @@ impl NatsServer {
             bin,
             port: crate::free_port(),
             token,
+            route: None,
             dir: tempfile::tempdir().expect("a temporary directory"),
         };
         server.resume();
@@ -137,6 +226,21 @@ impl NatsServer {
             .stderr(Stdio::null());
         if let Some(token) = &self.token {
             command.args(["--auth", token]);
+        }
+        if let Some(route) = &self.route {
+            let peers: Vec<String> = route
+                .peers
+                .iter()
+                .filter(|&&port| port != route.port)
+                .map(|port| format!("nats://127.0.0.1:{port}"))
+                .collect();
+            command
+                .args(["--server_name", &route.name])
+                .args(["--cluster_name", "sluice-test"])
+                .args(["--cluster", &format!("nats://127.0.0.1:{}", route.port)])
+                .args(["--routes", &peers.join(",")])
+                .arg("-l")
+                .arg(self.dir.path().join("server.log"));
         }
         let mut child = command.spawn().expect("nats-server starts");
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -6,8 +6,9 @@ use std::fmt;
 /// Settings of a [`NatsBroker`], from the manifest's `[broker]`.
 #[derive(Clone)]
 pub struct NatsConfig {
-    /// The server's URL, `nats://host:port` (several, comma-separated).
-    pub url: String,
+    /// The servers to connect to (any one will do; the client learns the
+    /// rest of a cluster from it).
+    pub servers: Vec<async_nats::ServerAddr>,
     /// The token the server requires, if any. A secret: never shown.
     pub token: Option<String>,
     /// Copies of each stream and bucket in a NATS cluster.
@@ -21,7 +22,7 @@ pub struct NatsConfig {
 impl fmt::Debug for NatsConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NatsConfig")
-            .field("url", &redacted_url(&self.url))
+            .field("servers", &self.servers_shown())
             .field("token", &self.token.as_ref().map(|_| "***"))
             .field("replicas", &self.replicas)
             .finish_non_exhaustive()
@@ -33,7 +34,7 @@ impl NatsConfig {
     pub fn from_manifest(m: &crate::manifest::Manifest, token: Option<String>) -> Self {
         let (defaults, policies) = m.topic_policies();
         NatsConfig {
-            url: m.nats_url().to_owned(),
+            servers: m.nats_servers().to_vec(),
             token,
             replicas: m.nats_replicas() as usize,
             default_partitions: defaults.partitions,
@@ -45,8 +46,17 @@ impl NatsConfig {
     }
 }
 
+impl NatsConfig {
+    /// The servers, comma-separated, without a user or password in their
+    /// URLs: for messages.
+    pub(super) fn servers_shown(&self) -> String {
+        let urls: Vec<&str> = self.servers.iter().map(|s| s.as_url_str()).collect();
+        redacted_url(&urls.join(","))
+    }
+}
+
 /// `url` without a user or password in it, for messages.
-pub(super) fn redacted_url(url: &str) -> String {
+fn redacted_url(url: &str) -> String {
     url.split(',')
         .map(|u| match (u.find("://"), u.rfind('@')) {
             (Some(scheme), Some(at)) if at > scheme => {

@@ -59,7 +59,6 @@ mod topic;
 
 use self::client::{bucket, failed, nats_err, wait, writer_id};
 pub use self::config::NatsConfig;
-use self::config::redacted_url;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -131,7 +130,8 @@ impl NatsBroker {
             .build()
             .map_err(nats_err("starting the NATS client"))?;
         let handle = runtime.handle().clone();
-        let (url, token, replicas) = (config.url.clone(), config.token.clone(), config.replicas);
+        let (servers, shown) = (config.servers.clone(), config.servers_shown());
+        let (token, replicas) = (config.token.clone(), config.replicas);
         let connected = wait(&handle, async move {
             let mut options = async_nats::ConnectOptions::new()
                 .name("sluice")
@@ -139,13 +139,9 @@ impl NatsBroker {
             if let Some(token) = token {
                 options = options.token(token);
             }
-            let client = options
-                .connect(url.as_str())
-                .await
-                .map_err(nats_err(format!(
-                    "connecting to the NATS server at {}",
-                    redacted_url(&url)
-                )))?;
+            let client = options.connect(servers).await.map_err(nats_err(format!(
+                "connecting to the NATS server at {shown}"
+            )))?;
             let js = jetstream::new(client.clone());
             let offsets = bucket(&js, OFFSETS_BUCKET, "sinks' committed offsets", replicas).await?;
             let state = bucket(&js, STATE_BUCKET, "connectors' plugin state", replicas).await?;
