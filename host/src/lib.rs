@@ -28,6 +28,8 @@
 //! - [`check`]: a manifest's connectors checked against their plugins,
 //!   once, into the typed values the rest of the host runs.
 //! - [`pipeline`]: running a manifest's connectors (`sluice run`).
+//! - [`cluster`]: cluster mode's agreements on NATS JetStream KV (connector
+//!   definitions, live hosts, instance leases) and rendezvous placement.
 //! - [`admin`]: the daemon (`sluice serve`): connectors kept across
 //!   restarts, the HTTP admin API, metrics, and where the daemon says it
 //!   listens (the CLI's client of the API is the binary's own, `src/cli/`).
@@ -37,7 +39,8 @@
 //! `lifecycle` read it;
 //! `plugin` builds on those and `broker` on
 //! `plugin` (its state store); `check` and `pump` sit above them, then
-//! `supervisor`, `pipeline` and `admin`, in that order. A piece two modules
+//! `supervisor`, `pipeline` and `admin`, in that order; `cluster` sits on
+//! `broker` (its NATS names), below `admin`. A piece two modules
 //! share lives in a module below both (`tests/layout.rs` checks that no two
 //! sibling modules import each other).
 //!
@@ -47,6 +50,7 @@
 pub mod admin;
 pub mod broker;
 pub mod check;
+pub mod cluster;
 pub mod grants;
 pub mod http;
 pub mod lifecycle;

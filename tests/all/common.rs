@@ -658,10 +658,21 @@ impl Daemon {
             data.to_str().unwrap(),
         ];
         args.extend_from_slice(extra);
-        let host = Host::start(dir, &format!("serve-{start}"), &args);
-        wait_until("the daemon answers", Duration::from_secs(60), || {
-            data.join("daemon.json").exists()
-        });
+        let mut host = Host::start(dir, &format!("serve-{start}"), &args);
+        let began = Instant::now();
+        while !data.join("daemon.json").exists() {
+            assert!(
+                host.is_running(),
+                "sluice serve exited at start:\n{}",
+                host.log()
+            );
+            assert!(
+                began.elapsed() < Duration::from_secs(60),
+                "sluice serve did not answer within 60 s:\n{}",
+                host.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         Daemon { host, data }
     }
 

@@ -10,6 +10,7 @@ mod common;
 
 mod admin;
 mod cli;
+mod cluster;
 mod crash;
 mod flow;
 mod http;

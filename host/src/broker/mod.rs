@@ -1,3 +1,5 @@
+// Long: the Broker trait and HostBroker, which forwards each of its methods
+// to the kind it opened; they change together.
 //! Where records rest between sources and sinks.
 //!
 //! [`Broker`] is what the rest of the host needs from one: append a batch
@@ -310,6 +312,28 @@ pub fn open(
     }
 }
 
+/// Opens the NATS broker a cluster shares (`sluice serve --cluster`) at
+/// `servers`, with `manifest`'s topic settings if one is given.
+pub fn open_cluster(
+    servers: Vec<async_nats::ServerAddr>,
+    token: Option<String>,
+    replicas: usize,
+    manifest: Option<&crate::manifest::Manifest>,
+) -> Result<HostBroker, BrokerError> {
+    let mut config = match manifest {
+        Some(m) => nats::NatsConfig::from_manifest(m, None),
+        None => nats::NatsConfig {
+            servers: Vec::new(),
+            token: None,
+            replicas,
+            default_partitions: crate::manifest::TopicPolicy::default().partitions,
+            partitions: Default::default(),
+        },
+    };
+    (config.servers, config.token, config.replicas) = (servers, token, replicas);
+    Ok(HostBroker::Nats(Box::new(nats::NatsBroker::open(config)?)))
+}
+
 /// What [`open`] does, for the context of its error: "opening the broker in
 /// data" or "opening the nats broker".
 pub fn opening(data_dir: &Path, manifest: Option<&crate::manifest::Manifest>) -> String {
@@ -412,6 +436,19 @@ impl Broker for HostBroker {
         quota: StateQuota,
     ) -> Result<Arc<dyn StateStore>, BrokerError> {
         each!(self, b => b.connector_state(connector, quota))
+    }
+
+    fn reopen_producer(&self, producer: &str) -> Result<(), BrokerError> {
+        each!(self, b => b.reopen_producer(producer))
+    }
+
+    fn reopen_partition(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: u32,
+    ) -> Result<(), BrokerError> {
+        each!(self, b => b.reopen_partition(group, topic, partition))
     }
 
     fn forget_connector(&self, connector: &str) -> Result<(), BrokerError> {
@@ -537,6 +574,30 @@ pub trait Broker: Send + Sync + 'static {
         quota: StateQuota,
     ) -> Result<Arc<dyn StateStore>, BrokerError>;
 
+    /// Forgets what this host remembers of `producer`'s writes (its
+    /// position, the stream sequence its next write expects, the ends of
+    /// the partitions it wrote), so that its next read or write asks the
+    /// broker. Called when a source instance starts: in cluster mode
+    /// another host may have run it meanwhile. The embedded log, the only
+    /// writer of its data, remembers nothing it must read again. May block
+    /// on the network.
+    fn reopen_producer(&self, _producer: &str) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
+    /// Reads again `group`'s committed offset in a partition, and the
+    /// partition's end, which another host may have moved (cluster mode).
+    /// Called when a sink instance starts reading the partition. May block
+    /// on the network.
+    fn reopen_partition(
+        &self,
+        _group: &str,
+        _topic: &str,
+        _partition: u32,
+    ) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
     /// Forgets a deleted connector: its group's committed offsets and
     /// subscription, and its plugin state. Source positions stay: a
     /// connector created again under the same name resumes where the old
@@ -560,36 +621,6 @@ pub trait Broker: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), BrokerError>> + Send;
 }
 
-/// What the brokers' tests share: batches of numbered values, and the
-/// values read back.
+/// What the brokers' tests share.
 #[cfg(test)]
-pub(crate) mod testing {
-    #![allow(clippy::unwrap_used)]
-
-    use sluice_batch::{Batch, BatchWriter};
-
-    use super::StoredBatch;
-
-    /// A batch of the values `value-<from>` to `value-<from + n - 1>`.
-    pub fn batch(from: u32, n: u32) -> Vec<u8> {
-        let mut w = BatchWriter::new();
-        for i in from..from + n {
-            w.push_value(format!("value-{i:05}").as_bytes());
-        }
-        w.finish()
-    }
-
-    /// The values of `batches`, in order.
-    pub fn values(batches: &[StoredBatch]) -> Vec<String> {
-        batches
-            .iter()
-            .flat_map(|b| {
-                Batch::parse(&b.bytes)
-                    .unwrap()
-                    .iter()
-                    .map(|r| String::from_utf8(r.value.to_vec()).unwrap())
-                    .collect::<Vec<_>>()
-            })
-            .collect()
-    }
-}
+pub(crate) mod testing;

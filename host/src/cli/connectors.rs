@@ -339,15 +339,34 @@ fn print_status(s: &Value) {
             text(&w["at"])
         );
     }
+    let instances = s["instances"].as_array().cloned().unwrap_or_default();
+    // In a cluster, each instance's host.
+    let hosts = instances
+        .iter()
+        .any(|i| i.get("host").is_some_and(|h| !h.is_null()));
     println!(
-        "  {:<8} {:<11} {:<26} {:>8} {:>12}  last error",
-        "instance", "state", "since", "restarts", "records"
+        "  {:<8} {:<11} {}{:<26} {:>8} {:>12}  last error",
+        "instance",
+        "state",
+        if hosts {
+            format!("{:<20} ", "host")
+        } else {
+            String::new()
+        },
+        "since",
+        "restarts",
+        "records"
     );
-    for i in s["instances"].as_array().into_iter().flatten() {
+    for i in &instances {
         println!(
-            "  {:<8} {:<11} {:<26} {:>8} {:>12}  {}",
+            "  {:<8} {:<11} {}{:<26} {:>8} {:>12}  {}",
             text(&i["index"]),
             text(&i["state"]),
+            if hosts {
+                format!("{:<20} ", i["host"].as_str().unwrap_or("-"))
+            } else {
+                String::new()
+            },
             text(&i["since"]),
             text(&i["restarts"]),
             text(&i["records"]),

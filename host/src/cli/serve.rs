@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use sluice::admin::{access, api, daemon};
+use sluice::cluster::ClusterConfig;
 use sluice::manifest::Manifest;
 use sluice::pipeline;
 use sluice::plugin::PluginHost;
@@ -31,6 +32,55 @@ pub struct Args {
     /// directory, generated there when listening beyond loopback).
     #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Cluster mode: share the connectors with every host on these NATS
+    /// servers (comma-separated URLs), which are also the broker. The
+    /// token and replicas come from the manifest's [broker], if any.
+    #[arg(long, value_name = "URLS", value_parser = parse_servers)]
+    cluster: Option<Servers>,
+    /// Cluster mode: how long a host's lease on an instance lasts without
+    /// renewal. A dead host's instances start elsewhere after about this
+    /// long; a host that cannot renew stops them after half of it.
+    #[arg(long, default_value = "6s", value_name = "DURATION", value_parser = parse_lease)]
+    lease: std::time::Duration,
+    /// Cluster mode: this host's name, unique in the cluster (default:
+    /// the machine's hostname and the admin API's port).
+    #[arg(long, value_name = "NAME")]
+    host_id: Option<String>,
+}
+
+/// The servers of `--cluster`.
+#[derive(Debug, Clone)]
+struct Servers(Vec<async_nats::ServerAddr>);
+
+fn parse_servers(text: &str) -> Result<Servers, String> {
+    let servers = text
+        .split(',')
+        .map(|url| {
+            url.trim()
+                .parse::<async_nats::ServerAddr>()
+                .map_err(|e| format!("{:?} is not a NATS server URL ({e})", url.trim()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Servers(servers))
+}
+
+fn parse_lease(text: &str) -> Result<std::time::Duration, String> {
+    let lease =
+        humantime::parse_duration(text).map_err(|e| format!("{e} (say e.g. 6s or 1500ms)"))?;
+    if lease < std::time::Duration::from_millis(600) {
+        return Err("a lease shorter than 600ms leaves no time to renew it; say e.g. 6s".into());
+    }
+    Ok(lease)
+}
+
+/// The machine's hostname, for the default `--host-id`.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "sluice".into())
 }
 
 /// Runs the daemon until SIGTERM or Ctrl-C, then stops every connector
@@ -50,11 +100,41 @@ pub async fn exec(args: Args, plugins: Arc<PluginHost>) -> anyhow::Result<ExitCo
             return Ok(ExitCode::from(EXIT_INVALID));
         }
     };
+    // Bound first: the port names this host in a cluster.
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    let addr = listener.local_addr()?;
+    let cluster = match args.cluster {
+        Some(Servers(servers)) => {
+            let nats = manifest
+                .as_ref()
+                .filter(|m| m.broker.kind == sluice::manifest::BrokerKind::Nats);
+            let token = match nats.map(|m| m.broker_token()).transpose() {
+                Ok(token) => token.flatten(),
+                Err(why) => {
+                    eprintln!("error: the [broker] token cannot be read: {why}");
+                    return Ok(ExitCode::from(EXIT_INVALID));
+                }
+            };
+            Some(ClusterConfig {
+                servers,
+                token,
+                host: args
+                    .host_id
+                    .unwrap_or_else(|| format!("{}-{}", hostname(), addr.port())),
+                lease: args.lease,
+                replicas: nats.map_or(1, |m| m.nats_replicas() as usize),
+            })
+        }
+        None => None,
+    };
     let daemon = Arc::new(
         daemon::Daemon::open(
             daemon::DaemonConfig {
                 data_dir: data_dir.clone(),
                 manifest,
+                cluster: cluster.clone(),
             },
             plugins,
         )
@@ -62,10 +142,6 @@ pub async fn exec(args: Args, plugins: Arc<PluginHost>) -> anyhow::Result<ExitCo
         .with_context(|| format!("starting the daemon on {}", data_dir.display()))?,
     );
     let token = access::token_for(&data_dir, listen, args.token)?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("listening on {listen}"))?;
-    let addr = listener.local_addr()?;
     access::write_daemon_info(&data_dir, addr)?;
     tracing::info!(
         url = %format!("http://{addr}"),
@@ -82,6 +158,11 @@ pub async fn exec(args: Args, plugins: Arc<PluginHost>) -> anyhow::Result<ExitCo
             }
         })
     };
+    let (leave, left) = tokio::sync::watch::channel(false);
+    let member = cluster.map(|c| {
+        tracing::info!(host = %c.host, lease = ?c.lease, "joined the cluster");
+        tokio::spawn(daemon.clone().run_cluster(left))
+    });
     api::serve(listener, daemon.clone(), token, async {
         terminated(term).await;
         tracing::info!("stopping: every connector flushes, commits and closes");
@@ -89,6 +170,11 @@ pub async fn exec(args: Args, plugins: Arc<PluginHost>) -> anyhow::Result<ExitCo
     .await
     .context("serving the admin API")?;
     lag.abort();
+    if let Some(member) = member {
+        // Its instances stop and their leases go back before the rest stops.
+        leave.send(true).ok();
+        member.await.ok();
+    }
     daemon.shutdown().await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)

@@ -180,14 +180,18 @@ topics = ["events"]
     fn nats_settings_are_checked_against_the_broker_kind() {
         let nats = GOOD.replace("data_dir = \"d\"", "kind = \"nats\"\nreplicas = 3");
         let m = parse(&nats).unwrap();
-        let servers: Vec<String> = m.nats_servers().iter().map(|s| s.to_string()).collect();
+        let servers: Vec<String> = m
+            .nats_servers()
+            .iter()
+            .map(|s| s.as_url_str().to_owned())
+            .collect();
         assert_eq!(servers, [DEFAULT_NATS_URL]);
         let two = nats.replace("replicas = 3", "url = \"nats://a:4222, nats://b:4223\"");
         let servers = parse(&two).unwrap().nats_servers().len();
         assert_eq!(servers, 2);
         let e =
             parse(&nats.replace("replicas = 3", "url = \"nats://a:4222,nats://b:x\"")).unwrap_err();
-        assert_eq!(e.line, Some(3));
+        assert_eq!(e.line, Some(4));
         let text = e.to_string();
         assert!(
             text.contains("\"nats://b:x\" is not a NATS server URL"),

@@ -12,6 +12,7 @@ use super::{Daemon, internal, invalid};
 use crate::admin::AdminError;
 use crate::broker::Broker;
 use crate::check;
+use crate::cluster::ClusterError;
 use crate::manifest::{ConnectorKind, Manifest};
 use crate::supervisor::ConnectorOutcome;
 
@@ -66,7 +67,7 @@ impl Daemon {
             self.check(def).await?;
         }
         for def in defs {
-            names.push(self.add(def, true).await?);
+            names.push(self.add(def, super::Stored::No).await?);
         }
         Ok(names)
     }
@@ -121,11 +122,16 @@ impl Daemon {
             let old = serde_json::to_value(&m.checked.config.config).unwrap_or_default();
             let changed = changed_keys(&old, &config);
             tracing::info!(connector = %name, keys = ?changed, "config replaced; restarting with it");
+            // Stored first: in a cluster, a change another host made
+            // meanwhile refuses this one (409) before anything stops.
+            let old_toml = std::mem::replace(&mut m.def.toml, def.toml);
+            if let Err(e) = self.save(name, &mut m).await {
+                m.def.toml = old_toml;
+                return Err(e);
+            }
             let was_running = m.running.is_some();
             self.stop_running(name, &mut m).await;
-            m.def.toml = def.toml;
             m.checked = checked;
-            self.store(name, &m.def)?;
             if was_running {
                 let paused = m.def.state == DesiredState::Paused;
                 self.start_running(&entry, &mut m, paused)?;
@@ -159,7 +165,7 @@ impl Daemon {
         };
         m.def.toml = def.toml;
         m.checked = checked.clone();
-        self.store(name, &m.def)?;
+        self.save(name, &mut m).await?;
         {
             let mut shown = entry.shown.lock().expect("shown lock");
             shown.plugin = checked.plugin.name().to_owned();
@@ -199,7 +205,7 @@ impl Daemon {
         } else {
             DesiredState::Running
         };
-        self.set_desired(&entry, &mut m, state)?;
+        self.set_desired(&entry, &mut m, state).await?;
         if let Some(r) = &m.running {
             r.set_paused(paused);
         }
@@ -210,7 +216,8 @@ impl Daemon {
     pub async fn stop(&self, name: &str) -> Result<(), AdminError> {
         let entry = self.entry(name)?;
         let mut m = self.lock(&entry).await?;
-        self.set_desired(&entry, &mut m, DesiredState::Stopped)?;
+        self.set_desired(&entry, &mut m, DesiredState::Stopped)
+            .await?;
         self.stop_running(name, &mut m).await;
         Ok(())
     }
@@ -228,7 +235,8 @@ impl Daemon {
             )));
         }
         self.stop_running(name, &mut m).await;
-        self.set_desired(&entry, &mut m, DesiredState::Running)?;
+        self.set_desired(&entry, &mut m, DesiredState::Running)
+            .await?;
         self.start_running(&entry, &mut m, false)
     }
 
@@ -269,12 +277,28 @@ impl Daemon {
         let entry = self.entry(name)?;
         let mut m = self.lock(&entry).await?;
         self.stop_running(name, &mut m).await;
-        let path = self
-            .data_dir
-            .join("connectors")
-            .join(format!("{name}.json"));
-        std::fs::remove_file(&path)
-            .map_err(|e| AdminError::Internal(format!("cannot remove {}: {e}", path.display())))?;
+        match &self.cluster {
+            Some(cluster) => {
+                cluster
+                    .delete_definition(name, m.revision)
+                    .await
+                    .map_err(|e| match e {
+                        ClusterError::Changed(_) => {
+                            AdminError::Conflict(format!("{e}; read it again and retry"))
+                        }
+                        e => internal(e),
+                    })?
+            }
+            None => {
+                let path = self
+                    .data_dir
+                    .join("connectors")
+                    .join(format!("{name}.json"));
+                std::fs::remove_file(&path).map_err(|e| {
+                    AdminError::Internal(format!("cannot remove {}: {e}", path.display()))
+                })?;
+            }
+        }
         self.broker
             .forget_connector(name)
             .map_err(|e| AdminError::Internal(e.to_string()))?;
@@ -343,7 +367,7 @@ impl Daemon {
                 .await
                 .map_err(internal)?;
             m.def.offsets_reset = true;
-            self.store(name, &m.def)?;
+            self.save(name, &mut m).await?;
             tracing::info!(connector = %name, offsets = ?list, "offsets reset");
         }
         self.offsets(name).await

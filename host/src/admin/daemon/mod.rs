@@ -20,6 +20,7 @@
 //! - `views`: what the API shows (list, definition, status, offsets,
 //!   plugins, metrics), read without waiting for an operation.
 
+mod cluster;
 mod lifecycle;
 mod store;
 mod views;
@@ -43,6 +44,7 @@ use super::AdminError;
 use super::metrics::{Metrics, Totals};
 use crate::broker::{self, Broker, HostBroker};
 use crate::check::{self, CheckedConnector};
+use crate::cluster::{Cluster, ClusterConfig, ClusterError, Unit};
 use crate::manifest::{ConnectorKind, Manifest};
 use crate::plugin::PluginHost;
 use crate::secrets::Redactor;
@@ -58,6 +60,9 @@ pub struct DaemonConfig {
     /// A manifest whose `[broker]` and `[topics]` settings the log uses and
     /// whose connectors are created at start unless they already exist.
     pub manifest: Option<Manifest>,
+    /// Cluster mode: the connectors are shared with the other hosts on
+    /// this NATS (see [`crate::cluster`]), and so is the broker.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// What status and metrics show of a connector without waiting for an
@@ -81,6 +86,9 @@ struct Managed {
     /// Set by `delete`: an operation that waited for the lock meanwhile
     /// finds the connector gone.
     deleted: bool,
+    /// In cluster mode, the revision of the definition this host last read
+    /// or wrote: a change is stored only if it is still the latest.
+    revision: u64,
 }
 
 struct Entry {
@@ -105,6 +113,9 @@ pub struct Daemon {
     metrics: Arc<Metrics>,
     entries: Mutex<BTreeMap<String, Arc<Entry>>>,
     ready: AtomicBool,
+    cluster: Option<Cluster>,
+    /// In cluster mode, who held each lease at the last tick (for status).
+    holders: Mutex<BTreeMap<Unit, (String, u64)>>,
 }
 
 impl Daemon {
@@ -115,22 +126,38 @@ impl Daemon {
         let data_dir = config.data_dir.clone();
         std::fs::create_dir_all(data_dir.join("connectors"))
             .with_context(|| format!("creating {}", data_dir.join("connectors").display()))?;
-        let broker = Arc::new(
-            broker::open(&data_dir, config.manifest.as_ref())
-                .with_context(|| broker::opening(&data_dir, config.manifest.as_ref()))?,
-        );
+        let manifest = config.manifest.as_ref();
+        let broker = match &config.cluster {
+            Some(c) => {
+                broker::open_cluster(c.servers.clone(), c.token.clone(), c.replicas, manifest)
+                    .context("opening the cluster's nats broker")?
+            }
+            None => broker::open(&data_dir, manifest)
+                .with_context(|| broker::opening(&data_dir, manifest))?,
+        };
+        let cluster = match config.cluster.clone() {
+            Some(c) => Some(Cluster::join(c).await.context("joining the cluster")?),
+            None => None,
+        };
         let daemon = Daemon {
             data_dir,
             plugins,
-            broker,
+            broker: Arc::new(broker),
             metrics: Arc::new(Metrics::new()),
             entries: Mutex::new(BTreeMap::new()),
             ready: AtomicBool::new(false),
+            cluster,
+            holders: Mutex::new(BTreeMap::new()),
         };
+        if daemon.cluster.is_some() {
+            daemon.open_cluster(config.manifest.as_ref()).await?;
+            daemon.ready.store(true, Ordering::SeqCst);
+            return Ok(daemon);
+        }
         let defs = load_definitions(&daemon.data_dir.join("connectors"))?;
         for def in defs {
             let name = def.path.display().to_string();
-            if let Err(e) = daemon.add(def, false).await {
+            if let Err(e) = daemon.add(def, Stored::OnDisk).await {
                 tracing::error!(definition = %name, error = %e, "a stored connector cannot be loaded; it is left out");
             }
         }
@@ -145,7 +172,7 @@ impl Daemon {
                 };
                 if !exists {
                     daemon
-                        .add(def, true)
+                        .add(def, Stored::No)
                         .await
                         .map_err(|e| anyhow::anyhow!("{e}"))?;
                 }
@@ -225,9 +252,9 @@ impl Daemon {
         }
     }
 
-    /// Checks a definition, subscribes a sink, stores it if `persist`, and
-    /// starts it in its state.
-    async fn add(&self, def: Definition, persist: bool) -> Result<String, AdminError> {
+    /// Checks a definition, subscribes a sink, stores it unless it is
+    /// stored already, and starts it in its state.
+    async fn add(&self, def: Definition, stored: Stored) -> Result<String, AdminError> {
         let checked = Arc::new(self.check(&def).await?);
         let name = checked.config.name.get_ref().clone();
         let entry = Arc::new(Entry {
@@ -247,6 +274,10 @@ impl Daemon {
                 checked: checked.clone(),
                 running: None,
                 deleted: false,
+                revision: match stored {
+                    Stored::InCluster(revision) => revision,
+                    Stored::No | Stored::OnDisk => 0,
+                },
             }),
         });
         // The name is taken here, atomically, before anything is stored.
@@ -259,14 +290,31 @@ impl Daemon {
             }
             entries.insert(name.clone(), entry.clone());
         }
-        let prepared = (|| {
+        let prepared = async {
             // Subscribed for the daemon's whole run, even while stopped.
             topic_layout(&*self.broker, &checked.config)?;
-            if persist {
-                self.store(&name, &def)?;
+            if stored == Stored::No {
+                match &self.cluster {
+                    Some(cluster) => {
+                        let json = serde_json::to_vec(&def).map_err(internal)?;
+                        let Some(revision) = cluster
+                            .create_definition(&name, json)
+                            .await
+                            .map_err(internal)?
+                        else {
+                            return Err(AdminError::Conflict(format!(
+                                "a connector named {name:?} exists in the cluster; delete it \
+                                 first or choose another name"
+                            )));
+                        };
+                        entry.managed.lock().await.revision = revision;
+                    }
+                    None => self.store(&name, &def)?,
+                }
             }
             Ok::<(), AdminError>(())
-        })();
+        }
+        .await;
         if let Err(e) = prepared {
             self.entries.lock().expect("entries lock").remove(&name);
             return Err(e);
@@ -289,6 +337,8 @@ impl Daemon {
         let options = StartOptions {
             paused,
             ignore_stored_offsets: m.def.offsets_reset,
+            // In a cluster, an instance starts once this host holds its lease.
+            deferred: self.cluster.is_some(),
         };
         let running =
             RunningConnector::start(m.checked.clone(), self.host_parts(&m.checked), options)?;
@@ -311,14 +361,33 @@ impl Daemon {
             self.broker.sync_all().ok();
             if m.def.offsets_reset {
                 m.def.offsets_reset = false;
-                if let Err(e) = self.store(name, &m.def) {
+                if let Err(e) = self.save(name, m).await {
                     tracing::error!(connector = %name, error = %e, "storing the definition");
                 }
             }
         }
     }
 
-    fn set_desired(
+    /// Stores a connector's changed definition: in cluster mode only if
+    /// no other host changed it since this one read it (409 otherwise).
+    async fn save(&self, name: &str, m: &mut Managed) -> Result<(), AdminError> {
+        let Some(cluster) = &self.cluster else {
+            return self.store(name, &m.def);
+        };
+        let json = serde_json::to_vec(&m.def).map_err(internal)?;
+        match cluster.update_definition(name, json, m.revision).await {
+            Ok(revision) => {
+                m.revision = revision;
+                Ok(())
+            }
+            Err(e @ ClusterError::Changed(_)) => Err(AdminError::Conflict(format!(
+                "{e}; read it again and retry"
+            ))),
+            Err(e) => Err(internal(e)),
+        }
+    }
+
+    async fn set_desired(
         &self,
         entry: &Entry,
         m: &mut Managed,
@@ -326,7 +395,10 @@ impl Daemon {
     ) -> Result<(), AdminError> {
         let from = m.def.state;
         m.def.state = state;
-        self.store(&entry.name, &m.def)?;
+        if let Err(e) = self.save(&entry.name, m).await {
+            m.def.state = from;
+            return Err(e);
+        }
         if from != state {
             tracing::info!(connector = %entry.name, ?from, to = ?state, "connector's state changed");
         }
@@ -393,6 +465,17 @@ impl Daemon {
             tracing::error!(error = %e, "syncing the log at shutdown");
         }
     }
+}
+
+/// Where a definition [`Daemon::add`] is given is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stored {
+    /// Nowhere yet: store it.
+    No,
+    /// In the data directory (read from there at start).
+    OnDisk,
+    /// In the cluster's bucket, at this revision.
+    InCluster(u64),
 }
 
 fn invalid(e: impl std::fmt::Display) -> AdminError {

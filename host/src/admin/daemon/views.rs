@@ -12,6 +12,7 @@ use super::{Daemon, Shown, internal};
 use crate::admin::AdminError;
 use crate::admin::metrics::{Row, Totals};
 use crate::broker::Broker;
+use crate::cluster::Unit;
 use crate::manifest::ConnectorKind;
 use crate::plugin::{PluginRef, Spec, builtin_names};
 use crate::pump::InstanceState;
@@ -101,6 +102,10 @@ pub struct InstanceStatus {
     pub bytes: u64,
     /// When it last moved a record (RFC 3339).
     pub last_record_at: Option<String>,
+    /// In cluster mode, the host that holds its lease (none while it is
+    /// unassigned). Its state and counts are that host's to show: here it
+    /// is `elsewhere` (or `unassigned`), with none counted.
+    pub host: Option<String>,
 }
 
 /// A connector's status.
@@ -358,13 +363,14 @@ impl Daemon {
         } else {
             records
         };
+        let holders = self.holders.lock().expect("holders lock").clone();
         let instances = report.map_or_else(Vec::new, |r| {
             r.instances
                 .iter()
                 .enumerate()
                 .map(|(index, i)| {
                     let (state, since) = i.control.state();
-                    InstanceStatus {
+                    let mut shown = InstanceStatus {
                         index: index as u32,
                         state: instance_state(state).to_owned(),
                         since: rfc3339(since),
@@ -373,7 +379,25 @@ impl Daemon {
                         records: i.control.stats.records(),
                         bytes: i.control.stats.bytes(),
                         last_record_at: i.control.stats.last_record().map(rfc3339),
+                        host: None,
+                    };
+                    if let Some(cluster) = &self.cluster {
+                        let unit = Unit {
+                            connector: entry.name.clone(),
+                            instance: index as u32,
+                        };
+                        shown.host = holders.get(&unit).map(|(host, _)| host.clone());
+                        if shown.host.as_deref() != Some(cluster.host()) {
+                            let away = if shown.host.is_some() {
+                                "elsewhere"
+                            } else {
+                                "unassigned"
+                            };
+                            shown.state = away.into();
+                            (shown.records, shown.bytes, shown.last_record_at) = (0, 0, None);
+                        }
                     }
+                    shown
                 })
                 .collect()
         });
@@ -382,12 +406,23 @@ impl Daemon {
             Some(ConnectorOutcome::Failed(f)) if shown.desired != DesiredState::Stopped => f.at,
             _ => shown.since,
         };
+        let state = match &self.cluster {
+            // Its instances run on several hosts: the state asked for,
+            // unless one here failed.
+            Some(_) => match (shown.desired, report.map(|r| r.outcome())) {
+                (DesiredState::Stopped, _) => "stopped".into(),
+                (_, Some(ConnectorOutcome::Failed(_))) => "failed".into(),
+                (DesiredState::Paused, _) => "paused".into(),
+                (DesiredState::Running, _) => "running".into(),
+            },
+            None => shown_state(&shown),
+        };
         Ok(ConnectorStatus {
             name: entry.name.clone(),
             kind: entry.kind.to_string(),
             plugin: shown.plugin.clone(),
             plugin_version: shown.version.clone(),
-            state: shown_state(&shown),
+            state,
             since: rfc3339(since),
             restarts: report.map_or(0, |r| r.restarts()),
             last_error: last_error.map(error_info),

@@ -53,7 +53,7 @@
 
 mod client;
 mod config;
-mod names;
+pub mod names;
 mod state;
 mod topic;
 
@@ -72,7 +72,8 @@ use bytes::Bytes;
 use tokio::runtime::Handle;
 
 use self::topic::{
-    HEADER_ROOM, POSITION, Partition, Server, Topic, is_not_found_last, open_topic, unhex, write,
+    HEADER_ROOM, POSITION, Partition, Server, Topic, is_not_found_last, open_topic, partition_end,
+    unhex, write,
 };
 use super::{
     Backlog, Broker, BrokerError, RoutedPart, SourceCheckpoint, StateQuota, StateStore, StoredBatch,
@@ -169,6 +170,17 @@ impl NatsBroker {
             positions: Mutex::default(),
             committed: Mutex::default(),
         })
+    }
+
+    /// Remembers `group`'s committed offset in a partition as its KV entry
+    /// says (none without one).
+    fn remember_committed(&self, group: &str, topic: &str, partition: u32, value: Option<Bytes>) {
+        let key = (group.to_owned(), topic.to_owned(), partition);
+        let mut committed = self.committed.lock().expect("committed lock");
+        match value.and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok()) {
+            Some(offset) => committed.insert(key, offset),
+            None => committed.remove(&key),
+        };
     }
 
     /// Runs `fut` on the client's runtime and waits for it.
@@ -434,13 +446,8 @@ impl Broker for NatsBroker {
             }
             Ok::<_, BrokerError>(read)
         })?;
-        let mut committed = self.committed.lock().expect("committed lock");
         for (p, value) in read {
-            let key = (group.to_owned(), topic.to_owned(), p);
-            match value.and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok()) {
-                Some(offset) => committed.insert(key, offset),
-                None => committed.remove(&key),
-            };
+            self.remember_committed(group, topic, p, value);
         }
         Ok(())
     }
@@ -473,6 +480,59 @@ impl Broker for NatsBroker {
         let state =
             state::NatsState::open(self.state.clone(), self.handle.clone(), connector, quota)?;
         Ok(Arc::new(state))
+    }
+
+    fn reopen_producer(&self, producer: &str) -> Result<(), BrokerError> {
+        self.positions
+            .lock()
+            .expect("positions lock")
+            .remove(producer);
+        let topics: Vec<(String, Arc<Topic>)> = self
+            .topics
+            .read()
+            .expect("topics lock")
+            .iter()
+            .map(|(name, t)| (name.clone(), t.clone()))
+            .collect();
+        let producer = producer.to_owned();
+        self.wait(async move {
+            for (name, t) in topics {
+                for (p, part) in t.partitions.iter().enumerate() {
+                    let subject = names::subject(&name, p as u32, &producer);
+                    let mut w = part.writer.lock().await;
+                    if w.last.remove(&subject).is_some() {
+                        w.end = None;
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    fn reopen_partition(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: u32,
+    ) -> Result<(), BrokerError> {
+        let t = self.topic(topic)?;
+        Self::partition(&t, topic, partition)?;
+        let (store, key) = (
+            self.offsets.clone(),
+            names::offset_key(group, topic, partition),
+        );
+        let what = format!("reading the committed offset of {group} in {topic}/{partition}");
+        let (stream, name) = (t.stream.clone(), topic.to_owned());
+        let (value, end) = self.wait(async move {
+            let value = store.get(key).await.map_err(nats_err(what))?;
+            let end = partition_end(&stream, &name, partition).await?;
+            Ok::<_, BrokerError>((value, end))
+        })?;
+        self.remember_committed(group, topic, partition, value);
+        t.partitions[partition as usize]
+            .end
+            .fetch_max(end, Ordering::AcqRel);
+        Ok(())
     }
 
     fn forget_connector(&self, connector: &str) -> Result<(), BrokerError> {

@@ -197,15 +197,8 @@ pub(super) async fn open_topic(
     for p in 0..partitions {
         let filter = names::partition_filter(&topic, p);
         let part = Partition::default();
-        match stream.get_last_raw_message_by_subject(&filter).await {
-            Ok(m) => {
-                let (first, records) = offsets_of(&m, &name)?;
-                part.end
-                    .store(first + u64::from(records), Ordering::Relaxed);
-            }
-            Err(e) if is_not_found_last(&e) => {}
-            Err(e) => return Err(failed(format!("reading the end of {topic}/{p}"))(&e)),
-        }
+        part.end
+            .store(partition_end(&stream, &topic, p).await?, Ordering::Relaxed);
         match stream.direct_get_next_for_subject(&filter, None).await {
             Ok(m) => part
                 .start
@@ -273,6 +266,26 @@ pub(super) async fn seek(
     Ok(lo)
 }
 
+/// A partition's end (the offset after its last record), through the
+/// stream's leader.
+pub(super) async fn partition_end(
+    stream: &stream::Stream,
+    topic: &str,
+    partition: u32,
+) -> Result<u64, BrokerError> {
+    let filter = names::partition_filter(topic, partition);
+    match stream.get_last_raw_message_by_subject(&filter).await {
+        Ok(m) => {
+            let (first, records) = offsets_of(&m, &names::stream(topic))?;
+            Ok(first + u64::from(records))
+        }
+        Err(e) if is_not_found_last(&e) => Ok(0),
+        Err(e) => Err(failed(format!("reading the end of {topic}/{partition}"))(
+            &e,
+        )),
+    }
+}
+
 /// The last stream sequence on `subject`, 0 if it has none, through the
 /// stream's leader.
 async fn last_sequence(stream: &stream::Stream, subject: &str) -> Result<u64, BrokerError> {
@@ -297,26 +310,10 @@ pub(super) async fn write(
     records: u32,
     checkpoint: Option<SourceCheckpoint<'_>>,
 ) -> Result<(u64, u64), BrokerError> {
-    let name = names::stream(topic);
     let first = match w.end {
         Some(end) => end,
         None => {
-            let end = match t
-                .stream
-                .get_last_raw_message_by_subject(&names::partition_filter(topic, partition))
-                .await
-            {
-                Ok(m) => {
-                    let (o, n) = offsets_of(&m, &name)?;
-                    o + u64::from(n)
-                }
-                Err(e) if is_not_found_last(&e) => 0,
-                Err(e) => {
-                    return Err(failed(format!("reading the end of {topic}/{partition}"))(
-                        &e,
-                    ));
-                }
-            };
+            let end = partition_end(&t.stream, topic, partition).await?;
             w.end = Some(end);
             p.end.store(end, Ordering::Release);
             end
@@ -497,5 +494,7 @@ pub(super) async fn read(
         next = end;
     }
     p.remember(next, sequence);
+    // Another host's appends (cluster mode) are learnt as they are read.
+    p.end.fetch_max(next, Ordering::AcqRel);
     Ok(out)
 }

@@ -85,6 +85,11 @@ impl Life for SourceLife {
         let c = s.connector();
         let index = s.setup.index;
         let mut instance = s.host.plugins.source(&c.plugin, &s.setup).await?;
+        // In a cluster, another host may have run this instance meanwhile.
+        s.host
+            .broker
+            .reopen_producer(&self.producer)
+            .with_context(|| format!("reading the writes of {} again", self.producer))?;
         let resume = s
             .host
             .broker
@@ -220,6 +225,14 @@ impl SinkLife {
                 .ensure_topic(&topic)
                 .with_context(|| format!("creating topic {topic:?}"))?;
             for partition in (0..partitions).filter(|p| p % parallelism == s.setup.index) {
+                // In a cluster, another host may have run this instance
+                // meanwhile: its committed offsets and dead letters.
+                broker
+                    .reopen_partition(name, &topic, partition)
+                    .and_then(|()| {
+                        broker.reopen_producer(&format!("{name}/dlq/{topic}/{partition}"))
+                    })
+                    .with_context(|| format!("reading {topic}/{partition} again"))?;
                 let wanted = stored
                     .iter()
                     .find(|o| o.topic == topic && o.partition == partition)

@@ -58,6 +58,10 @@ pub struct StartOptions {
     /// A sink ignores the offsets it stored itself and resumes from its
     /// group's committed offsets (after an offsets reset).
     pub ignore_stored_offsets: bool,
+    /// Start no instance yet: each starts when asked to, with
+    /// [`RunningConnector::start_instance`] (in a cluster, once this host
+    /// holds the instance's lease).
+    pub deferred: bool,
 }
 
 /// A connector whose instances run.
@@ -152,8 +156,9 @@ impl RunningConnector {
             layout,
         };
         for index in 0..parallelism as usize {
-            let task = running.spawn(index, options.ignore_stored_offsets);
-            running.tasks.lock().expect("tasks lock").push(Some(task));
+            let task =
+                (!options.deferred).then(|| running.spawn(index, options.ignore_stored_offsets));
+            running.tasks.lock().expect("tasks lock").push(task);
         }
         Ok(running)
     }
@@ -307,6 +312,52 @@ impl RunningConnector {
         let task = self.spawn(index, false);
         self.tasks.lock().expect("tasks lock")[index] = Some(task);
         Ok(())
+    }
+
+    /// Starts instance `index` if it does not run (it never started, it
+    /// ended, or it is stopping: then once it has ended); `false` if it
+    /// runs already.
+    pub async fn start_instance(&self, index: usize) -> anyhow::Result<bool> {
+        let Some(report) = self.report.instances.get(index) else {
+            anyhow::bail!("the connector has no instance {index}");
+        };
+        let task = self.tasks.lock().expect("tasks lock")[index].take();
+        if let Some(t) = task {
+            if !t.is_finished() && !report.control.stop.is_stopped() {
+                self.tasks.lock().expect("tasks lock")[index] = Some(t);
+                return Ok(false);
+            }
+            let _ = t.await;
+        }
+        report.control.stop.reset();
+        self.report.forgive(index);
+        let task = self.spawn(index, false);
+        self.tasks.lock().expect("tasks lock")[index] = Some(task);
+        Ok(true)
+    }
+
+    /// Stops instance `index` at its next batch boundary and waits until it
+    /// has flushed, committed and closed; the others go on.
+    pub async fn stop_instance(&self, index: usize) {
+        let Some(report) = self.report.instances.get(index) else {
+            return;
+        };
+        report.control.stop.stop();
+        let task = self.tasks.lock().expect("tasks lock")[index].take();
+        if let Some(t) = task
+            && let Err(e) = t.await
+        {
+            tracing::error!(error = %e, "an instance task panicked");
+        }
+    }
+
+    /// Whether instance `index` runs (it started, and has not ended).
+    pub fn instance_runs(&self, index: usize) -> bool {
+        self.tasks
+            .lock()
+            .expect("tasks lock")
+            .get(index)
+            .is_some_and(|t| t.as_ref().is_some_and(|t| !t.is_finished()))
     }
 
     /// Swaps the module of every running instance for `new`'s (same
