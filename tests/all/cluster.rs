@@ -12,6 +12,7 @@ use serde_json::Value;
 use sluice_test_servers::nats::NatsServer;
 
 use crate::common::*;
+use crate::nats::on_nats;
 
 /// Records each generator instance makes.
 const COUNT: u64 = 40_000;
@@ -122,9 +123,7 @@ fn three_hosts_one_killed_thirty_times_deliver_every_record_once_and_never_share
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let manifest = manifest()
-        .broker("kind", "nats")
-        .broker("url", nats.url())
+    let manifest = on_nats(manifest(), &nats.url())
         .broker("partitions", 3)
         .connector(gen_source(COUNT, 500, 64).set("parallelism", 3))
         .connector(files_sink().set("parallelism", 3))
@@ -209,9 +208,7 @@ fn a_change_through_a_host_that_has_not_seen_another_hosts_change_gets_409_then_
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let manifest = manifest()
-        .broker("kind", "nats")
-        .broker("url", nats.url())
+    let manifest = on_nats(manifest(), &nats.url())
         .connector(gen_source(0, 100, 64))
         .write(dir.path());
     // A long lease: a host reads the others' changes every 10 s.

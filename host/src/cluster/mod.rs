@@ -25,8 +25,12 @@
 //! instance, so it has stopped before the lease can pass to another host
 //! at `L` after the last renewal the server stored (the zombie-task lesson
 //! of Kafka Connect, KAFKA-9184). When a host dies, its instances start
-//! elsewhere after `L` plus a tick; the default `L` is 6 s.
+//! elsewhere after `L` plus a tick; the default `L` is 6 s. The lease keeper
+//! ([`leases`]) runs apart from everything else a host does, and looks at
+//! the fence every 50 ms. Every host must use the same `L`: the first one
+//! sets it in the buckets, and a host asking for another is refused.
 
+pub mod leases;
 pub mod placement;
 
 use std::collections::BTreeMap;
@@ -37,6 +41,7 @@ use async_nats::jetstream::{self, kv};
 use futures_util::TryStreamExt as _;
 
 use crate::broker::nats::names::{token, untoken};
+use crate::broker::nats::servers_shown;
 
 /// The bucket of connector definitions.
 const DEFINITIONS: &str = "SLUICE_CONNECTORS";
@@ -87,6 +92,19 @@ pub enum ClusterError {
     /// The key changed since the revision given (another host wrote it).
     #[error("{0} was changed meanwhile through another host")]
     Changed(String),
+    /// This host asks for a lease length other than the cluster's.
+    #[error(
+        "the cluster's leases last {}, set by the host that made its buckets; this host asks \
+         for {}: start it with --lease {0} (every host must agree)",
+        humantime::format_duration(*cluster),
+        humantime::format_duration(*asked)
+    )]
+    Lease {
+        /// The cluster's.
+        cluster: Duration,
+        /// This host's `--lease`.
+        asked: Duration,
+    },
 }
 
 fn nats<E: fmt::Display>(what: impl Into<String>) -> impl FnOnce(E) -> ClusterError {
@@ -154,13 +172,12 @@ impl Cluster {
         if let Some(token) = config.token.clone() {
             options = options.token(token);
         }
-        let urls: Vec<&str> = config.servers.iter().map(|s| s.as_url_str()).collect();
         let client = options
             .connect(config.servers.clone())
             .await
             .map_err(nats(format!(
                 "connecting to the NATS server at {}",
-                urls.join(",")
+                servers_shown(&config.servers)
             )))?;
         let js = jetstream::new(client);
         let bucket = |name: &str, what: &str, max_age: Duration| kv::Config {
@@ -181,10 +198,24 @@ impl Cluster {
                 js.create_key_value(c).await.map_err(nats(what))
             }
         };
+        let leases = open(bucket(LEASES, "instance leases", config.lease)).await?;
+        // A host fencing at half a lease other than the bucket's would
+        // fence too late.
+        let made = leases
+            .status()
+            .await
+            .map_err(nats("reading the lease bucket"))?
+            .max_age();
+        if made != config.lease {
+            return Err(ClusterError::Lease {
+                cluster: made,
+                asked: config.lease,
+            });
+        }
         Ok(Cluster {
             definitions: open(bucket(DEFINITIONS, "connector definitions", Duration::ZERO)).await?,
             hosts: open(bucket(HOSTS, "live hosts", config.lease)).await?,
-            leases: open(bucket(LEASES, "instance leases", config.lease)).await?,
+            leases,
             host: config.host,
             lease: config.lease,
         })

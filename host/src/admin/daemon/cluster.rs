@@ -2,21 +2,17 @@
 //! the same connectors as the cluster's bucket of definitions, and runs the
 //! instances it holds leases for.
 //!
-//! One loop per host, every `lease / 6`:
-//! 1. say it is alive, and renew each lease it holds;
-//! 2. stop every instance whose lease it has not renewed for `lease / 2`
-//!    (or that another host took): it has stopped before the lease can
-//!    pass on;
-//! 3. bring its connectors in line with a fresh listing of the definitions
-//!    (a connector created, changed, paused, stopped or deleted through any
-//!    host);
-//! 4. place the instances over the live hosts (rendezvous hashing): take
-//!    the free leases of those it should run, and hand over one it should
-//!    not (drained at a batch boundary first, then released), so instances
-//!    move to a joining host gradually;
-//! 5. start the instances whose leases it took.
-//!
-//! Every lease taken, released or lost is logged with its revision.
+//! Two tasks per host. The lease keeper ([`crate::cluster::leases`])
+//! renews the leases this host holds and stops the instance of any it
+//! could not renew for half the lease. This loop, every `lease / 6`:
+//! 1. brings this host's connectors in line with a fresh listing of the
+//!    definitions (a connector created, changed, paused, stopped or
+//!    deleted through any host);
+//! 2. places the instances over the live hosts (rendezvous hashing): takes
+//!    the free leases of those this host should run, and hands over one it
+//!    should not (drained at a batch boundary first, then released), so
+//!    instances move to a joining host gradually;
+//! 3. starts the instances whose leases it took.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,56 +22,9 @@ use tokio::sync::watch;
 
 use super::store::{Definition, DesiredState, split};
 use super::{Daemon, Entry, Managed, Stored, invalid};
+use crate::cluster::leases::{Leases, Phase, within};
 use crate::cluster::{Cluster, Revised, Unit, placement};
 use crate::manifest::Manifest;
-use crate::pump::InstanceState;
-use crate::supervisor::ConnectorReport;
-
-/// A lease this host holds.
-struct Held {
-    revision: u64,
-    /// When the last renewal the server confirmed was sent.
-    renewed: Instant,
-    /// The run its instance was started in (a connector restarted on this
-    /// host is a new run, whose instance starts again).
-    run: Option<Arc<ConnectorReport>>,
-    phase: Phase,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// Its instance runs (or is about to).
-    Holding,
-    /// Its instance is draining; the lease goes once it has stopped.
-    Releasing,
-    /// It was not renewed in time, or another host took it: its instance
-    /// is stopping, and it is forgotten once it has.
-    Lost,
-}
-
-impl Held {
-    /// Asks its instance to stop at its next batch boundary.
-    fn stop(&self, unit: &Unit) {
-        if let Some(run) = &self.run
-            && let Some(i) = run.instances.get(unit.instance as usize)
-        {
-            i.control.stop.stop();
-        }
-    }
-
-    /// Whether its instance is not running (it ended, or never started).
-    fn ended(&self, unit: &Unit) -> bool {
-        self.run
-            .as_ref()
-            .and_then(|run| run.instances.get(unit.instance as usize))
-            .is_none_or(|i| {
-                matches!(
-                    i.control.state().0,
-                    InstanceState::Stopped | InstanceState::Finished | InstanceState::Failed
-                )
-            })
-    }
-}
 
 impl Daemon {
     fn cluster(&self) -> &Cluster {
@@ -238,98 +187,39 @@ impl Daemon {
     /// stops the instances it runs and gives their leases back.
     pub async fn run_cluster(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let cluster = self.cluster().clone();
-        let lease = cluster.lease();
-        let tick = lease / 6;
+        let tick = cluster.lease() / 6;
+        let leases = Arc::new(Leases::new(cluster.clone()));
         let about = serde_json::json!({ "host": cluster.host() }).to_string();
-        let mut held: BTreeMap<Unit, Held> = BTreeMap::new();
+        let keeper = {
+            let (leases, stop) = (leases.clone(), stop.clone());
+            tokio::spawn(async move { leases.keep(about.into_bytes(), stop).await })
+        };
         let mut refused = BTreeMap::new();
-        let mut unreachable = false;
         while !*stop.borrow() {
             let began = Instant::now();
-            let mut reached = within(tick, cluster.heartbeat(about.as_bytes()))
-                .await
-                .is_ok();
-            self.renew(&cluster, &mut held, tick).await;
-            match within(tick * 2, cluster.definitions()).await {
-                Ok(listed) => self.converge(&listed, &mut refused).await,
-                Err(_) => reached = false,
+            if let Ok(listed) = within(tick * 2, cluster.definitions()).await {
+                self.converge(&listed, &mut refused).await;
             }
-            match within(tick, cluster.live_hosts()).await {
-                Ok(hosts) if hosts.contains_key(cluster.host()) => {
-                    self.place(&cluster, &hosts, &mut held, tick).await;
-                }
-                _ => reached = false,
+            if let Ok(hosts) = within(tick, cluster.live_hosts()).await
+                && hosts.contains_key(cluster.host())
+            {
+                self.place(&cluster, &hosts, &leases, tick).await;
             }
             if let Ok(holders) = within(tick, cluster.holders()).await {
                 *self.holders.lock().expect("holders lock") = holders;
             }
-            self.start_held(&mut held).await;
-            if reached == unreachable {
-                unreachable = !reached;
-                if unreachable {
-                    tracing::warn!(host = %cluster.host(), "the cluster's NATS does not answer; instances stop if their leases cannot be renewed");
-                } else {
-                    tracing::info!(host = %cluster.host(), "in touch with the cluster");
-                }
-            }
-            let next = began + tick;
+            self.start_held(&leases).await;
             tokio::select! {
-                _ = tokio::time::sleep_until(next.into()) => {}
+                _ = tokio::time::sleep_until((began + tick).into()) => {}
                 _ = stop.changed() => {}
             }
         }
-        self.leave(&cluster, held).await;
-    }
-
-    /// Renews every lease held; stops the instances of those lost.
-    async fn renew(&self, cluster: &Cluster, held: &mut BTreeMap<Unit, Held>, tick: Duration) {
-        let fence = cluster.lease() / 2;
-        for (unit, h) in held.iter_mut() {
-            // Renewed at most every half tick (the leaving loop calls this
-            // more often).
-            if h.phase != Phase::Lost && h.renewed.elapsed() >= tick / 2 {
-                let sent = Instant::now();
-                match within(tick, cluster.renew(unit, h.revision)).await {
-                    Ok(Some(revision)) => (h.revision, h.renewed) = (revision, sent),
-                    Ok(None) => {
-                        tracing::warn!(connector = %unit.connector, instance = unit.instance, revision = h.revision, "another host took the lease; stopping the instance");
-                        h.phase = Phase::Lost;
-                    }
-                    Err(_) => {}
-                }
-            }
-            if h.phase != Phase::Lost && h.renewed.elapsed() >= fence {
-                tracing::warn!(connector = %unit.connector, instance = unit.instance, revision = h.revision, "lease not renewed for half its length; stopping the instance");
-                h.phase = Phase::Lost;
-            }
-            if h.phase == Phase::Lost {
-                h.stop(unit);
-            }
-        }
-        let mut gone = Vec::new();
-        for (unit, h) in held.iter() {
-            if h.phase == Phase::Holding || !h.ended(unit) {
-                continue;
-            }
-            // Logged before the release: the instance has ended by now,
-            // and another host may take the lease the moment it is gone.
-            if h.phase == Phase::Releasing {
-                tracing::info!(connector = %unit.connector, instance = unit.instance, revision = h.revision, host = %cluster.host(), "lease released");
-                if within(tick, cluster.release(unit, h.revision))
-                    .await
-                    .is_err()
-                {
-                    // The lease runs out by itself; nothing runs under it.
-                    tracing::warn!(connector = %unit.connector, instance = unit.instance, "the lease could not be released; it expires instead");
-                }
-            } else {
-                tracing::info!(connector = %unit.connector, instance = unit.instance, revision = h.revision, host = %cluster.host(), "lease lost");
-            }
-            gone.push(unit.clone());
-        }
-        for unit in gone {
-            held.remove(&unit);
-        }
+        // Leaving: first out of the listing, so that placement stops
+        // naming this host; then every instance drains, and each lease goes
+        // back once its instance has ended (the keeper renews them until).
+        let _ = within(Duration::from_secs(2), cluster.leave()).await;
+        leases.hand_over_all();
+        keeper.await.ok();
     }
 
     /// Takes the free leases of the instances this host should run, and
@@ -338,11 +228,11 @@ impl Daemon {
         &self,
         cluster: &Cluster,
         hosts: &BTreeMap<String, Vec<u8>>,
-        held: &mut BTreeMap<Unit, Held>,
+        leases: &Leases,
         tick: Duration,
     ) {
-        // The instances of every connector that should run; `None` for a
-        // connector under an operation (left as it is this tick).
+        // Whether each instance of every connector should run; connectors
+        // under an operation are left as they are this tick.
         let mut wanted: BTreeMap<Unit, bool> = BTreeMap::new();
         let mut busy = Vec::new();
         for entry in self.all_entries() {
@@ -362,45 +252,34 @@ impl Daemon {
         let me = cluster.host();
         let owner =
             |unit: &Unit| placement::owner(hosts.keys().map(String::as_str), &unit.to_string());
+        let held = leases.phases();
         let mut handed_over = false;
-        for (unit, h) in held.iter_mut() {
-            if h.phase != Phase::Holding || busy.contains(&unit.connector) {
+        for (unit, phase) in &held {
+            if *phase != Phase::Holding || busy.contains(&unit.connector) {
                 continue;
             }
             let keep = wanted.get(unit).copied().unwrap_or(false);
             let mine = owner(unit) == Some(me);
             if !keep || (!mine && !handed_over) {
                 handed_over |= keep;
-                h.phase = Phase::Releasing;
-                h.stop(unit);
-                tracing::info!(connector = %unit.connector, instance = unit.instance, to = ?owner(unit), "handing the instance over");
+                leases.hand_over(unit);
+                if keep {
+                    tracing::info!(connector = %unit.connector, instance = unit.instance, to = ?owner(unit), "handing the instance over");
+                }
             }
         }
         for (unit, runs) in wanted {
-            if !runs || held.contains_key(&unit) || owner(&unit) != Some(me) {
-                continue;
-            }
-            let sent = Instant::now();
-            if let Ok(Some(revision)) = within(tick, cluster.take(&unit)).await {
-                tracing::info!(connector = %unit.connector, instance = unit.instance, revision, host = %me, "lease taken");
-                held.insert(
-                    unit,
-                    Held {
-                        revision,
-                        renewed: sent,
-                        run: None,
-                        phase: Phase::Holding,
-                    },
-                );
+            if runs && !held.contains_key(&unit) && owner(&unit) == Some(me) {
+                leases.take(&unit, tick).await;
             }
         }
     }
 
     /// Starts the instance of every lease held that does not run in its
     /// connector's current run.
-    async fn start_held(&self, held: &mut BTreeMap<Unit, Held>) {
-        for (unit, h) in held.iter_mut() {
-            if h.phase != Phase::Holding {
+    async fn start_held(&self, leases: &Leases) {
+        for (unit, phase) in leases.phases() {
+            if phase != Phase::Holding {
                 continue;
             }
             let Ok(entry) = self.entry(&unit.connector) else {
@@ -412,52 +291,19 @@ impl Daemon {
             let Some(running) = &m.running else {
                 continue;
             };
-            if h.run
-                .as_ref()
-                .is_some_and(|r| Arc::ptr_eq(r, running.report()))
-            {
+            if !leases.begin_start(&unit, running.report()) {
                 continue;
             }
-            match running.start_instance(unit.instance as usize).await {
-                Ok(_) => h.run = Some(running.report().clone()),
-                Err(e) => {
-                    tracing::error!(connector = %unit.connector, instance = unit.instance, error = %e, "starting a leased instance");
-                }
+            let index = unit.instance as usize;
+            if let Err(e) = running.start_instance(index).await {
+                tracing::error!(connector = %unit.connector, instance = unit.instance, error = %e, "starting a leased instance");
+            }
+            if !leases.started(&unit, running.report().clone())
+                && let Some(i) = running.report().instances.get(index)
+            {
+                // The lease was lost while it started.
+                i.control.stop.stop();
             }
         }
-    }
-
-    /// Stops every instance this host runs and gives their leases back, so
-    /// that other hosts take them at once rather than when they expire.
-    /// The leases are renewed while the instances drain.
-    async fn leave(&self, cluster: &Cluster, mut held: BTreeMap<Unit, Held>) {
-        for (unit, h) in held.iter_mut() {
-            if h.phase == Phase::Holding {
-                h.phase = Phase::Releasing;
-            }
-            h.stop(unit);
-        }
-        let tick = cluster.lease() / 6;
-        let deadline = Instant::now() + cluster.lease();
-        while !held.is_empty() && Instant::now() < deadline {
-            self.renew(cluster, &mut held, tick).await;
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let _ = within(Duration::from_secs(2), cluster.leave()).await;
-    }
-}
-
-/// `call` if it finishes within `limit`; `Err(())` if it fails or is late.
-async fn within<T, E: std::fmt::Display>(
-    limit: Duration,
-    call: impl std::future::Future<Output = Result<T, E>>,
-) -> Result<T, ()> {
-    match tokio::time::timeout(limit, call).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => {
-            tracing::debug!(error = %e, "a cluster call failed");
-            Err(())
-        }
-        Err(_) => Err(()),
     }
 }

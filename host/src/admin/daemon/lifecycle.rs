@@ -258,6 +258,16 @@ impl Daemon {
                         r.report().instances.len() - 1
                     )));
                 }
+                if self.cluster.is_some() && !r.instance_runs(i as usize) {
+                    return Err(AdminError::Conflict(format!(
+                        "instance {i} of {name:?} does not run on this host ({}); restart it \
+                         through the host that runs it",
+                        self.holder(name, i).map_or_else(
+                            || "no host runs it now".into(),
+                            |h| format!("{h} runs it")
+                        )
+                    )));
+                }
                 r.restart_instance(i as usize).await?;
                 tracing::info!(connector = %name, instance = i, "instance restarted");
             }
@@ -276,28 +286,28 @@ impl Daemon {
     pub async fn delete(&self, name: &str) -> Result<(), AdminError> {
         let entry = self.entry(name)?;
         let mut m = self.lock(&entry).await?;
-        self.stop_running(name, &mut m).await;
-        match &self.cluster {
-            Some(cluster) => {
-                cluster
-                    .delete_definition(name, m.revision)
-                    .await
-                    .map_err(|e| match e {
-                        ClusterError::Changed(_) => {
-                            AdminError::Conflict(format!("{e}; read it again and retry"))
-                        }
-                        e => internal(e),
-                    })?
-            }
-            None => {
-                let path = self
-                    .data_dir
-                    .join("connectors")
-                    .join(format!("{name}.json"));
-                std::fs::remove_file(&path).map_err(|e| {
-                    AdminError::Internal(format!("cannot remove {}: {e}", path.display()))
+        // In a cluster, deleted from the bucket first: refused (409), it
+        // leaves the connector as it was.
+        if let Some(cluster) = &self.cluster {
+            cluster
+                .delete_definition(name, m.revision)
+                .await
+                .map_err(|e| match e {
+                    ClusterError::Changed(_) => {
+                        AdminError::Conflict(format!("{e}; read it again and retry"))
+                    }
+                    e => internal(e),
                 })?;
-            }
+        }
+        self.stop_running(name, &mut m).await;
+        if self.cluster.is_none() {
+            let path = self
+                .data_dir
+                .join("connectors")
+                .join(format!("{name}.json"));
+            std::fs::remove_file(&path).map_err(|e| {
+                AdminError::Internal(format!("cannot remove {}: {e}", path.display()))
+            })?;
         }
         self.broker
             .forget_connector(name)

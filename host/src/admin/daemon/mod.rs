@@ -236,10 +236,41 @@ impl Daemon {
             .map_or_else(String::new, |f| f.to_string_lossy().into_owned());
         let label = def.path.with_file_name(format!("{file} (as stored)"));
         let manifest = Manifest::parse(&label, &def.toml).map_err(invalid)?;
-        let mut checked = check::check(&manifest, &self.plugins)
+        let checked = check::check(&manifest, &self.plugins)
             .await
-            .map_err(invalid)?;
-        Ok(checked.remove(0))
+            .map_err(invalid)?
+            .remove(0);
+        let c = &checked.config;
+        if self.cluster.is_some() && c.kind == ConnectorKind::Source && c.route.is_none() {
+            // Instance i writes partition i % partitions: two instances on
+            // one partition could run on two hosts, each numbering offsets
+            // from its own last write.
+            let topic = &c.topic_names()[0];
+            let partitions = self.broker.ensure_topic(topic).map_err(internal)?;
+            let parallelism = *c.parallelism.get_ref();
+            if parallelism > partitions {
+                return Err(invalid(format!(
+                    "{}: connector {:?}: parallelism = {parallelism} is more than the {partitions} \
+                     partitions of topic {topic:?}; in a cluster each source instance needs a \
+                     partition of its own: lower parallelism, or give the topic more partitions \
+                     ([topics.{topic}] partitions)",
+                    def.path.display(),
+                    c.name.get_ref()
+                )));
+            }
+        }
+        Ok(checked)
+    }
+
+    /// The host that holds the lease of a connector's instance, as of the
+    /// cluster loop's last listing.
+    fn holder(&self, connector: &str, instance: u32) -> Option<String> {
+        let unit = Unit {
+            connector: connector.to_owned(),
+            instance,
+        };
+        let holders = self.holders.lock().expect("holders lock");
+        holders.get(&unit).map(|(host, _)| host.clone())
     }
 
     fn host_parts(&self, c: &CheckedConnector) -> HostParts {

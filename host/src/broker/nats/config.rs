@@ -50,9 +50,15 @@ impl NatsConfig {
     /// The servers, comma-separated, without a user or password in their
     /// URLs: for messages.
     pub(super) fn servers_shown(&self) -> String {
-        let urls: Vec<&str> = self.servers.iter().map(|s| s.as_url_str()).collect();
-        redacted_url(&urls.join(","))
+        servers_shown(&self.servers)
     }
+}
+
+/// `servers`, comma-separated, without a user or password in their URLs:
+/// for messages.
+pub fn servers_shown(servers: &[async_nats::ServerAddr]) -> String {
+    let urls: Vec<&str> = servers.iter().map(|s| s.as_url_str()).collect();
+    redacted_url(&urls.join(","))
 }
 
 /// `url` without a user or password in it, for messages.

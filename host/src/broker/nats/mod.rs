@@ -58,7 +58,7 @@ mod state;
 mod topic;
 
 use self::client::{bucket, failed, nats_err, wait, writer_id};
-pub use self::config::NatsConfig;
+pub use self::config::{NatsConfig, servers_shown};
 
 use std::collections::HashMap;
 use std::fmt;

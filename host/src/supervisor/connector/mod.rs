@@ -432,10 +432,14 @@ impl RunningConnector {
     ) -> anyhow::Result<Option<Duration>> {
         let control = &self.report.instances[index].control;
         let (state, _) = control.state();
-        if matches!(
-            state,
-            InstanceState::Failed | InstanceState::Finished | InstanceState::Stopped
-        ) {
+        // Never started (deferred, in a cluster: it runs on another host),
+        // or ended.
+        if !self.instance_runs(index)
+            || matches!(
+                state,
+                InstanceState::Failed | InstanceState::Finished | InstanceState::Stopped
+            )
+        {
             return Ok(None);
         }
         let setup = InstanceSetup {
