@@ -7,6 +7,10 @@
 //! records each (the pipeline's batches), with up to [`IN_FLIGHT`]
 //! acknowledgements outstanding, then reads them back with an ordered
 //! consumer: what a program using the client well gets from this server.
+//! Two more native figures put the pipeline's in context: publishing with
+//! one acknowledgement outstanding (a partition's writes are fenced one
+//! after the other), and publishing and reading at once (the pipeline's
+//! shape, where both share the server and the two cores).
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -50,7 +54,8 @@ pub fn section(
             "\nnats: {count} records of {payload} B; datagen -> NATS JetStream -> blackhole (one instance each, bounded) beside async-nats publishing and reading the same bytes, and beside the embedded log"
         ));
         let server = NatsServer::start().context("nats-server is there but did not start")?;
-        let (published, consumed) = native(&server.url(), payload, count)?;
+        let native = native(&server.url(), payload, count)?;
+        let (published, consumed) = (native.published, native.consumed);
         report.add(
             Figure::new(
                 "nats",
@@ -65,11 +70,29 @@ pub fn section(
         report.add(
             Figure::new(
                 "nats",
+                format!("native: publish one ack at a time, {payload} B"),
+                native.one_at_a_time,
+                "rec/s",
+            )
+            .aside("as a partition's fenced writes go"),
+        );
+        report.add(
+            Figure::new(
+                "nats",
                 format!("native: async-nats ordered consumer, {payload} B"),
                 consumed,
                 "rec/s",
             )
             .aside("the same messages read back"),
+        );
+        report.add(
+            Figure::new(
+                "nats",
+                format!("native: publish and read at once, {payload} B"),
+                native.both,
+                "rec/s",
+            )
+            .aside("the pipeline's shape, until all is read"),
         );
 
         let dir = tempfile::tempdir_in(work)?;
@@ -85,7 +108,11 @@ pub fn section(
                 source,
                 "rec/s",
             )
-            .aside(format!("{:.2} of the publisher", source / published)),
+            .aside(format!(
+                "{:.2} of the publisher, {:.2} of one ack at a time",
+                source / published,
+                source / native.one_at_a_time
+            )),
         );
         report.add(
             Figure::new(
@@ -94,7 +121,11 @@ pub fn section(
                 sink,
                 "rec/s",
             )
-            .aside(format!("{:.2} of the consumer", sink / consumed)),
+            .aside(format!(
+                "{:.2} of the consumer, {:.2} of publish and read at once",
+                sink / consumed,
+                sink / native.both
+            )),
         );
 
         let dir = tempfile::tempdir_in(work)?;
@@ -133,53 +164,117 @@ fn manifest(broker: &str, payload: u32, count: u64) -> String {
     )
 }
 
+/// What a program using `async-nats` well gets from the server, in
+/// records/s.
+struct Native {
+    /// Publishing with [`IN_FLIGHT`] acknowledgements outstanding.
+    published: f64,
+    /// Publishing with one acknowledgement outstanding: how a partition's
+    /// writes go when each must follow the one before.
+    one_at_a_time: f64,
+    /// Reading back with an ordered consumer.
+    consumed: f64,
+    /// Publishing and reading at once (the pipeline's shape): until the
+    /// reader has everything.
+    both: f64,
+}
+
 /// Publishes `count` records' worth of bytes as messages of
-/// [`PER_MESSAGE`] records, then reads them back: records/s of each.
-fn native(url: &str, payload: u32, count: u64) -> anyhow::Result<(f64, f64)> {
+/// [`PER_MESSAGE`] records and reads them back, in the ways [`Native`]
+/// lists, each on a stream of its own.
+fn native(url: &str, payload: u32, count: u64) -> anyhow::Result<Native> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let client = async_nats::connect(url).await?;
         let js = jetstream::new(client);
-        js.create_stream(jetstream::stream::Config {
-            name: "NATIVE".into(),
-            subjects: vec!["native.>".into()],
-            storage: jetstream::stream::StorageType::File,
-            ..Default::default()
-        })
-        .await?;
         // As many bytes as a batch of as many records in the batch format.
         let message =
             bytes::Bytes::from(vec![b'x'; crate::end_to_end::batch_bytes(payload) as usize]);
         let messages = count / PER_MESSAGE;
-        let started = Instant::now();
-        let mut acks = VecDeque::with_capacity(IN_FLIGHT);
-        for _ in 0..messages {
-            acks.push_back(js.publish("native.0", message.clone()).await?);
-            if acks.len() == IN_FLIGHT {
-                acks.pop_front().context("an ack")?.await?;
-            }
-        }
-        for ack in acks {
-            ack.await?;
-        }
-        let published = count as f64 / started.elapsed().as_secs_f64();
+        let rate = |started: Instant| count as f64 / started.elapsed().as_secs_f64();
 
-        let stream = js.get_stream("NATIVE").await?;
-        let consumer = stream
-            .create_consumer(jetstream::consumer::pull::OrderedConfig::default())
-            .await?;
+        let stream = make_stream(&js, "NATIVE").await?;
         let started = Instant::now();
-        let mut read = consumer.messages().await?;
-        let mut bytes = 0usize;
-        for _ in 0..messages {
-            let m = read.next().await.context("the stream ended early")??;
-            bytes += m.payload.len();
-        }
-        let consumed = count as f64 / started.elapsed().as_secs_f64();
-        anyhow::ensure!(
-            bytes == message.len() * messages as usize,
-            "read {bytes} bytes"
+        publish(&js, "native.NATIVE", &message, messages, IN_FLIGHT).await?;
+        let published = rate(started);
+        let started = Instant::now();
+        read(&stream, messages, message.len()).await?;
+        let consumed = rate(started);
+
+        make_stream(&js, "SERIAL").await?;
+        let started = Instant::now();
+        publish(&js, "native.SERIAL", &message, messages, 1).await?;
+        let one_at_a_time = rate(started);
+
+        let stream = make_stream(&js, "BOTH").await?;
+        let started = Instant::now();
+        let (sent, received) = tokio::join!(
+            publish(&js, "native.BOTH", &message, messages, IN_FLIGHT),
+            read(&stream, messages, message.len())
         );
-        Ok((published, consumed))
+        sent?;
+        received?;
+        let both = rate(started);
+        Ok(Native {
+            published,
+            one_at_a_time,
+            consumed,
+            both,
+        })
     })
+}
+
+async fn make_stream(
+    js: &jetstream::Context,
+    name: &str,
+) -> anyhow::Result<jetstream::stream::Stream> {
+    Ok(js
+        .create_stream(jetstream::stream::Config {
+            name: name.into(),
+            subjects: vec![format!("native.{name}")],
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await?)
+}
+
+/// Publishes `messages` copies of `message` with up to `in_flight`
+/// acknowledgements outstanding.
+async fn publish(
+    js: &jetstream::Context,
+    subject: &'static str,
+    message: &bytes::Bytes,
+    messages: u64,
+    in_flight: usize,
+) -> anyhow::Result<()> {
+    let mut acks = VecDeque::with_capacity(in_flight);
+    for _ in 0..messages {
+        acks.push_back(js.publish(subject, message.clone()).await?);
+        if acks.len() == in_flight {
+            acks.pop_front().context("an ack")?.await?;
+        }
+    }
+    for ack in acks {
+        ack.await?;
+    }
+    Ok(())
+}
+
+/// Reads `messages` messages of `size` bytes with an ordered consumer.
+async fn read(
+    stream: &jetstream::stream::Stream,
+    messages: u64,
+    size: usize,
+) -> anyhow::Result<()> {
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig::default())
+        .await?;
+    let mut read = consumer.messages().await?;
+    let mut bytes = 0usize;
+    for _ in 0..messages {
+        let m = read.next().await.context("the stream ended early")??;
+        bytes += m.payload.len();
+    }
+    anyhow::ensure!(bytes == size * messages as usize, "read {bytes} bytes");
+    Ok(())
 }

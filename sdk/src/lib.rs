@@ -324,7 +324,9 @@ pub trait Source: Sized + 'static {
     /// poll returns fewer records than asked for). See `wit/README.md`, "Waiting".
     fn poll(&mut self, out: &mut BatchWriter, max_records: usize) -> Result<Poll, Error>;
 
-    /// Everything up to `position` is durably in the broker.
+    /// Everything up to `position` is durably in the broker. Commits come
+    /// in order, but not always before the next `poll`: the host may poll
+    /// ahead while it stores the last batch.
     fn commit(&mut self, _position: &[u8]) -> Result<(), Error> {
         Ok(())
     }

@@ -390,6 +390,17 @@ impl Broker for HostBroker {
         each!(self, b => b.read(topic, partition, offset, max_bytes).await)
     }
 
+    async fn read_as(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: u64,
+    ) -> Result<Vec<StoredBatch>, BrokerError> {
+        each!(self, b => b.read_as(group, topic, partition, offset, max_bytes).await)
+    }
+
     fn end_offset(&self, topic: &str, partition: u32) -> Result<u64, BrokerError> {
         each!(self, b => b.end_offset(topic, partition))
     }
@@ -518,6 +529,22 @@ pub trait Broker: Send + Sync + 'static {
         offset: u64,
         max_bytes: u64,
     ) -> impl Future<Output = Result<Vec<StoredBatch>, BrokerError>> + Send;
+
+    /// Reads as [`Broker::read`] does, for consumer group `group` (a sink
+    /// connector), which reads the partition alone and commits its offsets
+    /// with [`Broker::commit_offsets`]: a broker may keep a cursor for it
+    /// between reads (NATS: a durable consumer the server streams from).
+    fn read_as(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: u64,
+    ) -> impl Future<Output = Result<Vec<StoredBatch>, BrokerError>> + Send {
+        let _ = group;
+        self.read(topic, partition, offset, max_bytes)
+    }
 
     /// The offset the next appended record will get.
     fn end_offset(&self, topic: &str, partition: u32) -> Result<u64, BrokerError>;

@@ -183,7 +183,7 @@ impl<B: Broker> SinkPump<B> {
                 };
                 let batches = self
                     .broker
-                    .read(&topic, partition, next, self.config.max_bytes)
+                    .read_as(&self.group, &topic, partition, next, self.config.max_bytes)
                     .await?;
                 let batches = join_batches(batches, self.config.max_records)?;
                 if let Some(first) = batches.first()

@@ -109,19 +109,34 @@ struct Filled {
 
 impl<B: Broker> SourcePump<B> {
     /// Runs until the source ends, the stop signal comes, or something fails.
+    ///
+    /// While a batch for one partition is being stored, the source polls
+    /// the next one (the broker's acknowledgement is a round trip on NATS:
+    /// 1.1 M records/s at 100 B when polling waited for it). Batches are
+    /// still stored one at a time and in order, and committed in order,
+    /// each after it is stored; a module swap, a pause or a stop waits
+    /// until nothing is polled ahead.
     pub async fn run(mut self) -> anyhow::Result<SourceEnd> {
         let mut idle = Duration::from_millis(1);
         let mut turns = Turns::default();
         let mut warned = None;
+        // A batch polled while the one before it was stored, and when its
+        // polling began.
+        let mut ahead: Option<(Filled, Instant)> = None;
         let end = loop {
-            if self.control.wants_attention() {
-                self.attend(Instant::now()).await;
-            }
-            if self.stop.is_stopped() || !self.hold_while_backlogged(&mut warned).await? {
-                break SourceEnd::Stopped;
-            }
-            let took = Instant::now();
-            let filled = self.fill().await?;
+            let (filled, took) = match ahead.take() {
+                Some(polled) => polled,
+                None => {
+                    if self.control.wants_attention() {
+                        self.attend(Instant::now()).await;
+                    }
+                    if self.stop.is_stopped() || !self.hold_while_backlogged(&mut warned).await? {
+                        break SourceEnd::Stopped;
+                    }
+                    let took = Instant::now();
+                    (self.fill().await?, took)
+                }
+            };
             if filled.records > 0 {
                 let batch = if filled.parts.len() == 1 {
                     filled.parts.into_iter().next().expect("one part")
@@ -136,17 +151,29 @@ impl<B: Broker> SourcePump<B> {
                 let records = filled.records;
                 let appended = match &self.destination {
                     Destination::Partition { topic, partition } => {
-                        let checkpoint =
-                            filled.position.as_deref().map(|position| SourceCheckpoint {
-                                producer: &self.producer,
-                                position,
-                            });
-                        let broker = &self.broker;
-                        when_space(&self.stop, || {
-                            broker.append(topic, *partition, &batch, records, checkpoint)
-                        })
-                        .await?
-                        .map(drop)
+                        let store = Store {
+                            broker: self.broker.clone(),
+                            stop: self.stop.clone(),
+                            topic: topic.clone(),
+                            partition: *partition,
+                            producer: self.producer.clone(),
+                        }
+                        .store(batch, records, filled.position.clone());
+                        let poll_ahead = !filled.end_of_stream
+                            && !self.stop.is_stopped()
+                            && !self.control.wants_attention()
+                            && self.fullest_backlog()?.is_none();
+                        if poll_ahead {
+                            let polling = Instant::now();
+                            let (appended, polled) = tokio::join!(store, self.fill());
+                            // A batch polled ahead of a failed one is not
+                            // stored: the source starts again before both.
+                            let appended = appended?;
+                            ahead = Some((polled?, polling));
+                            appended
+                        } else {
+                            store.await?
+                        }
                     }
                     Destination::Routed { template, instance } => {
                         let parts = route(
@@ -185,7 +212,8 @@ impl<B: Broker> SourcePump<B> {
                 if appended.is_none() {
                     // Stopped while the disk was full: the batch was never
                     // stored, and its position is not committed, so the
-                    // source polls it again when it next starts.
+                    // source polls it again when it next starts (with any
+                    // batch polled ahead of it).
                     break SourceEnd::Stopped;
                 }
                 self.stats.add(
@@ -364,6 +392,38 @@ impl<B: Broker> SourcePump<B> {
                 return Ok(filled);
             }
         }
+    }
+}
+
+/// Where a source's batch for one partition is stored: owned, so that the
+/// source can poll the next batch while this one is stored.
+struct Store<B> {
+    broker: Arc<B>,
+    stop: StopSignal,
+    topic: String,
+    partition: u32,
+    producer: String,
+}
+
+impl<B: Broker> Store<B> {
+    /// Appends `batch` with the position after it; `None` if stopped
+    /// while the disk was full.
+    async fn store(
+        self,
+        batch: Vec<u8>,
+        records: u32,
+        position: Option<Vec<u8>>,
+    ) -> Result<Option<()>, crate::broker::BrokerError> {
+        let checkpoint = position.as_deref().map(|position| SourceCheckpoint {
+            producer: &self.producer,
+            position,
+        });
+        let broker = &self.broker;
+        when_space(&self.stop, || {
+            broker.append(&self.topic, self.partition, &batch, records, checkpoint)
+        })
+        .await
+        .map(|appended| appended.map(drop))
     }
 }
 

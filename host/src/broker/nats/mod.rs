@@ -1,3 +1,4 @@
+// Long: the guide to how Sluice maps onto JetStream, and the Broker impl, one method per trait method.
 //! NATS JetStream as the broker (`[broker] kind = "nats"`): records rest in
 //! a NATS server (or cluster) that several hosts can share.
 //!
@@ -32,11 +33,24 @@
 //!   `STREAM.MSG.GET` API, not a direct get a replica may answer late).
 //! - Each write carries `Nats-Msg-Id` (producer, partition, first offset),
 //!   so a write sent again after a lost acknowledgement is stored once, and
-//!   `Nats-Expected-Last-Subject-Sequence` for the producer's subject, so a
-//!   second instance writing as the same producer (a zombie) is refused
-//!   ([`BrokerError::Fenced`]) instead of interleaving with it.
+//!   `Nats-Expected-Last-Subject-Sequence`: the partition's last message
+//!   as the writer knows it (on NATS 2.11 and newer, with
+//!   `…-Subject` naming the partition's subjects), or, before 2.11, the
+//!   producer's own subject's. A second instance writing as the same
+//!   producer (a zombie) is refused ([`BrokerError::Fenced`]) instead of
+//!   interleaving with it; a producer that finds another producer's write
+//!   first (two hosts writing one partition) reads the end again and
+//!   writes after it.
 //! - Sinks' committed offsets and plugins' state live in two KV buckets,
 //!   `SLUICE_OFFSETS` and `SLUICE_STATE`, written before the call returns.
+//! - A sink reads through a durable pull consumer of its own per
+//!   partition, started at the message that holds the offset it reads
+//!   from; a commit acknowledges the messages it covers whole, after the
+//!   offset is in the bucket (see [`consumer`]).
+//! - A partition's batches are written one at a time (each carries the
+//!   expected last sequence of the one before, and a clustered stream
+//!   takes one such write per subject at a time); the source polls its
+//!   next batch while one is being stored.
 //!
 //! # Not yet (see the later steps)
 //! - Retention: streams keep every message (no limits are set), so nothing
@@ -53,12 +67,15 @@
 
 mod client;
 mod config;
+mod consumer;
 pub mod names;
 mod state;
 mod topic;
+mod write;
 
 use self::client::{bucket, failed, nats_err, wait, writer_id};
 pub use self::config::{NatsConfig, servers_shown};
+use self::consumer::Cursor;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -67,14 +84,15 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, kv, stream};
+use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use tokio::runtime::Handle;
 
 use self::topic::{
-    HEADER_ROOM, POSITION, Partition, Server, Topic, is_not_found_last, open_topic, partition_end,
-    unhex, write,
+    HEADER_ROOM, POSITION, Partition, Server, Tail, Topic, is_not_found_last, open_topic,
+    partition_end, partition_tail, unhex,
 };
+use self::write::write;
 use super::{
     Backlog, Broker, BrokerError, RoutedPart, SourceCheckpoint, StateQuota, StateStore, StoredBatch,
 };
@@ -110,7 +128,12 @@ pub struct NatsBroker {
     positions: Mutex<HashMap<String, Option<Vec<u8>>>>,
     /// Committed offsets read or written, by group, topic and partition.
     committed: Mutex<HashMap<(String, String, u32), u64>>,
+    /// Sinks' durable consumers, by group, topic and partition.
+    cursors: Mutex<HashMap<(String, String, u32), Arc<CursorSlot>>>,
 }
+
+/// A group's cursor in one partition, once its first read made it.
+type CursorSlot = tokio::sync::Mutex<Option<Cursor>>;
 
 impl fmt::Debug for NatsBroker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -169,7 +192,18 @@ impl NatsBroker {
             topics: RwLock::default(),
             positions: Mutex::default(),
             committed: Mutex::default(),
+            cursors: Mutex::default(),
         })
+    }
+
+    /// `group`'s cursor slot in a partition.
+    fn cursor(&self, group: &str, topic: &str, partition: u32) -> Arc<CursorSlot> {
+        self.cursors
+            .lock()
+            .expect("cursors lock")
+            .entry((group.to_owned(), topic.to_owned(), partition))
+            .or_default()
+            .clone()
     }
 
     /// Remembers `group`'s committed offset in a partition as its KV entry
@@ -269,7 +303,10 @@ impl Broker for NatsBroker {
         match stored {
             Ok((first, sequence)) => {
                 let next = first + u64::from(records);
-                w.end = Some(next);
+                w.tail = Some(Tail {
+                    end: next,
+                    sequence,
+                });
                 w.last.insert(subject, sequence);
                 p.end.store(next, Ordering::Release);
                 p.remember(next, sequence + 1);
@@ -286,7 +323,7 @@ impl Broker for NatsBroker {
             Err(e) => {
                 // The batch may be stored even so (a lost acknowledgement):
                 // what follows reads the end and the position again.
-                w.end = None;
+                w.tail = None;
                 w.last.remove(&subject);
                 if let Some(c) = checkpoint {
                     self.positions
@@ -345,6 +382,34 @@ impl Broker for NatsBroker {
         topic::read(&t, p, topic, partition, offset, max_bytes).await
     }
 
+    async fn read_as(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: u64,
+    ) -> Result<Vec<StoredBatch>, BrokerError> {
+        let t = self.topic(topic)?;
+        let p = Self::partition(&t, topic, partition)?;
+        let slot = self.cursor(group, topic, partition);
+        let mut cursor = slot.lock().await;
+        if cursor.as_ref().is_none_or(|c| c.next() != offset) {
+            *cursor = None;
+            *cursor = Some(Cursor::open(&t, p, group, topic, partition, offset).await?);
+        }
+        let c = cursor.as_mut().expect("cursor just made");
+        let read = c.read(p, topic, partition, max_bytes).await;
+        if read.is_err() || c.skipped {
+            // Made again at the next read, from where the sink then is.
+            *cursor = None;
+        } else {
+            // Another host's appends (cluster mode) are learnt as they are read.
+            p.end.fetch_max(c.next(), Ordering::AcqRel);
+        }
+        read
+    }
+
     fn end_offset(&self, topic: &str, partition: u32) -> Result<u64, BrokerError> {
         let t = self.topic(topic)?;
         Ok(Self::partition(&t, topic, partition)?
@@ -370,26 +435,55 @@ impl Broker for NatsBroker {
         if let Some(p) = self.positions.lock().expect("positions lock").get(producer) {
             return Ok(p.clone());
         }
-        let topics: Vec<(String, stream::Stream)> = self
+        let topics: Vec<(String, Arc<Topic>)> = self
             .topics
             .read()
             .expect("topics lock")
             .iter()
-            .map(|(name, t)| (name.clone(), t.stream.clone()))
+            .map(|(name, t)| (name.clone(), t.clone()))
             .collect();
         let who = producer.to_owned();
         let found = self.wait(async move {
+            // The partitions' ends first, then the producer's last
+            // messages: a write of an earlier life of this producer that
+            // lands in between (its acknowledgement was lost) is then
+            // either in the position read, or makes the first write here
+            // find the partition moved and the producer's subject with it
+            // (fenced), never written over.
+            for (topic, t) in &topics {
+                for (p, part) in t.partitions.iter().enumerate() {
+                    let tail = partition_tail(&t.stream, topic, p as u32).await?;
+                    let mut w = part.writer.lock().await;
+                    w.tail = Some(tail);
+                    w.last.remove(&names::subject(topic, p as u32, &who));
+                }
+            }
             let mut latest: Option<(jetstream::message::StreamMessage, String)> = None;
-            for (topic, stream) in topics {
-                match stream
-                    .get_last_raw_message_by_subject(&names::producer_filter(&topic, &who))
+            for (topic, t) in &topics {
+                match t
+                    .stream
+                    .get_last_raw_message_by_subject(&names::producer_filter(topic, &who))
                     .await
                 {
-                    Ok(m) if latest.as_ref().is_none_or(|(l, _)| m.time > l.time) => {
-                        latest = Some((m, topic));
+                    Ok(m) => {
+                        // The producer's last message here is what its
+                        // writes expect on their subject.
+                        let written = (0..t.partitions.len())
+                            .find(|&p| m.subject.as_str() == names::subject(topic, p as u32, &who));
+                        if let Some(p) = written {
+                            let mut w = t.partitions[p].writer.lock().await;
+                            w.last.insert(m.subject.to_string(), m.sequence);
+                        }
+                        if latest.as_ref().is_none_or(|(l, _)| m.time > l.time) {
+                            latest = Some((m, topic.clone()));
+                        }
                     }
-                    Ok(_) => {}
-                    Err(e) if is_not_found_last(&e) => {}
+                    Err(e) if is_not_found_last(&e) => {
+                        for (p, part) in t.partitions.iter().enumerate() {
+                            let mut w = part.writer.lock().await;
+                            w.last.insert(names::subject(topic, p as u32, &who), 0);
+                        }
+                    }
                     Err(e) => {
                         return Err(failed(format!("reading the position of {who} in {topic}"))(
                             &e,
@@ -452,8 +546,13 @@ impl Broker for NatsBroker {
         Ok(())
     }
 
-    fn release(&self, _group: &str) {
-        // Nothing holds sources back on NATS yet (see the module docs).
+    fn release(&self, group: &str) {
+        // Nothing holds sources back on NATS yet (see the module docs); a
+        // sink failed for good stops its consumers' flow to this host.
+        self.cursors
+            .lock()
+            .expect("cursors lock")
+            .retain(|(g, _, _), _| g != group);
     }
 
     fn sync(&self, _topic: &str, _partition: u32) -> Result<(), BrokerError> {
@@ -501,7 +600,7 @@ impl Broker for NatsBroker {
                     let subject = names::subject(&name, p as u32, &producer);
                     let mut w = part.writer.lock().await;
                     if w.last.remove(&subject).is_some() {
-                        w.end = None;
+                        w.tail = None;
                     }
                 }
             }
@@ -529,6 +628,11 @@ impl Broker for NatsBroker {
             Ok::<_, BrokerError>((value, end))
         })?;
         self.remember_committed(group, topic, partition, value);
+        self.cursors.lock().expect("cursors lock").remove(&(
+            group.to_owned(),
+            topic.to_owned(),
+            partition,
+        ));
         t.partitions[partition as usize]
             .end
             .fetch_max(end, Ordering::AcqRel);
@@ -539,7 +643,13 @@ impl Broker for NatsBroker {
         let prefix = names::key_prefix(connector);
         let (offsets, state) = (self.offsets.clone(), self.state.clone());
         let what = format!("forgetting connector {connector:?}");
+        let (js, group) = (self.js.clone(), connector.to_owned());
+        self.cursors
+            .lock()
+            .expect("cursors lock")
+            .retain(|(g, _, _), _| g != connector);
         self.wait(async move {
+            consumer::forget(&js, &group).await?;
             for store in [offsets, state] {
                 for key in state::keys_with_prefix(&store, &prefix)
                     .await
@@ -580,6 +690,18 @@ impl Broker for NatsBroker {
                 .lock()
                 .expect("committed lock")
                 .insert((group.to_owned(), topic.clone(), *partition), *next);
+            let slot = self
+                .cursors
+                .lock()
+                .expect("cursors lock")
+                .get(&(group.to_owned(), topic.clone(), *partition))
+                .cloned();
+            if let Some(slot) = slot
+                && let Some(cursor) = slot.lock().await.as_mut()
+            {
+                let what = format!("acknowledging {topic}/{partition} up to {next} for {group}");
+                cursor.ack(*next, &what).await?;
+            }
         }
         Ok(())
     }

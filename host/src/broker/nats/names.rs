@@ -49,6 +49,18 @@ pub fn offset_key(group: &str, topic: &str, partition: u32) -> String {
     format!("{}.{}.{partition}", token(group), token(topic))
 }
 
+/// The durable consumer through which `group` reads a partition (in the
+/// topic's stream). `_p` never occurs in a [`token`] (`_` is followed by
+/// two hex digits there), so the group's consumers are told by prefix.
+pub fn consumer(group: &str, partition: u32) -> String {
+    format!("{}{partition}", consumer_prefix(group))
+}
+
+/// The prefix of every consumer name of `group`.
+pub fn consumer_prefix(group: &str) -> String {
+    format!("{}_p", token(group))
+}
+
 /// The prefix of every key of `connector` (its offsets, its state).
 pub fn key_prefix(connector: &str) -> String {
     format!("{}.", token(connector))

@@ -6,6 +6,8 @@
 
 use std::collections::BTreeMap;
 
+use futures_util::StreamExt;
+
 use sluice_batch::BatchWriter;
 use sluice_test_servers::nats::NatsServer;
 
@@ -228,4 +230,106 @@ async fn a_batch_larger_than_max_payload_is_stored_as_one_atomic_batch_of_messag
         b.source_position("s/0").unwrap().as_deref(),
         Some(&b"next"[..])
     );
+}
+
+/// Reads `group`'s partition from `from` until `want` records came (the
+/// consumer's messages may take a moment to arrive).
+async fn read_all(b: &NatsBroker, group: &str, from: u64, want: usize) -> Vec<StoredBatch> {
+    let mut got = Vec::new();
+    let mut next = from;
+    for _ in 0..100 {
+        let read = b.read_as(group, "t", 0, next, u64::MAX).await.unwrap();
+        if let Some(last) = read.last() {
+            next = last.next_offset();
+        }
+        got.extend(read);
+        if values(&got).len() >= want {
+            break;
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_reads_through_its_durable_consumer_and_acknowledges_its_commits() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let b = NatsBroker::open(config(&server.url())).unwrap();
+    b.ensure_topic("t").unwrap();
+    for i in 0..5 {
+        b.append("t", 0, &batch(i * 2, 2), 2, None).await.unwrap();
+    }
+    let got = read_all(&b, "sink", 0, 10).await;
+    let want: Vec<String> = (0..10).map(|i| format!("value-{i:05}")).collect();
+    assert_eq!(values(&got), want);
+
+    // A commit inside the third message acknowledges the two before it.
+    b.commit_offsets("sink", &[("t".to_owned(), 0, 5)])
+        .await
+        .unwrap();
+    let stream = b.js.get_stream("SLUICE_t").await.unwrap();
+    let mut consumer: jetstream::consumer::PullConsumer = stream
+        .get_consumer(&names::consumer("sink", 0))
+        .await
+        .unwrap();
+    let info = consumer.info().await.unwrap();
+    assert_eq!(info.ack_floor.stream_sequence, 2, "{info:?}");
+    assert_eq!(b.committed_offset("sink", "t", 0), Some(5));
+
+    // Reading from elsewhere (a reset, a restart) makes the consumer again
+    // from the message holding that offset.
+    let again = read_all(&b, "sink", 3, 7).await;
+    assert_eq!(values(&again), want[3..]);
+    b.append("t", 0, &batch(10, 1), 1, None).await.unwrap();
+    let more = read_all(&b, "sink", 10, 1).await;
+    assert_eq!(values(&more), ["value-00010"]);
+
+    // Deleting the connector deletes its consumers.
+    b.forget_connector("sink").unwrap();
+    let left: Vec<String> = stream
+        .consumer_names()
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_writing_one_partition_as_two_producers_number_offsets_after_each_other() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let one = NatsBroker::open(config(&server.url())).unwrap();
+    let two = NatsBroker::open(config(&server.url())).unwrap();
+    one.ensure_topic("t").unwrap();
+    two.ensure_topic("t").unwrap();
+    assert_eq!(
+        one.append("t", 0, &batch(0, 3), 3, at("a/0", b"a1"))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        two.append("t", 0, &batch(3, 2), 2, at("b/0", b"b1"))
+            .await
+            .unwrap(),
+        3
+    );
+    // The first host still thinks the partition ends at 3: the server
+    // refuses that, and it writes after the other's batch instead.
+    assert_eq!(
+        one.append("t", 0, &batch(5, 1), 1, at("a/0", b"a2"))
+            .await
+            .unwrap(),
+        5
+    );
+    assert_eq!(two.append("t", 0, &batch(6, 1), 1, None).await.unwrap(), 6);
+    let stored = one.read("t", 0, 0, u64::MAX).await.unwrap();
+    let want: Vec<String> = (0..7).map(|i| format!("value-{i:05}")).collect();
+    assert_eq!(values(&stored), want);
+    let firsts: Vec<u64> = stored.iter().map(|b| b.first_offset).collect();
+    assert_eq!(firsts, [0, 3, 5, 6]);
 }

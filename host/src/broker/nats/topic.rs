@@ -8,12 +8,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream};
-use bytes::Bytes;
 
-use sluice_batch::{Batch, BatchWriter};
+use sluice_batch::Batch;
 
-use super::super::{BrokerError, SourceCheckpoint, StoredBatch};
-use super::{NO_PRODUCER, failed, names, nats_err};
+use super::super::{BrokerError, StoredBatch};
+use super::{failed, names, nats_err};
 
 /// The header with a batch's first offset.
 pub(super) const OFFSET: &str = "Sluice-Offset";
@@ -29,6 +28,10 @@ pub(super) struct Server {
     pub(super) max_payload: u64,
     /// Whether it takes atomic batches (2.12 and newer).
     pub(super) atomic: bool,
+    /// Whether a write's expected last sequence may name other subjects
+    /// than its own (`Nats-Expected-Last-Subject-Sequence-Subject`, 2.11
+    /// and newer): then a write is checked against its whole partition.
+    pub(super) partition_fence: bool,
 }
 
 impl Server {
@@ -42,6 +45,7 @@ impl Server {
         Server {
             max_payload: info.max_payload as u64,
             atomic: (major, minor) >= (2, 12),
+            partition_fence: (major, minor) >= (2, 11),
         }
     }
 }
@@ -60,6 +64,9 @@ pub(super) struct Topic {
     /// Whether the stream takes atomic batches (NATS 2.12): a larger batch
     /// is then stored as several messages, all or none.
     pub(super) atomic: bool,
+    /// Whether writes are checked against their partition's last message
+    /// (see [`Server::partition_fence`]).
+    pub(super) partition_fence: bool,
     /// This host's writer id, unique per broker opened: part of every
     /// `Nats-Msg-Id`, so that a write sent again by this host is stored
     /// once, while one by another writer at the same offset (a zombie) is
@@ -91,11 +98,21 @@ pub(super) struct Partition {
 
 #[derive(Default)]
 pub(super) struct Writer {
-    /// The next offset; `None` when it must be read from the stream again
-    /// (after a failed write, whose batch may or may not be stored).
-    pub(super) end: Option<u64>,
+    /// The partition's next offset and last message, as this host knows
+    /// them; `None` when they must be read from the stream again (after a
+    /// failed write, whose batch may or may not be stored).
+    pub(super) tail: Option<Tail>,
     /// The last stream sequence on each producer's subject.
     pub(super) last: HashMap<String, u64>,
+}
+
+/// Where a partition ends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Tail {
+    /// The offset after its last record.
+    pub(super) end: u64,
+    /// The stream sequence of its last message, 0 if it has none.
+    pub(super) sequence: u64,
 }
 
 impl Partition {
@@ -116,21 +133,23 @@ fn header<T: std::str::FromStr>(headers: &HeaderMap, name: &str) -> Option<T> {
     headers.get(name)?.as_str().parse().ok()
 }
 
-/// The first offset and record count of the batch in `m`.
+/// The first offset and record count of the batch in the message at
+/// `sequence`, from its headers.
 pub(super) fn offsets_of(
-    m: &jetstream::message::StreamMessage,
+    headers: &HeaderMap,
+    sequence: u64,
     stream: &str,
 ) -> Result<(u64, u32), BrokerError> {
-    match (header(&m.headers, OFFSET), header(&m.headers, RECORDS)) {
+    match (header(headers, OFFSET), header(headers, RECORDS)) {
         (Some(o), Some(n)) => Ok((o, n)),
         _ => Err(BrokerError::Nats {
-            what: format!("reading message {} of stream {stream}", m.sequence),
+            what: format!("reading message {sequence} of stream {stream}"),
             why: format!("it has no {OFFSET} and {RECORDS} headers: it was not written by Sluice"),
         }),
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(super) fn hex(bytes: &[u8]) -> String {
     let mut s = String::with_capacity(1 + 2 * bytes.len());
     s.push('h');
     for b in bytes {
@@ -200,9 +219,10 @@ pub(super) async fn open_topic(
         part.end
             .store(partition_end(&stream, &topic, p).await?, Ordering::Relaxed);
         match stream.direct_get_next_for_subject(&filter, None).await {
-            Ok(m) => part
-                .start
-                .store(offsets_of(&m, &name)?.0, Ordering::Relaxed),
+            Ok(m) => part.start.store(
+                offsets_of(&m.headers, m.sequence, &name)?.0,
+                Ordering::Relaxed,
+            ),
             Err(e) if is_not_found_direct(&e) => {}
             Err(e) => return Err(failed(format!("reading the start of {topic}/{p}"))(&e)),
         }
@@ -212,6 +232,7 @@ pub(super) async fn open_topic(
     Ok(Topic {
         limit: server.max_payload.saturating_sub(HEADER_ROOM),
         atomic,
+        partition_fence: server.partition_fence,
         writer,
         js,
         stream,
@@ -252,7 +273,7 @@ pub(super) async fn seek(
         let mid = lo + (hi - lo) / 2;
         match stream.direct_get_next_for_subject(filter, Some(mid)).await {
             Ok(m) => {
-                let (first, records) = offsets_of(&m, &name)?;
+                let (first, records) = offsets_of(&m.headers, m.sequence, &name)?;
                 if first + u64::from(records) > offset {
                     hi = mid;
                 } else {
@@ -273,13 +294,25 @@ pub(super) async fn partition_end(
     topic: &str,
     partition: u32,
 ) -> Result<u64, BrokerError> {
+    Ok(partition_tail(stream, topic, partition).await?.end)
+}
+
+/// A partition's end and last message, through the stream's leader.
+pub(super) async fn partition_tail(
+    stream: &stream::Stream,
+    topic: &str,
+    partition: u32,
+) -> Result<Tail, BrokerError> {
     let filter = names::partition_filter(topic, partition);
     match stream.get_last_raw_message_by_subject(&filter).await {
         Ok(m) => {
-            let (first, records) = offsets_of(&m, &names::stream(topic))?;
-            Ok(first + u64::from(records))
+            let (first, records) = offsets_of(&m.headers, m.sequence, &names::stream(topic))?;
+            Ok(Tail {
+                end: first + u64::from(records),
+                sequence: m.sequence,
+            })
         }
-        Err(e) if is_not_found_last(&e) => Ok(0),
+        Err(e) if is_not_found_last(&e) => Ok(Tail::default()),
         Err(e) => Err(failed(format!("reading the end of {topic}/{partition}"))(
             &e,
         )),
@@ -288,148 +321,15 @@ pub(super) async fn partition_end(
 
 /// The last stream sequence on `subject`, 0 if it has none, through the
 /// stream's leader.
-async fn last_sequence(stream: &stream::Stream, subject: &str) -> Result<u64, BrokerError> {
+pub(super) async fn last_sequence(
+    stream: &stream::Stream,
+    subject: &str,
+) -> Result<u64, BrokerError> {
     match stream.get_last_raw_message_by_subject(subject).await {
         Ok(m) => Ok(m.sequence),
         Err(e) if is_not_found_last(&e) => Ok(0),
         Err(e) => Err(failed(format!("reading the last message on {subject}"))(&e)),
     }
-}
-
-/// Writes one batch to a partition whose writer is held; returns its first
-/// offset and its stream sequence.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn write(
-    t: &Topic,
-    p: &Partition,
-    w: &mut Writer,
-    topic: &str,
-    partition: u32,
-    subject: &str,
-    batch: &[u8],
-    records: u32,
-    checkpoint: Option<SourceCheckpoint<'_>>,
-) -> Result<(u64, u64), BrokerError> {
-    let first = match w.end {
-        Some(end) => end,
-        None => {
-            let end = partition_end(&t.stream, topic, partition).await?;
-            w.end = Some(end);
-            p.end.store(end, Ordering::Release);
-            end
-        }
-    };
-    let chunks = if batch.len() as u64 <= t.limit {
-        vec![(Bytes::copy_from_slice(batch), records)]
-    } else if t.atomic {
-        split(batch, t.limit).map_err(|e| BrokerError::Nats {
-            what: format!("splitting a batch for {topic}/{partition}"),
-            why: e.to_string(),
-        })?
-    } else {
-        return Err(BrokerError::TooLarge {
-            topic: topic.to_owned(),
-            partition,
-            bytes: batch.len() as u64,
-            limit: t.limit,
-        });
-    };
-    let expected = match checkpoint {
-        Some(_) => Some(match w.last.get(subject) {
-            Some(s) => *s,
-            None => last_sequence(&t.stream, subject).await?,
-        }),
-        None => None,
-    };
-    // Several messages are one atomic batch (NATS 2.12): all are stored,
-    // or none, so a crash never leaves part of a batch without its position.
-    let parts = chunks.len();
-    let batch_id = (parts > 1).then(|| format!("{}-{first}", names::token(subject)));
-    let what = || format!("writing a batch to {topic}/{partition}");
-    let mut offset = first;
-    let mut acked = None;
-    for (i, (payload, n)) in chunks.into_iter().enumerate() {
-        let mut headers = HeaderMap::new();
-        match &batch_id {
-            None => headers.insert(
-                async_nats::header::NATS_MESSAGE_ID,
-                format!("{subject}/{first}/{:x}", t.writer).as_str(),
-            ),
-            Some(id) => {
-                headers.insert(async_nats::header::NATS_BATCH_ID, id.as_str());
-                headers.insert(
-                    async_nats::header::NATS_BATCH_SEQUENCE,
-                    (i + 1).to_string().as_str(),
-                );
-            }
-        }
-        if let (0, Some(last)) = (i, expected) {
-            headers.insert(
-                async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-                last.to_string().as_str(),
-            );
-        }
-        headers.insert(OFFSET, offset.to_string().as_str());
-        headers.insert(RECORDS, n.to_string().as_str());
-        offset += u64::from(n);
-        if i + 1 < parts {
-            t.js.client()
-                .publish_with_headers(subject.to_owned(), headers, payload)
-                .await
-                .map_err(nats_err(what()))?;
-            continue;
-        }
-        if batch_id.is_some() {
-            headers.insert(async_nats::header::NATS_BATCH_COMMIT, "1");
-        }
-        if let Some(c) = checkpoint {
-            headers.insert(POSITION, hex(c.position).as_str());
-        }
-        let ack =
-            t.js.publish_with_headers(subject.to_owned(), headers, payload)
-                .await
-                .map_err(nats_err(what()))?
-                .await;
-        acked = Some(match ack {
-            Ok(ack) => ack.sequence,
-            Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
-                return Err(BrokerError::Fenced {
-                    producer: checkpoint.map_or(NO_PRODUCER, |c| c.producer).to_owned(),
-                    topic: topic.to_owned(),
-                    partition,
-                });
-            }
-            Err(e) => return Err(failed(what())(&e)),
-        });
-    }
-    Ok((first, acked.expect("a batch has a last part")))
-}
-
-/// Splits a batch into batches of at most `limit` bytes where its records
-/// allow (a record larger than that is a batch of its own), with their
-/// record counts.
-fn split(batch: &[u8], limit: u64) -> Result<Vec<(Bytes, u32)>, sluice_batch::BatchError> {
-    // Parts of about equal size: a batch just over the limit makes two
-    // halves, not a full message and a small one.
-    let parts = (batch.len() as u64).div_ceil(limit);
-    let target = (batch.len() as u64).div_ceil(parts).min(limit);
-    let mut out = Vec::new();
-    let mut part = BatchWriter::new();
-    let mut records = Batch::parse(batch)?.iter();
-    while let Some(record) = records.peek_encoded() {
-        let size = (part.encoded_len() + record.len()) as u64;
-        if !part.is_empty() && (size > limit || (part.encoded_len() as u64) >= target) {
-            let count = part.len() as u32;
-            out.push((Bytes::from(std::mem::take(&mut part).finish()), count));
-        }
-        part.push_encoded(record);
-        records.next();
-    }
-    if !part.is_empty() {
-        let count = part.len() as u32;
-        out.push((Bytes::from(part.finish()), count));
-    }
-    Ok(out)
 }
 
 /// Reads whole batches of a partition from `offset` (the first one trimmed
@@ -460,41 +360,55 @@ pub(super) async fn read(
             Err(e) if is_not_found_direct(&e) => break,
             Err(e) => return Err(failed(format!("reading {topic}/{partition}"))(&e)),
         };
-        let (first, records) = offsets_of(&m, &name)?;
+        let (first, records) = offsets_of(&m.headers, m.sequence, &name)?;
         sequence = m.sequence + 1;
         let end = first + u64::from(records);
         if end <= next {
             continue;
         }
-        let corrupt = |why: String| BrokerError::Nats {
-            what: format!("reading message {} of stream {name}", m.sequence),
-            why,
-        };
-        let batch = Batch::parse(&m.payload).map_err(|e| corrupt(format!("its batch: {e}")))?;
-        if batch.len() != records as usize {
-            return Err(corrupt(format!(
-                "its batch holds {} records, its {RECORDS} header says {records}",
-                batch.len()
-            )));
-        }
-        let skip = next.saturating_sub(first) as usize;
-        let (bytes_out, value_bytes) = if skip == 0 {
-            (m.payload.to_vec(), batch.value_bytes())
-        } else {
-            let v = batch.iter().skip(skip).map(|r| r.value.len() as u64).sum();
-            (batch.skip(skip), v)
-        };
-        bytes += bytes_out.len() as u64;
-        out.push(StoredBatch {
-            first_offset: first + skip as u64,
-            records: records - skip as u32,
-            value_bytes,
-            bytes: bytes_out,
-        });
+        let batch = stored(&m.payload, first, records, next, m.sequence, &name)?;
+        bytes += batch.bytes.len() as u64;
+        out.push(batch);
         next = end;
     }
     p.remember(next, sequence);
     // Another host's appends (cluster mode) are learnt as they are read.
     p.end.fetch_max(next, Ordering::AcqRel);
     Ok(out)
+}
+
+/// The batch in a message's `payload` (its headers say `first` and
+/// `records`), checked, and trimmed to start at `next` if it starts before.
+pub(super) fn stored(
+    payload: &[u8],
+    first: u64,
+    records: u32,
+    next: u64,
+    sequence: u64,
+    stream: &str,
+) -> Result<StoredBatch, BrokerError> {
+    let corrupt = |why: String| BrokerError::Nats {
+        what: format!("reading message {sequence} of stream {stream}"),
+        why,
+    };
+    let batch = Batch::parse(payload).map_err(|e| corrupt(format!("its batch: {e}")))?;
+    if batch.len() != records as usize {
+        return Err(corrupt(format!(
+            "its batch holds {} records, its {RECORDS} header says {records}",
+            batch.len()
+        )));
+    }
+    let skip = next.saturating_sub(first) as usize;
+    let (bytes, value_bytes) = if skip == 0 {
+        (payload.to_vec(), batch.value_bytes())
+    } else {
+        let v = batch.iter().skip(skip).map(|r| r.value.len() as u64).sum();
+        (batch.skip(skip), v)
+    };
+    Ok(StoredBatch {
+        first_offset: first + skip as u64,
+        records: records - skip as u32,
+        value_bytes,
+        bytes,
+    })
 }
