@@ -61,6 +61,8 @@ pub(super) struct Topic {
     /// The most bytes of batch one message takes (`max_payload` less room
     /// for headers).
     pub(super) limit: u64,
+    /// The server's `max_payload`: headers and payload of one message.
+    pub(super) max_payload: u64,
     /// Whether the stream takes atomic batches (NATS 2.12): a larger batch
     /// is then stored as several messages, all or none.
     pub(super) atomic: bool,
@@ -231,6 +233,7 @@ pub(super) async fn open_topic(
     let atomic = stream.cached_info().config.allow_atomic_publish;
     Ok(Topic {
         limit: server.max_payload.saturating_sub(HEADER_ROOM),
+        max_payload: server.max_payload,
         atomic,
         partition_fence: server.partition_fence,
         writer,

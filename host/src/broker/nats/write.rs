@@ -16,6 +16,11 @@ use super::topic::{
 };
 use super::{NO_PRODUCER, failed, names, nats_err};
 
+/// At most the bytes of a write's headers besides two subjects' worth
+/// (in the message id and the expected sequence's subjects) and the
+/// position (hex): their names, the numbers, the framing.
+const WRITE_HEADERS: u64 = 320;
+
 /// A partition's writes are tried again this many times when other
 /// producers' writes keep coming first.
 const RACES: u32 = 20;
@@ -42,7 +47,13 @@ pub(super) async fn write(
     records: u32,
     checkpoint: Option<SourceCheckpoint<'_>>,
 ) -> Result<(u64, u64), BrokerError> {
-    let chunks = if batch.len() as u64 <= t.limit {
+    // One message when the batch and the headers this write gives it fit:
+    // a batch of 1000 records of 1 KiB is just under 1 MiB, and split in
+    // two (an atomic batch) it was stored at half the speed.
+    let headers = WRITE_HEADERS
+        + 2 * subject.len() as u64
+        + 2 * checkpoint.map_or(0, |c| c.position.len() as u64);
+    let chunks = if batch.len() as u64 + headers <= t.max_payload {
         vec![(Bytes::copy_from_slice(batch), records)]
     } else if t.atomic {
         split(batch, t.limit).map_err(|e| BrokerError::Nats {
