@@ -105,14 +105,17 @@ struct Filled {
     /// The last position the source gave.
     position: Option<Vec<u8>>,
     end_of_stream: bool,
+    /// Whether polling stopped because the batch was full: the source had
+    /// more, so polling it again will not wait.
+    full: bool,
 }
 
 impl<B: Broker> SourcePump<B> {
     /// Runs until the source ends, the stop signal comes, or something fails.
     ///
-    /// While a batch for one partition is being stored, the source polls
-    /// the next one (the broker's acknowledgement is a round trip on NATS:
-    /// 1.1 M records/s at 100 B when polling waited for it). Batches are
+    /// While a full batch for one partition is being stored, the source
+    /// polls the next one (the broker's acknowledgement is a round trip on
+    /// NATS: 1.1 M records/s at 100 B when polling waited for it). Batches are
     /// still stored one at a time and in order, and committed in order,
     /// each after it is stored; a module swap, a pause or a stop waits
     /// until nothing is polled ahead.
@@ -159,7 +162,11 @@ impl<B: Broker> SourcePump<B> {
                             producer: self.producer.clone(),
                         }
                         .store(batch, records, filled.position.clone());
-                        let poll_ahead = !filled.end_of_stream
+                        // Only a source that filled its batch: one that had
+                        // no more could wait in its next poll (a quiet
+                        // socket), and hold this batch's commit back.
+                        let poll_ahead = filled.full
+                            && !filled.end_of_stream
                             && !self.stop.is_stopped()
                             && !self.control.wants_attention()
                             && self.fullest_backlog()?.is_none();
@@ -389,6 +396,7 @@ impl<B: Broker> SourcePump<B> {
                 || Instant::now() >= deadline
                 || self.stop.is_stopped()
             {
+                filled.full = full;
                 return Ok(filled);
             }
         }

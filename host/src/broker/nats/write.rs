@@ -87,7 +87,13 @@ pub(super) async fn write(
         let own = match checkpoint {
             Some(_) => Some(match w.last.get(subject) {
                 Some(s) => *s,
-                None => last_sequence(&t.stream, subject).await?,
+                None => {
+                    // Kept, so that a retry expects the same: a write that
+                    // lands on this subject meanwhile is a zombie's.
+                    let s = last_sequence(&t.stream, subject).await?;
+                    w.last.insert(subject.to_owned(), s);
+                    s
+                }
             }),
             None => None,
         };
