@@ -81,11 +81,7 @@ impl Cursor {
         let name = names::consumer(group, partition);
         let what = || format!("making consumer {name} of {topic}/{partition} for {group}");
         // A consumer's start cannot be changed: it is made anew.
-        match t.stream.delete_consumer(&name).await {
-            Ok(_) => {}
-            Err(e) if is_not_found(&e) => {}
-            Err(e) => return Err(nats_err(what())(e)),
-        }
+        delete(&t.stream, &name).await.map_err(nats_err(what()))?;
         let consumer: consumer::PullConsumer = t
             .stream
             .create_consumer(pull::Config {
@@ -237,18 +233,22 @@ pub(super) async fn delete_all(stream: &stream::Stream, group: &str) -> Result<(
         }
     }
     for consumer in found {
-        match stream.delete_consumer(&consumer).await {
-            Ok(_) => {}
-            Err(e) if is_not_found(&e) => {}
-            Err(e) => return Err(nats_err(what())(e)),
-        }
+        delete(stream, &consumer).await.map_err(nats_err(what()))?;
     }
     Ok(())
 }
 
-fn is_not_found(e: &stream::ConsumerError) -> bool {
-    matches!(e.kind(), stream::ConsumerErrorKind::JetStream(j)
-        if j.error_code() == ErrorCode::CONSUMER_NOT_FOUND)
+/// Deletes consumer `name` of `stream`, if it is there.
+async fn delete(stream: &stream::Stream, name: &str) -> Result<(), stream::ConsumerError> {
+    match stream.delete_consumer(name).await {
+        Err(e)
+            if matches!(e.kind(), stream::ConsumerErrorKind::JetStream(ref j)
+                if j.error_code() == ErrorCode::CONSUMER_NOT_FOUND) =>
+        {
+            Ok(())
+        }
+        done => done.map(drop),
+    }
 }
 
 /// The consumers of every Sluice stream whose group is `group`, deleted.

@@ -206,6 +206,15 @@ impl NatsBroker {
             .clone()
     }
 
+    /// Drops `group`'s cursors: their consumers stop streaming to this host
+    /// (they stay on the server).
+    fn drop_cursors(&self, group: &str) {
+        self.cursors
+            .lock()
+            .expect("cursors lock")
+            .retain(|(g, _, _), _| g != group);
+    }
+
     /// Remembers `group`'s committed offset in a partition as its KV entry
     /// says (none without one).
     fn remember_committed(&self, group: &str, topic: &str, partition: u32, value: Option<Bytes>) {
@@ -549,10 +558,7 @@ impl Broker for NatsBroker {
     fn release(&self, group: &str) {
         // Nothing holds sources back on NATS yet (see the module docs); a
         // sink failed for good stops its consumers' flow to this host.
-        self.cursors
-            .lock()
-            .expect("cursors lock")
-            .retain(|(g, _, _), _| g != group);
+        self.drop_cursors(group);
     }
 
     fn sync(&self, _topic: &str, _partition: u32) -> Result<(), BrokerError> {
@@ -644,10 +650,7 @@ impl Broker for NatsBroker {
         let (offsets, state) = (self.offsets.clone(), self.state.clone());
         let what = format!("forgetting connector {connector:?}");
         let (js, group) = (self.js.clone(), connector.to_owned());
-        self.cursors
-            .lock()
-            .expect("cursors lock")
-            .retain(|(g, _, _), _| g != connector);
+        self.drop_cursors(connector);
         self.wait(async move {
             consumer::forget(&js, &group).await?;
             for store in [offsets, state] {

@@ -15,6 +15,7 @@ use super::topic::{
     OFFSET, POSITION, Partition, RECORDS, Topic, Writer, hex, last_sequence, partition_tail,
 };
 use super::{NO_PRODUCER, failed, names, nats_err};
+use NotSent::{Failed, Refused};
 
 /// At most the bytes of a write's headers besides two subjects' worth
 /// (in the message id and the expected sequence's subjects) and the
@@ -143,7 +144,6 @@ enum NotSent {
     Refused,
     Failed(BrokerError),
 }
-use NotSent::{Failed, Refused};
 
 /// Sends a batch's messages, the first offset `first`, expecting `fence`
 /// (a last sequence, on the subjects named or the message's own); returns
