@@ -18,34 +18,63 @@ use crate::manifest::{ConnectorConfig, Manifest, SECRET_REF_PREFIX, SecretSource
 /// What the redactor writes instead of a secret.
 pub const MASK: &str = "***";
 
-/// A secret that cannot be read. Names where it was looked for, never a
-/// value.
+/// Why a secret's source cannot be read. Names where it was looked for,
+/// never a value.
 #[derive(Debug, thiserror::Error)]
-pub enum SecretError {
+pub enum Unreadable {
     /// The environment variable is not set (or not Unicode).
-    #[error(
-        "secret {name:?} of connector {connector:?} comes from environment variable {var}, which is not set"
-    )]
-    MissingEnv {
-        /// Connector.
-        connector: String,
-        /// Secret.
-        name: String,
-        /// Variable.
-        var: String,
-    },
+    #[error("comes from environment variable {0}, which is not set")]
+    Env(String),
     /// The file cannot be read.
-    #[error("secret {name:?} of connector {connector:?} comes from file {}, which cannot be read: {reason}", path.display())]
+    #[error("comes from file {}, which cannot be read: {reason}", path.display())]
     File {
-        /// Connector.
-        connector: String,
-        /// Secret.
-        name: String,
         /// File.
         path: PathBuf,
         /// Why.
         reason: String,
     },
+}
+
+/// A connector's secret that cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("secret {name:?} of connector {connector:?} {why}")]
+pub struct SecretError {
+    /// Connector.
+    pub connector: String,
+    /// Secret.
+    pub name: String,
+    /// Where it was looked for.
+    pub why: Unreadable,
+}
+
+/// Reads the value `source` names: an environment variable, or a file
+/// (relative to `manifest`'s folder) without its last line end.
+pub fn read(source: &SecretSource, manifest: &Manifest) -> Result<String, Unreadable> {
+    match source {
+        SecretSource { env: Some(var), .. } => {
+            std::env::var(var).map_err(|_| Unreadable::Env(var.clone()))
+        }
+        SecretSource {
+            file: Some(path), ..
+        } => {
+            let path = manifest.resolve(path);
+            let mut text = std::fs::read_to_string(&path).map_err(|e| Unreadable::File {
+                reason: e.to_string(),
+                path,
+            })?;
+            if text.ends_with('\n') {
+                text.pop();
+                if text.ends_with('\r') {
+                    text.pop();
+                }
+            }
+            Ok(text)
+        }
+        SecretSource {
+            env: None,
+            file: None,
+        } => unreachable!("the manifest check requires env or file"),
+    }
 }
 
 /// The resolved secrets of one connector. Its `Debug` shows names only.
@@ -66,41 +95,20 @@ impl Secrets {
         let name = connector.name.get_ref();
         let mut values = Vec::new();
         for (secret, source) in &connector.grants.secrets {
-            let value = match source.get_ref() {
-                SecretSource { env: Some(var), .. } => {
-                    std::env::var(var).map_err(|_| SecretError::MissingEnv {
-                        connector: name.clone(),
-                        name: secret.clone(),
-                        var: var.clone(),
-                    })?
-                }
-                SecretSource {
-                    file: Some(path), ..
-                } => {
-                    let path = manifest.resolve(path);
-                    let mut text =
-                        std::fs::read_to_string(&path).map_err(|e| SecretError::File {
-                            connector: name.clone(),
-                            name: secret.clone(),
-                            path: path.clone(),
-                            reason: e.to_string(),
-                        })?;
-                    if text.ends_with('\n') {
-                        text.pop();
-                        if text.ends_with('\r') {
-                            text.pop();
-                        }
-                    }
-                    text
-                }
-                SecretSource {
-                    env: None,
-                    file: None,
-                } => unreachable!("the manifest check requires env or file"),
-            };
+            let value = read(source.get_ref(), manifest).map_err(|why| SecretError {
+                connector: name.clone(),
+                name: secret.clone(),
+                why,
+            })?;
             values.push((secret.clone(), value));
         }
         Ok(Secrets(values))
+    }
+
+    /// Secrets read elsewhere than a connector's grants (the broker's), by
+    /// the names a [`crate::manifest::TlsPolicy`] gives them.
+    pub(crate) fn from_values(values: Vec<(String, String)>) -> Self {
+        Secrets(values)
     }
 
     /// Replaces every `${secret:NAME}` in the config's strings with the

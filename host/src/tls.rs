@@ -208,6 +208,12 @@ impl TlsClient {
             .map_err(|e| handshake_failed(&shown, &e, self.policy.ca_file.is_some()))
     }
 
+    /// The rustls settings, for a client that makes its own connections
+    /// (the NATS broker's).
+    pub(crate) fn rustls_config(&self) -> ClientConfig {
+        ClientConfig::clone(&self.config)
+    }
+
     /// What it trusts and presents, for `sluice validate`: paths and
     /// secret names, never a value.
     pub fn describe(&self) -> String {

@@ -9,10 +9,10 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
-use sluice_test_servers::nats::NatsServer;
+use sluice_test_servers::nats::{Access, NatsServer, ServerTls};
 
 use crate::common::*;
-use crate::nats::on_nats;
+use crate::nats::{on_nats, secret_from, trusting_the_test_ca};
 
 /// Records each generator instance makes.
 const COUNT: u64 = 40_000;
@@ -245,4 +245,35 @@ fn a_change_through_a_host_that_has_not_seen_another_hosts_change_gets_409_then_
     wait_until("b sees a's change", Duration::from_secs(30), || {
         b.status("gen")["state"] == was
     });
+}
+
+#[test]
+fn a_cluster_host_connects_with_the_nats_user_and_tls_of_its_manifest() {
+    let Some((dir, pki)) = crate::tls::with_pki() else {
+        return;
+    };
+    let Some(nats) = NatsServer::start_with(Access {
+        user: Some(("sluice".into(), "pa55-s3cr3t".into())),
+        tls: Some(ServerTls {
+            cert: pki.join("server.pem"),
+            key: pki.join("server.key"),
+            verify_clients: None,
+        }),
+        ..Access::default()
+    }) else {
+        return;
+    };
+    std::fs::write(dir.path().join("nats.pass"), "pa55-s3cr3t\n").unwrap();
+    let manifest = on_nats(datagen_to_files(1_000, 0), &nats.url())
+        .broker("user", "sluice")
+        .broker("password", secret_from("file", "nats.pass"))
+        .broker("tls", trusting_the_test_ca(&pki))
+        .write(dir.path());
+    let host = start_host(dir.path(), 0, &nats.url(), &manifest);
+    let out = dir.path().join("out");
+    wait_until("the records arrive", Duration::from_secs(60), || {
+        seqs(&out).len() >= 1_000
+    });
+    assert_exactly_once(seqs(&out), 1_000);
+    assert!(!host.log().contains("s3cr3t"), "{}", host.log());
 }

@@ -4,7 +4,9 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
-use sluice_test_servers::nats::{NatsCluster, NatsServer};
+use std::path::Path;
+
+use sluice_test_servers::nats::{Access, NatsCluster, NatsServer, ServerTls};
 
 use crate::common::*;
 
@@ -162,6 +164,158 @@ fn a_wrong_nats_token_stops_the_run_at_start_without_showing_either_token() {
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_exactly_once(seqs(&dir.path().join("out")), 10);
+}
+
+/// `{ env = "<var>" }` or `{ file = "<path>" }`: where the host reads a
+/// secret.
+pub fn secret_from(kind: &str, at: &str) -> toml::Table {
+    let mut from = toml::Table::new();
+    from.insert(kind.into(), at.into());
+    from
+}
+
+/// What `sluice run` on `manifest` said, both streams, and whether it
+/// succeeded; the environment holds `env`.
+fn run_saying(manifest: &Path, env: &[(&str, &str)]) -> (bool, String) {
+    let out = run_env(&["run", "--no-progress", manifest.to_str().unwrap()], env);
+    let text = format!("{}{}", stderr(&out), String::from_utf8_lossy(&out.stdout));
+    (out.status.success(), text)
+}
+
+#[test]
+fn a_nats_server_that_wants_a_user_lets_the_host_in_with_its_password_and_not_without() {
+    let Some(nats) = NatsServer::start_with(Access {
+        user: Some(("sluice".into(), "right-pa55-s3cr3t".into())),
+        ..Access::default()
+    }) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = || on_nats(datagen_to_files(10, 0), &nats.url());
+
+    // No user in [broker]: the server lets no anonymous client in.
+    let (ok, text) = run_saying(&pipeline().write(dir.path()), &[]);
+    assert!(!ok, "{text}");
+    assert!(text.contains(&nats.url()), "the server is named: {text}");
+    assert!(text.contains("authorization"), "and why: {text}");
+
+    let manifest = pipeline()
+        .broker("user", "sluice")
+        .broker("password", secret_from("env", "TEST_NATS_PASSWORD"))
+        .write(dir.path());
+    let (ok, text) = run_saying(&manifest, &[("TEST_NATS_PASSWORD", "wrong-pa55-s3cr3t")]);
+    assert!(!ok, "{text}");
+    assert!(text.contains(&nats.url()), "the server is named: {text}");
+    assert!(!text.contains("s3cr3t"), "a password is shown: {text}");
+
+    let (ok, text) = run_saying(&manifest, &[("TEST_NATS_PASSWORD", "right-pa55-s3cr3t")]);
+    assert!(ok, "{text}");
+    assert!(!text.contains("s3cr3t"), "a password is shown: {text}");
+    assert_exactly_once(seqs(&dir.path().join("out")), 10);
+}
+
+/// A NATS server with the test CA's server certificate; it verifies
+/// clients against the CA if `verify_clients`.
+pub fn tls_server(pki: &Path, verify_clients: bool) -> Option<NatsServer> {
+    NatsServer::start_with(Access {
+        tls: Some(ServerTls {
+            cert: pki.join("server.pem"),
+            key: pki.join("server.key"),
+            verify_clients: verify_clients.then(|| pki.join("ca.pem")),
+        }),
+        ..Access::default()
+    })
+}
+
+/// `[broker.tls]` trusting the test CA.
+pub fn trusting_the_test_ca(pki: &Path) -> toml::Table {
+    let mut tls = toml::Table::new();
+    tls.insert(
+        "ca_file".into(),
+        pki.join("ca.pem").to_str().unwrap().into(),
+    );
+    tls
+}
+
+#[test]
+fn nats_over_tls_trusts_the_granted_ca_and_refuses_a_server_it_cannot_check_or_plain_text() {
+    let Some((dir, pki)) = crate::tls::with_pki() else {
+        return;
+    };
+    let Some(nats) = tls_server(&pki, false) else {
+        return;
+    };
+    let pipeline = || on_nats(datagen_to_files(10, 0), &nats.url());
+
+    // Without [broker.tls] the system's roots are trusted, and the test CA
+    // is not among them.
+    let (ok, text) = run_saying(&pipeline().write(dir.path()), &[]);
+    assert!(!ok, "{text}");
+    assert!(text.contains(&nats.url()), "the server is named: {text}");
+    assert!(text.contains("certificate"), "and why: {text}");
+
+    let manifest = pipeline()
+        .broker("tls", trusting_the_test_ca(&pki))
+        .write(dir.path());
+    let (ok, text) = run_saying(&manifest, &[]);
+    assert!(ok, "{text}");
+    assert_exactly_once(seqs(&dir.path().join("out")), 10);
+
+    // [broker.tls] makes TLS a requirement: a server that does not offer
+    // it is refused rather than spoken to in plain text.
+    let Some(plain) = NatsServer::start() else {
+        return;
+    };
+    let manifest = on_nats(datagen_to_files(10, 0), &plain.url())
+        .broker("tls", trusting_the_test_ca(&pki))
+        .write(dir.path());
+    let (ok, text) = run_saying(&manifest, &[]);
+    assert!(!ok, "{text}");
+    assert!(text.contains(&plain.url()), "the server is named: {text}");
+    assert!(text.contains("TLS"), "and why: {text}");
+}
+
+#[test]
+fn a_nats_server_that_verifies_clients_takes_the_granted_certificate_and_no_key_is_shown() {
+    let Some((dir, pki)) = crate::tls::with_pki() else {
+        return;
+    };
+    let Some(nats) = tls_server(&pki, true) else {
+        return;
+    };
+    let pipeline = || on_nats(datagen_to_files(10, 0), &nats.url());
+    let key = std::fs::read_to_string(pki.join("client.key")).unwrap();
+    // A line of the key's body: what would show if the key leaked.
+    let body = key.lines().nth(1).unwrap().to_owned();
+
+    // The server's certificate checks out, but the host has none to show.
+    let manifest = pipeline()
+        .broker("tls", trusting_the_test_ca(&pki))
+        .write(dir.path());
+    let (ok, text) = run_saying(&manifest, &[]);
+    assert!(!ok, "{text}");
+    assert!(text.contains(&nats.url()), "the server is named: {text}");
+
+    let mut tls = trusting_the_test_ca(&pki);
+    tls.insert(
+        "client_cert".into(),
+        secret_from("file", pki.join("client.pem").to_str().unwrap()).into(),
+    );
+    tls.insert(
+        "client_key".into(),
+        secret_from("env", "TEST_NATS_CLIENT_KEY").into(),
+    );
+    let manifest = pipeline().broker("tls", tls).write(dir.path());
+    let (ok, text) = run_saying(&manifest, &[("TEST_NATS_CLIENT_KEY", &key)]);
+    assert!(ok, "{text}");
+    assert!(!text.contains(&body), "the key is shown: {text}");
+    assert_exactly_once(seqs(&dir.path().join("out")), 10);
+
+    // A key that is not one: said, naming where it came from, not shown.
+    let (ok, text) = run_saying(&manifest, &[("TEST_NATS_CLIENT_KEY", &body)]);
+    assert!(!ok, "{text}");
+    assert!(text.contains("broker.tls"), "{text}");
+    assert!(!text.contains(&body), "the key is shown: {text}");
 }
 
 #[test]

@@ -285,19 +285,19 @@ pub enum HostBroker {
 
 /// Opens the broker the `[broker]` and `[topics]` settings of `manifest`
 /// choose (the embedded log in `data_dir` without one), recovering what it
-/// holds; `nats_token` is the NATS token, read from its secret. Blocks on
-/// disk or the network: call it before serving.
+/// holds (reading the secrets a NATS `[broker]` names). Blocks on disk or
+/// the network: call it before serving.
 pub fn open(
     data_dir: &Path,
     manifest: Option<&crate::manifest::Manifest>,
 ) -> Result<HostBroker, BrokerError> {
     match manifest {
         Some(m) if m.broker.kind == crate::manifest::BrokerKind::Nats => {
-            let token = m.broker_token().map_err(|why| BrokerError::Nats {
-                what: "reading the broker's token".into(),
+            let access = nats::NatsAccess::from_manifest(m).map_err(|why| BrokerError::Nats {
+                what: "reading the [broker] settings".into(),
                 why,
             })?;
-            let config = nats::NatsConfig::from_manifest(m, token);
+            let config = nats::NatsConfig::from_manifest(m, access);
             Ok(HostBroker::Nats(Box::new(nats::NatsBroker::open(config)?)))
         }
         _ => {
@@ -316,21 +316,21 @@ pub fn open(
 /// `servers`, with `manifest`'s topic settings if one is given.
 pub fn open_cluster(
     servers: Vec<async_nats::ServerAddr>,
-    token: Option<String>,
+    access: nats::NatsAccess,
     replicas: usize,
     manifest: Option<&crate::manifest::Manifest>,
 ) -> Result<HostBroker, BrokerError> {
     let mut config = match manifest {
-        Some(m) => nats::NatsConfig::from_manifest(m, None),
+        Some(m) => nats::NatsConfig::from_manifest(m, nats::NatsAccess::default()),
         None => nats::NatsConfig {
             servers: Vec::new(),
-            token: None,
+            access: nats::NatsAccess::default(),
             replicas,
             default_partitions: crate::manifest::TopicPolicy::default().partitions,
             partitions: Default::default(),
         },
     };
-    (config.servers, config.token, config.replicas) = (servers, token, replicas);
+    (config.servers, config.access, config.replicas) = (servers, access, replicas);
     Ok(HostBroker::Nats(Box::new(nats::NatsBroker::open(config)?)))
 }
 

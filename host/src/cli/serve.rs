@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use sluice::admin::{access, api, daemon};
+use sluice::broker::nats::NatsAccess;
 use sluice::cluster::ClusterConfig;
 use sluice::manifest::Manifest;
 use sluice::pipeline;
@@ -110,16 +111,16 @@ pub async fn exec(args: Args, plugins: Arc<PluginHost>) -> anyhow::Result<ExitCo
             let nats = manifest
                 .as_ref()
                 .filter(|m| m.broker.kind == sluice::manifest::BrokerKind::Nats);
-            let token = match nats.map(|m| m.broker_token()).transpose() {
-                Ok(token) => token.flatten(),
+            let access = match nats.map(NatsAccess::from_manifest).transpose() {
+                Ok(access) => access.unwrap_or_default(),
                 Err(why) => {
-                    eprintln!("error: the [broker] token cannot be read: {why}");
+                    eprintln!("error: the [broker] settings cannot be used: {why}");
                     return Ok(ExitCode::from(EXIT_INVALID));
                 }
             };
             Some(ClusterConfig {
                 servers,
-                token,
+                access,
                 host: args
                     .host_id
                     .unwrap_or_else(|| format!("{}-{}", hostname(), addr.port())),

@@ -41,7 +41,7 @@ use async_nats::jetstream::{self, kv};
 use futures_util::TryStreamExt as _;
 
 use crate::broker::nats::names::{token, untoken};
-use crate::broker::nats::servers_shown;
+use crate::broker::nats::{NatsAccess, servers_shown};
 
 /// The bucket of connector definitions.
 const DEFINITIONS: &str = "SLUICE_CONNECTORS";
@@ -58,8 +58,9 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(6);
 pub struct ClusterConfig {
     /// The NATS servers (any one will do).
     pub servers: Vec<async_nats::ServerAddr>,
-    /// The token the servers require, if any. A secret: never shown.
-    pub token: Option<String>,
+    /// How the host authenticates and checks the servers (`[broker]`'s
+    /// settings when a manifest gives them).
+    pub access: NatsAccess,
     /// This host's name in the cluster: unique among the live hosts.
     pub host: String,
     /// How long a lease (and a host's liveness) lasts without renewal.
@@ -73,7 +74,7 @@ impl fmt::Debug for ClusterConfig {
         f.debug_struct("ClusterConfig")
             .field("host", &self.host)
             .field("lease", &self.lease)
-            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("access", &self.access)
             .finish_non_exhaustive()
     }
 }
@@ -166,14 +167,12 @@ pub struct Cluster {
 impl Cluster {
     /// Connects to NATS and opens (or makes) the cluster's buckets.
     pub async fn join(config: ClusterConfig) -> Result<Cluster, ClusterError> {
-        let mut options = async_nats::ConnectOptions::new()
-            .name(format!("sluice host {}", config.host))
-            .connection_timeout(Duration::from_secs(5));
-        if let Some(token) = config.token.clone() {
-            options = options.token(token);
-        }
-        let client = options
-            .connect(config.servers.clone())
+        let client = config
+            .access
+            .connect(
+                format!("sluice host {}", config.host),
+                config.servers.clone(),
+            )
             .await
             .map_err(nats(format!(
                 "connecting to the NATS server at {}",

@@ -18,10 +18,7 @@ use super::resolved::{ClientIdentity, Limits, RestartPolicy, TlsPolicy, TopicPol
 use super::secret_ref::secret_references;
 use super::topic_template::{TopicTemplate, check_topic_name};
 use super::units::{parse_bytes, parse_duration};
-use super::{
-    BrokerKind, ConnectorConfig, ConnectorKind, DEFAULT_NATS_URL, Manifest, ManifestError,
-    TopicSettings,
-};
+use super::{BrokerKind, ConnectorConfig, ConnectorKind, Manifest, ManifestError, TopicSettings};
 
 impl Manifest {
     /// Reads and checks the manifest at `path`.
@@ -49,7 +46,11 @@ impl Manifest {
         Ok(manifest)
     }
 
-    fn error(&self, span: std::ops::Range<usize>, message: impl Into<String>) -> ManifestError {
+    pub(super) fn error(
+        &self,
+        span: std::ops::Range<usize>,
+        message: impl Into<String>,
+    ) -> ManifestError {
         let span = (span.end > 0 || span.start > 0).then_some(span);
         ManifestError::at(&self.path, &self.source, span, message)
     }
@@ -74,7 +75,7 @@ impl Manifest {
             .field("broker.fsync_interval_ms")
             .help("sync at most every millisecond, or say `fsync = \"always\"`"));
         }
-        self.nats_servers = self.check_broker_kind()?;
+        (self.nats_servers, self.nats_tls) = self.check_broker_kind()?;
         let defaults = TopicPolicy {
             partitions: self.broker.partitions,
             ..TopicPolicy::default()
@@ -92,60 +93,6 @@ impl Manifest {
             (c.limits, c.route) = (limits, route);
         }
         Ok(())
-    }
-
-    /// Checks that the NATS settings of `[broker]` go with its kind, and
-    /// returns the NATS servers' addresses (none for other kinds).
-    fn check_broker_kind(&self) -> Result<Vec<async_nats::ServerAddr>, ManifestError> {
-        let b = &self.broker;
-        if b.kind != BrokerKind::Nats {
-            let set = [
-                ("url", b.url.as_ref().map(Spanned::span)),
-                ("token", b.token.as_ref().map(Spanned::span)),
-                ("replicas", b.replicas.as_ref().map(Spanned::span)),
-            ];
-            if let Some((field, Some(span))) = set.into_iter().find(|(_, s)| s.is_some()) {
-                return Err(self
-                    .error(span, format!("{field} is a setting of the nats broker"))
-                    .field(format!("broker.{field}"))
-                    .help("add `kind = \"nats\"` to [broker], or remove it"));
-            }
-            return Ok(Vec::new());
-        }
-        let urls = b.url.as_ref().map_or(DEFAULT_NATS_URL, |u| u.get_ref());
-        let mut servers = Vec::new();
-        for one in urls.split(',') {
-            match one.trim().parse::<async_nats::ServerAddr>() {
-                Ok(addr) if !one.trim().is_empty() => servers.push(addr),
-                failed => {
-                    let why = failed.err().map_or("empty".to_owned(), |e| e.to_string());
-                    let span = b.url.as_ref().map(Spanned::span).unwrap_or_default();
-                    return Err(self
-                        .error(span, format!("{one:?} is not a NATS server URL ({why})"))
-                        .field("broker.url")
-                        .help(
-                            "write `url = \"nats://127.0.0.1:4222\"` (several: comma-separated)",
-                        ));
-                }
-            }
-        }
-        if let Some(r) = &b.replicas
-            && !(1..=5).contains(r.get_ref())
-        {
-            return Err(self
-                .error(r.span(), format!("replicas is {}", r.get_ref()))
-                .field("broker.replicas")
-                .help("JetStream keeps 1 to 5 copies of a stream: `replicas = 3`"));
-        }
-        if let Some(t) = &b.token
-            && t.get_ref().env.is_none() == t.get_ref().file.is_none()
-        {
-            return Err(self
-                .error(t.span(), "token needs exactly one of `env` and `file`")
-                .field("broker.token")
-                .help("say where the host reads it: `token = { env = \"NATS_TOKEN\" }`"));
-        }
-        Ok(servers)
     }
 
     /// Checks every connector, and returns the limits and the topic

@@ -14,7 +14,8 @@
 //! - `schema`: the structs serde reads the TOML into, their defaults, and
 //!   what the rest of the host asks of them (a topic's policy, a path
 //!   resolved beside the manifest).
-//! - `check`: loading, and what the types alone cannot check, once.
+//! - `check`: loading, and what the types alone cannot check, once;
+//!   `check_broker`: the same for `[broker]`'s NATS settings.
 //! - `resolved`: what the check makes of sizes, durations and net rules
 //!   ([`Limits`], [`RestartPolicy`], [`TopicPolicy`]), and every default.
 //! - `error`: [`ManifestError`], located at file, line and column.
@@ -26,6 +27,7 @@
 //! layer that `grants`, `secrets` and everything else read.
 
 mod check;
+mod check_broker;
 mod error;
 mod net;
 mod resolved;
@@ -42,9 +44,9 @@ pub use self::resolved::{
     DEFAULT_STATE_BYTES, DEFAULT_STATE_KEYS, Limits, RestartPolicy, TlsPolicy, TopicPolicy,
 };
 pub use self::schema::{
-    BatchConfig, BrokerConfig, BrokerKind, ConnectorConfig, ConnectorKind, DEFAULT_NATS_URL,
-    FileGrant, FileMode, FsyncPolicy, GrantsConfig, HttpGrant, Manifest, RestartConfig,
-    SecretSource, TlsGrant, TopicSettings,
+    BatchConfig, BrokerConfig, BrokerKind, BrokerTls, ConnectorConfig, ConnectorKind,
+    DEFAULT_NATS_URL, FileGrant, FileMode, FsyncPolicy, GrantsConfig, HttpGrant, Manifest,
+    RestartConfig, SecretSource, TlsGrant, TopicSettings,
 };
 pub use self::secret_ref::{SECRET_REF_PREFIX, secret_references};
 pub use self::topic_template::{RouteError, TopicTemplate, check_topic_name};
@@ -217,6 +219,58 @@ topics = ["events"]
             text.contains("connector[0].topic") && text.contains("embedded"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn nats_credentials_and_tls_are_checked_and_kept_typed() {
+        let nats = GOOD.replace("data_dir = \"d\"", "kind = \"nats\"");
+        let with =
+            |extra: &str| nats.replace("kind = \"nats\"", &format!("kind = \"nats\"\n{extra}"));
+        let m = parse(&with(
+            "user = \"u\"\npassword = { env = \"P\" }\n\
+             tls = { ca_file = \"ca.pem\", client_cert = { file = \"c.pem\" }, client_key = { env = \"K\" } }",
+        ))
+        .unwrap();
+        let tls = m.nats_tls().unwrap();
+        assert!(tls.ca_file.as_ref().unwrap().ends_with("ca.pem"));
+        assert!(!tls.system_roots, "a CA file replaces the system's roots");
+        assert!(tls.client_identity.is_some());
+        assert!(parse(&nats).unwrap().nats_tls().is_none());
+
+        for (extra, field, says) in [
+            ("user = \"u\"", "broker.password", "a user needs a password"),
+            (
+                "password = { env = \"P\" }",
+                "broker.user",
+                "a password needs its user",
+            ),
+            (
+                "token = { env = \"T\" }\nuser = \"u\"\npassword = { env = \"P\" }",
+                "broker.token",
+                "both a token and a user",
+            ),
+            (
+                "password = { env = \"P\", file = \"p\" }\nuser = \"u\"",
+                "broker.password",
+                "exactly one of `env` and `file`",
+            ),
+            (
+                "tls = { client_cert = { file = \"c.pem\" } }",
+                "broker.tls.client_key",
+                "needs both client_cert and client_key",
+            ),
+        ] {
+            let text = parse(&with(extra)).unwrap_err().to_string();
+            assert!(
+                text.contains(field) && text.contains(says),
+                "{extra}: {text}"
+            );
+        }
+        for extra in ["user = \"u\"", "tls = { ca_file = \"ca.pem\" }"] {
+            let embedded = GOOD.replace("data_dir = \"d\"", extra);
+            let text = parse(&embedded).unwrap_err().to_string();
+            assert!(text.contains("is a setting of the nats broker"), "{text}");
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::resolved::{Limits, TopicPolicy};
+use super::resolved::{Limits, TlsPolicy, TopicPolicy};
 use super::topic_template::TopicTemplate;
 
 /// A parsed, checked manifest.
@@ -77,6 +77,10 @@ pub struct Manifest {
     /// broker is NATS).
     #[serde(skip)]
     pub(super) nats_servers: Vec<async_nats::ServerAddr>,
+
+    /// `[broker.tls]`, checked (NATS only).
+    #[serde(skip)]
+    pub(super) nats_tls: Option<TlsPolicy>,
 }
 
 /// `[broker]`: which broker and how it keeps data.
@@ -109,6 +113,36 @@ pub struct BrokerConfig {
     /// ```
     #[serde(default)]
     pub token: Option<Spanned<SecretSource>>,
+
+    /// `kind = "nats"`: the user the server requires, with `password`
+    /// (instead of a token).
+    ///
+    /// ```toml
+    /// user = "sluice"
+    /// ```
+    #[serde(default)]
+    pub user: Option<Spanned<String>>,
+
+    /// `kind = "nats"`: `user`'s password, read by the host from an
+    /// environment variable or a file and never shown.
+    ///
+    /// ```toml
+    /// password = { env = "NATS_PASSWORD" }
+    /// ```
+    #[serde(default)]
+    pub password: Option<Spanned<SecretSource>>,
+
+    /// `kind = "nats"`: TLS to the servers, required once the table is
+    /// there (a server that does not offer it is refused). Without it, TLS
+    /// only where a `tls://` URL or the server asks for it, checked against
+    /// the system's roots.
+    ///
+    /// ```toml
+    /// [broker.tls]
+    /// ca_file = "certs/ca.pem"
+    /// ```
+    #[serde(default)]
+    pub tls: Option<Spanned<BrokerTls>>,
 
     /// `kind = "nats"`: copies of each stream and bucket in a NATS
     /// cluster, 1 to 5. Default 1.
@@ -254,6 +288,9 @@ impl Default for BrokerConfig {
             kind: BrokerKind::default(),
             url: None,
             token: None,
+            user: None,
+            password: None,
+            tls: None,
             replicas: None,
             data_dir: default_data_dir(),
             fsync: FsyncPolicy::default(),
@@ -706,6 +743,49 @@ pub struct TlsGrant {
     pub server_name: Option<Spanned<String>>,
 }
 
+/// `[broker.tls]`: how the host checks the NATS servers, and the client
+/// certificate it presents to those that ask for one.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerTls {
+    /// Trust the CA certificates in this PEM file (relative to the
+    /// manifest). It replaces the system's roots unless `system_roots` is
+    /// true.
+    ///
+    /// ```toml
+    /// ca_file = "certs/ca.pem"
+    /// ```
+    #[serde(default)]
+    pub ca_file: Option<Spanned<PathBuf>>,
+
+    /// Trust the system's root certificates too. Default true without
+    /// `ca_file`, false with it.
+    ///
+    /// ```toml
+    /// system_roots = true
+    /// ```
+    #[serde(default)]
+    pub system_roots: Option<bool>,
+
+    /// Where the host reads its client certificate chain (PEM), for
+    /// servers that verify clients; with `client_key`.
+    ///
+    /// ```toml
+    /// client_cert = { file = "certs/sluice.pem" }
+    /// ```
+    #[serde(default)]
+    pub client_cert: Option<Spanned<SecretSource>>,
+
+    /// Where the host reads the client certificate's private key (PEM).
+    /// Never shown.
+    ///
+    /// ```toml
+    /// client_key = { env = "NATS_CLIENT_KEY" }
+    /// ```
+    #[serde(default)]
+    pub client_key: Option<Spanned<SecretSource>>,
+}
+
 /// Where the host reads a secret.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -820,29 +900,11 @@ impl Manifest {
         self.broker.replicas.as_ref().map_or(1, |r| *r.get_ref())
     }
 
-    /// Reads the NATS token of `[broker]`, if it names one; `Err` says why
-    /// it cannot be read, without its value.
-    pub fn broker_token(&self) -> Result<Option<String>, String> {
-        let Some(source) = &self.broker.token else {
-            return Ok(None);
-        };
-        match source.get_ref() {
-            SecretSource { env: Some(var), .. } => std::env::var(var)
-                .map(Some)
-                .map_err(|_| format!("the environment variable {var} is not set")),
-            SecretSource {
-                file: Some(path), ..
-            } => {
-                let path = self.resolve(path);
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-                Ok(Some(text.trim_end_matches(['\n', '\r']).to_owned()))
-            }
-            SecretSource {
-                env: None,
-                file: None,
-            } => Err("it names neither env nor file".into()),
-        }
+    /// The TLS `[broker.tls]` asks for, with the names
+    /// [`crate::broker::nats::NatsAccess`] gives its client identity; `None`
+    /// without the table.
+    pub fn nats_tls(&self) -> Option<&TlsPolicy> {
+        self.nats_tls.as_ref()
     }
 
     /// The data directory, resolved against the manifest's folder.

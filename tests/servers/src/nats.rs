@@ -20,11 +20,34 @@ pub struct NatsServer {
     child: Option<Child>,
     bin: PathBuf,
     port: u16,
-    token: Option<String>,
+    access: Access,
     /// `(name, this server's route port, every member's route port)` when
     /// the server is one of a [`NatsCluster`].
     route: Option<Route>,
     dir: tempfile::TempDir,
+}
+
+/// What a server asks of its clients.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// A token (`--auth`).
+    pub token: Option<String>,
+    /// A user and its password (`--user`, `--pass`).
+    pub user: Option<(String, String)>,
+    /// TLS (`--tls`, or `--tlsverify` with a CA for client certificates).
+    pub tls: Option<ServerTls>,
+}
+
+/// A server's TLS: its certificate and key (PEM files), and the CA whose
+/// client certificates it requires, if it verifies clients.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// The server's certificate chain.
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+    /// Verify clients: only those with a certificate this CA signed get in.
+    pub verify_clients: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -62,7 +85,7 @@ impl NatsCluster {
                 child: None,
                 bin: bin.clone(),
                 port: crate::free_port(),
-                token: None,
+                access: Access::default(),
                 route: Some(Route {
                     name: format!("n{i}"),
                     port,
@@ -152,12 +175,15 @@ impl NatsServer {
     /// Starts a server that lets every client in; `None` (the test skips)
     /// when there is no `nats-server` and `CI` is unset.
     pub fn start() -> Option<NatsServer> {
-        NatsServer::start_with(None)
+        NatsServer::start_with(Access::default())
     }
 
     /// Starts a server whose clients must give `token`.
     pub fn start_with_token(token: &str) -> Option<NatsServer> {
-        NatsServer::start_with(Some(token.to_owned()))
+        NatsServer::start_with(Access {
+            token: Some(token.to_owned()),
+            ..Access::default()
+        })
     }
 
     /// Starts Debian's `nats-server` (package `nats-server`, 2.9 in
@@ -172,10 +198,12 @@ impl NatsServer {
             );
             return None;
         }
-        NatsServer::spawn_new(bin, None)
+        NatsServer::spawn_new(bin, Access::default())
     }
 
-    fn start_with(token: Option<String>) -> Option<NatsServer> {
+    /// Starts a server that asks what `access` says of its clients; `None`
+    /// (the test skips) when there is no `nats-server` and `CI` is unset.
+    pub fn start_with(access: Access) -> Option<NatsServer> {
         let bin = match binary() {
             Ok(bin) => bin,
             Err(why) => {
@@ -183,15 +211,15 @@ impl NatsServer {
                 return None;
             }
         };
-        NatsServer::spawn_new(bin, token)
+        NatsServer::spawn_new(bin, access)
     }
 
-    fn spawn_new(bin: PathBuf, token: Option<String>) -> Option<NatsServer> {
+    fn spawn_new(bin: PathBuf, access: Access) -> Option<NatsServer> {
         let mut server = NatsServer {
             child: None,
             bin,
             port: crate::free_port(),
-            token,
+            access,
             route: None,
             dir: tempfile::tempdir().expect("a temporary directory"),
         };
@@ -224,8 +252,20 @@ impl NatsServer {
             .arg(&store)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        if let Some(token) = &self.token {
+        let Access { token, user, tls } = &self.access;
+        if let Some(token) = token {
             command.args(["--auth", token]);
+        }
+        if let Some((user, password)) = user {
+            command.args(["--user", user, "--pass", password]);
+        }
+        if let Some(tls) = tls {
+            command.arg("--tlscert").arg(&tls.cert);
+            command.arg("--tlskey").arg(&tls.key);
+            match &tls.verify_clients {
+                Some(ca) => command.arg("--tlsverify").arg("--tlscacert").arg(ca),
+                None => command.arg("--tls"),
+            };
         }
         if let Some(route) = &self.route {
             let peers: Vec<String> = route

@@ -129,7 +129,7 @@ impl Daemon {
         let manifest = config.manifest.as_ref();
         let broker = match &config.cluster {
             Some(c) => {
-                broker::open_cluster(c.servers.clone(), c.token.clone(), c.replicas, manifest)
+                broker::open_cluster(c.servers.clone(), c.access.clone(), c.replicas, manifest)
                     .context("opening the cluster's nats broker")?
             }
             None => broker::open(&data_dir, manifest)

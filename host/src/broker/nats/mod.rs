@@ -74,7 +74,7 @@ mod topic;
 mod write;
 
 use self::client::{bucket, failed, nats_err, wait, writer_id};
-pub use self::config::{NatsConfig, servers_shown};
+pub use self::config::{NatsAccess, NatsAuth, NatsConfig, servers_shown};
 use self::consumer::Cursor;
 
 use std::collections::HashMap;
@@ -155,17 +155,14 @@ impl NatsBroker {
             .map_err(nats_err("starting the NATS client"))?;
         let handle = runtime.handle().clone();
         let (servers, shown) = (config.servers.clone(), config.servers_shown());
-        let (token, replicas) = (config.token.clone(), config.replicas);
+        let (access, replicas) = (config.access.clone(), config.replicas);
         let connected = wait(&handle, async move {
-            let mut options = async_nats::ConnectOptions::new()
-                .name("sluice")
-                .connection_timeout(Duration::from_secs(5));
-            if let Some(token) = token {
-                options = options.token(token);
-            }
-            let client = options.connect(servers).await.map_err(nats_err(format!(
-                "connecting to the NATS server at {shown}"
-            )))?;
+            let client = access
+                .connect("sluice", servers)
+                .await
+                .map_err(nats_err(format!(
+                    "connecting to the NATS server at {shown}"
+                )))?;
             let js = jetstream::new(client.clone());
             let offsets = bucket(&js, OFFSETS_BUCKET, "sinks' committed offsets", replicas).await?;
             let state = bucket(&js, STATE_BUCKET, "connectors' plugin state", replicas).await?;

@@ -18,7 +18,7 @@ use crate::broker::testing::{batch, values};
 fn config(url: &str) -> NatsConfig {
     NatsConfig {
         servers: vec![url.parse().unwrap()],
-        token: None,
+        access: NatsAccess::default(),
         replicas: 1,
         default_partitions: 2,
         partitions: BTreeMap::new(),

@@ -138,6 +138,16 @@ pub(super) async fn write(
     }
 }
 
+/// The id of an atomic batch: unique among the batches open on a stream
+/// (this writer's, on this subject, from this offset), and within the 64
+/// characters the server allows, whatever the subject's length.
+fn batch_id(writer: u64, subject: &str, first: u64) -> String {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::hash::DefaultHasher::new();
+    subject.hash(&mut hasher);
+    format!("{writer:x}-{:x}-{first}", hasher.finish())
+}
+
 /// Why [`send`] did not store a batch.
 enum NotSent {
     /// The server found another last sequence than the expected one.
@@ -162,7 +172,7 @@ async fn send(
     // Several messages are one atomic batch (NATS 2.12): all are stored,
     // or none, so a crash never leaves part of a batch without its position.
     let parts = chunks.len();
-    let batch_id = (parts > 1).then(|| format!("{}-{first}", names::token(subject)));
+    let batch_id = (parts > 1).then(|| batch_id(t.writer, subject, first));
     let what = || format!("writing a batch to {topic}/{partition}");
     let mut offset = first;
     for (i, (payload, n)) in chunks.iter().enumerate() {
@@ -250,4 +260,18 @@ fn split(batch: &[u8], limit: u64) -> Result<Vec<(Bytes, u32)>, sluice_batch::Ba
         out.push((Bytes::from(part.finish()), count));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::batch_id;
+
+    #[test]
+    fn a_batch_id_fits_the_servers_64_characters_and_differs_by_subject() {
+        let long = format!("sluice.{}.0.{}", "t".repeat(200), "p".repeat(200));
+        let id = batch_id(u64::MAX, &long, u64::MAX);
+        assert!(id.len() <= 64, "{id} is {} long", id.len());
+        assert_ne!(id, batch_id(u64::MAX, "sluice.t.0.p", u64::MAX));
+        assert_ne!(id, batch_id(u64::MAX, &long, u64::MAX - 1));
+    }
 }
