@@ -9,7 +9,7 @@ build:
 build-plugins:
     CARGO_TARGET_DIR=target/plugins cargo build --profile plugin --target wasm32-wasip2 \
         -p blackhole -p datagen -p file-sink -p file-source -p http-sink -p http-source \
-        -p kafka-sink -p kafka-source -p mariadb-sink -p postgres-cdc -p postgres-sink -p print \
+        -p kafka-sink -p kafka-source -p mariadb-sink -p postgres-cdc -p postgres-sink -p print -p redis-sink \
         -p socket-sink -p socket-source
 
 # The whole test suite (the README's command).

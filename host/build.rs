@@ -20,6 +20,7 @@ const BUILTIN: &[&str] = &[
     "postgres-cdc",
     "postgres-sink",
     "print",
+    "redis-sink",
     "socket-sink",
     "socket-source",
 ];

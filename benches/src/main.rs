@@ -17,6 +17,7 @@ mod nats;
 mod network;
 mod plot;
 mod postgres;
+mod redis;
 mod report;
 mod swap;
 
@@ -74,6 +75,7 @@ enum Section {
     Network,
     Postgres,
     Mariadb,
+    Redis,
     Kafka,
     Nats,
 }
@@ -201,6 +203,11 @@ fn main() -> anyhow::Result<()> {
     if wants(Section::Mariadb) {
         let bin = end_to_end::sluice_binary()?;
         mariadb::section(&mut report, &bin, work.path(), &work.path().join("cache"))?;
+    }
+
+    if wants(Section::Redis) {
+        let bin = end_to_end::sluice_binary()?;
+        redis::section(&mut report, &bin, work.path(), &work.path().join("cache"))?;
     }
 
     if wants(Section::Kafka) {

@@ -25,6 +25,7 @@ mod pipeline_e2e;
 mod plugin_contract;
 mod plugin_log;
 mod postgres;
+mod redis;
 mod sandbox;
 mod tls;
 mod waiting;

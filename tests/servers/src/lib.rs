@@ -14,6 +14,7 @@ pub mod kafka;
 pub mod mariadb;
 pub mod nats;
 pub mod postgres;
+pub mod redis;
 pub mod tansu;
 
 use std::ffi::CString;
