@@ -243,6 +243,61 @@ impl Write for TlsStream {
     }
 }
 
+/// A client's connection, whichever it is: plain TCP, or TLS through the
+/// host. What a protocol client keeps (`sluice-postgres`, `sluice-redis`).
+#[derive(Debug)]
+pub enum Stream {
+    /// Plain TCP.
+    Plain(TcpConn),
+    /// TLS: the host did the handshake and holds the keys.
+    Tls(TlsStream),
+}
+
+impl Stream {
+    /// Connects to `addr`; over TLS, checking the server's certificate
+    /// against `tls`, if it names the server.
+    pub fn connect(addr: &str, tls: Option<&str>) -> io::Result<Stream> {
+        Ok(match tls {
+            None => Stream::Plain(TcpConn::connect(addr)?),
+            Some(name) => Stream::Tls(TlsStream::connect(addr, Some(name))?),
+        })
+    }
+
+    /// Reads what has already arrived, without waiting (see
+    /// [`TcpConn::read_ready`]).
+    pub fn read_ready(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read_ready(buf),
+            Stream::Tls(s) => s.read_ready(buf),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
+
 /// The addresses `addr` (`host:port`) stands for.
 fn resolve(addr: &str) -> io::Result<Vec<SocketAddr>> {
     if let Ok(a) = addr.parse::<SocketAddr>() {

@@ -9,7 +9,7 @@ use postgres_protocol::IsNull;
 use postgres_protocol::authentication::{md5_hash, sasl};
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
-use sluice_sdk::net::{TcpConn, TlsStream};
+use sluice_sdk::net::{Stream, TcpConn, TlsStream};
 
 use crate::error::{DbError, PgError};
 
@@ -82,46 +82,6 @@ impl ConnectOptions {
                 Error::invalid_config(format!("the TLS handshake with {addr} failed: {e}"))
             }
             PgError::Io(_) => Error::retriable(format!("cannot reach {addr}: {e}")),
-        }
-    }
-}
-
-/// The connection's byte stream: plain TCP, or TLS through the host.
-#[derive(Debug)]
-enum Stream {
-    Plain(TcpConn),
-    Tls(TlsStream),
-}
-
-impl Stream {
-    fn read_ready(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(s) => s.read_ready(buf),
-            Stream::Tls(s) => s.read_ready(buf),
-        }
-    }
-}
-
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(s) => s.read(buf),
-            Stream::Tls(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Stream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(s) => s.write(buf),
-            Stream::Tls(s) => s.write(buf),
-        }
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Stream::Plain(s) => s.flush(),
-            Stream::Tls(s) => s.flush(),
         }
     }
 }

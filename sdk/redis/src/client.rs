@@ -3,7 +3,7 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 
-use sluice_sdk::net::{TcpConn, TlsStream};
+use sluice_sdk::net::Stream;
 
 use crate::resp::{self, Commands, Value};
 
@@ -136,37 +136,6 @@ impl ConnectOptions {
     }
 }
 
-/// The connection's byte stream: plain TCP, or TLS through the host.
-#[derive(Debug)]
-enum Stream {
-    Plain(TcpConn),
-    Tls(TlsStream),
-}
-
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(s) => s.read(buf),
-            Stream::Tls(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Stream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(s) => s.write(buf),
-            Stream::Tls(s) => s.write(buf),
-        }
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Stream::Plain(s) => s.flush(),
-            Stream::Tls(s) => s.flush(),
-        }
-    }
-}
-
 /// How much is read from the socket at once.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -191,12 +160,8 @@ impl Client {
     /// (and user) if given, selects the database and names the
     /// connection: one round trip after the connection.
     pub fn connect(options: &ConnectOptions) -> Result<Client, RedisError> {
-        let stream = match &options.tls {
-            None => Stream::Plain(TcpConn::connect(&options.addr)?),
-            Some(name) => Stream::Tls(TlsStream::connect(&options.addr, Some(name))?),
-        };
         let mut client = Client {
-            stream,
+            stream: Stream::connect(&options.addr, options.tls.as_deref())?,
             read: Vec::with_capacity(READ_CHUNK),
             start: 0,
         };
