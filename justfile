@@ -9,7 +9,7 @@ build:
 build-plugins:
     CARGO_TARGET_DIR=target/plugins cargo build --profile plugin --target wasm32-wasip2 \
         -p blackhole -p datagen -p file-sink -p file-source -p http-sink -p http-source \
-        -p kafka-sink -p kafka-source -p mariadb-sink -p postgres-cdc -p postgres-sink -p print -p redis-sink \
+        -p kafka-sink -p kafka-source -p mariadb-sink -p mqtt-sink -p mqtt-source -p postgres-cdc -p postgres-sink -p print -p redis-sink -p redis-source \
         -p socket-sink -p socket-source
 
 # The whole test suite (the README's command).

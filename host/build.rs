@@ -17,10 +17,13 @@ const BUILTIN: &[&str] = &[
     "kafka-sink",
     "kafka-source",
     "mariadb-sink",
+    "mqtt-sink",
+    "mqtt-source",
     "postgres-cdc",
     "postgres-sink",
     "print",
     "redis-sink",
+    "redis-source",
     "socket-sink",
     "socket-source",
 ];

@@ -13,6 +13,7 @@ mod http;
 mod kafka;
 mod machine;
 mod mariadb;
+mod mqtt;
 mod nats;
 mod network;
 mod plot;
@@ -76,6 +77,7 @@ enum Section {
     Postgres,
     Mariadb,
     Redis,
+    Mqtt,
     Kafka,
     Nats,
 }
@@ -208,6 +210,11 @@ fn main() -> anyhow::Result<()> {
     if wants(Section::Redis) {
         let bin = end_to_end::sluice_binary()?;
         redis::section(&mut report, &bin, work.path(), &work.path().join("cache"))?;
+    }
+
+    if wants(Section::Mqtt) {
+        let bin = end_to_end::sluice_binary()?;
+        mqtt::section(&mut report, &bin, work.path(), &work.path().join("cache"))?;
     }
 
     if wants(Section::Kafka) {

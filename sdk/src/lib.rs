@@ -174,6 +174,7 @@ pub mod position;
 mod read_buf;
 pub mod sink_offsets;
 pub mod state;
+pub mod template;
 
 pub use read_buf::ReadBuf;
 

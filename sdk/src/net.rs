@@ -36,7 +36,10 @@
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
+use wasip2::clocks::monotonic_clock::subscribe_duration;
+use wasip2::io::poll::poll;
 use wasip2::io::streams::{InputStream, OutputStream, StreamError};
 use wasip2::sockets::instance_network::instance_network;
 use wasip2::sockets::ip_name_lookup::resolve_addresses;
@@ -123,6 +126,13 @@ impl TcpConn {
     /// only when it has nothing.
     pub fn read_ready(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         read_ready(&self.input, buf)
+    }
+
+    /// Reads, waiting at most `timeout` for something to arrive:
+    /// `TimedOut` if nothing has. A client that must speak on its own when
+    /// the peer is quiet (a keep-alive ping) waits this way.
+    pub fn read_within(&mut self, buf: &mut [u8], timeout: Duration) -> io::Result<usize> {
+        read_within(&self.input, buf, timeout)
     }
 }
 
@@ -225,6 +235,11 @@ impl TlsStream {
     pub fn read_ready(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         read_ready(&self.input, buf)
     }
+
+    /// Reads, waiting at most `timeout`, as [`TcpConn::read_within`].
+    pub fn read_within(&mut self, buf: &mut [u8], timeout: Duration) -> io::Result<usize> {
+        read_within(&self.input, buf, timeout)
+    }
 }
 
 impl Read for TlsStream {
@@ -269,6 +284,14 @@ impl Stream {
         match self {
             Stream::Plain(s) => s.read_ready(buf),
             Stream::Tls(s) => s.read_ready(buf),
+        }
+    }
+
+    /// Reads, waiting at most `timeout` (see [`TcpConn::read_within`]).
+    pub fn read_within(&mut self, buf: &mut [u8], timeout: Duration) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read_within(buf, timeout),
+            Stream::Tls(s) => s.read_within(buf, timeout),
         }
     }
 }
@@ -425,6 +448,26 @@ pub(crate) fn read_ready(input: &InputStream, buf: &mut [u8]) -> io::Result<usiz
     match input.read(want) {
         Ok(chunk) if chunk.is_empty() && !buf.is_empty() => Err(io::ErrorKind::WouldBlock.into()),
         got => copy_chunk(got, buf),
+    }
+}
+
+/// [`read`] waiting at most `timeout`: `TimedOut` when nothing arrived.
+fn read_within(input: &InputStream, buf: &mut [u8], timeout: Duration) -> io::Result<usize> {
+    match read_ready(input, buf) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        got => return got,
+    }
+    let data = input.subscribe();
+    let nanos = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
+    let timer = subscribe_duration(nanos);
+    poll(&[&data, &timer]);
+    drop((data, timer));
+    if crate::interrupted() {
+        return Err(interrupted("waiting for the peer"));
+    }
+    match read_ready(input, buf) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(io::ErrorKind::TimedOut.into()),
+        got => got,
     }
 }
 

@@ -417,6 +417,18 @@ pub fn assert_exactly_once(mut seqs: Vec<u64>, n: u64) {
     assert_eq!(seqs.last().copied(), n.checked_sub(1));
 }
 
+/// Asserts `seqs` holds each of 0..n at least once (and nothing else);
+/// returns how many are repeats.
+pub fn assert_at_least_once(mut seqs: Vec<u64>, n: u64) -> usize {
+    let total = seqs.len();
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(seqs.len() as u64, n, "expected {n} distinct seq values");
+    assert_eq!(seqs.first().copied(), if n > 0 { Some(0) } else { None });
+    assert_eq!(seqs.last().copied(), n.checked_sub(1));
+    total - seqs.len()
+}
+
 /// A `sluice` process running in the background, its stdout and stderr
 /// going to files; killed when dropped.
 pub struct Host {

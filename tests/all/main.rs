@@ -19,6 +19,7 @@ mod kafka_tansu;
 mod layout;
 mod manifest_errors;
 mod mariadb;
+mod mqtt;
 mod nats;
 mod network;
 mod pipeline_e2e;

@@ -218,3 +218,97 @@ fn redis_sink_refuses_at_open_an_ungranted_server_and_a_wrong_password_and_shows
     assert_eq!(code, Some(0), "{all}");
     assert_eq!(stream_seqs(&redis, "events").len(), 10);
 }
+
+/// `XADD <stream> * value {"seq":N}` for N in `range`.
+fn seq_entries(stream: &str, range: std::ops::Range<u64>) -> impl Iterator<Item = Vec<String>> {
+    let stream = stream.to_owned();
+    range.map(move |i| {
+        vec![
+            "XADD".into(),
+            stream.clone(),
+            "*".into(),
+            "value".into(),
+            format!("{{\"seq\":{i}}}"),
+        ]
+    })
+}
+
+/// A `redis-source` named `rsrc` reading the stream `src` into `events`.
+fn redis_source(r: &RedisServer) -> Connector {
+    source("rsrc", "redis-source", "events")
+        .config("addr", r.addr().as_str())
+        .config("stream", "src")
+        .grant("net", vec![r.addr().as_str()])
+}
+
+/// How many entries of `src` the group `rsrc` has delivered and not had
+/// acknowledged.
+fn pending(r: &RedisServer) -> u64 {
+    let summary = r.cli(&["XPENDING", "src", "rsrc"]);
+    summary.lines().next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_redis_source_killed_at_random_moments_puts_every_entry_in_the_log_once() {
+    const RECORDS: u64 = 200_000;
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    redis.pipe(seq_entries("src", 0..RECORDS));
+    let dir = tempfile::tempdir().unwrap();
+    // The file-sink slowed to 20,000 records/s would hold the source back
+    // only through the log's backlog; instead the source's batches are
+    // small, so the run takes seconds and the kills land while it reads.
+    let manifest = manifest()
+        .connector(
+            redis_source(&redis)
+                .config("bounded", true)
+                .batch("max_records", 100),
+        )
+        .connector(files_sink())
+        .write(dir.path());
+    crate::crash::storm(dir.path(), &manifest, 10, 50..400);
+    assert_exactly_once(seqs(&dir.path().join("out")), RECORDS);
+    assert_eq!(pending(&redis), 0, "every entry acknowledged");
+}
+
+#[test]
+fn a_redis_source_waits_for_new_entries_and_rides_out_a_server_restart() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    redis.pipe(seq_entries("src", 0..1000));
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = manifest()
+        .connector(redis_source(&redis))
+        .connector(files_sink())
+        .write(dir.path());
+    let mut host = Host::run(dir.path(), &manifest);
+    let out = dir.path().join("out");
+    wait_until("the backlog arrives", Duration::from_secs(30), || {
+        seqs(&out).len() >= 1000
+    });
+    // New entries while the source waits in its read.
+    redis.pipe(seq_entries("src", 1000..2000));
+    wait_until("new entries arrive", Duration::from_secs(30), || {
+        seqs(&out).len() >= 2000
+    });
+    redis.stop();
+    std::thread::sleep(Duration::from_millis(1500));
+    redis.resume();
+    redis.pipe(seq_entries("src", 2000..3000));
+    wait_until(
+        "entries after the restart arrive",
+        Duration::from_secs(30),
+        || seqs(&out).len() >= 3000,
+    );
+    // Ctrl-C: a clean stop, the last batch committed and acknowledged.
+    host.interrupt();
+    let ended = host.wait_for_exit(Duration::from_secs(30));
+    let log = host.log();
+    assert_eq!(ended.status.code(), Some(130), "{log}");
+    assert_exactly_once(seqs(&out), 3000);
+    let away = format!("redis-source: {} is away", redis.addr());
+    assert_eq!(log.matches(&away).count(), 1, "said once: {log}");
+    assert_eq!(pending(&redis), 0, "every entry acknowledged: {log}");
+}

@@ -37,6 +37,7 @@ mod config;
 use sluice_redis::{Client, Commands, ConnectOptions, RedisError, Value};
 use sluice_sdk::outage::Outage;
 use sluice_sdk::sink_offsets::{Plan, Refused, SinkOffsets};
+use sluice_sdk::template::Template;
 use sluice_sdk::{Batch, Context, Error, Origin, RecordRef, Rejects, Sink, StoredOffset};
 
 pub use config::{Config, Mode};
@@ -56,86 +57,11 @@ impl From<RedisError> for Failed {
     }
 }
 
-/// A piece of a key template.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Part {
-    Text(String),
-    Key,
-    Topic,
-    Partition,
-    Offset,
-}
-
-/// A key template: `"devices:{key}"`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct KeyTemplate(Vec<Part>);
-
-impl KeyTemplate {
-    fn parse(text: &str) -> Result<KeyTemplate, String> {
-        let mut parts = Vec::new();
-        let mut rest = text;
-        while let Some(open) = rest.find('{') {
-            if open > 0 {
-                parts.push(Part::Text(rest[..open].to_owned()));
-            }
-            let close = rest[open..]
-                .find('}')
-                .ok_or_else(|| format!("key {text:?} opens a {{ it does not close"))?;
-            parts.push(match &rest[open + 1..open + close] {
-                "key" => Part::Key,
-                "topic" => Part::Topic,
-                "partition" => Part::Partition,
-                "offset" => Part::Offset,
-                other => {
-                    return Err(format!(
-                        "key {text:?} names {{{other}}}: a key can use {{key}}, {{topic}}, {{partition}} and {{offset}}"
-                    ));
-                }
-            });
-            rest = &rest[open + close + 1..];
-        }
-        if !rest.is_empty() {
-            parts.push(Part::Text(rest.to_owned()));
-        }
-        if parts.is_empty() {
-            return Err("key is empty".into());
-        }
-        Ok(KeyTemplate(parts))
-    }
-
-    fn uses_key(&self) -> bool {
-        self.0.contains(&Part::Key)
-    }
-
-    /// The key for a record at `offset` of `origin`'s topic and partition,
-    /// into `out`; `None` when the template uses the record's key and it
-    /// has none.
-    fn render(
-        &self,
-        origin: &Origin,
-        offset: u64,
-        key: Option<&[u8]>,
-        out: &mut Vec<u8>,
-    ) -> Option<()> {
-        out.clear();
-        for part in &self.0 {
-            match part {
-                Part::Text(t) => out.extend_from_slice(t.as_bytes()),
-                Part::Key => out.extend_from_slice(key?),
-                Part::Topic => out.extend_from_slice(origin.topic.as_bytes()),
-                Part::Partition => out.extend_from_slice(origin.partition.to_string().as_bytes()),
-                Part::Offset => out.extend_from_slice(offset.to_string().as_bytes()),
-            }
-        }
-        Some(())
-    }
-}
-
 /// The sink's state.
 #[derive(Debug)]
 pub struct RedisSink {
     config: Config,
-    key: KeyTemplate,
+    key: Template,
     options: ConnectOptions,
     offsets_key: String,
     client: Option<Client>,
@@ -340,8 +266,11 @@ impl Sink for RedisSink {
     type Config = Config;
 
     fn open(config: Config, ctx: &Context) -> Result<Self, Error> {
-        let key = KeyTemplate::parse(config.key.as_deref().unwrap_or(config.mode.default_key()))
-            .map_err(Error::invalid_config)?;
+        let key = Template::parse(
+            "key",
+            config.key.as_deref().unwrap_or(config.mode.default_key()),
+        )
+        .map_err(Error::invalid_config)?;
         if config.mode == Mode::Set && !key.uses_key() && config.key.is_some() {
             sluice_sdk::warn!(
                 "redis-sink: key {:?} does not use {{key}}: every record of a partition sets the same key",
@@ -437,29 +366,3 @@ impl Sink for RedisSink {
 }
 
 sluice_sdk::export_sink!(RedisSink);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn key_templates_render_the_records_key_and_origin() {
-        let origin = Origin {
-            topic: "events".into(),
-            partition: 2,
-            first_offset: 10,
-        };
-        let t = KeyTemplate::parse("dev:{key}:{topic}/{partition}@{offset}").unwrap();
-        let mut out = Vec::new();
-        t.render(&origin, 12, Some(b"k1"), &mut out).unwrap();
-        assert_eq!(out, b"dev:k1:events/2@12");
-        assert!(t.render(&origin, 12, None, &mut out).is_none());
-        assert!(
-            KeyTemplate::parse("a{nope}")
-                .unwrap_err()
-                .contains("{nope}")
-        );
-        assert!(KeyTemplate::parse("a{key").is_err());
-        assert!(KeyTemplate::parse("").is_err());
-    }
-}

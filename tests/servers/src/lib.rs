@@ -12,6 +12,7 @@
 
 pub mod kafka;
 pub mod mariadb;
+pub mod mosquitto;
 pub mod nats;
 pub mod postgres;
 pub mod redis;

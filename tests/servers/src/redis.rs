@@ -86,6 +86,41 @@ impl RedisServer {
         command.args(args).output().expect("redis-cli runs")
     }
 
+    /// Sends `commands` (each a list of arguments) through `redis-cli
+    /// --pipe`, Redis's own bulk loader, which must take them all.
+    pub fn pipe(&self, commands: impl IntoIterator<Item = Vec<String>>) {
+        use std::io::Write as _;
+        let mut protocol = Vec::new();
+        for args in commands {
+            protocol.extend(format!("*{}\r\n", args.len()).bytes());
+            for a in args {
+                protocol.extend(format!("${}\r\n{a}\r\n", a.len()).bytes());
+            }
+        }
+        let mut command = Command::new(CLI);
+        command.args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "--pipe"]);
+        if let Some(password) = &self.password {
+            command.env("REDISCLI_AUTH", password);
+        }
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("redis-cli runs");
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(&protocol)
+            .expect("redis-cli reads its input");
+        let out = child.wait_with_output().expect("redis-cli ends");
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && said.contains("errors: 0"),
+            "redis-cli --pipe: {said}"
+        );
+    }
+
     /// Stops the server as an operator would (SIGTERM: it writes its
     /// append-only file and exits), keeping its data.
     pub fn stop(&mut self) {
@@ -137,6 +172,15 @@ impl RedisServer {
             std::thread::sleep(Duration::from_millis(10));
         }
         self.child = Some(child);
+        // Listening is not serving: a restarted server answers LOADING
+        // until it has read its data back.
+        while String::from_utf8_lossy(&self.cli_output(&["PING"]).stdout).trim() != "PONG" {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not load its data in 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     fn log_path(&self) -> PathBuf {

@@ -1,0 +1,805 @@
+//! The connection: `CONNECT`, then packets queued, written and read.
+
+use std::fmt;
+use std::io::{self, Write};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use mqttbytes::{QoS, v4, v5};
+use sluice_sdk::net::Stream;
+
+/// The protocol version spoken; a connector's `protocol = "3.1.1"` (the
+/// default) or `"5"`.
+#[sluice_sdk::config]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// MQTT 3.1.1 (protocol level 4): every broker speaks it, ActiveMQ 5
+    /// included.
+    #[default]
+    #[serde(rename = "3.1.1")]
+    V311,
+    /// MQTT 5: reason codes on acknowledgements, session expiry, receive
+    /// maximum.
+    #[serde(rename = "5")]
+    V5,
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Version::V311 => "MQTT 3.1.1",
+            Version::V5 => "MQTT 5",
+        })
+    }
+}
+
+/// A quality of service this client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Qos {
+    /// QoS 0: sent once, never acknowledged.
+    AtMostOnce,
+    /// QoS 1: acknowledged (`PUBACK`); sent again until it is.
+    AtLeastOnce,
+}
+
+impl Qos {
+    fn codec(self) -> QoS {
+        match self {
+            Qos::AtMostOnce => QoS::AtMostOnce,
+            Qos::AtLeastOnce => QoS::AtLeastOnce,
+        }
+    }
+
+    fn from_codec(q: QoS) -> Qos {
+        match q {
+            QoS::AtMostOnce => Qos::AtMostOnce,
+            QoS::AtLeastOnce | QoS::ExactlyOnce => Qos::AtLeastOnce,
+        }
+    }
+}
+
+/// How to reach the server and who to be there.
+#[derive(Clone)]
+pub struct ConnectOptions {
+    /// `host:port`; the connector must be granted it in `net`.
+    pub addr: String,
+    /// TLS, checking the server's certificate against this name; the host
+    /// does the handshake.
+    pub tls: Option<String>,
+    /// The protocol version.
+    pub version: Version,
+    /// The client identifier: a persistent session is the server's memory
+    /// of this id.
+    pub client_id: String,
+    /// The user name, if the server asks for one.
+    pub user: Option<String>,
+    /// The password (usually from a secret: never printed, not even by
+    /// `Debug`).
+    pub password: Option<String>,
+    /// Start a new session (`true`), or go on with the one the server kept
+    /// for `client_id`: its subscriptions, and the messages that came while
+    /// the client was away.
+    pub clean_start: bool,
+    /// The longest quiet time; the client pings after half of it. Zero
+    /// turns keep-alive off.
+    pub keep_alive: Duration,
+    /// MQTT 5: how long the server keeps the session after the connection
+    /// ends, in seconds (`u32::MAX`: for ever).
+    pub session_expiry: u32,
+    /// MQTT 5: the most QoS 1 messages the server may send unacknowledged.
+    pub receive_maximum: u16,
+    /// The largest packet read.
+    pub max_packet: usize,
+}
+
+impl ConnectOptions {
+    /// Options for `addr` as `client_id`: MQTT 3.1.1, plain TCP, no login,
+    /// a clean session, a keep-alive of 30 s.
+    pub fn new(addr: &str, client_id: &str) -> ConnectOptions {
+        ConnectOptions {
+            addr: addr.to_owned(),
+            tls: None,
+            version: Version::V311,
+            client_id: client_id.to_owned(),
+            user: None,
+            password: None,
+            clean_start: true,
+            keep_alive: Duration::from_secs(30),
+            session_expiry: u32::MAX,
+            receive_maximum: u16::MAX,
+            max_packet: 256 << 20,
+        }
+    }
+
+    /// A failure to connect or log in as the error the host acts on: what
+    /// to fix (a grant, a password, TLS) as an invalid config, a server
+    /// that is away or busy as retriable. Never shows the password.
+    pub fn refused(&self, e: &MqttError) -> sluice_sdk::Error {
+        use sluice_sdk::Error;
+        let addr = &self.addr;
+        let who = self
+            .user
+            .as_deref()
+            .map_or(String::new(), |u| format!(" as {u:?}"));
+        match e {
+            MqttError::Io(_) if e.is_denied() => Error::invalid_config(e.to_string()),
+            MqttError::Refused { .. } if e.is_auth() => {
+                Error::invalid_config(format!("logging in to {addr}{who}: {e}"))
+            }
+            MqttError::Refused { .. } if e.is_busy() => {
+                Error::retriable(format!("connecting to {addr}: {e}"))
+            }
+            MqttError::Refused { .. } => {
+                Error::invalid_config(format!("connecting to {addr}: {e}"))
+            }
+            MqttError::Protocol(_) => Error::invalid_config(format!(
+                "{addr} does not speak {} as expected: {e}",
+                self.version
+            )),
+            MqttError::Io(io)
+                if self.tls.is_some() && io.kind() == io::ErrorKind::ConnectionAborted =>
+            {
+                Error::invalid_config(format!("the TLS handshake with {addr} failed: {e}"))
+            }
+            MqttError::Io(_) | MqttError::Disconnected(_) => {
+                Error::retriable(format!("cannot reach {addr}: {e}"))
+            }
+        }
+    }
+}
+
+impl fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("addr", &self.addr)
+            .field("tls", &self.tls)
+            .field("version", &self.version)
+            .field("client_id", &self.client_id)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<secret>"))
+            .field("clean_start", &self.clean_start)
+            .field("keep_alive", &self.keep_alive)
+            .field("session_expiry", &self.session_expiry)
+            .field("receive_maximum", &self.receive_maximum)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An error talking to an MQTT server.
+#[derive(Debug)]
+pub enum MqttError {
+    /// The connection failed or went away (or the host interrupted a
+    /// wait: see [`MqttError::is_interrupted`]).
+    Io(io::Error),
+    /// The server refused the connection (`CONNACK` with a failure code).
+    Refused {
+        /// The return code (3.1.1) or reason code (5).
+        code: u8,
+        /// What it means.
+        why: String,
+    },
+    /// The server ended the connection (`DISCONNECT`, MQTT 5), saying why.
+    Disconnected(String),
+    /// The server sent what is not MQTT, or not what the protocol allows.
+    Protocol(String),
+}
+
+impl MqttError {
+    /// True when the host interrupted a wait (to stop, pause or swap).
+    pub fn is_interrupted(&self) -> bool {
+        matches!(self, MqttError::Io(e) if e.kind() == io::ErrorKind::Interrupted)
+    }
+
+    /// True when the connector was not granted the server's address.
+    pub fn is_denied(&self) -> bool {
+        matches!(self, MqttError::Io(e) if e.kind() == io::ErrorKind::PermissionDenied)
+    }
+
+    /// True when the connection is lost (and the client must be dropped).
+    pub fn is_connection_lost(&self) -> bool {
+        matches!(
+            self,
+            MqttError::Io(_) | MqttError::Protocol(_) | MqttError::Disconnected(_)
+        )
+    }
+
+    /// True when the server refused who we said we are: a wrong user or
+    /// password, or a client not allowed in.
+    pub fn is_auth(&self) -> bool {
+        // 3.1.1: 4 bad user name or password, 5 not authorized; 5: 134,
+        // 135, 138 banned, 140 bad authentication method.
+        matches!(
+            self,
+            MqttError::Refused {
+                code: 4 | 5 | 134 | 135 | 138 | 140,
+                ..
+            }
+        )
+    }
+
+    /// True when the server refused for now: unavailable, busy, or too
+    /// many connections at once.
+    fn is_busy(&self) -> bool {
+        matches!(
+            self,
+            MqttError::Refused {
+                code: 3 | 136 | 137 | 151 | 159,
+                ..
+            }
+        )
+    }
+}
+
+impl fmt::Display for MqttError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MqttError::Io(e) => write!(f, "{e}"),
+            MqttError::Refused { code, why } => {
+                write!(f, "the server refused the connection: {why} (code {code})")
+            }
+            MqttError::Disconnected(why) => write!(f, "the server disconnected: {why}"),
+            MqttError::Protocol(why) => write!(f, "MQTT protocol: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for MqttError {}
+
+impl From<io::Error> for MqttError {
+    fn from(e: io::Error) -> Self {
+        MqttError::Io(e)
+    }
+}
+
+/// A message the server delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The packet identifier to acknowledge it with (0 at QoS 0).
+    pub pkid: u16,
+    /// The topic it was published to.
+    pub topic: String,
+    /// Its payload.
+    pub payload: Bytes,
+    /// The QoS it came at.
+    pub qos: Qos,
+    /// The server sent it before, unacknowledged (a redelivery).
+    pub dup: bool,
+    /// A retained message, sent because the subscription is new.
+    pub retain: bool,
+}
+
+/// A packet the server sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    /// A message for one of the subscriptions.
+    Publish(Message),
+    /// A QoS 1 publish of ours was received; `refused` when the server
+    /// (MQTT 5) says it did not take it, with its reason.
+    PubAck {
+        /// The publish's packet identifier.
+        pkid: u16,
+        /// The server's reason for refusing it.
+        refused: Option<String>,
+    },
+    /// The answer to a `SUBSCRIBE`: for each filter, the QoS granted or
+    /// why it was refused.
+    SubAck {
+        /// The subscribe's packet identifier.
+        pkid: u16,
+        /// One per filter, in order.
+        granted: Vec<Result<Qos, String>>,
+    },
+    /// The answer to a ping.
+    PingResp,
+}
+
+/// What a packet decoded to.
+enum Decoded {
+    ConnAck {
+        session_present: bool,
+        code: u8,
+        why: String,
+        receive_maximum: Option<u16>,
+    },
+    Incoming(Incoming),
+    Disconnect(String),
+}
+
+/// How much is read from the socket at once.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// A connection to an MQTT server, connected.
+pub struct Client {
+    stream: Stream,
+    version: Version,
+    read: BytesMut,
+    chunk: Vec<u8>,
+    write: BytesMut,
+    keep_alive: Duration,
+    last_write: Instant,
+    max_packet: usize,
+    session_present: bool,
+    receive_maximum: u16,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("stream", &self.stream)
+            .field("version", &self.version)
+            .field("session_present", &self.session_present)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Connects (TLS through the host if asked), sends `CONNECT` and reads
+    /// `CONNACK`: a refusal is [`MqttError::Refused`].
+    pub fn connect(options: &ConnectOptions) -> Result<Client, MqttError> {
+        let mut client = Client {
+            stream: Stream::connect(&options.addr, options.tls.as_deref())?,
+            version: options.version,
+            read: BytesMut::with_capacity(READ_CHUNK),
+            chunk: vec![0; READ_CHUNK],
+            write: BytesMut::with_capacity(READ_CHUNK),
+            keep_alive: options.keep_alive,
+            last_write: Instant::now(),
+            max_packet: options.max_packet,
+            session_present: false,
+            receive_maximum: u16::MAX,
+        };
+        let keep_alive = u16::try_from(options.keep_alive.as_secs()).unwrap_or(u16::MAX);
+        let login = match (&options.user, &options.password) {
+            (Some(u), p) => Some((u.clone(), p.clone().unwrap_or_default())),
+            (None, Some(p)) => Some((String::new(), p.clone())),
+            (None, None) => None,
+        };
+        let written = match options.version {
+            Version::V311 => {
+                let mut c = v4::Connect::new(options.client_id.as_str());
+                c.keep_alive = keep_alive;
+                c.clean_session = options.clean_start;
+                c.login = login.map(|(u, p)| v4::Login::new(u, p));
+                c.write(&mut client.write)
+            }
+            Version::V5 => {
+                let mut c = v5::Connect::new(options.client_id.as_str());
+                c.keep_alive = keep_alive;
+                c.clean_session = options.clean_start;
+                c.login = login.map(|(u, p)| v5::Login::new(u, p));
+                c.properties = Some(v5::ConnectProperties {
+                    session_expiry_interval: Some(options.session_expiry),
+                    receive_maximum: Some(options.receive_maximum),
+                    max_packet_size: u32::try_from(options.max_packet).ok(),
+                    topic_alias_max: None,
+                    request_response_info: None,
+                    request_problem_info: None,
+                    user_properties: Vec::new(),
+                    authentication_method: None,
+                    authentication_data: None,
+                });
+                c.write(&mut client.write)
+            }
+        };
+        written.map_err(|e| MqttError::Protocol(format!("encoding CONNECT: {e:?}")))?;
+        client.flush()?;
+        let wait = options.keep_alive.max(Duration::from_secs(10));
+        let deadline = Instant::now() + wait;
+        loop {
+            match client.decode()? {
+                Some(Decoded::ConnAck {
+                    session_present,
+                    code,
+                    why,
+                    receive_maximum,
+                }) => {
+                    if code != 0 {
+                        return Err(MqttError::Refused { code, why });
+                    }
+                    client.session_present = session_present;
+                    client.receive_maximum = receive_maximum.unwrap_or(u16::MAX);
+                    return Ok(client);
+                }
+                Some(Decoded::Disconnect(why)) => return Err(MqttError::Disconnected(why)),
+                Some(Decoded::Incoming(_)) => {
+                    return Err(MqttError::Protocol("a packet before CONNACK".into()));
+                }
+                None => {}
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(MqttError::Io(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no CONNACK from {} within {wait:?}", options.addr),
+                )));
+            }
+            client.fill(Some(left))?;
+        }
+    }
+
+    /// True when the server had a session for this client id (and goes on
+    /// with it: its subscriptions, its unacknowledged messages).
+    pub fn session_present(&self) -> bool {
+        self.session_present
+    }
+
+    /// The most QoS 1 publishes the server takes unacknowledged (MQTT 5's
+    /// receive maximum; 65,535 when it sets none).
+    pub fn receive_maximum(&self) -> u16 {
+        self.receive_maximum
+    }
+
+    /// Bytes queued and not written yet.
+    pub fn queued(&self) -> usize {
+        self.write.len()
+    }
+
+    /// Queues a `SUBSCRIBE` of `filters` at `qos`; the answer is an
+    /// [`Incoming::SubAck`] with the same `pkid`.
+    pub fn subscribe(&mut self, pkid: u16, filters: &[String], qos: Qos) {
+        let q = qos.codec();
+        let written = match self.version {
+            Version::V311 => {
+                let mut s = v4::Subscribe::new_many(
+                    filters
+                        .iter()
+                        .map(|f| v4::SubscribeFilter::new(f.clone(), q)),
+                );
+                s.pkid = pkid;
+                s.write(&mut self.write)
+            }
+            Version::V5 => v5::Subscribe {
+                pkid,
+                filters: filters
+                    .iter()
+                    .map(|f| v5::SubscribeFilter::new(f.clone(), q))
+                    .collect(),
+                properties: None,
+            }
+            .write(&mut self.write),
+        };
+        // A filter list always encodes (the server judges the filters).
+        written.expect("SUBSCRIBE encodes");
+    }
+
+    /// Queues a `PUBLISH`; `pkid` is ignored at QoS 0. `Err` says why the
+    /// message cannot be sent (a topic that is not UTF-8 or has a wildcard,
+    /// a payload too large for MQTT); nothing is queued then.
+    pub fn publish(
+        &mut self,
+        topic: &[u8],
+        payload: &[u8],
+        qos: Qos,
+        pkid: u16,
+        retain: bool,
+    ) -> Result<(), String> {
+        let topic = std::str::from_utf8(topic)
+            .map_err(|_| format!("topic {:?} is not UTF-8", String::from_utf8_lossy(topic)))?;
+        if topic.is_empty() || topic.contains(['+', '#', '\0']) {
+            return Err(format!(
+                "topic {topic:?} cannot be published to (empty, or a wildcard or NUL in it)"
+            ));
+        }
+        let pkid = if qos == Qos::AtMostOnce { 0 } else { pkid };
+        let payload = Bytes::copy_from_slice(payload);
+        let mark = self.write.len();
+        let written = match self.version {
+            Version::V311 => v4::Publish {
+                dup: false,
+                qos: qos.codec(),
+                retain,
+                topic: topic.to_owned(),
+                pkid,
+                payload,
+            }
+            .write(&mut self.write),
+            Version::V5 => v5::Publish {
+                dup: false,
+                qos: qos.codec(),
+                retain,
+                topic: topic.to_owned(),
+                pkid,
+                properties: None,
+                payload,
+            }
+            .write(&mut self.write),
+        };
+        written.map(drop).map_err(|e| {
+            self.write.truncate(mark);
+            format!("the message cannot be encoded: {e:?}")
+        })
+    }
+
+    /// Queues a `PUBACK` for the message `pkid`.
+    pub fn puback(&mut self, pkid: u16) {
+        // 3.1.1 and 5 alike (5 with reason "success" and no properties).
+        self.write.extend_from_slice(&[0x40, 0x02]);
+        self.write.extend_from_slice(&pkid.to_be_bytes());
+    }
+
+    /// Writes what is queued.
+    pub fn flush(&mut self) -> Result<(), MqttError> {
+        if !self.write.is_empty() {
+            self.stream.write_all(&self.write)?;
+            self.stream.flush()?;
+            self.write.clear();
+        }
+        self.last_write = Instant::now();
+        Ok(())
+    }
+
+    /// Says goodbye (`DISCONNECT`): a persistent session stays on the
+    /// server. Errors are ignored: the connection ends either way.
+    pub fn disconnect(mut self) {
+        self.write.extend_from_slice(&[0xE0, 0x00]);
+        let _ = self.flush();
+    }
+
+    /// The next packet: one already read, or one that arrives within
+    /// `wait` (`None`: only what has arrived). `Ok(None)` when none came.
+    /// Pings the server while it waits, as keep-alive asks.
+    pub fn next(&mut self, wait: Option<Duration>) -> Result<Option<Incoming>, MqttError> {
+        let deadline = wait.map(|w| Instant::now() + w.min(Duration::from_secs(3600)));
+        loop {
+            match self.decode()? {
+                Some(Decoded::Incoming(i)) => return Ok(Some(i)),
+                Some(Decoded::Disconnect(why)) => return Err(MqttError::Disconnected(why)),
+                Some(Decoded::ConnAck { .. }) => {
+                    return Err(MqttError::Protocol("a second CONNACK".into()));
+                }
+                None => {}
+            }
+            if !self.keep_alive.is_zero() && self.last_write.elapsed() >= self.keep_alive / 2 {
+                self.write.extend_from_slice(&[0xC0, 0x00]);
+                self.flush()?;
+            }
+            let left = match deadline {
+                None => None,
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Ok(None);
+                    }
+                    Some(left)
+                }
+            };
+            if !self.fill(left)? && left.is_none() {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Reads more: what has arrived (`wait` `None`), or what arrives
+    /// within `wait`, cut short for the next ping. `Ok(false)` when
+    /// nothing came.
+    fn fill(&mut self, wait: Option<Duration>) -> Result<bool, MqttError> {
+        let got = match wait {
+            None => self.stream.read_ready(&mut self.chunk),
+            Some(mut wait) => {
+                if !self.keep_alive.is_zero() {
+                    let ping_in = (self.keep_alive / 2).saturating_sub(self.last_write.elapsed());
+                    wait = wait.min(ping_in.max(Duration::from_millis(1)));
+                }
+                self.stream.read_within(&mut self.chunk, wait)
+            }
+        };
+        match got {
+            Ok(0) => Err(MqttError::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the server closed the connection",
+            ))),
+            Ok(n) => {
+                self.read.extend_from_slice(&self.chunk[..n]);
+                Ok(true)
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Decodes the next whole packet read, if there is one.
+    fn decode(&mut self) -> Result<Option<Decoded>, MqttError> {
+        if self.read.is_empty() {
+            return Ok(None);
+        }
+        // MQTT 5 allows a DISCONNECT with no body ("normal"), which the
+        // codec refuses.
+        if self.read.len() >= 2 && self.read[0] == 0xE0 && self.read[1] == 0 {
+            let _ = self.read.split_to(2);
+            return Ok(Some(Decoded::Disconnect("normal disconnection".into())));
+        }
+        let decoded = match self.version {
+            Version::V311 => v4::read(&mut self.read, self.max_packet).map(decode_v4),
+            Version::V5 => v5::read(&mut self.read, self.max_packet).map(decode_v5),
+        };
+        match decoded {
+            Ok(d) => d.map(Some),
+            Err(mqttbytes::Error::InsufficientBytes(_)) => Ok(None),
+            Err(e) => Err(MqttError::Protocol(format!("{e:?}"))),
+        }
+    }
+}
+
+fn unexpected(what: &str) -> MqttError {
+    MqttError::Protocol(format!(
+        "the server sent {what}, which this client never asks for"
+    ))
+}
+
+fn decode_v4(p: v4::Packet) -> Result<Decoded, MqttError> {
+    Ok(match p {
+        v4::Packet::ConnAck(c) => {
+            let code = c.code as u8;
+            Decoded::ConnAck {
+                session_present: c.session_present,
+                code,
+                why: match code {
+                    1 => "unacceptable protocol version".into(),
+                    2 => "client identifier rejected".into(),
+                    3 => "server unavailable".into(),
+                    4 => "bad user name or password".into(),
+                    5 => "not authorized".into(),
+                    _ => format!("{:?}", c.code),
+                },
+                receive_maximum: None,
+            }
+        }
+        v4::Packet::Publish(p) => Decoded::Incoming(Incoming::Publish(Message {
+            pkid: p.pkid,
+            topic: p.topic,
+            payload: p.payload,
+            qos: Qos::from_codec(p.qos),
+            dup: p.dup,
+            retain: p.retain,
+        })),
+        v4::Packet::PubAck(a) => Decoded::Incoming(Incoming::PubAck {
+            pkid: a.pkid,
+            refused: None,
+        }),
+        v4::Packet::SubAck(s) => Decoded::Incoming(Incoming::SubAck {
+            pkid: s.pkid,
+            granted: s
+                .return_codes
+                .into_iter()
+                .map(|c| match c {
+                    v4::SubscribeReasonCode::Success(q) => Ok(Qos::from_codec(q)),
+                    v4::SubscribeReasonCode::Failure => Err("refused".to_owned()),
+                })
+                .collect(),
+        }),
+        v4::Packet::PingResp => Decoded::Incoming(Incoming::PingResp),
+        v4::Packet::Disconnect => Decoded::Disconnect("the server sent DISCONNECT".into()),
+        other => return Err(unexpected(&format!("{other:?}"))),
+    })
+}
+
+fn decode_v5(p: v5::Packet) -> Result<Decoded, MqttError> {
+    Ok(match p {
+        v5::Packet::ConnAck(c) => {
+            let reason = c.properties.as_ref().and_then(|p| p.reason_string.clone());
+            Decoded::ConnAck {
+                session_present: c.session_present,
+                code: c.code as u8,
+                why: match reason {
+                    Some(r) => format!("{:?}: {r}", c.code),
+                    None => format!("{:?}", c.code),
+                },
+                receive_maximum: c.properties.and_then(|p| p.receive_max),
+            }
+        }
+        v5::Packet::Publish(p) => Decoded::Incoming(Incoming::Publish(Message {
+            pkid: p.pkid,
+            topic: p.topic,
+            payload: p.payload,
+            qos: Qos::from_codec(p.qos),
+            dup: p.dup,
+            retain: p.retain,
+        })),
+        v5::Packet::PubAck(a) => {
+            let refused = match a.reason {
+                v5::PubAckReason::Success | v5::PubAckReason::NoMatchingSubscribers => None,
+                r => Some(match a.properties.and_then(|p| p.reason_string) {
+                    Some(why) => format!("{r:?}: {why}"),
+                    None => format!("{r:?}"),
+                }),
+            };
+            Decoded::Incoming(Incoming::PubAck {
+                pkid: a.pkid,
+                refused,
+            })
+        }
+        v5::Packet::SubAck(s) => Decoded::Incoming(Incoming::SubAck {
+            pkid: s.pkid,
+            granted: s
+                .return_codes
+                .into_iter()
+                .map(|c| match c {
+                    v5::SubscribeReasonCode::QoS0 => Ok(Qos::AtMostOnce),
+                    v5::SubscribeReasonCode::QoS1 | v5::SubscribeReasonCode::QoS2 => {
+                        Ok(Qos::AtLeastOnce)
+                    }
+                    other => Err(format!("{other:?}")),
+                })
+                .collect(),
+        }),
+        v5::Packet::PingResp => Decoded::Incoming(Incoming::PingResp),
+        v5::Packet::Disconnect(d) => {
+            let reason = d.properties.and_then(|p| p.reason_string);
+            Decoded::Disconnect(match reason {
+                Some(r) => format!("{:?}: {r}", d.reason_code),
+                None => format!("{:?}", d.reason_code),
+            })
+        }
+        other => return Err(unexpected(&format!("{other:?}"))),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(version: Version, bytes: &[u8]) -> Vec<Decoded> {
+        let mut read = BytesMut::from(bytes);
+        let mut out = Vec::new();
+        loop {
+            let d = match version {
+                Version::V311 => v4::read(&mut read, 1 << 20).map(decode_v4),
+                Version::V5 => v5::read(&mut read, 1 << 20).map(decode_v5),
+            };
+            match d {
+                Ok(d) => out.push(d.unwrap()),
+                Err(_) => return out,
+            }
+        }
+    }
+
+    #[test]
+    fn a_publish_we_write_reads_back_as_the_server_would_deliver_it() {
+        for version in [Version::V311, Version::V5] {
+            let mut write = BytesMut::new();
+            let p = v4::Publish {
+                dup: true,
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                topic: "devices/a".into(),
+                pkid: 7,
+                payload: Bytes::from_static(b"{\"t\":1}"),
+            };
+            if version == Version::V311 {
+                p.write(&mut write).unwrap();
+            } else {
+                let mut q = v5::Publish::new("devices/a", QoS::AtLeastOnce, *b"{\"t\":1}");
+                q.pkid = 7;
+                q.dup = true;
+                q.write(&mut write).unwrap();
+            }
+            match decode_all(version, &write).pop() {
+                Some(Decoded::Incoming(Incoming::Publish(m))) => {
+                    assert_eq!((m.pkid, m.topic.as_str(), m.dup), (7, "devices/a", true));
+                    assert_eq!(&m.payload[..], b"{\"t\":1}");
+                }
+                _ => panic!("{version}: not a publish"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_refused_connack_says_why_and_whether_it_is_the_login() {
+        // 3.1.1 CONNACK, return code 4.
+        let Some(Decoded::ConnAck { code, why, .. }) =
+            decode_all(Version::V311, &[0x20, 0x02, 0x00, 0x04]).pop()
+        else {
+            panic!("not a CONNACK");
+        };
+        let e = MqttError::Refused { code, why };
+        assert!(e.is_auth());
+        assert!(e.to_string().contains("bad user name or password"), "{e}");
+    }
+}

@@ -1,0 +1,220 @@
+//! The MQTT connectors against a real `mosquitto` started by the test
+//! (`sluice-test-servers`): its own directory and port, stopped at the end.
+//! Both connectors claim at least once: the tests check that every record
+//! arrives, and count and report the duplicates.
+
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use sluice_test_servers::mosquitto::Mosquitto;
+
+use crate::common::*;
+
+/// `{"seq":N}` for N in `range`, one message each.
+fn seq_messages(range: std::ops::Range<u64>) -> impl Iterator<Item = String> {
+    range.map(|i| format!("{{\"seq\":{i}}}"))
+}
+
+/// An `mqtt-source` named `msrc` reading `filter` into `events`; its
+/// session is `sluice-msrc-0`.
+fn mqtt_source(m: &Mosquitto, filter: &str) -> Connector {
+    source("msrc", "mqtt-source", "events")
+        .config("addr", m.addr().as_str())
+        .config("topics", vec![filter])
+        .grant("net", vec![m.addr().as_str()])
+}
+
+/// An `mqtt-sink` named `msink` publishing `events` to `topic`.
+fn mqtt_sink(m: &Mosquitto, topic: &str) -> Connector {
+    sink("msink", "mqtt-sink", "events")
+        .config("addr", m.addr().as_str())
+        .config("topic", topic)
+        .grant("net", vec![m.addr().as_str()])
+}
+
+/// The datagen `seq`s in a subscriber's output (a payload a line).
+fn subscriber_seqs(file: &Path) -> Vec<u64> {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    text.split_inclusive('\n')
+        .filter(|l| l.ends_with('\n'))
+        .filter_map(|l| l.strip_prefix("{\"seq\":"))
+        .map(|rest| rest[..rest.find([',', '}']).unwrap()].parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn an_mqtt_source_killed_at_random_moments_stores_every_message_at_least_once() {
+    const RECORDS: u64 = 200_000;
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    // The source's session, made before anything is published: the broker
+    // keeps every message for it.
+    broker.make_session("sluice-msrc-0", "in/#");
+    broker.publish("in/a", seq_messages(0..RECORDS));
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = manifest()
+        .connector(
+            mqtt_source(&broker, "in/#")
+                .config("end_after_idle_ms", 2000)
+                .batch("max_records", 500),
+        )
+        .connector(files_sink())
+        .write(dir.path());
+    crate::crash::storm(dir.path(), &manifest, 10, 200..800);
+    let duplicates = assert_at_least_once(seqs(&dir.path().join("out")), RECORDS);
+    eprintln!("mqtt-source: {duplicates} duplicates of {RECORDS} after 10 kills");
+}
+
+#[test]
+fn an_mqtt_sink_killed_at_random_moments_publishes_every_record_at_least_once() {
+    const RECORDS: u64 = 200_000;
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let heard = dir.path().join("heard");
+    let _subscriber = broker.subscribe("checker", "out/#", &heard);
+    // 20,000 records/s: the 200,000 take ten seconds of running, so the
+    // kills land while records flow.
+    let manifest = manifest()
+        .connector(gen_source(RECORDS, 20_000, 64))
+        .connector(mqtt_sink(&broker, "out/{partition}"))
+        .write(dir.path());
+    crate::crash::storm(dir.path(), &manifest, 10, 200..1000);
+    wait_until(
+        "the subscriber hears every record",
+        Duration::from_secs(60),
+        || {
+            let mut s = subscriber_seqs(&heard);
+            s.sort_unstable();
+            s.dedup();
+            s.len() as u64 == RECORDS
+        },
+    );
+    let duplicates = assert_at_least_once(subscriber_seqs(&heard), RECORDS);
+    eprintln!("mqtt-sink: {duplicates} duplicates of {RECORDS} after 10 kills");
+}
+
+#[test]
+fn mqtt_5_through_a_broker_restart_pauses_each_side_once_and_loses_nothing() {
+    const RECORDS: u64 = 60_000;
+    let Some(mut broker) = Mosquitto::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // datagen → mqtt-sink → mosquitto → mqtt-source → file-sink, in MQTT 5.
+    // The source's session is there before the sink publishes.
+    broker.make_session("sluice-msrc-0", "relay/#");
+    let manifest = manifest()
+        .connector(gen_source(RECORDS, 20_000, 64))
+        .connector(mqtt_sink(&broker, "relay/{partition}").config("protocol", "5"))
+        .connector(
+            mqtt_source(&broker, "relay/#")
+                .set("topic", "relayed")
+                .config("protocol", "5")
+                .config("end_after_idle_ms", 6000),
+        )
+        .connector(files_sink().set("topic", "relayed"))
+        .write(dir.path());
+    let mut host = Host::run(dir.path(), &manifest);
+    let out = dir.path().join("out");
+    wait_until("records flow", Duration::from_secs(30), || {
+        seqs(&out).len() > 1000
+    });
+    broker.stop();
+    std::thread::sleep(Duration::from_millis(1500));
+    broker.resume();
+    let ended = host.wait_for_exit(Duration::from_secs(120));
+    let log = host.log();
+    assert_eq!(ended.status.code(), Some(0), "{log}");
+    let duplicates = assert_at_least_once(seqs(&out), RECORDS);
+    eprintln!("mqtt 5 relay: {duplicates} duplicates of {RECORDS} across a broker restart");
+    for side in ["mqtt-sink", "mqtt-source"] {
+        let away = format!("{side}: {} is away", broker.addr());
+        assert_eq!(log.matches(&away).count(), 1, "{side} said once: {log}");
+        let back = format!("{side}: {} is back", broker.addr());
+        assert!(log.contains(&back), "{log}");
+    }
+}
+
+#[test]
+fn mqtt_connectors_refuse_at_open_an_ungranted_broker_and_a_wrong_password_and_show_no_password() {
+    const PASSWORD: &str = "right-MQTT-s3cr3t";
+    let Some(broker) = Mosquitto::start_with_login("sluice", PASSWORD) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let login = |c: Connector| {
+        c.config("user", "sluice")
+            .config("password", "${secret:mqtt}")
+            .secret("mqtt", "file", "mqtt-password")
+    };
+    let attempt = |connectors: Vec<Connector>, password: &str| {
+        std::fs::write(dir.path().join("mqtt-password"), password).unwrap();
+        let mut m = manifest();
+        for c in connectors {
+            m = m.connector(c);
+        }
+        let manifest = m.write(dir.path());
+        let out = run(&["run", "--no-progress", manifest.to_str().unwrap()]);
+        let all = format!("{}{}", stderr(&out), String::from_utf8_lossy(&out.stdout));
+        assert!(!all.contains("s3cr3t"), "the password shows:\n{all}");
+        (out.status.code(), all)
+    };
+    let sink_run = |c: Connector| vec![gen_source(10, 0, 64), c];
+    let source_run = |c: Connector| vec![c.config("end_after_idle_ms", 500), files_sink()];
+
+    // Granted another port only.
+    let (code, all) = attempt(
+        sink_run(login(mqtt_sink(&broker, "out")).grant("net", vec!["127.0.0.1:1"])),
+        PASSWORD,
+    );
+    assert_ne!(code, Some(0), "{all}");
+    assert!(
+        all.contains(&broker.addr()) && all.contains("grant"),
+        "{all}"
+    );
+    let (code, all) = attempt(
+        source_run(login(mqtt_source(&broker, "in/#")).grant("net", vec!["127.0.0.1:1"])),
+        PASSWORD,
+    );
+    assert_ne!(code, Some(0), "{all}");
+    assert!(
+        all.contains(&broker.addr()) && all.contains("grant"),
+        "{all}"
+    );
+
+    // No login, then the wrong password: the broker's reason and address.
+    let (code, all) = attempt(sink_run(mqtt_sink(&broker, "out")), PASSWORD);
+    assert_ne!(code, Some(0), "{all}");
+    assert!(
+        all.contains("not authorized") && all.contains(&broker.addr()),
+        "{all}"
+    );
+    for connectors in [
+        sink_run(login(mqtt_sink(&broker, "out"))),
+        source_run(login(mqtt_source(&broker, "in/#"))),
+    ] {
+        let (code, all) = attempt(connectors, "wrong-s3cr3t");
+        assert_ne!(code, Some(0), "{all}");
+        assert!(
+            all.contains("bad user name or password") || all.contains("not authorized"),
+            "{all}"
+        );
+        assert!(all.contains(&broker.addr()), "{all}");
+    }
+
+    // The right one.
+    let heard = dir.path().join("heard");
+    let _subscriber = broker.subscribe("checker", "out", &heard);
+    let (code, all) = attempt(sink_run(login(mqtt_sink(&broker, "out"))), PASSWORD);
+    assert_eq!(code, Some(0), "{all}");
+    wait_until(
+        "the subscriber hears the records",
+        Duration::from_secs(10),
+        || subscriber_seqs(&heard).len() == 10,
+    );
+}
