@@ -218,3 +218,86 @@ fn mqtt_connectors_refuse_at_open_an_ungranted_broker_and_a_wrong_password_and_s
         || subscriber_seqs(&heard).len() == 10,
     );
 }
+
+#[test]
+fn in_mqtt_5_a_publish_the_broker_refuses_is_dead_lettered_with_its_reason() {
+    let acl = "user sluice\ntopic readwrite out/#\n";
+    let Some(broker) = Mosquitto::start_with_acl("sluice", "pw", acl) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let heard = dir.path().join("heard");
+    let _subscriber = broker.subscribe("checker", "out/#", &heard);
+    let records = keyed_records([("out/a", "1"), ("forbidden/b", "2"), ("out/c", "3")]);
+    let manifest = manifest()
+        .connector(source("keyed", wasm("emit-keyed"), "events").config("records", records))
+        .connector(
+            mqtt_sink(&broker, "{key}")
+                .config("protocol", "5")
+                .config("user", "sluice")
+                .config("password", "pw"),
+        )
+        .connector(dead_letters("msink.dlq"))
+        .write(dir.path());
+    run_finished(&manifest);
+    wait_until(
+        "the subscriber hears the allowed two",
+        Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(&heard)
+                .unwrap_or_default()
+                .lines()
+                .count()
+                == 2
+        },
+    );
+    let dead = output_lines(&dir.path().join("dlq"));
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(dead[0].contains("NotAuthorized"), "{}", dead[0]);
+}
+
+#[test]
+fn the_mqtt_to_redis_example_does_what_its_readme_says() {
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let Some(redis) = sluice_test_servers::redis::RedisServer::start() else {
+        return;
+    };
+    let example =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/mqtt-to-redis/sluice.toml");
+    let text = std::fs::read_to_string(&example)
+        .unwrap()
+        .replace("127.0.0.1:1883", &broker.addr())
+        .replace("127.0.0.1:6379", &redis.addr());
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("sluice.toml");
+    std::fs::write(&manifest, text).unwrap();
+    // The source's session, so that nothing published before it first
+    // subscribes is missed.
+    broker.make_session("sluice-devices-0", "devices/+/reading");
+    let mut host = Host::run(dir.path(), &manifest);
+    broker.publish(
+        "devices/7/reading",
+        ["{\"t\":21.5}".to_owned(), "{\"t\":21.7}".to_owned()],
+    );
+    broker.publish("devices/9/reading", ["{\"t\":19.0}".to_owned()]);
+    wait_until(
+        "three readings in the stream",
+        Duration::from_secs(30),
+        || redis.cli(&["XLEN", "readings"]).trim() == "3",
+    );
+    assert_eq!(
+        redis.cli(&["GET", "latest:devices/7/reading"]).trim(),
+        "{\"t\":21.7}"
+    );
+    assert_eq!(
+        redis.cli(&["GET", "latest:devices/9/reading"]).trim(),
+        "{\"t\":19.0}"
+    );
+    let entries = redis.cli(&["XRANGE", "readings", "-", "+"]);
+    assert!(entries.contains("devices/9/reading"), "{entries}");
+    host.interrupt();
+    let out = host.wait_for_exit(Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(130), "{}", host.log());
+}

@@ -103,7 +103,18 @@ impl MqttSink {
     fn take_ack(&mut self, state: &mut [Sent], rejects: &mut Rejects) -> Result<(), MqttError> {
         let wait = Duration::from_secs(self.config.keep_alive_s.max(5) * 2);
         let client = self.client.as_mut().expect("connected");
-        match client.next(Some(wait))? {
+        let packet = match client.next(None)? {
+            Some(packet) => Some(packet),
+            None => {
+                // About to wait: a ping makes our side acknowledge what
+                // the broker sent, so it sends its held-back PUBACKs now
+                // (see sluice_mqtt::Client::ping).
+                client.ping();
+                client.flush()?;
+                client.next(Some(wait))?
+            }
+        };
+        match packet {
             Some(Incoming::PubAck { pkid, refused }) => {
                 if let Some(i) = self.inflight.remove(&pkid) {
                     state[i] = Sent::Done;
@@ -144,9 +155,14 @@ impl MqttSink {
             if state[i] != Sent::No {
                 continue;
             }
-            while self.inflight.len() >= window {
+            if self.inflight.len() >= window {
+                // Down to half the window before sending more: publishes
+                // go out in bursts, not one per acknowledgement (a small
+                // write waits on Nagle's algorithm, see sluice_sdk::net).
                 self.client.as_mut().expect("connected").flush()?;
-                self.take_ack(state, rejects)?;
+                while self.inflight.len() > window / 2 {
+                    self.take_ack(state, rejects)?;
+                }
             }
             let offset = origin.first_offset + i as u64;
             if self

@@ -24,6 +24,7 @@ pub struct Mosquitto {
     child: Option<Child>,
     port: u16,
     login: Option<(String, String)>,
+    acl: Option<String>,
     dir: tempfile::TempDir,
 }
 
@@ -31,16 +32,25 @@ impl Mosquitto {
     /// Starts a broker that lets anyone in; `None` (the test skips) when
     /// mosquitto is not installed and `CI` is unset.
     pub fn start() -> Option<Mosquitto> {
-        Mosquitto::start_with(None)
+        Mosquitto::start_with(None, None)
     }
 
     /// Starts a broker whose clients must log in as `user` with
     /// `password`.
     pub fn start_with_login(user: &str, password: &str) -> Option<Mosquitto> {
-        Mosquitto::start_with(Some((user.to_owned(), password.to_owned())))
+        Mosquitto::start_with(Some((user.to_owned(), password.to_owned())), None)
     }
 
-    fn start_with(login: Option<(String, String)>) -> Option<Mosquitto> {
+    /// Starts a broker whose clients log in as `user` with `password`, and
+    /// may use only the topics `acl` (mosquitto's `acl_file` text) allows.
+    pub fn start_with_acl(user: &str, password: &str, acl: &str) -> Option<Mosquitto> {
+        Mosquitto::start_with(
+            Some((user.to_owned(), password.to_owned())),
+            Some(acl.to_owned()),
+        )
+    }
+
+    fn start_with(login: Option<(String, String)>, acl: Option<String>) -> Option<Mosquitto> {
         let found = [BROKER, PUB, SUB, PASSWD]
             .iter()
             .find(|p| !std::path::Path::new(p).is_file())
@@ -56,6 +66,7 @@ impl Mosquitto {
             child: None,
             port: crate::free_port(),
             login,
+            acl,
             dir: tempfile::tempdir().expect("a temporary directory"),
         };
         broker.write_config();
@@ -121,6 +132,11 @@ impl Mosquitto {
                     file.display()
                 ));
             }
+        }
+        if let Some(acl) = &self.acl {
+            let file = dir.join("acl");
+            std::fs::write(&file, acl).expect("the ACL file written");
+            config.push_str(&format!("acl_file {}\n", file.display()));
         }
         std::fs::write(self.config_path(), config).expect("mosquitto.conf written");
     }
