@@ -2,7 +2,9 @@
 //! its own directory and port, the append-only file synced every second),
 //! beside `redis-benchmark`, the server's own tool, sending the same
 //! commands with the same values in the same run, pipelined 1000 deep (as
-//! a batch of 1000 goes in one `MULTI/EXEC`).
+//! a batch of 1000 goes in one `MULTI/EXEC`); and `redis-source` reading a
+//! stream through a group, beside `redis-benchmark` reading it through a
+//! group of its own, 1000 entries at a time.
 
 use std::path::Path;
 use std::process::Command;
@@ -41,7 +43,7 @@ pub fn section(report: &mut Report, bin: &Path, work: &Path, cache: &Path) -> an
         ),
         ("rpush", vec!["RPUSH", "native", value.as_str()], "{topic}"),
     ] {
-        let native = benchmark(&redis, &command)?;
+        let native = benchmark(&redis, &command, RECORDS, 1000)?;
         report.add(
             Figure::new(
                 "redis",
@@ -68,12 +70,79 @@ pub fn section(report: &mut Report, bin: &Path, work: &Path, cache: &Path) -> an
         );
         redis.cli(&["FLUSHALL"]);
     }
+
+    // redis-source: a stream of RECORDS entries, read through a group.
+    redis.pipe((0..RECORDS).map(|_| {
+        ["XADD", "src", "*", "value", value.as_str()]
+            .map(str::to_owned)
+            .to_vec()
+    }));
+    // The same reads through a group of its own: each takes the next 1000
+    // new entries, as the source's do (never acknowledged here).
+    redis.cli(&["XGROUP", "CREATE", "src", "native", "0"]);
+    let read = [
+        "XREADGROUP",
+        "GROUP",
+        "native",
+        "c",
+        "COUNT",
+        "1000",
+        "STREAMS",
+        "src",
+        ">",
+    ];
+    let native = benchmark(&redis, &read, RECORDS / 1000, 1)? * 1000.0;
+    report.add(
+        Figure::new(
+            "redis",
+            "native: redis-benchmark XREADGROUP COUNT 1000",
+            native,
+            "rec/s",
+        )
+        .aside("entries/s, a read at a time, one connection"),
+    );
+    let rate = source_run(&redis, bin, work, cache)?;
+    report.add(
+        Figure::new("redis", "redis-source -> log", rate, "rec/s").aside(format!(
+            "{:.2} of redis-benchmark XREADGROUP",
+            rate / native
+        )),
+    );
     Ok(())
 }
 
-/// `redis-benchmark` sending `command` `RECORDS` times on one connection,
-/// 1000 in flight: requests/s, as it reports them.
-fn benchmark(redis: &RedisServer, command: &[&str]) -> anyhow::Result<f64> {
+/// `redis-source` reading the stream `src` to its end → log →
+/// `blackhole`: records/s from the first record's arrival to the last.
+fn source_run(redis: &RedisServer, bin: &Path, work: &Path, cache: &Path) -> anyhow::Result<f64> {
+    let addr = redis.addr();
+    let source = format!(
+        r#"[[connector]]
+name = "rsrc"
+kind = "source"
+plugin = "redis-source"
+topic = "bench"
+[connector.batch]
+max_records = 1000
+[connector.config]
+addr = "{addr}"
+stream = "src"
+bounded = true
+[connector.grants]
+net = ["{addr}"]
+"#
+    );
+    let sink = crate::files::into_blackhole(bin, work, cache, &source, RECORDS)?;
+    Ok(crate::arrival_rates(&sink).0)
+}
+
+/// `redis-benchmark` sending `command` `requests` times on one
+/// connection, `pipeline` in flight: requests/s, as it reports them.
+fn benchmark(
+    redis: &RedisServer,
+    command: &[&str],
+    requests: u64,
+    pipeline: u32,
+) -> anyhow::Result<f64> {
     let started = Instant::now();
     let out = Command::new("/usr/bin/redis-benchmark")
         .args(["-h", "127.0.0.1", "-p", &redis.port().to_string()])
@@ -81,9 +150,9 @@ fn benchmark(redis: &RedisServer, command: &[&str]) -> anyhow::Result<f64> {
             "-c",
             "1",
             "-P",
-            "1000",
+            &pipeline.to_string(),
             "-n",
-            &RECORDS.to_string(),
+            &requests.to_string(),
             "-r",
             "1000000",
         ])
@@ -102,7 +171,7 @@ fn benchmark(redis: &RedisServer, command: &[&str]) -> anyhow::Result<f64> {
         .nth(1)
         .and_then(|row| row.split(',').nth(1))
         .and_then(|cell| cell.trim_matches('"').parse::<f64>().ok());
-    Ok(rps.unwrap_or(RECORDS as f64 / secs))
+    Ok(rps.unwrap_or(requests as f64 / secs))
 }
 
 /// `datagen` → log → `redis-sink` in `mode` with `key`, as the connector

@@ -225,6 +225,11 @@ fn connector(name: &str, kind: &str, plugin: impl AsRef<std::ffi::OsStr>) -> Con
 }
 
 impl Connector {
+    /// Its kind: `source`, `sink` or `transform`.
+    pub fn kind(&self) -> &str {
+        self.0["kind"].as_str().unwrap()
+    }
+
     /// Sets `key` of the connector's table (`topics`, `parallelism`,
     /// `flush_interval_ms`, …).
     pub fn set(mut self, key: &str, value: impl Into<toml::Value>) -> Self {

@@ -165,7 +165,7 @@ fn a_redis_server_stopped_and_started_mid_run_pauses_the_sink_once_and_loses_not
 }
 
 #[test]
-fn redis_sink_refuses_at_open_an_ungranted_server_and_a_wrong_password_and_shows_no_password() {
+fn redis_connectors_refuse_at_open_an_ungranted_server_and_a_wrong_password_and_show_no_password() {
     const PASSWORD: &str = "right-Redis-s3cr3t";
     let Some(redis) = RedisServer::start_with_password(PASSWORD) else {
         return;
@@ -175,12 +175,15 @@ fn redis_sink_refuses_at_open_an_ungranted_server_and_a_wrong_password_and_shows
         c.config("password", "${secret:redis}")
             .secret("redis", "file", "redis-password")
     };
+    // A sink fed by datagen, or a source into files.
     let attempt = |c: Connector, password: &str| {
         std::fs::write(dir.path().join("redis-password"), password).unwrap();
-        let manifest = manifest()
-            .connector(gen_source(10, 0, 64))
-            .connector(c)
-            .write(dir.path());
+        let other = if c.kind() == "source" {
+            files_sink().set("topic", "copied")
+        } else {
+            gen_source(10, 0, 64)
+        };
+        let manifest = manifest().connector(other).connector(c).write(dir.path());
         let out = run(&["run", "--no-progress", manifest.to_str().unwrap()]);
         let all = format!("{}{}", stderr(&out), String::from_utf8_lossy(&out.stdout));
         assert!(!all.contains("s3cr3t"), "the password shows:\n{all}");
@@ -217,6 +220,33 @@ fn redis_sink_refuses_at_open_an_ungranted_server_and_a_wrong_password_and_shows
     );
     assert_eq!(code, Some(0), "{all}");
     assert_eq!(stream_seqs(&redis, "events").len(), 10);
+
+    // The source alike: ungranted, then the wrong password, then the right
+    // one, which reads the ten entries the sink wrote.
+    let reader = || {
+        redis_source(&redis)
+            .set("topic", "copied")
+            .config("stream", "events")
+            .config("bounded", true)
+    };
+    let (code, all) = attempt(
+        with_password(reader()).grant("net", vec!["127.0.0.1:1"]),
+        PASSWORD,
+    );
+    assert_ne!(code, Some(0), "{all}");
+    assert!(
+        all.contains(&redis.addr()) && all.contains("grant"),
+        "{all}"
+    );
+    let (code, all) = attempt(with_password(reader()), "wrong-s3cr3t");
+    assert_ne!(code, Some(0), "{all}");
+    assert!(
+        all.contains("WRONGPASS") && all.contains(&redis.addr()),
+        "{all}"
+    );
+    let (code, all) = attempt(with_password(reader()), PASSWORD);
+    assert_eq!(code, Some(0), "{all}");
+    assert_eq!(seqs(&dir.path().join("out")).len(), 10, "{all}");
 }
 
 /// `XADD <stream> * value {"seq":N}` for N in `range`.
@@ -263,7 +293,7 @@ fn a_redis_source_killed_at_random_moments_puts_every_entry_in_the_log_once() {
         .connector(
             redis_source(&redis)
                 .config("bounded", true)
-                .batch("max_records", 100),
+                .batch("max_records", 20),
         )
         .connector(files_sink())
         .write(dir.path());

@@ -13,7 +13,7 @@
 //!   milliseconds.
 //! - **Each entry once into the log.** The position stored with each batch
 //!   is the id of its last entry. An entry is acknowledged (`XACK`) only
-//!   once the log holds it (`commit`). After a restart or a reconnection
+//!   once the log holds it (`commit`), in the same write as the next read. After a restart or a reconnection
 //!   the consumer first reads its own pending entries again (`XREADGROUP
 //!   … 0`): those up to the stored position are in the log already and are
 //!   only acknowledged, those emitted since wait for their commit, and the
@@ -84,6 +84,12 @@ pub struct RedisSource {
     committed: Option<EntryId>,
     /// Emitted entries not acknowledged yet, in order.
     unacked: VecDeque<EntryId>,
+    /// Stored entries to acknowledge: the `XACK` goes with the next read,
+    /// in the same write (one round trip a batch, not two).
+    to_ack: Vec<EntryId>,
+    /// An `XACK` was sent before the read in flight: its answer comes
+    /// first.
+    acking: bool,
 }
 
 impl RedisSource {
@@ -99,6 +105,7 @@ impl RedisSource {
                 self.client = Some(client);
                 self.pending_after = Some(EntryId::ZERO);
                 self.awaiting = false;
+                self.acking = false;
                 Ok(true)
             }
             Err(e) if e.is_interrupted() => Ok(false),
@@ -138,6 +145,7 @@ impl RedisSource {
     fn lost(&mut self, e: &RedisError) {
         self.client = None;
         self.awaiting = false;
+        self.acking = false;
         self.outage.went_away(&e.to_string());
     }
 
@@ -156,6 +164,9 @@ impl RedisSource {
             let count = max.max(1).to_string();
             let block = self.config.block_ms.to_string();
             let mut c = Commands::default();
+            if !self.to_ack.is_empty() {
+                xack(&mut c, &self.config.stream, &self.group, &self.to_ack);
+            }
             let mut args = vec!["XREADGROUP", "GROUP", &self.group, &self.consumer];
             args.extend(["COUNT", &count]);
             if after.is_none() && !self.config.bounded {
@@ -173,8 +184,22 @@ impl RedisSource {
                 return Ok(None);
             }
             self.awaiting = true;
+            self.acking = !self.to_ack.is_empty();
+            // Lost with the connection if it fails: those entries are then
+            // pending and stored, acknowledged when read again.
+            self.to_ack.clear();
         }
         let client = self.client.as_mut().expect("connected");
+        if self.acking {
+            match client.reply() {
+                Ok(_) => self.acking = false,
+                Err(e) if e.is_interrupted() => return Ok(None),
+                Err(e) => {
+                    self.lost(&e);
+                    return Ok(None);
+                }
+            }
+        }
         let reply = match client.reply() {
             Ok(reply) => reply,
             // The answer still comes: the next poll takes it.
@@ -223,30 +248,17 @@ impl RedisSource {
                 .map_err(|why| Error::fatal(format!("Redis protocol: {why}"))),
         }
     }
+}
 
-    /// Acknowledges `ids`; a failure leaves them pending, to be taken up
-    /// again after the next connection.
-    fn ack(&mut self, ids: &[EntryId]) {
-        if ids.is_empty() || self.awaiting {
-            return;
-        }
-        let Some(client) = self.client.as_mut() else {
-            return;
-        };
-        let ids: Vec<String> = ids.iter().map(EntryId::to_string).collect();
-        let mut c = Commands::default();
-        c.start(3 + ids.len())
-            .arg(b"XACK")
-            .arg(self.config.stream.as_bytes())
-            .arg(self.group.as_bytes());
-        for id in &ids {
-            c.arg(id.as_bytes());
-        }
-        match client.run(&c) {
-            Ok(_) => {}
-            Err(e) if e.is_interrupted() => self.client = None,
-            Err(e) => self.lost(&e),
-        }
+/// Queues `XACK stream group ids…`.
+fn xack(c: &mut Commands, stream: &str, group: &str, ids: &[EntryId]) {
+    let ids: Vec<String> = ids.iter().map(EntryId::to_string).collect();
+    c.start(3 + ids.len())
+        .arg(b"XACK")
+        .arg(stream.as_bytes())
+        .arg(group.as_bytes());
+    for id in &ids {
+        c.arg(id.as_bytes());
     }
 }
 
@@ -358,6 +370,8 @@ impl Source for RedisSource {
             last,
             committed: last,
             unacked: VecDeque::new(),
+            to_ack: Vec::new(),
+            acking: false,
         };
         // At open the server must answer: a password or a grant to fix is
         // said now.
@@ -403,7 +417,7 @@ impl Source for RedisSource {
                 self.last = Some(*id);
                 self.unacked.push_back(*id);
             }
-            self.ack(&done);
+            self.to_ack.extend(done);
             let end = self.config.bounded && !pending && read.is_empty();
             if out.is_empty() && !end && pending {
                 continue;
@@ -417,48 +431,35 @@ impl Source for RedisSource {
             return Ok(());
         };
         self.committed = self.committed.max(Some(upto));
-        let mut ids = Vec::new();
         while self.unacked.front().is_some_and(|id| *id <= upto) {
-            ids.extend(self.unacked.pop_front());
+            self.to_ack.extend(self.unacked.pop_front());
         }
-        if self.awaiting {
-            // A read's answer is on its way: these wait for the next commit.
-            for id in ids.into_iter().rev() {
-                self.unacked.push_front(id);
-            }
-            return Ok(());
-        }
-        self.ack(&ids);
         Ok(())
     }
 
     fn close(&mut self) -> Result<(), Error> {
-        // Stored, not acknowledged: a read was in flight at the last
-        // commit. Acknowledged on a connection of their own (dropping the
-        // one that waits ends its read; anything it delivered stays
-        // pending, read again at the next start).
-        let committed = self.committed;
-        let ids: Vec<EntryId> = self
-            .unacked
-            .iter()
-            .copied()
-            .filter(|id| committed.is_some_and(|c| *id <= c))
-            .collect();
-        if ids.is_empty() {
+        // Stored, not acknowledged: they were to go with the next read.
+        // Acknowledged now, on a connection of their own if a read is in
+        // flight (dropping it ends the read; anything it delivered stays
+        // pending, read again at the next start). A failure leaves them
+        // pending, acknowledged when the next start reads them again.
+        if self.to_ack.is_empty() {
             return Ok(());
         }
         if self.awaiting {
             self.client = None;
             self.awaiting = false;
         }
-        if self.client.is_none() {
-            match Client::connect(&self.options) {
-                Ok(client) => self.client = Some(client),
-                // Left pending: acknowledged at the next start.
+        let client = match self.client.as_mut() {
+            Some(client) => client,
+            None => match Client::connect(&self.options) {
+                Ok(client) => self.client.insert(client),
                 Err(_) => return Ok(()),
-            }
-        }
-        self.ack(&ids);
+            },
+        };
+        let mut c = Commands::default();
+        xack(&mut c, &self.config.stream, &self.group, &self.to_ack);
+        let _ = client.run(&c);
         Ok(())
     }
 }
