@@ -301,3 +301,52 @@ fn the_mqtt_to_redis_example_does_what_its_readme_says() {
     let out = host.wait_for_exit(Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(130), "{}", host.log());
 }
+
+#[test]
+fn through_activemq_the_mqtt_connectors_relay_every_record() {
+    const RECORDS: u64 = 20_000;
+    let Some(amq) = sluice_test_servers::activemq::ActiveMq::start() else {
+        return;
+    };
+    let addr = amq.mqtt_addr();
+    let dir = tempfile::tempdir().unwrap();
+    // The source's session first (ActiveMQ keeps it: a durable
+    // subscription), so nothing the sink publishes before it subscribes is
+    // missed.
+    let made = std::process::Command::new("/usr/bin/mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &amq.mqtt_port().to_string()])
+        .args([
+            "-q",
+            "1",
+            "-c",
+            "-i",
+            "sluice-msrc-0",
+            "-t",
+            "relay/#",
+            "-E",
+        ])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", amq.log());
+    let manifest = manifest()
+        .connector(gen_source(RECORDS, 10_000, 64))
+        .connector(
+            sink("msink", "mqtt-sink", "events")
+                .config("addr", addr.as_str())
+                .config("topic", "relay/{partition}")
+                .grant("net", vec![addr.as_str()]),
+        )
+        .connector(
+            source("msrc", "mqtt-source", "relayed")
+                .config("addr", addr.as_str())
+                .config("topics", vec!["relay/#"])
+                .config("end_after_idle_ms", 4000)
+                .grant("net", vec![addr.as_str()]),
+        )
+        .connector(files_sink().set("topic", "relayed"))
+        .write(dir.path());
+    let out = run_finished(&manifest);
+    let duplicates = assert_at_least_once(seqs(&dir.path().join("out")), RECORDS);
+    eprintln!("activemq relay: {duplicates} duplicates of {RECORDS}");
+    assert!(out.status.success());
+}

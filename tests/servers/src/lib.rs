@@ -10,6 +10,7 @@
 
 #![allow(clippy::print_stderr)]
 
+pub mod activemq;
 pub mod kafka;
 pub mod mariadb;
 pub mod mosquitto;
