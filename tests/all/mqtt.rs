@@ -350,3 +350,31 @@ fn through_activemq_the_mqtt_connectors_relay_every_record() {
     eprintln!("activemq relay: {duplicates} duplicates of {RECORDS}");
     assert!(out.status.success());
 }
+
+#[test]
+fn a_record_whose_topic_cannot_be_published_to_is_dead_lettered() {
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let heard = dir.path().join("heard");
+    let _subscriber = broker.subscribe("checker", "#", &heard);
+    // Keys that make a topic with a wildcard, and an empty one.
+    let records = keyed_records([("ok", "1"), ("a/+", "2"), ("", "3")]);
+    let manifest = manifest()
+        .connector(source("keyed", wasm("emit-keyed"), "events").config("records", records))
+        .connector(mqtt_sink(&broker, "{key}"))
+        .connector(dead_letters("msink.dlq"))
+        .write(dir.path());
+    run_finished(&manifest);
+    wait_until(
+        "the subscriber hears the one",
+        Duration::from_secs(10),
+        || std::fs::read_to_string(&heard).unwrap_or_default() == "1\n",
+    );
+    let dead = output_lines(&dir.path().join("dlq"));
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    for line in &dead {
+        assert!(line.contains("cannot be published to"), "{line}");
+    }
+}

@@ -219,11 +219,8 @@ impl Sink for MqttSink {
                 )));
             }
         };
-        let client_id = config
-            .client_id
-            .clone()
-            .unwrap_or_else(|| format!("sluice-{}-{}", ctx.connector, ctx.index));
-        let mut options = ConnectOptions::new(&config.addr, &client_id);
+        let mut options =
+            ConnectOptions::for_instance(&config.addr, config.client_id.as_deref(), ctx);
         options.tls = sluice_sdk::net::tls_server_name(
             config.tls,
             config.server_name.as_deref(),

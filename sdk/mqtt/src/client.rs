@@ -111,6 +111,18 @@ impl ConnectOptions {
         }
     }
 
+    /// Options for one instance of a connector, as `client_id`, or by
+    /// default `sluice-<connector>-<index>`: stable across restarts, so
+    /// the broker keeps the instance's session, and unique among instances.
+    pub fn for_instance(
+        addr: &str,
+        client_id: Option<&str>,
+        ctx: &sluice_sdk::Context,
+    ) -> ConnectOptions {
+        let default = format!("sluice-{}-{}", ctx.connector, ctx.index);
+        ConnectOptions::new(addr, client_id.unwrap_or(&default))
+    }
+
     /// A failure to connect or log in as the error the host acts on: what
     /// to fix (a grant, a password, TLS) as an invalid config, a server
     /// that is away or busy as retriable. Never shows the password.
@@ -480,34 +492,15 @@ impl Client {
                 "topic {topic:?} cannot be published to (empty, or a wildcard or NUL in it)"
             ));
         }
-        let pkid = if qos == Qos::AtMostOnce { 0 } else { pkid };
-        let payload = Bytes::copy_from_slice(payload);
-        let mark = self.write.len();
-        let written = match self.version {
-            Version::V311 => v4::Publish {
-                dup: false,
-                qos: qos.codec(),
-                retain,
-                topic: topic.to_owned(),
-                pkid,
-                payload,
-            }
-            .write(&mut self.write),
-            Version::V5 => v5::Publish {
-                dup: false,
-                qos: qos.codec(),
-                retain,
-                topic: topic.to_owned(),
-                pkid,
-                properties: None,
-                payload,
-            }
-            .write(&mut self.write),
-        };
-        written.map(drop).map_err(|e| {
-            self.write.truncate(mark);
-            format!("the message cannot be encoded: {e:?}")
-        })
+        encode_publish(
+            &mut self.write,
+            self.version,
+            topic,
+            payload,
+            qos,
+            pkid,
+            retain,
+        )
     }
 
     /// Queues a `PUBACK` for the message `pkid`.
@@ -635,6 +628,62 @@ impl Client {
             Err(e) => Err(MqttError::Protocol(format!("{e:?}"))),
         }
     }
+}
+
+/// The largest remaining length MQTT can say (four bytes of seven bits).
+const MAX_REMAINING: usize = 268_435_455;
+
+/// Writes a `PUBLISH` (not a duplicate) into `out`, straight from the
+/// record's bytes: a publish is the sink's hot path, so no codec structs
+/// (an owned topic and a copy of the payload each) are made for it.
+fn encode_publish(
+    out: &mut BytesMut,
+    version: Version,
+    topic: &str,
+    payload: &[u8],
+    qos: Qos,
+    pkid: u16,
+    retain: bool,
+) -> Result<(), String> {
+    let topic_len = u16::try_from(topic.len()).map_err(|_| {
+        format!(
+            "a topic of {} bytes is longer than MQTT allows",
+            topic.len()
+        )
+    })?;
+    let id_len = if qos == Qos::AtMostOnce { 0 } else { 2 };
+    // MQTT 5: a properties length of 0.
+    let properties_len = if version == Version::V5 { 1 } else { 0 };
+    let remaining = 2 + topic.len() + id_len + properties_len + payload.len();
+    if remaining > MAX_REMAINING {
+        return Err(format!(
+            "a message of {} bytes is larger than MQTT allows",
+            payload.len()
+        ));
+    }
+    let qos_bits = if qos == Qos::AtMostOnce { 0 } else { 0b010 };
+    out.reserve(5 + remaining);
+    out.extend_from_slice(&[0x30 | qos_bits | u8::from(retain)]);
+    let mut left = remaining;
+    loop {
+        // Seven bits a byte, the high bit saying more follow.
+        let byte = (left % 128) as u8;
+        left /= 128;
+        out.extend_from_slice(&[if left > 0 { byte | 0x80 } else { byte }]);
+        if left == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&topic_len.to_be_bytes());
+    out.extend_from_slice(topic.as_bytes());
+    if qos != Qos::AtMostOnce {
+        out.extend_from_slice(&pkid.to_be_bytes());
+    }
+    if version == Version::V5 {
+        out.extend_from_slice(&[0]);
+    }
+    out.extend_from_slice(payload);
+    Ok(())
 }
 
 fn unexpected(what: &str) -> MqttError {
@@ -796,6 +845,32 @@ mod tests {
                     assert_eq!(&m.payload[..], b"{\"t\":1}");
                 }
                 _ => panic!("{version}: not a publish"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_publish_encoded_here_decodes_as_the_codec_reads_it() {
+        let big = vec![b'x'; 20_000];
+        for version in [Version::V311, Version::V5] {
+            for (qos, retain, payload) in [
+                (Qos::AtLeastOnce, false, &b"{\"t\":1}"[..]),
+                (Qos::AtMostOnce, true, &big[..]),
+            ] {
+                let mut out = BytesMut::new();
+                encode_publish(&mut out, version, "devices/a", payload, qos, 7, retain).unwrap();
+                match decode_all(version, &out).pop() {
+                    Some(Decoded::Incoming(Incoming::Publish(m))) => {
+                        let pkid = if qos == Qos::AtMostOnce { 0 } else { 7 };
+                        assert_eq!(
+                            (m.pkid, m.topic.as_str(), m.qos, m.retain, m.dup),
+                            (pkid, "devices/a", qos, retain, false),
+                            "{version}"
+                        );
+                        assert_eq!(&m.payload[..], payload, "{version}");
+                    }
+                    _ => panic!("{version}: not a publish"),
+                }
             }
         }
     }
