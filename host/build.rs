@@ -26,6 +26,8 @@ const BUILTIN: &[&str] = &[
     "redis-source",
     "socket-sink",
     "socket-source",
+    "stomp-sink",
+    "stomp-source",
 ];
 
 fn main() {

@@ -20,6 +20,7 @@ mod plot;
 mod postgres;
 mod redis;
 mod report;
+mod stomp;
 mod swap;
 
 use std::path::PathBuf;
@@ -78,6 +79,7 @@ enum Section {
     Mariadb,
     Redis,
     Mqtt,
+    Stomp,
     Kafka,
     Nats,
 }
@@ -215,6 +217,11 @@ fn main() -> anyhow::Result<()> {
     if wants(Section::Mqtt) {
         let bin = end_to_end::sluice_binary()?;
         mqtt::section(&mut report, &bin, work.path(), &work.path().join("cache"))?;
+    }
+
+    if wants(Section::Stomp) {
+        let bin = end_to_end::sluice_binary()?;
+        stomp::section(&mut report, &bin, work.path(), &work.path().join("cache"))?;
     }
 
     if wants(Section::Kafka) {

@@ -363,7 +363,7 @@ pub fn tls_server_name(tls: bool, server_name: Option<&str>, addr: &str) -> Opti
 }
 
 /// `host` of `host:port`, without the brackets of an IPv6 address.
-fn host_part(addr: &str) -> &str {
+pub fn host_part(addr: &str) -> &str {
     let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
     host.trim_start_matches('[').trim_end_matches(']')
 }

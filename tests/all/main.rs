@@ -28,5 +28,6 @@ mod plugin_log;
 mod postgres;
 mod redis;
 mod sandbox;
+mod stomp;
 mod tls;
 mod waiting;

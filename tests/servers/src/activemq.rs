@@ -1,6 +1,9 @@
 //! ActiveMQ: a broker of Debian's package `activemq` (5.17) of the test's
 //! own, speaking MQTT and STOMP on free 127.0.0.1 ports, its KahaDB in a
-//! temporary directory, killed (with its JVM) when dropped.
+//! temporary directory, killed (with its JVM) when dropped. Messages in
+//! memory are held to 64 MiB (the rest wait in the store): without a
+//! limit, and with half the JVM's 512 MiB heap as one, 400,000 messages of
+//! 100 B queued for no consumer ran the heap out.
 //!
 //! Debian's ActiveMQ lacks the MQTT codec it was built against: the
 //! package `libmqtt-client-java` has it, and goes on the broker's class
@@ -24,9 +27,10 @@ const MQTT_JARS: [&str; 3] = [
 /// A running ActiveMQ broker, killed when dropped.
 #[derive(Debug)]
 pub struct ActiveMq {
-    child: Child,
+    child: Option<Child>,
     mqtt_port: u16,
     stomp_port: u16,
+    login: Option<(String, String)>,
     dir: tempfile::TempDir,
 }
 
@@ -34,6 +38,16 @@ impl ActiveMq {
     /// Starts a broker that lets anyone in; `None` (the test skips) when
     /// ActiveMQ or its MQTT codec is not installed and `CI` is unset.
     pub fn start() -> Option<ActiveMq> {
+        ActiveMq::start_with(None)
+    }
+
+    /// Starts a broker that lets only `user` in, with `password`, and lets
+    /// it read and write the queues named `allowed.…` and no others.
+    pub fn start_with_login(user: &str, password: &str) -> Option<ActiveMq> {
+        ActiveMq::start_with(Some((user.to_owned(), password.to_owned())))
+    }
+
+    fn start_with(login: Option<(String, String)>) -> Option<ActiveMq> {
         let found = std::iter::once(SCRIPT)
             .chain(MQTT_JARS)
             .find(|p| !Path::new(p).is_file())
@@ -48,6 +62,27 @@ impl ActiveMq {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let (mqtt_port, stomp_port) = (crate::free_port(), crate::free_port());
         let d = dir.path();
+        let plugins = login.as_ref().map_or(String::new(), |(user, password)| {
+            format!(
+                r#"<plugins>
+      <simpleAuthenticationPlugin>
+        <users>
+          <authenticationUser username="{user}" password="{password}" groups="users"/>
+        </users>
+      </simpleAuthenticationPlugin>
+      <authorizationPlugin>
+        <map>
+          <authorizationMap>
+            <authorizationEntries>
+              <authorizationEntry queue="allowed.>" read="users" write="users" admin="users"/>
+              <authorizationEntry topic="ActiveMQ.Advisory.>" read="users" write="users" admin="users"/>
+            </authorizationEntries>
+          </authorizationMap>
+        </map>
+      </authorizationPlugin>
+    </plugins>"#
+            )
+        });
         let config = format!(
             r#"<beans xmlns="http://www.springframework.org/schema/beans"
   xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"
@@ -58,6 +93,14 @@ impl ActiveMq {
       <transportConnector name="mqtt" uri="mqtt://127.0.0.1:{mqtt_port}"/>
       <transportConnector name="stomp" uri="stomp://127.0.0.1:{stomp_port}"/>
     </transportConnectors>
+    <systemUsage>
+      <systemUsage>
+        <memoryUsage><memoryUsage limit="64 mb"/></memoryUsage>
+        <storeUsage><storeUsage limit="8 gb"/></storeUsage>
+        <tempUsage><tempUsage limit="2 gb"/></tempUsage>
+      </systemUsage>
+    </systemUsage>
+    {plugins}
   </broker>
 </beans>
 "#,
@@ -73,7 +116,27 @@ impl ActiveMq {
         )
         .expect("log4j.properties written");
         open_to_all(d);
-        let log = std::fs::File::create(d.join("activemq.log")).expect("the broker's log");
+        let mut broker = ActiveMq {
+            child: None,
+            mqtt_port,
+            stomp_port,
+            login,
+            dir,
+        };
+        broker.resume();
+        Some(broker)
+    }
+
+    /// Starts the broker (again) on its ports and data, and waits until
+    /// it listens.
+    pub fn resume(&mut self) {
+        assert!(self.child.is_none(), "the broker runs already");
+        let d = self.dir.path();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(d.join("activemq.log"))
+            .expect("the broker's log");
         let mut child = Command::new(SCRIPT)
             .args([
                 "console",
@@ -93,8 +156,8 @@ impl ActiveMq {
             .spawn()
             .expect("activemq starts");
         let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(("127.0.0.1", mqtt_port)).is_err()
-            || TcpStream::connect(("127.0.0.1", stomp_port)).is_err()
+        while TcpStream::connect(("127.0.0.1", self.mqtt_port)).is_err()
+            || TcpStream::connect(("127.0.0.1", self.stomp_port)).is_err()
         {
             if let Ok(Some(status)) = child.try_wait() {
                 panic!(
@@ -105,12 +168,31 @@ impl ActiveMq {
             assert!(Instant::now() < deadline, "activemq did not listen in 60 s");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Some(ActiveMq {
-            child,
-            mqtt_port,
-            stomp_port,
-            dir,
-        })
+        self.child = Some(child);
+    }
+
+    /// Kills the broker (SIGKILL, the JVM with it): what it stored stays.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // `su` puts the JVM in a session of its own, out of the child's
+        // process group: it is found by its directory on its command line.
+        let dir = self.dir.path().to_string_lossy().into_owned();
+        for pid in processes_naming(&dir) {
+            // SAFETY: kill(2) on a process id just read from /proc.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        // SAFETY: kill(2) on the process group this child leads.
+        unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+        let _ = child.wait();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !processes_naming(&dir).is_empty()
+            || TcpStream::connect(("127.0.0.1", self.stomp_port)).is_ok()
+        {
+            assert!(Instant::now() < deadline, "activemq did not stop in 20 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// `127.0.0.1:port` of its MQTT listener.
@@ -138,6 +220,247 @@ impl ActiveMq {
     }
 }
 
+impl ActiveMq {
+    /// Sends `messages` to `destination` over STOMP, persistent, each with
+    /// a receipt (1,000 awaited at most), and returns once all are stored.
+    pub fn send(&self, destination: &str, messages: impl IntoIterator<Item = String>) {
+        let mut conn = StompConn::connect(self.stomp_port, self.login.as_ref());
+        let (mut sent, mut receipted) = (0u64, 0u64);
+        for m in messages {
+            while sent - receipted >= 1000 {
+                conn.flush();
+                match conn.read_frame() {
+                    (c, _, _) if c == "RECEIPT" => receipted += 1,
+                    (c, h, b) => panic!("activemq answered a SEND with {c} {h:?} {b:?}"),
+                }
+            }
+            sent += 1;
+            let receipt = sent.to_string();
+            conn.queue_frame(
+                "SEND",
+                &[
+                    ("destination", destination),
+                    ("persistent", "true"),
+                    ("receipt", &receipt),
+                ],
+                m.as_bytes(),
+            );
+        }
+        conn.flush();
+        while receipted < sent {
+            match conn.read_frame() {
+                (c, _, _) if c == "RECEIPT" => receipted += 1,
+                (c, h, b) => panic!("activemq answered a SEND with {c} {h:?} {b:?}"),
+            }
+        }
+    }
+
+    /// Takes `n` messages from `destination` over STOMP, each acknowledged
+    /// on its own as it comes (`client-individual`, as `stomp-source`
+    /// does, 1,000 unacknowledged at most), and returns once it has.
+    pub fn drain(&self, destination: &str, n: u64) {
+        let mut conn = StompConn::connect(self.stomp_port, self.login.as_ref());
+        conn.queue_frame(
+            "SUBSCRIBE",
+            &[
+                ("id", "0"),
+                ("destination", destination),
+                ("ack", "client-individual"),
+                ("activemq.prefetchSize", "1000"),
+            ],
+            b"",
+        );
+        conn.flush();
+        for _ in 0..n {
+            let (command, headers, body) = conn.read_frame();
+            assert_eq!(command, "MESSAGE", "{headers:?} {body:?}");
+            let ack = headers
+                .iter()
+                .find(|(n, _)| n == "ack")
+                .map(|(_, v)| v.clone())
+                .expect("an ack header");
+            conn.queue_frame("ACK", &[("id", &ack)], b"");
+            // Before a read that may wait, the acknowledgements go out: the
+            // broker sends no more than the prefetch unacknowledged.
+            if conn.write.len() >= 64 * 1024 || !conn.read.contains(&0) {
+                conn.flush();
+            }
+        }
+        conn.flush();
+        conn.queue_frame("DISCONNECT", &[("receipt", "bye")], b"");
+        conn.flush();
+        while conn.read_frame().0 != "RECEIPT" {}
+    }
+
+    /// Consumes `destination` over STOMP (acknowledged as sent), writing
+    /// each body as a line to `out`, until the [`Consumer`] is dropped.
+    pub fn consume(&self, destination: &str, out: &Path) -> Consumer {
+        let mut conn = StompConn::connect(self.stomp_port, self.login.as_ref());
+        conn.queue_frame(
+            "SUBSCRIBE",
+            &[("id", "0"), ("destination", destination), ("ack", "auto")],
+            b"",
+        );
+        conn.flush();
+        conn.stream
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("a read timeout");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let mut file = std::fs::File::create(out).expect("the consumer's output");
+        let thread = std::thread::spawn(move || {
+            use std::io::Write as _;
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                let Some((command, headers, body)) = conn.try_read_frame() else {
+                    continue;
+                };
+                assert_eq!(command, "MESSAGE", "{headers:?} {body:?}");
+                file.write_all(&body).expect("written");
+                file.write_all(b"\n").expect("written");
+            }
+        });
+        Consumer {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+/// A STOMP consumer of the test's, stopped when dropped.
+#[derive(Debug)]
+pub struct Consumer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A frame: command, headers, body.
+type StompFrame = (String, Vec<(String, String)>, Vec<u8>);
+
+/// The least of a STOMP 1.2 client, for the tests' own sends and reads.
+struct StompConn {
+    stream: TcpStream,
+    read: Vec<u8>,
+    write: Vec<u8>,
+}
+
+impl StompConn {
+    fn connect(port: u16, login: Option<&(String, String)>) -> StompConn {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("activemq answers");
+        stream.set_nodelay(true).expect("nodelay");
+        let mut conn = StompConn {
+            stream,
+            read: Vec::new(),
+            write: Vec::new(),
+        };
+        let mut headers = vec![("accept-version", "1.2"), ("host", "localhost")];
+        if let Some((user, password)) = login {
+            headers.push(("login", user));
+            headers.push(("passcode", password));
+        }
+        conn.queue_frame("CONNECT", &headers, b"");
+        conn.flush();
+        match conn.read_frame() {
+            (c, _, _) if c == "CONNECTED" => conn,
+            (c, h, b) => panic!("activemq refused the test's client: {c} {h:?} {b:?}"),
+        }
+    }
+
+    fn queue_frame(&mut self, command: &str, headers: &[(&str, &str)], body: &[u8]) {
+        self.write.extend_from_slice(command.as_bytes());
+        self.write.push(b'\n');
+        for (name, value) in headers {
+            self.write
+                .extend_from_slice(format!("{name}:{value}\n").as_bytes());
+        }
+        if !body.is_empty() {
+            self.write
+                .extend_from_slice(format!("content-length:{}\n", body.len()).as_bytes());
+        }
+        self.write.push(b'\n');
+        self.write.extend_from_slice(body);
+        self.write.push(0);
+    }
+
+    fn flush(&mut self) {
+        use std::io::Write as _;
+        self.stream
+            .write_all(&self.write)
+            .expect("written to activemq");
+        self.write.clear();
+    }
+
+    /// The next frame, waiting for it.
+    fn read_frame(&mut self) -> StompFrame {
+        loop {
+            if let Some(f) = self.try_read_frame() {
+                return f;
+            }
+        }
+    }
+
+    /// The next frame, if one is read whole before the read times out.
+    fn try_read_frame(&mut self) -> Option<StompFrame> {
+        loop {
+            let start = self
+                .read
+                .iter()
+                .take_while(|&&b| b == b'\n' || b == b'\r')
+                .count();
+            self.read.drain(..start);
+            if let Some(end) = self.read.windows(2).position(|w| w == b"\n\n") {
+                let head = String::from_utf8_lossy(&self.read[..end]).into_owned();
+                let mut lines = head.lines();
+                let command = lines.next().unwrap_or_default().to_owned();
+                let headers: Vec<(String, String)> = lines
+                    .filter_map(|l| l.split_once(':'))
+                    .map(|(n, v)| (n.to_owned(), v.to_owned()))
+                    .collect();
+                let length = headers
+                    .iter()
+                    .find(|(n, _)| n == "content-length")
+                    .map(|(_, v)| v.parse::<usize>().expect("a length"));
+                let body_start = end + 2;
+                let body_end = match length {
+                    Some(n) if self.read.len() > body_start + n => Some(body_start + n),
+                    Some(_) => None,
+                    None => self.read[body_start..]
+                        .iter()
+                        .position(|&b| b == 0)
+                        .map(|i| body_start + i),
+                };
+                if let Some(body_end) = body_end {
+                    let body = self.read[body_start..body_end].to_vec();
+                    self.read.drain(..=body_end);
+                    return Some((command, headers, body));
+                }
+            }
+            let mut chunk = [0u8; 65536];
+            match std::io::Read::read(&mut self.stream, &mut chunk) {
+                Ok(0) => panic!("activemq closed the test's connection"),
+                Ok(n) => self.read.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return None;
+                }
+                Err(e) => panic!("reading from activemq: {e}"),
+            }
+        }
+    }
+}
+
 /// Lets the package's `activemq` user read and write `dir`.
 fn open_to_all(dir: &Path) {
     use std::os::unix::fs::PermissionsExt as _;
@@ -152,16 +475,7 @@ fn open_to_all(dir: &Path) {
 
 impl Drop for ActiveMq {
     fn drop(&mut self) {
-        // `su` puts the JVM in a session of its own, out of the child's
-        // process group: it is found by its directory on its command line.
-        let dir = self.dir.path().to_string_lossy().into_owned();
-        for pid in processes_naming(&dir) {
-            // SAFETY: kill(2) on a process id just read from /proc.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-        // SAFETY: kill(2) on the process group this child leads.
-        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
