@@ -64,12 +64,7 @@ pub(crate) fn read(buf: &mut BytesMut, max: usize) -> Result<Read, String> {
             return Ok(Read::Partial);
         }
     }
-    let Some(head_len) = find(buf, b"\n\n")
-        .map(|i| (i, 2))
-        .into_iter()
-        .chain(find(buf, b"\n\r\n").map(|i| (i, 3)))
-        .min_by_key(|&(i, _)| i)
-    else {
+    let Some(head_len) = head_end(buf) else {
         if buf.len() > max {
             return Err(format!("a frame's headers run past {max} bytes"));
         }
@@ -134,8 +129,20 @@ pub(crate) fn read(buf: &mut BytesMut, max: usize) -> Result<Read, String> {
     }))
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+/// Where the first frame's headers end (its first empty line), and the
+/// length of the line break that ends them: one pass that stops there, so
+/// a buffer of many frames is not scanned to its end for each.
+fn head_end(buf: &[u8]) -> Option<(usize, usize)> {
+    let mut from = 0;
+    while let Some(p) = buf[from..].iter().position(|&b| b == b'\n') {
+        let at = from + p;
+        match (buf.get(at + 1), buf.get(at + 2)) {
+            (Some(b'\n'), _) => return Some((at, 2)),
+            (Some(b'\r'), Some(b'\n')) => return Some((at, 3)),
+            _ => from = at + 1,
+        }
+    }
+    None
 }
 
 fn unescape(s: &str) -> Result<String, String> {
