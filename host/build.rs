@@ -22,6 +22,8 @@ const BUILTIN: &[&str] = &[
     "postgres-cdc",
     "postgres-sink",
     "print",
+    "rabbitmq-sink",
+    "rabbitmq-source",
     "redis-sink",
     "redis-source",
     "socket-sink",

@@ -18,6 +18,7 @@ mod nats;
 mod network;
 mod plot;
 mod postgres;
+mod rabbitmq;
 mod redis;
 mod report;
 mod stomp;
@@ -80,6 +81,7 @@ enum Section {
     Redis,
     Mqtt,
     Stomp,
+    Rabbitmq,
     Kafka,
     Nats,
 }
@@ -222,6 +224,11 @@ fn main() -> anyhow::Result<()> {
     if wants(Section::Stomp) {
         let bin = end_to_end::sluice_binary()?;
         stomp::section(&mut report, &bin, work.path(), &work.path().join("cache"))?;
+    }
+
+    if wants(Section::Rabbitmq) {
+        let bin = end_to_end::sluice_binary()?;
+        rabbitmq::section(&mut report, &bin, work.path(), &work.path().join("cache"))?;
     }
 
     if wants(Section::Kafka) {

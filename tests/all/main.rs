@@ -26,6 +26,7 @@ mod pipeline_e2e;
 mod plugin_contract;
 mod plugin_log;
 mod postgres;
+mod rabbitmq;
 mod redis;
 mod sandbox;
 mod stomp;

@@ -16,6 +16,7 @@ pub mod mariadb;
 pub mod mosquitto;
 pub mod nats;
 pub mod postgres;
+pub mod rabbitmq;
 pub mod redis;
 pub mod tansu;
 
