@@ -34,6 +34,10 @@
 //! with [`std::io::ErrorKind::Interrupted`] here, connecting included; the
 //! connection, once made, is still good (see [`crate::interrupted`]).
 
+mod framed;
+
+pub use framed::Framed;
+
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;

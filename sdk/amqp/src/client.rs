@@ -2,11 +2,11 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::io::{self, Write};
+use std::io;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use sluice_sdk::net::Stream;
+use sluice_sdk::net::Framed;
 
 use crate::frame::{self, Close, Frame, Method, Properties, Table, Value};
 
@@ -208,8 +208,6 @@ pub enum Incoming {
     },
 }
 
-/// How much is read from the socket at once.
-const READ_CHUNK: usize = 64 * 1024;
 /// The one channel a client uses.
 const CHANNEL: u16 = 1;
 
@@ -223,17 +221,8 @@ struct Content {
 
 /// A connection to an AMQP 0-9-1 server with one channel open.
 pub struct Client {
-    stream: Stream,
-    read: BytesMut,
-    chunk: Vec<u8>,
-    write: BytesMut,
+    conn: Framed,
     frame_max: usize,
-    /// How often we must show we are alive.
-    send_every: Option<Duration>,
-    /// How often the server must.
-    expect_every: Option<Duration>,
-    last_write: Instant,
-    last_read: Instant,
     /// A message whose content is being read.
     content: Option<Content>,
     /// What came while waiting for a method's answer.
@@ -244,7 +233,7 @@ pub struct Client {
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
-            .field("stream", &self.stream)
+            .field("stream", self.conn.stream())
             .field("server", &self.server)
             .finish_non_exhaustive()
     }
@@ -268,21 +257,14 @@ impl Client {
     /// [`AmqpError::Refused`].
     pub fn connect(options: &ConnectOptions) -> Result<Client, AmqpError> {
         let mut client = Client {
-            stream: Stream::connect(&options.addr, options.tls.as_deref())?,
-            read: BytesMut::with_capacity(READ_CHUNK),
-            chunk: vec![0; READ_CHUNK],
-            write: BytesMut::with_capacity(READ_CHUNK),
+            conn: Framed::connect(&options.addr, options.tls.as_deref())?,
             frame_max: 4096,
-            send_every: None,
-            expect_every: None,
-            last_write: Instant::now(),
-            last_read: Instant::now(),
             content: None,
             backlog: VecDeque::new(),
             server: String::new(),
         };
         let deadline = Instant::now() + Duration::from_secs(10).max(options.heartbeat);
-        client.write.put_slice(frame::PROTOCOL_HEADER);
+        client.conn.write.put_slice(frame::PROTOCOL_HEADER);
         client.flush()?;
         let Method::ConnectionStart {
             version,
@@ -329,7 +311,7 @@ impl Client {
         response.extend_from_slice(options.user.as_bytes());
         response.push(0);
         response.extend_from_slice(options.password.as_bytes());
-        frame::method_frame(&mut client.write, 0, (10, 11), |b| {
+        frame::method_frame(&mut client.conn.write, 0, (10, 11), |b| {
             frame::put_table(b, &client_properties);
             frame::put_shortstr(b, b"PLAIN");
             frame::put_longstr(b, &response);
@@ -373,16 +355,17 @@ impl Client {
             (ours, theirs) => ours.min(theirs),
         };
         if heartbeat > 0 {
+            // A server silent for two periods is gone.
             let every = Duration::from_secs(u64::from(heartbeat));
-            client.send_every = Some(every);
-            client.expect_every = Some(every);
+            client.conn.set_keep_alive(Some(every));
+            client.conn.set_silence_limit(Some(every * 2));
         }
-        frame::method_frame(&mut client.write, 0, (10, 31), |b| {
+        frame::method_frame(&mut client.conn.write, 0, (10, 31), |b| {
             b.put_u16(channel_max);
             b.put_u32(frame_max);
             b.put_u16(heartbeat);
         });
-        frame::method_frame(&mut client.write, 0, (10, 40), |b| {
+        frame::method_frame(&mut client.conn.write, 0, (10, 40), |b| {
             frame::put_shortstr(b, options.vhost.as_bytes());
             frame::put_shortstr(b, b"");
             b.put_u8(0);
@@ -396,7 +379,7 @@ impl Client {
                 )));
             }
         }
-        frame::method_frame(&mut client.write, CHANNEL, (20, 10), |b| {
+        frame::method_frame(&mut client.conn.write, CHANNEL, (20, 10), |b| {
             frame::put_shortstr(b, b"");
         });
         client.call(|m| matches!(m, Method::ChannelOpenOk))?;
@@ -422,21 +405,19 @@ impl Client {
                     }
                 }
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            if !self.conn.wait_more(Some(deadline), |_| {})? {
                 return Err(AmqpError::Io(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "the server did not finish the handshake in time",
                 )));
             }
-            self.fill(Some(left))?;
         }
     }
 
     /// Answers the server's close of `channel`, best effort.
     fn close_ok(&mut self, channel: u16) {
         let m = if channel == 0 { (10, 51) } else { (20, 41) };
-        frame::method_frame(&mut self.write, channel, m, |_| {});
+        frame::method_frame(&mut self.conn.write, channel, m, |_| {});
         let _ = self.flush();
     }
 
@@ -472,7 +453,7 @@ impl Client {
     /// Asks the server to send at most `prefetch` messages not yet
     /// acknowledged (`basic.qos`).
     pub fn qos(&mut self, prefetch: u16) -> Result<(), AmqpError> {
-        frame::method_frame(&mut self.write, CHANNEL, (60, 10), |b| {
+        frame::method_frame(&mut self.conn.write, CHANNEL, (60, 10), |b| {
             b.put_u32(0);
             b.put_u16(prefetch);
             b.put_u8(0);
@@ -483,7 +464,7 @@ impl Client {
     /// Declares a durable queue (`passive`: checks it is there) and
     /// returns how many messages it holds.
     pub fn declare_queue(&mut self, name: &str, passive: bool) -> Result<u32, AmqpError> {
-        frame::method_frame(&mut self.write, CHANNEL, (50, 10), |b| {
+        frame::method_frame(&mut self.conn.write, CHANNEL, (50, 10), |b| {
             b.put_u16(0);
             frame::put_shortstr(b, name.as_bytes());
             // passive, durable, exclusive, auto-delete, no-wait.
@@ -499,7 +480,7 @@ impl Client {
     /// Checks the exchange `name` is there (a passive `exchange.declare`):
     /// a missing one is [`AmqpError::Closed`] with 404.
     pub fn declare_exchange_passive(&mut self, name: &str) -> Result<(), AmqpError> {
-        frame::method_frame(&mut self.write, CHANNEL, (40, 10), |b| {
+        frame::method_frame(&mut self.conn.write, CHANNEL, (40, 10), |b| {
             b.put_u16(0);
             frame::put_shortstr(b, name.as_bytes());
             frame::put_shortstr(b, b"direct");
@@ -515,7 +496,7 @@ impl Client {
     /// (`basic.consume` without `no-ack`). Messages arrive by
     /// [`Client::next`].
     pub fn consume(&mut self, queue: &str, consumer_tag: &str) -> Result<(), AmqpError> {
-        frame::method_frame(&mut self.write, CHANNEL, (60, 20), |b| {
+        frame::method_frame(&mut self.conn.write, CHANNEL, (60, 20), |b| {
             b.put_u16(0);
             frame::put_shortstr(b, queue.as_bytes());
             frame::put_shortstr(b, consumer_tag.as_bytes());
@@ -530,7 +511,7 @@ impl Client {
     /// each publish, numbered from 1, with an [`Incoming::Ack`] or
     /// [`Incoming::Nack`].
     pub fn confirm_select(&mut self) -> Result<(), AmqpError> {
-        frame::method_frame(&mut self.write, CHANNEL, (85, 10), |b| b.put_u8(0));
+        frame::method_frame(&mut self.conn.write, CHANNEL, (85, 10), |b| b.put_u8(0));
         self.call(|m| matches!(m, Method::ConfirmSelectOk))
             .map(drop)
     }
@@ -548,19 +529,25 @@ impl Client {
         properties: &Properties,
         body: &[u8],
     ) {
-        frame::method_frame(&mut self.write, CHANNEL, (60, 40), |b| {
+        frame::method_frame(&mut self.conn.write, CHANNEL, (60, 40), |b| {
             b.put_u16(0);
             frame::put_shortstr(b, exchange);
             frame::put_shortstr(b, routing_key);
             b.put_u8(u8::from(mandatory));
         });
-        frame::content(&mut self.write, CHANNEL, properties, body, self.frame_max);
+        frame::content(
+            &mut self.conn.write,
+            CHANNEL,
+            properties,
+            body,
+            self.frame_max,
+        );
     }
 
     /// Queues a `basic.ack` of the delivery `tag` (with `multiple`, of
     /// every one up to it not acknowledged yet).
     pub fn ack(&mut self, tag: u64, multiple: bool) {
-        frame::method_frame(&mut self.write, CHANNEL, (60, 80), |b| {
+        frame::method_frame(&mut self.conn.write, CHANNEL, (60, 80), |b| {
             b.put_u64(tag);
             b.put_u8(u8::from(multiple));
         });
@@ -568,25 +555,19 @@ impl Client {
 
     /// Bytes queued and not written yet.
     pub fn queued(&self) -> usize {
-        self.write.len()
+        self.conn.write.len()
     }
 
     /// Writes what is queued.
     pub fn flush(&mut self) -> Result<(), AmqpError> {
-        if !self.write.is_empty() {
-            self.stream.write_all(&self.write)?;
-            self.stream.flush()?;
-            self.write.clear();
-        }
-        self.last_write = Instant::now();
-        Ok(())
+        Ok(self.conn.flush()?)
     }
 
     /// Closes the connection (`connection.close`), waiting up to a second
     /// for the server's answer, so what was sent before (acknowledgements)
     /// is processed. Errors are ignored: the connection ends either way.
     pub fn close(mut self) {
-        frame::method_frame(&mut self.write, 0, (10, 50), |b| {
+        frame::method_frame(&mut self.conn.write, 0, (10, 50), |b| {
             b.put_u16(200);
             frame::put_shortstr(b, b"goodbye");
             b.put_u16(0);
@@ -596,13 +577,13 @@ impl Client {
             return;
         }
         let deadline = Instant::now() + Duration::from_secs(1);
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        loop {
             match self.decode() {
                 Ok(Some(Frame::Method(0, Method::ConnectionCloseOk))) | Err(_) => return,
                 Ok(Some(_)) => continue,
                 Ok(None) => {}
             }
-            if !matches!(self.fill(Some(left)), Ok(true)) {
+            if !matches!(self.conn.wait_more(Some(deadline), |_| {}), Ok(true)) {
                 return;
             }
         }
@@ -639,34 +620,7 @@ impl Client {
                     return Ok(Some(e));
                 }
             }
-            if let Some(every) = self.send_every
-                && self.last_write.elapsed() >= every / 2
-            {
-                frame::heartbeat(&mut self.write);
-                self.flush()?;
-            }
-            if let Some(every) = self.expect_every
-                && self.last_read.elapsed() > every * 2
-            {
-                return Err(AmqpError::Io(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!(
-                        "the server was silent for {:?}, twice its heartbeat",
-                        self.last_read.elapsed()
-                    ),
-                )));
-            }
-            let left = match deadline {
-                None => None,
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Ok(None);
-                    }
-                    Some(left)
-                }
-            };
-            if !self.fill(left)? && left.is_none() {
+            if !self.conn.wait_more(deadline, frame::heartbeat)? {
                 return Ok(None);
             }
         }
@@ -790,52 +744,12 @@ impl Client {
         Ok(Some(Event::Incoming(incoming)))
     }
 
-    /// Reads more: what has arrived (`wait` `None`), or what arrives
-    /// within `wait`, cut short for the next heartbeat. `Ok(false)` when
-    /// nothing came.
-    fn fill(&mut self, wait: Option<Duration>) -> Result<bool, AmqpError> {
-        let got = match wait {
-            None => self.stream.read_ready(&mut self.chunk),
-            Some(mut wait) => {
-                if let Some(every) = self.send_every {
-                    let beat_in = (every / 2).saturating_sub(self.last_write.elapsed());
-                    wait = wait.min(beat_in.max(Duration::from_millis(1)));
-                }
-                if let Some(every) = self.expect_every {
-                    let dead_in = (every * 2).saturating_sub(self.last_read.elapsed());
-                    wait = wait.min(dead_in + Duration::from_millis(1));
-                }
-                self.stream.read_within(&mut self.chunk, wait)
-            }
-        };
-        match got {
-            Ok(0) => Err(AmqpError::Io(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the server closed the connection",
-            ))),
-            Ok(n) => {
-                self.read.extend_from_slice(&self.chunk[..n]);
-                self.last_read = Instant::now();
-                Ok(true)
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
     /// Decodes the next whole frame read, if there is one.
     fn decode(&mut self) -> Result<Option<Frame>, AmqpError> {
         // Before tune frames are at most 4096 bytes; we take up to the
         // largest a server usually agrees (RabbitMQ's 128 KiB) all along.
         let max = self.frame_max.max(128 * 1024);
-        frame::read(&mut self.read, max).map_err(AmqpError::Protocol)
+        frame::read(&mut self.conn.read, max).map_err(AmqpError::Protocol)
     }
 }
 

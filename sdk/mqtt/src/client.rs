@@ -1,12 +1,12 @@
 //! The connection: `CONNECT`, then packets queued, written and read.
 
 use std::fmt;
-use std::io::{self, Write};
+use std::io;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use mqttbytes::{QoS, v4, v5};
-use sluice_sdk::net::Stream;
+use sluice_sdk::net::Framed;
 
 /// The protocol version spoken; a connector's `protocol = "3.1.1"` (the
 /// default) or `"5"`.
@@ -317,18 +317,10 @@ enum Decoded {
     Disconnect(String),
 }
 
-/// How much is read from the socket at once.
-const READ_CHUNK: usize = 64 * 1024;
-
 /// A connection to an MQTT server, connected.
 pub struct Client {
-    stream: Stream,
+    conn: Framed,
     version: Version,
-    read: BytesMut,
-    chunk: Vec<u8>,
-    write: BytesMut,
-    keep_alive: Duration,
-    last_write: Instant,
     max_packet: usize,
     session_present: bool,
     receive_maximum: u16,
@@ -337,7 +329,7 @@ pub struct Client {
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
-            .field("stream", &self.stream)
+            .field("stream", self.conn.stream())
             .field("version", &self.version)
             .field("session_present", &self.session_present)
             .finish_non_exhaustive()
@@ -349,13 +341,8 @@ impl Client {
     /// `CONNACK`: a refusal is [`MqttError::Refused`].
     pub fn connect(options: &ConnectOptions) -> Result<Client, MqttError> {
         let mut client = Client {
-            stream: Stream::connect(&options.addr, options.tls.as_deref())?,
+            conn: Framed::connect(&options.addr, options.tls.as_deref())?,
             version: options.version,
-            read: BytesMut::with_capacity(READ_CHUNK),
-            chunk: vec![0; READ_CHUNK],
-            write: BytesMut::with_capacity(READ_CHUNK),
-            keep_alive: options.keep_alive,
-            last_write: Instant::now(),
             max_packet: options.max_packet,
             session_present: false,
             receive_maximum: u16::MAX,
@@ -372,7 +359,7 @@ impl Client {
                 c.keep_alive = keep_alive;
                 c.clean_session = options.clean_start;
                 c.login = login.map(|(u, p)| v4::Login::new(u, p));
-                c.write(&mut client.write)
+                c.write(&mut client.conn.write)
             }
             Version::V5 => {
                 let mut c = v5::Connect::new(options.client_id.as_str());
@@ -390,7 +377,7 @@ impl Client {
                     authentication_method: None,
                     authentication_data: None,
                 });
-                c.write(&mut client.write)
+                c.write(&mut client.conn.write)
             }
         };
         written.map_err(|e| MqttError::Protocol(format!("encoding CONNECT: {e:?}")))?;
@@ -409,6 +396,8 @@ impl Client {
                         return Err(MqttError::Refused { code, why });
                     }
                     client.session_present = session_present;
+                    // Pinged while idle, as keep-alive asks.
+                    client.conn.set_keep_alive(Some(options.keep_alive));
                     client.receive_maximum = receive_maximum.unwrap_or(u16::MAX);
                     return Ok(client);
                 }
@@ -418,14 +407,12 @@ impl Client {
                 }
                 None => {}
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            if !client.conn.wait_more(Some(deadline), |_| {})? {
                 return Err(MqttError::Io(io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!("no CONNACK from {} within {wait:?}", options.addr),
                 )));
             }
-            client.fill(Some(left))?;
         }
     }
 
@@ -443,7 +430,7 @@ impl Client {
 
     /// Bytes queued and not written yet.
     pub fn queued(&self) -> usize {
-        self.write.len()
+        self.conn.write.len()
     }
 
     /// Queues a `SUBSCRIBE` of `filters` at `qos`; the answer is an
@@ -458,7 +445,7 @@ impl Client {
                         .map(|f| v4::SubscribeFilter::new(f.clone(), q)),
                 );
                 s.pkid = pkid;
-                s.write(&mut self.write)
+                s.write(&mut self.conn.write)
             }
             Version::V5 => v5::Subscribe {
                 pkid,
@@ -468,7 +455,7 @@ impl Client {
                     .collect(),
                 properties: None,
             }
-            .write(&mut self.write),
+            .write(&mut self.conn.write),
         };
         // A filter list always encodes (the server judges the filters).
         written.expect("SUBSCRIBE encodes");
@@ -493,7 +480,7 @@ impl Client {
             ));
         }
         encode_publish(
-            &mut self.write,
+            &mut self.conn.write,
             self.version,
             topic,
             payload,
@@ -506,8 +493,8 @@ impl Client {
     /// Queues a `PUBACK` for the message `pkid`.
     pub fn puback(&mut self, pkid: u16) {
         // 3.1.1 and 5 alike (5 with reason "success" and no properties).
-        self.write.extend_from_slice(&[0x40, 0x02]);
-        self.write.extend_from_slice(&pkid.to_be_bytes());
+        self.conn.write.extend_from_slice(&[0x40, 0x02]);
+        self.conn.write.extend_from_slice(&pkid.to_be_bytes());
     }
 
     /// Queues a `PINGREQ`. Besides keeping a quiet connection alive, a
@@ -517,24 +504,18 @@ impl Client {
     /// otherwise holds the rest of them until the client's delayed ACK,
     /// 40 ms on Linux.
     pub fn ping(&mut self) {
-        self.write.extend_from_slice(&[0xC0, 0x00]);
+        self.conn.write.extend_from_slice(&[0xC0, 0x00]);
     }
 
     /// Writes what is queued.
     pub fn flush(&mut self) -> Result<(), MqttError> {
-        if !self.write.is_empty() {
-            self.stream.write_all(&self.write)?;
-            self.stream.flush()?;
-            self.write.clear();
-        }
-        self.last_write = Instant::now();
-        Ok(())
+        Ok(self.conn.flush()?)
     }
 
     /// Says goodbye (`DISCONNECT`): a persistent session stays on the
     /// server. Errors are ignored: the connection ends either way.
     pub fn disconnect(mut self) {
-        self.write.extend_from_slice(&[0xE0, 0x00]);
+        self.conn.write.extend_from_slice(&[0xE0, 0x00]);
         let _ = self.flush();
     }
 
@@ -552,75 +533,29 @@ impl Client {
                 }
                 None => {}
             }
-            if !self.keep_alive.is_zero() && self.last_write.elapsed() >= self.keep_alive / 2 {
-                self.ping();
-                self.flush()?;
-            }
-            let left = match deadline {
-                None => None,
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Ok(None);
-                    }
-                    Some(left)
-                }
-            };
-            if !self.fill(left)? && left.is_none() {
+            if !self
+                .conn
+                .wait_more(deadline, |w| w.extend_from_slice(&[0xC0, 0x00]))?
+            {
                 return Ok(None);
             }
         }
     }
 
-    /// Reads more: what has arrived (`wait` `None`), or what arrives
-    /// within `wait`, cut short for the next ping. `Ok(false)` when
-    /// nothing came.
-    fn fill(&mut self, wait: Option<Duration>) -> Result<bool, MqttError> {
-        let got = match wait {
-            None => self.stream.read_ready(&mut self.chunk),
-            Some(mut wait) => {
-                if !self.keep_alive.is_zero() {
-                    let ping_in = (self.keep_alive / 2).saturating_sub(self.last_write.elapsed());
-                    wait = wait.min(ping_in.max(Duration::from_millis(1)));
-                }
-                self.stream.read_within(&mut self.chunk, wait)
-            }
-        };
-        match got {
-            Ok(0) => Err(MqttError::Io(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the server closed the connection",
-            ))),
-            Ok(n) => {
-                self.read.extend_from_slice(&self.chunk[..n]);
-                Ok(true)
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
     /// Decodes the next whole packet read, if there is one.
     fn decode(&mut self) -> Result<Option<Decoded>, MqttError> {
-        if self.read.is_empty() {
+        if self.conn.read.is_empty() {
             return Ok(None);
         }
         // MQTT 5 allows a DISCONNECT with no body ("normal"), which the
         // codec refuses.
-        if self.read.len() >= 2 && self.read[0] == 0xE0 && self.read[1] == 0 {
-            let _ = self.read.split_to(2);
+        if self.conn.read.len() >= 2 && self.conn.read[0] == 0xE0 && self.conn.read[1] == 0 {
+            let _ = self.conn.read.split_to(2);
             return Ok(Some(Decoded::Disconnect("normal disconnection".into())));
         }
         let decoded = match self.version {
-            Version::V311 => v4::read(&mut self.read, self.max_packet).map(decode_v4),
-            Version::V5 => v5::read(&mut self.read, self.max_packet).map(decode_v5),
+            Version::V311 => v4::read(&mut self.conn.read, self.max_packet).map(decode_v4),
+            Version::V5 => v5::read(&mut self.conn.read, self.max_packet).map(decode_v5),
         };
         match decoded {
             Ok(d) => d.map(Some),

@@ -1,11 +1,10 @@
 //! The connection: `CONNECT`, then frames queued, written and read.
 
 use std::fmt;
-use std::io::{self, Write};
+use std::io;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-use sluice_sdk::net::Stream;
+use sluice_sdk::net::Framed;
 
 use crate::frame::{self, Frame, Read};
 
@@ -166,29 +165,17 @@ pub enum Incoming {
     },
 }
 
-/// How much is read from the socket at once.
-const READ_CHUNK: usize = 64 * 1024;
-
 /// A connection to a STOMP 1.2 server, connected.
 pub struct Client {
-    stream: Stream,
-    read: BytesMut,
-    chunk: Vec<u8>,
-    write: BytesMut,
+    conn: Framed,
     max_frame: usize,
-    /// How often we must show we are alive.
-    send_every: Option<Duration>,
-    /// How often the server said it would.
-    expect_every: Option<Duration>,
-    last_write: Instant,
-    last_read: Instant,
     server: String,
 }
 
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
-            .field("stream", &self.stream)
+            .field("stream", self.conn.stream())
             .field("server", &self.server)
             .finish_non_exhaustive()
     }
@@ -199,15 +186,8 @@ impl Client {
     /// `CONNECTED`: an `ERROR` instead is [`StompError::Refused`].
     pub fn connect(options: &ConnectOptions) -> Result<Client, StompError> {
         let mut client = Client {
-            stream: Stream::connect(&options.addr, options.tls.as_deref())?,
-            read: BytesMut::with_capacity(READ_CHUNK),
-            chunk: vec![0; READ_CHUNK],
-            write: BytesMut::with_capacity(READ_CHUNK),
+            conn: Framed::connect(&options.addr, options.tls.as_deref())?,
             max_frame: options.max_frame,
-            send_every: None,
-            expect_every: None,
-            last_write: Instant::now(),
-            last_read: Instant::now(),
             server: String::new(),
         };
         let beat = options.heart_beat.as_millis().to_string();
@@ -223,7 +203,7 @@ impl Client {
         if let Some(passcode) = &options.passcode {
             headers.push(("passcode", passcode.as_bytes()));
         }
-        frame::write(&mut client.write, "CONNECT", &headers, b"");
+        frame::write(&mut client.conn.write, "CONNECT", &headers, b"");
         client.flush()?;
         let wait = Duration::from_secs(10).max(options.heart_beat);
         let deadline = Instant::now() + wait;
@@ -251,14 +231,12 @@ impl Client {
                 }
                 None => {}
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            if !client.conn.wait_more(Some(deadline), |_| {})? {
                 return Err(StompError::Io(io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!("no CONNECTED from {} within {wait:?}", options.addr),
                 )));
             }
-            client.fill(Some(left))?;
         }
     }
 
@@ -271,8 +249,10 @@ impl Client {
             .unwrap_or((0, 0));
         let ours = ours.as_millis() as u64;
         let agree = |a: u64, b: u64| (a > 0 && b > 0).then(|| Duration::from_millis(a.max(b)));
-        self.send_every = agree(ours, sy);
-        self.expect_every = agree(sx, ours);
+        self.conn.set_keep_alive(agree(ours, sy));
+        // A server silent for twice what it agreed to is gone.
+        self.conn
+            .set_silence_limit(agree(sx, ours).map(|every| every * 2));
     }
 
     /// The server's name and version, as its `CONNECTED` said.
@@ -282,7 +262,7 @@ impl Client {
 
     /// Bytes queued and not written yet.
     pub fn queued(&self) -> usize {
-        self.write.len()
+        self.conn.write.len()
     }
 
     /// Queues a `SUBSCRIBE` to `destination` as subscription `id`, with
@@ -298,7 +278,7 @@ impl Client {
             ("ack", ack.as_bytes()),
         ];
         headers.extend(extra.iter().map(|(n, v)| (*n, v.as_bytes())));
-        frame::write(&mut self.write, "SUBSCRIBE", &headers, b"");
+        frame::write(&mut self.conn.write, "SUBSCRIBE", &headers, b"");
     }
 
     /// Queues a `SEND` of `body` to `destination`, with `headers` (a
@@ -307,12 +287,12 @@ impl Client {
         let mut all: Vec<(&str, &[u8])> = Vec::with_capacity(headers.len() + 1);
         all.push(("destination", destination));
         all.extend_from_slice(headers);
-        frame::write(&mut self.write, "SEND", &all, body);
+        frame::write(&mut self.conn.write, "SEND", &all, body);
     }
 
     /// Queues an `ACK` of the message whose `ack` header was `id`.
     pub fn ack(&mut self, id: &str) {
-        frame::write(&mut self.write, "ACK", &[("id", id.as_bytes())], b"");
+        frame::write(&mut self.conn.write, "ACK", &[("id", id.as_bytes())], b"");
     }
 
     /// Queues a heart-beat (an end of line). Besides showing we are alive,
@@ -321,18 +301,12 @@ impl Client {
     /// small frames with Nagle's algorithm on (ActiveMQ's default) holds
     /// the next ones until then.
     pub fn heart_beat(&mut self) {
-        self.write.extend_from_slice(b"\n");
+        self.conn.write.extend_from_slice(b"\n");
     }
 
     /// Writes what is queued.
     pub fn flush(&mut self) -> Result<(), StompError> {
-        if !self.write.is_empty() {
-            self.stream.write_all(&self.write)?;
-            self.stream.flush()?;
-            self.write.clear();
-        }
-        self.last_write = Instant::now();
-        Ok(())
+        Ok(self.conn.flush()?)
     }
 
     /// Says goodbye (`DISCONNECT`), and waits up to a second for the
@@ -341,7 +315,7 @@ impl Client {
     /// Errors are ignored: the connection ends either way.
     pub fn disconnect(mut self) {
         frame::write(
-            &mut self.write,
+            &mut self.conn.write,
             "DISCONNECT",
             &[("receipt", b"disconnect")],
             b"",
@@ -381,76 +355,12 @@ impl Client {
                     ))),
                 };
             }
-            if let Some(every) = self.send_every
-                && self.last_write.elapsed() >= every / 2
+            if !self
+                .conn
+                .wait_more(deadline, |w| w.extend_from_slice(b"\n"))?
             {
-                self.heart_beat();
-                self.flush()?;
-            }
-            if let Some(every) = self.expect_every
-                && self.last_read.elapsed() > every * 2
-            {
-                return Err(StompError::Io(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!(
-                        "the server was silent for {:?}, twice its heart-beat",
-                        self.last_read.elapsed()
-                    ),
-                )));
-            }
-            let left = match deadline {
-                None => None,
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Ok(None);
-                    }
-                    Some(left)
-                }
-            };
-            if !self.fill(left)? && left.is_none() {
                 return Ok(None);
             }
-        }
-    }
-
-    /// Reads more: what has arrived (`wait` `None`), or what arrives
-    /// within `wait`, cut short for the next heart-beat. `Ok(false)` when
-    /// nothing came.
-    fn fill(&mut self, wait: Option<Duration>) -> Result<bool, StompError> {
-        let got = match wait {
-            None => self.stream.read_ready(&mut self.chunk),
-            Some(mut wait) => {
-                if let Some(every) = self.send_every {
-                    let beat_in = (every / 2).saturating_sub(self.last_write.elapsed());
-                    wait = wait.min(beat_in.max(Duration::from_millis(1)));
-                }
-                if let Some(every) = self.expect_every {
-                    let dead_in = (every * 2).saturating_sub(self.last_read.elapsed());
-                    wait = wait.min(dead_in + Duration::from_millis(1));
-                }
-                self.stream.read_within(&mut self.chunk, wait)
-            }
-        };
-        match got {
-            Ok(0) => Err(StompError::Io(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the server closed the connection",
-            ))),
-            Ok(n) => {
-                self.read.extend_from_slice(&self.chunk[..n]);
-                self.last_read = Instant::now();
-                Ok(true)
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(e.into()),
         }
     }
 
@@ -458,10 +368,10 @@ impl Client {
     /// are skipped).
     fn decode(&mut self) -> Result<Option<Frame>, StompError> {
         loop {
-            if self.read.is_empty() {
+            if self.conn.read.is_empty() {
                 return Ok(None);
             }
-            match frame::read(&mut self.read, self.max_frame).map_err(StompError::Protocol)? {
+            match frame::read(&mut self.conn.read, self.max_frame).map_err(StompError::Protocol)? {
                 Read::Frame(f) => return Ok(Some(f)),
                 Read::HeartBeat => {}
                 Read::Partial => return Ok(None),
