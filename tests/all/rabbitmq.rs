@@ -158,6 +158,52 @@ fn through_a_rabbitmq_restart_the_relay_pauses_each_side_once_and_loses_nothing(
 }
 
 #[test]
+fn a_rabbitmq_broker_that_stops_answering_is_gone_after_two_heartbeats_and_nothing_is_lost() {
+    const RECORDS: u64 = 20_000;
+    let Some(rmq) = RabbitMq::start() else {
+        return;
+    };
+    rmq.client("declare", &["frozen"]);
+    let dir = tempfile::tempdir().unwrap();
+    // Heartbeats every second: a broker silent for two is gone.
+    let manifest = manifest()
+        .connector(gen_source(RECORDS, 4_000, 64))
+        .connector(rabbitmq_sink(&rmq, "frozen").config("heartbeat_secs", 1))
+        .connector(
+            rabbitmq_source(&rmq, "frozen")
+                .set("topic", "relayed")
+                .config("heartbeat_secs", 1)
+                .config("dedupe", "message-id")
+                .config("end_after_idle_ms", 5000),
+        )
+        .connector(files_sink().set("topic", "relayed"))
+        .write(dir.path());
+    let mut host = Host::run(dir.path(), &manifest);
+    let out = dir.path().join("out");
+    wait_until("records flow", Duration::from_secs(30), || {
+        seqs(&out).len() > 1000
+    });
+    // Hung, not dead: the connections stay open and quiet.
+    rmq.freeze();
+    std::thread::sleep(Duration::from_secs(4));
+    rmq.thaw();
+    let ended = host.wait_for_exit(Duration::from_secs(120));
+    let log = host.log();
+    assert_eq!(ended.status.code(), Some(0), "{log}");
+    let duplicates = assert_at_least_once(seqs(&out), RECORDS);
+    eprintln!("rabbitmq frozen: {duplicates} duplicates of {RECORDS}");
+    for side in ["rabbitmq-sink", "rabbitmq-source"] {
+        let away = format!("{side}: {} is away", rmq.addr());
+        assert_eq!(log.matches(&away).count(), 1, "{side} said once: {log}");
+        assert!(
+            log.contains(&format!("{side}: {} is back", rmq.addr())),
+            "{log}"
+        );
+    }
+    assert!(log.contains("silent for"), "{log}");
+}
+
+#[test]
 fn rabbitmq_connectors_refuse_what_to_fix_at_open_and_dead_letter_an_unroutable_record() {
     const PASSWORD: &str = "right-AMQP-s3cr3t";
     let Some(rmq) = RabbitMq::start_with_login("sluice", PASSWORD) else {

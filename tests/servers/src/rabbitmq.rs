@@ -165,6 +165,9 @@ impl RabbitMq {
 
     /// Kills the node (SIGKILL): what it stored stays.
     pub fn stop(&mut self) {
+        if self.server.is_some() {
+            self.thaw();
+        }
         for child in [self.server.take(), self.epmd.take()].into_iter().flatten() {
             let mut child = child;
             // SAFETY: kill(2) on the process group this child leads.
@@ -176,6 +179,24 @@ impl RabbitMq {
             assert!(Instant::now() < deadline, "rabbitmq did not stop in 20 s");
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Freezes the node (SIGSTOP): its connections stay open and the
+    /// kernel still takes bytes for it, but it answers nothing, heartbeats
+    /// included, as a hung broker does, until [`RabbitMq::thaw`].
+    pub fn freeze(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Lets a frozen node go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: i32) {
+        let server = self.server.as_ref().expect("the node runs");
+        // SAFETY: kill(2) on the process group this child leads.
+        unsafe { libc::kill(-(server.id() as i32), signal) };
     }
 
     /// `127.0.0.1:port` of its AMQP listener.
