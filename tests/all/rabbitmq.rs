@@ -94,7 +94,9 @@ fn a_rabbitmq_sink_killed_at_random_moments_publishes_each_record_at_least_once_
     let dir = tempfile::tempdir().unwrap();
     let manifest = manifest()
         .connector(gen_source(RECORDS, 20_000, 64))
-        .connector(rabbitmq_sink(&rmq, "out"))
+        // Committed every 200 ms: most runs last under the default 1 s,
+        // and each would send all the log again.
+        .connector(rabbitmq_sink(&rmq, "out").set("flush_interval_ms", 200))
         .write(dir.path());
     crate::crash::storm(dir.path(), &manifest, 10, 300..1000);
     let messages = drained(&rmq.client("drain", &["out"]));
@@ -201,6 +203,42 @@ fn a_rabbitmq_broker_that_stops_answering_is_gone_after_two_heartbeats_and_nothi
         );
     }
     assert!(log.contains("silent for"), "{log}");
+}
+
+#[test]
+fn under_a_disk_alarm_the_rabbitmq_sink_waits_says_so_once_and_loses_nothing() {
+    const RECORDS: u64 = 5_000;
+    let Some(rmq) = RabbitMq::start() else {
+        return;
+    };
+    rmq.client("declare", &["alarm"]);
+    // The disk is "full": less free than this. The broker blocks every
+    // connection that publishes.
+    rmq.ctl(&["set_disk_free_limit", "1000000000000000000"]);
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = manifest()
+        .connector(gen_source(RECORDS, 0, 64))
+        .connector(rabbitmq_sink(&rmq, "alarm"))
+        .write(dir.path());
+    let mut host = Host::run(dir.path(), &manifest);
+    wait_until(
+        "the sink says it is blocked",
+        Duration::from_secs(30),
+        || host.log().contains("blocks publishers"),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    rmq.ctl(&["set_disk_free_limit", "1000000"]);
+    let ended = host.wait_for_exit(Duration::from_secs(120));
+    let log = host.log();
+    assert_eq!(ended.status.code(), Some(0), "{log}");
+    assert_eq!(log.matches("blocks publishers").count(), 1, "{log}");
+    assert!(log.contains("takes publishes again"), "{log}");
+    assert!(!log.contains("is away"), "a block is not an outage: {log}");
+    let seqs: Vec<u64> = drained(&rmq.client("drain", &["alarm"]))
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect();
+    assert_exactly_once(seqs, RECORDS);
 }
 
 #[test]

@@ -65,6 +65,8 @@ pub struct RabbitmqSink {
     next_publish: u64,
     /// A routing key rendered.
     scratch: Vec<u8>,
+    /// The broker said it stopped reading our publishes (an alarm).
+    blocked: bool,
 }
 
 impl RabbitmqSink {
@@ -77,6 +79,7 @@ impl RabbitmqSink {
                     self.outage.back();
                     self.client = Some(client);
                     self.next_publish = 1;
+                    self.blocked = false;
                 }
                 Err(e) if e.is_interrupted() || !e.is_connection_lost() => return Err(e),
                 Err(e) => {
@@ -115,6 +118,11 @@ impl RabbitmqSink {
             Some(i) => Some(i),
             None => client.next(Some(wait))?,
         };
+        if incoming.is_none() && self.blocked {
+            // Blocked by an alarm, the broker confirms nothing until it
+            // lifts: waiting, as said.
+            return Ok(());
+        }
         let answered = |inflight: &mut BTreeMap<u64, usize>, tag: u64, multiple: bool| {
             if multiple {
                 let rest = inflight.split_off(&(tag + 1));
@@ -165,6 +173,23 @@ impl RabbitmqSink {
                 }
                 Ok(())
             }
+            Some(Incoming::Blocked(reason)) => {
+                if !self.blocked {
+                    sluice_sdk::warn!(
+                        "rabbitmq-sink: {} blocks publishers ({reason}); waiting until it lifts the block",
+                        self.config.addr
+                    );
+                }
+                self.blocked = true;
+                Ok(())
+            }
+            Some(Incoming::Unblocked) => {
+                if self.blocked {
+                    sluice_sdk::info!("rabbitmq-sink: {} takes publishes again", self.config.addr);
+                }
+                self.blocked = false;
+                Ok(())
+            }
             Some(Incoming::Delivery(_)) => Ok(()),
             None => Err(AmqpError::Io(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
@@ -182,6 +207,12 @@ impl RabbitmqSink {
         state: &mut [Sent],
         rejects: &mut Rejects,
     ) -> Result<(), AmqpError> {
+        // Not called for two heartbeats (no records): the broker has given
+        // the connection up; a new one, quietly.
+        if self.client.as_ref().is_some_and(Client::is_stale) {
+            self.client = None;
+            self.inflight.clear();
+        }
         self.connect()?;
         let window = self.config.max_inflight.max(1) as usize;
         while state.contains(&Sent::No) {
@@ -229,19 +260,23 @@ impl RabbitmqSink {
                     content_type: self.config.content_type.clone(),
                     headers,
                     delivery_mode: Some(if self.config.persistent { 2 } else { 1 }),
-                    message_id: Some(format!("{}/{}/{offset}", origin.topic, origin.partition)),
+                    message_id: Some(message_id(origin, offset)),
                     timestamp: r.timestamp.and_then(|ms| u64::try_from(ms / 1000).ok()),
                     app_id: Some("sluice".to_owned()),
                     ..Properties::default()
                 };
                 let client = self.client.as_mut().expect("connected");
-                client.publish(
+                if let Err(why) = client.publish(
                     self.config.exchange.as_bytes(),
                     &self.scratch,
                     self.config.mandatory,
                     &properties,
                     r.value,
-                );
+                ) {
+                    rejects.reject(i, why);
+                    state[i] = Sent::Done;
+                    continue;
+                }
                 self.inflight.insert(self.next_publish, i);
                 self.next_publish += 1;
                 state[i] = Sent::Awaiting;
@@ -256,6 +291,32 @@ impl RabbitmqSink {
         }
         Ok(())
     }
+}
+
+/// A record's `message_id`: `<topic>/<partition>/<offset>`, its place in
+/// the log. An AMQP short string holds 255 bytes, and a topic name may be
+/// 249: a longer id keeps the topic's first 200 bytes and a hash of the
+/// whole name, so ids stay unique and end with the offset.
+fn message_id(origin: &Origin, offset: u64) -> String {
+    let id = format!("{}/{}/{offset}", origin.topic, origin.partition);
+    if id.len() <= 255 {
+        return id;
+    }
+    let mut cut = 200;
+    while !origin.topic.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let hash = origin
+        .topic
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    format!(
+        "{}#{hash:016x}/{}/{offset}",
+        &origin.topic[..cut],
+        origin.partition
+    )
 }
 
 /// The batch index a `message_id` of ours names (`topic/partition/offset`).
@@ -297,6 +358,7 @@ impl Sink for RabbitmqSink {
             inflight: BTreeMap::new(),
             next_publish: 1,
             scratch: Vec::new(),
+            blocked: false,
         })
     }
 
@@ -361,5 +423,39 @@ mod tests {
         assert_eq!(index_of(&origin, "events/2/104"), Some(4));
         assert_eq!(index_of(&origin, "events/2/99"), None);
         assert_eq!(index_of(&origin, "someone-else's"), None);
+    }
+
+    #[test]
+    fn a_message_id_fits_a_short_string_and_keeps_the_offset_last() {
+        let long = Origin {
+            topic: "t".repeat(249),
+            partition: 7,
+            first_offset: 0,
+        };
+        let id = message_id(&long, 12_345_678_901);
+        assert!(id.len() <= 255, "{}", id.len());
+        assert!(id.ends_with("/7/12345678901"), "{id}");
+        assert_eq!(index_of(&long, &id), Some(12_345_678_901));
+        let other = Origin {
+            topic: format!("{}u", "t".repeat(248)),
+            ..long
+        };
+        assert_ne!(
+            message_id(&other, 1),
+            message_id(
+                &Origin {
+                    topic: "t".repeat(249),
+                    partition: 7,
+                    first_offset: 0
+                },
+                1
+            )
+        );
+        let short = Origin {
+            topic: "events".into(),
+            partition: 0,
+            first_offset: 0,
+        };
+        assert_eq!(message_id(&short, 3), "events/0/3");
     }
 }

@@ -207,6 +207,15 @@ impl RabbitmqSource {
         self.write(d, out);
     }
 
+    /// Forgets the ids of a batch that is not kept.
+    fn forget(&mut self, batch: &Emitted) {
+        for id in &batch.ids {
+            self.pending.remove(id);
+            self.recent_set.remove(id);
+        }
+        self.recent.retain(|id| !batch.ids.contains(id));
+    }
+
     /// Keeps `id` among the recent ones, forgetting the oldest past the
     /// window.
     fn remember(&mut self, id: u64) {
@@ -382,9 +391,20 @@ impl Source for RabbitmqSource {
             tags: Vec::new(),
             ids: Vec::new(),
         };
+        // Not called for two heartbeats (the host held the source back):
+        // the broker has given the connection up; a new one, quietly.
+        if self.client.as_ref().is_some_and(Client::is_stale) {
+            self.client = None;
+        }
         while out.len() < max_records {
-            if !self.connect()? {
-                break;
+            match self.connect() {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    // The batch is not kept: its ids were not stored.
+                    self.forget(&batch);
+                    return Err(e);
+                }
             }
             // Wait only with nothing in hand: records polled and not yet
             // stored go to the log first, and their acknowledgements let
@@ -397,7 +417,9 @@ impl Source for RabbitmqSource {
                 Ok(Some(_)) => {}
                 Ok(None) => break,
                 Err(e) if e.is_interrupted() => break,
-                Err(e) if !e.is_connection_lost() => return Err(self.options.refused(&e)),
+                // Whatever closed the channel (a lost connection, a queue
+                // deleted, an acknowledgement timeout): connecting again
+                // says whether it is worth it.
                 Err(e) => {
                     self.lost(&e.to_string());
                     break;

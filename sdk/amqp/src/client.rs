@@ -206,6 +206,12 @@ pub enum Incoming {
         /// Every unconfirmed one up to `tag`.
         multiple: bool,
     },
+    /// The server stopped reading what this connection publishes (a
+    /// memory or disk alarm: RabbitMQ's `connection.blocked`), with its
+    /// reason; confirms wait until [`Incoming::Unblocked`].
+    Blocked(String),
+    /// The server reads this connection's publishes again.
+    Unblocked,
 }
 
 /// The one channel a client uses.
@@ -291,6 +297,7 @@ impl Client {
             "consumer_cancel_notify",
             "basic.nack",
             "authentication_failure_close",
+            "connection.blocked",
         ]
         .into_iter()
         .map(|c| (c.to_owned(), Value::Bool(true)))
@@ -394,7 +401,15 @@ impl Client {
                 match f {
                     Frame::Method(0, Method::ConnectionClose(close)) => {
                         self.close_ok(0);
-                        return Err(AmqpError::Refused(close.text));
+                        // The login or the virtual host; anything else
+                        // (a broker shutting down) is worth another try.
+                        return Err(match close.code {
+                            403 | 530 => AmqpError::Refused(close.text),
+                            code => AmqpError::Closed {
+                                code,
+                                text: close.text,
+                            },
+                        });
                     }
                     Frame::Method(_, m) => return Ok(m),
                     Frame::Heartbeat => continue,
@@ -521,6 +536,8 @@ impl Client {
     /// With `mandatory`, a message no queue takes comes back as
     /// [`Incoming::Returned`]. The exchange and routing key are short
     /// strings: at most 255 bytes (the caller checks; longer ones are cut).
+    /// `Err`, with nothing queued, when the properties (headers included)
+    /// do not fit in one frame, saying so.
     pub fn publish(
         &mut self,
         exchange: &[u8],
@@ -528,20 +545,30 @@ impl Client {
         mandatory: bool,
         properties: &Properties,
         body: &[u8],
-    ) {
+    ) -> Result<(), String> {
+        let start = self.conn.write.len();
         frame::method_frame(&mut self.conn.write, CHANNEL, (60, 40), |b| {
             b.put_u16(0);
             frame::put_shortstr(b, exchange);
             frame::put_shortstr(b, routing_key);
             b.put_u8(u8::from(mandatory));
         });
-        frame::content(
-            &mut self.conn.write,
-            CHANNEL,
-            properties,
-            body,
-            self.frame_max,
-        );
+        frame::content(&mut self.conn.write, CHANNEL, properties, body, self.frame_max).map_err(
+            |size| {
+                self.conn.write.truncate(start);
+                format!(
+                    "its properties and headers take {size} bytes, more than the {} one frame holds on this connection",
+                    self.frame_max - 8
+                )
+            },
+        )
+    }
+
+    /// True when this client wrote nothing for two heartbeat periods
+    /// (nothing called it): the server has taken the connection as dead,
+    /// or is about to. Make a new one, without calling it an outage.
+    pub fn is_stale(&self) -> bool {
+        self.conn.is_stale()
     }
 
     /// Queues a `basic.ack` of the delivery `tag` (with `multiple`, of
@@ -583,7 +610,10 @@ impl Client {
                 Ok(Some(_)) => continue,
                 Ok(None) => {}
             }
-            if !matches!(self.conn.wait_more(Some(deadline), |_| {}), Ok(true)) {
+            if !matches!(
+                self.conn.wait_more(Some(deadline), frame::heartbeat),
+                Ok(true)
+            ) {
                 return;
             }
         }
@@ -648,6 +678,12 @@ impl Client {
                 code: 320,
                 text: "the server cancelled the consumer (the queue was deleted?)".into(),
             }),
+            Frame::Method(_, Method::ConnectionBlocked(reason)) => {
+                Ok(Some(Event::Incoming(Incoming::Blocked(reason))))
+            }
+            Frame::Method(_, Method::ConnectionUnblocked) => {
+                Ok(Some(Event::Incoming(Incoming::Unblocked)))
+            }
             Frame::Method(_, Method::BasicAck { tag, multiple }) => {
                 Ok(Some(Event::Incoming(Incoming::Ack { tag, multiple })))
             }
@@ -674,8 +710,17 @@ impl Client {
                         "a content header without a message".into(),
                     ));
                 };
+                if content.header.is_some() {
+                    return Err(AmqpError::Protocol(
+                        "a message with two content headers".into(),
+                    ));
+                }
                 content.header = Some((*properties, size));
-                content.body.reserve(size as usize);
+                // The size is the server's word: room for what it says,
+                // up to a bound, the rest as it comes.
+                content
+                    .body
+                    .reserve(usize::try_from(size).unwrap_or(usize::MAX).min(16 << 20));
                 self.complete()
             }
             Frame::Body(_, part) => {

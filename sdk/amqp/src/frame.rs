@@ -492,23 +492,31 @@ pub(crate) fn heartbeat(buf: &mut BytesMut) {
 }
 
 /// Writes a message's content: its header frame and body frames of at
-/// most `frame_max` bytes each.
+/// most `frame_max` bytes each. `Err` (and nothing written) when the
+/// properties do not fit in one frame, with their size.
 pub(crate) fn content(
     buf: &mut BytesMut,
     channel: u16,
     properties: &Properties,
     body: &[u8],
     frame_max: usize,
-) {
+) -> Result<(), usize> {
+    let start = buf.len();
     frame(buf, HEADER, channel, |b| {
         b.put_u16(60);
         b.put_u16(0);
         b.put_u64(body.len() as u64);
         put_properties(b, properties);
     });
+    let header = buf.len() - start;
+    if header > frame_max {
+        buf.truncate(start);
+        return Err(header - FRAME_OVERHEAD);
+    }
     for part in body.chunks(frame_max.saturating_sub(FRAME_OVERHEAD).max(1)) {
         frame(buf, BODY, channel, |b| b.put_slice(part));
     }
+    Ok(())
 }
 
 fn put_properties(b: &mut BytesMut, p: &Properties) {
@@ -678,7 +686,14 @@ mod tests {
         };
         let body = vec![7u8; 300];
         let mut buf = BytesMut::new();
-        content(&mut buf, 1, &props, &body, 128);
+        // Too big a header for 64-byte frames: said, nothing written.
+        let too_big = content(&mut buf, 1, &props, &body, 64);
+        assert!(
+            matches!(too_big, Err(n) if n + FRAME_OVERHEAD > 64),
+            "{too_big:?}"
+        );
+        assert!(buf.is_empty());
+        content(&mut buf, 1, &props, &body, 128).unwrap();
         let Some(Frame::Header(1, 300, read)) = read(&mut buf, 1 << 20).unwrap() else {
             panic!("a header frame");
         };

@@ -76,9 +76,18 @@ impl Framed {
             self.stream.write_all(&self.write)?;
             self.stream.flush()?;
             self.write.clear();
+            self.last_write = Instant::now();
         }
-        self.last_write = Instant::now();
         Ok(())
+    }
+
+    /// True when nothing was written for twice the keep-alive period (the
+    /// plugin was not called to use the connection): the peer has given
+    /// up on it, or is about to. Make a new one, without calling it an
+    /// outage.
+    pub fn is_stale(&self) -> bool {
+        self.keep_alive
+            .is_some_and(|every| self.last_write.elapsed() > every * 2)
     }
 
     /// Reads more, writing the keep-alive (what `keep_alive` queues) first
@@ -104,6 +113,11 @@ impl Framed {
         if let Some(limit) = self.silence_limit
             && self.last_read.elapsed() > limit
         {
+            // What arrived while we were not reading counts: look before
+            // calling the peer silent.
+            if self.fill(None)? {
+                return Ok(true);
+            }
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!(

@@ -16,6 +16,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
+const CTL: &str = "/usr/lib/rabbitmq/bin/rabbitmqctl";
 const EPMD: &str = "/usr/bin/epmd";
 const PYTHON: &str = "/usr/bin/python3";
 
@@ -179,6 +180,35 @@ impl RabbitMq {
             assert!(Instant::now() < deadline, "rabbitmq did not stop in 20 s");
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Runs `rabbitmqctl ARGS…` against the node (a second or two: it is an
+    /// Erlang node of its own) and returns what it printed; panics if it
+    /// fails.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let d = self.dir.path();
+        let out = Command::new(CTL)
+            .args(args)
+            .env("HOME", d)
+            .env(
+                "RABBITMQ_NODENAME",
+                format!("sluice-{}@localhost", self.port),
+            )
+            .env("ERL_EPMD_PORT", self.epmd_port.to_string())
+            .env("RABBITMQ_MNESIA_BASE", d.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", d.join("log"))
+            .env("RABBITMQ_CONFIG_FILE", d.join("rabbitmq.conf"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", d.join("enabled_plugins"))
+            .stdin(Stdio::null())
+            .output()
+            .expect("rabbitmqctl runs");
+        assert!(
+            out.status.success(),
+            "rabbitmqctl {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Freezes the node (SIGSTOP): its connections stay open and the
