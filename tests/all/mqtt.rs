@@ -303,9 +303,11 @@ fn the_mqtt_to_redis_example_does_what_its_readme_says() {
 }
 
 #[test]
-fn through_activemq_the_mqtt_connectors_relay_every_record() {
+fn through_activemq_and_its_restart_the_mqtt_connectors_relay_every_record() {
     const RECORDS: u64 = 20_000;
-    let Some(amq) = sluice_test_servers::activemq::ActiveMq::start() else {
+    // The broker's process is killed, not the machine: its journal need
+    // not be synced before each acknowledgement.
+    let Some(mut amq) = sluice_test_servers::activemq::ActiveMq::start_without_disk_syncs() else {
         return;
     };
     let addr = amq.mqtt_addr();
@@ -329,7 +331,7 @@ fn through_activemq_the_mqtt_connectors_relay_every_record() {
         .unwrap();
     assert!(made.status.success(), "{}", amq.log());
     let manifest = manifest()
-        .connector(gen_source(RECORDS, 10_000, 64))
+        .connector(gen_source(RECORDS, 5_000, 64))
         .connector(
             sink("msink", "mqtt-sink", "events")
                 .config("addr", addr.as_str())
@@ -340,15 +342,72 @@ fn through_activemq_the_mqtt_connectors_relay_every_record() {
             source("msrc", "mqtt-source", "relayed")
                 .config("addr", addr.as_str())
                 .config("topics", vec!["relay/#"])
-                .config("end_after_idle_ms", 4000)
+                .config("end_after_idle_ms", 6000)
                 .grant("net", vec![addr.as_str()]),
         )
         .connector(files_sink().set("topic", "relayed"))
         .write(dir.path());
-    let out = run_finished(&manifest);
-    let duplicates = assert_at_least_once(seqs(&dir.path().join("out")), RECORDS);
-    eprintln!("activemq relay: {duplicates} duplicates of {RECORDS}");
-    assert!(out.status.success());
+    let mut host = Host::run(dir.path(), &manifest);
+    let out = dir.path().join("out");
+    wait_until("records flow", Duration::from_secs(30), || {
+        seqs(&out).len() > 1000
+    });
+    // Killed mid-run and started again on its store: each side pauses,
+    // says so once, and goes on.
+    amq.stop();
+    std::thread::sleep(Duration::from_millis(1500));
+    amq.resume();
+    let ended = host.wait_for_exit(Duration::from_secs(180));
+    let log = host.log();
+    assert_eq!(ended.status.code(), Some(0), "{log}");
+    let duplicates = assert_at_least_once(seqs(&out), RECORDS);
+    eprintln!("activemq relay: {duplicates} duplicates of {RECORDS} across a broker restart");
+    for side in ["mqtt-sink", "mqtt-source"] {
+        let away = format!("{side}: {addr} is away");
+        assert_eq!(log.matches(&away).count(), 1, "{side} said once: {log}");
+        assert!(log.contains(&format!("{side}: {addr} is back")), "{log}");
+    }
+}
+
+#[test]
+fn through_activemq_the_mqtt_connectors_refuse_a_wrong_password_at_open() {
+    let Some(amq) =
+        sluice_test_servers::activemq::ActiveMq::start_with_login("sluice", "right-s3cr3t")
+    else {
+        return;
+    };
+    let addr = amq.mqtt_addr();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mqtt-password"), "wrong-s3cr3t").unwrap();
+    let login = |c: Connector| {
+        c.config("addr", addr.as_str())
+            .config("user", "sluice")
+            .config("password", "${secret:mqtt}")
+            .secret("mqtt", "file", "mqtt-password")
+            .grant("net", vec![addr.as_str()])
+    };
+    for connectors in [
+        vec![
+            gen_source(10, 0, 64),
+            login(sink("msink", "mqtt-sink", "events").config("topic", "out")),
+        ],
+        vec![
+            login(source("msrc", "mqtt-source", "events").config("topics", vec!["in/#"]))
+                .config("end_after_idle_ms", 500),
+            files_sink(),
+        ],
+    ] {
+        let mut m = manifest();
+        for c in connectors {
+            m = m.connector(c);
+        }
+        let manifest = m.write(dir.path());
+        let out = run(&["run", "--no-progress", manifest.to_str().unwrap()]);
+        let all = format!("{}{}", stderr(&out), String::from_utf8_lossy(&out.stdout));
+        assert!(!all.contains("s3cr3t"), "the password shows:\n{all}");
+        assert_ne!(out.status.code(), Some(0), "{all}");
+        assert!(all.contains(&addr) && all.contains("logging in"), "{all}");
+    }
 }
 
 #[test]
