@@ -141,6 +141,12 @@ impl MqttSink {
         state: &mut [Sent],
         rejects: &mut Rejects,
     ) -> Result<(), MqttError> {
+        // Not called for a keep-alive period (no records): the broker may
+        // have given the connection up; a new one, quietly.
+        if self.client.as_ref().is_some_and(Client::is_stale) {
+            self.client = None;
+            self.inflight.clear();
+        }
         self.connect()?;
         let window = {
             let client = self.client.as_ref().expect("connected");

@@ -207,8 +207,8 @@ impl RabbitmqSink {
         state: &mut [Sent],
         rejects: &mut Rejects,
     ) -> Result<(), AmqpError> {
-        // Not called for two heartbeats (no records): the broker has given
-        // the connection up; a new one, quietly.
+        // Not called for a heartbeat period (no records): the broker may
+        // have given the connection up; a new one, quietly.
         if self.client.as_ref().is_some_and(Client::is_stale) {
             self.client = None;
             self.inflight.clear();

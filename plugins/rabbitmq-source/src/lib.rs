@@ -391,8 +391,9 @@ impl Source for RabbitmqSource {
             tags: Vec::new(),
             ids: Vec::new(),
         };
-        // Not called for two heartbeats (the host held the source back):
-        // the broker has given the connection up; a new one, quietly.
+        // Not called for a heartbeat period (the host held the source
+        // back): the broker may have given the connection up; a new one,
+        // quietly.
         if self.client.as_ref().is_some_and(Client::is_stale) {
             self.client = None;
         }

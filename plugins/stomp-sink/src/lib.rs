@@ -149,6 +149,12 @@ impl StompSink {
         state: &mut [Sent],
         rejects: &mut Rejects,
     ) -> Result<(), StompError> {
+        // Not called for a heart-beat period (no records): the broker may
+        // have given the connection up; a new one, quietly.
+        if self.client.as_ref().is_some_and(Client::is_stale) {
+            self.client = None;
+            self.inflight.clear();
+        }
         self.connect()?;
         let window = self.config.max_inflight.max(1) as usize;
         let persistent: &[u8] = if self.config.persistent {

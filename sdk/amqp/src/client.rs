@@ -564,9 +564,9 @@ impl Client {
         )
     }
 
-    /// True when this client wrote nothing for two heartbeat periods
-    /// (nothing called it): the server has taken the connection as dead,
-    /// or is about to. Make a new one, without calling it an outage.
+    /// True when this client wrote nothing for a heartbeat period (nothing
+    /// called it): the server may have taken the connection as dead. Make
+    /// a new one, without calling it an outage.
     pub fn is_stale(&self) -> bool {
         self.conn.is_stale()
     }

@@ -433,6 +433,14 @@ impl Client {
         self.conn.write.len()
     }
 
+    /// True when this client wrote nothing for a keep-alive period
+    /// (nothing called it): the server may have taken the connection as
+    /// dead (after one and a half). Make a new one, without calling it an
+    /// outage.
+    pub fn is_stale(&self) -> bool {
+        self.conn.is_stale()
+    }
+
     /// Queues a `SUBSCRIBE` of `filters` at `qos`; the answer is an
     /// [`Incoming::SubAck`] with the same `pkid`.
     pub fn subscribe(&mut self, pkid: u16, filters: &[String], qos: Qos) {

@@ -81,13 +81,13 @@ impl Framed {
         Ok(())
     }
 
-    /// True when nothing was written for twice the keep-alive period (the
-    /// plugin was not called to use the connection): the peer has given
-    /// up on it, or is about to. Make a new one, without calling it an
-    /// outage.
+    /// True when nothing was written for a whole keep-alive period (the
+    /// plugin was not called to use the connection, so it missed one):
+    /// the peer may have given up on it (brokers allow one and a half to
+    /// two periods). Make a new one, without calling it an outage.
     pub fn is_stale(&self) -> bool {
         self.keep_alive
-            .is_some_and(|every| self.last_write.elapsed() > every * 2)
+            .is_some_and(|every| self.last_write.elapsed() > every)
     }
 
     /// Reads more, writing the keep-alive (what `keep_alive` queues) first

@@ -260,6 +260,13 @@ impl Client {
         &self.server
     }
 
+    /// True when this client wrote nothing for a heart-beat period
+    /// (nothing called it): the server may have taken the connection as
+    /// dead. Make a new one, without calling it an outage.
+    pub fn is_stale(&self) -> bool {
+        self.conn.is_stale()
+    }
+
     /// Bytes queued and not written yet.
     pub fn queued(&self) -> usize {
         self.conn.write.len()
