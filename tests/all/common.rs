@@ -434,6 +434,28 @@ pub fn assert_at_least_once(mut seqs: Vec<u64>, n: u64) -> usize {
     total - seqs.len()
 }
 
+/// Runs `sluice run` once on a manifest of `connectors` written in `dir`,
+/// the file `dir/<secret_file>` holding `password` (the connectors read it
+/// as a secret), and returns the exit code and all it printed. Asserts
+/// that nothing printed shows the password: the tests' all hold "s3cr3t".
+pub fn run_with_secret(
+    dir: &Path,
+    secret_file: &str,
+    password: &str,
+    connectors: Vec<Connector>,
+) -> (Option<i32>, String) {
+    std::fs::write(dir.join(secret_file), password).unwrap();
+    let mut m = manifest();
+    for c in connectors {
+        m = m.connector(c);
+    }
+    let manifest = m.write(dir);
+    let out = run(&["run", "--no-progress", manifest.to_str().unwrap()]);
+    let all = format!("{}{}", stderr(&out), String::from_utf8_lossy(&out.stdout));
+    assert!(!all.contains("s3cr3t"), "the password shows:\n{all}");
+    (out.status.code(), all)
+}
+
 /// A `sluice` process running in the background, its stdout and stderr
 /// going to files; killed when dropped.
 pub struct Host {

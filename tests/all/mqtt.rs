@@ -153,16 +153,7 @@ fn mqtt_connectors_refuse_at_open_an_ungranted_broker_and_a_wrong_password_and_s
             .secret("mqtt", "file", "mqtt-password")
     };
     let attempt = |connectors: Vec<Connector>, password: &str| {
-        std::fs::write(dir.path().join("mqtt-password"), password).unwrap();
-        let mut m = manifest();
-        for c in connectors {
-            m = m.connector(c);
-        }
-        let manifest = m.write(dir.path());
-        let out = run(&["run", "--no-progress", manifest.to_str().unwrap()]);
-        let all = format!("{}{}", stderr(&out), String::from_utf8_lossy(&out.stdout));
-        assert!(!all.contains("s3cr3t"), "the password shows:\n{all}");
-        (out.status.code(), all)
+        run_with_secret(dir.path(), "mqtt-password", password, connectors)
     };
     let sink_run = |c: Connector| vec![gen_source(10, 0, 64), c];
     let source_run = |c: Connector| vec![c.config("end_after_idle_ms", 500), files_sink()];
@@ -378,7 +369,6 @@ fn through_activemq_the_mqtt_connectors_refuse_a_wrong_password_at_open() {
     };
     let addr = amq.mqtt_addr();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("mqtt-password"), "wrong-s3cr3t").unwrap();
     let login = |c: Connector| {
         c.config("addr", addr.as_str())
             .config("user", "sluice")
@@ -397,15 +387,8 @@ fn through_activemq_the_mqtt_connectors_refuse_a_wrong_password_at_open() {
             files_sink(),
         ],
     ] {
-        let mut m = manifest();
-        for c in connectors {
-            m = m.connector(c);
-        }
-        let manifest = m.write(dir.path());
-        let out = run(&["run", "--no-progress", manifest.to_str().unwrap()]);
-        let all = format!("{}{}", stderr(&out), String::from_utf8_lossy(&out.stdout));
-        assert!(!all.contains("s3cr3t"), "the password shows:\n{all}");
-        assert_ne!(out.status.code(), Some(0), "{all}");
+        let (code, all) = run_with_secret(dir.path(), "mqtt-password", "wrong-s3cr3t", connectors);
+        assert_ne!(code, Some(0), "{all}");
         assert!(all.contains(&addr) && all.contains("logging in"), "{all}");
     }
 }

@@ -254,16 +254,7 @@ fn rabbitmq_connectors_refuse_what_to_fix_at_open_and_dead_letter_an_unroutable_
             .secret("amqp", "file", "amqp-password")
     };
     let attempt = |connectors: Vec<Connector>, password: &str| {
-        std::fs::write(dir.path().join("amqp-password"), password).unwrap();
-        let mut m = manifest();
-        for c in connectors {
-            m = m.connector(c);
-        }
-        let manifest = m.write(dir.path());
-        let out = run(&["run", "--no-progress", manifest.to_str().unwrap()]);
-        let all = format!("{}{}", stderr(&out), String::from_utf8_lossy(&out.stdout));
-        assert!(!all.contains("s3cr3t"), "the password shows:\n{all}");
-        (out.status.code(), all)
+        run_with_secret(dir.path(), "amqp-password", password, connectors)
     };
     let sink_run = |c: Connector| vec![gen_source(10, 0, 64), c];
     let source_run = |c: Connector| vec![c.config("end_after_idle_ms", 500), files_sink()];

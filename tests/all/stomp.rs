@@ -151,16 +151,7 @@ fn stomp_connectors_refuse_at_open_an_ungranted_broker_a_wrong_password_and_a_fo
             .secret("stomp", "file", "stomp-password")
     };
     let attempt = |connectors: Vec<Connector>, password: &str| {
-        std::fs::write(dir.path().join("stomp-password"), password).unwrap();
-        let mut m = manifest();
-        for c in connectors {
-            m = m.connector(c);
-        }
-        let manifest = m.write(dir.path());
-        let out = run(&["run", "--no-progress", manifest.to_str().unwrap()]);
-        let all = format!("{}{}", stderr(&out), String::from_utf8_lossy(&out.stdout));
-        assert!(!all.contains("s3cr3t"), "the password shows:\n{all}");
-        (out.status.code(), all)
+        run_with_secret(dir.path(), "stomp-password", password, connectors)
     };
     let sink_run = |c: Connector| vec![gen_source(10, 0, 64), c];
     let source_run = |c: Connector| vec![c.config("end_after_idle_ms", 500), files_sink()];
