@@ -8,7 +8,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use sluice_test_servers::mosquitto::Mosquitto;
+use sluice_test_servers::activemq::ActiveMq;
+use sluice_test_servers::mosquitto::{Mosquitto, MqttClients};
 
 use crate::common::*;
 
@@ -19,19 +20,19 @@ fn seq_messages(range: std::ops::Range<u64>) -> impl Iterator<Item = String> {
 
 /// An `mqtt-source` named `msrc` reading `filter` into `events`; its
 /// session is `sluice-msrc-0`.
-fn mqtt_source(m: &Mosquitto, filter: &str) -> Connector {
+fn mqtt_source(addr: &str, filter: &str) -> Connector {
     source("msrc", "mqtt-source", "events")
-        .config("addr", m.addr().as_str())
+        .config("addr", addr)
         .config("topics", vec![filter])
-        .grant("net", vec![m.addr().as_str()])
+        .grant("net", vec![addr])
 }
 
 /// An `mqtt-sink` named `msink` publishing `events` to `topic`.
-fn mqtt_sink(m: &Mosquitto, topic: &str) -> Connector {
+fn mqtt_sink(addr: &str, topic: &str) -> Connector {
     sink("msink", "mqtt-sink", "events")
-        .config("addr", m.addr().as_str())
+        .config("addr", addr)
         .config("topic", topic)
-        .grant("net", vec![m.addr().as_str()])
+        .grant("net", vec![addr])
 }
 
 /// The datagen `seq`s in a subscriber's output (a payload a line).
@@ -46,18 +47,36 @@ fn subscriber_seqs(file: &Path) -> Vec<u64> {
 
 #[test]
 fn an_mqtt_source_killed_at_random_moments_stores_every_message_at_least_once() {
-    const RECORDS: u64 = 200_000;
     let Some(broker) = Mosquitto::start() else {
         return;
     };
-    // The source's session, made before anything is published: the broker
-    // keeps every message for it.
-    broker.make_session("sluice-msrc-0", "in/#");
-    broker.publish("in/a", seq_messages(0..RECORDS));
+    source_storm("mqtt-source", &broker.addr(), &broker.clients());
+}
+
+#[test]
+fn an_mqtt_source_on_activemq_killed_at_random_moments_stores_every_message_at_least_once() {
+    // The host is killed, not the broker: its journal need not be synced.
+    let Some(amq) = ActiveMq::start_without_disk_syncs() else {
+        return;
+    };
+    source_storm(
+        "mqtt-source on ActiveMQ",
+        &amq.mqtt_addr(),
+        &amq.mqtt_clients(),
+    );
+}
+
+/// 200,000 messages published for the source's session (made first, so
+/// the broker keeps every one for it), drained by an `mqtt-source` killed
+/// ten times: every message stored, the repeats counted.
+fn source_storm(what: &str, addr: &str, clients: &MqttClients) {
+    const RECORDS: u64 = 200_000;
+    clients.make_session("sluice-msrc-0", "in/#");
+    clients.publish("in/a", seq_messages(0..RECORDS));
     let dir = tempfile::tempdir().unwrap();
     let manifest = manifest()
         .connector(
-            mqtt_source(&broker, "in/#")
+            mqtt_source(addr, "in/#")
                 .config("end_after_idle_ms", 2000)
                 .batch("max_records", 500),
         )
@@ -65,23 +84,41 @@ fn an_mqtt_source_killed_at_random_moments_stores_every_message_at_least_once() 
         .write(dir.path());
     crate::crash::storm(dir.path(), &manifest, 10, 200..800);
     let duplicates = assert_at_least_once(seqs(&dir.path().join("out")), RECORDS);
-    eprintln!("mqtt-source: {duplicates} duplicates of {RECORDS} after 10 kills");
+    eprintln!("{what}: {duplicates} duplicates of {RECORDS} after 10 kills");
 }
 
 #[test]
 fn an_mqtt_sink_killed_at_random_moments_publishes_every_record_at_least_once() {
-    const RECORDS: u64 = 200_000;
     let Some(broker) = Mosquitto::start() else {
         return;
     };
+    sink_storm("mqtt-sink", &broker.addr(), &broker.clients());
+}
+
+#[test]
+fn an_mqtt_sink_on_activemq_killed_at_random_moments_publishes_every_record_at_least_once() {
+    // The host is killed, not the broker: its journal need not be synced.
+    let Some(amq) = ActiveMq::start_without_disk_syncs() else {
+        return;
+    };
+    sink_storm(
+        "mqtt-sink on ActiveMQ",
+        &amq.mqtt_addr(),
+        &amq.mqtt_clients(),
+    );
+}
+
+/// `datagen` → `mqtt-sink` (200,000 records at 20,000 a second, so the
+/// kills land while records flow) killed ten times, a subscriber hearing
+/// every record; the repeats counted.
+fn sink_storm(what: &str, addr: &str, clients: &MqttClients) {
+    const RECORDS: u64 = 200_000;
     let dir = tempfile::tempdir().unwrap();
     let heard = dir.path().join("heard");
-    let _subscriber = broker.subscribe("checker", "out/#", &heard);
-    // 20,000 records/s: the 200,000 take ten seconds of running, so the
-    // kills land while records flow.
+    let _subscriber = clients.subscribe("checker", "out/#", &heard);
     let manifest = manifest()
         .connector(gen_source(RECORDS, 20_000, 64))
-        .connector(mqtt_sink(&broker, "out/{partition}"))
+        .connector(mqtt_sink(addr, "out/{partition}").set("flush_interval_ms", 200))
         .write(dir.path());
     crate::crash::storm(dir.path(), &manifest, 10, 200..1000);
     wait_until(
@@ -95,7 +132,7 @@ fn an_mqtt_sink_killed_at_random_moments_publishes_every_record_at_least_once() 
         },
     );
     let duplicates = assert_at_least_once(subscriber_seqs(&heard), RECORDS);
-    eprintln!("mqtt-sink: {duplicates} duplicates of {RECORDS} after 10 kills");
+    eprintln!("{what}: {duplicates} duplicates of {RECORDS} after 10 kills");
 }
 
 #[test]
@@ -110,9 +147,9 @@ fn mqtt_5_through_a_broker_restart_pauses_each_side_once_and_loses_nothing() {
     broker.make_session("sluice-msrc-0", "relay/#");
     let manifest = manifest()
         .connector(gen_source(RECORDS, 20_000, 64))
-        .connector(mqtt_sink(&broker, "relay/{partition}").config("protocol", "5"))
+        .connector(mqtt_sink(&broker.addr(), "relay/{partition}").config("protocol", "5"))
         .connector(
-            mqtt_source(&broker, "relay/#")
+            mqtt_source(&broker.addr(), "relay/#")
                 .set("topic", "relayed")
                 .config("protocol", "5")
                 .config("end_after_idle_ms", 6000),
@@ -160,7 +197,7 @@ fn mqtt_connectors_refuse_at_open_an_ungranted_broker_and_a_wrong_password_and_s
 
     // Granted another port only.
     let (code, all) = attempt(
-        sink_run(login(mqtt_sink(&broker, "out")).grant("net", vec!["127.0.0.1:1"])),
+        sink_run(login(mqtt_sink(&broker.addr(), "out")).grant("net", vec!["127.0.0.1:1"])),
         PASSWORD,
     );
     assert_ne!(code, Some(0), "{all}");
@@ -169,7 +206,7 @@ fn mqtt_connectors_refuse_at_open_an_ungranted_broker_and_a_wrong_password_and_s
         "{all}"
     );
     let (code, all) = attempt(
-        source_run(login(mqtt_source(&broker, "in/#")).grant("net", vec!["127.0.0.1:1"])),
+        source_run(login(mqtt_source(&broker.addr(), "in/#")).grant("net", vec!["127.0.0.1:1"])),
         PASSWORD,
     );
     assert_ne!(code, Some(0), "{all}");
@@ -179,15 +216,15 @@ fn mqtt_connectors_refuse_at_open_an_ungranted_broker_and_a_wrong_password_and_s
     );
 
     // No login, then the wrong password: the broker's reason and address.
-    let (code, all) = attempt(sink_run(mqtt_sink(&broker, "out")), PASSWORD);
+    let (code, all) = attempt(sink_run(mqtt_sink(&broker.addr(), "out")), PASSWORD);
     assert_ne!(code, Some(0), "{all}");
     assert!(
         all.contains("not authorized") && all.contains(&broker.addr()),
         "{all}"
     );
     for connectors in [
-        sink_run(login(mqtt_sink(&broker, "out"))),
-        source_run(login(mqtt_source(&broker, "in/#"))),
+        sink_run(login(mqtt_sink(&broker.addr(), "out"))),
+        source_run(login(mqtt_source(&broker.addr(), "in/#"))),
     ] {
         let (code, all) = attempt(connectors, "wrong-s3cr3t");
         assert_ne!(code, Some(0), "{all}");
@@ -201,7 +238,7 @@ fn mqtt_connectors_refuse_at_open_an_ungranted_broker_and_a_wrong_password_and_s
     // The right one.
     let heard = dir.path().join("heard");
     let _subscriber = broker.subscribe("checker", "out", &heard);
-    let (code, all) = attempt(sink_run(login(mqtt_sink(&broker, "out"))), PASSWORD);
+    let (code, all) = attempt(sink_run(login(mqtt_sink(&broker.addr(), "out"))), PASSWORD);
     assert_eq!(code, Some(0), "{all}");
     wait_until(
         "the subscriber hears the records",
@@ -223,7 +260,7 @@ fn in_mqtt_5_a_publish_the_broker_refuses_is_dead_lettered_with_its_reason() {
     let manifest = manifest()
         .connector(source("keyed", wasm("emit-keyed"), "events").config("records", records))
         .connector(
-            mqtt_sink(&broker, "{key}")
+            mqtt_sink(&broker.addr(), "{key}")
                 .config("protocol", "5")
                 .config("user", "sluice")
                 .config("password", "pw"),
@@ -296,9 +333,10 @@ fn the_mqtt_to_redis_example_does_what_its_readme_says() {
 #[test]
 fn through_activemq_and_its_restart_the_mqtt_connectors_relay_every_record() {
     const RECORDS: u64 = 20_000;
-    // The broker's process is killed, not the machine: its journal need
-    // not be synced before each acknowledgement.
-    let Some(mut amq) = sluice_test_servers::activemq::ActiveMq::start_without_disk_syncs() else {
+    // A journal synced before each acknowledgement: with syncs off,
+    // ActiveMQ's MQTT transport was seen to lose an acknowledged message
+    // to a SIGKILL (one run in three, under load).
+    let Some(mut amq) = ActiveMq::start() else {
         return;
     };
     let addr = amq.mqtt_addr();
@@ -362,9 +400,7 @@ fn through_activemq_and_its_restart_the_mqtt_connectors_relay_every_record() {
 
 #[test]
 fn through_activemq_the_mqtt_connectors_refuse_a_wrong_password_at_open() {
-    let Some(amq) =
-        sluice_test_servers::activemq::ActiveMq::start_with_login("sluice", "right-s3cr3t")
-    else {
+    let Some(amq) = ActiveMq::start_with_login("sluice", "right-s3cr3t") else {
         return;
     };
     let addr = amq.mqtt_addr();
@@ -405,7 +441,7 @@ fn a_record_whose_topic_cannot_be_published_to_is_dead_lettered() {
     let records = keyed_records([("ok", "1"), ("a/+", "2"), ("", "3")]);
     let manifest = manifest()
         .connector(source("keyed", wasm("emit-keyed"), "events").config("records", records))
-        .connector(mqtt_sink(&broker, "{key}"))
+        .connector(mqtt_sink(&broker.addr(), "{key}"))
         .connector(dead_letters("msink.dlq"))
         .write(dir.path());
     run_finished(&manifest);

@@ -145,6 +145,87 @@ impl Mosquitto {
         self.dir.path().join("mosquitto.conf")
     }
 
+    /// MQTT clients of this broker's (as its user, if it has one).
+    pub fn clients(&self) -> MqttClients {
+        MqttClients {
+            port: self.port,
+            login: self.login.clone(),
+        }
+    }
+
+    /// See [`MqttClients::publish`].
+    pub fn publish(&self, topic: &str, messages: impl IntoIterator<Item = String>) {
+        self.clients().publish(topic, messages);
+    }
+
+    /// See [`MqttClients::subscribe`].
+    pub fn subscribe(&self, client_id: &str, filter: &str, out: &std::path::Path) -> Subscriber {
+        self.clients().subscribe(client_id, filter, out)
+    }
+
+    /// See [`MqttClients::make_session`].
+    pub fn make_session(&self, client_id: &str, filter: &str) {
+        self.clients().make_session(client_id, filter);
+    }
+
+    /// Stops the broker as an operator would (SIGTERM: it saves its
+    /// sessions and queued messages), keeping its data.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) on the pid of a child we have not reaped.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the broker again on the same port and data.
+    pub fn resume(&mut self) {
+        assert!(self.child.is_none(), "the broker runs already");
+        let mut child = Command::new(BROKER)
+            .arg("-c")
+            .arg(self.config_path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto starts");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("mosquitto exited at start: {status}: {}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not listen in 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.child = Some(child);
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The tests' MQTT clients of a broker on 127.0.0.1 (mosquitto, or
+/// ActiveMQ's MQTT transport): `mosquitto_sub`, and a publisher of our own.
+#[derive(Debug, Clone)]
+pub struct MqttClients {
+    port: u16,
+    login: Option<(String, String)>,
+}
+
+impl MqttClients {
+    /// Clients of the broker on `port`, logging in as `login` if given.
+    pub fn new(port: u16, login: Option<(String, String)>) -> MqttClients {
+        MqttClients { port, login }
+    }
+
     /// The login arguments of the clients.
     fn login_args(&self) -> Vec<String> {
         match &self.login {
@@ -245,49 +326,6 @@ impl Mosquitto {
             "mosquitto_sub -E: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-    }
-
-    /// Stops the broker as an operator would (SIGTERM: it saves its
-    /// sessions and queued messages), keeping its data.
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SAFETY: kill(2) on the pid of a child we have not reaped.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts the broker again on the same port and data.
-    pub fn resume(&mut self) {
-        assert!(self.child.is_none(), "the broker runs already");
-        let mut child = Command::new(BROKER)
-            .arg("-c")
-            .arg(self.config_path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto starts");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("mosquitto exited at start: {status}: {}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "mosquitto did not listen in 20 s"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        self.child = Some(child);
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }
 
