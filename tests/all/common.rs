@@ -434,6 +434,18 @@ pub fn assert_at_least_once(mut seqs: Vec<u64>, n: u64) -> usize {
     total - seqs.len()
 }
 
+/// Asserts that each of `sides` (plugin names) said once in `log` that
+/// the peer at `addr` is away, and then that it is back: the outage
+/// messages of `sluice_sdk::outage::Outage`.
+pub fn assert_each_away_once_then_back(log: &str, sides: &[&str], addr: &str) {
+    for side in sides {
+        let away = format!("{side}: {addr} is away");
+        assert_eq!(log.matches(&away).count(), 1, "{side} said once: {log}");
+        let back = format!("{side}: {addr} is back");
+        assert!(log.contains(&back), "{log}");
+    }
+}
+
 /// Runs `sluice run` once on a manifest of `connectors` written in `dir`,
 /// the file `dir/<secret_file>` holding `password` (the connectors read it
 /// as a secret), and returns the exit code and all it printed. Asserts

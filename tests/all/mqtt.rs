@@ -169,12 +169,7 @@ fn mqtt_5_through_a_broker_restart_pauses_each_side_once_and_loses_nothing() {
     assert_eq!(ended.status.code(), Some(0), "{log}");
     let duplicates = assert_at_least_once(seqs(&out), RECORDS);
     eprintln!("mqtt 5 relay: {duplicates} duplicates of {RECORDS} across a broker restart");
-    for side in ["mqtt-sink", "mqtt-source"] {
-        let away = format!("{side}: {} is away", broker.addr());
-        assert_eq!(log.matches(&away).count(), 1, "{side} said once: {log}");
-        let back = format!("{side}: {} is back", broker.addr());
-        assert!(log.contains(&back), "{log}");
-    }
+    assert_each_away_once_then_back(&log, &["mqtt-sink", "mqtt-source"], &broker.addr());
 }
 
 #[test]
@@ -391,11 +386,7 @@ fn through_activemq_and_its_restart_the_mqtt_connectors_relay_every_record() {
     assert_eq!(ended.status.code(), Some(0), "{log}");
     let duplicates = assert_at_least_once(seqs(&out), RECORDS);
     eprintln!("activemq relay: {duplicates} duplicates of {RECORDS} across a broker restart");
-    for side in ["mqtt-sink", "mqtt-source"] {
-        let away = format!("{side}: {addr} is away");
-        assert_eq!(log.matches(&away).count(), 1, "{side} said once: {log}");
-        assert!(log.contains(&format!("{side}: {addr} is back")), "{log}");
-    }
+    assert_each_away_once_then_back(&log, &["mqtt-sink", "mqtt-source"], &addr);
 }
 
 #[test]

@@ -151,12 +151,7 @@ fn through_a_rabbitmq_restart_the_relay_pauses_each_side_once_and_loses_nothing(
     assert_eq!(ended.status.code(), Some(0), "{log}");
     let duplicates = assert_at_least_once(seqs(&out), RECORDS);
     eprintln!("rabbitmq relay: {duplicates} duplicates of {RECORDS} across a broker restart");
-    for side in ["rabbitmq-sink", "rabbitmq-source"] {
-        let away = format!("{side}: {} is away", rmq.addr());
-        assert_eq!(log.matches(&away).count(), 1, "{side} said once: {log}");
-        let back = format!("{side}: {} is back", rmq.addr());
-        assert!(log.contains(&back), "{log}");
-    }
+    assert_each_away_once_then_back(&log, &["rabbitmq-sink", "rabbitmq-source"], &rmq.addr());
 }
 
 #[test]
@@ -194,14 +189,7 @@ fn a_rabbitmq_broker_that_stops_answering_is_gone_after_two_heartbeats_and_nothi
     assert_eq!(ended.status.code(), Some(0), "{log}");
     let duplicates = assert_at_least_once(seqs(&out), RECORDS);
     eprintln!("rabbitmq frozen: {duplicates} duplicates of {RECORDS}");
-    for side in ["rabbitmq-sink", "rabbitmq-source"] {
-        let away = format!("{side}: {} is away", rmq.addr());
-        assert_eq!(log.matches(&away).count(), 1, "{side} said once: {log}");
-        assert!(
-            log.contains(&format!("{side}: {} is back", rmq.addr())),
-            "{log}"
-        );
-    }
+    assert_each_away_once_then_back(&log, &["rabbitmq-sink", "rabbitmq-source"], &rmq.addr());
     assert!(log.contains("silent for"), "{log}");
 }
 

@@ -131,12 +131,7 @@ fn through_an_activemq_restart_the_stomp_relay_pauses_each_side_once_and_loses_n
     assert_eq!(ended.status.code(), Some(0), "{log}");
     let duplicates = assert_at_least_once(seqs(&out), RECORDS);
     eprintln!("stomp relay: {duplicates} duplicates of {RECORDS} across a broker restart");
-    for side in ["stomp-sink", "stomp-source"] {
-        let away = format!("{side}: {} is away", amq.stomp_addr());
-        assert_eq!(log.matches(&away).count(), 1, "{side} said once: {log}");
-        let back = format!("{side}: {} is back", amq.stomp_addr());
-        assert!(log.contains(&back), "{log}");
-    }
+    assert_each_away_once_then_back(&log, &["stomp-sink", "stomp-source"], &amq.stomp_addr());
 }
 
 #[test]

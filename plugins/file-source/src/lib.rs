@@ -56,13 +56,6 @@ fn encode(file: &str, offset: u64) -> Vec<u8> {
     p
 }
 
-/// A stable hash of a file name, to split files between instances.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
 fn decode(p: &[u8]) -> Result<(String, u64), Error> {
     let bad = || Error::fatal("stored position is not a file-source position");
     let offset = u64::from_le_bytes(p.get(..8).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
@@ -82,7 +75,8 @@ impl FileSource {
             })?;
             let is_file = entry.file_type().map(|t| t.is_file()).unwrap_or(false);
             if let (true, Ok(name)) = (is_file, entry.file_name().into_string())
-                && fnv1a(name.as_bytes()) % u64::from(self.count.max(1)) == u64::from(self.index)
+                && sluice_sdk::hash::fnv1a(name.as_bytes()) % u64::from(self.count.max(1))
+                    == u64::from(self.index)
             {
                 names.push(name);
             }

@@ -306,12 +306,7 @@ fn message_id(origin: &Origin, offset: u64) -> String {
     while !origin.topic.is_char_boundary(cut) {
         cut -= 1;
     }
-    let hash = origin
-        .topic
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
+    let hash = sluice_sdk::hash::fnv1a(origin.topic.as_bytes());
     format!(
         "{}#{hash:016x}/{}/{offset}",
         &origin.topic[..cut],

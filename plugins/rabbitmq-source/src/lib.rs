@@ -176,7 +176,7 @@ impl RabbitmqSource {
     fn take(&mut self, d: &Delivery, out: &mut BatchWriter, batch: &mut Emitted) {
         let tag = (self.connection, d.delivery_tag);
         let id = match (self.config.dedupe, &d.properties.message_id) {
-            (Dedupe::MessageId, Some(id)) => Some(fnv1a(id.as_bytes())),
+            (Dedupe::MessageId, Some(id)) => Some(sluice_sdk::hash::fnv1a(id.as_bytes())),
             _ => None,
         };
         if let Some(id) = id {
@@ -324,13 +324,6 @@ fn parse_position(p: &[u8]) -> Option<(u64, Vec<u64>)> {
         .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
         .collect();
     Some((seq, ids))
-}
-
-/// 64-bit FNV-1a: a message id's fixed-size stand-in in the position.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 impl Source for RabbitmqSource {
