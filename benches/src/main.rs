@@ -540,6 +540,13 @@ fn files_section(
     Ok(())
 }
 
+/// The middle of `values` (of three runs, say: one run on this machine
+/// swings by a third).
+pub(crate) fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
 /// Records/s and MB/s at a `blackhole`, from its first record's arrival to
 /// its last.
 pub(crate) fn arrival_rates(sink: &blackhole::Report) -> (f64, f64) {

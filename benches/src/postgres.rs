@@ -34,7 +34,7 @@ pub fn section(report: &mut Report, bin: &Path, work: &Path, cache: &Path) -> an
     pg.create_user(USER, PASSWORD, "app");
 
     // The median of three: one run of each swings by a third here.
-    let native = median(
+    let native = crate::median(
         (0..3)
             .map(|i| copy_natively(&pg, work, ROWS, i))
             .collect::<anyhow::Result<_>>()?,
@@ -95,7 +95,7 @@ pub fn section(report: &mut Report, bin: &Path, work: &Path, cache: &Path) -> an
                 bail!("{label}: {rows} of {ROWS} rows in {table}");
             }
         }
-        let rate = median(rates);
+        let rate = crate::median(rates);
         report.add(
             Figure::new(
                 "postgres",
@@ -177,11 +177,6 @@ fn snapshot(
 }
 
 /// The middle of `values`.
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 /// Changes the CDC runs read: a pgbench workload of transactions of 100
 /// inserts each.
 pub const CHANGES: u64 = 500_000;

@@ -293,7 +293,7 @@ fn a_redis_source_killed_at_random_moments_puts_every_entry_in_the_log_once() {
         .connector(
             redis_source(&redis)
                 .config("bounded", true)
-                .batch("max_records", 20),
+                .batch("max_records", 2),
         )
         .connector(files_sink())
         .write(dir.path());
@@ -341,4 +341,58 @@ fn a_redis_source_waits_for_new_entries_and_rides_out_a_server_restart() {
     let away = format!("redis-source: {} is away", redis.addr());
     assert_eq!(log.matches(&away).count(), 1, "said once: {log}");
     assert_eq!(pending(&redis), 0, "every entry acknowledged: {log}");
+}
+
+/// While full reads come back, the source sends its next read ahead, and an
+/// `XACK` sent after a read that waits (`BLOCK`) waits with it: stopped
+/// then, the source acknowledges those entries again on a connection of
+/// its own, so none is left pending.
+#[test]
+fn a_redis_source_stopped_with_acknowledgements_behind_a_waiting_read_leaves_nothing_pending() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = manifest()
+        .connector(
+            redis_source(&redis)
+                .config("block_ms", 20_000)
+                .batch("max_records", 10),
+        )
+        .connector(files_sink())
+        .write(dir.path());
+    let mut host = Host::run(dir.path(), &manifest);
+    let out = dir.path().join("out");
+    // Wait until the group exists (the source makes it at open).
+    wait_until("the group exists", Duration::from_secs(30), || {
+        redis.cli(&["XINFO", "GROUPS", "src"]).contains("rsrc")
+    });
+    // Each step fills a read of 10: the next two reads are sent ahead, the
+    // second waiting behind the first.
+    for step in 0..3 {
+        // In one transaction: a waiting read takes all ten.
+        let multi = std::iter::once(vec!["MULTI".to_owned()]);
+        let exec = std::iter::once(vec!["EXEC".to_owned()]);
+        redis.pipe(
+            multi
+                .chain(seq_entries("src", step * 10..step * 10 + 10))
+                .chain(exec),
+        );
+        wait_until("the entries arrive", Duration::from_secs(30), || {
+            seqs(&out).len() as u64 >= step * 10 + 10
+        });
+        // Time for the batch's commit, so its XACK goes with the next read.
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    host.interrupt();
+    let ended = host.wait_for_exit(Duration::from_secs(30));
+    let log = host.log();
+    assert_eq!(ended.status.code(), Some(130), "{log}");
+    assert_exactly_once(seqs(&out), 30);
+    assert_eq!(
+        pending(&redis),
+        0,
+        "every stored entry acknowledged: {}",
+        redis.cli(&["XPENDING", "src", "rsrc", "-", "+", "100"])
+    );
 }

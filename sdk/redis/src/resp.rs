@@ -89,18 +89,8 @@ impl Commands {
 
     fn header(&mut self, kind: u8, n: usize) {
         self.buf.push(kind);
-        let mut digits = [0u8; 20];
-        let mut i = digits.len();
-        let mut n = n;
-        loop {
-            i -= 1;
-            digits[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        self.buf.extend_from_slice(&digits[i..]);
+        self.buf
+            .extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
         self.buf.extend_from_slice(b"\r\n");
     }
 
@@ -129,11 +119,111 @@ impl Commands {
 /// Parses one reply from the front of `buf`: `Ok(None)` when it is not
 /// all there yet, else the reply and the bytes it took. `Err` when the
 /// bytes are not RESP2.
+///
+/// A large reply arrives in pieces: [`reply_len`] first says whether it is
+/// whole without building anything, so it is parsed once.
 pub fn parse(buf: &[u8]) -> Result<Option<(Value, usize)>, String> {
+    if reply_len(buf)?.is_none() {
+        return Ok(None);
+    }
     let mut at = 0;
     match parse_at(buf, &mut at, 0)? {
         Some(v) => Ok(Some((v, at))),
         None => Ok(None),
+    }
+}
+
+/// The length of the reply at the front of `buf` if all of it is there.
+/// Builds nothing: it walks the lines, skipping bulk strings by their
+/// length.
+pub fn reply_len(buf: &[u8]) -> Result<Option<usize>, String> {
+    let mut at = 0;
+    // Replies still to walk: an array's elements are added to it.
+    let mut left: u64 = 1;
+    while left > 0 {
+        let Some(Line { kind, text, next }) = line(buf, at)? else {
+            return Ok(None);
+        };
+        left -= 1;
+        at = next;
+        match kind {
+            b'$' => {
+                let len = number(text)?;
+                if len >= 0 {
+                    let end = at + len as usize + 2;
+                    if buf.len() < end {
+                        return Ok(None);
+                    }
+                    at = end;
+                }
+            }
+            b'*' => {
+                let len = number(text)?;
+                if len > 0 {
+                    left += len as u64;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(Some(at))
+}
+
+/// A reply line, without its CRLF.
+struct Line<'a> {
+    /// Its first byte: what the reply is (`$`, `*`, `+`, `-`, `:`).
+    kind: u8,
+    /// The rest of it.
+    text: &'a [u8],
+    /// Where the next line (or a bulk string's bytes) begins.
+    next: usize,
+}
+
+/// The line at `at`; `None` when it is not all there.
+fn line(buf: &[u8], at: usize) -> Result<Option<Line<'_>>, String> {
+    // Most lines are a few bytes (`$5`, `*2`): a plain loop finds their
+    // end sooner than a vector search gets going.
+    let Some(end) = buf[at..].iter().position(|&b| b == b'\n') else {
+        return Ok(None);
+    };
+    let end = at + end;
+    if end == at || buf[end - 1] != b'\r' {
+        return Err("a reply line not ended by CRLF".into());
+    }
+    match buf[at..end - 1].split_first() {
+        Some((&kind, text)) => Ok(Some(Line {
+            kind,
+            text,
+            next: end + 1,
+        })),
+        None => Err("an empty reply line".into()),
+    }
+}
+
+/// A length or an integer reply: ASCII digits, perhaps after a `-`.
+fn number(line: &[u8]) -> Result<i64, String> {
+    let (negative, digits) = match line.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, line),
+    };
+    let not_a_number = || format!("{:?} is not a number", String::from_utf8_lossy(line));
+    // Nineteen digits fit a u64 (no overflow checks: in wasm32 each is a
+    // call to a 128-bit multiply), and the sign is checked at the end.
+    if digits.is_empty() || digits.len() > 19 {
+        return Err(not_a_number());
+    }
+    let mut n: u64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return Err(not_a_number());
+        }
+        n = n * 10 + u64::from(d - b'0');
+    }
+    match (negative, i64::try_from(n)) {
+        (false, Ok(n)) => Ok(n),
+        (true, Ok(n)) => Ok(-n),
+        (true, Err(_)) if n == i64::MIN.unsigned_abs() => Ok(i64::MIN),
+        _ => Err(not_a_number()),
     }
 }
 
@@ -144,26 +234,21 @@ fn parse_at(buf: &[u8], at: &mut usize, depth: usize) -> Result<Option<Value>, S
     if depth > MAX_DEPTH {
         return Err("a reply nested deeper than 16 arrays".into());
     }
-    let Some(line_end) = memchr::memmem::find(&buf[*at..], b"\r\n") else {
+    let Some(Line {
+        kind,
+        text: line,
+        next: after_line,
+    }) = line(buf, *at)?
+    else {
         return Ok(None);
     };
-    let Some((&kind, line)) = buf[*at..*at + line_end].split_first() else {
-        return Err("an empty reply line".into());
-    };
-    let after_line = *at + line_end + 2;
     let text = || String::from_utf8_lossy(line).into_owned();
-    let number = || -> Result<i64, String> {
-        std::str::from_utf8(line)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| format!("{:?} is not a number", text()))
-    };
     let value = match kind {
         b'+' => Value::Status(text()),
         b'-' => Value::Error(text()),
-        b':' => Value::Int(number()?),
+        b':' => Value::Int(number(line)?),
         b'$' => {
-            let len = number()?;
+            let len = number(line)?;
             if len < 0 {
                 Value::Nil
             } else {
@@ -181,7 +266,7 @@ fn parse_at(buf: &[u8], at: &mut usize, depth: usize) -> Result<Option<Value>, S
             }
         }
         b'*' => {
-            let len = number()?;
+            let len = number(line)?;
             if len < 0 {
                 Value::Nil
             } else {
@@ -244,5 +329,31 @@ mod tests {
         }
         assert!(parse(b"HTTP/1.1 400\r\n").is_err());
         assert!(parse(b"$3\r\nabcde\r\n").is_err());
+    }
+
+    #[test]
+    fn the_length_of_a_reply_is_known_before_it_is_parsed() {
+        let all = b"*2\r\n*2\r\n$3\r\n1-1\r\n*2\r\n$5\r\nvalue\r\n$2\r\nab\r\n$-1\r\n+OK\r\n";
+        let whole = all.len() - 5;
+        assert_eq!(reply_len(all).unwrap(), Some(whole));
+        for cut in 0..whole {
+            assert_eq!(reply_len(&all[..cut]).unwrap(), None, "cut at {cut}");
+        }
+        assert_eq!(reply_len(b"*0\r\n").unwrap(), Some(4));
+        assert_eq!(reply_len(b"*-1\r\n").unwrap(), Some(5));
+        assert!(reply_len(b"*x\r\n").is_err());
+        assert!(reply_len(b"$3\nabc").is_err());
+        assert_eq!(number(b"-12").unwrap(), -12);
+        assert_eq!(number(b"9223372036854775807").unwrap(), i64::MAX);
+        assert_eq!(number(b"-9223372036854775808").unwrap(), i64::MIN);
+        for bad in [
+            &b""[..],
+            b"-",
+            b"9223372036854775808",
+            b"99999999999999999999",
+            b"1x",
+        ] {
+            assert!(number(bad).is_err(), "{bad:?}");
+        }
     }
 }
