@@ -12,6 +12,7 @@ const BUILTIN: &[&str] = &[
     "datagen",
     "file-sink",
     "file-source",
+    "filter",
     "http-sink",
     "http-source",
     "kafka-sink",

@@ -298,6 +298,12 @@ impl Rejects {
             reason: reason.to_string(),
         });
     }
+
+    /// The records refused so far, in the order they were (for a plugin's
+    /// own tests).
+    pub fn iter(&self) -> impl Iterator<Item = &Rejected> {
+        self.0.iter()
+    }
 }
 
 /// A plugin that brings records in.

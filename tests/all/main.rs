@@ -31,4 +31,5 @@ mod redis;
 mod sandbox;
 mod stomp;
 mod tls;
+mod transforms;
 mod waiting;

@@ -69,7 +69,7 @@ fn a_missing_file_and_an_unknown_plugin_are_explained() {
     assert!(err.contains("unknown plugin \"datagem\""), "{err}");
     assert!(
         err.contains(
-            "datagen, file-sink, file-source, http-sink, http-source, kafka-sink, kafka-source, mariadb-sink, mqtt-sink, mqtt-source, postgres-cdc, postgres-sink, print, rabbitmq-sink, rabbitmq-source, redis-sink, redis-source"
+            "datagen, file-sink, file-source, filter, http-sink, http-source, kafka-sink, kafka-source, mariadb-sink, mqtt-sink, mqtt-source, postgres-cdc, postgres-sink, print, rabbitmq-sink, rabbitmq-source, redis-sink, redis-source"
         ),
         "lists the built-ins: {err}"
     );

@@ -244,6 +244,9 @@ pub type SourceInstance = Instance<bindings::source::Source>;
 /// A running sink instance.
 pub type SinkInstance = Instance<bindings::sink::Sink>;
 
+/// A running transform instance.
+pub type TransformInstance = Instance<bindings::transform::Transform>;
+
 impl<A: Exports> std::fmt::Debug for Instance<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let name = match A::KIND {
@@ -484,5 +487,78 @@ impl SinkInstance {
             api.sluice_connector_sink_api().call_flush(store)
         })
         .await
+    }
+}
+
+/// What one `process` call returned, checked.
+#[derive(Debug, Default)]
+pub struct Processed {
+    /// The output batch (already checked to parse).
+    pub batch: Vec<u8>,
+    /// Records in it.
+    pub records: u32,
+    /// Total size of the output records' values.
+    pub value_bytes: u64,
+    /// Input records refused on their merits, by index in the input.
+    pub refused: Vec<Refused>,
+}
+
+impl TransformInstance {
+    /// Calls `open` with the config document.
+    pub async fn open(&mut self, config: &str) -> Result<(), PluginError> {
+        self.call("open", |api, store, context| {
+            api.sluice_connector_transform_api()
+                .call_open(store, config, context)
+        })
+        .await
+        .map_err(|e| blame_refusal(&self.store, &self.plugin, e))
+    }
+
+    /// Calls `process` on a batch of `records` and checks what comes back:
+    /// an output batch that parses, and refusals of input records that
+    /// exist, each at most once.
+    #[allow(clippy::ptr_arg)] // what the bindings lower, as for `write`
+    pub async fn process(
+        &mut self,
+        batch: &Vec<u8>,
+        records: u32,
+    ) -> Result<Processed, PluginError> {
+        let result = self
+            .call("process", |api, store, _| {
+                api.sluice_connector_transform_api()
+                    .call_process(store, batch)
+            })
+            .await?;
+        let contract = |what: String| PluginError::Contract {
+            plugin: self.plugin.to_string(),
+            call: "process",
+            what,
+        };
+        let output = Batch::parse(&result.output)
+            .map_err(|e| contract(format!("returned a malformed batch: {e}")))?;
+        let (out_records, value_bytes) = (output.len() as u32, output.value_bytes());
+        let mut seen = std::collections::HashSet::new();
+        let mut refused = Vec::with_capacity(result.failures.len());
+        for f in result.failures {
+            if f.index >= records {
+                return Err(contract(format!(
+                    "refused record {} of a batch of {records}",
+                    f.index
+                )));
+            }
+            if !seen.insert(f.index) {
+                return Err(contract(format!("refused record {} twice", f.index)));
+            }
+            refused.push(Refused {
+                index: f.index,
+                reason: self.redactor.redact(&f.reason).into_owned(),
+            });
+        }
+        Ok(Processed {
+            batch: result.output,
+            records: out_records,
+            value_bytes,
+            refused,
+        })
     }
 }

@@ -38,7 +38,9 @@ use self::bindings::host;
 pub use self::cache::CompileCache;
 pub use self::error::PluginError;
 pub use self::exports::Exports;
-pub use self::instance::{Instance, Polled, SinkInstance, SourceInstance, Spec};
+pub use self::instance::{
+    Instance, Polled, Processed, Refused, SinkInstance, SourceInstance, Spec, TransformInstance,
+};
 pub use self::output::LogBudget;
 use self::sandbox::EpochTicker;
 pub use self::sandbox::{HostState, InstanceSetup};
@@ -375,5 +377,14 @@ impl PluginHost {
         setup: &InstanceSetup,
     ) -> Result<SinkInstance, PluginError> {
         SinkInstance::instantiate(&self.engine, plugin, setup).await
+    }
+
+    /// Instantiates a transform.
+    pub async fn transform(
+        &self,
+        plugin: &Plugin,
+        setup: &InstanceSetup,
+    ) -> Result<TransformInstance, PluginError> {
+        TransformInstance::instantiate(&self.engine, plugin, setup).await
     }
 }
