@@ -262,6 +262,40 @@ impl<A: Exports> std::fmt::Debug for Instance<A> {
 }
 
 impl<A: Exports> Instance<A> {
+    /// The records a sink's `write` or a transform's `process` refused on
+    /// their merits, checked: each one a record of the batch of `records`
+    /// it was given, named once; each reason redacted.
+    fn refusals(
+        &self,
+        call: &'static str,
+        failures: Vec<types::RecordFailure>,
+        records: u32,
+    ) -> Result<Vec<Refused>, PluginError> {
+        let contract = |what: String| PluginError::Contract {
+            plugin: self.plugin.to_string(),
+            call,
+            what,
+        };
+        let mut seen = std::collections::HashSet::with_capacity(failures.len());
+        let mut refused = Vec::with_capacity(failures.len());
+        for f in failures {
+            if f.index >= records {
+                return Err(contract(format!(
+                    "refused record {} of a batch of {records}",
+                    f.index
+                )));
+            }
+            if !seen.insert(f.index) {
+                return Err(contract(format!("refused record {} twice", f.index)));
+            }
+            refused.push(Refused {
+                index: f.index,
+                reason: self.redactor.redact(&f.reason).into_owned(),
+            });
+        }
+        Ok(refused)
+    }
+
     /// Instantiates `plugin`, which must be of `A`'s kind, in a store of
     /// its own. The component's start functions run under the `cpu` grant
     /// too.
@@ -461,24 +495,7 @@ impl SinkInstance {
                     .call_write(store, &origin, batch)
             })
             .await?;
-        let refused = failures
-            .into_iter()
-            .map(|f| {
-                if f.index >= records {
-                    Err(PluginError::Contract {
-                        plugin: self.plugin.to_string(),
-                        call: "write",
-                        what: format!("refused record {} of a batch of {records}", f.index),
-                    })
-                } else {
-                    Ok(Refused {
-                        index: f.index,
-                        reason: self.redactor.redact(&f.reason).into_owned(),
-                    })
-                }
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(refused)
+        self.refusals("write", failures, records)
     }
 
     /// Calls `flush`.
@@ -537,23 +554,7 @@ impl TransformInstance {
         let output = Batch::parse(&result.output)
             .map_err(|e| contract(format!("returned a malformed batch: {e}")))?;
         let (out_records, value_bytes) = (output.len() as u32, output.value_bytes());
-        let mut seen = std::collections::HashSet::new();
-        let mut refused = Vec::with_capacity(result.failures.len());
-        for f in result.failures {
-            if f.index >= records {
-                return Err(contract(format!(
-                    "refused record {} of a batch of {records}",
-                    f.index
-                )));
-            }
-            if !seen.insert(f.index) {
-                return Err(contract(format!("refused record {} twice", f.index)));
-            }
-            refused.push(Refused {
-                index: f.index,
-                reason: self.redactor.redact(&f.reason).into_owned(),
-            });
-        }
+        let refused = self.refusals("process", result.failures, records)?;
         Ok(Processed {
             batch: result.output,
             records: out_records,
