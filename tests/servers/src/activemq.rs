@@ -167,19 +167,13 @@ impl ActiveMq {
             .process_group(0)
             .spawn()
             .expect("activemq starts");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(("127.0.0.1", self.mqtt_port)).is_err()
-            || TcpStream::connect(("127.0.0.1", self.stomp_port)).is_err()
-        {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "activemq exited at start: {status}: {}",
-                    std::fs::read_to_string(d.join("activemq.log")).unwrap_or_default()
-                );
-            }
-            assert!(Instant::now() < deadline, "activemq did not listen in 60 s");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        crate::wait_listening(
+            &mut child,
+            "activemq",
+            &[self.mqtt_port, self.stomp_port],
+            Duration::from_secs(60),
+            || std::fs::read_to_string(d.join("activemq.log")).unwrap_or_default(),
+        );
         self.child = Some(child);
     }
 

@@ -40,6 +40,34 @@ pub fn required(what: &str, found: Result<(), String>) -> bool {
     }
 }
 
+/// Waits until `child` (the server `what`) accepts connections on every one
+/// of `ports` on 127.0.0.1, for at most `within`. Panics if it does not, or
+/// if it exits first, with its last words (`log`).
+pub(crate) fn wait_listening(
+    child: &mut std::process::Child,
+    what: &str,
+    ports: &[u16],
+    within: std::time::Duration,
+    log: impl Fn() -> String,
+) {
+    use std::net::TcpStream;
+    let deadline = std::time::Instant::now() + within;
+    while ports
+        .iter()
+        .any(|&port| TcpStream::connect(("127.0.0.1", port)).is_err())
+    {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited at start: {status}: {}", log());
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} did not listen in {} s",
+            within.as_secs()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// A port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -10,7 +10,7 @@ use std::io::Write as _;
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const BROKER: &str = "/usr/sbin/mosquitto";
 /// The broker's own publisher, for the bench's limit.
@@ -188,17 +188,13 @@ impl Mosquitto {
             .stderr(Stdio::null())
             .spawn()
             .expect("mosquitto starts");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("mosquitto exited at start: {status}: {}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "mosquitto did not listen in 20 s"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        crate::wait_listening(
+            &mut child,
+            "mosquitto",
+            &[self.port],
+            Duration::from_secs(20),
+            || self.log(),
+        );
         self.child = Some(child);
     }
 }

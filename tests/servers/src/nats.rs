@@ -9,7 +9,6 @@
 //! (Debian's package `nats-server`, 2.9, serves the basic tests, which
 //! [`NatsServer::start_debian`] starts).
 
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -283,20 +282,13 @@ impl NatsServer {
                 .arg(self.dir.path().join("server.log"));
         }
         let mut child = command.spawn().expect("nats-server starts");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "nats-server ({}) exited at start: {status}",
-                    self.bin.display()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "nats-server did not listen in 20 s"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        crate::wait_listening(
+            &mut child,
+            "nats-server",
+            &[self.port],
+            Duration::from_secs(20),
+            || self.bin.display().to_string(),
+        );
         self.child = Some(child);
     }
 }

@@ -4,7 +4,6 @@
 //! it writes what it holds) and started again on the same port and data,
 //! as an operator restarts it.
 
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -158,19 +157,13 @@ impl RedisServer {
         }
         let mut child = command.spawn().expect("redis-server starts");
         let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "redis-server exited at start: {status}: {}",
-                    std::fs::read_to_string(self.log_path()).unwrap_or_default()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not listen in 20 s"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        crate::wait_listening(
+            &mut child,
+            "redis-server",
+            &[self.port],
+            Duration::from_secs(20),
+            || std::fs::read_to_string(self.log_path()).unwrap_or_default(),
+        );
         self.child = Some(child);
         // Listening is not serving: a restarted server answers LOADING
         // until it has read its data back.
