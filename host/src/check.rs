@@ -62,10 +62,7 @@ impl CheckedConnector {
         reference: &PluginRef,
     ) -> anyhow::Result<CheckedConnector> {
         let plugin = plugins.load(reference)?;
-        plugin.expect_kind(match self.config.kind {
-            ConnectorKind::Source => PluginKind::Source,
-            ConnectorKind::Sink => PluginKind::Sink,
-        })?;
+        plugin.expect_kind(plugin_kind(self.config.kind))?;
         let spec = plugins.spec(&plugin).await?;
         let config: serde_json::Value = serde_json::from_str(&self.config_json)?;
         let problems: Vec<String> = spec
@@ -86,6 +83,15 @@ impl CheckedConnector {
             spec,
             ..self.clone()
         })
+    }
+}
+
+/// The kind of plugin a connector of `kind` runs.
+fn plugin_kind(kind: ConnectorKind) -> PluginKind {
+    match kind {
+        ConnectorKind::Source => PluginKind::Source,
+        ConnectorKind::Sink => PluginKind::Sink,
+        ConnectorKind::Transform => PluginKind::Transform,
     }
 }
 
@@ -135,10 +141,7 @@ async fn check_one(
     let reference = PluginRef::resolve(c.plugin.get_ref(), &manifest.base_dir)
         .map_err(|e| at_plugin(&e).help("`sluice plugins list` shows the built-in plugins"))?;
     let plugin = plugins.load(&reference).map_err(|e| at_plugin(&e))?;
-    let needed = match c.kind {
-        ConnectorKind::Source => PluginKind::Source,
-        ConnectorKind::Sink => PluginKind::Sink,
-    };
+    let needed = plugin_kind(c.kind);
     plugin.expect_kind(needed).map_err(|e| {
         at_plugin(&e).help(format!(
             "use a {needed} plugin here, or change `kind` to match the plugin"

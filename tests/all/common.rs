@@ -215,6 +215,19 @@ pub fn sink(name: &str, plugin: impl AsRef<std::ffi::OsStr>, topic: &str) -> Con
     connector(name, "sink", plugin).set("topic", topic)
 }
 
+/// A transform connector named `name` running `plugin`, reading `topic`
+/// and writing `output`.
+pub fn transform(
+    name: &str,
+    plugin: impl AsRef<std::ffi::OsStr>,
+    topic: &str,
+    output: &str,
+) -> Connector {
+    connector(name, "transform", plugin)
+        .set("topic", topic)
+        .set("output", output)
+}
+
 fn connector(name: &str, kind: &str, plugin: impl AsRef<std::ffi::OsStr>) -> Connector {
     let mut t = toml::Table::new();
     t.insert("name".into(), name.into());

@@ -54,7 +54,38 @@ fn an_unknown_kind_lists_the_allowed_values() {
     let (code, err) = validate(&GOOD.replace("kind = \"source\"", "kind = \"spout\""));
     assert_eq!(code, Some(2));
     assert!(err.contains("sluice.toml:6:8"), "{err}");
-    assert!(err.contains("`source`") && err.contains("`sink`"), "{err}");
+    assert!(
+        err.contains("`source`") && err.contains("`sink`") && err.contains("`transform`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_transform_connector_needs_an_output_that_is_not_what_it_reads() {
+    let transform = "\n[[connector]]\nname = \"keep\"\nkind = \"transform\"\nplugin = \"filter\"\ntopic = \"events\"\n";
+    let config = "[connector.config]\nfield = \"/a\"\nexists = true\n";
+    let (code, err) = validate(&format!("{GOOD}{transform}{config}"));
+    assert_eq!(code, Some(2));
+    assert!(err.contains("field `connector[1].output`"), "{err}");
+    assert!(err.contains("transform \"keep\" has no `output`"), "{err}");
+    assert!(err.contains("help: name the topic it writes"), "{err}");
+
+    for output in ["events", "{table}"] {
+        let (code, err) = validate(&format!("{GOOD}{transform}output = \"{output}\"\n{config}"));
+        assert_eq!(code, Some(2), "{output}");
+        assert!(
+            err.contains("would write a topic it reads"),
+            "{output}: {err}"
+        );
+    }
+
+    let (code, err) =
+        validate(&GOOD.replace("topic = \"events\"", "topic = \"events\"\noutput = \"x\""));
+    assert_eq!(code, Some(2));
+    assert!(err.contains("a source has no `output`"), "{err}");
+
+    let (code, out) = validate(&format!("{GOOD}{transform}output = \"kept\"\n{config}"));
+    assert_eq!(code, Some(0), "{out}");
 }
 
 #[test]

@@ -1,8 +1,6 @@
 //! Transforms: the `transform` world run by the host, one batch in and one
-//! out, checked against the contract; the built-in `filter`.
-//!
-//! Not yet wired into the pumps (a transform connector, a chain on a
-//! source or sink): these call the instance as the pumps will.
+//! out, checked against the contract; the built-in `filter`; transform
+//! connectors (`kind = "transform"`), exactly once under a kill storm.
 
 #![allow(clippy::unwrap_used)]
 
@@ -139,4 +137,95 @@ fn a_transform_that_refuses_a_record_it_was_not_given_or_one_twice_is_named_with
             );
         }
     });
+}
+
+/// datagen (`count` records into `events`) → the `seq-lanes` transform
+/// connector `lanes` (output `lanes.{lane}`) → a file sink per lane under
+/// `out/even` and `out/odd`, and its dead letters under `dlq/`.
+fn lanes_manifest(dir: &std::path::Path, count: u64, rate: u64) -> std::path::PathBuf {
+    let mut m = manifest()
+        .connector(gen_source(count, rate, 64))
+        .connector(
+            crate::common::transform("lanes", wasm("seq-lanes"), "events", "lanes.{lane}")
+                .set("flush_interval_ms", 200),
+        )
+        .connector(dead_letters("lanes.dlq"));
+    for lane in ["even", "odd"] {
+        m = m.connector(
+            sink(
+                &format!("files-{lane}"),
+                "file-sink",
+                &format!("lanes.{lane}"),
+            )
+            .set("flush_interval_ms", 200)
+            .config("path", "/out")
+            .config("max_file_bytes", 200_000)
+            .files(&format!("out/{lane}"), "/out", "read-write"),
+        );
+    }
+    m.write(dir)
+}
+
+/// Asserts that the lanes and dead letters under `dir` hold what
+/// `seq-lanes` makes of seqs `0..count`, each once: even seqs in the even
+/// lane; odd ones in the odd lane, those ending in 5 twice (split), those
+/// ending in 7 nowhere (dropped); those ending in 3 dead-lettered with
+/// their reason and origin.
+fn assert_lanes_once(dir: &std::path::Path, count: u64) {
+    let mut even = seqs(&dir.join("out/even"));
+    even.sort_unstable();
+    let want: Vec<u64> = (0..count).step_by(2).collect();
+    assert_eq!(even.len(), want.len(), "even lane: each even seq once");
+    assert_eq!(even, want, "even lane");
+    let mut odd = seqs(&dir.join("out/odd"));
+    odd.sort_unstable();
+    let want: Vec<u64> = (0..count)
+        .filter(|n| n % 2 == 1 && n % 10 != 3 && n % 10 != 7)
+        .flat_map(|n| if n % 10 == 5 { vec![n, n] } else { vec![n] })
+        .collect();
+    assert_eq!(odd.len(), want.len(), "odd lane: 5s twice, 3s and 7s never");
+    assert_eq!(odd, want, "odd lane");
+    let mut dead = Vec::new();
+    for line in output_lines(&dir.join("dlq")) {
+        let r: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let seq: u64 = r["value"].as_str().unwrap()[7..]
+            .split([',', '}'])
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let h = &r["headers"];
+        assert_eq!(h["sluice.error"], format!("seq {seq} ends in 3"), "{r}");
+        assert_eq!(h["sluice.connector"], "lanes", "{r}");
+        assert_eq!(h["sluice.topic"], "events", "{r}");
+        // One source into one partition: offset = seq.
+        assert_eq!(h["sluice.offset"], seq.to_string(), "{r}");
+        dead.push(seq);
+    }
+    dead.sort_unstable();
+    let want: Vec<u64> = (0..count).filter(|n| n % 10 == 3).collect();
+    assert_eq!(dead, want, "dead letters: each seq ending in 3 once");
+}
+
+#[test]
+fn a_transform_connector_drops_splits_refuses_and_routes_each_record_once() {
+    const RECORDS: u64 = 20_000;
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = lanes_manifest(dir.path(), RECORDS, 0);
+    let out = run(&["run", "--no-progress", manifest.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_lanes_once(dir.path(), RECORDS);
+    let line = summary_line(&out, "lanes");
+    assert!(line.contains("2,000 dead-lettered to lanes.dlq"), "{line}");
+}
+
+#[test]
+fn a_transform_connector_killed_ten_times_stores_each_inputs_result_once() {
+    const RECORDS: u64 = 400_000;
+    let dir = tempfile::tempdir().unwrap();
+    // 100,000 records/s: four seconds of running, so the kills land while
+    // records flow through the transform.
+    let manifest = lanes_manifest(dir.path(), RECORDS, 100_000);
+    crate::crash::storm(dir.path(), &manifest, 10, 100..700);
+    assert_lanes_once(dir.path(), RECORDS);
 }

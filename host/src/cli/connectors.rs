@@ -273,12 +273,12 @@ async fn call(target: Target, command: ConnectorsCommand) -> anyhow::Result<Exit
 
 fn print_list(value: &Value) {
     println!(
-        "{:<20} {:<6} {:<24} {:<9} {:>12} {:>10}",
+        "{:<20} {:<9} {:<24} {:<9} {:>12} {:>10}",
         "connector", "kind", "plugin", "state", "records", "lag"
     );
     for c in value.as_array().into_iter().flatten() {
         println!(
-            "{:<20} {:<6} {:<24} {:<9} {:>12} {:>10}",
+            "{:<20} {:<9} {:<24} {:<9} {:>12} {:>10}",
             text(&c["name"]),
             text(&c["kind"]),
             text(&c["plugin"]),

@@ -109,7 +109,7 @@ fn rate(records: u64, elapsed: Duration) -> u64 {
 /// The table printed when the run ends.
 fn print_summary(reports: &[Arc<ConnectorReport>]) {
     println!(
-        "{:<16} {:<6} {:>12} {:>11} {:>9} {:>12} {:>8} {:>10}  outcome",
+        "{:<16} {:<9} {:>12} {:>11} {:>9} {:>12} {:>8} {:>10}  outcome",
         "connector", "kind", "records", "bytes", "elapsed", "records/s", "MB/s", "lag"
     );
     for r in reports {
@@ -140,7 +140,7 @@ fn print_summary(reports: &[Arc<ConnectorReport>]) {
         };
         let lag = r.lag().map_or_else(|| "-".to_owned(), thousands);
         println!(
-            "{:<16} {:<6} {:>12} {:>11} {:>8.2}s {:>12} {:>8.1} {lag:>10}  {outcome}{restarts}{refused}",
+            "{:<16} {:<9} {:>12} {:>11} {:>8.2}s {:>12} {:>8.1} {lag:>10}  {outcome}{restarts}{refused}",
             r.name,
             r.kind.to_string(),
             thousands(records),

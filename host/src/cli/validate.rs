@@ -25,12 +25,16 @@ pub async fn exec(args: Args, plugins: &PluginHost) -> anyhow::Result<ExitCode> 
     println!("{}: valid", manifest.path.display());
     for c in &connectors {
         println!(
-            "  {:<16} {:<6} plugin {} {}  topics: {}",
+            "  {:<16} {:<9} plugin {} {}  topics: {}{}",
             c.config.name.get_ref(),
             c.config.kind.to_string(),
             c.spec.name,
             c.spec.version,
-            c.config.topics_as_named().join(", ")
+            c.config.topics_as_named().join(", "),
+            c.config
+                .output
+                .as_ref()
+                .map_or_else(String::new, |o| format!(" → {}", o.get_ref()))
         );
     }
     println!();

@@ -169,38 +169,103 @@ impl Manifest {
                             ));
                     }
                 }
-                ConnectorKind::Sink => {
+                ConnectorKind::Sink | ConnectorKind::Transform => {
                     if c.topic_names().is_empty() {
                         return Err(self
-                            .error(c.name.span(), format!("sink {name:?} reads no topic"))
+                            .error(c.name.span(), format!("{} {name:?} reads no topic", c.kind))
                             .field(format!("connector[{i}].topics"))
                             .help("name what it reads: `topic = \"events\"` or `topics = [\"a\", \"b\"]`"));
                     }
                 }
+            }
+            match (&c.output, c.kind) {
+                (None, ConnectorKind::Transform) => {
+                    return Err(self
+                        .error(c.name.span(), format!("transform {name:?} has no `output`"))
+                        .field(format!("connector[{i}].output"))
+                        .help("name the topic it writes: `output = \"clean-events\"`"));
+                }
+                (Some(output), ConnectorKind::Transform) => {
+                    route = TopicTemplate::parse(output.get_ref()).map_err(|why| {
+                        self.error(output.span(), why)
+                            .field(format!("connector[{i}].output"))
+                            .help(
+                                "name a header in braces among letters, digits, `.`, `_` and \
+                                 `-`: `output = \"events.{lane}\"`",
+                            )
+                    })?;
+                    let loops = match &route {
+                        Some(t) => c.topic_names().iter().any(|r| t.matches(r)),
+                        None => c.topic_names().contains(output.get_ref()),
+                    };
+                    if loops {
+                        return Err(self
+                            .error(output.span(), format!(
+                                "transform {name:?} would write a topic it reads, feeding itself"
+                            ))
+                            .field(format!("connector[{i}].output"))
+                            .help("write another topic, e.g. `output = \"events.clean\"`"));
+                    }
+                    if self.broker.kind == BrokerKind::Nats {
+                        return Err(self
+                            .error(output.span(), format!(
+                                "transform {name:?} stores its output, its dead letters and its input offsets in one write, which the nats broker cannot do atomically"
+                            ))
+                            .field(format!("connector[{i}].output"))
+                            .help("one NATS message cannot span streams: run transform connectors on `kind = \"embedded\"`"));
+                    }
+                }
+                (Some(output), _) => {
+                    return Err(self
+                        .error(output.span(), format!("a {} has no `output`", c.kind))
+                        .field(format!("connector[{i}].output"))
+                        .help("remove it; only a transform connector writes an `output` topic"));
+                }
+                (None, _) => {}
             }
             if let Some(t) = &c.dead_letter_topic {
                 if c.kind == ConnectorKind::Source {
                     return Err(self
                         .error(t.span(), "a source has no dead-letter topic")
                         .field(format!("connector[{i}].dead_letter_topic"))
-                        .help("remove it; only a sink refuses records"));
+                        .help("remove it; only sinks and transforms refuse records"));
+                }
+                if c.output
+                    .as_ref()
+                    .is_some_and(|o| o.get_ref() == t.get_ref())
+                {
+                    return Err(self
+                        .error(t.span(), "a transform cannot dead-letter into its output")
+                        .field(format!("connector[{i}].dead_letter_topic"))
+                        .help(format!(
+                            "use another topic, e.g. `dead_letter_topic = \"{name}.dlq\"`"
+                        )));
                 }
                 if c.topic_names().contains(t.get_ref()) {
                     return Err(self
-                        .error(t.span(), "a sink cannot dead-letter into a topic it reads")
+                        .error(
+                            t.span(),
+                            format!("a {} cannot dead-letter into a topic it reads", c.kind),
+                        )
                         .field(format!("connector[{i}].dead_letter_topic"))
                         .help(format!(
                             "use another topic, e.g. `dead_letter_topic = \"{name}.dlq\"`"
                         )));
                 }
             }
-            let plain_topics = if route.is_some() {
+            let plain_topics = if route.is_some() && c.kind == ConnectorKind::Source {
                 Vec::new()
             } else {
                 c.topic_names()
             };
+            let plain_output = c
+                .output
+                .as_ref()
+                .filter(|_| route.is_none())
+                .map(|t| t.get_ref().clone());
             for t in plain_topics
                 .into_iter()
+                .chain(plain_output)
                 .chain(c.dead_letter_topic.as_ref().map(|t| t.get_ref().clone()))
             {
                 if let Err(why) = check_topic_name(&t) {

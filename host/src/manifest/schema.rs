@@ -342,7 +342,8 @@ pub struct ConnectorConfig {
     /// ```
     pub name: Spanned<String>,
 
-    /// `"source"` (feeds a topic) or `"sink"` (is fed from topics).
+    /// `"source"` (feeds a topic), `"sink"` (is fed from topics) or
+    /// `"transform"` (reads topics, writes its `output` topic).
     ///
     /// ```toml
     /// kind = "source"
@@ -368,13 +369,24 @@ pub struct ConnectorConfig {
     #[serde(default)]
     pub topic: Option<Spanned<String>>,
 
-    /// The topics a sink reads (a sink may also use `topic` for one).
+    /// The topics a sink or a transform reads (either may also use
+    /// `topic` for one).
     ///
     /// ```toml
     /// topics = ["events", "audit"]
     /// ```
     #[serde(default)]
     pub topics: Option<Spanned<Vec<String>>>,
+
+    /// A transform connector's output topic; with `{header}` placeholders,
+    /// each record goes to the topic its headers name.
+    ///
+    /// ```toml
+    /// output = "clean-events"
+    /// output = "events.{lane}"
+    /// ```
+    #[serde(default)]
+    pub output: Option<Spanned<String>>,
 
     /// How many instances to run. Default 1.
     ///
@@ -393,9 +405,10 @@ pub struct ConnectorConfig {
     #[serde(default)]
     pub batch: BatchConfig,
 
-    /// Sinks: the topic that records the sink refuses on their merits go
-    /// to, each with the error, the connector and its origin topic,
-    /// partition and offset in headers. Default `"<name>.dlq"`.
+    /// Sinks and transforms: the topic that records the plugin refuses on
+    /// their merits go to, each with the error, the connector and its
+    /// origin topic, partition and offset in headers. Default
+    /// `"<name>.dlq"`.
     ///
     /// ```toml
     /// dead_letter_topic = "orders-sink.dlq"
@@ -447,14 +460,15 @@ pub struct ConnectorConfig {
     #[serde(skip)]
     pub limits: Limits,
 
-    /// A source's `topic` when it has placeholders, parsed by the check.
-    /// Never read from TOML.
+    /// What the connector writes, when it has placeholders (a source's
+    /// `topic`, a transform's `output`), parsed by the check. Never read
+    /// from TOML.
     #[serde(skip)]
     pub route: Option<TopicTemplate>,
 }
 
 impl ConnectorConfig {
-    /// A sink's dead-letter topic.
+    /// A sink's or a transform's dead-letter topic.
     pub fn dead_letter_topic(&self) -> String {
         self.dead_letter_topic.as_ref().map_or_else(
             || format!("{}.dlq", self.name.get_ref()),
@@ -465,16 +479,36 @@ impl ConnectorConfig {
     /// The topics as the manifest names them, for showing: a routed
     /// source's template, or [`ConnectorConfig::topic_names`].
     pub fn topics_as_named(&self) -> Vec<String> {
-        match &self.route {
-            Some(t) => vec![t.to_string()],
-            None => self.topic_names(),
+        match (&self.route, self.kind) {
+            (Some(t), ConnectorKind::Source) => vec![t.to_string()],
+            _ => self.topic_names(),
         }
     }
 
-    /// The topics this connector reads (sink) or writes (source); a routed
-    /// source's template (see [`ConnectorConfig::route`]) is not a topic.
+    /// A transform connector's output topic when it is one topic (no
+    /// placeholders).
+    pub fn output_topic(&self) -> Option<String> {
+        match (&self.output, &self.route) {
+            (Some(o), None) => Some(o.get_ref().clone()),
+            _ => None,
+        }
+    }
+
+    /// Whether it refuses records on their merits into a dead-letter topic.
+    pub fn has_dead_letters(&self) -> bool {
+        matches!(self.kind, ConnectorKind::Sink | ConnectorKind::Transform)
+    }
+
+    /// Whether it reads topics as a consumer group (its name), with lag.
+    pub fn reads_topics(&self) -> bool {
+        matches!(self.kind, ConnectorKind::Sink | ConnectorKind::Transform)
+    }
+
+    /// The topics this connector reads (sink, transform) or writes
+    /// (source); a routed source's template (see [`ConnectorConfig::route`])
+    /// is not a topic.
     pub fn topic_names(&self) -> Vec<String> {
-        if self.route.is_some() {
+        if self.route.is_some() && self.kind == ConnectorKind::Source {
             return Vec::new();
         }
         let mut names: Vec<String> = self.topic.iter().map(|t| t.get_ref().clone()).collect();
@@ -493,6 +527,9 @@ pub enum ConnectorKind {
     Source,
     /// Reads records from topics and takes them out.
     Sink,
+    /// Reads records from topics, changes them, and writes its output
+    /// topic (a Pulsar Function).
+    Transform,
 }
 
 impl fmt::Display for ConnectorKind {
@@ -500,6 +537,7 @@ impl fmt::Display for ConnectorKind {
         f.write_str(match self {
             ConnectorKind::Source => "source",
             ConnectorKind::Sink => "sink",
+            ConnectorKind::Transform => "transform",
         })
     }
 }

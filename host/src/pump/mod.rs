@@ -1,6 +1,7 @@
 //! The loops that move batches: [`SourcePump`] (poll → append → commit
-//! position) and [`SinkPump`] (read from the committed offset → write →
-//! flush → commit offset).
+//! position), [`SinkPump`] (read from the committed offset → write →
+//! flush → commit offset) and [`TransformPump`] (read → process → append
+//! the output with the input offsets after it).
 //!
 //! Each pump holds at most one batch (sources) or one read of `max_bytes`
 //! (sinks) in memory: the broker is the buffer, and a pump that cannot keep
@@ -25,6 +26,7 @@ pub use crate::lifecycle::StopSignal;
 pub use self::sink::{Assignment, DeadLetter, SinkPump, SinkPumpConfig, dlq_headers};
 pub use self::source::{Destination, SourceEnd, SourcePump, SourcePumpConfig};
 pub use self::swap::{Replacement, SwapRequest};
+pub use self::transform::{TransformPump, TransformPumpConfig};
 
 /// Counters of one instance.
 #[derive(Debug)]
@@ -319,6 +321,7 @@ impl TopicSealer {
 pub mod sink;
 pub mod source;
 mod swap;
+pub mod transform;
 
 /// How often a write refused for want of space is tried again.
 const DISK_FULL_RETRY: Duration = Duration::from_millis(250);

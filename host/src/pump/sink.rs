@@ -86,12 +86,12 @@ pub struct DeadLetter {
     pub unsynced: std::collections::BTreeSet<u32>,
 }
 
-/// Where a batch handed to a sink came from.
+/// Where a batch handed to a sink or a transform came from.
 #[derive(Debug, Clone, Copy)]
-struct Origin<'a> {
-    topic: &'a str,
-    partition: u32,
-    first_offset: u64,
+pub(super) struct Origin<'a> {
+    pub(super) topic: &'a str,
+    pub(super) partition: u32,
+    pub(super) first_offset: u64,
 }
 
 /// Header names on a dead-lettered record (besides its own headers).
@@ -112,7 +112,10 @@ pub mod dlq_headers {
 /// as hold at most `max_records` each, so that a sink gets whole writes of
 /// the size its connector asks for, whatever size its sources appended:
 /// a database sink pays per transaction, whatever its rows.
-fn join_batches(batches: Vec<StoredBatch>, max_records: u32) -> anyhow::Result<Vec<StoredBatch>> {
+pub(super) fn join_batches(
+    batches: Vec<StoredBatch>,
+    max_records: u32,
+) -> anyhow::Result<Vec<StoredBatch>> {
     let mut out: Vec<StoredBatch> = Vec::with_capacity(batches.len());
     let mut group: Vec<StoredBatch> = Vec::new();
     let flush = |group: &mut Vec<StoredBatch>, out: &mut Vec<StoredBatch>| -> anyhow::Result<()> {
@@ -426,6 +429,62 @@ impl<B: Broker> SinkPump<B> {
 }
 
 impl DeadLetter {
+    /// Writes into `out` the records of the batch `bytes` (from `from`)
+    /// that `refused` names, each with its reason and origin in headers,
+    /// leaving out those whose origin offset is before `skip_before`
+    /// (dead-lettered before a crash). Returns the origin offset after the
+    /// last one written (0 if none).
+    pub(super) fn records(
+        &self,
+        out: &mut BatchWriter,
+        from: Origin<'_>,
+        bytes: &[u8],
+        refused: &[Refused],
+        skip_before: u64,
+    ) -> anyhow::Result<u64> {
+        let Origin {
+            topic,
+            partition,
+            first_offset,
+        } = from;
+        let connector = &*self.connector;
+        let batch = Batch::parse(bytes)?;
+        let mut next_origin = 0;
+        let partition_text = partition.to_string();
+        // By record index, so one pass over the batch finds them all.
+        let mut by_index: Vec<&Refused> = refused.iter().collect();
+        by_index.sort_by_key(|r| r.index);
+        by_index.dedup_by_key(|r| r.index);
+        let mut next = by_index.into_iter().peekable();
+        for (index, record) in batch.iter().enumerate() {
+            let Some(r) = next.next_if(|r| r.index as usize == index) else {
+                continue;
+            };
+            let origin = first_offset + index as u64;
+            if origin < skip_before {
+                continue;
+            }
+            next_origin = origin + 1;
+            let offset = origin.to_string();
+            tracing::warn!(
+                connector, topic, partition, offset, reason = %r.reason,
+                dead_letter_topic = %self.topic, "record refused; dead-lettered"
+            );
+            let mut headers: Vec<(&str, &[u8])> = record.headers().collect();
+            headers.extend([
+                (dlq_headers::ERROR, r.reason.as_bytes()),
+                (dlq_headers::CONNECTOR, connector.as_bytes()),
+                (dlq_headers::TOPIC, topic.as_bytes()),
+                (dlq_headers::PARTITION, partition_text.as_bytes()),
+                (dlq_headers::OFFSET, offset.as_bytes()),
+            ]);
+            out.push_parts(record.key, record.timestamp, &headers, |v| {
+                v.extend_from_slice(record.value)
+            });
+        }
+        Ok(next_origin)
+    }
+
     /// Appends the refused records of a batch to the dead-letter topic,
     /// each with its reason and origin in headers, before the batch's
     /// offsets can be committed: a refused record is never just dropped.
@@ -443,51 +502,18 @@ impl DeadLetter {
         refused: &[Refused],
     ) -> anyhow::Result<Option<u32>> {
         let Origin {
-            topic,
-            partition,
-            first_offset,
+            topic, partition, ..
         } = from;
         let (dlq, connector, stats) = (self, &*self.connector, &self.stats);
-        let batch = Batch::parse(bytes)?;
         let producer = format!("{connector}/dlq/{topic}/{partition}");
         let done = broker
             .source_position(&producer)?
             .and_then(|p| Some(u64::from_le_bytes(p.try_into().ok()?)))
             .unwrap_or(0);
         let mut out = BatchWriter::new();
-        let mut next_origin = done;
-        let partition_text = partition.to_string();
-        // By record index, so one pass over the batch finds them all.
-        let mut by_index: Vec<&Refused> = refused.iter().collect();
-        by_index.sort_by_key(|r| r.index);
-        by_index.dedup_by_key(|r| r.index);
-        let mut next = by_index.into_iter().peekable();
-        for (index, record) in batch.iter().enumerate() {
-            let Some(r) = next.next_if(|r| r.index as usize == index) else {
-                continue;
-            };
-            let origin = first_offset + index as u64;
-            if origin < done {
-                continue; // dead-lettered before a crash
-            }
-            next_origin = origin + 1;
-            let offset = origin.to_string();
-            tracing::warn!(
-                connector, topic, partition, offset, reason = %r.reason,
-                dead_letter_topic = %dlq.topic, "sink refused a record; dead-lettered"
-            );
-            let mut headers: Vec<(&str, &[u8])> = record.headers().collect();
-            headers.extend([
-                (dlq_headers::ERROR, r.reason.as_bytes()),
-                (dlq_headers::CONNECTOR, connector.as_bytes()),
-                (dlq_headers::TOPIC, topic.as_bytes()),
-                (dlq_headers::PARTITION, partition_text.as_bytes()),
-                (dlq_headers::OFFSET, offset.as_bytes()),
-            ]);
-            out.push_parts(record.key, record.timestamp, &headers, |v| {
-                v.extend_from_slice(record.value)
-            });
-        }
+        let next_origin = self
+            .records(&mut out, from, bytes, refused, done)?
+            .max(done);
         let count = out.len() as u32;
         if count == 0 {
             return Ok(None);

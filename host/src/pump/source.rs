@@ -437,11 +437,11 @@ impl<B: Broker> Store<B> {
 
 /// The records of a routed batch that go to one partition.
 #[derive(Debug)]
-struct Part {
-    topic: String,
-    partition: u32,
-    batch: Vec<u8>,
-    records: u32,
+pub(super) struct Part {
+    pub(super) topic: String,
+    pub(super) partition: u32,
+    pub(super) batch: Vec<u8>,
+    pub(super) records: u32,
 }
 
 /// Splits `batch` by the topic `template` names for each record, keeping
@@ -449,7 +449,7 @@ struct Part {
 /// time. Returns the parts in order of first appearance. A record the template cannot name a topic for fails the
 /// batch: nothing of it is stored, and the source is restarted from the
 /// position before it.
-fn route(
+pub(super) fn route(
     broker: &impl Broker,
     routes: &mut HashMap<String, u32>,
     spare: &mut Vec<Vec<u8>>,

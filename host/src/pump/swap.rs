@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::InstanceControl;
-use crate::plugin::{Exports, Instance, PluginError, SinkInstance, SourceInstance};
+use crate::plugin::{
+    Exports, Instance, PluginError, SinkInstance, SourceInstance, TransformInstance,
+};
 
 /// A module swap asked of one instance: the new instance (instantiated, not
 /// yet opened) and where to say how it went.
@@ -32,26 +34,55 @@ pub enum Replacement {
     Source(SourceInstance),
     /// For a sink instance.
     Sink(SinkInstance),
+    /// For a transform instance.
+    Transform(TransformInstance),
+}
+
+impl Replacement {
+    /// What kind of module it is, for a refusal.
+    fn kind(&self) -> &'static str {
+        match self {
+            Replacement::Source(_) => "source",
+            Replacement::Sink(_) => "sink",
+            Replacement::Transform(_) => "transform",
+        }
+    }
+}
+
+/// A swap's new instance of the wrong kind: what to answer.
+fn wrong_kind(new: &Replacement, of: &str) -> String {
+    format!("a {} module cannot replace a {of}", new.kind())
 }
 
 impl TryFrom<Replacement> for SourceInstance {
-    type Error = &'static str;
+    type Error = String;
 
     fn try_from(replacement: Replacement) -> Result<Self, Self::Error> {
         match replacement {
             Replacement::Source(new) => Ok(new),
-            Replacement::Sink(_) => Err("a sink module cannot replace a source"),
+            other => Err(wrong_kind(&other, "source")),
         }
     }
 }
 
 impl TryFrom<Replacement> for SinkInstance {
-    type Error = &'static str;
+    type Error = String;
 
     fn try_from(replacement: Replacement) -> Result<Self, Self::Error> {
         match replacement {
             Replacement::Sink(new) => Ok(new),
-            Replacement::Source(_) => Err("a source module cannot replace a sink"),
+            other => Err(wrong_kind(&other, "sink")),
+        }
+    }
+}
+
+impl TryFrom<Replacement> for TransformInstance {
+    type Error = String;
+
+    fn try_from(replacement: Replacement) -> Result<Self, Self::Error> {
+        match replacement {
+            Replacement::Transform(new) => Ok(new),
+            other => Err(wrong_kind(&other, "transform")),
         }
     }
 }
@@ -67,7 +98,7 @@ pub(crate) struct Swap<I> {
     done: oneshot::Sender<Result<Duration, String>>,
 }
 
-impl<I: TryFrom<Replacement, Error = &'static str>> Swap<I> {
+impl<I: TryFrom<Replacement, Error = String>> Swap<I> {
     /// Between batches: the next swap to make, waiting while the connector
     /// is paused (see [`InstanceControl::next_swap`]); `None` once neither
     /// is asked. A request whose new instance is of another kind is answered
@@ -88,7 +119,7 @@ impl<I: TryFrom<Replacement, Error = &'static str>> Swap<I> {
                         done,
                     });
                 }
-                Err(why) => answer(*since, done, Err(why.into())),
+                Err(why) => answer(*since, done, Err(why)),
             }
         }
     }

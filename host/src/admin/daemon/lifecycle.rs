@@ -336,10 +336,12 @@ impl Daemon {
                 )));
             }
             let c = m.checked.config.clone();
-            if c.kind == ConnectorKind::Source {
+            if c.kind != ConnectorKind::Sink {
                 return Err(AdminError::Invalid(format!(
-                    "connector {name:?} is a source; resetting a source's position is not \
-                     supported yet (delete and create it under a new name to start over)"
+                    "connector {name:?} is a {}; resetting the position it stores with what it \
+                     writes is not supported yet (delete and create it under a new name to \
+                     start over)",
+                    c.kind
                 )));
             }
             let mut list = Vec::new();

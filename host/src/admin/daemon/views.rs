@@ -358,7 +358,7 @@ impl Daemon {
         let records = report.map_or(0, |r| r.records());
         let bytes = report.map_or(0, |r| r.bytes());
         let refused = report.map_or(0, |r| r.refused());
-        let out = if entry.kind == ConnectorKind::Sink {
+        let out = if entry.kind != ConnectorKind::Source {
             records.saturating_sub(refused)
         } else {
             records
@@ -448,31 +448,28 @@ impl Daemon {
             partitions: Vec::new(),
             positions: Vec::new(),
         };
-        match c.kind {
-            ConnectorKind::Sink => {
-                for topic in c.topic_names() {
-                    let partitions = self.broker.ensure_topic(&topic).map_err(internal)?;
-                    for p in 0..partitions {
-                        offsets.partitions.push(PartitionOffset {
-                            committed: self.broker.committed_offset(name, &topic, p),
-                            start: self.broker.start_offset(&topic, p).map_err(internal)?,
-                            end: self.broker.end_offset(&topic, p).map_err(internal)?,
-                            topic: topic.clone(),
-                            partition: p,
-                        });
-                    }
-                }
-            }
-            ConnectorKind::Source => {
-                for i in 0..*c.parallelism.get_ref() {
-                    let producer = format!("{name}/{i}");
-                    let position = self.broker.source_position(&producer).map_err(internal)?;
-                    offsets.positions.push(SourcePosition {
-                        producer,
-                        position_hex: position
-                            .map(|p| p.iter().map(|b| format!("{b:02x}")).collect()),
+        if c.reads_topics() {
+            for topic in c.topic_names() {
+                let partitions = self.broker.ensure_topic(&topic).map_err(internal)?;
+                for p in 0..partitions {
+                    offsets.partitions.push(PartitionOffset {
+                        committed: self.broker.committed_offset(name, &topic, p),
+                        start: self.broker.start_offset(&topic, p).map_err(internal)?,
+                        end: self.broker.end_offset(&topic, p).map_err(internal)?,
+                        topic: topic.clone(),
+                        partition: p,
                     });
                 }
+            }
+        }
+        if c.kind != ConnectorKind::Sink {
+            for i in 0..*c.parallelism.get_ref() {
+                let producer = format!("{name}/{i}");
+                let position = self.broker.source_position(&producer).map_err(internal)?;
+                offsets.positions.push(SourcePosition {
+                    producer,
+                    position_hex: position.map(|p| p.iter().map(|b| format!("{b:02x}")).collect()),
+                });
             }
         }
         Ok(offsets)

@@ -17,9 +17,10 @@ use crate::check::CheckedConnector;
 use crate::manifest::ConnectorKind;
 use crate::plugin::instance::SinkOffset;
 use crate::plugin::{InstanceSetup, PluginHost};
+use crate::pump::transform::decode_offsets;
 use crate::pump::{
     Assignment, DeadLetter, Destination, InstanceControl, InstanceState, PumpStats, SinkPump,
-    SinkPumpConfig, SourceEnd, SourcePump, SourcePumpConfig,
+    SinkPumpConfig, SourceEnd, SourcePump, SourcePumpConfig, TransformPump, TransformPumpConfig,
 };
 use crate::secrets::Redactor;
 use crate::supervisor::{Life, LifeEnd};
@@ -163,17 +164,8 @@ impl Life for SinkLife {
             stored.clear();
         }
         let broker = &s.host.broker;
-        let dead_letter = c.config.dead_letter_topic();
-        let dead_letter = DeadLetter {
-            partitions: broker
-                .ensure_topic(&dead_letter)
-                .with_context(|| format!("creating dead-letter topic {dead_letter:?}"))?,
-            topic: dead_letter,
-            connector: s.setup.connector.clone(),
-            unsynced: Default::default(),
-            stats: s.control.stats.clone(),
-        };
-        let assignments = self.assignments(&c, &stored)?;
+        let dead_letter = dead_letter(s, &c)?;
+        let assignments = assignments(s, &self.seals, &c, &stored)?;
         if assignments.is_empty() {
             tracing::info!("no partition left for this instance; it stays idle");
             return Ok(LifeEnd::Finished);
@@ -206,55 +198,148 @@ impl Life for SinkLife {
     }
 }
 
-impl SinkLife {
-    /// The partitions this instance reads (`p % parallelism == index`), each
-    /// from the offset the sink stored itself, else the group's committed
-    /// offset, else the start.
-    fn assignments(
-        &self,
-        c: &CheckedConnector,
-        stored: &[SinkOffset],
-    ) -> anyhow::Result<Vec<Assignment>> {
+/// A transform instance: each life opens, resumes from the input offsets
+/// stored with its last output (else its group's committed offsets), and
+/// runs the pump.
+pub(super) struct TransformLife {
+    pub(super) shared: Shared,
+    pub(super) seals: Arc<Seals>,
+    pub(super) output: Destination,
+    pub(super) producer: String,
+}
+
+impl Life for TransformLife {
+    async fn run(&mut self) -> anyhow::Result<LifeEnd> {
         let s = &self.shared;
-        let broker = &s.host.broker;
+        let c = s.connector();
         let name = c.config.name.get_ref();
-        let parallelism = s.setup.count;
-        let mut assignments = Vec::new();
-        for topic in c.config.topic_names() {
-            let partitions = broker
-                .ensure_topic(&topic)
-                .with_context(|| format!("creating topic {topic:?}"))?;
-            for partition in (0..partitions).filter(|p| p % parallelism == s.setup.index) {
-                // In a cluster, another host may have run this instance
-                // meanwhile: its committed offsets and dead letters.
-                broker
-                    .reopen_partition(name, &topic, partition)
-                    .and_then(|()| {
-                        broker.reopen_producer(&format!("{name}/dlq/{topic}/{partition}"))
-                    })
-                    .with_context(|| format!("reading {topic}/{partition} again"))?;
-                let wanted = stored
-                    .iter()
-                    .find(|o| o.topic == topic && o.partition == partition)
-                    .map(|o| o.next_offset)
-                    .or_else(|| broker.committed_offset(name, &topic, partition))
-                    .unwrap_or(0);
-                let end = broker.end_offset(&topic, partition)?;
-                if wanted > end {
-                    tracing::warn!(
-                        topic = %topic, partition, committed = wanted, end,
-                        "the committed offset is past the end of the log (it lost data it had \
-                         acknowledged, e.g. to a power loss under fsync = \"never\"); resuming at the end"
-                    );
-                }
-                assignments.push(Assignment {
-                    topic: topic.clone(),
+        let index = s.setup.index;
+        let broker = &s.host.broker;
+        let mut instance = s.host.plugins.transform(&c.plugin, &s.setup).await?;
+        broker
+            .reopen_producer(&self.producer)
+            .with_context(|| format!("reading the writes of {} again", self.producer))?;
+        let stored: Vec<SinkOffset> = match broker
+            .source_position(&self.producer)
+            .with_context(|| format!("reading the input offsets of {}", self.producer))?
+        {
+            Some(p) => decode_offsets(&p)?
+                .into_iter()
+                .map(|(topic, partition, next_offset)| SinkOffset {
+                    topic,
                     partition,
-                    next: wanted.min(end),
-                    seal: self.seals.seal(&topic),
-                });
-            }
+                    next_offset,
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        instance
+            .open(&c.config_json)
+            .await
+            .with_context(|| format!("opening transform {name:?} instance {index}"))?;
+        let dead_letter = dead_letter(s, &c)?;
+        let assignments = assignments(s, &self.seals, &c, &stored)?;
+        if assignments.is_empty() {
+            tracing::info!("no partition left for this instance; it stays idle");
+            return Ok(LifeEnd::Finished);
         }
-        Ok(assignments)
+        s.control.set_state(InstanceState::Running);
+        let pump = TransformPump {
+            instance,
+            broker: broker.clone(),
+            group: name.clone(),
+            producer: self.producer.clone(),
+            assignments,
+            output: self.output.clone(),
+            routes: HashMap::new(),
+            config: TransformPumpConfig {
+                max_bytes: c
+                    .config
+                    .batch
+                    .max_bytes
+                    .min(s.host.broker.max_append_bytes()),
+                max_records: c.config.batch.max_records,
+                commit_interval: Duration::from_millis(c.config.flush_interval_ms),
+                retry: c.restart,
+            },
+            stats: s.control.stats.clone(),
+            stop: s.control.stop.clone(),
+            control: s.control.clone(),
+            connector: s.setup.connector.clone(),
+            dead_letter,
+        };
+        pump.run().await?;
+        Ok(if s.control.stop.is_stopped() {
+            LifeEnd::Stopped
+        } else {
+            tracing::info!("transform drained its topics");
+            LifeEnd::Finished
+        })
     }
+}
+
+/// The dead-letter topic of a sink or transform instance, created if new.
+fn dead_letter(s: &Shared, c: &CheckedConnector) -> anyhow::Result<DeadLetter> {
+    let topic = c.config.dead_letter_topic();
+    Ok(DeadLetter {
+        partitions: s
+            .host
+            .broker
+            .ensure_topic(&topic)
+            .with_context(|| format!("creating dead-letter topic {topic:?}"))?,
+        topic,
+        connector: s.setup.connector.clone(),
+        unsynced: Default::default(),
+        stats: s.control.stats.clone(),
+    })
+}
+
+/// The partitions a sink or transform instance reads (`p % parallelism ==
+/// index`), each from the offset the plugin stored itself (a sink) or
+/// that was stored with its output (a transform), else the group's
+/// committed offset, else the start.
+fn assignments(
+    s: &Shared,
+    seals: &Seals,
+    c: &CheckedConnector,
+    stored: &[SinkOffset],
+) -> anyhow::Result<Vec<Assignment>> {
+    let broker = &s.host.broker;
+    let name = c.config.name.get_ref();
+    let parallelism = s.setup.count;
+    let mut assignments = Vec::new();
+    for topic in c.config.topic_names() {
+        let partitions = broker
+            .ensure_topic(&topic)
+            .with_context(|| format!("creating topic {topic:?}"))?;
+        for partition in (0..partitions).filter(|p| p % parallelism == s.setup.index) {
+            // In a cluster, another host may have run this instance
+            // meanwhile: its committed offsets and dead letters.
+            broker
+                .reopen_partition(name, &topic, partition)
+                .and_then(|()| broker.reopen_producer(&format!("{name}/dlq/{topic}/{partition}")))
+                .with_context(|| format!("reading {topic}/{partition} again"))?;
+            let wanted = stored
+                .iter()
+                .find(|o| o.topic == topic && o.partition == partition)
+                .map(|o| o.next_offset)
+                .or_else(|| broker.committed_offset(name, &topic, partition))
+                .unwrap_or(0);
+            let end = broker.end_offset(&topic, partition)?;
+            if wanted > end {
+                tracing::warn!(
+                    topic = %topic, partition, committed = wanted, end,
+                    "the committed offset is past the end of the log (it lost data it had \
+                     acknowledged, e.g. to a power loss under fsync = \"never\"); resuming at the end"
+                );
+            }
+            assignments.push(Assignment {
+                topic: topic.clone(),
+                partition,
+                next: wanted.min(end),
+                seal: seals.seal(&topic),
+            });
+        }
+    }
+    Ok(assignments)
 }

@@ -40,7 +40,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use self::lives::{Shared, SinkLife, SourceLife};
+use self::lives::{Shared, SinkLife, SourceLife, TransformLife};
 use self::report::InstanceWatcher;
 use crate::broker::Broker;
 use crate::broker::StateStore;
@@ -134,8 +134,8 @@ impl RunningConnector {
             ended: Mutex::new(None),
             worst: Mutex::new(ConnectorOutcome::Running),
             running: AtomicU32::new(0),
-            dead_letter_topic: (c.kind == ConnectorKind::Sink).then(|| c.dead_letter_topic()),
-            reads: if c.kind == ConnectorKind::Sink {
+            dead_letter_topic: c.has_dead_letters().then(|| c.dead_letter_topic()),
+            reads: if c.reads_topics() {
                 layout.clone()
             } else {
                 Vec::new()
@@ -201,17 +201,25 @@ impl RunningConnector {
         };
         let report = self.report.clone();
         let writes = self.host.seals.written_by(&c.config);
-        let group = (c.config.kind == ConnectorKind::Sink)
+        let group = c
+            .config
+            .reads_topics()
             .then(|| (self.host.broker.clone(), name.clone()));
         let policy = c.restart;
         let redactor = self.host.redactor.clone();
         let span = tracing::info_span!("instance", connector = %name, index);
-        let destination = match &c.config.route {
-            Some(template) => Destination::Routed {
+        let destination = match (&c.config.route, c.config.output_topic()) {
+            (Some(template), _) => Destination::Routed {
                 template: template.clone(),
                 instance: index as u32,
             },
-            None => {
+            (None, Some(output)) => Destination::Partition {
+                // Made by `topic_layout` before any instance starts.
+                partition: index as u32
+                    % self.host.broker.ensure_topic(&output).unwrap_or(1).max(1),
+                topic: output,
+            },
+            (None, None) => {
                 let (topic, partitions) = self.layout[0].clone();
                 Destination::Partition {
                     topic,
@@ -244,6 +252,15 @@ impl RunningConnector {
                             shared,
                             seals,
                             ignore_stored,
+                        };
+                        super::supervise(life, policy, &stop, &watcher, &redactor).await
+                    }
+                    ConnectorKind::Transform => {
+                        let life = TransformLife {
+                            producer: format!("{name}/{index}"),
+                            output: destination,
+                            shared,
+                            seals,
                         };
                         super::supervise(life, policy, &stop, &watcher, &redactor).await
                     }
@@ -463,6 +480,11 @@ impl RunningConnector {
                 let mut new = self.host.plugins.sink(&to.plugin, &setup).await?;
                 new.warm().await?;
                 Replacement::Sink(new)
+            }
+            ConnectorKind::Transform => {
+                let mut new = self.host.plugins.transform(&to.plugin, &setup).await?;
+                new.warm().await?;
+                Replacement::Transform(new)
             }
         };
         let (done, answer) = oneshot::channel();

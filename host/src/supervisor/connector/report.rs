@@ -91,10 +91,12 @@ pub struct ConnectorReport {
 }
 
 impl ConnectorReport {
-    /// A sink's lag: records in its topics that it has not committed, as
-    /// last measured (see [`Self::measure_lag`]). `None` for a source.
+    /// A sink's or transform's lag: records in its topics that it has not
+    /// committed, as last measured (see [`Self::measure_lag`]). `None` for a
+    /// source.
     pub fn lag(&self) -> Option<u64> {
-        (self.kind == ConnectorKind::Sink).then(|| self.lag.load(Ordering::Relaxed))
+        matches!(self.kind, ConnectorKind::Sink | ConnectorKind::Transform)
+            .then(|| self.lag.load(Ordering::Relaxed))
     }
 
     /// Measures a sink's lag now.

@@ -43,13 +43,13 @@ pub struct Seals {
 }
 
 impl Seals {
-    /// Seals for the topics `connectors` write: a source's topic, a sink's
-    /// dead-letter topic, and each topic a sink reads that a routed
-    /// source's template could name.
+    /// Seals for the topics `connectors` write: a source's topic, a
+    /// transform's output, a sink's or transform's dead-letter topic, and
+    /// each topic read in the run that a template could name.
     pub fn for_writers(connectors: &[CheckedConnector]) -> Self {
         let read: Vec<String> = connectors
             .iter()
-            .filter(|c| c.config.kind == ConnectorKind::Sink)
+            .filter(|c| c.config.reads_topics())
             .flat_map(|c| c.config.topic_names())
             .collect();
         let mut written: HashMap<String, Vec<&CheckedConnector>> = HashMap::new();
@@ -99,40 +99,58 @@ impl Seals {
     }
 }
 
-/// The topics a connector's instances write: a source's topic (for a routed
-/// source, those of `read` its template matches), or a sink's dead-letter
-/// topic.
+/// The topics a connector's instances write: a source's topic or a
+/// transform's output (for a template, those of `read` it matches), and a
+/// sink's or transform's dead-letter topic.
 fn written_topics(c: &ConnectorConfig, read: &[String]) -> Vec<String> {
+    let matching = |template: &crate::manifest::TopicTemplate| {
+        let mut topics: Vec<String> = read
+            .iter()
+            .filter(|t| template.matches(t))
+            .cloned()
+            .collect();
+        topics.sort();
+        topics.dedup();
+        topics
+    };
     match (c.kind, &c.route) {
-        (ConnectorKind::Source, Some(template)) => {
-            let mut topics: Vec<String> = read
-                .iter()
-                .filter(|t| template.matches(t))
-                .cloned()
-                .collect();
-            topics.sort();
-            topics.dedup();
-            topics
-        }
+        (ConnectorKind::Source, Some(template)) => matching(template),
         (ConnectorKind::Source, None) => c.topic_names(),
         (ConnectorKind::Sink, _) => vec![c.dead_letter_topic()],
+        (ConnectorKind::Transform, Some(template)) => {
+            let mut topics = matching(template);
+            topics.push(c.dead_letter_topic());
+            topics
+        }
+        (ConnectorKind::Transform, None) => c
+            .output_topic()
+            .into_iter()
+            .chain([c.dead_letter_topic()])
+            .collect(),
     }
 }
 
-/// Creates the topics a connector writes (source) or reads (sink), and
-/// subscribes a sink to those it reads; returns each with its partitions.
+/// Creates the topics a connector writes (source, a transform's output) or
+/// reads (sink, transform), and subscribes a sink or transform to those it
+/// reads; returns the topics of [`ConnectorConfig::topic_names`], each with
+/// its partitions.
 pub fn topic_layout(
     broker: &impl Broker,
     c: &ConnectorConfig,
 ) -> anyhow::Result<Vec<(String, u32)>> {
     let name = c.name.get_ref();
+    if let Some(output) = c.output_topic() {
+        broker
+            .ensure_topic(&output)
+            .with_context(|| format!("creating topic {output:?}"))?;
+    }
     c.topic_names()
         .into_iter()
         .map(|topic| {
             let partitions = broker
                 .ensure_topic(&topic)
                 .with_context(|| format!("creating topic {topic:?}"))?;
-            if c.kind == ConnectorKind::Sink {
+            if c.reads_topics() {
                 broker
                     .subscribe(name, &topic)
                     .with_context(|| format!("subscribing {name} to topic {topic:?}"))?;
