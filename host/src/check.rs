@@ -40,6 +40,22 @@ pub struct CheckedConnector {
     pub secrets: Secrets,
     /// How its failed instances are restarted.
     pub restart: RestartPolicy,
+    /// The transforms of its chain, in order.
+    pub chain: Vec<CheckedTransform>,
+}
+
+/// A `[[transform]]` of a connector's chain, its plugin loaded and its
+/// config accepted by the plugin's schema.
+#[derive(Debug, Clone)]
+pub struct CheckedTransform {
+    /// Its name in the manifest.
+    pub name: String,
+    /// The loaded plugin.
+    pub plugin: Plugin,
+    /// What the plugin says of itself.
+    pub spec: Spec,
+    /// The config as the JSON document the plugin receives.
+    pub config_json: String,
 }
 
 impl std::fmt::Debug for CheckedConnector {
@@ -227,7 +243,9 @@ async fn check_one(
     if !problems.is_empty() {
         anyhow::bail!("{}", problems.join("\n\n"));
     }
+    let chain = check_chain(manifest, plugins, index, c).await?;
     Ok(CheckedConnector {
+        chain,
         config: c.clone(),
         grants: GrantSet {
             tls,
@@ -241,6 +259,85 @@ async fn check_one(
         secrets,
         restart: c.limits.restart,
     })
+}
+
+/// Loads and checks the transforms of connector `index`'s chain (the
+/// manifest check has made sure each is defined).
+async fn check_chain(
+    manifest: &Manifest,
+    plugins: &PluginHost,
+    index: usize,
+    c: &ConnectorConfig,
+) -> anyhow::Result<Vec<CheckedTransform>> {
+    let mut chain = Vec::new();
+    for step in c.chain() {
+        let Some((i, t)) = manifest
+            .transforms
+            .iter()
+            .enumerate()
+            .find(|(_, t)| t.get_ref().name.get_ref() == step)
+        else {
+            anyhow::bail!("connector[{index}] names transform {step:?}, which is not defined");
+        };
+        let t = t.get_ref();
+        let at_plugin = |e: &dyn std::fmt::Display| {
+            ManifestError::at(
+                &manifest.path,
+                &manifest.source,
+                Some(t.plugin.span()),
+                e.to_string(),
+            )
+            .field(format!("transform[{i}].plugin"))
+        };
+        let reference = PluginRef::resolve(t.plugin.get_ref(), &manifest.base_dir)
+            .map_err(|e| at_plugin(&e).help("`sluice plugins list` shows the built-in plugins"))?;
+        let plugin = plugins.load(&reference).map_err(|e| at_plugin(&e))?;
+        plugin.expect_kind(PluginKind::Transform).map_err(|e| {
+            at_plugin(&e).help("a chain runs transform plugins, such as `plugin = \"filter\"`")
+        })?;
+        let spec = plugins.spec(&plugin).await.with_context(|| {
+            format!(
+                "reading the spec of plugin {} for transform {step:?}",
+                plugin.name()
+            )
+        })?;
+        let config =
+            serde_json::to_value(&t.config).context("turning [transform.config] into JSON")?;
+        let problems: Vec<String> =
+            spec.check_config(&config)?
+                .iter()
+                .map(|problem| {
+                    let field = problem.field();
+                    ManifestError::at(
+                    &manifest.path,
+                    &manifest.source,
+                    Some(t.name.span()),
+                    format!(
+                        "transform {step:?}: {} (checked against the config schema of plugin {})",
+                        problem.message,
+                        plugin.name()
+                    ),
+                )
+                .field(if field.is_empty() {
+                    format!("transform[{i}].config")
+                } else {
+                    format!("transform[{i}].config.{field}")
+                })
+                .help(schema_help(&spec.config_schema, &problem.pointer, plugin.name()))
+                .to_string()
+                })
+                .collect();
+        if !problems.is_empty() {
+            anyhow::bail!("{}", problems.join("\n\n"));
+        }
+        chain.push(CheckedTransform {
+            name: step.clone(),
+            plugin,
+            spec,
+            config_json: config.to_string(),
+        });
+    }
+    Ok(chain)
 }
 
 /// What the schema says of the field at `pointer`, for the fix line.

@@ -131,6 +131,7 @@ pub struct ManifestBuilder {
     broker: toml::Table,
     topics: toml::Table,
     connectors: Vec<Connector>,
+    transforms: Vec<toml::Table>,
 }
 
 /// A manifest whose log lives in `data/` beside it.
@@ -141,6 +142,7 @@ pub fn manifest() -> ManifestBuilder {
         broker,
         topics: toml::Table::new(),
         connectors: Vec::new(),
+        transforms: Vec::new(),
     }
 }
 
@@ -160,6 +162,26 @@ impl ManifestBuilder {
     /// Adds a `[[connector]]`.
     pub fn connector(mut self, c: Connector) -> Self {
         self.connectors.push(c);
+        self
+    }
+
+    /// Adds a `[[transform]]` named `name` running `plugin` with `config`
+    /// (for the `transforms` chains of connectors).
+    pub fn transform(
+        mut self,
+        name: &str,
+        plugin: impl AsRef<std::ffi::OsStr>,
+        config: &[(&str, toml::Value)],
+    ) -> Self {
+        let mut t = toml::Table::new();
+        t.insert("name".into(), name.into());
+        t.insert("plugin".into(), plugin.as_ref().to_str().unwrap().into());
+        let config: toml::Table = config
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect();
+        t.insert("config".into(), config.into());
+        self.transforms.push(t);
         self
     }
 
@@ -196,6 +218,10 @@ impl std::fmt::Display for ManifestBuilder {
         }
         let connectors = self.connectors.iter().map(|c| c.0.clone().into());
         doc.insert("connector".into(), toml::Value::Array(connectors.collect()));
+        if !self.transforms.is_empty() {
+            let transforms = self.transforms.iter().map(|t| t.clone().into());
+            doc.insert("transform".into(), toml::Value::Array(transforms.collect()));
+        }
         f.write_str(&toml::to_string(&doc).map_err(|_| std::fmt::Error)?)
     }
 }

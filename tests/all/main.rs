@@ -9,6 +9,7 @@
 mod common;
 
 mod admin;
+mod chains;
 mod cli;
 mod cluster;
 mod crash;

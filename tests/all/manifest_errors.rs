@@ -253,7 +253,10 @@ fn a_dead_letter_topic_belongs_to_a_sink_and_not_to_what_it_reads() {
         err.contains("field `connector[0].dead_letter_topic`"),
         "{err}"
     );
-    assert!(err.contains("a source has no dead-letter topic"), "{err}");
+    assert!(
+        err.contains("a source without transforms has no dead-letter topic"),
+        "{err}"
+    );
 
     let (code, err) = validate(&format!("{GOOD}{SINK}dead_letter_topic = \"events\"\n"));
     assert_eq!(code, Some(2));

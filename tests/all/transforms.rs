@@ -170,8 +170,23 @@ fn lanes_manifest(dir: &std::path::Path, count: u64, rate: u64) -> std::path::Pa
 /// `seq-lanes` makes of seqs `0..count`, each once: even seqs in the even
 /// lane; odd ones in the odd lane, those ending in 5 twice (split), those
 /// ending in 7 nowhere (dropped); those ending in 3 dead-lettered with
-/// their reason and origin.
+/// their reason and origin (from the transform connector `lanes`).
 fn assert_lanes_once(dir: &std::path::Path, count: u64) {
+    assert_lanes(dir, count, |h, seq| {
+        assert_eq!(h["sluice.connector"], "lanes");
+        assert_eq!(h["sluice.topic"], "events");
+        // One source into one partition: offset = seq.
+        assert_eq!(h["sluice.offset"], seq.to_string());
+    });
+}
+
+/// [`assert_lanes_once`], with `origin` checking the headers of the dead
+/// letter of each `seq`.
+pub(crate) fn assert_lanes(
+    dir: &std::path::Path,
+    count: u64,
+    origin: impl Fn(&serde_json::Value, u64),
+) {
     let mut even = seqs(&dir.join("out/even"));
     even.sort_unstable();
     let want: Vec<u64> = (0..count).step_by(2).collect();
@@ -196,10 +211,7 @@ fn assert_lanes_once(dir: &std::path::Path, count: u64) {
             .unwrap();
         let h = &r["headers"];
         assert_eq!(h["sluice.error"], format!("seq {seq} ends in 3"), "{r}");
-        assert_eq!(h["sluice.connector"], "lanes", "{r}");
-        assert_eq!(h["sluice.topic"], "events", "{r}");
-        // One source into one partition: offset = seq.
-        assert_eq!(h["sluice.offset"], seq.to_string(), "{r}");
+        origin(h, seq);
         dead.push(seq);
     }
     dead.sort_unstable();

@@ -12,6 +12,7 @@ use http::HeaderName;
 use rustls_pki_types::ServerName;
 use toml::Spanned;
 
+use super::check_transforms::valid_name;
 use super::error::from_toml;
 use super::net::NetRule;
 use super::resolved::{ClientIdentity, Limits, RestartPolicy, TlsPolicy, TopicPolicy};
@@ -87,6 +88,7 @@ impl Manifest {
             policies.insert(name.clone(), policy);
         }
         (self.topic_defaults, self.topic_policies) = (defaults, policies);
+        self.check_transforms()?;
         let checked = self.check_connectors()?;
         for (c, (limits, route)) in self.connectors.iter_mut().zip(checked) {
             let c = c.get_mut();
@@ -110,13 +112,7 @@ impl Manifest {
             let c = c.get_ref();
             let name = c.name.get_ref();
             let mut route = None;
-            // It names folders (its journal, its state): not only dots.
-            let valid = !name.is_empty()
-                && name
-                    .chars()
-                    .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-'))
-                && !name.chars().all(|ch| ch == '.');
-            if !valid {
+            if !valid_name(name) {
                 return Err(self
                     .error(
                         c.name.span(),
@@ -178,57 +174,19 @@ impl Manifest {
                     }
                 }
             }
-            match (&c.output, c.kind) {
-                (None, ConnectorKind::Transform) => {
-                    return Err(self
-                        .error(c.name.span(), format!("transform {name:?} has no `output`"))
-                        .field(format!("connector[{i}].output"))
-                        .help("name the topic it writes: `output = \"clean-events\"`"));
-                }
-                (Some(output), ConnectorKind::Transform) => {
-                    route = TopicTemplate::parse(output.get_ref()).map_err(|why| {
-                        self.error(output.span(), why)
-                            .field(format!("connector[{i}].output"))
-                            .help(
-                                "name a header in braces among letters, digits, `.`, `_` and \
-                                 `-`: `output = \"events.{lane}\"`",
-                            )
-                    })?;
-                    let loops = match &route {
-                        Some(t) => c.topic_names().iter().any(|r| t.matches(r)),
-                        None => c.topic_names().contains(output.get_ref()),
-                    };
-                    if loops {
-                        return Err(self
-                            .error(output.span(), format!(
-                                "transform {name:?} would write a topic it reads, feeding itself"
-                            ))
-                            .field(format!("connector[{i}].output"))
-                            .help("write another topic, e.g. `output = \"events.clean\"`"));
-                    }
-                    if self.broker.kind == BrokerKind::Nats {
-                        return Err(self
-                            .error(output.span(), format!(
-                                "transform {name:?} stores its output, its dead letters and its input offsets in one write, which the nats broker cannot do atomically"
-                            ))
-                            .field(format!("connector[{i}].output"))
-                            .help("one NATS message cannot span streams: run transform connectors on `kind = \"embedded\"`"));
-                    }
-                }
-                (Some(output), _) => {
-                    return Err(self
-                        .error(output.span(), format!("a {} has no `output`", c.kind))
-                        .field(format!("connector[{i}].output"))
-                        .help("remove it; only a transform connector writes an `output` topic"));
-                }
-                (None, _) => {}
+            if let Some(template) = self.check_output(i, c)? {
+                route = Some(template);
             }
+            self.check_chain(i, c)?;
             if let Some(t) = &c.dead_letter_topic {
-                if c.kind == ConnectorKind::Source {
+                if !c.has_dead_letters() {
                     return Err(self
-                        .error(t.span(), "a source has no dead-letter topic")
+                        .error(
+                            t.span(),
+                            "a source without transforms has no dead-letter topic",
+                        )
                         .field(format!("connector[{i}].dead_letter_topic"))
-                        .help("remove it; only sinks and transforms refuse records"));
+                        .help("remove it; only sinks, transforms and chains refuse records"));
                 }
                 if c.output
                     .as_ref()

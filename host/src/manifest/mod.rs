@@ -28,6 +28,7 @@
 
 mod check;
 mod check_broker;
+mod check_transforms;
 mod error;
 mod net;
 mod resolved;
@@ -46,7 +47,7 @@ pub use self::resolved::{
 pub use self::schema::{
     BatchConfig, BrokerConfig, BrokerKind, BrokerTls, ConnectorConfig, ConnectorKind,
     DEFAULT_NATS_URL, FileGrant, FileMode, FsyncPolicy, GrantsConfig, HttpGrant, Manifest,
-    RestartConfig, SecretSource, TlsGrant, TopicSettings,
+    RestartConfig, SecretSource, TlsGrant, TopicSettings, TransformConfig,
 };
 pub use self::secret_ref::{SECRET_REF_PREFIX, secret_references};
 pub use self::topic_template::{RouteError, TopicTemplate, check_topic_name};

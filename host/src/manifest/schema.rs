@@ -42,6 +42,20 @@ pub struct Manifest {
     #[serde(default, rename = "connector")]
     pub connectors: Vec<Spanned<ConnectorConfig>>,
 
+    /// Transforms that sources and sinks name in their `transforms` chain,
+    /// one `[[transform]]` table each.
+    ///
+    /// ```toml
+    /// [[transform]]
+    /// name = "errors-only"
+    /// plugin = "filter"
+    /// [transform.config]
+    /// field = "/level"
+    /// equals = "error"
+    /// ```
+    #[serde(default, rename = "transform")]
+    pub transforms: Vec<Spanned<TransformConfig>>,
+
     /// Settings of single topics, overriding `[broker]`'s defaults.
     ///
     /// ```toml
@@ -388,6 +402,16 @@ pub struct ConnectorConfig {
     #[serde(default)]
     pub output: Option<Spanned<String>>,
 
+    /// Sources and sinks: the `[[transform]]`s each batch goes through, in
+    /// order, between the plugin and the log (Kafka Connect's single message
+    /// transforms), in the instance's own lifecycle.
+    ///
+    /// ```toml
+    /// transforms = ["errors-only", "mask-pii"]
+    /// ```
+    #[serde(default)]
+    pub transforms: Option<Spanned<Vec<String>>>,
+
     /// How many instances to run. Default 1.
     ///
     /// ```toml
@@ -494,9 +518,16 @@ impl ConnectorConfig {
         }
     }
 
-    /// Whether it refuses records on their merits into a dead-letter topic.
+    /// Whether it refuses records on their merits into a dead-letter topic:
+    /// a sink, a transform, or a source with a chain of transforms.
     pub fn has_dead_letters(&self) -> bool {
         matches!(self.kind, ConnectorKind::Sink | ConnectorKind::Transform)
+            || !self.chain().is_empty()
+    }
+
+    /// The names of the transforms of its chain, in order.
+    pub fn chain(&self) -> &[String] {
+        self.transforms.as_ref().map_or(&[], |t| t.get_ref())
     }
 
     /// Whether it reads topics as a consumer group (its name), with lag.
@@ -517,6 +548,39 @@ impl ConnectorConfig {
         }
         names
     }
+}
+
+/// `[[transform]]`: a transform plugin and its config, for the chains of
+/// sources and sinks (`transforms = ["name"]`). Each connector instance
+/// runs an instance of it of its own, with no grants (no files, network or
+/// environment) and the default `memory` and `cpu`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransformConfig {
+    /// Unique among transforms: letters, digits, `.`, `_` and `-`.
+    ///
+    /// ```toml
+    /// name = "errors-only"
+    /// ```
+    pub name: Spanned<String>,
+
+    /// A built-in transform's name, or the path of a `.wasm` component.
+    ///
+    /// ```toml
+    /// plugin = "filter"
+    /// ```
+    pub plugin: Spanned<String>,
+
+    /// The plugin's own config, passed to it as JSON and checked against
+    /// the schema the plugin publishes.
+    ///
+    /// ```toml
+    /// [transform.config]
+    /// field = "/level"
+    /// equals = "error"
+    /// ```
+    #[serde(default)]
+    pub config: toml::Table,
 }
 
 /// What a connector does.

@@ -23,7 +23,9 @@ use crate::plugin::Interrupt;
 /// Re-exported: pumps are what it stops.
 pub use crate::lifecycle::StopSignal;
 
-pub use self::sink::{Assignment, DeadLetter, SinkPump, SinkPumpConfig, dlq_headers};
+pub use self::chain::{Chain, ChainStep};
+pub use self::dead_letter::{DeadLetter, dlq_headers};
+pub use self::sink::{Assignment, SinkPump, SinkPumpConfig};
 pub use self::source::{Destination, SourceEnd, SourcePump, SourcePumpConfig};
 pub use self::swap::{Replacement, SwapRequest};
 pub use self::transform::{TransformPump, TransformPumpConfig};
@@ -318,6 +320,9 @@ impl TopicSealer {
     }
 }
 
+mod chain;
+mod dead_letter;
+mod route;
 pub mod sink;
 pub mod source;
 mod swap;

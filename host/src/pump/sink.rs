@@ -5,16 +5,17 @@
 //! stores its own offsets (returned from `open`) resumes from those instead.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use sluice_batch::{Batch, BatchWriter};
+use sluice_batch::BatchWriter;
 
+use super::chain::Chain;
+use super::dead_letter::{Came, DeadLetter, Origin, push_dead};
 use super::swap::Swap;
 use super::{
     InstanceControl, PumpStats, Retry, StopSignal, TopicSeal, Turns, interruptible, when_space,
 };
-use crate::broker::{Broker, SourceCheckpoint, StoredBatch};
+use crate::broker::{Broker, StoredBatch};
 use crate::manifest::RestartPolicy;
 use crate::plugin::instance::Refused;
 use crate::plugin::{PluginError, SinkInstance};
@@ -69,43 +70,8 @@ pub struct SinkPump<B> {
     pub connector: Arc<str>,
     /// Where records the sink refuses on their merits go.
     pub dead_letter: DeadLetter,
-}
-
-/// A sink's dead-letter topic.
-#[derive(Debug, Clone)]
-pub struct DeadLetter {
-    /// The topic.
-    pub topic: String,
-    /// Its partitions.
-    pub partitions: u32,
-    /// The sink connector, named in each record's headers.
-    pub connector: Arc<str>,
-    /// Counts what it takes.
-    pub stats: Arc<PumpStats>,
-    /// Its partitions appended to since the last commit.
-    pub unsynced: std::collections::BTreeSet<u32>,
-}
-
-/// Where a batch handed to a sink or a transform came from.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Origin<'a> {
-    pub(super) topic: &'a str,
-    pub(super) partition: u32,
-    pub(super) first_offset: u64,
-}
-
-/// Header names on a dead-lettered record (besides its own headers).
-pub mod dlq_headers {
-    /// The sink's reason.
-    pub const ERROR: &str = "sluice.error";
-    /// The connector that refused it.
-    pub const CONNECTOR: &str = "sluice.connector";
-    /// Where it came from.
-    pub const TOPIC: &str = "sluice.topic";
-    /// See [`TOPIC`].
-    pub const PARTITION: &str = "sluice.partition";
-    /// See [`TOPIC`].
-    pub const OFFSET: &str = "sluice.offset";
+    /// The transforms each batch goes through before the sink's `write`.
+    pub chain: Chain,
 }
 
 /// The log's `batches` (consecutive, of one partition) joined into as few
@@ -188,7 +154,14 @@ impl<B: Broker> SinkPump<B> {
                     .broker
                     .read_as(&self.group, &topic, partition, next, self.config.max_bytes)
                     .await?;
-                let batches = join_batches(batches, self.config.max_records)?;
+                // A chain's batches are the log's own, never joined: the
+                // same on every read, so their dead letters are stored once
+                // (see `write_chained`).
+                let batches = if self.chain.is_empty() {
+                    join_batches(batches, self.config.max_records)?
+                } else {
+                    batches
+                };
                 if let Some(first) = batches.first()
                     && first.first_offset > next
                 {
@@ -203,58 +176,15 @@ impl<B: Broker> SinkPump<B> {
                 for b in batches {
                     let took = Instant::now();
                     let next = b.next_offset();
-                    let mut retry = Retry::new(self.config.retry);
-                    let refused = loop {
-                        let interrupt = self.instance.interrupter();
-                        let write = self.instance.write(
-                            &topic,
-                            partition,
-                            b.first_offset,
-                            &b.bytes,
-                            b.records,
-                        );
-                        let tried =
-                            interruptible(write, &self.stop, Some(&self.control), &interrupt).await;
-                        if interrupt.is_raised()
-                            && tried.as_ref().is_err_and(PluginError::is_returned)
-                        {
-                            // Its wait (a peer away, a full socket) was ended
-                            // for a stop, pause or swap: the batch is not
-                            // written. Stopping, it is left for the next
-                            // start (its offset is not committed); else it
-                            // is written again once the pump has attended.
-                            tracing::debug!(connector = %self.connector, "write interrupted");
-                            if self.stop.is_stopped() {
-                                break None;
-                            }
-                            self.attend_now(&mut pending, &mut last_flush).await?;
-                            if self.stop.is_stopped() {
-                                break None;
-                            }
-                            continue;
-                        }
-                        if let Some(refused) = retry.settle(tried, "write", &self.stop).await? {
-                            break Some(refused);
-                        }
+                    let written = if self.chain.is_empty() {
+                        self.write_plain(&topic, partition, &b, &mut pending, &mut last_flush)
+                            .await?
+                    } else {
+                        self.write_chained(&topic, partition, &b, &mut pending, &mut last_flush)
+                            .await?
                     };
-                    let Some(refused) = refused else { break };
-                    if !refused.is_empty() {
-                        let appended = self
-                            .dead_letter
-                            .append(
-                                &*self.broker,
-                                &self.stop,
-                                Origin {
-                                    topic: &topic,
-                                    partition,
-                                    first_offset: b.first_offset,
-                                },
-                                &b.bytes,
-                                &refused,
-                            )
-                            .await?;
-                        self.dead_letter.unsynced.extend(appended);
-                    }
+                    let Some(appended) = written else { break };
+                    self.dead_letter.unsynced.extend(appended);
                     self.stats
                         .add(u64::from(b.records), b.value_bytes, took.elapsed());
                     self.assignments[i].next = next;
@@ -301,7 +231,175 @@ impl<B: Broker> SinkPump<B> {
             self.flush_and_commit().await?;
         }
         self.instance.close().await?;
+        self.chain.close().await;
         Ok(())
+    }
+
+    /// Hands `bytes` (`records` records from `first_offset` of `topic`'s
+    /// `partition`) to the sink's `write`, retrying `retriable` errors in
+    /// place. A write whose wait is ended for a pause or swap is made again
+    /// once the pump has attended. `None`: stopped first (not written).
+    #[allow(clippy::too_many_arguments)] // one write's origin, and the pump's flush state
+    async fn write(
+        &mut self,
+        (topic, partition, first_offset): (&str, u32, u64),
+        bytes: &Vec<u8>,
+        records: u32,
+        pending: &mut bool,
+        last_flush: &mut Instant,
+    ) -> anyhow::Result<Option<Vec<Refused>>> {
+        let mut retry = Retry::new(self.config.retry);
+        loop {
+            let interrupt = self.instance.interrupter();
+            let write = self
+                .instance
+                .write(topic, partition, first_offset, bytes, records);
+            let tried = interruptible(write, &self.stop, Some(&self.control), &interrupt).await;
+            if interrupt.is_raised() && tried.as_ref().is_err_and(PluginError::is_returned) {
+                // Its wait (a peer away, a full socket) was ended for a
+                // stop, pause or swap: the batch is not written. Stopping,
+                // it is left for the next start (its offset is not
+                // committed); else it is written again once the pump has
+                // attended.
+                tracing::debug!(connector = %self.connector, "write interrupted");
+                if self.stop.is_stopped() {
+                    return Ok(None);
+                }
+                self.attend_now(pending, last_flush).await?;
+                if self.stop.is_stopped() {
+                    return Ok(None);
+                }
+                continue;
+            }
+            if let Some(refused) = retry.settle(tried, "write", &self.stop).await? {
+                return Ok(Some(refused));
+            }
+        }
+    }
+
+    /// Writes batch `b` of `topic`'s `partition` as it is, and
+    /// dead-letters what the sink refuses. `None`: stopped first;
+    /// `Some(partition)`: the dead-letter partition appended to, if any.
+    async fn write_plain(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        b: &StoredBatch,
+        pending: &mut bool,
+        last_flush: &mut Instant,
+    ) -> anyhow::Result<Option<Option<u32>>> {
+        let origin = (topic, partition, b.first_offset);
+        let Some(refused) = self
+            .write(origin, &b.bytes, b.records, pending, last_flush)
+            .await?
+        else {
+            return Ok(None);
+        };
+        if refused.is_empty() {
+            return Ok(Some(None));
+        }
+        let from = Origin {
+            topic,
+            partition,
+            first_offset: b.first_offset,
+        };
+        let appended = self
+            .dead_letter
+            .append(&*self.broker, &self.stop, from, &b.bytes, &refused)
+            .await?;
+        Ok(Some(appended))
+    }
+
+    /// Runs batch `b` of `topic`'s `partition` through the chain, writes
+    /// what comes out, and dead-letters what the chain and the sink refuse,
+    /// all of the batch's dead letters in one append (stored once: after a
+    /// crash the same log batch comes again, whole, and its dead letters
+    /// are not stored twice). As [`Self::write_plain`] returns.
+    ///
+    /// A sink's chain may drop, change and refuse records, not add them
+    /// (Kafka Connect's transforms are one record in, at most one out): the
+    /// sink is handed its `n` records as the offsets `next - n .. next`, so
+    /// that the offset a sink stores itself after them is the log's next
+    /// one, and its per-record offsets grow from batch to batch.
+    async fn write_chained(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        b: &StoredBatch,
+        pending: &mut bool,
+        last_flush: &mut Instant,
+    ) -> anyhow::Result<Option<Option<u32>>> {
+        let next = b.next_offset();
+        let (first, last) = (b.first_offset, next.saturating_sub(1));
+        let mut dead = BatchWriter::new();
+        let dlq = &self.dead_letter;
+        let connector = &*dlq.connector;
+        let chained = self
+            .chain
+            .run(
+                b.bytes.clone(),
+                b.records,
+                b.value_bytes,
+                &self.stop,
+                self.config.retry,
+                |k, step, index, record, reason| {
+                    // The first step's input is the log's batch itself.
+                    let came = if k == 0 {
+                        Came::At {
+                            topic,
+                            partition,
+                            offset: first + index as u64,
+                        }
+                    } else {
+                        Came::Within {
+                            topic,
+                            partition,
+                            first,
+                            last,
+                        }
+                    };
+                    tracing::warn!(
+                        connector, transform = step, reason, ?came,
+                        dead_letter_topic = %dlq.topic, "transform refused a record; dead-lettered"
+                    );
+                    push_dead(&mut dead, record, reason, connector, Some(step), came);
+                },
+            )
+            .await?;
+        let Some(chained) = chained else {
+            return Ok(None);
+        };
+        if chained.records > b.records {
+            anyhow::bail!(
+                "the chain of sink {connector:?} made {} records of {}: a sink's transforms may \
+                 drop, change and refuse records, not add them (add records in a source's chain \
+                 or a transform connector)",
+                chained.records,
+                b.records
+            );
+        }
+        if chained.records > 0 {
+            let origin = (topic, partition, next - u64::from(chained.records));
+            let Some(refused) = self
+                .write(origin, &chained.batch, chained.records, pending, last_flush)
+                .await?
+            else {
+                return Ok(None);
+            };
+            self.dead_letter
+                .refused_records(&mut dead, &chained.batch, &refused, None, |_| {
+                    Some(Came::Within {
+                        topic,
+                        partition,
+                        first,
+                        last,
+                    })
+                })?;
+        }
+        self.dead_letter
+            .append_batch(&*self.broker, &self.stop, (topic, partition), next, dead)
+            .await
+            .map(Some)
     }
 
     /// A batch boundary where the pump is asked for attention. A pause
@@ -425,119 +523,6 @@ impl<B: Broker> SinkPump<B> {
             tracing::debug!(connector = %self.connector, ?offsets, "flushed and committed");
         }
         Ok(())
-    }
-}
-
-impl DeadLetter {
-    /// Writes into `out` the records of the batch `bytes` (from `from`)
-    /// that `refused` names, each with its reason and origin in headers,
-    /// leaving out those whose origin offset is before `skip_before`
-    /// (dead-lettered before a crash). Returns the origin offset after the
-    /// last one written (0 if none).
-    pub(super) fn records(
-        &self,
-        out: &mut BatchWriter,
-        from: Origin<'_>,
-        bytes: &[u8],
-        refused: &[Refused],
-        skip_before: u64,
-    ) -> anyhow::Result<u64> {
-        let Origin {
-            topic,
-            partition,
-            first_offset,
-        } = from;
-        let connector = &*self.connector;
-        let batch = Batch::parse(bytes)?;
-        let mut next_origin = 0;
-        let partition_text = partition.to_string();
-        // By record index, so one pass over the batch finds them all.
-        let mut by_index: Vec<&Refused> = refused.iter().collect();
-        by_index.sort_by_key(|r| r.index);
-        by_index.dedup_by_key(|r| r.index);
-        let mut next = by_index.into_iter().peekable();
-        for (index, record) in batch.iter().enumerate() {
-            let Some(r) = next.next_if(|r| r.index as usize == index) else {
-                continue;
-            };
-            let origin = first_offset + index as u64;
-            if origin < skip_before {
-                continue;
-            }
-            next_origin = origin + 1;
-            let offset = origin.to_string();
-            tracing::warn!(
-                connector, topic, partition, offset, reason = %r.reason,
-                dead_letter_topic = %self.topic, "record refused; dead-lettered"
-            );
-            let mut headers: Vec<(&str, &[u8])> = record.headers().collect();
-            headers.extend([
-                (dlq_headers::ERROR, r.reason.as_bytes()),
-                (dlq_headers::CONNECTOR, connector.as_bytes()),
-                (dlq_headers::TOPIC, topic.as_bytes()),
-                (dlq_headers::PARTITION, partition_text.as_bytes()),
-                (dlq_headers::OFFSET, offset.as_bytes()),
-            ]);
-            out.push_parts(record.key, record.timestamp, &headers, |v| {
-                v.extend_from_slice(record.value)
-            });
-        }
-        Ok(next_origin)
-    }
-
-    /// Appends the refused records of a batch to the dead-letter topic,
-    /// each with its reason and origin in headers, before the batch's
-    /// offsets can be committed: a refused record is never just dropped.
-    /// Returns the partition appended to, if any.
-    ///
-    /// The append carries, as a checkpoint, the origin offset after its last
-    /// record, so that a batch refused again after a crash (appended, but
-    /// not yet committed) is not dead-lettered twice.
-    async fn append<B: Broker>(
-        &self,
-        broker: &B,
-        stop: &StopSignal,
-        from: Origin<'_>,
-        bytes: &[u8],
-        refused: &[Refused],
-    ) -> anyhow::Result<Option<u32>> {
-        let Origin {
-            topic, partition, ..
-        } = from;
-        let (dlq, connector, stats) = (self, &*self.connector, &self.stats);
-        let producer = format!("{connector}/dlq/{topic}/{partition}");
-        let done = broker
-            .source_position(&producer)?
-            .and_then(|p| Some(u64::from_le_bytes(p.try_into().ok()?)))
-            .unwrap_or(0);
-        let mut out = BatchWriter::new();
-        let next_origin = self
-            .records(&mut out, from, bytes, refused, done)?
-            .max(done);
-        let count = out.len() as u32;
-        if count == 0 {
-            return Ok(None);
-        }
-        let batch = out.finish();
-        let dlq_partition = partition % dlq.partitions;
-        let position = next_origin.to_le_bytes();
-        let checkpoint = SourceCheckpoint {
-            producer: &producer,
-            position: &position,
-        };
-        let appended = when_space(stop, || {
-            broker.append(&dlq.topic, dlq_partition, &batch, count, Some(checkpoint))
-        })
-        .await?;
-        if appended.is_none() {
-            anyhow::bail!(
-                "stopped while the disk was full, before {count} refused records reached the \
-                 dead-letter topic {}; their batch is delivered again on the next start",
-                dlq.topic
-            );
-        }
-        stats.refused.fetch_add(u64::from(count), Ordering::Relaxed);
-        Ok(Some(dlq_partition))
     }
 }
 

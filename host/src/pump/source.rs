@@ -9,8 +9,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice_batch::Batch;
+use sluice_batch::{Batch, BatchWriter};
 
+use super::chain::Chain;
+use super::dead_letter::{Came, DeadLetter, push_dead};
+use super::route::{Part, route};
 use super::swap::Swap;
 use super::{InstanceControl, PumpStats, Retry, StopSignal, Turns, interruptible, when_space};
 use crate::broker::{Backlog, Broker, RoutedPart, SourceCheckpoint};
@@ -59,6 +62,15 @@ pub enum Destination {
     },
 }
 
+impl Destination {
+    /// True if it is that one partition. A producer's positions go in the
+    /// frames of its one partition, or all through its journal (a routed
+    /// append): the log finds the newest of either, never of both.
+    pub(super) fn is_partition(&self, topic: &str, partition: u32) -> bool {
+        matches!(self, Destination::Partition { topic: t, partition: p } if t == topic && *p == partition)
+    }
+}
+
 /// Moves one source instance's batches into a topic partition, or routes
 /// them over topics.
 #[derive(Debug)]
@@ -84,6 +96,10 @@ pub struct SourcePump<B> {
     pub stop: StopSignal,
     /// Pauses and module swaps.
     pub control: Arc<InstanceControl>,
+    /// The transforms each batch goes through before it is stored.
+    pub chain: Chain,
+    /// Where the chain's refused records go (`Some` with a chain).
+    pub dead_letter: Option<DeadLetter>,
 }
 
 /// How often a held source checks the backlog again.
@@ -141,6 +157,8 @@ impl<B: Broker> SourcePump<B> {
                 }
             };
             if filled.records > 0 {
+                // Records and value bytes stored (a chain's output).
+                let mut moved = (0, 0);
                 let batch = if filled.parts.len() == 1 {
                     filled.parts.into_iter().next().expect("one part")
                 } else {
@@ -152,7 +170,16 @@ impl<B: Broker> SourcePump<B> {
                     sluice_batch::concat(views)?
                 };
                 let records = filled.records;
+                let chained = !self.chain.is_empty();
                 let appended = match &self.destination {
+                    _ if chained => {
+                        let position = filled.position.as_deref();
+                        let stored = self
+                            .store_chained(batch, records, filled.value_bytes, position)
+                            .await?;
+                        moved = stored.unwrap_or_default();
+                        stored.map(drop)
+                    }
                     Destination::Partition { topic, partition } => {
                         let store = Store {
                             broker: self.broker.clone(),
@@ -223,11 +250,10 @@ impl<B: Broker> SourcePump<B> {
                     // batch polled ahead of it).
                     break SourceEnd::Stopped;
                 }
-                self.stats.add(
-                    u64::from(filled.records),
-                    filled.value_bytes,
-                    took.elapsed(),
-                );
+                if !chained {
+                    moved = (filled.records, filled.value_bytes);
+                }
+                self.stats.add(u64::from(moved.0), moved.1, took.elapsed());
                 if let Some(p) = &filled.position {
                     let mut retry = Retry::new(self.config.retry);
                     loop {
@@ -249,7 +275,132 @@ impl<B: Broker> SourcePump<B> {
             }
         };
         self.instance.close().await?;
+        self.chain.close().await;
         Ok(end)
+    }
+
+    /// Runs a polled batch through the chain, and stores its output, the
+    /// records the chain refused (in the dead-letter topic) and the
+    /// position after it as one write. Returns the records and value bytes
+    /// stored; `None` if stopped first (nothing stored).
+    async fn store_chained(
+        &mut self,
+        batch: Vec<u8>,
+        records: u32,
+        value_bytes: u64,
+        position: Option<&[u8]>,
+    ) -> anyhow::Result<Option<(u32, u64)>> {
+        let dlq = self
+            .dead_letter
+            .as_ref()
+            .expect("a source with a chain has a dead-letter topic");
+        let mut dead = BatchWriter::new();
+        let connector = &*dlq.connector;
+        let chained = self
+            .chain
+            .run(
+                batch,
+                records,
+                value_bytes,
+                &self.stop,
+                self.config.retry,
+                |_, step, _, record, reason| {
+                    tracing::warn!(
+                        connector, transform = step, reason,
+                        dead_letter_topic = %dlq.topic, "transform refused a record; dead-lettered"
+                    );
+                    push_dead(
+                        &mut dead,
+                        record,
+                        reason,
+                        connector,
+                        Some(step),
+                        Came::Polled,
+                    );
+                },
+            )
+            .await?;
+        let Some(chained) = chained else {
+            return Ok(None);
+        };
+        let (mut parts, instance) = match &self.destination {
+            Destination::Partition { topic, partition } => (
+                if chained.records == 0 {
+                    Vec::new()
+                } else {
+                    vec![Part {
+                        topic: topic.clone(),
+                        partition: *partition,
+                        batch: chained.batch,
+                        records: chained.records,
+                    }]
+                },
+                *partition,
+            ),
+            Destination::Routed { template, instance } => (
+                if chained.records == 0 {
+                    Vec::new()
+                } else {
+                    route(
+                        &*self.broker,
+                        &mut self.routes,
+                        &mut self.spare,
+                        template,
+                        *instance,
+                        chained.batch,
+                    )?
+                },
+                *instance,
+            ),
+        };
+        let dead_count = dead.len() as u32;
+        if dead_count > 0 {
+            parts.push(Part {
+                topic: dlq.topic.clone(),
+                partition: instance % dlq.partitions,
+                batch: dead.finish(),
+                records: dead_count,
+            });
+        }
+        let (broker, producer, stop) = (&self.broker, &self.producer, &self.stop);
+        let stored = match parts.as_slice() {
+            [] if position.is_none() => Some(()),
+            [part] if self.destination.is_partition(&part.topic, part.partition) => {
+                let checkpoint = position.map(|position| SourceCheckpoint { producer, position });
+                when_space(stop, || {
+                    broker.append(
+                        &part.topic,
+                        part.partition,
+                        &part.batch,
+                        part.records,
+                        checkpoint,
+                    )
+                })
+                .await?
+                .map(drop)
+            }
+            _ => {
+                let routed: Vec<RoutedPart<'_>> = parts
+                    .iter()
+                    .map(|p| RoutedPart {
+                        topic: &p.topic,
+                        partition: p.partition,
+                        batch: &p.batch,
+                        records: p.records,
+                    })
+                    .collect();
+                when_space(stop, || broker.append_routed(&routed, producer, position))
+                    .await?
+                    .map(drop)
+            }
+        };
+        if stored.is_none() {
+            return Ok(None);
+        }
+        dlq.stats
+            .refused
+            .fetch_add(u64::from(dead_count), std::sync::atomic::Ordering::Relaxed);
+        Ok(Some((chained.records, chained.value_bytes)))
     }
 
     /// Between batches (everything polled is appended and committed): takes
@@ -433,113 +584,4 @@ impl<B: Broker> Store<B> {
         .await
         .map(|appended| appended.map(drop))
     }
-}
-
-/// The records of a routed batch that go to one partition.
-#[derive(Debug)]
-pub(super) struct Part {
-    pub(super) topic: String,
-    pub(super) partition: u32,
-    pub(super) batch: Vec<u8>,
-    pub(super) records: u32,
-}
-
-/// Splits `batch` by the topic `template` names for each record, keeping
-/// the records' order within each topic; creates topics met for the first
-/// time. Returns the parts in order of first appearance. A record the template cannot name a topic for fails the
-/// batch: nothing of it is stored, and the source is restarted from the
-/// position before it.
-pub(super) fn route(
-    broker: &impl Broker,
-    routes: &mut HashMap<String, u32>,
-    spare: &mut Vec<Vec<u8>>,
-    template: &TopicTemplate,
-    instance: u32,
-    batch: Vec<u8>,
-) -> anyhow::Result<Vec<Part>> {
-    let parsed = Batch::parse(&batch)?;
-    // Each record's part, and the parts in order of appearance. A topic is
-    // rendered once per distinct header key in the batch.
-    let mut which: Vec<usize> = Vec::with_capacity(parsed.len());
-    let mut by_key: HashMap<Vec<u8>, usize> = HashMap::new();
-    let mut index: HashMap<String, usize> = HashMap::new();
-    let mut parts: Vec<Part> = Vec::new();
-    let (mut key, mut topic) = (Vec::new(), String::new());
-    let mut last: Option<usize> = None;
-    let mut last_key = Vec::new();
-    for (i, r) in parsed.iter().enumerate() {
-        let refused = |e| {
-            anyhow::anyhow!("the source gave record {i} of a batch that routes to no topic: {e}")
-        };
-        template.key_into(r.headers(), &mut key).map_err(refused)?;
-        // Runs of one table (a transaction's changes) skip the lookup.
-        if let Some(part) = last.filter(|_| key == last_key) {
-            which.push(part);
-            parts[part].records += 1;
-            continue;
-        }
-        if let Some(&part) = by_key.get(&key) {
-            last = Some(part);
-            last_key.clone_from(&key);
-            which.push(part);
-            parts[part].records += 1;
-            continue;
-        }
-        template
-            .render_into(r.headers(), &mut topic)
-            .map_err(refused)?;
-        let part = match index.get(topic.as_str()) {
-            Some(&part) => part,
-            None => {
-                let partition = match routes.get(&topic) {
-                    Some(p) => *p,
-                    None => {
-                        let partitions = broker.ensure_topic(&topic).map_err(|e| {
-                            anyhow::anyhow!("creating topic {topic:?} for routed records: {e}")
-                        })?;
-                        routes.insert(topic.clone(), instance % partitions);
-                        instance % partitions
-                    }
-                };
-                index.insert(topic.clone(), parts.len());
-                parts.push(Part {
-                    topic: topic.clone(),
-                    partition,
-                    batch: Vec::new(),
-                    records: 0,
-                });
-                parts.len() - 1
-            }
-        };
-        by_key.insert(key.clone(), part);
-        last = Some(part);
-        last_key.clone_from(&key);
-        which.push(part);
-        parts[part].records += 1;
-    }
-    if let [only] = parts.as_mut_slice() {
-        // One topic: the batch goes as it is.
-        only.batch = batch;
-        return Ok(parts);
-    }
-    // Records are copied as they are encoded, not encoded again.
-    let mut writers: Vec<sluice_batch::BatchWriter> = parts
-        .iter()
-        .map(|p| {
-            let share = batch.len() as u64 * u64::from(p.records) / parsed.len() as u64;
-            let mut buf = spare.pop().unwrap_or_default();
-            buf.reserve(share as usize + 64);
-            sluice_batch::BatchWriter::reuse(buf)
-        })
-        .collect();
-    let mut records = parsed.iter();
-    for part in which {
-        let raw = records.peek_encoded().expect("one record per routed index");
-        records.next();
-        writers[part].push_encoded(raw);
-    }
-    for (p, w) in parts.iter_mut().zip(writers) {
-        p.batch = w.finish();
-    }
-    Ok(parts)
 }

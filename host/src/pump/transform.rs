@@ -21,8 +21,10 @@ use std::time::{Duration, Instant};
 
 use sluice_batch::BatchWriter;
 
-use super::sink::{DeadLetter, Origin, join_batches};
-use super::source::{Destination, Part, route};
+use super::dead_letter::{DeadLetter, Origin};
+use super::route::{Part, route};
+use super::sink::join_batches;
+use super::source::Destination;
 use super::swap::Swap;
 use super::{
     Assignment, InstanceControl, PumpStats, Retry, StopSignal, Turns, interruptible, when_space,
@@ -301,8 +303,11 @@ impl<B: Broker> TransformPump<B> {
             });
         }
         let (broker, producer, stop) = (&self.broker, &self.producer, &self.stop);
-        let stored = if let [part] = parts.as_slice() {
-            // One partition: the position goes in the frame, as a source's.
+        let stored = if let [part] = parts.as_slice()
+            && self.output.is_partition(&part.topic, part.partition)
+        {
+            // Its one partition: the position goes in the frame, as a
+            // source's.
             let checkpoint = SourceCheckpoint {
                 producer,
                 position: &position,

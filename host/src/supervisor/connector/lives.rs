@@ -14,6 +14,7 @@ use super::seals::Seals;
 use crate::broker::Broker;
 use crate::broker::HostBroker;
 use crate::check::CheckedConnector;
+use crate::grants::GrantSet;
 use crate::manifest::ConnectorKind;
 use crate::plugin::instance::SinkOffset;
 use crate::plugin::{InstanceSetup, PluginHost};
@@ -22,6 +23,7 @@ use crate::pump::{
     Assignment, DeadLetter, Destination, InstanceControl, InstanceState, PumpStats, SinkPump,
     SinkPumpConfig, SourceEnd, SourcePump, SourcePumpConfig, TransformPump, TransformPumpConfig,
 };
+use crate::pump::{Chain, ChainStep};
 use crate::secrets::Redactor;
 use crate::supervisor::{Life, LifeEnd};
 
@@ -105,6 +107,12 @@ impl Life for SourceLife {
                     c.config.name.get_ref()
                 )
             })?;
+        let chain = open_chain(s, &c).await?;
+        let dead_letter = if chain.is_empty() {
+            None
+        } else {
+            Some(dead_letter(s, &c)?)
+        };
         s.control.set_state(InstanceState::Running);
         let pump = SourcePump {
             instance,
@@ -126,6 +134,8 @@ impl Life for SourceLife {
             stats: s.control.stats.clone(),
             stop: s.control.stop.clone(),
             control: s.control.clone(),
+            chain,
+            dead_letter,
         };
         Ok(match pump.run().await? {
             SourceEnd::EndOfStream => {
@@ -187,6 +197,7 @@ impl Life for SinkLife {
             control: s.control.clone(),
             connector: s.setup.connector.clone(),
             dead_letter,
+            chain: open_chain(s, &c).await?,
         };
         pump.run().await?;
         Ok(if s.control.stop.is_stopped() {
@@ -278,7 +289,30 @@ impl Life for TransformLife {
     }
 }
 
-/// The dead-letter topic of a sink or transform instance, created if new.
+/// Opens an instance of each transform of the connector's chain, for one
+/// life of one of its instances. A chain's transforms are granted nothing.
+async fn open_chain(s: &Shared, c: &CheckedConnector) -> anyhow::Result<Chain> {
+    let mut steps = Vec::with_capacity(c.chain.len());
+    for t in &c.chain {
+        let setup = InstanceSetup {
+            grants: GrantSet::none(),
+            state: None,
+            ..s.setup.clone()
+        };
+        let mut instance = s.host.plugins.transform(&t.plugin, &setup).await?;
+        instance
+            .open(&t.config_json)
+            .await
+            .with_context(|| format!("opening transform {:?} of the chain", t.name))?;
+        steps.push(ChainStep {
+            name: t.name.as_str().into(),
+            instance,
+        });
+    }
+    Ok(Chain { steps })
+}
+
+/// The dead-letter topic of an instance, created if new.
 fn dead_letter(s: &Shared, c: &CheckedConnector) -> anyhow::Result<DeadLetter> {
     let topic = c.config.dead_letter_topic();
     Ok(DeadLetter {

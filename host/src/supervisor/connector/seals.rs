@@ -100,8 +100,8 @@ impl Seals {
 }
 
 /// The topics a connector's instances write: a source's topic or a
-/// transform's output (for a template, those of `read` it matches), and a
-/// sink's or transform's dead-letter topic.
+/// transform's output (for a template, those of `read` it matches), and
+/// its dead-letter topic if it has one.
 fn written_topics(c: &ConnectorConfig, read: &[String]) -> Vec<String> {
     let matching = |template: &crate::manifest::TopicTemplate| {
         let mut topics: Vec<String> = read
@@ -114,8 +114,15 @@ fn written_topics(c: &ConnectorConfig, read: &[String]) -> Vec<String> {
         topics
     };
     match (c.kind, &c.route) {
-        (ConnectorKind::Source, Some(template)) => matching(template),
-        (ConnectorKind::Source, None) => c.topic_names(),
+        (ConnectorKind::Source, route) => {
+            let mut topics = match route {
+                Some(template) => matching(template),
+                None => c.topic_names(),
+            };
+            // A chain's refused records.
+            topics.extend(c.has_dead_letters().then(|| c.dead_letter_topic()));
+            topics
+        }
         (ConnectorKind::Sink, _) => vec![c.dead_letter_topic()],
         (ConnectorKind::Transform, Some(template)) => {
             let mut topics = matching(template);
