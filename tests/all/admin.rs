@@ -40,7 +40,7 @@ fn connectors(dir: &Path, rate: u64, sinks: &[&str]) -> PathBuf {
 
 /// Every `seq` in the lines under `dir`: those without a mark, and those
 /// marked `v2 ` or `v3 ` by a newer module.
-fn marked_seqs(dir: &Path) -> (Vec<u64>, Vec<u64>) {
+pub(crate) fn marked_seqs(dir: &Path) -> (Vec<u64>, Vec<u64>) {
     let (mut plain, mut marked) = (Vec::new(), Vec::new());
     for f in common::output_files(dir) {
         let text = std::fs::read_to_string(&f).unwrap();

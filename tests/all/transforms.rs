@@ -9,6 +9,8 @@ use sluice::plugin::{
 };
 use sluice_batch::{Batch, BatchWriter};
 
+use std::time::Duration;
+
 use crate::common::*;
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -240,4 +242,59 @@ fn a_transform_connector_killed_ten_times_stores_each_inputs_result_once() {
     let manifest = lanes_manifest(dir.path(), RECORDS, 100_000);
     crate::crash::storm(dir.path(), &manifest, 10, 100..700);
     assert_lanes_once(dir.path(), RECORDS);
+}
+
+#[test]
+fn a_transform_connectors_module_is_swapped_while_records_flow_losing_and_repeating_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &[]);
+    std::fs::create_dir_all(dir.path().join("files")).unwrap();
+    let mut text = gen_source(0, 100_000, 32).to_string();
+    text.push_str(
+        &crate::common::transform("keep", "filter", "events", "kept")
+            .config("field", "/seq")
+            .config("exists", true)
+            .to_string(),
+    );
+    text.push_str(
+        &sink("files", "file-sink", "kept")
+            .set("flush_interval_ms", 100)
+            .config("path", "/out")
+            .config("max_file_bytes", 1_000_000)
+            .files("files", "/out", "read-write")
+            .to_string(),
+    );
+    let manifest = dir.path().join("connectors.toml");
+    std::fs::write(&manifest, text).unwrap();
+    d.ok(&["create", manifest.to_str().unwrap()]);
+    let records = |name: &str| d.status(name)["records_in"].as_u64().unwrap_or(0);
+    wait_until("records flow", Duration::from_secs(60), || {
+        records("files") > 50_000
+    });
+    assert_eq!(d.status("keep")["kind"], "transform");
+
+    let v2 = wasm("tag-transform");
+    let swapped = d.json(
+        "connectors",
+        &["update", "keep", "--plugin", v2.to_str().unwrap()],
+    );
+    assert_eq!(swapped["live"], true, "{swapped}");
+    let at_swap = records("files");
+    wait_until(
+        "the new module's records reach the sink",
+        Duration::from_secs(30),
+        || records("files") > at_swap + 50_000,
+    );
+    let total = drain(&d, &["keep", "files"]);
+    let status = d.status("keep");
+    assert_eq!(status["last_swap"]["ok"], true, "{status}");
+
+    let (plain, marked) = crate::admin::marked_seqs(&dir.path().join("files"));
+    assert!(!plain.is_empty() && !marked.is_empty());
+    let last_plain = *plain.iter().max().unwrap();
+    assert!(
+        marked.iter().all(|&s| s > last_plain),
+        "every record after the swap point went through the new module"
+    );
+    assert_exactly_once([plain, marked].concat(), total);
 }
