@@ -47,6 +47,19 @@ pub struct Run {
     /// Route the records over this many topics (`bench.{shard}`), 0 for
     /// one topic.
     pub shards: u32,
+    /// Where a `filter` that keeps every record runs, if anywhere.
+    pub filter: Filter,
+}
+
+/// Where a run's `filter` (keeping every record: `exists` on `/seq`) runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filter {
+    /// Nowhere.
+    None,
+    /// In the source's chain.
+    Chain,
+    /// As a transform connector between the source's topic and the sink's.
+    Connector,
 }
 
 impl Run {
@@ -59,7 +72,12 @@ impl Run {
             ""
         };
         let (source_topic, sink_topics) = if self.shards == 0 {
-            ("bench".to_owned(), "topic = \"bench\"".to_owned())
+            let read = if self.filter == Filter::Connector {
+                "kept"
+            } else {
+                "bench"
+            };
+            ("bench".to_owned(), format!("topic = \"{read}\""))
         } else {
             let topics: Vec<String> = (0..self.shards).map(|i| format!("\"bench.{i}\"")).collect();
             (
@@ -73,11 +91,12 @@ kind = "embedded"
 data_dir = "data"
 fsync = "{fsync}"
 
+{filter_table}
 [[connector]]
 name = "gen"
 kind = "source"
 plugin = "datagen"
-topic = "{source_topic}"
+topic = "{source_topic}"{chain}
 
 [connector.batch]
 max_records = {batch}
@@ -90,12 +109,31 @@ payload_bytes = {payload}
 stamp = {stamp}
 shards = {shards}
 
+{filter_connector}
 [[connector]]
 name = "hole"
 kind = "sink"
 plugin = "blackhole"
 {sink_topics}
 {report}"#,
+            filter_table = if self.filter == Filter::Chain {
+                "[[transform]]\nname = \"keep\"\nplugin = \"filter\"\n[transform.config]\n\
+                 field = \"/seq\"\nexists = true\n"
+            } else {
+                ""
+            },
+            chain = if self.filter == Filter::Chain {
+                "\ntransforms = [\"keep\"]"
+            } else {
+                ""
+            },
+            filter_connector = if self.filter == Filter::Connector {
+                "[[connector]]\nname = \"keep\"\nkind = \"transform\"\nplugin = \"filter\"\n\
+                 topic = \"bench\"\noutput = \"kept\"\n[connector.batch]\nmax_records = 1000\n\
+                 [connector.config]\nfield = \"/seq\"\nexists = true\n"
+            } else {
+                ""
+            },
             fsync = self.fsync,
             batch = BATCH_RECORDS,
             count = self.count,

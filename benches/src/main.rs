@@ -32,7 +32,7 @@ use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use sluice::plugin::{CompileCache, PluginHost};
 
-use crate::end_to_end::Run;
+use crate::end_to_end::{Filter, Run};
 use crate::plot::Point;
 use crate::report::{Figure, Report, Target, quantile, rates, say};
 
@@ -409,6 +409,7 @@ fn end_to_end_section(
                 stamp: false,
                 report: true,
                 shards,
+                filter: Filter::None,
             };
             let mut throughput = Vec::new();
             for _ in 0..runs {
@@ -436,6 +437,9 @@ fn end_to_end_section(
                 .aside(format!("{mb:.0} MB/s"))
                 .target(target),
             );
+            if payload == 100 && fsync == "interval" {
+                transforms_figures(report, bin, work, cache, runs, &flat_out(0), r)?;
+            }
             if payload == 100 {
                 // The same records routed over three topics: each batch is
                 // split, written ahead to the journal, then to each topic.
@@ -465,6 +469,7 @@ fn end_to_end_section(
                     stamp: true,
                     report: true,
                     shards: 0,
+                    filter: Filter::None,
                 },
             )?;
             let l = latency
@@ -487,6 +492,53 @@ fn end_to_end_section(
                 .aside(format!("max {:.1} ms", l.max_us as f64 / 1e3)),
             );
         }
+    }
+    Ok(())
+}
+
+/// The cost of a transform on the end-to-end figure `plain` (records/s of
+/// `run` without one): a `filter` keeping every record in the source's
+/// chain, and as a transform connector (a second hop through the log).
+/// Target: a one-transform chain costs under 30 %.
+fn transforms_figures(
+    report: &mut Report,
+    bin: &std::path::Path,
+    work: &std::path::Path,
+    cache: &std::path::Path,
+    runs: usize,
+    run: &Run,
+    plain: f64,
+) -> anyhow::Result<()> {
+    for (filter, what) in [
+        (Filter::Chain, "a filter in the source's chain"),
+        (Filter::Connector, "a filter transform connector"),
+    ] {
+        let mut throughput = Vec::new();
+        for _ in 0..runs {
+            let outcome = end_to_end::run(bin, work, cache, &Run { filter, ..*run })?;
+            throughput.push(
+                rates(
+                    outcome.sink.records,
+                    outcome.sink.value_bytes,
+                    outcome.span(),
+                )
+                .0,
+            );
+        }
+        let r = median(throughput);
+        report.add(
+            Figure::new(
+                "end to end",
+                format!("fsync {}, {} B, {what}", run.fsync, run.payload),
+                r,
+                "rec/s",
+            )
+            .aside(format!(
+                "costs {:.0} % of the plain run",
+                100.0 * (1.0 - r / plain)
+            ))
+            .target((filter == Filter::Chain).then(|| Target::at_least(0.7 * plain))),
+        );
     }
     Ok(())
 }
@@ -681,6 +733,7 @@ fn startup_section(
         stamp: false,
         report: true,
         shards: 0,
+        filter: Filter::None,
     };
     let mut cold = Vec::new();
     let mut warm = Vec::new();

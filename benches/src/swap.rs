@@ -11,7 +11,7 @@ use sluice::manifest::Manifest;
 use sluice::pipeline;
 use sluice::plugin::{PluginHost, PluginRef};
 
-use crate::end_to_end::Run;
+use crate::end_to_end::{Filter, Run};
 
 /// Pauses of `swaps` swaps of the `blackhole` sink's module, with `rate`
 /// records per second of `payload` bytes flowing, in a pipeline under `dir`.
@@ -32,6 +32,7 @@ pub async fn pauses(
         // A report written at each new instance's open would sit in the pause.
         report: false,
         shards: 0,
+        filter: Filter::None,
     };
     std::fs::write(&path, run.manifest())?;
     let manifest = Manifest::load(&path)?;

@@ -168,6 +168,7 @@ pub use serde_json;
 
 pub mod hash;
 pub mod http;
+pub mod json;
 pub mod log;
 pub mod net;
 pub mod outage;

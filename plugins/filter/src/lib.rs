@@ -14,6 +14,7 @@
 //!
 //! A kept record is copied unchanged: key, value, timestamp and headers.
 
+use sluice_sdk::json::{Pointer, find};
 use sluice_sdk::serde_json::{self, Value};
 use sluice_sdk::{Batch, BatchWriter, Context, Error, Rejects, Transform};
 
@@ -71,11 +72,14 @@ enum Test {
 }
 
 impl Test {
-    fn passes(&self, field: Option<&Value>) -> bool {
+    /// Whether the field, its JSON as it stands in the record (if there),
+    /// passes. Only its bytes are parsed, and only for a test of value.
+    fn passes(&self, field: Option<&[u8]>) -> bool {
+        let value = || serde_json::from_slice::<Value>(field?).ok();
         match (self, field) {
             (Test::Exists(wanted), found) => found.is_some() == *wanted,
-            (Test::Equals(v), Some(found)) => found == v,
-            (Test::OneOf(vs), Some(found)) => vs.contains(found),
+            (Test::Equals(v), Some(_)) => value().as_ref() == Some(v),
+            (Test::OneOf(vs), Some(_)) => value().is_some_and(|found| vs.contains(&found)),
             (_, None) => false,
         }
     }
@@ -84,7 +88,7 @@ impl Test {
 /// The transform's state.
 #[derive(Debug)]
 pub struct Filter {
-    field: String,
+    field: Pointer,
     test: Test,
     keep: bool,
     not_json: NotJson,
@@ -93,13 +97,13 @@ pub struct Filter {
 impl Filter {
     /// Checks the config: a pointer that can point, and exactly one test.
     fn new(config: Config) -> Result<Filter, Error> {
-        if !config.field.is_empty() && !config.field.starts_with('/') {
-            return Err(Error::invalid_config(format!(
+        let field = Pointer::parse(&config.field).map_err(|_| {
+            Error::invalid_config(format!(
                 "field {:?} is not a JSON Pointer: write it from the root with slashes, e.g. field = \"/{}\"",
                 config.field,
                 config.field.replace('.', "/")
-            )));
-        }
+            ))
+        })?;
         let tests = [
             config.equals.map(Test::Equals),
             config.one_of.map(Test::OneOf),
@@ -112,7 +116,7 @@ impl Filter {
             ));
         };
         Ok(Filter {
-            field: config.field,
+            field,
             test,
             keep: config.keep,
             not_json: config.not_json,
@@ -122,12 +126,12 @@ impl Filter {
     /// Whether the record with `value` is kept: `Err` with the reason when
     /// it is not JSON and refused.
     fn keeps(&self, value: &[u8]) -> Result<bool, String> {
-        match serde_json::from_slice::<Value>(value) {
-            Ok(doc) => Ok(self.test.passes(doc.pointer(&self.field)) == self.keep),
+        match find(value, &self.field) {
+            Ok(found) => Ok(self.test.passes(found) == self.keep),
             Err(e) => match self.not_json {
                 NotJson::Refuse => Err(format!(
                     "the value is not JSON ({e}), so filter cannot test {:?}",
-                    self.field
+                    self.field.to_text()
                 )),
                 NotJson::Drop => Ok(false),
                 NotJson::Keep => Ok(true),
