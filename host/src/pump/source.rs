@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use sluice_batch::{Batch, BatchWriter};
 
-use super::chain::Chain;
+use super::chain::{Chain, Chained};
 use super::dead_letter::{Came, DeadLetter, push_dead};
 use super::route::{Part, route};
 use super::swap::Swap;
@@ -169,16 +169,34 @@ impl<B: Broker> SourcePump<B> {
                         .collect::<Result<Vec<_>, _>>()?;
                     sluice_batch::concat(views)?
                 };
-                let records = filled.records;
+                let (mut batch, mut records) = (batch, filled.records);
                 let chained = !self.chain.is_empty();
+                // A chain's output that is not one plain part (dead letters,
+                // no records, routed) is stored by `store_parts`; one that is
+                // goes the plain way, polling ahead.
+                let mut parts = None;
+                if chained {
+                    let Some((out, dead)) =
+                        self.run_chain(batch, records, filled.value_bytes).await?
+                    else {
+                        break SourceEnd::Stopped;
+                    };
+                    moved = (out.records, out.value_bytes);
+                    let plain = dead.is_empty()
+                        && out.records > 0
+                        && matches!(self.destination, Destination::Partition { .. });
+                    if plain {
+                        (batch, records) = (out.batch, out.records);
+                    } else {
+                        parts = Some((out, dead));
+                        batch = Vec::new();
+                    }
+                }
                 let appended = match &self.destination {
-                    _ if chained => {
+                    _ if parts.is_some() => {
+                        let (out, dead) = parts.take().expect("checked");
                         let position = filled.position.as_deref();
-                        let stored = self
-                            .store_chained(batch, records, filled.value_bytes, position)
-                            .await?;
-                        moved = stored.unwrap_or_default();
-                        stored.map(drop)
+                        self.store_parts(out, dead, position).await?
                     }
                     Destination::Partition { topic, partition } => {
                         let store = Store {
@@ -279,17 +297,14 @@ impl<B: Broker> SourcePump<B> {
         Ok(end)
     }
 
-    /// Runs a polled batch through the chain, and stores its output, the
-    /// records the chain refused (in the dead-letter topic) and the
-    /// position after it as one write. Returns the records and value bytes
-    /// stored; `None` if stopped first (nothing stored).
-    async fn store_chained(
+    /// Runs a polled batch through the chain: its output, and the records
+    /// it refused as dead letters. `None` if stopped first.
+    async fn run_chain(
         &mut self,
         batch: Vec<u8>,
         records: u32,
         value_bytes: u64,
-        position: Option<&[u8]>,
-    ) -> anyhow::Result<Option<(u32, u64)>> {
+    ) -> anyhow::Result<Option<(Chained, BatchWriter)>> {
         let dlq = self
             .dead_letter
             .as_ref()
@@ -320,9 +335,22 @@ impl<B: Broker> SourcePump<B> {
                 },
             )
             .await?;
-        let Some(chained) = chained else {
-            return Ok(None);
-        };
+        Ok(chained.map(|c| (c, dead)))
+    }
+
+    /// Stores a chain's output, the records it refused (in the dead-letter
+    /// topic) and the position after them as one write. `None` if stopped
+    /// while the disk was full (nothing stored).
+    async fn store_parts(
+        &mut self,
+        chained: Chained,
+        dead: BatchWriter,
+        position: Option<&[u8]>,
+    ) -> anyhow::Result<Option<()>> {
+        let dlq = self
+            .dead_letter
+            .as_ref()
+            .expect("a source with a chain has a dead-letter topic");
         let (mut parts, instance) = match &self.destination {
             Destination::Partition { topic, partition } => (
                 if chained.records == 0 {
@@ -400,7 +428,7 @@ impl<B: Broker> SourcePump<B> {
         dlq.stats
             .refused
             .fetch_add(u64::from(dead_count), std::sync::atomic::Ordering::Relaxed);
-        Ok(Some((chained.records, chained.value_bytes)))
+        Ok(Some(()))
     }
 
     /// Between batches (everything polled is appended and committed): takes
