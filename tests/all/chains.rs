@@ -97,12 +97,7 @@ fn assert_sink_chain_once(dir: &Path, count: u64) {
     let mut dead = Vec::new();
     for line in output_lines(&dir.join("dlq")) {
         let r: serde_json::Value = serde_json::from_str(&line).unwrap();
-        let seq: u64 = r["value"].as_str().unwrap()[7..]
-            .split([',', '}'])
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let seq = json_line_seq(&r);
         let h = &r["headers"];
         assert_eq!(h["sluice.error"], format!("seq {seq} ends in 3"), "{r}");
         assert_eq!(h["sluice.connector"], "files", "{r}");

@@ -405,6 +405,17 @@ pub fn dead_letters(topic: &str) -> Connector {
         .files("dlq", "/out", "read-write")
 }
 
+/// The `seq` of a datagen record read back as a JSON line (a `file-sink`
+/// with `format = "json"`): the record's `value` is `{"seq":N,…}`.
+pub fn json_line_seq(r: &serde_json::Value) -> u64 {
+    r["value"].as_str().unwrap()[7..]
+        .split([',', '}'])
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 /// `(key, value)` pairs as the `records` of the `emit-keyed` fixture (an
 /// empty value is a tombstone).
 pub fn keyed_records<K: Into<String>, V: Into<String>>(

@@ -274,12 +274,7 @@ fn poison_records_go_to_the_dead_letter_topic_each_with_its_error_and_origin() {
     for f in output_files(&dir.path().join("dlq")) {
         for line in std::fs::read_to_string(f).unwrap().lines() {
             let r: serde_json::Value = serde_json::from_str(line).unwrap();
-            let seq: u64 = r["value"].as_str().unwrap()[7..]
-                .split([',', '}'])
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap();
+            let seq = json_line_seq(&r);
             assert_eq!(r["topic"], "picky.dlq");
             let h = &r["headers"];
             assert_eq!(

@@ -205,12 +205,7 @@ pub(crate) fn assert_lanes(
     let mut dead = Vec::new();
     for line in output_lines(&dir.join("dlq")) {
         let r: serde_json::Value = serde_json::from_str(&line).unwrap();
-        let seq: u64 = r["value"].as_str().unwrap()[7..]
-            .split([',', '}'])
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let seq = json_line_seq(&r);
         let h = &r["headers"];
         assert_eq!(h["sluice.error"], format!("seq {seq} ends in 3"), "{r}");
         origin(h, seq);

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use sluice_batch::Batch;
 
-use crate::broker::Broker;
+use crate::broker::{Broker, RoutedPart};
 use crate::manifest::TopicTemplate;
 
 /// The records of a routed batch that go to one partition.
@@ -16,6 +16,18 @@ pub(super) struct Part {
     pub(super) partition: u32,
     pub(super) batch: Vec<u8>,
     pub(super) records: u32,
+}
+
+impl Part {
+    /// The part as the broker takes it.
+    pub(super) fn as_routed(&self) -> RoutedPart<'_> {
+        RoutedPart {
+            topic: &self.topic,
+            partition: self.partition,
+            batch: &self.batch,
+            records: self.records,
+        }
+    }
 }
 
 /// Splits `batch` by the topic `template` names for each record, keeping

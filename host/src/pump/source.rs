@@ -236,15 +236,8 @@ impl<B: Broker> SourcePump<B> {
                             *instance,
                             batch,
                         )?;
-                        let routed: Vec<RoutedPart<'_>> = parts
-                            .iter()
-                            .map(|p| RoutedPart {
-                                topic: &p.topic,
-                                partition: p.partition,
-                                batch: &p.batch,
-                                records: p.records,
-                            })
-                            .collect();
+                        let routed: Vec<RoutedPart<'_>> =
+                            parts.iter().map(Part::as_routed).collect();
                         let (broker, producer) = (&self.broker, &self.producer);
                         let position = filled.position.as_deref();
                         let appended = when_space(&self.stop, || {
@@ -408,15 +401,7 @@ impl<B: Broker> SourcePump<B> {
                 .map(drop)
             }
             _ => {
-                let routed: Vec<RoutedPart<'_>> = parts
-                    .iter()
-                    .map(|p| RoutedPart {
-                        topic: &p.topic,
-                        partition: p.partition,
-                        batch: &p.batch,
-                        records: p.records,
-                    })
-                    .collect();
+                let routed: Vec<RoutedPart<'_>> = parts.iter().map(Part::as_routed).collect();
                 when_space(stop, || broker.append_routed(&routed, producer, position))
                     .await?
                     .map(drop)

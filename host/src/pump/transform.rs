@@ -324,15 +324,7 @@ impl<B: Broker> TransformPump<B> {
             .await?
             .map(drop)
         } else {
-            let routed: Vec<RoutedPart<'_>> = parts
-                .iter()
-                .map(|p| RoutedPart {
-                    topic: &p.topic,
-                    partition: p.partition,
-                    batch: &p.batch,
-                    records: p.records,
-                })
-                .collect();
+            let routed: Vec<RoutedPart<'_>> = parts.iter().map(Part::as_routed).collect();
             when_space(stop, || {
                 broker.append_routed(&routed, producer, Some(&position))
             })
