@@ -13,7 +13,7 @@
 //! use sluice_sdk::json::{Pointer, find};
 //!
 //! let level = Pointer::parse("/log/level").unwrap();
-//! let doc = br#"{"log": {"level": "error", "n": [1, 2]}, "pad": "…"}"#;
+//! let doc = br#"{"log": {"level": "error", "n": [1, 2]}, "pad": "..."}"#;
 //! assert_eq!(find(doc, &level).unwrap(), Some(&br#""error""#[..]));
 //! assert_eq!(find(br#"{"log": {}}"#, &level).unwrap(), None);
 //! assert!(find(br#"{"log": {"level": "error"}"#, &level).is_err());
