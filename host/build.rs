@@ -10,6 +10,7 @@ use std::path::PathBuf;
 const BUILTIN: &[&str] = &[
     "blackhole",
     "datagen",
+    "fields",
     "file-sink",
     "file-source",
     "filter",
@@ -17,6 +18,7 @@ const BUILTIN: &[&str] = &[
     "http-source",
     "kafka-sink",
     "kafka-source",
+    "key",
     "mariadb-sink",
     "mqtt-sink",
     "mqtt-source",
@@ -27,10 +29,12 @@ const BUILTIN: &[&str] = &[
     "rabbitmq-source",
     "redis-sink",
     "redis-source",
+    "route",
     "socket-sink",
     "socket-source",
     "stomp-sink",
     "stomp-source",
+    "timestamp",
 ];
 
 fn main() {

@@ -177,6 +177,7 @@ mod read_buf;
 pub mod sink_offsets;
 pub mod state;
 pub mod template;
+pub mod testing;
 
 pub use read_buf::ReadBuf;
 

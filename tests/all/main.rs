@@ -13,6 +13,7 @@ mod chains;
 mod cli;
 mod cluster;
 mod crash;
+mod field_transforms;
 mod flow;
 mod http;
 mod kafka;

@@ -14,7 +14,7 @@
 //!
 //! A kept record is copied unchanged: key, value, timestamp and headers.
 
-use sluice_sdk::json::{Pointer, find};
+use sluice_sdk::json::{Otherwise, Pointer, find};
 use sluice_sdk::serde_json::{self, Value};
 use sluice_sdk::{Batch, BatchWriter, Context, Error, Rejects, Transform};
 
@@ -42,25 +42,11 @@ pub struct Config {
     /// What to do with a value that is not JSON: `refuse` (the default:
     /// dead-lettered with the reason), `drop` or `keep`.
     #[serde(default)]
-    pub not_json: NotJson,
+    pub not_json: Otherwise,
 }
 
 fn keep_by_default() -> bool {
     true
-}
-
-/// What becomes of a record whose value is not JSON.
-#[sluice_sdk::config]
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum NotJson {
-    /// Dead-lettered, with the parser's reason.
-    #[default]
-    Refuse,
-    /// Dropped silently.
-    Drop,
-    /// Kept, as if it passed.
-    Keep,
 }
 
 /// The one test a record's field is put to.
@@ -91,7 +77,7 @@ pub struct Filter {
     field: Pointer,
     test: Test,
     keep: bool,
-    not_json: NotJson,
+    not_json: Otherwise,
 }
 
 impl Filter {
@@ -129,12 +115,12 @@ impl Filter {
         match find(value, &self.field) {
             Ok(found) => Ok(self.test.passes(found) == self.keep),
             Err(e) => match self.not_json {
-                NotJson::Refuse => Err(format!(
+                Otherwise::Refuse => Err(format!(
                     "the value is not JSON ({e}), so filter cannot test {:?}",
                     self.field.to_text()
                 )),
-                NotJson::Drop => Ok(false),
-                NotJson::Keep => Ok(true),
+                Otherwise::Drop => Ok(false),
+                Otherwise::Keep => Ok(true),
             },
         }
     }

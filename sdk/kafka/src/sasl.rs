@@ -10,6 +10,7 @@ use std::fmt;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use sha2::{Digest, Sha256, Sha512};
+use sluice_sdk::hash::hmac;
 
 /// A SASL mechanism.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,25 +213,6 @@ fn nonce() -> String {
         bytes.extend_from_slice(&h.finish().to_le_bytes());
     }
     B64.encode(&bytes[..18])
-}
-
-/// HMAC (RFC 2104) over a SHA-2 digest.
-fn hmac<D: Digest + sha2::digest::core_api::BlockSizeUser>(key: &[u8], message: &[u8]) -> Vec<u8> {
-    let block = <D as sha2::digest::core_api::BlockSizeUser>::block_size();
-    let mut k = if key.len() > block {
-        D::digest(key).to_vec()
-    } else {
-        key.to_vec()
-    };
-    k.resize(block, 0);
-    let mut inner = D::new();
-    inner.update(k.iter().map(|b| b ^ 0x36).collect::<Vec<_>>());
-    inner.update(message);
-    let inner = inner.finalize();
-    let mut outer = D::new();
-    outer.update(k.iter().map(|b| b ^ 0x5c).collect::<Vec<_>>());
-    outer.update(inner);
-    outer.finalize().to_vec()
 }
 
 /// SCRAM's client proof and the server signature to expect.

@@ -1,7 +1,13 @@
-//! Finding one field of a JSON record without building the document: a
-//! [`Pointer`] (RFC 6901, `"/user/id"`) parsed once, and [`find`], which
-//! checks the whole value is JSON and returns the bytes of the field, in one
-//! pass that allocates nothing (unless a key on the path is escaped).
+//! JSON records for transforms: reading one field, editing a document.
+//!
+//! - [`find`]: one field of a record without building the document: a
+//!   [`Pointer`] (RFC 6901, `"/user/id"`) parsed once, and one pass that
+//!   checks the whole value is JSON and returns the bytes of the field,
+//!   allocating nothing (unless a key on the path is escaped).
+//! - [`Field`]: a transform's configured field of each record, with what
+//!   becomes of a record that lacks it or is not JSON ([`Otherwise`]).
+//! - [`Doc`]: a whole document, its object members in the order they came,
+//!   to drop, keep, rename and replace fields and write it back.
 //!
 //! Why not `serde_json::Value`: a transform reads one field of every
 //! record, and building the whole document to read it cost the `filter`
@@ -19,7 +25,14 @@
 //! assert!(find(br#"{"log": {"level": "error"}"#, &level).is_err());
 //! ```
 
+use std::borrow::Cow;
 use std::fmt;
+
+mod doc;
+mod field;
+
+pub use doc::Doc;
+pub use field::{Field, Otherwise, Skip};
 
 /// Nesting deeper than this is refused, as `serde_json` does: a scanner
 /// that recurses must not be able to overflow a plugin's stack.
@@ -330,6 +343,29 @@ impl<'a> Scanner<'a> {
             }
         }
         Ok(())
+    }
+}
+
+/// A found field read as text, as a key or a topic name takes it: a
+/// string's contents (escapes read), or a number's or a boolean's JSON
+/// text; `None` for `null`, an object or an array.
+///
+/// ```
+/// use sluice_sdk::json::scalar_text;
+///
+/// assert_eq!(scalar_text(br#""eu-\u0077est""#).as_deref(), Some("eu-west"));
+/// assert_eq!(scalar_text(b"42").as_deref(), Some("42"));
+/// assert_eq!(scalar_text(b"null"), None);
+/// assert_eq!(scalar_text(br#"{"a":1}"#), None);
+/// ```
+pub fn scalar_text(raw: &[u8]) -> Option<Cow<'_, str>> {
+    match raw.first()? {
+        b'"' if !raw.contains(&b'\\') => std::str::from_utf8(&raw[1..raw.len() - 1])
+            .ok()
+            .map(Cow::Borrowed),
+        b'"' => serde_json::from_slice::<String>(raw).ok().map(Cow::Owned),
+        b'-' | b'0'..=b'9' | b't' | b'f' => std::str::from_utf8(raw).ok().map(Cow::Borrowed),
+        _ => None,
     }
 }
 
