@@ -45,8 +45,9 @@ pub struct CheckedConnector {
 }
 
 /// A `[[transform]]` of a connector's chain, its plugin loaded and its
-/// config accepted by the plugin's schema.
-#[derive(Debug, Clone)]
+/// config accepted by the plugin's schema. Its `Debug` leaves out the
+/// config document, which may hold the connector's secrets.
+#[derive(Clone)]
 pub struct CheckedTransform {
     /// Its name in the manifest.
     pub name: String,
@@ -56,6 +57,15 @@ pub struct CheckedTransform {
     pub spec: Spec,
     /// The config as the JSON document the plugin receives.
     pub config_json: String,
+}
+
+impl std::fmt::Debug for CheckedTransform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckedTransform")
+            .field("name", &self.name)
+            .field("plugin", &self.plugin)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for CheckedConnector {
@@ -243,7 +253,7 @@ async fn check_one(
     if !problems.is_empty() {
         anyhow::bail!("{}", problems.join("\n\n"));
     }
-    let chain = check_chain(manifest, plugins, index, c).await?;
+    let chain = check_chain(manifest, plugins, index, c, &secrets).await?;
     Ok(CheckedConnector {
         chain,
         config: c.clone(),
@@ -262,13 +272,16 @@ async fn check_one(
 }
 
 /// Loads and checks the transforms of connector `index`'s chain (the
-/// manifest check has made sure each is defined).
+/// manifest check has made sure each is defined), each config's
+/// `${secret:NAME}` filled from the connector's `secrets`.
 async fn check_chain(
     manifest: &Manifest,
     plugins: &PluginHost,
     index: usize,
     c: &ConnectorConfig,
+    secrets: &Secrets,
 ) -> anyhow::Result<Vec<CheckedTransform>> {
+    let redactor = Redactor::new(secrets.values());
     let mut chain = Vec::new();
     for step in c.chain() {
         let Some((i, t)) = manifest
@@ -301,32 +314,34 @@ async fn check_chain(
                 plugin.name()
             )
         })?;
-        let config =
+        let mut config =
             serde_json::to_value(&t.config).context("turning [transform.config] into JSON")?;
-        let problems: Vec<String> =
-            spec.check_config(&config)?
-                .iter()
-                .map(|problem| {
-                    let field = problem.field();
-                    ManifestError::at(
-                    &manifest.path,
-                    &manifest.source,
-                    Some(t.name.span()),
-                    format!(
-                        "transform {step:?}: {} (checked against the config schema of plugin {})",
-                        problem.message,
-                        plugin.name()
-                    ),
-                )
-                .field(if field.is_empty() {
-                    format!("transform[{i}].config")
-                } else {
-                    format!("transform[{i}].config.{field}")
-                })
-                .help(schema_help(&spec.config_schema, &problem.pointer, plugin.name()))
-                .to_string()
-                })
-                .collect();
+        secrets.substitute(&mut config);
+        let mut problems = Vec::new();
+        for problem in spec.check_config(&config)? {
+            let field = problem.field();
+            let e = ManifestError::at(
+                &manifest.path,
+                &manifest.source,
+                Some(t.name.span()),
+                format!(
+                    "transform {step:?}: {} (checked against the config schema of plugin {})",
+                    problem.message,
+                    plugin.name()
+                ),
+            )
+            .field(if field.is_empty() {
+                format!("transform[{i}].config")
+            } else {
+                format!("transform[{i}].config.{field}")
+            })
+            .help(schema_help(
+                &spec.config_schema,
+                &problem.pointer,
+                plugin.name(),
+            ));
+            problems.push(redactor.redact(&e.to_string()).into_owned());
+        }
         if !problems.is_empty() {
             anyhow::bail!("{}", problems.join("\n\n"));
         }

@@ -193,7 +193,10 @@ fn fields_masks_with_a_keyed_hash_whose_key_is_a_granted_secret_and_never_shown(
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         let id = v["id"].as_u64().unwrap();
         let mask = v["email"].as_str().unwrap().to_owned();
-        assert_eq!(mask.len(), 64, "{line}");
+        assert_eq!(
+            mask,
+            hmac_hex("k3y-for-masking", &format!("u{}@example.com", id % 10))
+        );
         assert!(!line.contains("example.com"), "{line}");
         // The same email, the same mask; another, another.
         assert_eq!(
@@ -204,6 +207,85 @@ fn fields_masks_with_a_keyed_hash_whose_key_is_a_granted_secret_and_never_shown(
     }
     let distinct: std::collections::BTreeSet<_> = masks.values().collect();
     assert_eq!(distinct.len(), 10);
+}
+
+/// The hex HMAC-SHA256 of `text` under `key`: what `fields` masks with.
+fn hmac_hex(key: &str, text: &str) -> String {
+    sluice_sdk::hash::hmac::<sha2::Sha256>(key.as_bytes(), text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A file source of `users` whose chain masks `/email` with secret
+/// `pii_key`, granted to the source or not, into `out/`.
+fn chain_masking_manifest(dir: &Path, grant: bool) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir.join("in")).unwrap();
+    let users: String = (0..20)
+        .map(|i| format!(r#"{{"id":{i},"email":"u{i}@example.com"}}"#) + "\n")
+        .collect();
+    std::fs::write(dir.join("in/users.jsonl"), users).unwrap();
+    let mut users = source("users", "file-source", "masked")
+        .config("path", "/in")
+        .files("in", "/in", "read-only")
+        .set("transforms", vec!["mask"]);
+    if grant {
+        users = users.secret("pii_key", "env", "SLUICE_TEST_PII_KEY");
+    }
+    manifest()
+        .transform(
+            "mask",
+            "fields",
+            &[
+                ("mask", vec!["/email"].into()),
+                ("hash_key", "${secret:pii_key}".into()),
+            ],
+        )
+        .connector(users)
+        .connector(
+            sink("files", "file-sink", "masked")
+                .config("path", "/out")
+                .files("out", "/out", "read-write"),
+        )
+        .write(dir)
+}
+
+#[test]
+fn a_chains_transform_takes_its_secret_from_the_connector_that_runs_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = chain_masking_manifest(dir.path(), true);
+    let env = [("SLUICE_TEST_PII_KEY", "chain-k3y")];
+    let out = run_env(&["validate", manifest.to_str().unwrap()], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("chain mask (fields)"), "{shown}");
+    assert!(!shown.contains("chain-k3y"), "{shown}");
+    let out = run_env(&["run", "--no-progress", manifest.to_str().unwrap()], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("chain-k3y"), "{}", stderr(&out));
+    let lines = output_lines(&dir.path().join("out"));
+    assert_eq!(lines.len(), 20);
+    for line in &lines {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let id = v["id"].as_u64().unwrap();
+        let want = hmac_hex("chain-k3y", &format!("u{id}@example.com"));
+        assert_eq!(v["email"], want, "masked under the secret's value: {line}");
+    }
+
+    // Not granted to the source: refused, naming the transform's field.
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = chain_masking_manifest(dir.path(), false);
+    let out = run(&["validate", manifest.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(
+            "transform \"mask\" uses secret \"pii_key\", which source \"users\" does not grant"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("transform[0].config"), "{err}");
+    assert!(err.contains("[connector.grants.secrets]"), "{err}");
 }
 
 #[test]

@@ -36,6 +36,14 @@ pub async fn exec(args: Args, plugins: &PluginHost) -> anyhow::Result<ExitCode> 
                 .as_ref()
                 .map_or_else(String::new, |o| format!(" → {}", o.get_ref()))
         );
+        if !c.chain.is_empty() {
+            let steps: Vec<String> = c
+                .chain
+                .iter()
+                .map(|t| format!("{} ({})", t.name, t.plugin.name()))
+                .collect();
+            println!("  {:<16} {:<9} chain {}", "", "", steps.join(" → "));
+        }
     }
     println!();
     print!("{}", grants_table(&connectors));

@@ -5,7 +5,10 @@
 use std::collections::BTreeSet;
 
 use super::topic_template::TopicTemplate;
-use super::{BrokerKind, ConnectorConfig, ConnectorKind, Manifest, ManifestError};
+use super::{
+    BrokerKind, ConnectorConfig, ConnectorKind, Manifest, ManifestError, SECRET_REF_PREFIX,
+    secret_references,
+};
 
 impl Manifest {
     /// Checks the `[[transform]]` tables: each named, once.
@@ -63,11 +66,12 @@ impl Manifest {
             ));
         }
         for step in chain.get_ref() {
-            if !self
+            let Some((j, t)) = self
                 .transforms
                 .iter()
-                .any(|t| t.get_ref().name.get_ref() == step)
-            {
+                .enumerate()
+                .find(|(_, t)| t.get_ref().name.get_ref() == step)
+            else {
                 let defined: Vec<&str> = self
                     .transforms
                     .iter()
@@ -89,6 +93,33 @@ impl Manifest {
                         )
                     },
                 ));
+            };
+            // A step runs inside the connector's instance: its
+            // `${secret:NAME}` is filled from the connector's secrets.
+            for reference in secret_references(&t.get_ref().config) {
+                if !c.grants.secrets.contains_key(&reference) {
+                    let text = format!("{SECRET_REF_PREFIX}{reference}}}");
+                    let span = self
+                        .source
+                        .get(t.span())
+                        .and_then(|table| table.find(&text))
+                        .map(|at| t.span().start + at..t.span().start + at + text.len());
+                    return Err(self
+                        .error(
+                            span.unwrap_or(t.get_ref().name.span()),
+                            format!(
+                                "transform {step:?} uses secret {reference:?}, which {} {name:?} \
+                                 does not grant",
+                                c.kind
+                            ),
+                        )
+                        .field(format!("transform[{j}].config"))
+                        .help(format!(
+                            "a chain's transforms take their secrets from the connector that \
+                             runs them: `[connector.grants.secrets]` `{reference} = {{ env = \
+                             \"VARIABLE\" }}` in {name:?}"
+                        )));
+                }
             }
         }
         Ok(())

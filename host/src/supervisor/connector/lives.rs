@@ -290,7 +290,8 @@ impl Life for TransformLife {
 }
 
 /// Opens an instance of each transform of the connector's chain, for one
-/// life of one of its instances. A chain's transforms are granted nothing.
+/// life of one of its instances. A chain's transforms are granted nothing
+/// (their configs may hold the connector's secrets, filled in by the check).
 async fn open_chain(s: &Shared, c: &CheckedConnector) -> anyhow::Result<Chain> {
     let mut steps = Vec::with_capacity(c.chain.len());
     for t in &c.chain {
