@@ -289,7 +289,7 @@ fn offsets_reset_to_earliest_delivers_the_topic_again_and_only_while_stopped() {
 }
 
 /// One raw HTTP request; the status code.
-fn http(url: &str, method: &str, path: &str, auth: Option<&str>, body: &str) -> u16 {
+pub fn http(url: &str, method: &str, path: &str, auth: Option<&str>, body: &str) -> u16 {
     let addr = url.trim_start_matches("http://");
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     let auth = auth.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));

@@ -28,6 +28,7 @@ mod pipeline_e2e;
 mod plugin_contract;
 mod plugin_log;
 mod postgres;
+mod queryable_state;
 mod rabbitmq;
 mod redis;
 mod sandbox;

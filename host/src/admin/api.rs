@@ -34,7 +34,7 @@ use utoipa::OpenApi;
 use super::AdminError;
 use super::daemon::{
     ConnectorInfo, ConnectorStatus, ConnectorSummary, CreateRequest, Daemon, Offsets, PluginInfo,
-    ResetRequest, SwapOutcome, Validation,
+    ResetRequest, StateKeys, StateQuery, StateValue, SwapOutcome, Validation,
 };
 
 /// The API's OpenAPI document.
@@ -64,7 +64,9 @@ use super::daemon::{
         start,
         restart,
         get_offsets,
-        reset_offsets
+        reset_offsets,
+        state_keys,
+        state_value
     )
 )]
 pub struct ApiDoc;
@@ -142,6 +144,8 @@ pub fn router(daemon: Shared, token: Option<String>) -> Router {
         .route("/v1/connectors/{name}/restart", post(restart))
         .route("/v1/connectors/{name}/offsets", get(get_offsets))
         .route("/v1/connectors/{name}/offsets/reset", post(reset_offsets))
+        .route("/v1/connectors/{name}/state", get(state_keys))
+        .route("/v1/connectors/{name}/state/{*key}", get(state_value))
         .layer(axum::middleware::from_fn_with_state(token, require_token))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -463,6 +467,30 @@ async fn reset_offsets(
     Ok(Json(
         detached(async move { d.reset_offsets(&name, request).await }).await?,
     ))
+}
+
+/// The keys of a connector's plugin state (queryable state).
+#[utoipa::path(get, path = "/v1/connectors/{name}/state",
+    params(("name" = String, Path, description = "connector"), StateQuery),
+    responses((status = 200, body = StateKeys), (status = 400), (status = 404)))]
+async fn state_keys(
+    State(d): State<Shared>,
+    Path(name): Path<String>,
+    query: Result<Query<StateQuery>, QueryRejection>,
+) -> ApiResult<StateKeys> {
+    let Query(query) = query.map_err(|e| AdminError::Invalid(e.body_text()))?;
+    Ok(Json(d.state_keys(&name, query).await?))
+}
+
+/// One value of a connector's plugin state.
+#[utoipa::path(get, path = "/v1/connectors/{name}/state/{key}",
+    params(("name" = String, Path, description = "connector"), ("key" = String, Path, description = "state key")),
+    responses((status = 200, body = StateValue), (status = 404, description = "no such connector or key")))]
+async fn state_value(
+    State(d): State<Shared>,
+    Path((name, key)): Path<(String, String)>,
+) -> ApiResult<StateValue> {
+    Ok(Json(d.state_value(&name, &key).await?))
 }
 
 /// Serves the API on `listener` until `shutdown` resolves.

@@ -270,6 +270,9 @@ pub trait StateStore: Send + Sync {
     fn get(&self, key: &str) -> Option<Vec<u8>>;
     /// Writes a key durably, within the connector's quota.
     fn put(&self, key: &str, value: &[u8]) -> Result<(), StateError>;
+    /// The keys that start with `prefix`, in order, each with the length of
+    /// its value (for queryable state).
+    fn keys(&self, prefix: &str) -> Vec<(String, usize)>;
 }
 
 /// The broker a host runs on, whichever kind its manifest chose.

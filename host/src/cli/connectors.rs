@@ -102,6 +102,20 @@ enum ConnectorsCommand {
         #[arg(long)]
         partition: Option<u32>,
     },
+    /// Read a connector's plugin state: its keys, or the value of one
+    /// (queryable state).
+    State {
+        /// The connector.
+        name: String,
+        /// The key whose value to show; without it, the keys.
+        key: Option<String>,
+        /// Only keys that start with this.
+        #[arg(long, conflicts_with = "key")]
+        prefix: Option<String>,
+        /// At most this many keys.
+        #[arg(long, conflicts_with = "key", default_value_t = 1000)]
+        limit: usize,
+    },
     /// The daemon's metrics, in Prometheus text format.
     Metrics,
 }
@@ -209,6 +223,26 @@ async fn call(target: Target, command: ConnectorsCommand) -> anyhow::Result<Exit
                     .await
             }
         },
+        ConnectorsCommand::State {
+            name,
+            key: Some(key),
+            ..
+        } => {
+            let path = c(name, &format!("/state/{}", path_part(key)));
+            client.call(Method::GET, &path, None).await
+        }
+        ConnectorsCommand::State {
+            name,
+            key: None,
+            prefix,
+            limit,
+        } => {
+            let mut q = format!("/state?limit={limit}");
+            if let Some(p) = prefix {
+                q.push_str(&format!("&prefix={}", path_part(p)));
+            }
+            client.call(Method::GET, &c(name, &q), None).await
+        }
         ConnectorsCommand::Metrics => match client.text("/metrics").await {
             Ok(text) => {
                 print!("{text}");
@@ -260,6 +294,11 @@ async fn call(target: Target, command: ConnectorsCommand) -> anyhow::Result<Exit
             }
         }
         ConnectorsCommand::Offsets { .. } => print_offsets(&value),
+        ConnectorsCommand::State { key: Some(_), .. } => match value["text"].as_str() {
+            Some(t) => println!("{t}"),
+            None => println!("hex {}", text(&value["hex"])),
+        },
+        ConnectorsCommand::State { key: None, .. } => print_state_keys(&value),
         _ => {
             if let (Some(n), Some(d)) = (value["name"].as_str(), value["done"].as_str()) {
                 println!("{n}: {d}");
@@ -371,6 +410,19 @@ fn print_status(s: &Value) {
             text(&i["restarts"]),
             text(&i["records"]),
             i["last_error"]["message"].as_str().unwrap_or("-")
+        );
+    }
+}
+
+fn print_state_keys(s: &Value) {
+    println!("{:<40} {:>10}", "key", "bytes");
+    for k in s["keys"].as_array().into_iter().flatten() {
+        println!("{:<40} {:>10}", text(&k["key"]), text(&k["bytes"]));
+    }
+    if s["truncated"].as_bool() == Some(true) {
+        println!(
+            "… {} keys in all; --limit shows more, --prefix fewer",
+            text(&s["count"])
         );
     }
 }

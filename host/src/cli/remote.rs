@@ -81,12 +81,12 @@ pub fn absolute_plugin(plugin: &str) -> String {
 
 /// `name` escaped for one segment of a URL path.
 pub fn path_part(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c.to_string()
+    name.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') {
+                char::from(b).to_string()
             } else {
-                format!("%{:02X}", c as u32)
+                format!("%{b:02X}")
             }
         })
         .collect()

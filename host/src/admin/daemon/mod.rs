@@ -22,9 +22,11 @@
 
 mod cluster;
 mod lifecycle;
+mod state;
 mod store;
 mod views;
 
+pub use self::state::{StateKey, StateKeys, StateQuery, StateValue};
 pub use self::store::{Definition, DesiredState};
 pub use self::views::{
     ConnectorInfo, ConnectorStatus, ConnectorSummary, CreateRequest, ErrorInfo, InstanceStatus,

@@ -92,6 +92,16 @@ impl StateStore for NatsState {
             .cloned()
     }
 
+    fn keys(&self, prefix: &str) -> Vec<(String, usize)> {
+        let inner = self.values.lock().expect("state lock");
+        inner
+            .values
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.len()))
+            .collect()
+    }
+
     fn put(&self, key: &str, value: &[u8]) -> Result<(), StateError> {
         let mut inner = self.values.lock().expect("state lock");
         let bytes = self

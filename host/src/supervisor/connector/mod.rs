@@ -163,6 +163,11 @@ impl RunningConnector {
         Ok(running)
     }
 
+    /// Its plugin state, as its instances read and write it.
+    pub fn state(&self) -> &Arc<dyn StateStore> {
+        &self.state
+    }
+
     /// Its live report.
     pub fn report(&self) -> &Arc<ConnectorReport> {
         &self.report
