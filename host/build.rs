@@ -14,6 +14,7 @@ const BUILTIN: &[&str] = &[
     "file-sink",
     "file-source",
     "filter",
+    "http-enrich",
     "http-sink",
     "http-source",
     "kafka-sink",

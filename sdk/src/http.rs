@@ -257,8 +257,13 @@ impl Pending {
         }
     }
 
+    /// Something to wait on for the response.
+    pub(crate) fn subscribe(&self) -> wasip2::io::poll::Pollable {
+        self.future.subscribe()
+    }
+
     /// The response if it has come.
-    fn take(&self) -> Option<Result<Response, HttpError>> {
+    pub(crate) fn take(&self) -> Option<Result<Response, HttpError>> {
         let got = self.future.get()?;
         Some(match got {
             Ok(Ok(response)) => Response::new(response, &self.url),

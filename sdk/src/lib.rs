@@ -166,6 +166,7 @@ pub use serde;
 /// The `serde_json` this SDK uses, for plugins that handle JSON values.
 pub use serde_json;
 
+pub mod enrich;
 pub mod hash;
 pub mod http;
 pub mod json;

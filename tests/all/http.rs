@@ -14,10 +14,10 @@ use crate::common::*;
 /// A test server of `tests/peers/` (`http_receiver.py` unless said
 /// otherwise), listening on 127.0.0.1:`port`, keeping what it gets in
 /// `dir`.
-struct Receiver {
+pub struct Receiver {
     child: Child,
-    port: u16,
-    dir: PathBuf,
+    pub port: u16,
+    pub dir: PathBuf,
     script: &'static str,
     flags: Vec<String>,
 }
@@ -27,7 +27,7 @@ impl Receiver {
         Self::start_script("http_receiver.py", dir, flags)
     }
 
-    fn start_script(script: &'static str, dir: &Path, flags: &[&str]) -> Receiver {
+    pub fn start_script(script: &'static str, dir: &Path, flags: &[&str]) -> Receiver {
         let flags = flags.iter().map(|f| (*f).to_owned()).collect();
         // Port 0: the server takes a free port and says which.
         Self::on(script, 0, dir, flags)
@@ -82,7 +82,7 @@ impl Receiver {
         format!("http://127.0.0.1:{}/ingest", self.port)
     }
 
-    fn addr(&self) -> String {
+    pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 

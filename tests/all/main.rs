@@ -13,6 +13,7 @@ mod chains;
 mod cli;
 mod cluster;
 mod crash;
+mod enrich;
 mod field_transforms;
 mod flow;
 mod http;

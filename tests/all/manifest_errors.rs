@@ -100,7 +100,7 @@ fn a_missing_file_and_an_unknown_plugin_are_explained() {
     assert!(err.contains("unknown plugin \"datagem\""), "{err}");
     assert!(
         err.contains(
-            "datagen, fields, file-sink, file-source, filter, http-sink, http-source, kafka-sink, kafka-source, key, mariadb-sink, mqtt-sink, mqtt-source, postgres-cdc, postgres-sink, print, rabbitmq-sink, rabbitmq-source, redis-sink, redis-source, route, socket-sink, socket-source, stomp-sink, stomp-source, timestamp"
+            "datagen, fields, file-sink, file-source, filter, http-enrich, http-sink, http-source, kafka-sink, kafka-source, key, mariadb-sink, mqtt-sink, mqtt-source, postgres-cdc, postgres-sink, print, rabbitmq-sink, rabbitmq-source, redis-sink, redis-source, route, socket-sink, socket-source, stomp-sink, stomp-source, timestamp"
         ),
         "lists the built-ins: {err}"
     );
