@@ -8,6 +8,7 @@
 mod boundary;
 mod density;
 mod end_to_end;
+mod enrich;
 mod files;
 mod http;
 mod kafka;
@@ -84,6 +85,7 @@ enum Section {
     Rabbitmq,
     Kafka,
     Nats,
+    Enrich,
 }
 
 const PAYLOADS: [u32; 2] = [100, 1024];
@@ -199,6 +201,11 @@ fn main() -> anyhow::Result<()> {
     if wants(Section::Network) {
         let bin = end_to_end::sluice_binary()?;
         network_section(&mut report, &bin, work.path(), &work.path().join("cache"))?;
+    }
+
+    if wants(Section::Enrich) {
+        let bin = end_to_end::sluice_binary()?;
+        enrich::section(&mut report, &bin, work.path(), &work.path().join("cache"))?;
     }
 
     if wants(Section::Postgres) {

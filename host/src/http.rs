@@ -16,7 +16,7 @@
 //!   them, else [`DEFAULT_CONNECT_TIMEOUT`] and
 //!   [`DEFAULT_FIRST_BYTE_TIMEOUT`];
 //! - keep connections open for the next request to the same server (a few
-//!   a server, per instance), as any HTTP/1.1 client does.
+//!   hundred a server, per instance), as any HTTP/1.1 client does.
 //!
 //! A plugin waiting for a response waits through `wasi:io`, so the wait
 //! does not count against its `cpu` grant, and the host interrupts it to
@@ -219,8 +219,10 @@ struct PoolKey {
 #[derive(Clone, Default)]
 struct Pool(Arc<Mutex<HashMap<PoolKey, Vec<SendRequest<WasiBody>>>>>);
 
-/// Connections kept per server.
-const POOL_PER_SERVER: usize = 4;
+/// Connections kept per server: as many as an enrichment keeps in flight
+/// (`http-enrich`'s `concurrency`), so that it does not connect anew for
+/// most lookups.
+const POOL_PER_SERVER: usize = 256;
 
 impl Pool {
     /// A connection to `key` that is open and idle, if there is one.
