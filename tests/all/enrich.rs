@@ -118,3 +118,76 @@ fn lines_in(file: &std::path::Path) -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+/// `examples/enrich/lookup.py` on `port`, killed on drop.
+struct Lookup(std::process::Child);
+
+impl Lookup {
+    fn start(port: u16) -> Lookup {
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/enrich/lookup.py");
+        let mut child = std::process::Command::new("python3")
+            .arg(script)
+            .arg(port.to_string())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut first,
+        )
+        .unwrap();
+        assert_eq!(first.trim(), format!("listening {port}"));
+        Lookup(child)
+    }
+}
+
+impl Drop for Lookup {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_enrich_example_waits_for_its_service_and_enriches_every_order_once() {
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/enrich/sluice.toml");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = std::fs::read_to_string(&example)
+        .unwrap()
+        .replace("127.0.0.1:8099", &format!("127.0.0.1:{port}"));
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("sluice.toml");
+    std::fs::write(&manifest, text).unwrap();
+    // The service is not up yet: the transform waits for it, refusing
+    // nothing.
+    let mut host = Host::run(dir.path(), &manifest);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let _service = Lookup::start(port);
+    let ended = host.wait_for_exit(std::time::Duration::from_secs(120));
+    assert_eq!(ended.status.code(), Some(0), "{}", host.log());
+
+    let lines = output_lines(&dir.path().join("out"));
+    assert_eq!(lines.len(), 5000);
+    for (seq, line) in lines.iter().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["seq"], seq, "in order: {line}");
+        assert!(v.get("pad").is_none(), "trimmed: {line}");
+        if seq % 13 == 0 {
+            assert!(v.get("user").is_none(), "404, as it was: {line}");
+        } else {
+            assert_eq!(v["user"]["name"], format!("user-{seq}"), "{line}");
+        }
+    }
+    assert!(
+        host.log().contains("the lookup service answered nothing"),
+        "the wait is said: {}",
+        host.log()
+    );
+}
