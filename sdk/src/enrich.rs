@@ -11,10 +11,12 @@
 //! 2xx is [`Answer::Found`] with its body, a 404 [`Answer::Missing`]; any
 //! other answer, or a passing failure that outlasts the retries, fails the
 //! key for good with the reason, which the transform dead-letters with its
-//! records. A batch whose lookups all failed without the service answering
-//! at all (it is down, or away) is a retriable error instead: the host
-//! waits and tries the batch again, and nothing is dead-lettered for an
-//! outage.
+//! records. A batch none of whose lookups came to a definite end (none
+//! answered from the cache, and each failed to connect, timed out or got
+//! 408, 429 or 5xx to the last try: the service is down, or failing as a
+//! whole) is a retriable error
+//! instead: the host waits and tries the batch again, and nothing is
+//! dead-lettered for an outage.
 //!
 //! The answers come back in the order they arrived, so a transform can emit
 //! its records in input order (collect, then write; Flink's `ordered`) or
@@ -53,16 +55,21 @@ use std::time::{Duration, Instant};
 use crate::Error;
 use crate::http::{HttpError, Pending, Request, Response};
 
+/// The longest wait between two tries of a lookup.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
 /// How lookups are made.
 #[derive(Debug, Clone)]
 pub struct Options {
     /// Requests in flight at once, at most.
     pub concurrency: usize,
-    /// One attempt's limit: connecting, the response's head, and its body.
+    /// One attempt's limits: on connecting, on the response's head, and
+    /// on its body, each.
     pub timeout: Duration,
     /// Attempts after the first, for a passing failure.
     pub retries: u32,
-    /// The wait before the first retry; each next one doubles it.
+    /// The wait before the first retry; each next one doubles it, up to
+    /// [`MAX_BACKOFF`].
     pub backoff: Duration,
     /// The longest `Retry-After` obeyed.
     pub max_retry_after: Duration,
@@ -169,9 +176,13 @@ impl Enricher {
             })
             .collect();
         let mut flying: Vec<(Attempt, Pending)> = Vec::new();
-        // Whether the service answered anything: if not, it is away, and
-        // the batch waits for it rather than dead-lettering every record.
-        let mut heard = distinct.is_empty();
+        // Whether any lookup came to a definite end (an answer, the cache's
+        // included, or a refusal that trying again cannot change): if none
+        // did, the service is down or failing as a whole, and the batch
+        // waits for it rather than dead-lettering every record. (A batch of
+        // cached keys and one that always fails is the service working,
+        // and that key's records are dead-lettered.)
+        let mut heard = distinct.is_empty() || !answers.is_empty();
         while !queue.is_empty() || !flying.is_empty() {
             // Send what may go now, up to the limit.
             let now = Instant::now();
@@ -193,6 +204,7 @@ impl Enricher {
                     Err(HttpError::Interrupted) => return Err(interrupted()),
                     Err(e @ HttpError::Denied(_)) => return Err(e.into()),
                     Err(HttpError::Url(why)) => {
+                        heard = true;
                         let tried = Tried::Done(Err(format!("bad URL: {why}")));
                         self.settle(attempt, tried, &distinct, &mut later, &mut answers);
                     }
@@ -233,19 +245,23 @@ impl Enricher {
                 };
                 let (attempt, _) = flying.swap_remove(i);
                 let tried = match done {
-                    Ok(response) => {
-                        heard = true;
-                        self.answer(response)
-                    }
+                    Ok(response) => self.answer(response),
                     Err(HttpError::Interrupted) => return Err(interrupted()),
                     Err(e) => passing(e),
                 };
+                if matches!(&tried, Tried::Again { why, .. } if why == INTERRUPTED) {
+                    return Err(interrupted());
+                }
+                heard |= matches!(tried, Tried::Done(_));
                 self.settle(attempt, tried, &distinct, &mut queue, &mut answers);
             }
         }
+        if crate::interrupted() {
+            return Err(interrupted());
+        }
         if !heard && let Some((_, Err(why))) = answers.iter().find(|(_, a)| a.is_err()) {
             return Err(Error::Retriable(format!(
-                "the lookup service answered nothing: {why}"
+                "the lookup service is down or failing (no lookup of the batch came to an end): {why}"
             )));
         }
         Ok(answers)
@@ -277,7 +293,11 @@ impl Enricher {
                 answers.push((key, Err(format!("{why} ({tries} tries)"))));
             }
             Tried::Again { after, .. } => {
-                let backoff = self.options.backoff * 2u32.saturating_pow(attempt.made);
+                let backoff = self
+                    .options
+                    .backoff
+                    .checked_mul(2u32.saturating_pow(attempt.made))
+                    .map_or(MAX_BACKOFF, |b| b.min(MAX_BACKOFF));
                 let wait = after.map_or(backoff, |a| a.min(self.options.max_retry_after));
                 queue.push_back(Attempt {
                     key: attempt.key,
@@ -329,7 +349,7 @@ fn read_body(response: Response, limit: Duration, out: &mut Vec<u8>) -> Result<(
             Ok(0) => return Ok(()),
             Ok(n) => out.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-            Err(e) if e.kind() == ErrorKind::Interrupted => return Err("interrupted".into()),
+            Err(e) if e.kind() == ErrorKind::Interrupted => return Err(INTERRUPTED.into()),
             Err(e) => return Err(format!("reading the body: {e}")),
         }
     }
@@ -342,6 +362,9 @@ fn passing(e: HttpError) -> Tried {
         after: None,
     }
 }
+
+/// What [`read_body`] says when the host interrupted the read.
+const INTERRUPTED: &str = "interrupted";
 
 fn interrupted() -> Error {
     Error::Retriable("interrupted while looking up (stop, pause or swap)".into())

@@ -81,6 +81,10 @@ pub fn absolute_plugin(plugin: &str) -> String {
 
 /// `name` escaped for one segment of a URL path.
 pub fn path_part(name: &str) -> String {
+    if name.bytes().all(|b| b == b'.') {
+        // `.` and `..` would be read as the path's own steps.
+        return name.bytes().map(|_| "%2E").collect();
+    }
     name.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') {

@@ -25,10 +25,10 @@
 //!   the reason), dropped or kept as it was.
 //!
 //! A lookup that fails for good (another 4xx, an answer that is not JSON,
-//! retries used up) refuses its records with the reason. A batch whose
-//! lookups all failed without the service answering at all waits for it
-//! (a retriable error: the host backs off and sends the batch again), so an
-//! outage dead-letters nothing.
+//! retries used up) refuses its records with the reason. A batch none of
+//! whose lookups came to an end (the service is down, or failing as a
+//! whole) waits for it (a retriable error: the host backs off and sends the
+//! batch again), so an outage dead-letters nothing.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -131,6 +131,12 @@ pub struct HttpEnrich {
 
 impl HttpEnrich {
     fn new(config: Config) -> Result<HttpEnrich, Error> {
+        if !(config.url.starts_with("http://") || config.url.starts_with("https://")) {
+            return Err(Error::invalid_config(format!(
+                "url = {:?} is not an http:// or https:// URL",
+                config.url
+            )));
+        }
         if !config.url.contains("{key}") {
             return Err(Error::invalid_config(format!(
                 "url = {:?} does not say where the key goes: write {{key}} in it, \
@@ -150,6 +156,11 @@ impl HttpEnrich {
         if config.into.is_empty() {
             return Err(Error::invalid_config(
                 "into is empty: name the member that takes the answer, e.g. into = \"user\"",
+            ));
+        }
+        if config.timeout_ms == 0 {
+            return Err(Error::invalid_config(
+                "timeout_ms = 0 leaves no time for an answer: give the longest wait, e.g. 1000",
             ));
         }
         if config.concurrency == 0 {
@@ -327,6 +338,14 @@ mod tests {
     fn a_config_says_what_to_fix() {
         let e = enrich(r#"{"url": "http://h/users", "field": "/id", "into": "user"}"#).unwrap_err();
         assert!(e.to_string().contains("write {key} in it"), "{e}");
+        let e = enrich(r#"{"url": "h/{key}", "key": true, "into": "u"}"#).unwrap_err();
+        assert!(
+            e.to_string().contains("not an http:// or https:// URL"),
+            "{e}"
+        );
+        let e = enrich(r#"{"url": "http://h/{key}", "key": true, "into": "u", "timeout_ms": 0}"#)
+            .unwrap_err();
+        assert!(e.to_string().contains("no time"), "{e}");
         let e = enrich(r#"{"url": "http://h/{key}", "into": "user"}"#).unwrap_err();
         assert!(e.to_string().contains("look up by one thing"), "{e}");
         let e = enrich(r#"{"url": "http://h/{key}", "key": true, "into": "u", "concurrency": 0}"#)

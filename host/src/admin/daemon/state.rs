@@ -122,13 +122,19 @@ impl Daemon {
             ))
         })?;
         let bytes = value.len();
-        let value = mask(value, &secrets);
         let (text, hex) = match String::from_utf8(value) {
-            Ok(text) => (Some(text), None),
-            Err(e) => (
-                None,
-                Some(e.as_bytes().iter().map(|b| format!("{b:02x}")).collect()),
-            ),
+            // The redactor of logs: escaped and multi-line forms too.
+            Ok(text) => {
+                let redactor = Redactor::new(secrets.iter().map(String::as_str));
+                (Some(redactor.redact(&text).into_owned()), None)
+            }
+            Err(e) => {
+                let masked = mask(e.into_bytes(), &secrets);
+                (
+                    None,
+                    Some(masked.iter().map(|b| format!("{b:02x}")).collect()),
+                )
+            }
         };
         Ok(StateValue {
             name: name.to_owned(),
@@ -140,10 +146,12 @@ impl Daemon {
     }
 }
 
-/// `value` with every occurrence of a secret replaced by
-/// [`crate::secrets::MASK`].
+/// `value` (not UTF-8) with every occurrence of a secret replaced by
+/// [`crate::secrets::MASK`], the longest secrets first.
 fn mask(mut value: Vec<u8>, secrets: &[String]) -> Vec<u8> {
-    for secret in secrets.iter().map(String::as_bytes) {
+    let mut secrets: Vec<&[u8]> = secrets.iter().map(String::as_bytes).collect();
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    for secret in secrets {
         if secret.is_empty() {
             continue;
         }
@@ -169,10 +177,10 @@ mod tests {
 
     #[test]
     fn a_secret_in_a_value_is_masked_wherever_it_stands() {
-        let secrets = ["pw".to_owned(), String::new()];
+        let secrets = ["pw".to_owned(), String::new(), "pwd".to_owned()];
         assert_eq!(
-            mask(b"a pw, pwpw\xff".to_vec(), &secrets),
-            b"a ***, ******\xff"
+            mask(b"a pw, pwpw pwd\xff".to_vec(), &secrets),
+            b"a ***, ****** ***\xff"
         );
         assert_eq!(mask(b"nothing".to_vec(), &secrets), b"nothing");
     }
