@@ -452,6 +452,14 @@ impl Broker for HostBroker {
         each!(self, b => b.connector_state(connector, quota))
     }
 
+    fn read_connector_state(
+        &self,
+        connector: &str,
+        quota: StateQuota,
+    ) -> Result<std::collections::BTreeMap<String, Vec<u8>>, BrokerError> {
+        each!(self, b => b.read_connector_state(connector, quota))
+    }
+
     fn reopen_producer(&self, producer: &str) -> Result<(), BrokerError> {
         each!(self, b => b.reopen_producer(producer))
     }
@@ -603,6 +611,22 @@ pub trait Broker: Send + Sync + 'static {
         connector: &str,
         quota: StateQuota,
     ) -> Result<Arc<dyn StateStore>, BrokerError>;
+
+    /// What `connector`'s durable plugin state holds now, read without
+    /// changing anything (for queryable state while it is not running
+    /// here). May block on disk or the network.
+    fn read_connector_state(
+        &self,
+        connector: &str,
+        quota: StateQuota,
+    ) -> Result<std::collections::BTreeMap<String, Vec<u8>>, BrokerError> {
+        let state = self.connector_state(connector, quota)?;
+        Ok(state
+            .keys("")
+            .into_iter()
+            .filter_map(|(k, _)| state.get(&k).map(|v| (k, v)))
+            .collect())
+    }
 
     /// Forgets what this host remembers of `producer`'s writes (its
     /// position, the stream sequence its next write expects, the ends of

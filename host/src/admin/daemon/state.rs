@@ -5,9 +5,13 @@
 //!
 //! A running connector is read from the store its instances write (what
 //! they stored a moment ago); a stopped one, or one run by another host
-//! of a cluster, from the broker, where every put is durable. A value is
+//! of a cluster, from the broker, where every put is durable, without
+//! changing anything there. A value is
 //! shown as text when it is UTF-8 and as hex otherwise, and the
 //! connector's secret values are masked in it as in its logs.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -68,26 +72,55 @@ pub struct StateQuery {
     pub limit: Option<usize>,
 }
 
+/// Where a state is read from.
+enum Held {
+    /// The store the running instances write.
+    Live(Arc<dyn StateStore>),
+    /// What the broker holds, read once.
+    Read(BTreeMap<String, Vec<u8>>),
+}
+
+impl Held {
+    fn keys(&self, prefix: &str) -> Vec<(String, usize)> {
+        match self {
+            Held::Live(store) => store.keys(prefix),
+            Held::Read(values) => values
+                .range(prefix.to_owned()..)
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .map(|(k, v)| (k.clone(), v.len()))
+                .collect(),
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<Vec<u8>> {
+        match self {
+            Held::Live(store) => store.get(key),
+            Held::Read(values) => values.get(key).cloned(),
+        }
+    }
+}
+
 impl Daemon {
-    /// The store to read connector `name`'s state from, and its secret
-    /// values (to mask).
-    async fn state_of(
-        &self,
-        name: &str,
-    ) -> Result<(std::sync::Arc<dyn StateStore>, Vec<String>), AdminError> {
+    /// Connector `name`'s state, and its secret values (to mask).
+    async fn state_of(&self, name: &str) -> Result<(Held, Vec<String>), AdminError> {
         let entry = self.entry(name)?;
         let m = self.lock(&entry).await?;
         let secrets = m.checked.secrets.values().map(str::to_owned).collect();
-        let store = match &m.running {
+        let held = match &m.running {
             // In a cluster another host may run some of its instances:
             // only the broker has every put.
-            Some(running) if self.cluster.is_none() => running.state().clone(),
-            _ => self
-                .broker
-                .connector_state(name, m.checked.grants.state)
-                .map_err(internal)?,
+            Some(running) if self.cluster.is_none() => Held::Live(running.state().clone()),
+            _ => {
+                let (broker, name, quota) =
+                    (self.broker.clone(), name.to_owned(), m.checked.grants.state);
+                let read =
+                    tokio::task::spawn_blocking(move || broker.read_connector_state(&name, quota))
+                        .await
+                        .map_err(internal)?;
+                Held::Read(read.map_err(internal)?)
+            }
         };
-        Ok((store, secrets))
+        Ok((held, secrets))
     }
 
     /// The keys of connector `name`'s state.

@@ -255,6 +255,14 @@ impl Broker for EmbeddedLog {
         Ok(Arc::new(state))
     }
 
+    fn read_connector_state(
+        &self,
+        connector: &str,
+        _quota: StateQuota,
+    ) -> Result<std::collections::BTreeMap<String, Vec<u8>>, BrokerError> {
+        plugin_state::read(&self.inner.dir.join("state"), connector)
+    }
+
     /// Forgets a deleted connector: its group's committed offsets and
     /// subscription, and its plugin's durable state. Source positions stay
     /// in the log's frames, keyed by the connector's name: a connector

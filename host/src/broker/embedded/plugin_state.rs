@@ -160,6 +160,29 @@ impl ConnectorState {
     }
 }
 
+/// What the state of `connector` in `dir` holds, read without changing
+/// anything: no file is made, migrated or cut (a torn tail is left for the
+/// next open to cut, and not read).
+pub fn read(dir: &Path, connector: &str) -> Result<BTreeMap<String, Vec<u8>>, BrokerError> {
+    let path = dir.join(format!("{connector}.state"));
+    match std::fs::read(&path) {
+        Ok(bytes) => Ok(replay(&bytes).0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let legacy = dir.join(format!("{connector}.json"));
+            match std::fs::read_to_string(&legacy) {
+                Ok(text) => serde_json::from_str(&text).map_err(|e| BrokerError::Corrupt {
+                    path: legacy,
+                    byte: 0,
+                    why: format!("connector state is not valid JSON: {e}"),
+                }),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+                Err(e) => Err(io("cannot read", &legacy)(e)),
+            }
+        }
+        Err(e) => Err(io("cannot read", &path)(e)),
+    }
+}
+
 /// Reads a JSON state of an older Sluice and stores it as records.
 fn migrate(legacy: &Path, path: &Path) -> Result<(), BrokerError> {
     let text = std::fs::read_to_string(legacy).map_err(io("cannot read", legacy))?;
@@ -286,6 +309,26 @@ mod tests {
         drop(s);
         let s = ConnectorState::open(dir.path(), "c", ROOMY).unwrap();
         assert_eq!(s.get("after").unwrap(), b"ok");
+    }
+
+    #[test]
+    fn reading_a_state_changes_nothing_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let nowhere = dir.path().join("state");
+        assert!(read(&nowhere, "c").unwrap().is_empty());
+        assert!(!nowhere.exists(), "no folder made");
+        let s = ConnectorState::open(dir.path(), "c", ROOMY).unwrap();
+        s.put("kept", b"yes").unwrap();
+        drop(s);
+        let path = dir.path().join("c.state");
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(&encode("torn", b"value")[..10]).unwrap();
+        drop(f);
+        let torn = std::fs::metadata(&path).unwrap().len();
+        let values = read(dir.path(), "c").unwrap();
+        assert_eq!(values.len(), 1);
+        assert_eq!(values["kept"], b"yes");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), torn, "not cut");
     }
 
     #[test]
