@@ -60,6 +60,10 @@ pub enum Filter {
     Chain,
     /// As a transform connector between the source's topic and the sink's.
     Connector,
+    /// Not a filter: a `timestamp` step in the source's chain, setting each
+    /// record's time from its `seq` (one JSON field read, the record copied
+    /// with a new timestamp), the cost of the field transforms.
+    Timestamp,
 }
 
 impl Run {
@@ -116,13 +120,18 @@ kind = "sink"
 plugin = "blackhole"
 {sink_topics}
 {report}"#,
-            filter_table = if self.filter == Filter::Chain {
-                "[[transform]]\nname = \"keep\"\nplugin = \"filter\"\n[transform.config]\n\
-                 field = \"/seq\"\nexists = true\n"
-            } else {
-                ""
+            filter_table = match self.filter {
+                Filter::Chain => {
+                    "[[transform]]\nname = \"keep\"\nplugin = \"filter\"\n[transform.config]\n\
+                     field = \"/seq\"\nexists = true\n"
+                }
+                Filter::Timestamp => {
+                    "[[transform]]\nname = \"keep\"\nplugin = \"timestamp\"\n[transform.config]\n\
+                     field = \"/seq\"\n"
+                }
+                Filter::None | Filter::Connector => "",
             },
-            chain = if self.filter == Filter::Chain {
+            chain = if matches!(self.filter, Filter::Chain | Filter::Timestamp) {
                 "\ntransforms = [\"keep\"]"
             } else {
                 ""

@@ -275,6 +275,19 @@ pub trait StateStore: Send + Sync {
     fn keys(&self, prefix: &str) -> Vec<(String, usize)>;
 }
 
+/// The keys of `values` that start with `prefix`, in order, each with the
+/// length of its value: [`StateStore::keys`] of a state held as a map.
+pub fn keys_in(
+    values: &std::collections::BTreeMap<String, Vec<u8>>,
+    prefix: &str,
+) -> Vec<(String, usize)> {
+    values
+        .range(prefix.to_owned()..)
+        .take_while(|(k, _)| k.starts_with(prefix))
+        .map(|(k, v)| (k.clone(), v.len()))
+        .collect()
+}
+
 /// The broker a host runs on, whichever kind its manifest chose.
 #[derive(Debug)]
 pub enum HostBroker {

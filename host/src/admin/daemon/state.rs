@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Daemon, internal};
 use crate::admin::AdminError;
-use crate::broker::{Broker, StateStore};
+use crate::broker::{Broker, StateStore, keys_in};
 use crate::secrets::Redactor;
 
 /// At most this many keys in one listing unless the request asks.
@@ -84,11 +84,7 @@ impl Held {
     fn keys(&self, prefix: &str) -> Vec<(String, usize)> {
         match self {
             Held::Live(store) => store.keys(prefix),
-            Held::Read(values) => values
-                .range(prefix.to_owned()..)
-                .take_while(|(k, _)| k.starts_with(prefix))
-                .map(|(k, v)| (k.clone(), v.len()))
-                .collect(),
+            Held::Read(values) => keys_in(values, prefix),
         }
     }
 

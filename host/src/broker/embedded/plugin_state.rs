@@ -25,7 +25,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use super::super::{BrokerError, StateError, StateQuota, StateStore};
+use super::super::{BrokerError, StateError, StateQuota, StateStore, keys_in};
 use super::state::write_atomic;
 
 /// Bytes of dead records a state file may carry before it is compacted, on
@@ -207,13 +207,7 @@ impl StateStore for ConnectorState {
     }
 
     fn keys(&self, prefix: &str) -> Vec<(String, usize)> {
-        let inner = self.inner.lock().expect("state lock");
-        inner
-            .values
-            .range(prefix.to_owned()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, v)| (k.clone(), v.len()))
-            .collect()
+        keys_in(&self.inner.lock().expect("state lock").values, prefix)
     }
 
     fn put(&self, key: &str, value: &[u8]) -> Result<(), StateError> {

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures_util::TryStreamExt;
 use tokio::runtime::Handle;
 
-use super::super::{BrokerError, StateError, StateQuota, StateStore};
+use super::super::{BrokerError, StateError, StateQuota, StateStore, keys_in};
 use super::{names, nats_err, wait};
 
 /// Every key of `store` that starts with `prefix`.
@@ -93,13 +93,7 @@ impl StateStore for NatsState {
     }
 
     fn keys(&self, prefix: &str) -> Vec<(String, usize)> {
-        let inner = self.values.lock().expect("state lock");
-        inner
-            .values
-            .range(prefix.to_owned()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, v)| (k.clone(), v.len()))
-            .collect()
+        keys_in(&self.values.lock().expect("state lock").values, prefix)
     }
 
     fn put(&self, key: &str, value: &[u8]) -> Result<(), StateError> {
