@@ -119,6 +119,45 @@ fn lines_in(file: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
+#[test]
+fn http_enrich_without_its_service_in_net_is_refused_before_a_request_leaves() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Receiver::start_script("lookup_server.py", &dir.path().join("service"), &[]);
+    std::fs::create_dir_all(dir.path().join("in")).unwrap();
+    std::fs::write(dir.path().join("in/events.jsonl"), "{\"user_id\":1}\n").unwrap();
+    let other = format!("127.0.0.1:{}", server.port + 1);
+    let manifest = manifest()
+        .connector(
+            source("events", "file-source", "events")
+                .config("path", "/in")
+                .files("in", "/in", "read-only"),
+        )
+        .connector(
+            transform("enrich", "http-enrich", "events", "enriched")
+                .config(
+                    "url",
+                    format!("http://127.0.0.1:{}/users/{{key}}", server.port).as_str(),
+                )
+                .config("field", "/user_id")
+                .config("into", "user")
+                .grant("net", vec![other.as_str()])
+                .restart("attempts", 0),
+        )
+        .write(dir.path());
+    let err = run_refused(&manifest);
+    assert!(
+        err.contains(&format!(
+            "refused to connect to {}, which no `net` grant allows",
+            server.addr()
+        )) && err.contains("the connector's net grant does not allow this peer"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("service/requests").exists(),
+        "no request reached the service"
+    );
+}
+
 /// `examples/enrich/lookup.py` on `port`, killed on drop.
 struct Lookup(std::process::Child);
 
