@@ -302,6 +302,19 @@ impl Connector {
         self.sub("batch", key, value)
     }
 
+    /// Makes it a hybrid source: `[connector.hybrid]` runs `plugin` with
+    /// `config` once the connector's own plugin has ended.
+    pub fn hybrid(mut self, plugin: &str, config: &[(&str, toml::Value)]) -> Self {
+        let h = table(&mut self.0, "hybrid");
+        h.insert("plugin".into(), plugin.into());
+        let config: toml::Table = config
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect();
+        h.insert("config".into(), config.into());
+        self
+    }
+
     /// Grants the host directory `host` (beside the manifest) at `guest`,
     /// `mode` `"read-only"` or `"read-write"`.
     pub fn files(mut self, host: &str, guest: &str, mode: &str) -> Self {

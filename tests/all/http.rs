@@ -67,9 +67,19 @@ impl Receiver {
 
     /// SIGKILLs it, and starts another on the same port and folder.
     fn kill_and_restart(&mut self, down: Duration) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
+        self.kill();
         std::thread::sleep(down);
+        self.start_again();
+    }
+
+    /// SIGKILLs it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port and folder, after [`Self::kill`].
+    pub fn start_again(&mut self) {
         *self = Self::on(
             self.script,
             self.port,
@@ -115,7 +125,7 @@ impl Drop for Receiver {
     }
 }
 
-fn lines_of(file: &Path) -> Vec<String> {
+pub fn lines_of(file: &Path) -> Vec<String> {
     std::fs::read_to_string(file)
         .unwrap_or_default()
         .lines()

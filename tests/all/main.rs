@@ -17,6 +17,7 @@ mod enrich;
 mod field_transforms;
 mod flow;
 mod http;
+mod hybrid;
 mod kafka;
 mod kafka_tansu;
 mod layout;

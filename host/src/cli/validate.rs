@@ -44,6 +44,12 @@ pub async fn exec(args: Args, plugins: &PluginHost) -> anyhow::Result<ExitCode> 
                 .collect();
             println!("  {:<16} {:<9} chain {}", "", "", steps.join(" → "));
         }
+        if let Some(h) = &c.hybrid {
+            println!(
+                "  {:<16} {:<9} then {} {} (live, once {} has ended)",
+                "", "", h.spec.name, h.spec.version, c.spec.name
+            );
+        }
     }
     println!();
     print!("{}", grants_table(&connectors));

@@ -178,6 +178,7 @@ impl Manifest {
                 route = Some(template);
             }
             self.check_chain(i, c)?;
+            self.check_hybrid(i, c)?;
             if let Some(t) = &c.dead_letter_topic {
                 if !c.has_dead_letters() {
                     return Err(self
@@ -487,7 +488,11 @@ impl Manifest {
 
     /// Where `text` first appears in the manifest, at or after connector
     /// `i`'s table.
-    fn config_span_of_text(&self, i: usize, text: &str) -> Option<std::ops::Range<usize>> {
+    pub(super) fn config_span_of_text(
+        &self,
+        i: usize,
+        text: &str,
+    ) -> Option<std::ops::Range<usize>> {
         let from = self.connectors.get(i)?.span().start;
         let at = self.source.get(from..)?.find(text)? + from;
         Some(at..at + text.len())

@@ -15,19 +15,23 @@
 //!   what the rest of the host asks of them (a topic's policy, a path
 //!   resolved beside the manifest).
 //! - `check`: loading, and what the types alone cannot check, once;
-//!   `check_broker`: the same for `[broker]`'s NATS settings.
+//!   `check_broker`: the same for `[broker]`'s NATS settings;
+//!   `check_transforms` for transforms and chains; `check_hybrid` for a
+//!   hybrid source's `[connector.hybrid]`.
 //! - `resolved`: what the check makes of sizes, durations and net rules
 //!   ([`Limits`], [`RestartPolicy`], [`TopicPolicy`]), and every default.
 //! - `error`: [`ManifestError`], located at file, line and column.
 //! - `units`: sizes and durations as a manifest writes them.
 //! - `net`: a `net` grant's entry ([`NetRule`]), parsed once here.
-//! - `secret_ref`: the `${secret:NAME}` references in a config.
+//! - `secret_ref`: the `${secret:NAME}` and `${switch:NAME}` references in
+//!   a config.
 //!
 //! Nothing here imports the rest of the host: the manifest is the bottom
 //! layer that `grants`, `secrets` and everything else read.
 
 mod check;
 mod check_broker;
+mod check_hybrid;
 mod check_transforms;
 mod error;
 mod net;
@@ -46,10 +50,12 @@ pub use self::resolved::{
 };
 pub use self::schema::{
     BatchConfig, BrokerConfig, BrokerKind, BrokerTls, ConnectorConfig, ConnectorKind,
-    DEFAULT_NATS_URL, FileGrant, FileMode, FsyncPolicy, GrantsConfig, HttpGrant, Manifest,
-    RestartConfig, SecretSource, TlsGrant, TopicSettings, TransformConfig,
+    DEFAULT_NATS_URL, FileGrant, FileMode, FsyncPolicy, GrantsConfig, HttpGrant, HybridConfig,
+    Manifest, RestartConfig, SecretSource, TlsGrant, TopicSettings, TransformConfig,
 };
-pub use self::secret_ref::{SECRET_REF_PREFIX, secret_references};
+pub use self::secret_ref::{
+    SECRET_REF_PREFIX, SWITCH_REF_PREFIX, SWITCH_TIMESTAMP_MS, secret_references, switch_references,
+};
 pub use self::topic_template::{RouteError, TopicTemplate, check_topic_name};
 pub use self::units::{format_bytes, format_size};
 #[cfg(test)]

@@ -412,6 +412,20 @@ pub struct ConnectorConfig {
     #[serde(default)]
     pub transforms: Option<Spanned<Vec<String>>>,
 
+    /// Sources: a hybrid source (Flink's `HybridSource`). `plugin` runs
+    /// first, over a bounded backlog, until it ends; then this live source
+    /// runs, in the same instance and grants, writing the same topic. Its
+    /// config may use `${switch:timestamp_ms}`: the newest record timestamp
+    /// the first one stored (or, if none carried one, the time it ended).
+    ///
+    /// ```toml
+    /// [connector.hybrid]
+    /// plugin = "kafka-source"
+    /// config = { topics = ["orders"], start = "${switch:timestamp_ms}" }
+    /// ```
+    #[serde(default)]
+    pub hybrid: Option<Spanned<HybridConfig>>,
+
     /// How many instances to run. Default 1.
     ///
     /// ```toml
@@ -578,6 +592,31 @@ pub struct TransformConfig {
     /// [transform.config]
     /// field = "/level"
     /// equals = "error"
+    /// ```
+    #[serde(default)]
+    pub config: toml::Table,
+}
+
+/// `[connector.hybrid]`: the live source a hybrid source runs once its
+/// bounded one (the connector's `plugin`) has ended.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HybridConfig {
+    /// A built-in source's name, or the path of a `.wasm` component.
+    ///
+    /// ```toml
+    /// plugin = "socket-source"
+    /// ```
+    pub plugin: Spanned<String>,
+
+    /// The live plugin's own config, checked against its schema.
+    /// `${secret:NAME}` is filled from the connector's secrets, and
+    /// `${switch:timestamp_ms}` from the hand-over: a number where the
+    /// schema takes one and the string is only the placeholder, else text.
+    ///
+    /// ```toml
+    /// [connector.hybrid.config]
+    /// addr = "127.0.0.1:7000"
     /// ```
     #[serde(default)]
     pub config: toml::Table,

@@ -7,7 +7,9 @@
 //! (sinks) in memory: the broker is the buffer, and a pump that cannot keep
 //! up simply reads further behind. Both check their [`StopSignal`] at batch
 //! boundaries, so a stop never splits a batch from its commit. Between
-//! batches both take module swaps by the one step in `swap.rs`.
+//! batches both take module swaps by the one step in `swap.rs`. A hybrid
+//! source's positions (a bounded source, then a live one) are in
+//! `hybrid.rs`; a source held while its sinks are behind, in `hold.rs`.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,6 +27,7 @@ pub use crate::lifecycle::StopSignal;
 
 pub use self::chain::{Chain, ChainStep};
 pub use self::dead_letter::{DeadLetter, dlq_headers};
+pub use self::hybrid::{HybridPosition, NotHybrid};
 pub use self::sink::{Assignment, SinkPump, SinkPumpConfig};
 pub use self::source::{Destination, SourceEnd, SourcePump, SourcePumpConfig};
 pub use self::swap::{Replacement, SwapRequest};
@@ -322,6 +325,8 @@ impl TopicSealer {
 
 mod chain;
 mod dead_letter;
+mod hold;
+mod hybrid;
 mod route;
 pub mod sink;
 pub mod source;

@@ -13,10 +13,11 @@ use sluice_batch::{Batch, BatchWriter};
 
 use super::chain::{Chain, Chained};
 use super::dead_letter::{Came, DeadLetter, push_dead};
+use super::hybrid::HybridPosition;
 use super::route::{Part, route};
 use super::swap::Swap;
 use super::{InstanceControl, PumpStats, Retry, StopSignal, Turns, interruptible, when_space};
-use crate::broker::{Backlog, Broker, RoutedPart, SourceCheckpoint};
+use crate::broker::{Broker, RoutedPart, SourceCheckpoint};
 use crate::manifest::{RestartPolicy, TopicTemplate};
 use crate::plugin::{Polled, SourceInstance};
 
@@ -100,13 +101,11 @@ pub struct SourcePump<B> {
     pub chain: Chain,
     /// Where the chain's refused records go (`Some` with a chain).
     pub dead_letter: Option<DeadLetter>,
+    /// A hybrid source's phase, hand-over and plugin position, stored
+    /// with each batch in the plugin's position's place (`None`: a plain
+    /// source, whose own position is stored).
+    pub hybrid: Option<HybridPosition>,
 }
-
-/// How often a held source checks the backlog again.
-const HOLD_CHECK: Duration = Duration::from_millis(50);
-
-/// A source says it is held at most this often.
-const HOLD_WARNING_EVERY: Duration = Duration::from_secs(60);
 
 /// The longest an idle source waits before polling again.
 const MAX_IDLE: Duration = Duration::from_millis(50);
@@ -127,7 +126,8 @@ struct Filled {
 }
 
 impl<B: Broker> SourcePump<B> {
-    /// Runs until the source ends, the stop signal comes, or something fails.
+    /// Runs until the source ends, the stop signal comes, or something
+    /// fails; a hybrid source's position comes back with how it ended.
     ///
     /// While a full batch for one partition is being stored, the source
     /// polls the next one (the broker's acknowledgement is a round trip on
@@ -135,7 +135,7 @@ impl<B: Broker> SourcePump<B> {
     /// still stored one at a time and in order, and committed in order,
     /// each after it is stored; a module swap, a pause or a stop waits
     /// until nothing is polled ahead.
-    pub async fn run(mut self) -> anyhow::Result<SourceEnd> {
+    pub async fn run(mut self) -> anyhow::Result<(SourceEnd, Option<HybridPosition>)> {
         let mut idle = Duration::from_millis(1);
         let mut turns = Turns::default();
         let mut warned = None;
@@ -192,11 +192,19 @@ impl<B: Broker> SourcePump<B> {
                         batch = Vec::new();
                     }
                 }
+                // A hybrid source stores its phase and hand-over with the
+                // position of the plugin that runs.
+                let position = match &mut self.hybrid {
+                    Some(h) => {
+                        let stored = parts.as_ref().map_or(&batch, |(out, _)| &out.batch);
+                        Some(h.after(stored, filled.position.as_deref()))
+                    }
+                    None => filled.position.clone(),
+                };
                 let appended = match &self.destination {
                     _ if parts.is_some() => {
                         let (out, dead) = parts.take().expect("checked");
-                        let position = filled.position.as_deref();
-                        self.store_parts(out, dead, position).await?
+                        self.store_parts(out, dead, position.as_deref()).await?
                     }
                     Destination::Partition { topic, partition } => {
                         let store = Store {
@@ -206,7 +214,7 @@ impl<B: Broker> SourcePump<B> {
                             partition: *partition,
                             producer: self.producer.clone(),
                         }
-                        .store(batch, records, filled.position.clone());
+                        .store(batch, records, position);
                         // Only a source that filled its batch: one that had
                         // no more could wait in its next poll (a quiet
                         // socket), and hold this batch's commit back.
@@ -239,9 +247,8 @@ impl<B: Broker> SourcePump<B> {
                         let routed: Vec<RoutedPart<'_>> =
                             parts.iter().map(Part::as_routed).collect();
                         let (broker, producer) = (&self.broker, &self.producer);
-                        let position = filled.position.as_deref();
                         let appended = when_space(&self.stop, || {
-                            broker.append_routed(&routed, producer, position)
+                            broker.append_routed(&routed, producer, position.as_deref())
                         })
                         .await?
                         .map(drop);
@@ -287,7 +294,7 @@ impl<B: Broker> SourcePump<B> {
         };
         self.instance.close().await?;
         self.chain.close().await;
-        Ok(end)
+        Ok((end, self.hybrid))
     }
 
     /// Runs a polled batch through the chain: its output, and the records
@@ -420,88 +427,13 @@ impl<B: Broker> SourcePump<B> {
     /// module swaps, and waits while the connector is paused. A new
     /// instance opens at the position stored with the last batch; if it
     /// does not open, the old one goes on as if nothing happened.
-    async fn attend(&mut self, mut since: Instant) {
+    pub(super) async fn attend(&mut self, mut since: Instant) {
         while let Some(mut swap) = Swap::<SourceInstance>::next(&self.control, &mut since).await {
             let opened = match self.broker.source_position(&self.producer) {
                 Ok(resume) => swap.new.open(&swap.config_json, resume.as_deref()).await,
                 Err(e) => Err(e.into()),
             };
             swap.finish(&mut self.instance, opened, |()| {}).await;
-        }
-    }
-
-    /// Waits while the slowest consumer group of the partition is
-    /// `max_backlog` or more behind, so that a stalled sink slows its
-    /// sources instead of filling the disk. False if stopped meanwhile.
-    /// `warned` is when it last said so.
-    async fn hold_while_backlogged(
-        &mut self,
-        warned: &mut Option<Instant>,
-    ) -> anyhow::Result<bool> {
-        let mut held: Option<Instant> = None;
-        loop {
-            let Some((topic, partition, b)) = self.fullest_backlog()? else {
-                break;
-            };
-            if held.is_none() {
-                held = Some(Instant::now());
-                if !warned.is_some_and(|t| t.elapsed() < HOLD_WARNING_EVERY) {
-                    *warned = Some(Instant::now());
-                    tracing::warn!(
-                        topic = %topic,
-                        partition,
-                        group = %b.group,
-                        lag_records = b.records,
-                        lag_bytes = b.bytes,
-                        "source waits: sink group `{}` is {} records ({}) behind, at the topic's \
-                         max_backlog of {}; it goes on as the sink catches up",
-                        b.group,
-                        b.records,
-                        crate::manifest::format_bytes(b.bytes),
-                        crate::manifest::format_bytes(b.limit),
-                    );
-                }
-            }
-            if self.stop.is_stopped() {
-                return Ok(false);
-            }
-            if self.control.wants_attention() {
-                self.attend(Instant::now()).await;
-            }
-            self.stop.sleep(HOLD_CHECK).await;
-        }
-        if let Some(since) = held
-            && since.elapsed() >= HOLD_CHECK * 20
-        {
-            tracing::info!(
-                producer = %self.producer,
-                "source goes on after waiting {:.1}s for its sinks",
-                since.elapsed().as_secs_f64()
-            );
-        }
-        Ok(true)
-    }
-
-    /// A partition this source writes whose slowest consumer group is at
-    /// or past the topic's `max_backlog`, if any.
-    fn fullest_backlog(&self) -> anyhow::Result<Option<(String, u32, Backlog)>> {
-        let full = |topic: &str, partition: u32| -> anyhow::Result<_> {
-            Ok(self
-                .broker
-                .backlog(topic, partition)?
-                .filter(Backlog::is_full)
-                .map(|b| (topic.to_owned(), partition, b)))
-        };
-        match &self.destination {
-            Destination::Partition { topic, partition } => full(topic, *partition),
-            Destination::Routed { .. } => {
-                for (topic, partition) in &self.routes {
-                    if let Some(f) = full(topic, *partition)? {
-                        return Ok(Some(f));
-                    }
-                }
-                Ok(None)
-            }
         }
     }
 

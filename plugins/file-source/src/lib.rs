@@ -207,6 +207,12 @@ impl Source for FileSource {
             }
             // At the end of this file: go on to the next, if there is one.
             if !self.advance()? {
+                if tail {
+                    // A WASI file read that reached the end stays there
+                    // (lines appended later were never read): open the
+                    // file again at the offset in the next poll.
+                    self.reader = None;
+                }
                 break;
             }
         }

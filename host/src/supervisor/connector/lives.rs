@@ -17,11 +17,12 @@ use crate::check::CheckedConnector;
 use crate::grants::GrantSet;
 use crate::manifest::ConnectorKind;
 use crate::plugin::instance::SinkOffset;
-use crate::plugin::{InstanceSetup, PluginHost};
+use crate::plugin::{InstanceSetup, Plugin, PluginHost, SourceInstance};
 use crate::pump::transform::decode_offsets;
 use crate::pump::{
-    Assignment, DeadLetter, Destination, InstanceControl, InstanceState, PumpStats, SinkPump,
-    SinkPumpConfig, SourceEnd, SourcePump, SourcePumpConfig, TransformPump, TransformPumpConfig,
+    Assignment, DeadLetter, Destination, HybridPosition, InstanceControl, InstanceState, PumpStats,
+    SinkPump, SinkPumpConfig, SourceEnd, SourcePump, SourcePumpConfig, TransformPump,
+    TransformPumpConfig,
 };
 use crate::pump::{Chain, ChainStep};
 use crate::secrets::Redactor;
@@ -75,7 +76,10 @@ impl Shared {
 }
 
 /// A source instance: each life opens at the position stored with the
-/// last batch it appended, and runs the pump.
+/// last batch it appended, and runs the pump. A hybrid source's life runs
+/// its bounded source until it ends, then its live source (see
+/// [`crate::pump::HybridPosition`]), or only the live one once a live
+/// batch is stored.
 pub(super) struct SourceLife {
     pub(super) shared: Shared,
     pub(super) destination: Destination,
@@ -86,8 +90,6 @@ impl Life for SourceLife {
     async fn run(&mut self) -> anyhow::Result<LifeEnd> {
         let s = &self.shared;
         let c = s.connector();
-        let index = s.setup.index;
-        let mut instance = s.host.plugins.source(&c.plugin, &s.setup).await?;
         // In a cluster, another host may have run this instance meanwhile.
         s.host
             .broker
@@ -98,20 +100,98 @@ impl Life for SourceLife {
             .broker
             .source_position(&self.producer)
             .with_context(|| format!("reading the position of {}", self.producer))?;
-        instance
-            .open(&c.config_json, resume.as_deref())
-            .await
-            .with_context(|| {
-                format!(
-                    "opening source {:?} instance {index}",
-                    c.config.name.get_ref()
+        let Some(live) = &c.hybrid else {
+            let instance = self
+                .open(&c.plugin, &c.config_json, resume.as_deref(), "source")
+                .await?;
+            let (end, _) = self.pump(&c, instance, None).await?;
+            return Ok(ended(end));
+        };
+        let mut at = match resume {
+            Some(stored) => HybridPosition::decode(&self.producer, &stored)?,
+            None => HybridPosition::default(),
+        };
+        if !at.live {
+            let instance = self
+                .open(
+                    &c.plugin,
+                    &c.config_json,
+                    at.inner.as_deref(),
+                    "bounded source",
                 )
-            })?;
-        let chain = open_chain(s, &c).await?;
+                .await?;
+            match self.pump(&c, instance, Some(at)).await? {
+                (SourceEnd::Stopped, _) => return Ok(LifeEnd::Stopped),
+                (SourceEnd::EndOfStream, bounded) => {
+                    let bounded = bounded.expect("a hybrid source's pump keeps its position");
+                    at = HybridPosition {
+                        live: true,
+                        newest_ms: Some(bounded.switch_ms()),
+                        inner: None,
+                    };
+                }
+            }
+            tracing::info!(
+                switch_timestamp_ms = at.newest_ms,
+                live = live.plugin.name(),
+                "hybrid source: the bounded source ended; the live source starts from the hand-over"
+            );
+        }
+        let config = live.config_json(at.newest_ms.unwrap_or_else(|| at.switch_ms()));
+        let instance = self
+            .open(&live.plugin, &config, at.inner.as_deref(), "live source")
+            .await?;
+        let (end, _) = self.pump(&c, instance, Some(at)).await?;
+        Ok(ended(end))
+    }
+}
+
+/// A source's life ended as its pump did.
+fn ended(end: SourceEnd) -> LifeEnd {
+    match end {
+        SourceEnd::EndOfStream => {
+            tracing::info!("source reached its end");
+            LifeEnd::Finished
+        }
+        SourceEnd::Stopped => LifeEnd::Stopped,
+    }
+}
+
+impl SourceLife {
+    /// Instantiates `plugin` and opens it with `config` at `resume`.
+    async fn open(
+        &self,
+        plugin: &Plugin,
+        config: &str,
+        resume: Option<&[u8]>,
+        what: &str,
+    ) -> anyhow::Result<SourceInstance> {
+        let s = &self.shared;
+        let mut instance = s.host.plugins.source(plugin, &s.setup).await?;
+        instance.open(config, resume).await.with_context(|| {
+            format!(
+                "opening {what} {:?} instance {}",
+                s.setup.connector, s.setup.index
+            )
+        })?;
+        Ok(instance)
+    }
+
+    /// Runs the pump of `instance` (with the connector's chain) until the
+    /// source ends or the instance stops; a hybrid source's pump gives its
+    /// position back.
+    async fn pump(
+        &self,
+        c: &CheckedConnector,
+        instance: SourceInstance,
+        hybrid: Option<HybridPosition>,
+    ) -> anyhow::Result<(SourceEnd, Option<HybridPosition>)> {
+        let s = &self.shared;
+        let chain = open_chain(s, c).await?;
         let dead_letter = if chain.is_empty() {
             None
         } else {
-            Some(dead_letter(s, &c)?)
+            Some(dead_letter(s, c)?)
         };
         s.control.set_state(InstanceState::Running);
         let pump = SourcePump {
@@ -136,14 +216,9 @@ impl Life for SourceLife {
             control: s.control.clone(),
             chain,
             dead_letter,
+            hybrid,
         };
-        Ok(match pump.run().await? {
-            SourceEnd::EndOfStream => {
-                tracing::info!("source reached its end");
-                LifeEnd::Finished
-            }
-            SourceEnd::Stopped => LifeEnd::Stopped,
-        })
+        pump.run().await
     }
 }
 

@@ -390,6 +390,15 @@ impl RunningConnector {
     /// connector runs its old module, and the error says why.
     pub async fn swap(&self, new: Arc<CheckedConnector>) -> anyhow::Result<(Duration, usize)> {
         let old = self.current();
+        if old.hybrid.is_some() {
+            // Which of its two sources a new module replaces depends on the
+            // phase each instance is in: not decided yet.
+            anyhow::bail!(
+                "connector {:?} is a hybrid source: its modules are not swapped live; stop it, \
+                 change its definition and start it again",
+                self.report.name
+            );
+        }
         let record = |ok: bool, error: Option<String>, pause: Option<Duration>| SwapRecord {
             at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             from: old.plugin.name().to_owned(),

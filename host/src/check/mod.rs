@@ -7,6 +7,11 @@
 //! [`crate::supervisor`] runs and swaps it.
 //!
 //! It lives below both `pipeline` and `supervisor` because both need it.
+//! A hybrid source's live source is checked in `hybrid`.
+
+mod hybrid;
+
+pub use self::hybrid::CheckedHybrid;
 
 use std::fmt::Write as _;
 
@@ -42,6 +47,8 @@ pub struct CheckedConnector {
     pub restart: RestartPolicy,
     /// The transforms of its chain, in order.
     pub chain: Vec<CheckedTransform>,
+    /// A hybrid source's live source, which runs once `plugin` has ended.
+    pub hybrid: Option<CheckedHybrid>,
 }
 
 /// A `[[transform]]` of a connector's chain, its plugin loaded and its
@@ -254,8 +261,10 @@ async fn check_one(
         anyhow::bail!("{}", problems.join("\n\n"));
     }
     let chain = check_chain(manifest, plugins, index, c, &secrets).await?;
+    let hybrid = hybrid::check(manifest, plugins, index, c, &secrets).await?;
     Ok(CheckedConnector {
         chain,
+        hybrid,
         config: c.clone(),
         grants: GrantSet {
             tls,
