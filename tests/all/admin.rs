@@ -43,17 +43,26 @@ fn connectors(dir: &Path, rate: u64, sinks: &[&str]) -> PathBuf {
 pub(crate) fn marked_seqs(dir: &Path) -> (Vec<u64>, Vec<u64>) {
     let (mut plain, mut marked) = (Vec::new(), Vec::new());
     for f in common::output_files(dir) {
-        let text = std::fs::read_to_string(&f).unwrap();
-        for line in text.lines() {
-            let (list, line) = match line.strip_prefix("v2 ").or(line.strip_prefix("v3 ")) {
-                Some(rest) => (&mut marked, rest),
-                None => (&mut plain, line),
-            };
-            let rest = line
-                .strip_prefix("{\"seq\":")
-                .unwrap_or_else(|| panic!("not a datagen line in {}: {line:?}", f.display()));
-            list.push(rest[..rest.find([',', '}']).unwrap()].parse().unwrap());
-        }
+        let (p, m) = marked_seqs_of(&f);
+        plain.extend(p);
+        marked.extend(m);
+    }
+    (plain, marked)
+}
+
+/// [`marked_seqs`] of one file.
+fn marked_seqs_of(f: &Path) -> (Vec<u64>, Vec<u64>) {
+    let (mut plain, mut marked) = (Vec::new(), Vec::new());
+    let text = std::fs::read_to_string(f).unwrap();
+    for line in text.lines() {
+        let (list, line) = match line.strip_prefix("v2 ").or(line.strip_prefix("v3 ")) {
+            Some(rest) => (&mut marked, rest),
+            None => (&mut plain, line),
+        };
+        let rest = line
+            .strip_prefix("{\"seq\":")
+            .unwrap_or_else(|| panic!("not a datagen line in {}: {line:?}", f.display()));
+        list.push(rest[..rest.find([',', '}']).unwrap()].parse().unwrap());
     }
     (plain, marked)
 }
@@ -529,7 +538,113 @@ fn parallel_instances_share_partitions_and_all_swap() {
     all.sort_unstable();
     let mut want: Vec<u64> = ends.iter().flat_map(|&e| 0..e).collect();
     want.sort_unstable();
-    assert!(all == want, "each instance's records, each exactly once");
+    assert!(
+        all == want,
+        "each instance's records, each exactly once; ends {ends:?}; {}\nfiles: {}\nthe daemon's log:\n{}",
+        multiset_difference(&all, &want),
+        files_summary(&dir.path().join("files")),
+        d.log()
+    );
+}
+
+#[test]
+fn a_sink_swapped_away_and_back_across_a_stop_writes_each_record_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &[]);
+    let manifest = connectors(dir.path(), 20_000, &["files"]);
+    d.ok(&["create", manifest.to_str().unwrap()]);
+    wait_until("records flow", Duration::from_secs(60), || {
+        n(&d.status("files")["records_in"]) > 5_000
+    });
+    // To a module that stores no offsets of its own: the file-sink's
+    // marker stays where it was.
+    let v2 = common::wasm("tag-sink");
+    let swapped = d.json(
+        "connectors",
+        &["update", "files", "--plugin", v2.to_str().unwrap()],
+    );
+    assert_eq!(swapped["live"], true);
+    let at = n(&d.status("files")["records_in"]);
+    wait_until("the new module writes", Duration::from_secs(30), || {
+        n(&d.status("files")["records_in"]) > at + 5_000
+    });
+    // Back to the file-sink while stopped: it opens with its marker behind
+    // the group's commits, and goes on from the commits.
+    d.ok(&["stop", "files"]);
+    d.ok(&["update", "files", "--plugin", "file-sink"]);
+    d.ok(&["start", "files"]);
+    let at = n(&d.status("files")["records_in"]);
+    wait_until(
+        "the file-sink writes again",
+        Duration::from_secs(30),
+        || n(&d.status("files")["records_in"]) > at + 5_000,
+    );
+    let total = drain(&d, &["files"]);
+    let (plain, marked) = marked_seqs(&dir.path().join("files"));
+    assert!(!marked.is_empty());
+    let mut all = [plain, marked].concat();
+    all.sort_unstable();
+    let want: Vec<u64> = (0..total).collect();
+    assert!(
+        all == want,
+        "each record once; {}\nfiles: {}\nthe daemon's log:\n{}",
+        multiset_difference(&all, &want),
+        files_summary(&dir.path().join("files")),
+        d.log()
+    );
+    assert!(d.log().contains("going on from the group's"), "{}", d.log());
+}
+
+/// Each output file's name, line count and first and last seq.
+fn files_summary(dir: &Path) -> String {
+    common::output_files(dir)
+        .iter()
+        .map(|f| {
+            let (plain, marked) = marked_seqs_of(f);
+            let seqs = [plain, marked].concat();
+            format!(
+                "{} ({} lines, {:?}..={:?})",
+                f.file_name().unwrap().to_string_lossy(),
+                seqs.len(),
+                seqs.first(),
+                seqs.last()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// What `got` (sorted) holds beyond `want` (sorted) and lacks of it, the
+/// first few of each: a failure's description.
+fn multiset_difference(got: &[u64], want: &[u64]) -> String {
+    let (mut extra, mut missing) = (Vec::new(), Vec::new());
+    let (mut g, mut w) = (got.iter().peekable(), want.iter().peekable());
+    loop {
+        match (g.peek(), w.peek()) {
+            (Some(a), Some(b)) if a == b => {
+                g.next();
+                w.next();
+            }
+            (Some(a), Some(b)) if a < b => extra.push(*g.next().unwrap()),
+            (Some(_), Some(_)) | (None, Some(_)) => missing.push(*w.next().unwrap()),
+            (Some(_), None) => extra.push(*g.next().unwrap()),
+            (None, None) => break,
+        }
+    }
+    let few = |v: &[u64]| {
+        v.iter()
+            .take(20)
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    format!(
+        "{} more than wanted (e.g. {}), {} missing (e.g. {})",
+        extra.len(),
+        few(&extra),
+        missing.len(),
+        few(&missing)
+    )
 }
 
 #[test]

@@ -139,34 +139,51 @@ fn io(what: &str, path: &Path, e: std::io::Error) -> Error {
 }
 
 impl FileSink {
-    /// Reads the markers, and for the partitions this instance owns, cuts
-    /// back what was written after them.
+    /// Reads the markers of the partitions this instance owns, and cuts
+    /// back what was written after them. The other instances' files are
+    /// left alone: they may be writing them meanwhile (a marker renamed
+    /// into place vanishes from the listing under this one's eyes).
     fn recover(&mut self, ctx: &Context) -> Result<(), Error> {
+        let owned = |p: u32| ctx.count <= 1 || p % ctx.count == ctx.index;
         let mut markers = BTreeMap::new();
         let mut data = Vec::new();
         let entries = std::fs::read_dir(&self.dir).map_err(|e| io("list", &self.dir, e))?;
         for entry in entries {
-            let entry = entry.map_err(|e| io("list", &self.dir, e))?;
+            let entry = match entry {
+                Ok(entry) => entry,
+                // Listed, then renamed or removed (by another instance:
+                // nothing this one owns changes while it opens).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io("list", &self.dir, e)),
+            };
             let name = entry.file_name().to_string_lossy().into_owned();
-            if let Some(key) = parse_marker_name(&name) {
+            if let Some(tmp) = name
+                .strip_prefix(".sluice-offset-")
+                .and_then(|n| n.strip_suffix(".tmp"))
+            {
+                if parse_marker_name(&format!(".sluice-offset-{tmp}"))
+                    .is_some_and(|(_, p)| owned(p))
+                {
+                    // A marker of its own that was never renamed into place.
+                    let _ = std::fs::remove_file(self.dir.join(&name));
+                }
+            } else if let Some(key) = parse_marker_name(&name) {
+                if !owned(key.1) {
+                    continue;
+                }
                 let path = self.dir.join(&name);
                 let text = std::fs::read_to_string(&path).map_err(|e| io("read", &path, e))?;
                 let marker = parse_marker(&text).ok_or_else(|| {
                     Error::fatal(format!("{} is not a file-sink marker", path.display()))
                 })?;
                 markers.insert(key, marker);
-            } else if name.starts_with(".sluice-offset-") && name.ends_with(".tmp") {
-                // A marker that was never renamed into place.
-                let _ = std::fs::remove_file(self.dir.join(&name));
-            } else if let Some(parsed) = parse_data_name(&name) {
+            } else if let Some(parsed) = parse_data_name(&name)
+                && owned(parsed.1)
+            {
                 data.push((parsed, name));
             }
         }
-        let owned = |p: u32| ctx.count <= 1 || p % ctx.count == ctx.index;
         for ((topic, partition, first), name) in data {
-            if !owned(partition) {
-                continue;
-            }
             let marker = markers.get(&(topic.clone(), partition));
             let path = self.dir.join(&name);
             match marker {
@@ -191,7 +208,7 @@ impl FileSink {
                 partition,
                 next_offset: m.next,
             });
-            if owned(partition) && m.len < self.max_file_bytes {
+            if m.len < self.max_file_bytes {
                 // Go on appending to the marked file.
                 let path = self.dir.join(&m.file);
                 if let Ok(file) = OpenOptions::new().append(true).open(&path) {
@@ -385,5 +402,58 @@ mod tests {
         };
         let text = format!("{} {} {}\n", m.next, m.len, m.file);
         assert_eq!(parse_marker(&text), Some(m));
+    }
+
+    /// Instance 0 of 2 opening while instance 1 is between writing its
+    /// marker aside and renaming it: it cuts back only what it owns.
+    #[test]
+    fn an_instance_recovers_its_own_partitions_and_leaves_the_others_files_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let put = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+        let (own, other) = (data_name("t", 0, 0), data_name("t", 1, 0));
+        put(&own, "a\nb\nc\n");
+        put(&other, "x\ny\nz\n");
+        put(&data_name("t", 0, 3), "d\n"); // begun after its marker
+        put(&marker_name("t", 0), &format!("2 4 {own}\n"));
+        put(&marker_name("t", 1), &format!("1 2 {other}\n"));
+        put(&format!("{}.tmp", marker_name("t", 0)), "3 6 ");
+        put(
+            &format!("{}.tmp", marker_name("t", 1)),
+            &format!("3 6 {other}\n"),
+        );
+        let config = Config {
+            path: dir.path().to_str().unwrap().to_owned(),
+            max_file_bytes: default_max_file_bytes(),
+            format: Format::Value,
+        };
+        let ctx = Context {
+            connector: "files".to_owned(),
+            index: 0,
+            count: 2,
+        };
+        let sink = FileSink::open(config, &ctx).unwrap();
+        let stored: Vec<_> = sink
+            .stored_offsets()
+            .into_iter()
+            .map(|o| (o.topic, o.partition, o.next_offset))
+            .collect();
+        assert_eq!(stored, [("t".to_owned(), 0, 2)]);
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        let mut want = vec![
+            marker_name("t", 0),
+            marker_name("t", 1),
+            format!("{}.tmp", marker_name("t", 1)),
+            own.clone(),
+            other.clone(),
+        ];
+        want.sort();
+        assert_eq!(names, want);
+        let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+        assert_eq!(read(&own), "a\nb\n");
+        assert_eq!(read(&other), "x\ny\nz\n");
     }
 }

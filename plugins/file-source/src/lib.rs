@@ -70,9 +70,18 @@ impl FileSource {
             .map_err(|e| Error::retriable(format!("cannot list {}: {e}", self.dir.display())))?;
         let mut names = Vec::new();
         for entry in entries {
-            let entry = entry.map_err(|e| {
-                Error::retriable(format!("cannot list {}: {e}", self.dir.display()))
-            })?;
+            let entry = match entry {
+                Ok(entry) => entry,
+                // Listed, then renamed or removed by whoever writes the
+                // folder: not a file to read.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    return Err(Error::retriable(format!(
+                        "cannot list {}: {e}",
+                        self.dir.display()
+                    )));
+                }
+            };
             let is_file = entry.file_type().map(|t| t.is_file()).unwrap_or(false);
             if let (true, Ok(name)) = (is_file, entry.file_name().into_string())
                 && sluice_sdk::hash::fnv1a(name.as_bytes()) % u64::from(self.count.max(1))

@@ -406,8 +406,8 @@ fn dead_letter(s: &Shared, c: &CheckedConnector) -> anyhow::Result<DeadLetter> {
 
 /// The partitions a sink or transform instance reads (`p % parallelism ==
 /// index`), each from the offset the plugin stored itself (a sink) or
-/// that was stored with its output (a transform), else the group's
-/// committed offset, else the start.
+/// that was stored with its output (a transform) or the group's committed
+/// offset, whichever is further, else the start.
 fn assignments(
     s: &Shared,
     seals: &Seals,
@@ -429,12 +429,25 @@ fn assignments(
                 .reopen_partition(name, &topic, partition)
                 .and_then(|()| broker.reopen_producer(&format!("{name}/dlq/{topic}/{partition}")))
                 .with_context(|| format!("reading {topic}/{partition} again"))?;
-            let wanted = stored
+            let committed = broker.committed_offset(name, &topic, partition);
+            let own = stored
                 .iter()
                 .find(|o| o.topic == topic && o.partition == partition)
-                .map(|o| o.next_offset)
-                .or_else(|| broker.committed_offset(name, &topic, partition))
-                .unwrap_or(0);
+                .map(|o| o.next_offset);
+            // What was stored with the output is never behind the group's
+            // commits, unless another module delivered meanwhile (a sink
+            // swapped out and back): those records are in that module's
+            // output already. As a swap does, go on from the further.
+            if let (Some(own), Some(committed)) = (own, committed)
+                && own < committed
+            {
+                tracing::info!(
+                    topic = %topic, partition, stored = own, committed,
+                    "the offset stored with the output is behind the group's (another module \
+                     delivered since); going on from the group's"
+                );
+            }
+            let wanted = own.max(committed).unwrap_or(0);
             let end = broker.end_offset(&topic, partition)?;
             if wanted > end {
                 tracing::warn!(
