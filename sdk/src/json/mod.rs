@@ -206,9 +206,11 @@ impl<'a> Scanner<'a> {
             let (key, escaped) = self.string()?;
             self.eat(b':', "expected ':'")?;
             let path = want.and_then(|(token, rest)| key_is(key, escaped, token).then_some(rest));
-            if let Some(span) = self.value(path, depth + 1)? {
-                // The last of duplicate keys wins, as in serde_json.
-                found = Some(span);
+            let span = self.value(path, depth + 1)?;
+            if path.is_some() {
+                // The last of duplicate keys wins, as in serde_json (also
+                // when the field is in the first and not in the last).
+                found = span;
             }
             self.ws();
             match self.peek() {
@@ -453,6 +455,10 @@ mod tests {
             r#"{"seq":12,"pad":"abc"}"#,
             r#" { "a" : { "b" : [ 1 , { "c" : null } ] } } "#,
             r#"{"a":1,"a":2}"#,
+            r#"{"a":{"b":1},"a":{}}"#,
+            r#"{"a":[1,[2,3],{"b":[4]}],"a":[5,[6]]}"#,
+            r#"[[1,2],[3,[4,5]],6]"#,
+            r#"{"a":{"b":{"c":1}},"b":2}"#,
             r#"{"a/b":1,"m~n":2,"":3}"#,
             r#"{"\u0061":"escaped key","b":"\"q\" \\ \n \u00e9"}"#,
             r#"[10,20,[30]]"#,
@@ -481,10 +487,18 @@ mod tests {
             r#"{"a":1} x"#,
             "{\"a\":1}{}",
             r#"{1:2}"#,
+            "[,1]",
+            "{,}",
+            r#"{,"a":1}"#,
+            "[1,,2]",
+            "[1 2]",
+            r#"{"a":1 "b":2}"#,
+            "[1,]",
         ];
         let pointers = [
             "", "/seq", "/pad", "/a", "/a/b", "/a/b/1/c", "/a/b/0", "/a~1b", "/m~0n", "/", "/b",
-            "/0", "/1", "/2/0", "/01", "/tags/1", "/missing", "/seq/x",
+            "/0", "/1", "/2/0", "/01", "/tags/1", "/missing", "/seq/x", "/a/1/1", "/a/2/b/0",
+            "/1/1/0", "/1/1", "/a/b/c", "/a/0", "/a/1/0", "/0/1",
         ];
         for doc in docs {
             for pointer in pointers {
@@ -576,6 +590,85 @@ mod tests {
                     let doc = format!(r#"{{"pad":"{a}{special}{b}","seq":{len}}}"#);
                     agrees(&doc, "/seq");
                     agrees(&doc, "/pad");
+                }
+            }
+        }
+    }
+
+    /// A random JSON value, `depth` deep at most, from `next` (a seeded
+    /// generator), with keys and indices the pointers below can name.
+    fn random_value(next: &mut impl FnMut() -> u64, depth: u32, out: &mut String) {
+        let pick = next() % if depth == 0 { 5 } else { 7 };
+        match pick {
+            0 => out.push_str(["0", "-12.5e3", "7", "1e-2"][next() as usize % 4]),
+            1 => out.push_str(["true", "false", "null"][next() as usize % 3]),
+            2 => out.push_str(
+                ["\"x\"", "\"\\\"q\"", "\"é\"", "\"\"", "\"a\\u0062\""][next() as usize % 5],
+            ),
+            3 | 4 => {
+                // A long string, read sixteen bytes at a time.
+                let len = next() as usize % 40;
+                out.push_str(&format!("\"{}\"", "x".repeat(len)));
+            }
+            5 => {
+                out.push('[');
+                for n in 0..next() % 4 {
+                    if n > 0 {
+                        out.push(',');
+                    }
+                    random_value(next, depth - 1, out);
+                }
+                out.push(']');
+            }
+            _ => {
+                out.push('{');
+                for n in 0..next() % 4 {
+                    if n > 0 {
+                        out.push(',');
+                    }
+                    let key = ["a", "b", "\\u0061", "0"][next() as usize % 4];
+                    out.push_str(&format!(" \"{key}\" : "));
+                    random_value(next, depth - 1, out);
+                }
+                out.push('}');
+            }
+        }
+    }
+
+    #[test]
+    fn random_documents_and_their_mutants_agree_with_serde_json() {
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let pointers = [
+            "", "/a", "/b", "/0", "/1", "/a/a", "/a/0", "/a/1", "/0/a", "/1/0", "/a/b/0", "/b/a/1",
+        ];
+        let noise = [
+            b'{', b'}', b'[', b']', b',', b':', b'"', b'\\', b' ', b'1', b'-', b'e',
+        ];
+        for _ in 0..3000 {
+            let mut doc = String::new();
+            random_value(&mut next, 4, &mut doc);
+            let mut bytes = doc.into_bytes();
+            for pointer in pointers {
+                agrees_on_bytes(&bytes, pointer);
+            }
+            // A mutant: a byte changed, added or taken away.
+            if !bytes.is_empty() {
+                let at = next() as usize % bytes.len();
+                match next() % 3 {
+                    0 => bytes[at] = noise[next() as usize % noise.len()],
+                    1 => bytes.insert(at, noise[next() as usize % noise.len()]),
+                    _ => {
+                        bytes.remove(at);
+                    }
+                }
+                for pointer in pointers {
+                    agrees_on_bytes(&bytes, pointer);
                 }
             }
         }
